@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Makes a fresh clone runnable: Debian packages, npm dependencies, generated code, build.
+# Idempotent and quiet when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v nft >/dev/null || need+=(nftables)
+command -v wg >/dev/null || need+=(wireguard-tools)
+command -v wireguard-go >/dev/null || need+=(wireguard-go)
+command -v ip >/dev/null || need+=(iproute2)
+command -v nsenter >/dev/null || need+=(util-linux)
+if ((${#need[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+  echo "installing Debian packages: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Debian starts an etcd service on install; ours are started by the tests and the demo.
+if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
+  systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+
+stamp=node_modules/.noid-lock
+if [[ ! -d node_modules || ! -f $stamp ]] || ! cmp -s package-lock.json "$stamp"; then
+  echo "installing npm dependencies (npm ci)" >&2
+  npm ci --no-fund --no-audit >&2
+  cp package-lock.json "$stamp"
+fi
+
+echo "building" >&2
+npm run --silent build >&2
