@@ -1,0 +1,145 @@
+// What every command needs, built once per run from the global flags: the
+// config, the resolved connection, a lazily connected SDK client and the
+// renderer bound to -o. Commands receive an App; they never read process.*.
+import { isAbsolute, resolve } from "node:path";
+import { connect, readCaFile, type ConnectOptions, type NoidClient } from "../sdk/index.js";
+import { configPath, loadConfig, saveConfig, type CliConfig } from "./config.js";
+import { parseTimeoutSeconds } from "./parse.js";
+import { parseFormat, renderList, renderOne, renderStreamItem, type OutputFormat, type View } from "./render.js";
+import { resolveConnection, type Connection, type GlobalFlags } from "./settings.js";
+
+export interface Io {
+  stdout: (s: string) => void;
+  stderr: (s: string) => void;
+  readStdin: () => Promise<string>;
+  /** stdout is a terminal: colours and progress lines are fine. */
+  isTTY: boolean;
+  cwd: string;
+}
+
+export interface AppDeps {
+  env: Readonly<Record<string, string | undefined>>;
+  io: Io;
+  now?: () => Date;
+  connect?: (opts: ConnectOptions) => NoidClient;
+  /** Aborted on Ctrl-C; ends watches and waits cleanly. */
+  signal?: AbortSignal;
+}
+
+export class App {
+  readonly env: Readonly<Record<string, string | undefined>>;
+  readonly io: Io;
+  readonly signal: AbortSignal | undefined;
+  readonly #now: () => Date;
+  readonly #connect: (opts: ConnectOptions) => NoidClient;
+  readonly #flags: () => GlobalFlags;
+  #config: CliConfig | undefined;
+  #client: NoidClient | undefined;
+
+  constructor(deps: AppDeps, flags: () => GlobalFlags) {
+    this.env = deps.env;
+    this.io = deps.io;
+    this.signal = deps.signal;
+    this.#now = deps.now ?? (() => new Date());
+    this.#connect = deps.connect ?? connect;
+    this.#flags = flags;
+  }
+
+  get flags(): GlobalFlags {
+    return this.#flags();
+  }
+
+  get configPath(): string {
+    return configPath(this.env);
+  }
+
+  config(): CliConfig {
+    this.#config ??= loadConfig(this.configPath);
+    return this.#config;
+  }
+
+  saveConfig(cfg: CliConfig): void {
+    saveConfig(this.configPath, cfg);
+    this.#config = cfg;
+  }
+
+  connection(): Connection {
+    return resolveConnection(this.env, this.flags, this.config());
+  }
+
+  /** The server this run talks to, for error hints; undefined if even that cannot be worked out. */
+  serverForHints(): string | undefined {
+    try {
+      return this.connection().server;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Paths in flags are relative to where the user is, not where the config lives. */
+  absolute(path: string): string {
+    return isAbsolute(path) ? path : resolve(this.io.cwd, path);
+  }
+
+  connectOptions(conn: Connection): ConnectOptions {
+    const timeout = this.flags.timeout;
+    return {
+      address: conn.server,
+      ...(conn.token ? { token: conn.token } : {}),
+      insecure: conn.insecure,
+      ...(conn.caFile ? { tls: { caPem: readCaFile(this.absolute(conn.caFile)) } } : {}),
+      ...(timeout !== undefined ? { deadlineMs: parseTimeoutSeconds(timeout) } : {}),
+    };
+  }
+
+  /** A client for an explicit connection (auth setup checks a token before saving it). */
+  connectTo(conn: Connection): NoidClient {
+    return this.#connect(this.connectOptions(conn));
+  }
+
+  client(): NoidClient {
+    this.#client ??= this.connectTo(this.connection());
+    return this.#client;
+  }
+
+  close(): void {
+    this.#client?.close();
+    this.#client = undefined;
+  }
+
+  get format(): OutputFormat {
+    return parseFormat(this.flags.output ?? "table");
+  }
+
+  /** True for json/yaml: commands then print data instead of sentences. */
+  get structured(): boolean {
+    return this.format === "json" || this.format === "yaml";
+  }
+
+  now(): Date {
+    return this.#now();
+  }
+
+  printList<T>(view: View<T>, items: readonly T[]): void {
+    this.io.stdout(renderList(view, items, this.format, { color: this.io.isTTY, now: this.now() }));
+  }
+
+  printOne<T>(view: View<T>, item: T): void {
+    this.io.stdout(renderOne(view, item, this.format, { color: this.io.isTTY, now: this.now() }));
+  }
+
+  printStreamItem<T>(view: View<T>, item: T, header: boolean): void {
+    this.io.stdout(renderStreamItem(view, item, this.format, { color: this.io.isTTY, now: this.now(), header }));
+  }
+
+  /** A sentence for humans (table formats) or the data itself (json/yaml). */
+  printResult<T>(sentence: string, view: View<T>, item: T): void {
+    if (this.structured) this.printOne(view, item);
+    else this.io.stdout(sentence + "\n");
+  }
+
+  /** Progress and warnings go to stderr so stdout stays parseable. */
+  note(message: string): void {
+    this.io.stderr(message + "\n");
+  }
+}

@@ -1,0 +1,78 @@
+// auth setup (check a token with WhoAmI, then save it as a context) and whoami.
+import type { Command } from "commander";
+import type { App } from "../app.js";
+import { examples } from "../help.js";
+import { withContext } from "../config.js";
+import { roleName, UsageError } from "../parse.js";
+import { DEFAULT_SERVER, type Connection } from "../settings.js";
+import { whoAmIView } from "../views.js";
+
+const TOKEN = /^[0-9a-f]{64}$/;
+
+/** Pure: which token auth setup uses, from --token or stdin; never echoes it in errors. */
+export function pickToken(o: { token?: string; tokenStdin?: boolean }, stdin: string | undefined): string {
+  if (o.token !== undefined && o.tokenStdin) throw new UsageError("give --token or --token-stdin, not both");
+  const t = (o.tokenStdin ? stdin ?? "" : o.token ?? "").trim();
+  if (t === "") throw new UsageError("a token is required: --token <token> or --token-stdin");
+  if (!TOKEN.test(t)) throw new UsageError("the token must be 64 lower-case hex characters");
+  return t;
+}
+
+export function registerAuthCommands(program: Command, app: App): void {
+  const auth = program
+    .command("auth")
+    .description("store credentials for a coordinator")
+    .addHelpText("after", examples("noidctl auth setup --server localhost:7654 --insecure --token-stdin < token.txt"));
+
+  auth
+    .command("setup")
+    .description("check a token against the coordinator and save it as a context (made current)")
+    .option("--token <token>", "64-hex API token (prefer --token-stdin: flags end up in shell history)")
+    .option("--token-stdin", "read the token from standard input")
+    .addHelpText(
+      "after",
+      `
+The global --server, --context, --insecure and --ca-file choose what is saved
+(context "default" unless --context names another).
+
+Examples:
+  noidctl auth setup --server noid.example.com:7654 --ca-file ca.pem --token-stdin < token.txt
+  noidctl auth setup --context local --server unix:/run/noid/api.sock --insecure --token <token>`,
+    )
+    .action(async (o: { token?: string; tokenStdin?: boolean }) => {
+      const token = pickToken(o, o.tokenStdin ? await app.io.readStdin() : undefined);
+      const cfg = app.config();
+      const flags = app.flags;
+      const name = flags.context ?? cfg.current_context ?? "default";
+      const existing = cfg.contexts[name];
+      const caFile = flags.caFile ? app.absolute(flags.caFile) : existing?.ca_file;
+      const conn: Connection = {
+        server: app.env["NOID_SERVER"] || flags.server || existing?.server || DEFAULT_SERVER,
+        token,
+        insecure: flags.insecure === true || (flags.caFile === undefined && existing?.insecure === true),
+        ...(caFile ? { caFile } : {}),
+      };
+      const client = app.connectTo(conn);
+      let me;
+      try {
+        me = await client.whoAmI();
+      } finally {
+        client.close();
+      }
+      app.saveConfig(
+        withContext(cfg, name, {
+          server: conn.server,
+          token,
+          ...(conn.insecure ? { insecure: true } : {}),
+          ...(caFile ? { ca_file: caFile } : {}),
+        }),
+      );
+      app.io.stdout(`context "${name}" saved and made current: ${me.user} (${roleName(me.role)}) at ${conn.server}\n`);
+    });
+
+  program
+    .command("whoami")
+    .description("show the user and role of the current token")
+    .addHelpText("after", "\nExamples:\n  noidctl whoami\n  noidctl whoami --context prod -o json")
+    .action(async () => app.printOne(whoAmIView, await app.client().whoAmI()));
+}

@@ -1,0 +1,68 @@
+// Host commands: hosts, host get|cordon|uncordon|drain.
+import type { Command } from "commander";
+import { hostView } from "../views.js";
+import type { App } from "../app.js";
+import { examples } from "../help.js";
+
+export function registerHostCommands(program: Command, app: App): void {
+  program
+    .command("hosts")
+    .description("list hypervisor hosts")
+    .addHelpText("after", "\nExamples:\n  noidctl hosts\n  noidctl hosts -o wide")
+    .action(async () => {
+      const hosts = await app.client().listHosts();
+      app.printList(hostView, [...hosts].sort((a, b) => a.name.localeCompare(b.name)));
+    });
+
+  const host = program
+    .command("host")
+    .description("inspect and steer one host")
+    .addHelpText("after", "\nExamples:\n  noidctl host get hv-1\n  noidctl host cordon hv-1\n  noidctl host drain hv-1");
+
+  host
+    .command("get")
+    .description("show one host")
+    .argument("<name>", "host name")
+    .addHelpText("after", examples("noidctl host get hv-1", "noidctl host get hv-1 -o yaml"))
+    .action(async (name: string) => app.printOne(hostView, await app.client().getHost(name)));
+
+  host
+    .command("cordon")
+    .description("keep new VMs off a host")
+    .argument("<name>", "host name")
+    .addHelpText("after", examples("noidctl host cordon hv-1"))
+    .action(async (name: string) => {
+      const h = await app.client().cordonHost(name);
+      app.printResult(`host/${h.name} cordoned`, hostView, h);
+    });
+
+  host
+    .command("uncordon")
+    .description("let a host accept new VMs again")
+    .argument("<name>", "host name")
+    .addHelpText("after", examples("noidctl host uncordon hv-1"))
+    .action(async (name: string) => {
+      const h = await app.client().uncordonHost(name);
+      app.printResult(`host/${h.name} uncordoned`, hostView, h);
+    });
+
+  host
+    .command("drain")
+    .description("cordon a host and reschedule its unstarted VMs")
+    .argument("<name>", "host name")
+    .addHelpText("after", examples("noidctl host drain hv-1", "noidctl host drain hv-1 -o json"))
+    .action(async (name: string) => {
+      const res = await app.client().drainHost(name);
+      if (app.structured) {
+        app.printOne(
+          { columns: [], toJSON: (r: typeof res) => ({ host: r.host ? hostView.toJSON(r.host) : undefined, rescheduled: r.rescheduled, remaining: r.remaining }) },
+          res,
+        );
+        return;
+      }
+      const lines = [`host/${name} drained`];
+      lines.push(`  rescheduled: ${res.rescheduled.length ? res.rescheduled.join(", ") : "none"}`);
+      lines.push(`  still running there: ${res.remaining.length ? res.remaining.join(", ") : "none"}`);
+      app.io.stdout(lines.join("\n") + "\n");
+    });
+}

@@ -1,0 +1,261 @@
+// NoidClient: the typed face of the coordinator's public services. Every unary
+// call gets the bearer token, a per-attempt deadline and the retry policy for
+// its kind (read or mutation); responses are unwrapped to the message callers
+// want (a Vm, a Vm[], ...).
+import { Metadata, type CallOptions, type ClientUnaryCall, type ServiceError } from "@grpc/grpc-js";
+import type { AuditEvent, AuditServiceClient } from "../gen/noid/v1/audit.js";
+import type {
+  AuthServiceClient,
+  CreateTokenResponse,
+  Role,
+  RotateTokenResponse,
+  Token,
+  WhoAmIResponse,
+} from "../gen/noid/v1/auth.js";
+import type { DrainHostResponse, Host, HostServiceClient } from "../gen/noid/v1/host.js";
+import type { Network, NetworkServiceClient } from "../gen/noid/v1/network.js";
+import { VmSpec, type Vm, type VmServiceClient, type WatchVmsResponse, VmEventType } from "../gen/noid/v1/vm.js";
+import { NoidApiError, type CallKind } from "./errors.js";
+import { withRetry, type RetryDeps, type RetryPolicy } from "./retry.js";
+import { iterateStream } from "./watch.js";
+
+type UnaryMethod<Req, Res> = (
+  request: Req,
+  metadata: Metadata,
+  options: Partial<CallOptions>,
+  callback: (error: ServiceError | null, response: Res) => void,
+) => ClientUnaryCall;
+
+export interface ServiceClients {
+  vm: VmServiceClient;
+  host: HostServiceClient;
+  network: NetworkServiceClient;
+  auth: AuthServiceClient;
+  audit: AuditServiceClient;
+}
+
+export interface ClientSettings {
+  token?: string;
+  deadlineMs: number;
+  policy: RetryPolicy;
+  retryDeps?: RetryDeps;
+}
+
+/** A VM named by the caller's name for it, or by id. */
+export type VmRef = string | { id: string };
+
+export interface OwnerOpt {
+  /** Admins may act on another user's VMs. */
+  owner?: string;
+}
+
+export class NoidClient {
+  readonly #c: ServiceClients;
+  readonly #s: ClientSettings;
+
+  constructor(clients: ServiceClients, settings: ClientSettings) {
+    this.#c = clients;
+    this.#s = settings;
+  }
+
+  // ---- VMs ----
+
+  async createVm(name: string, spec: Partial<VmSpec> = {}): Promise<Vm> {
+    const req = { name, spec: VmSpec.fromPartial(spec) };
+    return need(await this.#unary("CreateVm", "mutation", this.#c.vm.createVm.bind(this.#c.vm), req), "vm", "CreateVm");
+  }
+
+  async getVm(ref: VmRef, opts: OwnerOpt = {}): Promise<Vm> {
+    const res = await this.#unary("GetVm", "read", this.#c.vm.getVm.bind(this.#c.vm), { ...vmRef(ref), owner: opts.owner ?? "" });
+    return need(res, "vm", "GetVm");
+  }
+
+  async listVms(opts: { owner?: string; host?: string } = {}): Promise<Vm[]> {
+    const req = { owner: opts.owner ?? "", host: opts.host ?? "" };
+    return (await this.#unary("ListVms", "read", this.#c.vm.listVms.bind(this.#c.vm), req)).vms;
+  }
+
+  async destroyVm(ref: VmRef, opts: OwnerOpt = {}): Promise<Vm> {
+    const req = { ...vmRef(ref), owner: opts.owner ?? "" };
+    return need(await this.#unary("DestroyVm", "mutation", this.#c.vm.destroyVm.bind(this.#c.vm), req), "vm", "DestroyVm");
+  }
+
+  async startVm(ref: VmRef, opts: OwnerOpt = {}): Promise<Vm> {
+    const req = { ...vmRef(ref), owner: opts.owner ?? "" };
+    return need(await this.#unary("StartVm", "mutation", this.#c.vm.startVm.bind(this.#c.vm), req), "vm", "StartVm");
+  }
+
+  async stopVm(ref: VmRef, opts: OwnerOpt = {}): Promise<Vm> {
+    const req = { ...vmRef(ref), owner: opts.owner ?? "" };
+    return need(await this.#unary("StopVm", "mutation", this.#c.vm.stopVm.bind(this.#c.vm), req), "vm", "StopVm");
+  }
+
+  /**
+   * Streams VM changes: first one SNAPSHOT event per existing VM, then PUT and
+   * DELETED events. No deadline (it is meant to stay open); stop it with
+   * `signal` or by leaving the loop.
+   */
+  watchVms(opts: { owner?: string; name?: string; signal?: AbortSignal } = {}): AsyncIterable<WatchVmsResponse> {
+    const req = { owner: opts.owner ?? "", name: opts.name ?? "" };
+    return iterateStream(() => this.#c.vm.watchVms(req, this.#metadata(), {}), "WatchVms", opts.signal);
+  }
+
+  /**
+   * Resolves with the VM once `predicate` holds for it. Starts from the watch's
+   * snapshot, so a VM already in the wanted state resolves at once. Fails with
+   * NOT_FOUND if the VM is deleted first and DEADLINE_EXCEEDED after timeoutMs.
+   */
+  async waitForVm(
+    name: string,
+    predicate: (vm: Vm, event: VmEventType) => boolean,
+    opts: { timeoutMs: number; owner?: string; signal?: AbortSignal; onEvent?: (ev: WatchVmsResponse) => void },
+  ): Promise<Vm> {
+    const ac = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      ac.abort();
+    }, opts.timeoutMs);
+    const onOuterAbort = (): void => ac.abort();
+    opts.signal?.addEventListener("abort", onOuterAbort, { once: true });
+    try {
+      const stream = this.watchVms({ name, signal: ac.signal, ...(opts.owner ? { owner: opts.owner } : {}) });
+      for await (const ev of stream) {
+        if (!ev.vm || ev.vm.name !== name) continue;
+        opts.onEvent?.(ev);
+        if (predicate(ev.vm, ev.type)) return ev.vm;
+        if (ev.type === VmEventType.VM_EVENT_TYPE_DELETED) {
+          throw new NoidApiError("NOT_FOUND", `vm ${name} was deleted while waiting for it`);
+        }
+      }
+      if (timedOut) throw new NoidApiError("DEADLINE_EXCEEDED", `timed out after ${opts.timeoutMs} ms waiting for vm ${name}`);
+      if (opts.signal?.aborted) throw new NoidApiError("CANCELLED", `stopped waiting for vm ${name}`);
+      throw new NoidApiError("UNAVAILABLE", `watch ended while waiting for vm ${name}`, { retryable: true });
+    } finally {
+      clearTimeout(timer);
+      opts.signal?.removeEventListener("abort", onOuterAbort);
+      ac.abort();
+    }
+  }
+
+  // ---- hosts ----
+
+  async listHosts(): Promise<Host[]> {
+    return (await this.#unary("ListHosts", "read", this.#c.host.listHosts.bind(this.#c.host), {})).hosts;
+  }
+
+  async getHost(name: string): Promise<Host> {
+    return need(await this.#unary("GetHost", "read", this.#c.host.getHost.bind(this.#c.host), { name }), "host", "GetHost");
+  }
+
+  async cordonHost(name: string): Promise<Host> {
+    const res = await this.#unary("CordonHost", "mutation", this.#c.host.cordonHost.bind(this.#c.host), { name });
+    return need(res, "host", "CordonHost");
+  }
+
+  async uncordonHost(name: string): Promise<Host> {
+    const res = await this.#unary("UncordonHost", "mutation", this.#c.host.uncordonHost.bind(this.#c.host), { name });
+    return need(res, "host", "UncordonHost");
+  }
+
+  /** Cordons the host and reschedules its unstarted VMs; says which moved and which remain. */
+  async drainHost(name: string): Promise<DrainHostResponse> {
+    return this.#unary("DrainHost", "mutation", this.#c.host.drainHost.bind(this.#c.host), { name });
+  }
+
+  // ---- networks ----
+
+  async createNetwork(name: string, opts: { cidr: string }): Promise<Network> {
+    const res = await this.#unary("CreateNetwork", "mutation", this.#c.network.createNetwork.bind(this.#c.network), {
+      name,
+      cidr: opts.cidr,
+    });
+    return need(res, "network", "CreateNetwork");
+  }
+
+  async getNetwork(name: string, opts: OwnerOpt = {}): Promise<Network> {
+    const req = { name, owner: opts.owner ?? "" };
+    return need(await this.#unary("GetNetwork", "read", this.#c.network.getNetwork.bind(this.#c.network), req), "network", "GetNetwork");
+  }
+
+  async listNetworks(opts: OwnerOpt = {}): Promise<Network[]> {
+    const req = { owner: opts.owner ?? "" };
+    return (await this.#unary("ListNetworks", "read", this.#c.network.listNetworks.bind(this.#c.network), req)).networks;
+  }
+
+  async deleteNetwork(name: string, opts: OwnerOpt = {}): Promise<void> {
+    const req = { name, owner: opts.owner ?? "" };
+    await this.#unary("DeleteNetwork", "mutation", this.#c.network.deleteNetwork.bind(this.#c.network), req);
+  }
+
+  // ---- tokens and identity ----
+
+  /** Creates a token; the response carries its secret, which is never shown again. */
+  async createToken(opts: { name: string; role: Role; user?: string; ttlSeconds?: number }): Promise<CreateTokenResponse> {
+    const req = { name: opts.name, role: opts.role, user: opts.user ?? "", ttlSeconds: opts.ttlSeconds ?? 0 };
+    return this.#unary("CreateToken", "mutation", this.#c.auth.createToken.bind(this.#c.auth), req);
+  }
+
+  async listTokens(): Promise<Token[]> {
+    return (await this.#unary("ListTokens", "read", this.#c.auth.listTokens.bind(this.#c.auth), {})).tokens;
+  }
+
+  /** Revokes a token named by its name, or by id with `{ id }`. */
+  async revokeToken(ref: string | { id: string }): Promise<void> {
+    await this.#unary("RevokeToken", "mutation", this.#c.auth.revokeToken.bind(this.#c.auth), tokenRef(ref));
+  }
+
+  /** Replaces a token's secret; the response carries the new secret, once. */
+  async rotateToken(ref: string | { id: string }): Promise<RotateTokenResponse> {
+    return this.#unary("RotateToken", "mutation", this.#c.auth.rotateToken.bind(this.#c.auth), tokenRef(ref));
+  }
+
+  async whoAmI(): Promise<WhoAmIResponse> {
+    return this.#unary("WhoAmI", "read", this.#c.auth.whoAmI.bind(this.#c.auth), {});
+  }
+
+  /** Audit events, newest first. */
+  async listAuditEvents(opts: { limit?: number; user?: string; vm?: string; event?: string } = {}): Promise<AuditEvent[]> {
+    const req = { limit: opts.limit ?? 0, user: opts.user ?? "", vm: opts.vm ?? "", event: opts.event ?? "" };
+    return (await this.#unary("ListAuditEvents", "read", this.#c.audit.listAuditEvents.bind(this.#c.audit), req)).events;
+  }
+
+  /** Closes the shared channel; calls in flight fail with CANCELLED/UNAVAILABLE. */
+  close(): void {
+    // All service clients share the VM client's channel (see connect.ts).
+    this.#c.vm.close();
+  }
+
+  // ---- plumbing ----
+
+  #metadata(): Metadata {
+    const md = new Metadata();
+    if (this.#s.token) md.set("authorization", `Bearer ${this.#s.token}`);
+    return md;
+  }
+
+  #unary<Req, Res>(what: string, kind: CallKind, method: UnaryMethod<Req, Res>, request: Req): Promise<Res> {
+    const once = (): Promise<Res> =>
+      new Promise<Res>((resolve, reject) => {
+        // The deadline is per attempt: a retry after a timeout gets a fresh one.
+        const deadline = new Date(Date.now() + this.#s.deadlineMs);
+        method(request, this.#metadata(), { deadline }, (err, res) => (err ? reject(err) : resolve(res)));
+      });
+    return withRetry(what, kind, this.#s.policy, once, this.#s.retryDeps);
+  }
+}
+
+function vmRef(ref: VmRef): { name: string; id: string } {
+  return typeof ref === "string" ? { name: ref, id: "" } : { name: "", id: ref.id };
+}
+
+function tokenRef(ref: string | { id: string }): { name: string; id: string } {
+  return typeof ref === "string" ? { name: ref, id: "" } : { name: "", id: ref.id };
+}
+
+/** Unwraps a response's one message, treating its absence as a server bug. */
+function need<R, K extends keyof R>(res: R, key: K, what: string): NonNullable<R[K]> {
+  const v = res[key];
+  if (v === undefined || v === null) throw new NoidApiError("INTERNAL", `${what}: server returned no ${String(key)}`);
+  return v as NonNullable<R[K]>;
+}

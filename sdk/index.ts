@@ -1,0 +1,22 @@
+// Public surface of the Noid SDK.
+export { connect, DEFAULT_DEADLINE_MS, DEFAULT_PORT, type ConnectOptions } from "./connect.js";
+export { NoidClient, type OwnerOpt, type VmRef } from "./client.js";
+export {
+  NoidApiError,
+  isNoidApiError,
+  isRetryable,
+  statusName,
+  toApiError,
+  RETRYABLE,
+  type CallKind,
+  type StatusName,
+} from "./errors.js";
+export { backoffDelay, withRetry, DEFAULT_RETRY_POLICY, type RetryPolicy, type RetryDeps } from "./retry.js";
+export { parseAddress, readCaFile, type TlsOptions } from "./channel.js";
+export { isSettled, phaseName, phaseOf } from "./phase.js";
+// The generated message types the client returns, so integrators need one import.
+export { Vm, VmSpec, VmStatus, VmPhase, VmEventType, VmDesiredState, WatchVmsResponse } from "../gen/noid/v1/vm.js";
+export { Host, HostState, Resources, DrainHostResponse } from "../gen/noid/v1/host.js";
+export { Network } from "../gen/noid/v1/network.js";
+export { Token, Role, CreateTokenResponse, RotateTokenResponse, WhoAmIResponse } from "../gen/noid/v1/auth.js";
+export { AuditEvent } from "../gen/noid/v1/audit.js";
