@@ -1,0 +1,78 @@
+// The port every hypervisor driver implements. Plans branch on capabilities(),
+// never on driver names; optional operations are declared with a capability flag.
+import { NoidError } from "../../common/errors.js";
+
+export interface VmNetSpec {
+  /** The VM's MAC address (lower-case, colon separated). */
+  mac: string;
+  /** IPv4 address without prefix; empty when the network has not assigned one yet. */
+  ip: string;
+  /** Prefix length for `ip` (default 24). */
+  prefixLen?: number;
+  /** Host bridge to plug the VM's port into; absent leaves the port unattached. */
+  bridge?: string;
+  mtu?: number;
+}
+
+/** What a driver needs to create one VM. */
+export interface VmCreateSpec {
+  id: string;
+  vcpus: number;
+  memoryMb: number;
+  diskGb: number;
+  image: string;
+  net: VmNetSpec;
+}
+
+export type VmRunState = "running" | "stopped" | "failed";
+
+/** What a driver observes about one VM it manages. */
+export interface VmRuntime {
+  id: string;
+  driver: string;
+  state: VmRunState;
+  /** Why the VM is stopped or failed, when known. */
+  reason: string;
+  spec: VmCreateSpec;
+  /** The host-side network port (TAP or veth) name. */
+  hostPort: string;
+}
+
+export interface Capabilities {
+  exec: boolean;
+  checkpoint: boolean;
+  restore: boolean;
+  /** cpu.max / memory.max are enforced. When false, `limitsReason` says why. */
+  resourceLimits: boolean;
+  limitsReason?: string;
+}
+
+export interface ExecResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+}
+
+export interface HypervisorDriver {
+  readonly name: string;
+  capabilities(): Capabilities;
+  /** Prepares the VM (network port, cgroup, files) without starting it. Idempotent. */
+  create(spec: VmCreateSpec): Promise<VmRuntime>;
+  start(id: string): Promise<VmRuntime>;
+  stop(id: string): Promise<VmRuntime>;
+  /** Removes everything the VM has on the host. Idempotent: destroying a missing VM succeeds. */
+  destroy(id: string): Promise<void>;
+  /** undefined when the driver does not know the VM. */
+  inspect(id: string): Promise<VmRuntime | undefined>;
+  list(): Promise<VmRuntime[]>;
+  /** After an agent restart: adopt VMs that still run, and clear records of ones that cannot be adopted. */
+  recover(): Promise<VmRuntime[]>;
+  exec?(id: string, argv: string[]): Promise<ExecResult>;
+  checkpoint?(id: string, name: string): Promise<void>;
+  restore?(id: string, name: string): Promise<VmRuntime>;
+}
+
+/** The error an optional operation throws when the driver lacks the capability. */
+export function unsupported(driver: string, capability: keyof Capabilities): NoidError {
+  return new NoidError("FAILED_PRECONDITION", `driver ${driver} does not support ${capability}`);
+}

@@ -1,0 +1,205 @@
+// The sandbox driver: a "VM" is a network namespace with an init process (`sleep infinity`)
+// and a veth pair whose host end lives in the agent's netns. No hypervisor needed, so it
+// runs everywhere (CI, the lab) and exercises the same network plumbing as a real VM's TAP.
+//
+// The driver's "host" is the netns the agent runs in (or `netns` from the options, which
+// lets a test drive a lab host from outside). VM namespaces are machine-wide names and
+// carry the per-agent `nsPrefix`, so agents of one lab never collide.
+import { existsSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { NoidError, during, notFound } from "../../../common/errors.js";
+import {
+  type Runner,
+  type Spawner,
+  isAlive,
+  killProcess,
+  processRef,
+  run as defaultRun,
+  spawnDetached,
+} from "../../../common/run.js";
+import type { Capabilities, ExecResult, HypervisorDriver, VmCreateSpec, VmRuntime } from "../driver.js";
+import { type CgroupProbe, createVmCgroup, joinCgroup, probeCgroup, removeCgroup } from "./cgroup.js";
+import { cgroupName, cpuMax, hostPort, memoryMax, vmNetns } from "./names.js";
+import { RecordStore, type SandboxRecord } from "./records.js";
+
+export interface SandboxOptions {
+  /** Agent state directory; records go to <stateDir>/sandbox. */
+  stateDir: string;
+  /** Per-agent prefix of VM namespace names (e.g. the lab host's netns name). */
+  nsPrefix: string;
+  /** The netns that plays the host; default: the agent's own. */
+  netns?: string;
+  cgroupRoot?: string;
+  /** Parent cgroup (relative to cgroupRoot) of all VMs of this agent. */
+  cgroupParent?: string;
+  runner?: Runner;
+  spawner?: Spawner;
+}
+
+const netnsPath = (name: string): string => `/run/netns/${name}`;
+
+export class SandboxDriver implements HypervisorDriver {
+  readonly name = "sandbox";
+  private readonly records: RecordStore;
+  private readonly run: Runner;
+  private readonly spawn: Spawner;
+  private readonly cgroupRoot: string;
+  private readonly cgroupParent: string;
+  private readonly cgroup: CgroupProbe;
+
+  constructor(private readonly opts: SandboxOptions) {
+    this.records = new RecordStore(join(opts.stateDir, "sandbox"));
+    this.run = opts.runner ?? defaultRun;
+    this.spawn = opts.spawner ?? spawnDetached;
+    this.cgroupRoot = opts.cgroupRoot ?? "/sys/fs/cgroup";
+    this.cgroupParent = opts.cgroupParent ?? `noid-${opts.nsPrefix}`;
+    this.cgroup = probeCgroup(this.cgroupRoot);
+  }
+
+  capabilities(): Capabilities {
+    return {
+      exec: true,
+      checkpoint: false,
+      restore: false,
+      resourceLimits: this.cgroup.ok,
+      ...(this.cgroup.ok ? {} : { limitsReason: this.cgroup.reason }),
+    };
+  }
+
+  /** Runs in the host netns (the agent's own unless `netns` was given). */
+  private host(argv: string[], allowFail = false): ReturnType<Runner> {
+    return this.run(argv, { ...(this.opts.netns ? { netns: this.opts.netns } : {}), allowFail });
+  }
+
+  async create(spec: VmCreateSpec): Promise<VmRuntime> {
+    const ns = vmNetns(this.opts.nsPrefix, spec.id);
+    const port = hostPort(spec.id);
+    const existing = this.records.get(spec.id);
+    // Written first: a crash half-way leaves a record that recover() or destroy() cleans up.
+    const rec: SandboxRecord = { ...existing, spec, netns: ns, hostPort: port };
+    this.records.put(rec);
+    try {
+      if (!existsSync(netnsPath(ns))) await this.run(["ip", "netns", "add", ns]);
+      await this.run(["ip", "-n", ns, "link", "set", "lo", "up"]);
+      const hasPort = (await this.host(["ip", "link", "show", "dev", port], true)).exitCode === 0;
+      if (!hasPort) await this.host(["ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns]);
+      await this.run(["ip", "-n", ns, "link", "set", "eth0", "address", spec.net.mac]);
+      if (spec.net.mtu) {
+        await this.run(["ip", "-n", ns, "link", "set", "eth0", "mtu", String(spec.net.mtu)]);
+        await this.host(["ip", "link", "set", port, "mtu", String(spec.net.mtu)]);
+      }
+      if (spec.net.ip) {
+        const cidr = `${spec.net.ip}/${spec.net.prefixLen ?? 24}`;
+        await this.run(["ip", "-n", ns, "addr", "replace", cidr, "dev", "eth0"]);
+      }
+      await this.run(["ip", "-n", ns, "link", "set", "eth0", "up"]);
+      if (spec.net.bridge) await this.host(["ip", "link", "set", port, "master", spec.net.bridge]);
+      await this.host(["ip", "link", "set", port, "up"]);
+      if (this.cgroup.ok && rec.cgroup === undefined) {
+        rec.cgroup = createVmCgroup(this.cgroupRoot, this.cgroupParent, cgroupName(spec.id), {
+          cpuMax: cpuMax(spec.vcpus),
+          memoryMax: memoryMax(spec.memoryMb),
+        });
+        this.records.put(rec);
+      }
+    } catch (e) {
+      throw during(`creating sandbox VM ${spec.id} (netns ${ns}, port ${port})`, e);
+    }
+    return this.runtime(rec);
+  }
+
+  async start(id: string): Promise<VmRuntime> {
+    const rec = this.mustGet(id);
+    if (!existsSync(netnsPath(rec.netns))) {
+      throw new NoidError("FAILED_PRECONDITION", `starting sandbox VM ${id}: netns ${rec.netns} is gone`);
+    }
+    if (rec.init && isAlive(rec.init)) return this.runtime(rec);
+    const pid = await this.spawn(["sleep", "infinity"], { netns: rec.netns });
+    const ref = processRef(pid);
+    if (!ref) throw new NoidError("INTERNAL", `starting sandbox VM ${id}: init ${pid} exited at once`);
+    rec.init = ref;
+    this.records.put(rec);
+    if (rec.cgroup) joinCgroup(rec.cgroup, pid);
+    return this.runtime(rec);
+  }
+
+  async stop(id: string): Promise<VmRuntime> {
+    const rec = this.mustGet(id);
+    if (rec.init) await killProcess(rec.init);
+    delete rec.init;
+    this.records.put(rec);
+    return this.runtime(rec);
+  }
+
+  async destroy(id: string): Promise<void> {
+    const rec = this.records.get(id);
+    if (rec?.init) await killProcess(rec.init);
+    // Names derive from the id, so this also cleans up after a lost record.
+    const ns = rec?.netns ?? vmNetns(this.opts.nsPrefix, id);
+    const port = rec?.hostPort ?? hostPort(id);
+    try {
+      if (existsSync(netnsPath(ns))) await this.run(["ip", "netns", "del", ns]);
+      // Deleting the netns deletes eth0 and with it the peer; this covers a half-made pair.
+      await this.host(["ip", "link", "del", port], true);
+      if (rec?.cgroup) removeCgroup(rec.cgroup);
+    } catch (e) {
+      throw during(`destroying sandbox VM ${id}`, e);
+    }
+    this.records.delete(id);
+  }
+
+  async inspect(id: string): Promise<VmRuntime | undefined> {
+    const rec = this.records.get(id);
+    return rec ? this.runtime(rec) : undefined;
+  }
+
+  async list(): Promise<VmRuntime[]> {
+    return this.records.all().map((r) => this.runtime(r));
+  }
+
+  /** Adopts what still has its namespace; a VM whose namespace vanished is cleaned up and not returned. */
+  async recover(): Promise<VmRuntime[]> {
+    const adopted: VmRuntime[] = [];
+    for (const rec of this.records.all()) {
+      if (!existsSync(netnsPath(rec.netns))) {
+        await this.destroy(rec.spec.id);
+        continue;
+      }
+      adopted.push(this.runtime(rec));
+    }
+    return adopted;
+  }
+
+  async exec(id: string, argv: string[]): Promise<ExecResult> {
+    const rec = this.mustGet(id);
+    return this.run(argv, { netns: rec.netns, allowFail: true });
+  }
+
+  private mustGet(id: string): SandboxRecord {
+    const rec = this.records.get(id);
+    if (!rec) throw notFound(`sandbox VM ${id}`);
+    return rec;
+  }
+
+  /** Observed state, from the kernel: the namespace must exist and init must be alive inside it. */
+  private runtime(rec: SandboxRecord): VmRuntime {
+    const base = { id: rec.spec.id, driver: this.name, spec: rec.spec, hostPort: rec.hostPort };
+    if (!existsSync(netnsPath(rec.netns))) return { ...base, state: "failed", reason: `netns ${rec.netns} is gone` };
+    if (!rec.init) return { ...base, state: "stopped", reason: "" };
+    if (!isAlive(rec.init) || !inNetns(rec.init.pid, rec.netns)) {
+      return { ...base, state: "failed", reason: `init process ${rec.init.pid} exited` };
+    }
+    return { ...base, state: "running", reason: "" };
+  }
+}
+
+/** Is `pid` in the named netns? Guards against adopting a process that is not the VM's init. */
+function inNetns(pid: number, netns: string): boolean {
+  try {
+    const a = statSync(`/proc/${pid}/ns/net`);
+    const b = statSync(netnsPath(netns));
+    return a.ino === b.ino && a.dev === b.dev;
+  } catch {
+    return false;
+  }
+}

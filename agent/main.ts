@@ -1,0 +1,165 @@
+// Composition root of the agent: read config (file < NOID_* env < flags), build the driver,
+// the reconcile loop and the session, run until SIGTERM/SIGINT. VMs keep running when the
+// agent stops; the next agent adopts them (driver.recover()).
+//
+//   node dist/agent/main.js --config /etc/noid/agent.toml
+//   node dist/agent/main.js --coordinator unix:/run/noid/coord.sock --name h1 --insecure --token-file t
+import { readFileSync } from "node:fs";
+import { pathToFileURL } from "node:url";
+import { Command } from "commander";
+import { credentials, type ChannelCredentials } from "@grpc/grpc-js";
+import { createLogger } from "../common/logger.js";
+import { invalid } from "../common/errors.js";
+import { AgentServiceClient } from "../gen/noid/v1/agent.js";
+import {
+  type AgentConfig,
+  DEFAULT_CONFIG_FILE,
+  mergeLayers,
+  parseAgentConfig,
+  readConfigFile,
+  readToken,
+} from "./config.js";
+import { readAgentEnv } from "./env.js";
+import { SandboxDriver } from "./drivers/sandbox/sandbox.js";
+import { ReconcileLoop } from "./reconcile/loop.js";
+import { AgentSession } from "./session.js";
+
+export const AGENT_VERSION = "0.1.0";
+
+interface Flags {
+  config?: string;
+  coordinator?: string;
+  name?: string;
+  address?: string;
+  stateDir?: string;
+  tokenFile?: string;
+  nsPrefix?: string;
+  vcpus?: string;
+  memoryMb?: string;
+  diskGb?: string;
+  label?: string[];
+  insecure?: boolean;
+  logLevel?: string;
+}
+
+const int = (field: string, v: string | undefined): number | undefined => {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw invalid(field, `"${v}" is not a positive integer`);
+  return n;
+};
+
+/** Flags in the config file's keys, so all layers merge the same way. */
+export function flagsToLayer(f: Flags): Record<string, unknown> {
+  const labels: Record<string, string> = {};
+  for (const kv of f.label ?? []) {
+    const i = kv.indexOf("=");
+    if (i <= 0) throw invalid("label", `"${kv}" must be key=value`);
+    labels[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+  return {
+    coordinator: f.coordinator,
+    name: f.name,
+    address: f.address,
+    state_dir: f.stateDir,
+    token_file: f.tokenFile,
+    ns_prefix: f.nsPrefix,
+    insecure: f.insecure,
+    log_level: f.logLevel,
+    capacity: { vcpus: int("vcpus", f.vcpus), memory_mb: int("memory_mb", f.memoryMb), disk_gb: int("disk_gb", f.diskGb) },
+    ...(f.label?.length ? { labels } : {}),
+  };
+}
+
+export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): { config: AgentConfig; token: string } {
+  const program = new Command()
+    .name("noid-agent")
+    .option("--config <file>", `TOML config (default ${DEFAULT_CONFIG_FILE} if present)`)
+    .option("--coordinator <addr>", "host:port or unix:/path")
+    .option("--name <name>", "host name (DNS label)")
+    .option("--address <ip>", "underlay address")
+    .option("--state-dir <dir>", "agent state directory")
+    .option("--token-file <file>", "file holding the bearer token")
+    .option("--ns-prefix <prefix>", "prefix of VM namespace names")
+    .option("--vcpus <n>")
+    .option("--memory-mb <n>")
+    .option("--disk-gb <n>")
+    .option("--label <k=v>", "host label (repeatable)", (v: string, acc: string[] = []) => [...acc, v])
+    .option("--insecure", "plaintext gRPC (unix socket / loopback only)")
+    .option("--log-level <level>")
+    .exitOverride()
+    .parse(argv, { from: "user" });
+  const flags = program.opts<Flags>();
+  const e = readAgentEnv(env);
+  const file = flags.config ?? e.configFile;
+  const fileLayer = readConfigFile(file ?? DEFAULT_CONFIG_FILE, file !== undefined);
+  const config = parseAgentConfig(mergeLayers(fileLayer, e.overrides, flagsToLayer(flags)));
+  return { config, token: readToken(config, e.token) };
+}
+
+function channelCredentials(c: AgentConfig): ChannelCredentials {
+  if (c.insecure) return credentials.createInsecure();
+  const read = (p: string | undefined): Buffer | null => (p ? readFileSync(p) : null);
+  return credentials.createSsl(read(c.tls.caFile), read(c.tls.keyFile), read(c.tls.certFile));
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const { config, token } = loadConfig(argv);
+  const logger = createLogger({ name: "agent", level: config.logLevel }).child({ host: config.name });
+  const driver = new SandboxDriver({ stateDir: config.stateDir, nsPrefix: config.nsPrefix });
+  const caps = driver.capabilities();
+  if (!caps.resourceLimits) logger.warn({ reason: caps.limitsReason }, "sandbox VMs run without cgroup limits");
+
+  // The loop reports through the session; the session feeds the loop. Tie the knot late.
+  let session: AgentSession | undefined;
+  const loop = new ReconcileLoop({
+    driver,
+    logger: logger.child({ component: "reconcile" }),
+    onStatus: (r) => session?.report(r),
+  });
+  const client = new AgentServiceClient(config.coordinator, channelCredentials(config), {
+    "grpc.keepalive_time_ms": 20_000,
+    "grpc.keepalive_timeout_ms": 10_000,
+    "grpc.keepalive_permit_without_calls": 1,
+  });
+  session = new AgentSession({
+    client,
+    token,
+    registration: {
+      name: config.name,
+      address: config.address,
+      labels: config.labels,
+      drivers: config.drivers,
+      capacity: config.capacity,
+      wireguardPublicKey: "",
+      wireguardPort: 0,
+      agentVersion: AGENT_VERSION,
+    },
+    sink: loop,
+    logger: logger.child({ component: "session" }),
+    onState: (s) => logger.debug({ state: s }, "session state"),
+  });
+
+  await loop.start();
+  session.start();
+  logger.info({ coordinator: config.coordinator, stateDir: config.stateDir }, "agent started");
+
+  await new Promise<void>((resolve) => {
+    const shutdown = (sig: string): void => {
+      logger.info({ signal: sig }, "stopping (VMs keep running)");
+      resolve();
+    };
+    process.once("SIGTERM", () => shutdown("SIGTERM"));
+    process.once("SIGINT", () => shutdown("SIGINT"));
+  });
+  await session.stop();
+  await loop.stop();
+  client.close();
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main(process.argv.slice(2)).catch((e: unknown) => {
+    process.stderr.write(`noid-agent: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exit(1);
+  });
+}

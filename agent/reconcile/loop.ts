@@ -1,0 +1,220 @@
+// The reconcile loop: observe -> plan -> apply -> observe again (verify) until the plan is
+// empty. Applying is thin: each action is one driver call. Status transitions
+// (CREATING, STOPPING, then RUNNING / STOPPED / FAILED with a reason) go to `onStatus`.
+//
+// Nothing is reconciled before the first desired set arrives: an agent that restarts
+// adopts running VMs and must not treat them as orphans before it has heard the coordinator.
+import type { Logger } from "../../common/logger.js";
+import type { VmStatusReport } from "../../gen/noid/v1/agent.js";
+import { VmPhase } from "../../gen/noid/v1/vm.js";
+import type { HypervisorDriver, VmRuntime } from "../drivers/driver.js";
+import { type Action, plan, sameStatus } from "./plan.js";
+import type { DesiredVm } from "./types.js";
+
+export interface ReconcileLoopOptions {
+  driver: HypervisorDriver;
+  onStatus: (r: VmStatusReport) => void;
+  logger: Logger;
+  /** Re-observe this often even without changes, to notice VMs that died (default 10 s). */
+  resyncMs?: number;
+  /** Rounds of plan/apply per pass before giving up until the next pass (default 8). */
+  maxRounds?: number;
+  /** Retry delay after a VM's action failed, doubled per failure up to maxRetryMs. */
+  retryMs?: number;
+  maxRetryMs?: number;
+  now?: () => number;
+}
+
+export interface PassResult {
+  converged: boolean;
+  rounds: number;
+  applied: Action[];
+}
+
+interface Failure {
+  count: number;
+  retryAt: number;
+  /** The desired state when it failed: a new desired state is retried at once. */
+  desired: string;
+}
+
+export class ReconcileLoop {
+  private desired: Map<string, DesiredVm> | undefined;
+  private readonly reported = new Map<string, VmStatusReport>();
+  private readonly failures = new Map<string, Failure>();
+  private running: Promise<PassResult> | undefined;
+  private again = false;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly now: () => number;
+
+  constructor(private readonly opts: ReconcileLoopOptions) {
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** Adopts VMs left by a previous agent run, then reconciles on every change and every resync. */
+  async start(): Promise<VmRuntime[]> {
+    const adopted = await this.opts.driver.recover();
+    this.opts.logger.info({ adopted: adopted.map((v) => `${v.id}:${v.state}`) }, "recovered VMs");
+    this.timer = setInterval(() => this.kick(), this.opts.resyncMs ?? 10_000);
+    this.timer.unref();
+    return adopted;
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.again = false;
+    await this.running?.catch(() => undefined);
+  }
+
+  /** Replaces the whole desired set (a snapshot from the coordinator). */
+  setDesired(vms: readonly DesiredVm[]): void {
+    this.desired = new Map(vms.map((v) => [v.id, v]));
+    this.kick();
+  }
+
+  upsert(vm: DesiredVm): void {
+    (this.desired ??= new Map()).set(vm.id, vm);
+    this.kick();
+  }
+
+  /** The VM is no longer assigned here: it becomes an orphan and is destroyed. */
+  remove(vmId: string): void {
+    this.desired?.delete(vmId);
+    this.kick();
+  }
+
+  /** The last status sent for every VM, to resend after a reconnect. */
+  lastReports(): VmStatusReport[] {
+    return [...this.reported.values()];
+  }
+
+  /** Requests a pass; passes never overlap, and changes during one cause another. */
+  kick(): void {
+    if (this.desired === undefined) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = this.pass().finally(() => {
+      this.running = undefined;
+      if (this.again) {
+        this.again = false;
+        this.kick();
+      }
+    });
+    this.running.catch((e: unknown) => this.opts.logger.error({ err: e }, "reconcile pass failed"));
+  }
+
+  /** Resolves when no pass is running or queued (for tests and shutdown). */
+  async idle(): Promise<void> {
+    while (this.running) await this.running.catch(() => undefined);
+  }
+
+  /** One pass: rounds of observe -> plan -> apply until the plan is empty. */
+  async pass(): Promise<PassResult> {
+    const applied: Action[] = [];
+    const maxRounds = this.opts.maxRounds ?? 8;
+    for (let round = 1; round <= maxRounds; round++) {
+      const desired = [...(this.desired?.values() ?? [])];
+      const observed = await this.opts.driver.list();
+      const actions = plan(desired, observed, this.reported).filter((a) => this.mayAct(a.vmId));
+      if (actions.length === 0) {
+        this.prune(desired, observed);
+        return { converged: true, rounds: round - 1, applied };
+      }
+      const byId = new Map(observed.map((o) => [o.id, o]));
+      for (const a of actions) {
+        applied.push(a);
+        await this.apply(a, byId.get(a.vmId));
+      }
+    }
+    return { converged: false, rounds: maxRounds, applied };
+  }
+
+  private mayAct(vmId: string): boolean {
+    const f = this.failures.get(vmId);
+    if (!f) return true;
+    const d = this.desired?.get(vmId);
+    if ((d?.state ?? "absent") !== f.desired) {
+      this.failures.delete(vmId);
+      return true;
+    }
+    return this.now() >= f.retryAt;
+  }
+
+  private send(status: VmStatusReport): void {
+    if (sameStatus(this.reported.get(status.vmId), status)) return;
+    this.reported.set(status.vmId, status);
+    this.opts.onStatus(status);
+  }
+
+  private transition(vmId: string, phase: VmPhase, o: VmRuntime | undefined, reason = ""): void {
+    const d = this.desired?.get(vmId);
+    const net = o?.spec.net ?? d?.spec.net;
+    this.send({ vmId, phase, reason, ip: net?.ip ?? "", mac: net?.mac ?? "", destroyed: false });
+  }
+
+  private async apply(a: Action, o: VmRuntime | undefined): Promise<void> {
+    const d = this.opts.driver;
+    const log = this.opts.logger.child({ vm: a.vmId, action: a.kind });
+    try {
+      switch (a.kind) {
+        case "create":
+          this.transition(a.vmId, VmPhase.VM_PHASE_CREATING, undefined);
+          await d.create(a.spec);
+          break;
+        case "start":
+          await d.start(a.vmId);
+          break;
+        case "stop":
+          this.transition(a.vmId, VmPhase.VM_PHASE_STOPPING, o);
+          await d.stop(a.vmId);
+          break;
+        case "destroy":
+          if (a.reason === "failed") this.transition(a.vmId, VmPhase.VM_PHASE_FAILED, o, a.observedReason ?? "");
+          await d.destroy(a.vmId);
+          if (a.reason !== "failed") {
+            this.send({ vmId: a.vmId, phase: VmPhase.VM_PHASE_STOPPED, reason: "", ip: "", mac: "", destroyed: true });
+          }
+          break;
+        case "report":
+          this.send(a.status);
+          break;
+      }
+      if (a.kind !== "report") log.debug("applied");
+    } catch (e) {
+      const reason = e instanceof Error ? e.message : String(e);
+      log.warn({ err: e }, "action failed");
+      const prev = this.failures.get(a.vmId);
+      const count = (prev?.count ?? 0) + 1;
+      const delay = Math.min((this.opts.retryMs ?? 1000) * 2 ** (count - 1), this.opts.maxRetryMs ?? 60_000);
+      this.failures.set(a.vmId, {
+        count,
+        retryAt: this.now() + delay,
+        desired: this.desired?.get(a.vmId)?.state ?? "absent",
+      });
+      this.transition(a.vmId, VmPhase.VM_PHASE_FAILED, o, `${a.kind}: ${reason}`);
+    }
+  }
+
+  /** Forgets VMs that are gone and settled, so memory does not grow with every VM ever seen. */
+  private prune(desired: DesiredVm[], observed: VmRuntime[]): void {
+    const seen = new Set(observed.map((o) => o.id));
+    for (const d of desired) {
+      if (d.state === "deleted" && !seen.has(d.id) && this.reported.get(d.id)?.destroyed) {
+        this.desired?.delete(d.id);
+        this.reported.delete(d.id);
+        this.failures.delete(d.id);
+      }
+    }
+    for (const id of [...this.reported.keys()]) {
+      if (!this.desired?.has(id) && !seen.has(id)) {
+        this.reported.delete(id);
+        this.failures.delete(id);
+      }
+    }
+    // A VM that reached its desired state has no failure to back off from any more.
+    for (const id of [...this.failures.keys()]) if (this.now() >= (this.failures.get(id)?.retryAt ?? 0)) this.failures.delete(id);
+  }
+}

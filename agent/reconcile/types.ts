@@ -1,0 +1,10 @@
+// What the coordinator wants on this host, in the agent's own terms (no proto types in the plan's input).
+import type { VmCreateSpec } from "../drivers/driver.js";
+
+export type DesiredRunState = "running" | "stopped" | "deleted";
+
+export interface DesiredVm {
+  id: string;
+  state: DesiredRunState;
+  spec: VmCreateSpec;
+}

@@ -1,0 +1,212 @@
+// The agent's session with the coordinator: RegisterHost, then one bidi Session stream
+// carrying hello, heartbeats and VM status up, and the desired state down (a snapshot,
+// then deltas). On any break: back off (capped at 10 s), register again, reopen, and let
+// the fresh snapshot replace the desired set; the last status of every VM is resent.
+//
+// Session states (explicit, see SessionState): idle -> registering -> streaming ->
+// backoff -> registering ... ; stop() from any state -> stopped.
+import { Metadata, type ClientDuplexStream, type ServiceError } from "@grpc/grpc-js";
+import type { Logger } from "../common/logger.js";
+import {
+  type AgentServiceClient,
+  type RegisterHostRequest,
+  type RegisterHostResponse,
+  type SessionRequest,
+  type SessionResponse,
+  type VmStatusReport,
+} from "../gen/noid/v1/agent.js";
+import { type BackoffPolicy, DEFAULT_BACKOFF, backoffDelay } from "./backoff.js";
+import { desiredFromVm } from "./reconcile/desired.js";
+import type { DesiredVm } from "./reconcile/types.js";
+
+/** Where the desired state goes (the reconcile loop). */
+export interface DesiredSink {
+  setDesired(vms: readonly DesiredVm[]): void;
+  upsert(vm: DesiredVm): void;
+  remove(vmId: string): void;
+  lastReports(): VmStatusReport[];
+}
+
+export type SessionState = "idle" | "registering" | "streaming" | "backoff" | "stopped";
+
+export interface AgentSessionOptions {
+  client: AgentServiceClient;
+  token: string;
+  registration: RegisterHostRequest;
+  sink: DesiredSink;
+  logger: Logger;
+  backoff?: BackoffPolicy;
+  /** Deadline of the RegisterHost call (default 10 s). */
+  registerTimeoutMs?: number;
+  /** Used when the coordinator does not say (default 5 s). */
+  defaultHeartbeatMs?: number;
+  /** Heartbeats without an ack before the stream is declared dead (default 3). */
+  missedAcksLimit?: number;
+  onState?: (s: SessionState) => void;
+}
+
+export class AgentSession {
+  private state: SessionState = "idle";
+  private attempt = 0;
+  private stream: ClientDuplexStream<SessionRequest, SessionResponse> | undefined;
+  private heartbeat: NodeJS.Timeout | undefined;
+  private retry: NodeJS.Timeout | undefined;
+  private sequence = 0;
+  private lastAcked = 0;
+  private id: string | undefined;
+
+  constructor(private readonly opts: AgentSessionOptions) {}
+
+  get hostId(): string | undefined {
+    return this.id;
+  }
+
+  get currentState(): SessionState {
+    return this.state;
+  }
+
+  start(): void {
+    if (this.state !== "idle") return;
+    void this.connect();
+  }
+
+  async stop(): Promise<void> {
+    this.setState("stopped");
+    if (this.retry) clearTimeout(this.retry);
+    this.closeStream();
+  }
+
+  /** Sends a VM status now if the stream is up; otherwise it goes out with the resync after reconnecting. */
+  report(status: VmStatusReport): void {
+    if (this.state === "streaming") this.write({ kind: { $case: "vmStatus", value: status } });
+  }
+
+  private isStopped(): boolean {
+    return this.state === "stopped";
+  }
+
+  private setState(s: SessionState): void {
+    if (this.state === "stopped" || this.state === s) return;
+    this.state = s;
+    this.opts.onState?.(s);
+  }
+
+  private metadata(): Metadata {
+    const md = new Metadata();
+    md.set("authorization", `Bearer ${this.opts.token}`);
+    return md;
+  }
+
+  private register(): Promise<RegisterHostResponse> {
+    const deadline = new Date(Date.now() + (this.opts.registerTimeoutMs ?? 10_000));
+    return new Promise((resolve, reject) => {
+      this.opts.client.registerHost(this.opts.registration, this.metadata(), { deadline }, (err: ServiceError | null, res) =>
+        err ? reject(err) : resolve(res),
+      );
+    });
+  }
+
+  private async connect(): Promise<void> {
+    if (this.state === "stopped") return;
+    this.setState("registering");
+    let reg: RegisterHostResponse;
+    try {
+      reg = await this.register();
+    } catch (e) {
+      this.opts.logger.warn({ err: errText(e), attempt: this.attempt }, "RegisterHost failed");
+      this.scheduleReconnect();
+      return;
+    }
+    if (this.isStopped()) return; // stop() may have run while we awaited
+    this.id = reg.hostId;
+    this.opts.logger.info({ hostId: reg.hostId }, "registered");
+    this.openStream(reg);
+  }
+
+  private openStream(reg: RegisterHostResponse): void {
+    const stream = this.opts.client.session(this.metadata());
+    this.stream = stream;
+    this.setState("streaming");
+    this.write({ kind: { $case: "hello", value: { hostId: reg.hostId } } });
+    // The coordinator may have lost what we said before the break: say it again.
+    for (const r of this.opts.sink.lastReports()) this.write({ kind: { $case: "vmStatus", value: r } });
+
+    const everyMs = reg.heartbeatIntervalMs || (this.opts.defaultHeartbeatMs ?? 5000);
+    this.sequence = 0;
+    this.lastAcked = 0;
+    this.heartbeat = setInterval(() => {
+      if (this.sequence - this.lastAcked >= (this.opts.missedAcksLimit ?? 3)) {
+        this.opts.logger.warn({ sent: this.sequence, acked: this.lastAcked }, "heartbeats unanswered; reconnecting");
+        stream.cancel();
+        return;
+      }
+      this.write({ kind: { $case: "heartbeat", value: { sequence: ++this.sequence } } });
+    }, everyMs);
+    this.heartbeat.unref();
+
+    stream.on("data", (msg: SessionResponse) => this.receive(msg));
+    let ended = false;
+    const onEnd = (why: string, err?: unknown): void => {
+      if (ended || this.stream !== stream) return;
+      ended = true;
+      if (err !== undefined) this.opts.logger.warn({ err: errText(err) }, `session ${why}`);
+      else this.opts.logger.info(`session ${why}`);
+      this.closeStream();
+      this.scheduleReconnect();
+    };
+    stream.on("error", (e) => onEnd("failed", e));
+    stream.on("end", () => onEnd("ended by coordinator"));
+  }
+
+  private receive(msg: SessionResponse): void {
+    const k = msg.kind;
+    if (!k) return;
+    // Any message proves the session works: the next break starts backing off from scratch.
+    this.attempt = 0;
+    switch (k.$case) {
+      case "snapshot":
+        this.opts.sink.setDesired(k.value.vms.map((vm) => desiredFromVm(vm)));
+        break;
+      case "vm":
+        this.opts.sink.upsert(desiredFromVm(k.value));
+        break;
+      case "vmRemoved":
+        this.opts.sink.remove(k.value.vmId);
+        break;
+      case "heartbeatAck":
+        this.lastAcked = Math.max(this.lastAcked, k.value.sequence);
+        break;
+    }
+  }
+
+  private write(req: SessionRequest): void {
+    try {
+      this.stream?.write(req);
+    } catch (e) {
+      this.opts.logger.warn({ err: errText(e) }, "session write failed");
+    }
+  }
+
+  private closeStream(): void {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = undefined;
+    const s = this.stream;
+    this.stream = undefined;
+    if (s) {
+      s.removeAllListeners("data");
+      s.on("error", () => undefined); // a cancelled call reports CANCELLED; nobody needs it
+      s.cancel();
+    }
+  }
+
+  private scheduleReconnect(): void {
+    if (this.state === "stopped") return;
+    this.setState("backoff");
+    const delay = backoffDelay(this.attempt++, this.opts.backoff ?? DEFAULT_BACKOFF);
+    this.retry = setTimeout(() => void this.connect(), delay);
+  }
+}
+
+function errText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

@@ -1,0 +1,37 @@
+// The lab's state file: written before anything is created, so that destroyLab can
+// clean up after a crash, including processes started in the lab (by recorded PID).
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { ProcessRef } from "../../common/run.js";
+
+export const LAB_RUN_DIR = "/run/noid-lab";
+
+export interface LabState {
+  prefix: string;
+  subnet: string;
+  hosts: number;
+  outside: boolean;
+  processes: (ProcessRef & { argv: string[] })[];
+}
+
+export const labDir = (prefix: string): string => join(LAB_RUN_DIR, prefix);
+const stateFile = (prefix: string): string => join(labDir(prefix), "state.json");
+
+export function writeLabState(s: LabState): void {
+  mkdirSync(labDir(s.prefix), { recursive: true });
+  const tmp = `${stateFile(s.prefix)}.tmp`;
+  writeFileSync(tmp, JSON.stringify(s, null, 2));
+  renameSync(tmp, stateFile(s.prefix));
+}
+
+export function readLabState(prefix: string): LabState | undefined {
+  try {
+    return JSON.parse(readFileSync(stateFile(prefix), "utf8")) as LabState;
+  } catch {
+    return undefined;
+  }
+}
+
+export function removeLabDir(prefix: string): void {
+  rmSync(labDir(prefix), { recursive: true, force: true });
+}

@@ -1,0 +1,106 @@
+import { describe, expect, it } from "vitest";
+import fc from "fast-check";
+import type { VmStatusReport } from "../../gen/noid/v1/agent.js";
+import { VmPhase } from "../../gen/noid/v1/vm.js";
+import type { VmCreateSpec, VmRunState, VmRuntime } from "../../agent/drivers/driver.js";
+import { type Action, plan } from "../../agent/reconcile/plan.js";
+import type { DesiredRunState, DesiredVm } from "../../agent/reconcile/types.js";
+
+const spec = (id: string): VmCreateSpec => ({
+  id,
+  vcpus: 1,
+  memoryMb: 128,
+  diskGb: 1,
+  image: "",
+  net: { mac: "02:00:00:00:00:01", ip: "10.0.0.5" },
+});
+const want = (id: string, state: DesiredRunState): DesiredVm => ({ id, state, spec: spec(id) });
+const have = (id: string, state: VmRunState, reason = ""): VmRuntime => ({
+  id,
+  driver: "fake",
+  state,
+  reason,
+  spec: spec(id),
+  hostPort: `nv-${id}`,
+});
+const report = (vmId: string, phase: VmPhase, extra: Partial<VmStatusReport> = {}): VmStatusReport => ({
+  vmId,
+  phase,
+  reason: "",
+  ip: "10.0.0.5",
+  mac: "02:00:00:00:00:01",
+  destroyed: false,
+  ...extra,
+});
+const kinds = (as: Action[]): string[] => as.map((a) => (a.kind === "report" ? `report:${VmPhase[a.status.phase]}${a.status.destroyed ? ":destroyed" : ""}` : a.kind === "destroy" ? `destroy:${a.reason}` : a.kind));
+
+describe("agent plan", () => {
+  const table: [string, DesiredVm[], VmRuntime[], string[]][] = [
+    ["nothing to do", [], [], []],
+    ["running wanted, absent -> create", [want("a", "running")], [], ["create"]],
+    ["running wanted, stopped -> start", [want("a", "running")], [have("a", "stopped")], ["start"]],
+    ["running wanted, running -> report RUNNING", [want("a", "running")], [have("a", "running")], ["report:VM_PHASE_RUNNING"]],
+    ["running wanted, failed -> destroy to recreate", [want("a", "running")], [have("a", "failed", "init exited")], ["destroy:failed"]],
+    ["stopped wanted, absent -> create (not start)", [want("a", "stopped")], [], ["create"]],
+    ["stopped wanted, running -> stop", [want("a", "stopped")], [have("a", "running")], ["stop"]],
+    ["stopped wanted, stopped -> report STOPPED", [want("a", "stopped")], [have("a", "stopped")], ["report:VM_PHASE_STOPPED"]],
+    ["deleted, present -> destroy", [want("a", "deleted")], [have("a", "running")], ["destroy:deleted"]],
+    ["deleted, absent -> report destroyed", [want("a", "deleted")], [], ["report:VM_PHASE_STOPPED:destroyed"]],
+    ["not desired -> destroy orphan", [], [have("z", "running")], ["destroy:orphan"]],
+    [
+      "destroys come first, reports last",
+      [want("b", "running"), want("c", "running"), want("d", "stopped")],
+      [have("a", "running"), have("c", "running"), have("d", "running")],
+      ["destroy:orphan", "stop", "create", "report:VM_PHASE_RUNNING"],
+    ],
+  ];
+  it.each(table)("%s", (_name, desired, observed, expected) => {
+    expect(kinds(plan(desired, observed))).toEqual(expected);
+  });
+
+  it("does not repeat a report that was already sent, so the plan becomes empty", () => {
+    const reported = new Map([["a", report("a", VmPhase.VM_PHASE_RUNNING)]]);
+    expect(plan([want("a", "running")], [have("a", "running")], reported)).toEqual([]);
+    const destroyed = new Map([["a", report("a", VmPhase.VM_PHASE_STOPPED, { ip: "", mac: "", destroyed: true })]]);
+    expect(plan([want("a", "deleted")], [], destroyed)).toEqual([]);
+  });
+
+  it("reports again when the status changed (e.g. RUNNING -> STOPPED)", () => {
+    const reported = new Map([["a", report("a", VmPhase.VM_PHASE_RUNNING)]]);
+    expect(kinds(plan([want("a", "stopped")], [have("a", "stopped")], reported))).toEqual(["report:VM_PHASE_STOPPED"]);
+  });
+
+  it("create carries the desired spec; failed destroy carries the observed reason", () => {
+    const [c] = plan([want("a", "running")], []);
+    expect(c).toEqual({ kind: "create", vmId: "a", spec: spec("a") });
+    const [d] = plan([want("a", "running")], [have("a", "failed", "netns gone")]);
+    expect(d).toMatchObject({ kind: "destroy", reason: "failed", observedReason: "netns gone" });
+  });
+
+  it("property: at most one action per VM, and every VM not desired is destroyed", () => {
+    const ids = fc.constantFrom("a", "b", "c", "d", "e");
+    const desiredArb = fc.uniqueArray(
+      fc.record({ id: ids, state: fc.constantFrom<DesiredRunState>("running", "stopped", "deleted") }),
+      { selector: (r) => r.id },
+    );
+    const observedArb = fc.uniqueArray(
+      fc.record({ id: ids, state: fc.constantFrom<VmRunState>("running", "stopped", "failed") }),
+      { selector: (r) => r.id },
+    );
+    fc.assert(
+      fc.property(desiredArb, observedArb, (ds, os) => {
+        const actions = plan(ds.map((d) => want(d.id, d.state)), os.map((o) => have(o.id, o.state)));
+        const per = new Map<string, number>();
+        for (const a of actions) per.set(a.vmId, (per.get(a.vmId) ?? 0) + 1);
+        expect([...per.values()].every((n) => n === 1)).toBe(true);
+        for (const o of os) {
+          if (!ds.some((d) => d.id === o.id)) {
+            expect(actions).toContainEqual({ kind: "destroy", vmId: o.id, reason: "orphan" });
+          }
+        }
+        // Nothing is ever started unless it is desired running.
+        for (const a of actions) if (a.kind === "start") expect(ds.find((d) => d.id === a.vmId)?.state).toBe("running");
+      }),
+    );
+  });
+});

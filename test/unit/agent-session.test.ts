@@ -1,0 +1,179 @@
+// The agent's session client against a real gRPC server (a scripted fake coordinator) on a unix socket.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Server, ServerCredentials, credentials, type ServerDuplexStream } from "@grpc/grpc-js";
+import { afterEach, describe, expect, it } from "vitest";
+import { silentLogger } from "../../common/logger.js";
+import {
+  AgentServiceClient,
+  AgentServiceService,
+  type RegisterHostRequest,
+  type SessionRequest,
+  type SessionResponse,
+  type VmStatusReport,
+} from "../../gen/noid/v1/agent.js";
+import { Vm, VmDesiredState, VmPhase } from "../../gen/noid/v1/vm.js";
+import { AgentSession, type DesiredSink } from "../../agent/session.js";
+import { backoffDelay } from "../../agent/backoff.js";
+import type { DesiredVm } from "../../agent/reconcile/types.js";
+
+const until = async (cond: () => boolean, what: string): Promise<void> => {
+  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+  if (!cond()) throw new Error(`timed out waiting for ${what}`);
+};
+
+class FakeCoordinator {
+  server = new Server();
+  registrations: { req: RegisterHostRequest; auth: string }[] = [];
+  received: SessionRequest[] = [];
+  streams: ServerDuplexStream<SessionRequest, SessionResponse>[] = [];
+  ackHeartbeats = true;
+  constructor(public snapshot: Vm[]) {
+    this.server.addService(AgentServiceService, {
+      registerHost: (call, cb) => {
+        this.registrations.push({ req: call.request, auth: String(call.metadata.get("authorization")[0]) });
+        cb(null, { hostId: "host-1", heartbeatIntervalMs: 30, leaseTtlSeconds: 10 });
+      },
+      session: (call: ServerDuplexStream<SessionRequest, SessionResponse>) => {
+        this.streams.push(call);
+        call.on("data", (m: SessionRequest) => {
+          this.received.push(m);
+          if (m.kind?.$case === "hello") call.write({ kind: { $case: "snapshot", value: { vms: this.snapshot } } });
+          if (m.kind?.$case === "heartbeat" && this.ackHeartbeats) {
+            call.write({ kind: { $case: "heartbeatAck", value: { sequence: m.kind.value.sequence } } });
+          }
+        });
+        call.on("error", () => undefined);
+      },
+    });
+  }
+  listen(addr: string): Promise<void> {
+    return new Promise((res, rej) => this.server.bindAsync(addr, ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())));
+  }
+  count(c: string): number {
+    return this.received.filter((m) => m.kind?.$case === c).length;
+  }
+}
+
+class Sink implements DesiredSink {
+  desired = new Map<string, DesiredVm>();
+  snapshots = 0;
+  reports: VmStatusReport[] = [];
+  setDesired(vms: readonly DesiredVm[]): void {
+    this.snapshots++;
+    this.desired = new Map(vms.map((v) => [v.id, v]));
+  }
+  upsert(vm: DesiredVm): void {
+    this.desired.set(vm.id, vm);
+  }
+  remove(id: string): void {
+    this.desired.delete(id);
+  }
+  lastReports(): VmStatusReport[] {
+    return this.reports;
+  }
+}
+
+const vm = (id: string, desiredState = VmDesiredState.VM_DESIRED_STATE_RUNNING): Vm =>
+  Vm.fromPartial({ id, spec: { vcpus: 1, memoryMb: 128 }, desiredState });
+
+let cleanup: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanup.reverse()) await c();
+  cleanup = [];
+});
+
+async function setup(snapshot: Vm[]): Promise<{ coord: FakeCoordinator; sink: Sink; session: AgentSession; addr: string }> {
+  const dir = mkdtempSync(join(tmpdir(), "noid-session-"));
+  const addr = `unix:${join(dir, "coord.sock")}`;
+  const coord = new FakeCoordinator(snapshot);
+  await coord.listen(addr);
+  const client = new AgentServiceClient(addr, credentials.createInsecure());
+  const sink = new Sink();
+  const session = new AgentSession({
+    client,
+    token: "s3cret",
+    registration: { name: "h1", address: "10.99.0.1", labels: { zone: "a" }, drivers: ["sandbox"], capacity: { vcpus: 4, memoryMb: 4096, diskGb: 20 }, wireguardPublicKey: "", wireguardPort: 0, agentVersion: "0.1.0" },
+    sink,
+    logger: silentLogger(),
+    backoff: { initialMs: 10, maxMs: 50 },
+  });
+  cleanup.push(async () => {
+    await session.stop();
+    client.close();
+    coord.server.forceShutdown();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return { coord, sink, session, addr };
+}
+
+describe("agent session client", () => {
+  it("registers with a bearer token, says hello, follows snapshot and deltas, heartbeats", async () => {
+    const { coord, sink, session } = await setup([vm("a"), vm("b", VmDesiredState.VM_DESIRED_STATE_STOPPED)]);
+    session.start();
+    await until(() => sink.snapshots === 1, "snapshot");
+    expect(coord.registrations[0]?.auth).toBe("Bearer s3cret");
+    expect(coord.registrations[0]?.req).toMatchObject({ name: "h1", drivers: ["sandbox"], capacity: { vcpus: 4 } });
+    expect(coord.received[0]).toEqual({ kind: { $case: "hello", value: { hostId: "host-1" } } });
+    expect([...sink.desired.values()].map((d) => `${d.id}:${d.state}`)).toEqual(["a:running", "b:stopped"]);
+    expect(session.hostId).toBe("host-1");
+
+    const s = coord.streams[0]!;
+    s.write({ kind: { $case: "vm", value: vm("c") } });
+    s.write({ kind: { $case: "vm", value: vm("a", VmDesiredState.VM_DESIRED_STATE_DELETED) } });
+    s.write({ kind: { $case: "vmRemoved", value: { vmId: "b" } } });
+    await until(() => sink.desired.has("c") && !sink.desired.has("b"), "deltas");
+    expect(sink.desired.get("a")?.state).toBe("deleted");
+
+    session.report({ vmId: "c", phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "02:00:00:00:00:01", destroyed: false });
+    await until(() => coord.count("vmStatus") === 1, "status report");
+    await until(() => coord.count("heartbeat") >= 3, "heartbeats");
+    expect(session.currentState).toBe("streaming");
+  });
+
+  it("reconnects after the stream breaks, re-registers, resends statuses, and takes the new snapshot", async () => {
+    const { coord, sink, session } = await setup([vm("a")]);
+    sink.reports = [{ vmId: "a", phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "", destroyed: false }];
+    session.start();
+    await until(() => sink.snapshots === 1, "first snapshot");
+    coord.snapshot = [vm("z")];
+    coord.streams[0]!.end(); // the coordinator goes away
+    await until(() => sink.snapshots === 2, "second snapshot");
+    expect(coord.registrations).toHaveLength(2);
+    expect([...sink.desired.keys()]).toEqual(["z"]);
+    expect(coord.count("vmStatus")).toBe(2); // the last status, once per session
+  });
+
+  it("declares the stream dead when heartbeats go unanswered", async () => {
+    const { coord, session } = await setup([]);
+    coord.ackHeartbeats = false;
+    session.start();
+    await until(() => coord.registrations.length >= 2, "reconnect after missed acks");
+  });
+
+  it("keeps retrying while the coordinator is down and connects once it is back", async () => {
+    const { coord, sink, session, addr } = await setup([vm("a")]);
+    await new Promise<void>((r) => coord.server.tryShutdown(() => r()));
+    session.start();
+    await new Promise((r) => setTimeout(r, 150));
+    expect(session.currentState).not.toBe("streaming");
+    expect(sink.snapshots).toBe(0);
+    rmSync(addr.slice("unix:".length), { force: true });
+    const back = new FakeCoordinator([vm("b")]);
+    await back.listen(addr);
+    cleanup.push(() => back.server.forceShutdown());
+    await until(() => sink.snapshots === 1, "snapshot from the restarted coordinator");
+    expect([...sink.desired.keys()]).toEqual(["b"]);
+  });
+});
+
+describe("backoff", () => {
+  it("grows exponentially with jitter and is capped at 10 s", () => {
+    expect(backoffDelay(0, undefined, 0)).toBe(125);
+    expect(backoffDelay(0, undefined, 0.999)).toBeLessThanOrEqual(250);
+    expect(backoffDelay(3, undefined, 1)).toBe(2000);
+    expect(backoffDelay(50, undefined, 1)).toBe(10_000);
+    expect(backoffDelay(50, undefined, 0)).toBe(5_000);
+  });
+});
