@@ -1,0 +1,445 @@
+// The etcd implementation of the Store port: the product. Every call uses the
+// raw KV/Lease RPCs with a deadline, so a dead or frozen etcd surfaces as
+// NoidError UNAVAILABLE within the request timeout instead of hanging. The
+// etcd3 client's own retry and circuit-breaker policies are switched off:
+// retrying is the caller's decision (informers re-list, handlers return
+// UNAVAILABLE to clients), and an open breaker would keep failing calls for
+// seconds after etcd came back.
+import {
+  Etcd3,
+  EtcdLeaseInvalidError,
+  GRPCDeadlineExceededError,
+  GRPCUnavailableError,
+  GRPCCancelledError,
+  GRPCResourceExhastedError,
+  ClientClosedError,
+  type IKeyValue,
+  type ICompare,
+  type IRequestOp,
+  type IResponseHeader,
+  type IOptions,
+  type Watcher as EtcdWatcher,
+  type IWatchResponse,
+} from "etcd3";
+import { ExponentialBackoff, isBrokenCircuitError, noop } from "cockatiel";
+import { randomInt } from "node:crypto";
+import { NoidError } from "../../common/errors.js";
+import type { Compare, KeyValue, Lease, ListResult, Op, Store, TxnResult, WatchEvent, Watcher, WatchOptions } from "./store.js";
+
+export interface EtcdStoreOptions {
+  endpoints: string[];
+  /** Prepended to every key, e.g. "/noid/v1/". */
+  prefix: string;
+  dialTimeoutMs?: number;
+  /** Deadline of each request; default 5 s. */
+  requestTimeoutMs?: number;
+  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
+}
+
+const DEFAULT_REQUEST_TIMEOUT_MS = 5000;
+const DEFAULT_DIAL_TIMEOUT_MS = 3000;
+
+/** Pure: the exclusive end of the key range that starts with `prefix` (etcd's range_end). */
+export function prefixRangeEnd(prefix: Buffer): Buffer {
+  const end = Buffer.from(prefix);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i]! < 0xff) {
+      end[i] = end[i]! + 1;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0]); // every key: etcd's "\0" range end means "to the end of the keyspace"
+}
+
+const TARGETS = { mod: "Mod", create: "Create", version: "Version", value: "Value" } as const;
+const RESULTS = { "==": "Equal", "!=": "NotEqual", "<": "Less", ">": "Greater" } as const;
+
+/** Pure: etcd's error (already cast by etcd3) to our error, naming what we were doing. */
+export function mapEtcdError(what: string, err: unknown): NoidError {
+  if (err instanceof NoidError) return err;
+  const msg = err instanceof Error ? err.message : String(err);
+  const unavailable =
+    err instanceof GRPCUnavailableError ||
+    err instanceof GRPCDeadlineExceededError ||
+    err instanceof GRPCCancelledError ||
+    err instanceof ClientClosedError ||
+    isBrokenCircuitError(err) ||
+    /no leader|leader changed|timed out|request timed out|not capable/i.test(msg);
+  if (unavailable) return new NoidError("UNAVAILABLE", `etcd unavailable: ${what}: ${msg}`, { cause: err });
+  if (err instanceof EtcdLeaseInvalidError || msg.includes("requested lease not found")) {
+    return new NoidError("NOT_FOUND", `${what}: lease not found (expired or revoked)`, { cause: err });
+  }
+  if (err instanceof GRPCResourceExhastedError || msg.includes("database space exceeded")) {
+    return new NoidError("RESOURCE_EXHAUSTED", `${what}: ${msg}`, { cause: err });
+  }
+  if (/duplicate key given in txn|future revision|too many operations/.test(msg)) {
+    return new NoidError("INVALID_ARGUMENT", `${what}: ${msg}`, { cause: err });
+  }
+  return new NoidError("INTERNAL", `etcd ${what}: ${msg}`, { cause: err });
+}
+
+export class EtcdStore implements Store {
+  private readonly prefix: Buffer;
+  private closed = false;
+  /** Open watches: close() cancels them, else etcd3 keeps trying to re-establish them forever. */
+  private readonly watches = new Set<EtcdWatch>();
+
+  constructor(
+    private readonly client: Etcd3,
+    prefix: string,
+    private readonly timeoutMs: number,
+  ) {
+    this.prefix = Buffer.from(prefix);
+  }
+
+  async get(key: string): Promise<KeyValue | undefined> {
+    const res = await this.call(`get ${key}`, (o) => this.client.kv.range({ key: this.full(key) }, o));
+    const kv = res.kvs[0];
+    return kv && this.toKv(kv);
+  }
+
+  async list(prefix: string, opts: { limit?: number } = {}): Promise<ListResult> {
+    const start = this.full(prefix);
+    const res = await this.call(`list ${prefix}`, (o) =>
+      this.client.kv.range({ key: start, range_end: prefixRangeEnd(start), ...(opts.limit ? { limit: opts.limit } : {}) }, o),
+    );
+    return { kvs: res.kvs.map((kv) => this.toKv(kv)), revision: rev(res.header) };
+  }
+
+  async txn(compares: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {
+    const res = await this.call("txn", (o) =>
+      this.client.kv.txn(
+        { compare: compares.map((c) => this.toCompare(c)), success: success.map((op) => this.toOp(op)), failure: failure.map((op) => this.toOp(op)) },
+        o,
+      ),
+    );
+    return { succeeded: res.succeeded, revision: rev(res.header) };
+  }
+
+  async put(key: string, value: Uint8Array, opts: { lease?: number } = {}): Promise<number> {
+    const res = await this.call(`put ${key}`, (o) =>
+      this.client.kv.put({ key: this.full(key), value: Buffer.from(value), ...(opts.lease ? { lease: opts.lease } : {}) }, o),
+    );
+    return rev(res.header);
+  }
+
+  async delete(key: string): Promise<number> {
+    const res = await this.call(`delete ${key}`, (o) => this.client.kv.deleteRange({ key: this.full(key) }, o));
+    return rev(res.header);
+  }
+
+  async watch(prefix: string, opts: WatchOptions): Promise<Watcher> {
+    // Pin "from now on" to a revision so a reconnect before the first event loses nothing.
+    const from = opts.fromRevision || (await this.revision()) + 1;
+    const start = this.full(prefix);
+    let builder = this.client.watch().inRange({ start, end: prefixRangeEnd(start) }).startRevision(String(from));
+    if (opts.prevKv) builder = builder.withPreviousKV();
+    const raw = builder.watcher();
+    const w = new EtcdWatch(raw, opts, (kv) => this.toKv(kv), prefix, this.timeoutMs, () => this.watches.delete(w));
+    this.watches.add(w);
+    try {
+      await w.connected(this.timeoutMs);
+    } catch (err) {
+      await w.cancel();
+      throw mapEtcdError(`watch ${prefix}`, err);
+    }
+    return w;
+  }
+
+  async grantLease(ttlSeconds: number): Promise<Lease> {
+    // We choose the id: etcd's own ids are int64 and often exceed 2^53, which a
+    // JS number (the Store's lease type) cannot hold exactly.
+    for (let attempt = 0; ; attempt++) {
+      const id = randomInt(1, 2 ** 48);
+      try {
+        await this.call(`grant lease`, (o) => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: id }, o));
+        return this.leaseHandle(id);
+      } catch (err) {
+        const e = err as NoidError;
+        if (attempt < 3 && /lease already exists/.test(String((e.cause as Error | undefined)?.message))) continue;
+        throw e;
+      }
+    }
+  }
+
+  async leaseTimeToLive(id: number): Promise<number | undefined> {
+    try {
+      const res = await this.call(`lease ${id} ttl`, (o) => this.client.leaseClient.leaseTimeToLive({ ID: id }, o));
+      const ttl = Number(res.TTL);
+      return ttl > 0 ? ttl : undefined; // etcd answers -1 for a lease it does not know
+    } catch (err) {
+      if (err instanceof NoidError && err.code === "NOT_FOUND") return undefined;
+      throw err;
+    }
+  }
+
+  async compact(revision: number): Promise<void> {
+    try {
+      await this.call(`compact ${revision}`, (o) => this.client.kv.compact({ revision, physical: false }, o));
+    } catch (err) {
+      // Compacting to a revision already compacted is a success: the history is gone either way.
+      if (err instanceof NoidError && /has been compacted/.test(String((err.cause as Error | undefined)?.message))) return;
+      throw err;
+    }
+  }
+
+  async revision(): Promise<number> {
+    const res = await this.call("read revision", (o) =>
+      this.client.kv.range({ key: this.prefix, range_end: prefixRangeEnd(this.prefix), count_only: true }, o),
+    );
+    return rev(res.header);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all([...this.watches].map((w) => w.cancel()));
+    this.client.close();
+  }
+
+  private leaseHandle(id: number): Lease {
+    return {
+      id,
+      keepAliveOnce: () => this.keepAliveOnce(id),
+      revoke: async () => {
+        try {
+          await this.call(`revoke lease ${id}`, (o) => this.client.leaseClient.leaseRevoke({ ID: id }, o));
+        } catch (err) {
+          if (!(err instanceof NoidError && err.code === "NOT_FOUND")) throw err;
+        }
+      },
+    };
+  }
+
+  private async keepAliveOnce(id: number): Promise<void> {
+    const res = await this.call(`keep lease ${id} alive`, async (o) => {
+      const stream = await this.client.leaseClient.leaseKeepAlive(o);
+      try {
+        return await new Promise<{ TTL: string }>((resolve, reject) => {
+          stream.on("data", resolve);
+          stream.on("error", reject);
+          stream.write({ ID: id });
+        });
+      } finally {
+        stream.end();
+      }
+    });
+    if (Number(res.TTL) <= 0) throw new NoidError("NOT_FOUND", `keep lease ${id} alive: lease not found (expired or revoked)`);
+  }
+
+  /** Runs one RPC with a deadline; a belt-and-braces timer covers stream set-up that ignores deadlines. */
+  private async call<T>(what: string, rpc: (opts: { deadline: Date }) => Promise<T>): Promise<T> {
+    if (this.closed) throw new NoidError("UNAVAILABLE", `etcd unavailable: ${what}: store is closed`);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new GRPCDeadlineExceededError(`no answer within ${this.timeoutMs} ms`)), this.timeoutMs + 250);
+    });
+    try {
+      return await Promise.race([rpc({ deadline: new Date(Date.now() + this.timeoutMs) }), timeout]);
+    } catch (err) {
+      throw mapEtcdError(what, err);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private full(key: string): Buffer {
+    return Buffer.concat([this.prefix, Buffer.from(key)]);
+  }
+
+  private toKv(kv: IKeyValue): KeyValue {
+    return {
+      key: kv.key.subarray(this.prefix.length).toString(),
+      value: new Uint8Array(kv.value),
+      modRevision: Number(kv.mod_revision),
+      createRevision: Number(kv.create_revision),
+      version: Number(kv.version),
+      lease: Number(kv.lease),
+    };
+  }
+
+  private toCompare(c: Compare): ICompare {
+    const base: ICompare = { key: this.full(c.key), target: TARGETS[c.target], result: RESULTS[c.op] };
+    switch (c.target) {
+      case "mod":
+        return { ...base, mod_revision: c.value };
+      case "create":
+        return { ...base, create_revision: c.value };
+      case "version":
+        return { ...base, version: c.value };
+      case "value":
+        return { ...base, value: Buffer.from(c.value) };
+    }
+  }
+
+  private toOp(op: Op): IRequestOp {
+    switch (op.type) {
+      case "put":
+        return { request_put: { key: this.full(op.key), value: Buffer.from(op.value), ...(op.lease ? { lease: op.lease } : {}) } };
+      case "delete":
+        return { request_delete_range: { key: this.full(op.key) } };
+      case "deletePrefix": {
+        const start = this.full(op.prefix);
+        return { request_delete_range: { key: start, range_end: prefixRangeEnd(start) } };
+      }
+    }
+  }
+}
+
+function rev(header: IResponseHeader): number {
+  return Number(header.revision);
+}
+
+/**
+ * Adapts etcd3's event-emitter watcher to the Store's contract: batches are
+ * delivered one at a time and awaited, nothing is delivered after cancel(),
+ * and a watch etcd cancels (start revision compacted) reports through onError.
+ * etcd3 re-establishes the stream after etcd restarts, resuming after the last
+ * revision it saw.
+ */
+class EtcdWatch implements Watcher {
+  private cancelled = false;
+  private readonly queue: WatchEvent[][] = [];
+  private pumping = false;
+  private isConnected = false;
+
+  constructor(
+    private readonly raw: EtcdWatcher,
+    private readonly opts: WatchOptions,
+    private readonly toKv: (kv: IKeyValue) => KeyValue,
+    private readonly prefix: string,
+    private readonly timeoutMs: number,
+    private readonly onDone: () => void,
+  ) {
+    raw.on("connected", () => {
+      this.isConnected = true;
+    });
+    raw.on("data", (res: IWatchResponse) => this.onData(res));
+    // etcd3 has already dropped a watcher it reports an error for: no cancel round-trip.
+    raw.on("error", (err: Error) => this.fail(err, false));
+  }
+
+  connected(timeoutMs: number): Promise<void> {
+    if (this.isConnected) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new GRPCDeadlineExceededError(`watch not established within ${timeoutMs} ms`)), timeoutMs);
+      this.raw.once("connected", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.raw.once("error", (err: Error) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+    });
+  }
+
+  async cancel(): Promise<void> {
+    if (this.cancelled) return;
+    this.cancelled = true;
+    this.queue.length = 0;
+    this.onDone();
+    // etcd3 waits for etcd to confirm the cancel; if etcd is gone we stop waiting
+    // (the stream is dead anyway, and nothing is delivered after `cancelled`).
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      this.raw.cancel().catch(() => undefined),
+      new Promise<void>((r) => {
+        timer = setTimeout(r, this.timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
+  }
+
+  private onData(res: IWatchResponse): void {
+    if (this.cancelled || res.events.length === 0) return; // empty: progress notification
+    const batch = res.events.map((ev): WatchEvent => {
+      const prev = ev.prev_kv && ev.prev_kv.key.length > 0 ? this.toKv(ev.prev_kv) : undefined;
+      if (ev.type === "Put") {
+        return prev && this.opts.prevKv ? { type: "put", kv: this.toKv(ev.kv), prev } : { type: "put", kv: this.toKv(ev.kv) };
+      }
+      const kv = this.toKv(ev.kv);
+      const del: WatchEvent = { type: "delete", key: kv.key, modRevision: kv.modRevision };
+      return prev && this.opts.prevKv ? { ...del, prev } : del;
+    });
+    this.queue.push(batch);
+    if (!this.pumping) void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    this.pumping = true;
+    try {
+      for (let batch = this.queue.shift(); batch && !this.cancelled; batch = this.queue.shift()) {
+        try {
+          await this.opts.onEvents(batch);
+        } catch (err) {
+          // The consumer's copy is now in an unknown state: break the watch so it re-lists.
+          this.fail(new NoidError("INTERNAL", `watch ${this.prefix}: handler failed: ${(err as Error).message}`, { cause: err }), true);
+        }
+      }
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private fail(err: Error, detach: boolean): void {
+    if (this.cancelled) return;
+    if (!this.isConnected) {
+      // watch() is still waiting and rejects with this error instead; etcd3 has dropped the watcher.
+      this.cancelled = true;
+      this.onDone();
+      return;
+    }
+    // etcd 3.4 cancels a watch whose start revision was compacted with only
+    // compact_revision set and no reason, which etcd3 reports as "Watcher canceled: ".
+    const compacted = /compact/i.test(err.message) || /^Watcher canceled:\s*$/.test(err.message);
+    const mapped = compacted
+      ? new NoidError("FAILED_PRECONDITION", `watch ${this.prefix}: revision ${this.raw.lastRevision() ?? "?"} has been compacted`, { cause: err })
+      : err instanceof NoidError
+        ? err
+        : mapEtcdError(`watch ${this.prefix}`, err);
+    if (detach) {
+      void this.cancel();
+    } else {
+      this.cancelled = true;
+      this.queue.length = 0;
+      this.onDone();
+    }
+    this.opts.onError?.(mapped);
+  }
+}
+
+export async function createEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore> {
+  const timeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+  const options: IOptions = {
+    hosts: opts.endpoints,
+    dialTimeout: opts.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS,
+    grpcOptions: {
+      // Reconnect quickly after etcd restarts; detect half-dead connections.
+      "grpc.initial_reconnect_backoff_ms": 100,
+      "grpc.max_reconnect_backoff_ms": 1000,
+      "grpc.keepalive_time_ms": 10_000,
+      "grpc.keepalive_timeout_ms": 5_000,
+    },
+    faultHandling: {
+      host: () => noop,
+      global: noop,
+      watchBackoff: new ExponentialBackoff({ initialDelay: 100, maxDelay: 2000 }) as never,
+    },
+  };
+  if (opts.tls) {
+    options.credentials = {
+      rootCertificate: opts.tls.ca as Buffer,
+      ...(opts.tls.key ? { privateKey: opts.tls.key } : {}),
+      ...(opts.tls.cert ? { certChain: opts.tls.cert } : {}),
+    };
+  }
+  const store = new EtcdStore(new Etcd3(options), opts.prefix, timeoutMs);
+  try {
+    await store.revision(); // fail fast on a wrong endpoint instead of on the first real call
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
+  return store;
+}
