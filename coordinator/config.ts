@@ -1,0 +1,142 @@
+// Coordinator configuration: one zod schema holds every default; the file
+// (/etc/noid/coordinator.toml or --config), NOID_* env and flags are merged
+// in that order of increasing precedence and validated once, in main.
+import { readFileSync, existsSync } from "node:fs";
+import { parse as parseToml } from "smol-toml";
+import { z } from "zod";
+import { NoidError } from "../common/errors.js";
+
+const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, "must be host:port");
+
+export const CoordinatorConfigSchema = z
+  .object({
+    server: z
+      .object({
+        listen: hostPort.default("0.0.0.0:7654"),
+        /** Also serve on this unix socket (agents in the local demo reach us through it). */
+        unix_socket: z.string().default(""),
+        tls_cert: z.string().default(""),
+        tls_key: z.string().default(""),
+        /** Plaintext gRPC. Only with an explicit opt-in; a warning is logged. */
+        insecure: z.boolean().default(false),
+      })
+      .strict()
+      .default({ listen: "0.0.0.0:7654", unix_socket: "", tls_cert: "", tls_key: "", insecure: false }),
+    state_dir: z.string().min(1).default("/var/lib/noid"),
+    etcd: z
+      .object({
+        /** Empty: start and supervise an embedded single-node etcd under state_dir. */
+        endpoints: z.array(z.string().url()).default([]),
+        prefix: z.string().regex(/^\/.*\/$/, "must start and end with /").default("/noid/v1/"),
+        /** Port of the embedded etcd's client listener (127.0.0.1); 0 picks a free port. */
+        embedded_client_port: z.number().int().min(0).max(65535).default(0),
+        /** Compact history older than this many revisions, periodically. */
+        compact_keep_revisions: z.number().int().min(100).default(10_000),
+      })
+      .strict()
+      .default({ endpoints: [], prefix: "/noid/v1/", embedded_client_port: 0, compact_keep_revisions: 10_000 }),
+    limits: z
+      .object({
+        max_vms_per_user: z.number().int().min(0).default(10),
+        max_total_vms: z.number().int().min(0).default(100),
+        max_vcpus_per_vm: z.number().int().min(1).default(8),
+        max_memory_per_vm: z.number().int().min(16).default(16384),
+        max_disk_per_vm: z.number().int().min(1).default(512),
+      })
+      .strict()
+      .default({ max_vms_per_user: 10, max_total_vms: 100, max_vcpus_per_vm: 8, max_memory_per_vm: 16384, max_disk_per_vm: 512 }),
+    scheduler: z
+      .object({ policy: z.enum(["spread", "binpack"]).default("spread") })
+      .strict()
+      .default({ policy: "spread" }),
+    agents: z
+      .object({
+        lease_ttl_seconds: z.number().int().min(2).max(300).default(10),
+        heartbeat_interval_ms: z.number().int().min(100).max(60_000).default(2000),
+      })
+      .strict()
+      .default({ lease_ttl_seconds: 10, heartbeat_interval_ms: 2000 }),
+    logging: z
+      .object({
+        level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
+        audit: z.boolean().default(true),
+        /** Audit events kept in etcd (oldest are deleted beyond this). */
+        audit_retention: z.number().int().min(10).default(10_000),
+      })
+      .strict()
+      .default({ level: "info", audit: true, audit_retention: 10_000 }),
+  })
+  .strict();
+
+export type CoordinatorConfig = z.infer<typeof CoordinatorConfigSchema>;
+
+/** A partial config as read from one source (file, env or flags). */
+export type ConfigLayer = Record<string, unknown>;
+
+export const DEFAULT_CONFIG_PATH = "/etc/noid/coordinator.toml";
+
+export function readConfigFile(path: string, required: boolean): ConfigLayer {
+  if (!existsSync(path)) {
+    if (required) throw new NoidError("INVALID_ARGUMENT", `config file ${path} does not exist`);
+    return {};
+  }
+  try {
+    return parseToml(readFileSync(path, "utf8")) as ConfigLayer;
+  } catch (e) {
+    throw new NoidError("INVALID_ARGUMENT", `config file ${path}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Deep-merges layers; later layers win. Arrays are replaced, not merged. */
+export function mergeLayers(...layers: ConfigLayer[]): ConfigLayer {
+  const out: ConfigLayer = {};
+  for (const layer of layers) {
+    for (const [k, v] of Object.entries(layer)) {
+      if (v === undefined) continue;
+      const cur = out[k];
+      out[k] = isPlainObject(cur) && isPlainObject(v) ? mergeLayers(cur, v) : v;
+    }
+  }
+  return out;
+}
+
+/** Validates the merged layers; errors name the field ("limits.max_vms_per_user: ..."). */
+export function resolveConfig(...layers: ConfigLayer[]): CoordinatorConfig {
+  const r = CoordinatorConfigSchema.safeParse(mergeLayers(...layers));
+  if (!r.success) {
+    const msg = r.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
+    throw new NoidError("INVALID_ARGUMENT", `invalid coordinator config: ${msg}`);
+  }
+  const cfg = r.data;
+  if ((cfg.server.tls_cert === "") !== (cfg.server.tls_key === "")) {
+    throw new NoidError("INVALID_ARGUMENT", "invalid coordinator config: server.tls_cert and server.tls_key go together");
+  }
+  return cfg;
+}
+
+/** The NOID_* environment variables the coordinator understands, as a config layer. */
+export function envLayer(env: Record<string, string | undefined>): ConfigLayer {
+  const server: ConfigLayer = {};
+  const layer: ConfigLayer = {};
+  if (env.NOID_LISTEN) server.listen = env.NOID_LISTEN;
+  if (env.NOID_UNIX_SOCKET) server.unix_socket = env.NOID_UNIX_SOCKET;
+  if (env.NOID_INSECURE) server.insecure = env.NOID_INSECURE === "1" || env.NOID_INSECURE === "true";
+  if (env.NOID_TLS_CERT) server.tls_cert = env.NOID_TLS_CERT;
+  if (env.NOID_TLS_KEY) server.tls_key = env.NOID_TLS_KEY;
+  if (Object.keys(server).length) layer.server = server;
+  if (env.NOID_STATE_DIR) layer.state_dir = env.NOID_STATE_DIR;
+  if (env.NOID_ETCD) layer.etcd = { endpoints: splitList(env.NOID_ETCD) };
+  if (env.NOID_LOG_LEVEL) layer.logging = { level: env.NOID_LOG_LEVEL };
+  return layer;
+}
+
+export function splitList(s: string): string[] {
+  return s
+    .split(",")
+    .map((x) => x.trim())
+    .filter((x) => x.length > 0);
+}

@@ -1,0 +1,87 @@
+// Wraps service methods: authenticate, authorize the action, run, map errors,
+// observe. Handlers receive a typed context and throw NoidError.
+import type {
+  handleUnaryCall,
+  handleServerStreamingCall,
+  ServerUnaryCall,
+  ServerWritableStream,
+  sendUnaryData,
+  Metadata,
+} from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import { NoidError } from "../../common/errors.js";
+import type { Principal } from "../auth/authorize.js";
+import { toServiceError } from "./status.js";
+
+export interface CallContext {
+  principal: Principal;
+  peer: string;
+  /** Aborted when the client cancels or the deadline passes. */
+  signal: AbortSignal;
+}
+
+export interface Authenticator {
+  /** Resolves the bearer token in `metadata`; throws UNAUTHENTICATED. */
+  authenticate(metadata: Metadata, peer: string): Promise<Principal>;
+}
+
+export interface HandlerDeps {
+  auth: Authenticator;
+  logger: Logger;
+  /** Called once per finished call (metrics hook). */
+  onCall?: (method: string, code: number, ms: number) => void;
+}
+
+function signalOf(call: { on(ev: "cancelled", f: () => void): unknown }): AbortSignal {
+  const ac = new AbortController();
+  call.on("cancelled", () => ac.abort());
+  return ac.signal;
+}
+
+export function unary<Req, Res>(
+  deps: HandlerDeps,
+  method: string,
+  fn: (req: Req, ctx: CallContext) => Promise<Res>,
+): handleUnaryCall<Req, Res> {
+  return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
+    const t0 = performance.now();
+    const signal = signalOf(call);
+    void (async () => {
+      try {
+        const principal = await deps.auth.authenticate(call.metadata, call.getPeer());
+        const res = await fn(call.request, { principal, peer: call.getPeer(), signal });
+        deps.onCall?.(method, 0, performance.now() - t0);
+        cb(null, res);
+      } catch (e) {
+        const se = toServiceError(e);
+        if (!(e instanceof NoidError) || e.code === "INTERNAL") deps.logger.error({ err: e, method }, "call failed");
+        deps.onCall?.(method, se.code ?? 13, performance.now() - t0);
+        cb(se, null);
+      }
+    })();
+  };
+}
+
+export function serverStream<Req, Res>(
+  deps: HandlerDeps,
+  method: string,
+  fn: (req: Req, ctx: CallContext, send: (msg: Res) => boolean, stream: ServerWritableStream<Req, Res>) => Promise<void>,
+): handleServerStreamingCall<Req, Res> {
+  return (call: ServerWritableStream<Req, Res>) => {
+    const t0 = performance.now();
+    const signal = signalOf(call);
+    void (async () => {
+      try {
+        const principal = await deps.auth.authenticate(call.metadata, call.getPeer());
+        await fn(call.request, { principal, peer: call.getPeer(), signal }, (m) => call.write(m), call);
+        deps.onCall?.(method, 0, performance.now() - t0);
+        if (!signal.aborted) call.end();
+      } catch (e) {
+        const se = toServiceError(e);
+        if (!(e instanceof NoidError) || e.code === "INTERNAL") deps.logger.error({ err: e, method }, "stream failed");
+        deps.onCall?.(method, se.code ?? 13, performance.now() - t0);
+        if (!signal.aborted) call.emit("error", Object.assign(new Error(se.details), se));
+      }
+    })();
+  };
+}

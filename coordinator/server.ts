@@ -1,0 +1,256 @@
+// Builds and starts a coordinator from a validated config: etcd (embedded or
+// external), informers, services, controllers, gRPC server. main.ts only
+// parses config and calls this; tests call it directly on port 0.
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { HealthImplementation, protoPath as healthProtoPath } from "grpc-health-check";
+import { ReflectionService } from "@grpc/reflection";
+import type { Logger } from "pino";
+import { AgentServiceService } from "../gen/noid/v1/agent.js";
+import { AuditServiceService } from "../gen/noid/v1/audit.js";
+import { AuthServiceService, Role } from "../gen/noid/v1/auth.js";
+import { HostServiceService } from "../gen/noid/v1/host.js";
+import { NetworkServiceService } from "../gen/noid/v1/network.js";
+import { VmServiceService } from "../gen/noid/v1/vm.js";
+import { NoidError } from "../common/errors.js";
+import type { CoordinatorConfig } from "./config.js";
+import type { Store } from "./store/store.js";
+import { createEtcdStore } from "./store/index.js";
+import { startEmbeddedEtcd, type EmbeddedEtcd } from "./etcd/embedded.js";
+import { TokenStore } from "./auth/tokens.js";
+import { AuditLog, auditKey } from "./audit-log.js";
+import { ClusterState } from "./state/cluster.js";
+import { HostRepo } from "./state/host-repo.js";
+import { VmRepo, newVmId, type Clock } from "./state/vm-repo.js";
+import { PlacementController } from "./controllers/placement.js";
+import type { HandlerDeps } from "./grpc/handler.js";
+import { vmService } from "./services/vm-service.js";
+import { hostService } from "./services/host-service.js";
+import { networkService } from "./services/network-service.js";
+import { authService } from "./services/auth-service.js";
+import { auditService } from "./services/audit-service.js";
+import { agentService } from "./services/agent-service.js";
+
+export const ADMIN_TOKEN_FILE = "admin.token";
+const BOOTSTRAP_TOKEN_NAME = "bootstrap-admin";
+const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService"];
+
+export interface CoordinatorHandle {
+  /** TCP port actually bound (useful with listen ":0"). */
+  port: number;
+  /** host:port clients can dial. */
+  address: string;
+  unixSocket?: string;
+  /** Path of the 0600 file holding the bootstrap admin token. */
+  adminTokenFile: string;
+  store: Store;
+  cluster: ClusterState;
+  placement: PlacementController;
+  etcd?: EmbeddedEtcd;
+  stop(): Promise<void>;
+}
+
+export interface StartOptions {
+  config: CoordinatorConfig;
+  logger: Logger;
+  clock?: Clock;
+  /** Use this store instead of connecting (tests with the memory store). */
+  store?: Store;
+}
+
+export function protoRoot(): string {
+  // dist/coordinator/server.js or coordinator/server.ts -> <repo>/proto
+  const here = dirname(fileURLToPath(import.meta.url));
+  for (const cand of [join(here, "..", "proto"), join(here, "..", "..", "proto")]) {
+    if (existsSync(join(cand, "noid", "v1", "vm.proto"))) return cand;
+  }
+  throw new NoidError("INTERNAL", "cannot find the proto/ folder for server reflection");
+}
+
+async function openStore(cfg: CoordinatorConfig, logger: Logger): Promise<{ store: Store; etcd?: EmbeddedEtcd }> {
+  if (cfg.etcd.endpoints.length > 0) {
+    return { store: await createEtcdStore({ endpoints: cfg.etcd.endpoints, prefix: cfg.etcd.prefix }) };
+  }
+  const dataDir = join(cfg.state_dir, "etcd");
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const etcd = await startEmbeddedEtcd({
+    dataDir,
+    clientPort: cfg.etcd.embedded_client_port,
+    logger: logger.child({ component: "etcd" }),
+  });
+  logger.info({ endpoints: etcd.endpoints, dataDir }, "embedded etcd started");
+  const store = await createEtcdStore({ endpoints: etcd.endpoints, prefix: cfg.etcd.prefix });
+  return { store, etcd };
+}
+
+/** Keeps (or creates) the bootstrap admin token in <state_dir>/admin.token, mode 0600. */
+async function bootstrapAdmin(tokens: TokenStore, stateDir: string, logger: Logger): Promise<string> {
+  const file = join(stateDir, ADMIN_TOKEN_FILE);
+  if (existsSync(file)) {
+    const secret = readFileSync(file, "utf8").trim();
+    if (await tokens.exists(secret)) return file;
+    logger.warn({ file }, "admin token file does not match any token in etcd; issuing a new one");
+  }
+  const existing = (await tokens.list()).find((t) => t.record.name === BOOTSTRAP_TOKEN_NAME);
+  const { secret } = existing
+    ? await tokens.rotate(existing)
+    : await tokens.create({ name: BOOTSTRAP_TOKEN_NAME, user: "admin", role: Role.ROLE_ADMIN, ttlSeconds: 0 });
+  writeFileSync(file, secret + "\n", { mode: 0o600 });
+  chmodSync(file, 0o600);
+  logger.info({ file }, "bootstrap admin token written");
+  return file;
+}
+
+function serverCredentials(cfg: CoordinatorConfig, logger: Logger): grpc.ServerCredentials {
+  if (cfg.server.tls_cert) {
+    const cert = readFileSync(cfg.server.tls_cert);
+    const key = readFileSync(cfg.server.tls_key);
+    return grpc.ServerCredentials.createSsl(null, [{ cert_chain: cert, private_key: key }], false);
+  }
+  if (cfg.server.insecure) {
+    logger.warn("serving plaintext gRPC (insecure): tokens cross the network unencrypted");
+    return grpc.ServerCredentials.createInsecure();
+  }
+  throw new NoidError(
+    "INVALID_ARGUMENT",
+    "no TLS certificate configured: set server.tls_cert and server.tls_key, or run with --insecure for plaintext",
+  );
+}
+
+function bind(server: grpc.Server, addr: string, creds: grpc.ServerCredentials): Promise<number> {
+  return new Promise((resolve, reject) =>
+    server.bindAsync(addr, creds, (err, port) => (err ? reject(new NoidError("UNAVAILABLE", `binding ${addr}: ${err.message}`, { cause: err })) : resolve(port))),
+  );
+}
+
+export async function startCoordinator(opts: StartOptions): Promise<CoordinatorHandle> {
+  const { config: cfg, logger } = opts;
+  const clock: Clock = opts.clock ?? { now: () => new Date() };
+  mkdirSync(cfg.state_dir, { recursive: true, mode: 0o700 });
+  const creds = serverCredentials(cfg, logger);
+
+  const { store, etcd } = opts.store ? { store: opts.store, etcd: undefined } : await openStore(cfg, logger);
+  const cleanups: (() => Promise<void>)[] = [async () => store.close(), async () => etcd?.stop()];
+  const stopAll = async () => {
+    for (const c of cleanups.reverse()) await c().catch((err) => logger.warn({ err }, "shutdown step failed"));
+  };
+
+  try {
+    const tokens = new TokenStore(store, clock);
+    const adminTokenFile = await bootstrapAdmin(tokens, cfg.state_dir, logger);
+    const audit = new AuditLog(store, clock, cfg.logging.audit);
+    const writeAudit = (e: Parameters<AuditLog["write"]>[0]) => audit.write(e);
+    const cluster = new ClusterState(store, logger.child({ component: "informer" }));
+    await cluster.start();
+    cleanups.push(() => cluster.stop());
+
+    const vms = new VmRepo({ store, clock, newId: newVmId, auditKey });
+    const hosts = new HostRepo(store, clock);
+    const base: HandlerDeps = { auth: tokens, logger: logger.child({ component: "api" }) };
+
+    const server = new grpc.Server({ "grpc.keepalive_time_ms": 20_000, "grpc.keepalive_timeout_ms": 10_000, "grpc.keepalive_permit_without_calls": 1 });
+    server.addService(VmServiceService, vmService({ ...base, repo: vms, cluster, limits: () => cfg.limits }));
+    server.addService(HostServiceService, hostService({ ...base, hosts, cluster, store, clock, audit: writeAudit }));
+    server.addService(NetworkServiceService, networkService(base));
+    server.addService(AuthServiceService, authService({ ...base, tokens, audit: writeAudit }));
+    server.addService(AuditServiceService, auditService({ ...base, audit }));
+    server.addService(
+      AgentServiceService,
+      agentService({
+        ...base,
+        store,
+        cluster,
+        hosts,
+        vms,
+        leaseTtlSeconds: cfg.agents.lease_ttl_seconds,
+        heartbeatIntervalMs: cfg.agents.heartbeat_interval_ms,
+        logger: logger.child({ component: "agents" }),
+      }),
+    );
+    const health = new HealthImplementation({ "": "SERVING", ...Object.fromEntries(PUBLIC_SERVICES.map((s) => [s, "SERVING" as const])) });
+    health.addToServer(server);
+    const root = protoRoot();
+    const pkg = protoLoader.loadSync(
+      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto"],
+      { includeDirs: [root] },
+    );
+    new ReflectionService({ ...pkg, ...protoLoader.loadSync(healthProtoPath) }).addToServer(server);
+
+    const port = await bind(server, cfg.server.listen, creds);
+    let unixSocket: string | undefined;
+    if (cfg.server.unix_socket) {
+      rmSync(cfg.server.unix_socket, { force: true });
+      mkdirSync(dirname(cfg.server.unix_socket), { recursive: true });
+      await bind(server, `unix:${cfg.server.unix_socket}`, creds);
+      unixSocket = cfg.server.unix_socket;
+    }
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          const t = setTimeout(() => {
+            server.forceShutdown();
+            resolve();
+          }, 3000);
+          server.tryShutdown(() => {
+            clearTimeout(t);
+            resolve();
+          });
+        }),
+    );
+
+    const placement = new PlacementController({ store, cluster, policy: cfg.scheduler.policy, logger: logger.child({ component: "placement" }), clock });
+    placement.start();
+    cleanups.push(() => placement.stop());
+
+    // Health follows etcd: NOT_SERVING while the store cannot answer.
+    let healthy = true;
+    const probe = setInterval(() => {
+      void store.revision().then(
+        () => {
+          if (!healthy) logger.info("etcd reachable again");
+          healthy = true;
+          health.setStatus("", "SERVING");
+        },
+        (err) => {
+          if (healthy) logger.warn({ err }, "etcd unreachable");
+          healthy = false;
+          health.setStatus("", "NOT_SERVING");
+        },
+      );
+    }, 2000);
+    // Compaction keeps transactions fast; trimming keeps the audit log bounded.
+    const maintenance = setInterval(() => {
+      void (async () => {
+        const rev = await store.revision();
+        const target = rev - cfg.etcd.compact_keep_revisions;
+        if (target > 0) await store.compact(target);
+        await audit.trim(cfg.logging.audit_retention);
+      })().catch((err) => logger.warn({ err }, "maintenance failed"));
+    }, 60_000);
+    cleanups.push(async () => {
+      clearInterval(probe);
+      clearInterval(maintenance);
+    });
+
+    const host = cfg.server.listen.replace(/:\d+$/, "");
+    const dialHost = host === "0.0.0.0" || host === "[::]" ? "127.0.0.1" : host;
+    logger.info({ listen: cfg.server.listen, port, unixSocket }, "coordinator serving");
+    return {
+      port,
+      address: `${dialHost}:${port}`,
+      ...(unixSocket ? { unixSocket } : {}),
+      adminTokenFile,
+      store,
+      cluster,
+      placement,
+      ...(etcd ? { etcd } : {}),
+      stop: stopAll,
+    };
+  } catch (e) {
+    await stopAll();
+    throw e;
+  }
+}

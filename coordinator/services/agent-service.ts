@@ -1,0 +1,173 @@
+// AgentService: hosts register, then hold one session each. The coordinator
+// sends the host's desired state (a full snapshot, then deltas) and keeps
+// the host's lease alive on heartbeats; the agent reports VM status.
+import type { ServerDuplexStream, handleUnaryCall } from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import type {
+  AgentServiceServer,
+  RegisterHostRequest,
+  RegisterHostResponse,
+  SessionRequest,
+  SessionResponse,
+} from "../../gen/noid/v1/agent.js";
+import { Role } from "../../gen/noid/v1/auth.js";
+import type { Vm } from "../../gen/noid/v1/vm.js";
+import { NoidError, denied, invalid } from "../../common/errors.js";
+import { checkLabels, checkName } from "../../common/names.js";
+import { unary, type HandlerDeps } from "../grpc/handler.js";
+import { toServiceError } from "../grpc/status.js";
+import type { ClusterState } from "../state/cluster.js";
+import type { HostRepo } from "../state/host-repo.js";
+import type { VmRepo } from "../state/vm-repo.js";
+import type { Lease, Store } from "../store/store.js";
+import type { Principal } from "../auth/authorize.js";
+import { DRIVERS } from "../validate.js";
+
+export interface AgentServiceDeps extends HandlerDeps {
+  store: Store;
+  cluster: ClusterState;
+  hosts: HostRepo;
+  vms: VmRepo;
+  leaseTtlSeconds: number;
+  heartbeatIntervalMs: number;
+  logger: Logger;
+}
+
+/** Until host certificates exist (security issue), agents authenticate with an admin token. */
+function requireAgent(p: Principal): void {
+  if (p.role !== Role.ROLE_ADMIN) throw denied("agents must present an admin token");
+}
+
+export function validateRegistration(req: RegisterHostRequest): void {
+  checkName("name", req.name);
+  if (!/^[A-Za-z0-9.:\[\]-]{1,255}$/.test(req.address)) throw invalid("address", `"${req.address}" is not a host address`);
+  checkLabels("labels", req.labels);
+  if (req.drivers.length === 0) throw invalid("drivers", "at least one driver is required");
+  for (const drv of req.drivers) {
+    if (!(DRIVERS as readonly string[]).includes(drv)) throw invalid("drivers", `unknown driver "${drv}"`);
+  }
+  const c = req.capacity;
+  if (!c || c.vcpus === 0) throw invalid("capacity.vcpus", "must be positive");
+  if (c.memoryMb === 0) throw invalid("capacity.memory_mb", "must be positive");
+  if (c.diskGb === 0) throw invalid("capacity.disk_gb", "must be positive");
+}
+
+export function agentService(d: AgentServiceDeps): AgentServiceServer {
+  const registerHost: handleUnaryCall<RegisterHostRequest, RegisterHostResponse> = unary(d, "RegisterHost", async (req, ctx) => {
+    requireAgent(ctx.principal);
+    validateRegistration(req);
+    const host = await d.hosts.register(req);
+    d.logger.info({ host: host.name, hostId: host.id, address: host.address }, "host registered");
+    return { hostId: host.id, heartbeatIntervalMs: d.heartbeatIntervalMs, leaseTtlSeconds: d.leaseTtlSeconds };
+  });
+
+  const session = (call: ServerDuplexStream<SessionRequest, SessionResponse>) => {
+    const s = new AgentSession(d, call);
+    void s.run();
+  };
+
+  return { registerHost, session };
+}
+
+class AgentSession {
+  private hostId = "";
+  private lease?: Lease;
+  private unsub?: () => void;
+  private closed = false;
+  /** Reports are applied one at a time, in the order the agent sent them. */
+  private work: Promise<void> = Promise.resolve();
+  private readonly log: Logger;
+
+  constructor(
+    private readonly d: AgentServiceDeps,
+    private readonly call: ServerDuplexStream<SessionRequest, SessionResponse>,
+  ) {
+    this.log = d.logger.child({ component: "session", peer: call.getPeer() });
+  }
+
+  private send(m: SessionResponse): void {
+    if (!this.closed) this.call.write(m);
+  }
+
+  private fail(e: unknown): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.unsub?.();
+    this.call.emit("error", Object.assign(new Error("session failed"), toServiceError(e)));
+  }
+
+  async run(): Promise<void> {
+    try {
+      requireAgent(await this.d.auth.authenticate(this.call.metadata, this.call.getPeer()));
+    } catch (e) {
+      this.fail(e);
+      return;
+    }
+    this.call.on("data", (m: SessionRequest) => {
+      this.work = this.work.then(() => this.onMessage(m)).catch((e) => this.fail(e));
+    });
+    const end = () => {
+      if (this.closed) return;
+      this.closed = true;
+      this.unsub?.();
+      this.log.info({ hostId: this.hostId }, "session ended");
+      this.call.end();
+    };
+    this.call.on("end", end);
+    this.call.on("cancelled", end);
+    this.call.on("error", () => end());
+  }
+
+  private async onMessage(m: SessionRequest): Promise<void> {
+    const k = m.kind;
+    if (!k) throw invalid("kind", "empty session message");
+    if (k.$case === "hello") return this.hello(k.value.hostId);
+    if (!this.hostId) throw new NoidError("FAILED_PRECONDITION", "send hello first");
+    if (k.$case === "heartbeat") {
+      try {
+        await this.lease!.keepAliveOnce();
+      } catch {
+        // The lease expired while we were away: take a new one.
+        this.lease = await this.d.store.grantLease(this.d.leaseTtlSeconds);
+        await this.d.hosts.markAlive(this.hostId, this.lease);
+      }
+      this.send({ kind: { $case: "heartbeatAck", value: { sequence: k.value.sequence } } });
+      return;
+    }
+    if (k.$case === "vmStatus") {
+      const r = k.value;
+      if (r.destroyed) await this.d.vms.finalizeDestroy(r.vmId, this.hostId);
+      else {
+        try {
+          await this.d.vms.reportStatus(this.hostId, { vmId: r.vmId, phase: r.phase, reason: r.reason, ip: r.ip, mac: r.mac });
+        } catch (e) {
+          // A host may only report its own VMs; a stale report (the VM moved) is dropped, not applied.
+          if (!(e instanceof NoidError && e.code === "PERMISSION_DENIED")) throw e;
+          this.log.warn({ hostId: this.hostId, vmId: r.vmId }, "ignored status report for a VM not assigned to this host");
+        }
+      }
+    }
+  }
+
+  private async hello(hostId: string): Promise<void> {
+    if (this.hostId) throw new NoidError("FAILED_PRECONDITION", "hello sent twice");
+    if (!/^[0-9a-f]{16}$/.test(hostId)) throw invalid("hello.host_id", "is not a host id");
+    const host = await this.d.hosts.get(hostId);
+    if (!host) throw new NoidError("NOT_FOUND", `host ${hostId} is not registered; register first`);
+    this.hostId = hostId;
+    this.lease = await this.d.store.grantLease(this.d.leaseTtlSeconds);
+    await this.d.hosts.markAlive(hostId, this.lease);
+    this.log.info({ host: host.host.name, hostId }, "session started");
+    // Subscribe before the snapshot so nothing falls between them; the agent
+    // treats a VM it already has as an update.
+    this.unsub = this.d.cluster.vms.onChange((ch) => {
+      const now = ch.type === "put" ? ch.entry.value : undefined;
+      const before = ch.prev?.value;
+      const mine = (v?: Vm) => v?.status?.hostId === hostId;
+      if (now && mine(now)) this.send({ kind: { $case: "vm", value: now } });
+      else if (mine(before)) this.send({ kind: { $case: "vmRemoved", value: { vmId: before!.id } } });
+    });
+    this.send({ kind: { $case: "snapshot", value: { vms: this.d.cluster.vmsOnHost(hostId) } } });
+  }
+}
+

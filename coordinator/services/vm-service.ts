@@ -1,0 +1,146 @@
+// VmService: create, get, list, destroy, start, stop, watch.
+import {
+  VmDesiredState,
+  VmEventType,
+  type VmServiceServer,
+  type Vm,
+  type CreateVmRequest,
+  type CreateVmResponse,
+  type WatchVmsResponse,
+} from "../../gen/noid/v1/vm.js";
+import { denied, exhausted, invalid, notFound } from "../../common/errors.js";
+import { checkName } from "../../common/names.js";
+import { authorize, type Action, type Principal } from "../auth/authorize.js";
+import { serverStream, unary, type CallContext, type HandlerDeps } from "../grpc/handler.js";
+import type { ClusterState } from "../state/cluster.js";
+import type { VmRepo } from "../state/vm-repo.js";
+import { checkVmRef, normalizeVmSpec } from "../validate.js";
+import type { Limits } from "../limits.js";
+import { filterHosts, unplacedReason } from "../scheduler/index.js";
+import { requestOf } from "../controllers/placement.js";
+import { Role } from "../../gen/noid/v1/auth.js";
+
+export interface VmServiceDeps extends HandlerDeps {
+  repo: VmRepo;
+  cluster: ClusterState;
+  limits: () => Limits;
+}
+
+function allow(p: Principal, action: Action, owner?: string): void {
+  const v = authorize(p, action, owner);
+  if (!v.allowed) throw denied(v.reason);
+}
+
+/** Only admins may name another owner; everyone else acts as themself. */
+function ownerFor(p: Principal, requested: string): string {
+  if (!requested) return p.user;
+  checkName("owner", requested);
+  if (requested !== p.user && p.role !== Role.ROLE_ADMIN) throw denied(`only admins may act on VMs of another user`);
+  return requested;
+}
+
+export function vmService(d: VmServiceDeps): VmServiceServer {
+  /** Finds a VM the caller may act on; someone else's VM is NOT_FOUND, so its existence does not leak. */
+  async function resolve(ref: { name: string; id: string; owner: string }, ctx: CallContext, action: Action): Promise<Vm> {
+    checkVmRef(ref);
+    let vm: Vm | undefined;
+    if (ref.id) {
+      vm = (await d.repo.get(ref.id))?.vm;
+      if (vm && ctx.principal.role !== Role.ROLE_ADMIN && vm.owner !== ctx.principal.user) vm = undefined;
+    } else {
+      const owner = ownerFor(ctx.principal, ref.owner);
+      const id = await d.repo.idByName(owner, ref.name);
+      vm = id ? (await d.repo.get(id))?.vm : undefined;
+    }
+    if (!vm) throw notFound(`VM "${ref.name || ref.id}"`);
+    allow(ctx.principal, action, vm.owner);
+    return vm;
+  }
+
+  function visible(p: Principal, vm: Vm, owner: string): boolean {
+    if (p.role !== Role.ROLE_ADMIN) return vm.owner === p.user;
+    return owner === "" || vm.owner === owner;
+  }
+
+  return {
+    createVm: unary(d, "CreateVm", async (req: CreateVmRequest, ctx): Promise<CreateVmResponse> => {
+      allow(ctx.principal, "vm.create");
+      const name = checkName("name", req.name);
+      const spec = normalizeVmSpec(req.spec);
+      if (spec.host !== "" && !d.cluster.hostByName(spec.host)) throw invalid("spec.host", `no host named "${spec.host}"`);
+      const created = await d.repo.create(ctx.principal.user, name, spec, d.limits(), { peer: ctx.peer });
+      // The VM is kept either way; tell the caller now if nothing can take it.
+      const hosts = d.cluster.hostViews();
+      const ask = requestOf(created.vm);
+      const fit = filterHosts(hosts, ask);
+      if (fit.fit.length === 0) {
+        throw exhausted(`${unplacedReason(hosts, ask, fit.filtered)}; VM "${name}" is kept PENDING and placed when capacity appears`);
+      }
+      return { vm: created.vm };
+    }),
+
+    getVm: unary(d, "GetVm", async (req, ctx) => ({ vm: await resolve(req, ctx, "vm.get") })),
+
+    listVms: unary(d, "ListVms", async (req, ctx) => {
+      allow(ctx.principal, "vm.list");
+      const owner = req.owner ? ownerFor(ctx.principal, req.owner) : "";
+      if (req.host) checkName("host", req.host);
+      const vms = d.cluster.vms
+        .values()
+        .map((e) => e.value)
+        .filter((vm) => visible(ctx.principal, vm, owner))
+        .filter((vm) => !req.host || vm.status?.hostName === req.host)
+        .sort((a, b) => (a.owner === b.owner ? a.name.localeCompare(b.name) : a.owner.localeCompare(b.owner)));
+      return { vms };
+    }),
+
+    destroyVm: unary(d, "DestroyVm", async (req, ctx) => {
+      const vm = await resolve(req, ctx, "vm.destroy");
+      const r = await d.repo.requestDestroy(vm.id, ctx.principal.user, ctx.peer);
+      return { vm: r.vm };
+    }),
+
+    startVm: unary(d, "StartVm", async (req, ctx) => {
+      const vm = await resolve(req, ctx, "vm.start");
+      return { vm: await d.repo.setDesired(vm.id, VmDesiredState.VM_DESIRED_STATE_RUNNING, ctx.principal.user, ctx.peer) };
+    }),
+
+    stopVm: unary(d, "StopVm", async (req, ctx) => {
+      const vm = await resolve(req, ctx, "vm.stop");
+      return { vm: await d.repo.setDesired(vm.id, VmDesiredState.VM_DESIRED_STATE_STOPPED, ctx.principal.user, ctx.peer) };
+    }),
+
+    watchVms: serverStream(d, "WatchVms", async (req, ctx, send) => {
+      allow(ctx.principal, "vm.watch");
+      const owner = req.owner ? ownerFor(ctx.principal, req.owner) : "";
+      if (req.name) checkName("name", req.name);
+      const wanted = (vm: Vm) => visible(ctx.principal, vm, owner) && (!req.name || vm.name === req.name);
+      const queue: WatchVmsResponse[] = [];
+      let wake: (() => void) | undefined;
+      const push = (m: WatchVmsResponse) => {
+        queue.push(m);
+        wake?.();
+      };
+      const unsub = d.cluster.vms.onChange((ch) => {
+        if (ch.type === "put" && wanted(ch.entry.value)) push({ type: VmEventType.VM_EVENT_TYPE_PUT, vm: ch.entry.value });
+        else if (ch.type === "delete" && ch.prev && wanted(ch.prev.value)) push({ type: VmEventType.VM_EVENT_TYPE_DELETED, vm: ch.prev.value });
+      });
+      try {
+        for (const e of d.cluster.vms.values()) {
+          if (wanted(e.value)) send({ type: VmEventType.VM_EVENT_TYPE_SNAPSHOT, vm: e.value });
+        }
+        while (!ctx.signal.aborted) {
+          while (queue.length > 0) send(queue.shift()!);
+          await new Promise<void>((r) => {
+            wake = r;
+            ctx.signal.addEventListener("abort", () => r(), { once: true });
+          });
+          wake = undefined;
+        }
+      } finally {
+        unsub();
+      }
+    }),
+  };
+}
+

@@ -1,0 +1,31 @@
+// The etcd key layout (relative to the store prefix "/noid/v1/"), in one place.
+
+export const keys = {
+  vm: (id: string) => `vms/${id}`,
+  vmsPrefix: "vms/",
+  vmName: (owner: string, name: string) => `names/${owner}/${name}`,
+  host: (id: string) => `hosts/${id}`,
+  hostsPrefix: "hosts/",
+  hostName: (name: string) => `hostnames/${name}`,
+  alive: (id: string) => `alive/${id}`,
+  alivePrefix: "alive/",
+  alloc: (hostId: string) => `alloc/${hostId}`,
+  allocPrefix: "alloc/",
+  assign: (hostId: string, vmId: string) => `assign/${hostId}/${vmId}`,
+  assignPrefix: (hostId: string) => `assign/${hostId}/`,
+  token: (sha256hex: string) => `tokens/${sha256hex}`,
+  tokensPrefix: "tokens/",
+  quota: (user: string) => `quota/${user}`,
+  /** Cluster-wide counters (total VMs), compared like a user's quota. */
+  total: "quota-total",
+  audit: (sortable: string) => `audit/${sortable}`,
+  auditPrefix: "audit/",
+  /** Prefix of everything a node may be told about; used by tests to scan the keyspace. */
+  root: "",
+} as const;
+
+/** Last path segment of a key. */
+export function lastSegment(key: string): string {
+  const i = key.lastIndexOf("/");
+  return i < 0 ? key : key.slice(i + 1);
+}

@@ -1,0 +1,280 @@
+// Every write to VM state is one etcd transaction guarded by mod-revision
+// compares: no read-modify-write races, no locks. A lost race re-reads and
+// tries again; only a real conflict (name taken, limit reached) surfaces.
+import { randomBytes } from "node:crypto";
+import { AuditEvent } from "../../gen/noid/v1/audit.js";
+import { AllocationRecord, QuotaRecord } from "../../gen/noid/v1/records.js";
+import { Vm, VmDesiredState, VmPhase, type VmSpec } from "../../gen/noid/v1/vm.js";
+import { NoidError, alreadyExists, notFound } from "../../common/errors.js";
+import type { Compare, KeyValue, Op, Store } from "../store/store.js";
+import { keys } from "./keys.js";
+import { dec, enc } from "./codec.js";
+import { addToQuota, checkCountLimits, checkVmLimits, type Limits } from "../limits.js";
+
+export interface Clock {
+  now(): Date;
+}
+
+const EMPTY_QUOTA: QuotaRecord = { vms: 0, vcpus: 0, memoryMb: 0 };
+const MAX_ATTEMPTS = 20;
+
+export function newVmId(): string {
+  return randomBytes(8).toString("hex");
+}
+
+/** Compares that pin a key to the exact state we read (absent -> mod == 0). */
+export function unchanged(key: string, kv: { modRevision: number } | undefined): Compare {
+  return { key, target: "mod", op: "==", value: kv?.modRevision ?? 0 };
+}
+
+function quotaOf(kv: KeyValue | undefined): QuotaRecord {
+  return kv ? dec(QuotaRecord, kv.value) : EMPTY_QUOTA;
+}
+
+async function backoff(attempt: number): Promise<void> {
+  await new Promise((r) => setTimeout(r, Math.min(50, 2 ** attempt) * Math.random()));
+}
+
+export interface VmRepoDeps {
+  store: Store;
+  clock: Clock;
+  newId: () => string;
+  /** Audit events are written in the same transaction as the change they record. */
+  auditKey: (at: Date) => string;
+}
+
+export interface StoredVm {
+  vm: Vm;
+  modRevision: number;
+}
+
+export class VmRepo {
+  constructor(private readonly d: VmRepoDeps) {}
+
+  private auditOp(event: Omit<AuditEvent, "id" | "time">): Op {
+    const time = this.d.clock.now();
+    const key = this.d.auditKey(time);
+    return { type: "put", key: keys.audit(key), value: enc(AuditEvent, { ...event, id: key, time }) };
+  }
+
+  async get(id: string): Promise<StoredVm | undefined> {
+    const kv = await this.d.store.get(keys.vm(id));
+    return kv ? { vm: dec(Vm, kv.value), modRevision: kv.modRevision } : undefined;
+  }
+
+  async idByName(owner: string, name: string): Promise<string | undefined> {
+    const kv = await this.d.store.get(keys.vmName(owner, name));
+    return kv ? Buffer.from(kv.value).toString("utf8") : undefined;
+  }
+
+  /**
+   * Writes a new VM (PENDING), its name index, the owner's quota and the
+   * cluster total in one transaction that holds only if the name is free and
+   * neither counter moved since it was read.
+   */
+  async create(owner: string, name: string, spec: VmSpec, limits: Limits, audit: { peer: string }): Promise<StoredVm> {
+    const ask = { vcpus: spec.vcpus, memoryMb: spec.memoryMb, diskGb: spec.diskGb };
+    checkVmLimits(limits, ask);
+    const nameKey = keys.vmName(owner, name);
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const [nameKv, userKv, totalKv] = await Promise.all([
+        this.d.store.get(nameKey),
+        this.d.store.get(keys.quota(owner)),
+        this.d.store.get(keys.total),
+      ]);
+      if (nameKv) throw alreadyExists(`VM "${name}" of user ${owner}`);
+      const userQ = quotaOf(userKv);
+      const totalQ = quotaOf(totalKv);
+      checkCountLimits(limits, owner, userQ, totalQ);
+      const now = this.d.clock.now();
+      const vm: Vm = {
+        id: this.d.newId(),
+        name,
+        owner,
+        spec,
+        desiredState: VmDesiredState.VM_DESIRED_STATE_RUNNING,
+        createdAt: now,
+        status: { phase: VmPhase.VM_PHASE_PENDING, hostId: "", hostName: "", reason: "", ip: "", mac: "", updatedAt: now },
+      };
+      const r = await this.d.store.txn(
+        [
+          { key: nameKey, target: "create", op: "==", value: 0 },
+          { key: keys.vm(vm.id), target: "create", op: "==", value: 0 },
+          unchanged(keys.quota(owner), userKv),
+          unchanged(keys.total, totalKv),
+        ],
+        [
+          { type: "put", key: keys.vm(vm.id), value: enc(Vm, vm) },
+          { type: "put", key: nameKey, value: Buffer.from(vm.id) },
+          { type: "put", key: keys.quota(owner), value: enc(QuotaRecord, addToQuota(userQ, ask, 1)) },
+          { type: "put", key: keys.total, value: enc(QuotaRecord, addToQuota(totalQ, ask, 1)) },
+          this.auditOp({ event: "vm.create", user: owner, vm: name, host: "", success: true, detail: `${spec.vcpus} vCPU, ${spec.memoryMb} MB`, peer: audit.peer }),
+        ],
+      );
+      if (r.succeeded) return { vm, modRevision: r.revision };
+      await backoff(attempt);
+    }
+    throw new NoidError("UNAVAILABLE", `creating VM "${name}": too much contention, retry`);
+  }
+
+  /**
+   * Destroy: a VM no host has yet is removed at once; a placed VM is marked
+   * DELETED for its agent, which tears it down and then confirms (finalize).
+   */
+  async requestDestroy(id: string, actor: string, peer: string): Promise<{ vm: Vm; removed: boolean }> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const cur = await this.get(id);
+      if (!cur) throw notFound(`VM ${id}`);
+      const vm = cur.vm;
+      if (vm.status?.hostId) {
+        if (vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED) return { vm, removed: false };
+        const next: Vm = {
+          ...vm,
+          desiredState: VmDesiredState.VM_DESIRED_STATE_DELETED,
+          status: { ...vm.status, phase: VmPhase.VM_PHASE_DESTROYING, reason: "destroy requested", updatedAt: this.d.clock.now() },
+        };
+        const r = await this.d.store.txn(
+          [unchanged(keys.vm(id), cur)],
+          [
+            { type: "put", key: keys.vm(id), value: enc(Vm, next) },
+            this.auditOp({ event: "vm.destroy", user: actor, vm: vm.name, host: vm.status.hostName, success: true, detail: `owner ${vm.owner}`, peer }),
+          ],
+        );
+        if (r.succeeded) return { vm: next, removed: false };
+      } else {
+        const done = await this.tryRemove(cur, undefined, this.auditOp({ event: "vm.destroy", user: actor, vm: vm.name, host: "", success: true, detail: `owner ${vm.owner}`, peer }));
+        if (done) return { vm, removed: true };
+      }
+      await backoff(attempt);
+    }
+    throw new NoidError("UNAVAILABLE", `destroying VM ${id}: too much contention, retry`);
+  }
+
+  /** Removes the VM, its name, its placement and its share of every counter, in one transaction. */
+  private async tryRemove(cur: StoredVm, hostId: string | undefined, extra?: Op): Promise<boolean> {
+    const vm = cur.vm;
+    const spec = vm.spec!;
+    const ask = { vcpus: spec.vcpus, memoryMb: spec.memoryMb, diskGb: spec.diskGb };
+    const [userKv, totalKv, allocKv] = await Promise.all([
+      this.d.store.get(keys.quota(vm.owner)),
+      this.d.store.get(keys.total),
+      hostId ? this.d.store.get(keys.alloc(hostId)) : Promise.resolve(undefined),
+    ]);
+    const compares: Compare[] = [unchanged(keys.vm(vm.id), cur), unchanged(keys.quota(vm.owner), userKv), unchanged(keys.total, totalKv)];
+    const ops: Op[] = [
+      { type: "delete", key: keys.vm(vm.id) },
+      { type: "delete", key: keys.vmName(vm.owner, vm.name) },
+      { type: "put", key: keys.quota(vm.owner), value: enc(QuotaRecord, addToQuota(quotaOf(userKv), ask, -1)) },
+      { type: "put", key: keys.total, value: enc(QuotaRecord, addToQuota(quotaOf(totalKv), ask, -1)) },
+    ];
+    if (hostId) {
+      compares.push(unchanged(keys.alloc(hostId), allocKv));
+      ops.push({ type: "delete", key: keys.assign(hostId, vm.id) });
+      if (allocKv) {
+        ops.push({ type: "put", key: keys.alloc(hostId), value: enc(AllocationRecord, releaseAlloc(dec(AllocationRecord, allocKv.value), vm)) });
+      }
+    }
+    if (extra) ops.push(extra);
+    const r = await this.d.store.txn(compares, ops);
+    return r.succeeded;
+  }
+
+  /** The agent confirmed the VM is gone from its host. */
+  async finalizeDestroy(id: string, hostId: string): Promise<void> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const cur = await this.get(id);
+      if (!cur) return;
+      if (cur.vm.status?.hostId !== hostId) return;
+      if (await this.tryRemove(cur, hostId)) return;
+      await backoff(attempt);
+    }
+    throw new NoidError("UNAVAILABLE", `finalizing destroy of VM ${id}: too much contention`);
+  }
+
+  /** Changes the desired run state (start/stop). */
+  async setDesired(id: string, desired: VmDesiredState, actor: string, peer: string): Promise<Vm> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const cur = await this.get(id);
+      if (!cur) throw notFound(`VM ${id}`);
+      if (cur.vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED) {
+        throw new NoidError("FAILED_PRECONDITION", `VM "${cur.vm.name}" is being destroyed`);
+      }
+      if (cur.vm.desiredState === desired) return cur.vm;
+      const next: Vm = { ...cur.vm, desiredState: desired };
+      const event = desired === VmDesiredState.VM_DESIRED_STATE_RUNNING ? "vm.start" : "vm.stop";
+      const r = await this.d.store.txn(
+        [unchanged(keys.vm(id), cur)],
+        [
+          { type: "put", key: keys.vm(id), value: enc(Vm, next) },
+          this.auditOp({ event, user: actor, vm: cur.vm.name, host: cur.vm.status?.hostName ?? "", success: true, detail: "", peer }),
+        ],
+      );
+      if (r.succeeded) return next;
+      await backoff(attempt);
+    }
+    throw new NoidError("UNAVAILABLE", `updating VM ${id}: too much contention, retry`);
+  }
+
+  /** Writes the status an agent observed, only for a VM assigned to that agent's host. */
+  async reportStatus(hostId: string, report: { vmId: string; phase: VmPhase; reason: string; ip: string; mac: string }): Promise<void> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const cur = await this.get(report.vmId);
+      if (!cur) return;
+      const st = cur.vm.status;
+      if (!st || st.hostId !== hostId) {
+        throw new NoidError("PERMISSION_DENIED", `VM ${report.vmId} is not assigned to host ${hostId}`);
+      }
+      // A VM being destroyed keeps showing DESTROYING until the agent confirms.
+      const phase = cur.vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED ? VmPhase.VM_PHASE_DESTROYING : report.phase;
+      const ip = report.ip || st.ip;
+      const mac = report.mac || st.mac;
+      if (st.phase === phase && st.reason === report.reason && st.ip === ip && st.mac === mac) return;
+      const next: Vm = { ...cur.vm, status: { ...st, phase, reason: report.reason, ip, mac, updatedAt: this.d.clock.now() } };
+      const r = await this.d.store.txn([unchanged(keys.vm(cur.vm.id), cur)], [{ type: "put", key: keys.vm(cur.vm.id), value: enc(Vm, next) }]);
+      if (r.succeeded) return;
+      await backoff(attempt);
+    }
+  }
+}
+
+export function releaseAlloc(a: AllocationRecord, vm: Vm): AllocationRecord {
+  const spec = vm.spec!;
+  const dec1 = (m: Record<string, number>, k: string) => {
+    const out = { ...m };
+    if (k === "") return out;
+    const n = (out[k] ?? 0) - 1;
+    if (n > 0) out[k] = n;
+    else delete out[k];
+    return out;
+  };
+  const cur = a.allocated ?? { vcpus: 0, memoryMb: 0, diskGb: 0 };
+  return {
+    allocated: {
+      vcpus: Math.max(0, cur.vcpus - spec.vcpus),
+      memoryMb: Math.max(0, cur.memoryMb - spec.memoryMb),
+      diskGb: Math.max(0, cur.diskGb - spec.diskGb),
+    },
+    vmCount: Math.max(0, a.vmCount - 1),
+    groups: dec1(a.groups, spec.antiAffinityGroup),
+    networks: dec1(a.networks, networkKey(vm)),
+  };
+}
+
+export function addAlloc(a: AllocationRecord | undefined, vm: Vm): AllocationRecord {
+  const spec = vm.spec!;
+  const inc = (m: Record<string, number>, k: string) => (k === "" ? { ...m } : { ...m, [k]: (m[k] ?? 0) + 1 });
+  const cur = a?.allocated ?? { vcpus: 0, memoryMb: 0, diskGb: 0 };
+  return {
+    allocated: { vcpus: cur.vcpus + spec.vcpus, memoryMb: cur.memoryMb + spec.memoryMb, diskGb: cur.diskGb + spec.diskGb },
+    vmCount: (a?.vmCount ?? 0) + 1,
+    groups: inc(a?.groups ?? {}, spec.antiAffinityGroup),
+    networks: inc(a?.networks ?? {}, networkKey(vm)),
+  };
+}
+
+/** The network a VM is on, as the scheduler's locality key ("" for isolated VMs). */
+export function networkKey(vm: Vm): string {
+  const n = vm.spec?.network ?? "";
+  if (n === "isolated") return "";
+  return `${vm.owner}/${n || "default"}`;
+}

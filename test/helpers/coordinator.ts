@@ -1,0 +1,70 @@
+// Starts a real coordinator (real gRPC on port 0) on a real etcd for a test file.
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { silentLogger } from "../../common/logger.js";
+import { resolveConfig, type ConfigLayer } from "../../coordinator/config.js";
+import { startCoordinator, type CoordinatorHandle } from "../../coordinator/server.js";
+import { connect, type NoidClient } from "../../sdk/index.js";
+import { startTestEtcd } from "./etcd.js";
+
+export interface TestCluster {
+  handle: CoordinatorHandle;
+  address: string;
+  adminToken: string;
+  stateDir: string;
+  endpoints: string[];
+  client(token?: string): NoidClient;
+  stop(): Promise<void>;
+}
+
+export async function startTestCoordinator(extra: ConfigLayer = {}): Promise<TestCluster> {
+  const etcd = await startTestEtcd();
+  const stateDir = mkdtempSync(join(tmpdir(), "noid-coord-"));
+  const config = resolveConfig(
+    {
+      server: { listen: "127.0.0.1:0", insecure: true },
+      state_dir: stateDir,
+      etcd: { endpoints: etcd.endpoints, prefix: `/t${Math.random().toString(16).slice(2, 8)}/` },
+      logging: { level: "silent" },
+    },
+    extra,
+  );
+  const handle = await startCoordinator({ config, logger: silentLogger() });
+  const adminToken = readFileSync(handle.adminTokenFile, "utf8").trim();
+  const clients: NoidClient[] = [];
+  return {
+    handle,
+    address: handle.address,
+    adminToken,
+    stateDir,
+    endpoints: etcd.endpoints,
+    client(token = adminToken) {
+      const c = connect({ address: handle.address, token, insecure: true, deadlineMs: 5000, retries: 1 });
+      clients.push(c);
+      return c;
+    },
+    async stop() {
+      clients.forEach((c) => c.close());
+      await handle.stop();
+      await etcd.stop();
+      rmSync(stateDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Polls until `f` returns a truthy value (time-boxed). */
+export async function eventually<T>(f: () => T | Promise<T>, timeoutMs = 10_000, what = "condition"): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < until) {
+    try {
+      const v = await f();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
+}

@@ -1,0 +1,114 @@
+// A simulated agent: speaks the real AgentService protocol (register, one
+// session, heartbeats, status reports) but runs no VMs. With `autoRun` it
+// reports each assigned VM RUNNING and confirms destroys, as a real agent would.
+import * as grpc from "@grpc/grpc-js";
+import { AgentServiceClient, type SessionRequest, type SessionResponse } from "../../gen/noid/v1/agent.js";
+import { VmDesiredState, VmPhase, type Vm } from "../../gen/noid/v1/vm.js";
+
+export interface SimAgentOptions {
+  address: string;
+  token: string;
+  name: string;
+  capacity?: { vcpus: number; memoryMb: number; diskGb: number };
+  labels?: Record<string, string>;
+  drivers?: string[];
+  autoRun?: boolean;
+}
+
+export class SimAgent {
+  hostId = "";
+  readonly vms = new Map<string, Vm>();
+  snapshots = 0;
+  private client: AgentServiceClient;
+  private stream?: grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
+  private beat?: NodeJS.Timeout;
+  private seq = 0;
+  private readonly md = new grpc.Metadata();
+
+  constructor(private readonly o: SimAgentOptions) {
+    this.client = new AgentServiceClient(o.address, grpc.credentials.createInsecure());
+    this.md.set("authorization", `Bearer ${o.token}`);
+  }
+
+  async register(): Promise<string> {
+    const res = await new Promise<{ hostId: string; heartbeatIntervalMs: number }>((resolve, reject) =>
+      this.client.registerHost(
+        {
+          name: this.o.name,
+          address: "10.77.0.1",
+          labels: this.o.labels ?? {},
+          drivers: this.o.drivers ?? ["sandbox"],
+          capacity: this.o.capacity ?? { vcpus: 8, memoryMb: 16384, diskGb: 100 },
+          wireguardPublicKey: "",
+          wireguardPort: 0,
+          agentVersion: "sim",
+        },
+        this.md,
+        (err, r) => (err ? reject(err) : resolve(r!)),
+      ),
+    );
+    this.hostId = res.hostId;
+    return res.hostId;
+  }
+
+  /** Opens the session and resolves once the first snapshot arrived. */
+  async connect(): Promise<void> {
+    if (!this.hostId) await this.register();
+    const stream = this.client.session(this.md);
+    this.stream = stream;
+    const first = new Promise<void>((resolve, reject) => {
+      stream.on("data", (m: SessionResponse) => {
+        this.onMessage(m);
+        if (m.kind?.$case === "snapshot") resolve();
+      });
+      stream.on("error", (e) => reject(e));
+    });
+    stream.on("error", () => undefined);
+    stream.write({ kind: { $case: "hello", value: { hostId: this.hostId } } });
+    this.beat = setInterval(() => this.send({ kind: { $case: "heartbeat", value: { sequence: ++this.seq } } }), 500);
+    await first;
+  }
+
+  send(m: SessionRequest): void {
+    this.stream?.write(m);
+  }
+
+  report(vmId: string, phase: VmPhase, extra: { ip?: string; destroyed?: boolean; reason?: string } = {}): void {
+    this.send({
+      kind: {
+        $case: "vmStatus",
+        value: { vmId, phase, reason: extra.reason ?? "", ip: extra.ip ?? "", mac: "", destroyed: extra.destroyed ?? false },
+      },
+    });
+  }
+
+  private onMessage(m: SessionResponse): void {
+    const k = m.kind;
+    if (!k) return;
+    if (k.$case === "snapshot") {
+      this.snapshots++;
+      this.vms.clear();
+      for (const vm of k.value.vms) this.onVm(vm);
+    } else if (k.$case === "vm") this.onVm(k.value);
+    else if (k.$case === "vmRemoved") this.vms.delete(k.value.vmId);
+  }
+
+  private onVm(vm: Vm): void {
+    this.vms.set(vm.id, vm);
+    if (!this.o.autoRun) return;
+    if (vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED) {
+      this.report(vm.id, VmPhase.VM_PHASE_STOPPED, { destroyed: true });
+    } else if (vm.desiredState === VmDesiredState.VM_DESIRED_STATE_STOPPED && vm.status?.phase !== VmPhase.VM_PHASE_STOPPED) {
+      this.report(vm.id, VmPhase.VM_PHASE_STOPPED);
+    } else if (vm.desiredState === VmDesiredState.VM_DESIRED_STATE_RUNNING && vm.status?.phase !== VmPhase.VM_PHASE_RUNNING) {
+      this.report(vm.id, VmPhase.VM_PHASE_RUNNING, { ip: "10.0.0.2" });
+    }
+  }
+
+  close(): void {
+    if (this.beat) clearInterval(this.beat);
+    this.stream?.end();
+    this.stream?.cancel();
+    this.client.close();
+  }
+}
