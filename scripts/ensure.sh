@@ -29,8 +29,11 @@ fi
 
 stamp=node_modules/.noid-lock
 if [[ ! -d node_modules || ! -f $stamp ]] || ! cmp -s package-lock.json "$stamp"; then
-  echo "installing npm dependencies (npm ci)" >&2
-  npm ci --no-fund --no-audit >&2
+  echo "installing npm dependencies" >&2
+  # npm ci refuses a lock file that lacks optional per-platform packages the
+  # registry here does not serve (buf's darwin/win32 binaries); npm install
+  # honours the same lock file and skips them.
+  npm ci --no-fund --no-audit >&2 2>/dev/null || npm install --no-fund --no-audit >&2
   cp package-lock.json "$stamp"
 fi
 
