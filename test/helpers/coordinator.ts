@@ -14,7 +14,9 @@ export interface TestCluster {
   adminToken: string;
   stateDir: string;
   endpoints: string[];
-  client(token?: string): NoidClient;
+  /** The real etcd behind the coordinator (stop/restart it to test outages). */
+  etcd: Awaited<ReturnType<typeof startTestEtcd>>["etcd"];
+  client(token?: string, opts?: { retries?: number; deadlineMs?: number }): NoidClient;
   stop(): Promise<void>;
 }
 
@@ -39,8 +41,9 @@ export async function startTestCoordinator(extra: ConfigLayer = {}): Promise<Tes
     adminToken,
     stateDir,
     endpoints: etcd.endpoints,
-    client(token = adminToken) {
-      const c = connect({ address: handle.address, token, insecure: true, deadlineMs: 5000, retries: 1 });
+    etcd: etcd.etcd,
+    client(token = adminToken, opts = {}) {
+      const c = connect({ address: handle.address, token, insecure: true, deadlineMs: opts.deadlineMs ?? 5000, retries: opts.retries ?? 1 });
       clients.push(c);
       return c;
     },

@@ -51,21 +51,41 @@ export class SimAgent {
     return res.hostId;
   }
 
-  /** Opens the session and resolves once the first snapshot arrived. */
+  private closed = false;
+  reconnects = 0;
+
+  /**
+   * Opens the session and resolves once the first snapshot arrived. Like the
+   * real agent, it reconnects (and resyncs) when an established session breaks.
+   */
   async connect(): Promise<void> {
     if (!this.hostId) await this.register();
     const stream = this.client.session(this.md);
     this.stream = stream;
+    let established = false;
     const first = new Promise<void>((resolve, reject) => {
       stream.on("data", (m: SessionResponse) => {
         this.onMessage(m);
-        if (m.kind?.$case === "snapshot") resolve();
+        if (m.kind?.$case === "snapshot") {
+          established = true;
+          resolve();
+        }
       });
       stream.on("error", (e) => reject(e));
     });
-    stream.on("error", () => undefined);
+    const lost = () => {
+      if (this.closed || !established || this.stream !== stream) return;
+      this.stream = undefined;
+      setTimeout(() => {
+        if (this.closed) return;
+        this.reconnects++;
+        this.connect().catch(() => lost());
+      }, 200);
+    };
+    stream.on("error", lost);
+    stream.on("end", lost);
     stream.write({ kind: { $case: "hello", value: { hostId: this.hostId } } });
-    this.beat = setInterval(() => this.send({ kind: { $case: "heartbeat", value: { sequence: ++this.seq } } }), 500);
+    if (!this.beat) this.beat = setInterval(() => this.send({ kind: { $case: "heartbeat", value: { sequence: ++this.seq } } }), 500);
     await first;
   }
 
@@ -106,6 +126,7 @@ export class SimAgent {
   }
 
   close(): void {
+    this.closed = true;
     if (this.beat) clearInterval(this.beat);
     this.stream?.end();
     this.stream?.cancel();

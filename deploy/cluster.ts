@@ -1,0 +1,203 @@
+// A whole Noid cluster on one machine: a coordinator (with its embedded etcd)
+// in the root namespace and N agent hosts, each a network namespace of a lab,
+// reaching the coordinator through a unix socket. Used by `npm run demo` and
+// by the end-to-end tests, so both run exactly the same thing.
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createLab, destroyLab, labLeftovers, type Lab } from "./lab/lab.js";
+import { isAlive, killProcess, processRef, spawnDetached, type ProcessRef } from "../common/run.js";
+import { connect, HostState, type NoidClient } from "../sdk/index.js";
+
+/** The repository root, from the source file (tests) or its build output in dist/. */
+export const repoRoot = ((): string => {
+  let d = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(d, "package.json")) && dirname(d) !== d) d = dirname(d);
+  return d;
+})();
+
+export interface ClusterOptions {
+  /** Prefix of every namespace and link (1-8 of a-z0-9), unique per run. */
+  prefix: string;
+  /** Directory for the coordinator's state, the socket, logs and the agents' state. */
+  dir: string;
+  hosts: number;
+  /** TCP listen address of the coordinator; clients may also use the unix socket. */
+  listen?: string;
+  capacity?: { vcpus: number; memoryMb: number; diskGb: number };
+  outside?: boolean;
+  /** Extra coordinator flags. */
+  coordinatorArgs?: string[];
+}
+
+export interface LocalCluster {
+  prefix: string;
+  dir: string;
+  socket: string;
+  /** What a client dials: the unix socket. */
+  address: string;
+  adminToken: string;
+  adminTokenFile: string;
+  coordinator: ProcessRef;
+  lab: Lab;
+  agents: ProcessRef[];
+  hostNames: string[];
+  client(token?: string): NoidClient;
+  /** Starts (or restarts) the agent of host i (0-based). */
+  startAgent(i: number): Promise<ProcessRef>;
+  stop(): Promise<void>;
+}
+
+interface ClusterState {
+  coordinator: ProcessRef;
+  prefix: string;
+}
+
+export async function waitFor<T>(what: string, f: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < until) {
+    try {
+      const v = await f();
+      if (v !== undefined) return v;
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}${last instanceof Error ? `: ${last.message}` : ""}`);
+}
+
+function tail(file: string, lines = 5): string {
+  return existsSync(file) ? readFileSync(file, "utf8").trimEnd().split("\n").slice(-lines).join(" | ") : "(no log)";
+}
+
+const stateFile = (dir: string) => join(dir, "cluster.json");
+
+export function readClusterState(dir: string): ClusterState | undefined {
+  const f = stateFile(dir);
+  return existsSync(f) ? (JSON.parse(readFileSync(f, "utf8")) as ClusterState) : undefined;
+}
+
+/** Stops everything a cluster in `dir` with `prefix` started, even after a crash of its starter. */
+export async function stopLocalCluster(dir: string, prefix: string): Promise<string[]> {
+  const st = readClusterState(dir);
+  if (st && isAlive(st.coordinator)) await killProcess(st.coordinator, 10_000);
+  await destroyLab(prefix);
+  rmSync(dir, { recursive: true, force: true });
+  return labLeftovers(prefix);
+}
+
+export async function startLocalCluster(o: ClusterOptions): Promise<LocalCluster> {
+  mkdirSync(o.dir, { recursive: true, mode: 0o700 });
+  const socket = join(o.dir, "coordinator.sock");
+  const stateDir = join(o.dir, "coordinator");
+  const tokenFile = join(stateDir, "admin.token");
+  const clients: NoidClient[] = [];
+  const pid = await spawnDetached(
+    [
+      process.execPath,
+      join(repoRoot, "dist/coordinator/main.js"),
+      "--insecure",
+      "--listen",
+      o.listen ?? "127.0.0.1:0",
+      "--unix-socket",
+      socket,
+      "--state-dir",
+      stateDir,
+      ...(o.coordinatorArgs ?? []),
+    ],
+    { logFile: join(o.dir, "coordinator.log") },
+  );
+  const coordinator = processRef(pid);
+  if (!coordinator) throw new Error(`the coordinator exited at once; see ${join(o.dir, "coordinator.log")}`);
+  writeFileSync(stateFile(o.dir), JSON.stringify({ coordinator, prefix: o.prefix } satisfies ClusterState));
+  let lab: Lab | undefined;
+  try {
+    await waitFor(
+      "the coordinator to write its admin token and socket",
+      async () => {
+        if (!isAlive(coordinator)) throw new Error(`the coordinator died: ${tail(join(o.dir, "coordinator.log"))}`);
+        return existsSync(tokenFile) && existsSync(socket) ? true : undefined;
+      },
+      60_000,
+    );
+    const adminToken = readFileSync(tokenFile, "utf8").trim();
+    const address = `unix:${socket}`;
+    const client = (token = adminToken) => {
+      const c = connect({ address, token, insecure: true });
+      clients.push(c);
+      return c;
+    };
+    const admin = client();
+    await waitFor("the coordinator to answer", () => admin.whoAmI(), 30_000);
+
+    lab = await createLab({ prefix: o.prefix, hosts: o.hosts, outside: o.outside ?? false });
+    const theLab = lab;
+    const cap = o.capacity ?? { vcpus: 4, memoryMb: 4096, diskGb: 40 };
+    const hostNames = theLab.hosts.map((_, i) => `host${i + 1}`);
+    const agents: ProcessRef[] = [];
+    const startAgent = async (i: number): Promise<ProcessRef> => {
+      const h = theLab.hosts[i]!;
+      const ref = await theLab.spawn(
+        h,
+        [
+          process.execPath,
+          join(repoRoot, "dist/agent/main.js"),
+          "--coordinator",
+          address,
+          "--insecure",
+          "--name",
+          hostNames[i]!,
+          "--address",
+          h.address,
+          "--state-dir",
+          join(o.dir, `agent-${h.name}`),
+          "--token-file",
+          tokenFile,
+          "--ns-prefix",
+          `${o.prefix}-${h.name}`,
+          "--vcpus",
+          String(cap.vcpus),
+          "--memory-mb",
+          String(cap.memoryMb),
+          "--disk-gb",
+          String(cap.diskGb),
+          "--label",
+          `zone=z${i + 1}`,
+        ],
+        { logFile: join(o.dir, `agent-${h.name}.log`) },
+      );
+      agents[i] = ref;
+      return ref;
+    };
+    for (let i = 0; i < o.hosts; i++) await startAgent(i);
+    await waitFor(
+      `${o.hosts} hosts to join`,
+      async () => ((await admin.listHosts()).filter((h) => h.state === HostState.HOST_STATE_READY).length === o.hosts ? true : undefined),
+      60_000,
+    );
+    return {
+      prefix: o.prefix,
+      dir: o.dir,
+      socket,
+      address,
+      adminToken,
+      adminTokenFile: tokenFile,
+      coordinator,
+      lab: theLab,
+      agents,
+      hostNames,
+      client,
+      startAgent,
+      async stop() {
+        clients.forEach((c) => c.close());
+        await stopLocalCluster(o.dir, o.prefix);
+      },
+    };
+  } catch (e) {
+    clients.forEach((c) => c.close());
+    await stopLocalCluster(o.dir, o.prefix).catch(() => undefined);
+    throw e;
+  }
+}
