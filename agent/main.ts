@@ -6,7 +6,7 @@
 //   node dist/agent/main.js --coordinator unix:/run/noid/coord.sock --name h1 --insecure --token-file t
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
-import { Command } from "commander";
+import { CommanderError, Command } from "commander";
 import { credentials, type ChannelCredentials } from "@grpc/grpc-js";
 import { createLogger } from "../common/logger.js";
 import { invalid } from "../common/errors.js";
@@ -159,6 +159,8 @@ export async function main(argv: string[]): Promise<void> {
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   main(process.argv.slice(2)).catch((e: unknown) => {
+    // commander has printed help or the usage error already.
+    if (e instanceof CommanderError) process.exit(e.code === "commander.helpDisplayed" ? 0 : 2);
     process.stderr.write(`noid-agent: ${e instanceof Error ? e.message : String(e)}\n`);
     process.exit(1);
   });
