@@ -5,6 +5,7 @@ import { readFileSync, existsSync } from "node:fs";
 import { parse as parseToml } from "smol-toml";
 import { z } from "zod";
 import { NoidError } from "../common/errors.js";
+import { NETWORK_SETTINGS_DEFAULTS, NetworkSettingsSchema, networkSettings } from "./networks/settings.js";
 
 const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, "must be host:port");
 
@@ -56,6 +57,7 @@ export const CoordinatorConfigSchema = z
       })
       .strict()
       .default({ lease_ttl_seconds: 10, heartbeat_interval_ms: 2000 }),
+    networks: NetworkSettingsSchema.default(NETWORK_SETTINGS_DEFAULTS),
     logging: z
       .object({
         level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
@@ -112,6 +114,7 @@ export function resolveConfig(...layers: ConfigLayer[]): CoordinatorConfig {
     throw new NoidError("INVALID_ARGUMENT", `invalid coordinator config: ${msg}`);
   }
   const cfg = r.data;
+  networkSettings(cfg.networks); // the checks a schema cannot express (VNI range order, a usable default CIDR)
   if ((cfg.server.tls_cert === "") !== (cfg.server.tls_key === "")) {
     throw new NoidError("INVALID_ARGUMENT", "invalid coordinator config: server.tls_cert and server.tls_key go together");
   }

@@ -29,3 +29,28 @@ export function lastSegment(key: string): string {
   const i = key.lastIndexOf("/");
   return i < 0 ? key : key.slice(i + 1);
 }
+
+// Tenant networks (coordinator/networks). Values are protobuf records except
+// where noted as a raw id.
+export const netKeys = {
+  network: (id: string) => `networks/${id}`,
+  networksPrefix: "networks/",
+  /** -> network id (raw); unique per owner. */
+  netName: (owner: string, name: string) => `netnames/${owner}/${name}`,
+  netNamesPrefix: (owner: string) => `netnames/${owner}/`,
+  /** TenantNetworksRecord: the owner's networks and CIDRs (overlap check). */
+  netOwner: (owner: string) => `netowners/${owner}`,
+  /** -> network id (raw); cluster-unique VNI, create-if-absent. */
+  vni: (vni: number) => `vni/${vni}`,
+  vniPrefix: "vni/",
+  /** IpamStateRecord: count and round-robin cursor of one network. */
+  ipamState: (networkId: string) => `ipamstate/${networkId}`,
+  /** -> VM id (raw); one key per address held, create-if-absent. */
+  ipam: (networkId: string, ip: string) => `ipam/${networkId}/${ip}`,
+  ipamPrefix: (networkId: string) => `ipam/${networkId}/`,
+  /** ReleasedAddressRecord: when the address was given back (reuse grace). */
+  released: (networkId: string, ip: string) => `released/${networkId}/${ip}`,
+  releasedPrefix: (networkId: string) => `released/${networkId}/`,
+  /** -> VM id (raw); MACs are cluster-unique. */
+  mac: (mac: string) => `macs/${mac}`,
+} as const;

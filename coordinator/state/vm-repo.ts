@@ -5,11 +5,12 @@ import { randomBytes } from "node:crypto";
 import { AuditEvent } from "../../gen/noid/v1/audit.js";
 import { AllocationRecord, QuotaRecord } from "../../gen/noid/v1/records.js";
 import { Vm, VmDesiredState, VmPhase, type VmSpec } from "../../gen/noid/v1/vm.js";
-import { NoidError, alreadyExists, notFound } from "../../common/errors.js";
+import { NoidError, alreadyExists, isNoidError, notFound } from "../../common/errors.js";
 import type { Compare, KeyValue, Op, Store } from "../store/store.js";
 import { keys } from "./keys.js";
 import { dec, enc } from "./codec.js";
 import { addToQuota, checkCountLimits, checkVmLimits, type Limits } from "../limits.js";
+import type { NetworkReservation, VmNetworkPort } from "../networks/vm-network.js";
 
 export interface Clock {
   now(): Date;
@@ -41,6 +42,8 @@ export interface VmRepoDeps {
   newId: () => string;
   /** Audit events are written in the same transaction as the change they record. */
   auditKey: (at: Date) => string;
+  /** Reserves a VM's address and MAC in its create transaction and releases them in its remove transaction. */
+  network?: VmNetworkPort;
 }
 
 export interface StoredVm {
@@ -70,7 +73,8 @@ export class VmRepo {
   /**
    * Writes a new VM (PENDING), its name index, the owner's quota and the
    * cluster total in one transaction that holds only if the name is free and
-   * neither counter moved since it was read.
+   * neither counter moved since it was read. With a network port, the VM's
+   * address and MAC are reserved in the same transaction.
    */
   async create(owner: string, name: string, spec: VmSpec, limits: Limits, audit: { peer: string }): Promise<StoredVm> {
     const ask = { vcpus: spec.vcpus, memoryMb: spec.memoryMb, diskGb: spec.diskGb };
@@ -86,15 +90,36 @@ export class VmRepo {
       const userQ = quotaOf(userKv);
       const totalQ = quotaOf(totalKv);
       checkCountLimits(limits, owner, userQ, totalQ);
+      const id = this.d.newId();
+      let net: NetworkReservation | undefined;
+      try {
+        net = await this.d.network?.reserve(owner, spec.network, id, { user: owner, peer: audit.peer });
+      } catch (e) {
+        if (!isNoidError(e, "CONFLICT")) throw e;
+        await backoff(attempt);
+        continue;
+      }
       const now = this.d.clock.now();
       const vm: Vm = {
-        id: this.d.newId(),
+        id,
         name,
         owner,
         spec,
         desiredState: VmDesiredState.VM_DESIRED_STATE_RUNNING,
         createdAt: now,
-        status: { phase: VmPhase.VM_PHASE_PENDING, hostId: "", hostName: "", reason: "", ip: "", mac: "", updatedAt: now },
+        status: {
+          phase: VmPhase.VM_PHASE_PENDING,
+          hostId: "",
+          hostName: "",
+          reason: "",
+          ip: "",
+          mac: "",
+          updatedAt: now,
+          networkId: "",
+          networkCidr: "",
+          gateway: "",
+          ...net?.status,
+        },
       };
       const r = await this.d.store.txn(
         [
@@ -102,13 +127,23 @@ export class VmRepo {
           { key: keys.vm(vm.id), target: "create", op: "==", value: 0 },
           unchanged(keys.quota(owner), userKv),
           unchanged(keys.total, totalKv),
+          ...(net?.compares ?? []),
         ],
         [
           { type: "put", key: keys.vm(vm.id), value: enc(Vm, vm) },
           { type: "put", key: nameKey, value: Buffer.from(vm.id) },
           { type: "put", key: keys.quota(owner), value: enc(QuotaRecord, addToQuota(userQ, ask, 1)) },
           { type: "put", key: keys.total, value: enc(QuotaRecord, addToQuota(totalQ, ask, 1)) },
-          this.auditOp({ event: "vm.create", user: owner, vm: name, host: "", success: true, detail: `${spec.vcpus} vCPU, ${spec.memoryMb} MB`, peer: audit.peer }),
+          ...(net?.ops ?? []),
+          this.auditOp({
+            event: "vm.create",
+            user: owner,
+            vm: name,
+            host: "",
+            success: true,
+            detail: `${spec.vcpus} vCPU, ${spec.memoryMb} MB${net ? `, ${net.status.ip} on network ${net.status.networkId}` : ""}`,
+            peer: audit.peer,
+          }),
         ],
       );
       if (r.succeeded) return { vm, modRevision: r.revision };
@@ -150,7 +185,7 @@ export class VmRepo {
     throw new NoidError("UNAVAILABLE", `destroying VM ${id}: too much contention, retry`);
   }
 
-  /** Removes the VM, its name, its placement and its share of every counter, in one transaction. */
+  /** Removes the VM, its name, its placement, its address and its share of every counter, in one transaction. */
   private async tryRemove(cur: StoredVm, hostId: string | undefined, extra?: Op): Promise<boolean> {
     const vm = cur.vm;
     const spec = vm.spec!;
@@ -173,6 +208,11 @@ export class VmRepo {
       if (allocKv) {
         ops.push({ type: "put", key: keys.alloc(hostId), value: enc(AllocationRecord, releaseAlloc(dec(AllocationRecord, allocKv.value), vm)) });
       }
+    }
+    if (this.d.network) {
+      const rel = await this.d.network.release(vm);
+      compares.push(...rel.compares);
+      ops.push(...rel.ops);
     }
     if (extra) ops.push(extra);
     const r = await this.d.store.txn(compares, ops);
@@ -226,8 +266,10 @@ export class VmRepo {
       }
       // A VM being destroyed keeps showing DESTROYING until the agent confirms.
       const phase = cur.vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED ? VmPhase.VM_PHASE_DESTROYING : report.phase;
-      const ip = report.ip || st.ip;
-      const mac = report.mac || st.mac;
+      // An address and MAC the coordinator reserved (IPAM) are the VM's; an
+      // agent's report does not move them (the release must find them again).
+      const ip = st.networkId ? st.ip : report.ip || st.ip;
+      const mac = st.networkId ? st.mac : report.mac || st.mac;
       if (st.phase === phase && st.reason === report.reason && st.ip === ip && st.mac === mac) return;
       const next: Vm = { ...cur.vm, status: { ...st, phase, reason: report.reason, ip, mac, updatedAt: this.d.clock.now() } };
       const r = await this.d.store.txn([unchanged(keys.vm(cur.vm.id), cur)], [{ type: "put", key: keys.vm(cur.vm.id), value: enc(Vm, next) }]);
