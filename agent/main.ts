@@ -7,6 +7,7 @@
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { CommanderError, Command } from "commander";
+import { ExecRunner } from "./exec.js";
 import { credentials, type ChannelCredentials } from "@grpc/grpc-js";
 import { createLogger } from "../common/logger.js";
 import { invalid } from "../common/errors.js";
@@ -138,6 +139,7 @@ export async function main(argv: string[]): Promise<void> {
     sink: loop,
     logger: logger.child({ component: "session" }),
     onState: (s) => logger.debug({ state: s }, "session state"),
+    exec: new ExecRunner(driver, logger.child({ component: "exec" })),
   });
 
   await loop.start();

@@ -13,6 +13,8 @@ import {
   type RegisterHostResponse,
   type SessionRequest,
   type SessionResponse,
+  type AgentExecCommand,
+  type AgentExecOutput,
   type VmStatusReport,
 } from "../gen/noid/v1/agent.js";
 import { type BackoffPolicy, DEFAULT_BACKOFF, backoffDelay } from "./backoff.js";
@@ -43,6 +45,11 @@ export interface AgentSessionOptions {
   /** Heartbeats without an ack before the stream is declared dead (default 3). */
   missedAcksLimit?: number;
   onState?: (s: SessionState) => void;
+  /** Runs exec commands from the coordinator (absent: they are refused). */
+  exec?: {
+    run(cmd: AgentExecCommand, send: (o: AgentExecOutput) => void): void;
+    cancel(execId: string): void;
+  };
 }
 
 export class AgentSession {
@@ -175,6 +182,15 @@ export class AgentSession {
         break;
       case "heartbeatAck":
         this.lastAcked = Math.max(this.lastAcked, k.value.sequence);
+        break;
+      case "exec": {
+        const send = (o: AgentExecOutput) => this.write({ kind: { $case: "execOutput", value: o } });
+        if (this.opts.exec) this.opts.exec.run(k.value, send);
+        else send({ execId: k.value.execId, output: undefined, error: "this agent does not run exec" });
+        break;
+      }
+      case "execCancel":
+        this.opts.exec?.cancel(k.value.execId);
         break;
     }
   }

@@ -28,6 +28,8 @@ export interface AppDeps {
 
 export class App {
   readonly env: Readonly<Record<string, string | undefined>>;
+  /** What noidctl exits with when the command itself succeeded (exec passes its command's code on). */
+  exitCode = 0;
   readonly io: Io;
   readonly signal: AbortSignal | undefined;
   readonly #now: () => Date;

@@ -9,6 +9,7 @@ import { registerHostCommands } from "./commands/host.js";
 import { registerNetworkCommands } from "./commands/network.js";
 import { registerTokenCommands } from "./commands/token.js";
 import { registerVmCommands } from "./commands/vm.js";
+import { registerExecCommand } from "./commands/exec.js";
 import { describeError } from "./errors.js";
 import { OUTPUT_FORMATS } from "./render.js";
 import type { GlobalFlags } from "./settings.js";
@@ -32,7 +33,7 @@ export function buildProgram(deps: AppDeps): { program: Command; app: App } {
       "after",
       `
 Configuration: ~/.noid/config.toml (NOID_CONFIG overrides the path); NOID_SERVER
-and NOID_TOKEN override flags and contexts.
+and NOID_TOKEN override flags and contexts; NOID_INSECURE=1 is --insecure.
 
 Examples:
   noidctl auth setup --server localhost:7654 --insecure --token-stdin < token.txt
@@ -42,6 +43,7 @@ Examples:
     );
 
   registerVmCommands(program, app);
+  registerExecCommand(program, app);
   registerHostCommands(program, app);
   registerNetworkCommands(program, app);
   registerAuthCommands(program, app);
@@ -56,7 +58,7 @@ export async function run(argv: readonly string[], deps: AppDeps): Promise<numbe
   const { program, app } = buildProgram(deps);
   try {
     await program.parseAsync([...argv], { from: "user" });
-    return 0;
+    return app.exitCode;
   } catch (e) {
     if (e instanceof CommanderError) {
       // Commander has already printed help or its usage error.

@@ -44,7 +44,7 @@ export function resolveConnection(env: Readonly<Record<string, string | undefine
   const caFile = flags.caFile ?? ctx?.ca_file;
   return {
     server,
-    insecure: flags.insecure === true || ctx?.insecure === true,
+    insecure: flags.insecure === true || env["NOID_INSECURE"] === "1" || env["NOID_INSECURE"] === "true" || ctx?.insecure === true,
     ...(token ? { token } : {}),
     ...(caFile ? { caFile } : {}),
     ...(name !== undefined ? { contextName: name } : {}),

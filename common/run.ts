@@ -15,8 +15,12 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Written to the command's stdin. */
   input?: string;
-  /** Return a non-zero exit instead of throwing. */
+  /** Return a non-zero exit (or a timeout, with timedOut set) instead of throwing. */
   allowFail?: boolean;
+  /** Extra environment variables for the command (never put secrets in argv). */
+  env?: Record<string, string>;
+  /** Do not inherit this process's environment (commands run for tenants get only `env` and a PATH). */
+  cleanEnv?: boolean;
 }
 
 export interface RunResult {
@@ -24,6 +28,8 @@ export interface RunResult {
   stderr: string;
   /** -1 when the command could not be spawned or was killed (timeout, signal). */
   exitCode: number;
+  /** Set (with allowFail) when the command was killed at its timeout. */
+  timedOut?: boolean;
 }
 
 export type Runner = (argv: readonly string[], opts?: RunOptions) => Promise<RunResult>;
@@ -57,12 +63,14 @@ export const run: Runner = async (argv, opts = {}) => {
     timeout: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS,
     ...(opts.input !== undefined ? { input: opts.input } : { stdin: "ignore" as const }),
     stripFinalNewline: true,
-    env: { LC_ALL: "C" },
+    env: { LC_ALL: "C", ...(opts.cleanEnv ? { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" } : {}), ...opts.env },
+    extendEnv: !opts.cleanEnv,
   });
   const stdout = typeof r.stdout === "string" ? r.stdout : "";
   const stderr = typeof r.stderr === "string" ? r.stderr : "";
   const exitCode = typeof r.exitCode === "number" ? r.exitCode : -1;
-  const spawnFailed = r.failed && r.exitCode === undefined;
+  const spawnFailed = r.failed && r.exitCode === undefined && !r.timedOut;
+  if (r.timedOut && opts.allowFail) return { stdout, stderr, exitCode: -1, timedOut: true };
   if (spawnFailed || r.timedOut || (exitCode !== 0 && !opts.allowFail)) {
     const why = r.timedOut
       ? `timed out after ${opts.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms`

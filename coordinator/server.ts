@@ -30,13 +30,18 @@ import type { HandlerDeps } from "./grpc/handler.js";
 import { vmService } from "./services/vm-service.js";
 import { hostService } from "./services/host-service.js";
 import { networkService } from "./services/network-service.js";
+import { NetworkRepo } from "./networks/network-repo.js";
+import { VmNetworks } from "./networks/vm-network.js";
 import { authService } from "./services/auth-service.js";
 import { auditService } from "./services/audit-service.js";
 import { agentService } from "./services/agent-service.js";
+import { execService } from "./services/exec-service.js";
+import { SessionRegistry } from "./agents/registry.js";
+import { ExecServiceService } from "../gen/noid/v1/exec.js";
 
 export const ADMIN_TOKEN_FILE = "admin.token";
 const BOOTSTRAP_TOKEN_NAME = "bootstrap-admin";
-const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService"];
+const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService"];
 
 export interface CoordinatorHandle {
   /** TCP port actually bound (useful with listen ":0"). */
@@ -147,14 +152,18 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     await cluster.start();
     cleanups.push(() => cluster.stop());
 
-    const vms = new VmRepo({ store, clock, newId: newVmId, auditKey });
+    const netSettings = cfg.networks;
+    const networks = new NetworkRepo({ store, clock, settings: netSettings, auditKey });
+    const vmNetworks = new VmNetworks({ store, clock, repo: networks, graceSeconds: netSettings.ip_reuse_grace_seconds, logger: logger.child({ component: "ipam" }) });
+    const vms = new VmRepo({ store, clock, newId: newVmId, auditKey, network: vmNetworks });
     const hosts = new HostRepo(store, clock);
     const base: HandlerDeps = { auth: tokens, logger: logger.child({ component: "api" }) };
 
+    const sessions = new SessionRegistry();
     const server = new grpc.Server({ "grpc.keepalive_time_ms": 20_000, "grpc.keepalive_timeout_ms": 10_000, "grpc.keepalive_permit_without_calls": 1 });
     server.addService(VmServiceService, vmService({ ...base, repo: vms, cluster, limits: () => cfg.limits }));
     server.addService(HostServiceService, hostService({ ...base, hosts, cluster, store, clock, audit: writeAudit }));
-    server.addService(NetworkServiceService, networkService(base));
+    server.addService(NetworkServiceService, networkService({ ...base, networks }));
     server.addService(AuthServiceService, authService({ ...base, tokens, audit: writeAudit }));
     server.addService(AuditServiceService, auditService({ ...base, audit }));
     server.addService(
@@ -168,13 +177,15 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         leaseTtlSeconds: cfg.agents.lease_ttl_seconds,
         heartbeatIntervalMs: cfg.agents.heartbeat_interval_ms,
         logger: logger.child({ component: "agents" }),
+        sessions,
       }),
     );
+    server.addService(ExecServiceService, execService({ ...base, repo: vms, sessions, audit: writeAudit }));
     const health = new HealthImplementation({ "": "SERVING", ...Object.fromEntries(PUBLIC_SERVICES.map((s) => [s, "SERVING" as const])) });
     health.addToServer(server);
     const root = protoRoot();
     const pkg = protoLoader.loadSync(
-      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto"],
+      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto"],
       { includeDirs: [root] },
     );
     new ReflectionService({ ...pkg, ...protoLoader.loadSync(healthProtoPath) }).addToServer(server);

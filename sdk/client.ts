@@ -13,9 +13,10 @@ import type {
   WhoAmIResponse,
 } from "../gen/noid/v1/auth.js";
 import type { DrainHostResponse, Host, HostServiceClient } from "../gen/noid/v1/host.js";
-import type { Network, NetworkServiceClient } from "../gen/noid/v1/network.js";
+import type { EgressPolicy, Network, NetworkServiceClient } from "../gen/noid/v1/network.js";
 import { VmSpec, type Vm, type VmServiceClient, type WatchVmsResponse, VmEventType } from "../gen/noid/v1/vm.js";
-import { NoidApiError, type CallKind } from "./errors.js";
+import type { ExecResponse, ExecServiceClient } from "../gen/noid/v1/exec.js";
+import { NoidApiError, toApiError, type CallKind } from "./errors.js";
 import { withRetry, type RetryDeps, type RetryPolicy } from "./retry.js";
 import { iterateStream } from "./watch.js";
 
@@ -32,6 +33,24 @@ export interface ServiceClients {
   network: NetworkServiceClient;
   auth: AuthServiceClient;
   audit: AuditServiceClient;
+  exec: ExecServiceClient;
+}
+
+export interface ExecOpts extends OwnerOpt {
+  /** Variables for this command only; the server never stores or logs their values. */
+  env?: Record<string, string>;
+  timeoutSeconds?: number;
+  /** Called with output as it arrives (otherwise it is only collected). */
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+  signal?: AbortSignal;
+}
+
+export interface ExecResult {
+  stdout: Buffer;
+  stderr: Buffer;
+  exitCode: number;
+  timedOut: boolean;
 }
 
 export interface ClientSettings {
@@ -138,6 +157,48 @@ export class NoidClient {
     }
   }
 
+  /**
+   * Runs `argv` in the VM (through its host's agent) and resolves with its
+   * output and exit code. Not retried: a command may have side effects.
+   */
+  async exec(ref: VmRef, argv: string[], opts: ExecOpts = {}): Promise<ExecResult> {
+    const call = this.#c.exec.exec(this.#metadata(), {});
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    const onAbort = () => call.cancel();
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      return await new Promise<ExecResult>((resolve, reject) => {
+        let exit: ExecResult | undefined;
+        call.on("data", (r: ExecResponse) => {
+          const k = r.kind;
+          if (k?.$case === "stdout") {
+            const b = Buffer.from(k.value);
+            out.push(b);
+            opts.onStdout?.(b);
+          } else if (k?.$case === "stderr") {
+            const b = Buffer.from(k.value);
+            err.push(b);
+            opts.onStderr?.(b);
+          } else if (k?.$case === "exit") {
+            exit = { stdout: Buffer.concat(out), stderr: Buffer.concat(err), exitCode: k.value.exitCode, timedOut: k.value.timedOut };
+          }
+        });
+        call.on("error", (e) => reject(toApiError(e, "mutation", "Exec")));
+        call.on("end", () => (exit ? resolve(exit) : reject(new NoidApiError("UNAVAILABLE", "exec ended without an exit status", { retryable: false }))));
+        call.write({
+          kind: {
+            $case: "start",
+            value: { ...vmRef(ref), owner: opts.owner ?? "", argv, env: opts.env ?? {}, timeoutSeconds: opts.timeoutSeconds ?? 0 },
+          },
+        });
+        call.end();
+      });
+    } finally {
+      opts.signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
   // ---- hosts ----
 
   async listHosts(): Promise<Host[]> {
@@ -165,10 +226,16 @@ export class NoidClient {
 
   // ---- networks ----
 
-  async createNetwork(name: string, opts: { cidr: string }): Promise<Network> {
+  async createNetwork(
+    name: string,
+    opts: { cidr: string; mode?: "wireguard" | "vxlan"; egress?: EgressPolicy; owner?: string },
+  ): Promise<Network> {
     const res = await this.#unary("CreateNetwork", "mutation", this.#c.network.createNetwork.bind(this.#c.network), {
       name,
       cidr: opts.cidr,
+      egress: opts.egress,
+      mode: opts.mode ?? "",
+      owner: opts.owner ?? "",
     });
     return need(res, "network", "CreateNetwork");
   }

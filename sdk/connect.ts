@@ -5,6 +5,7 @@ import { AuthServiceClient } from "../gen/noid/v1/auth.js";
 import { HostServiceClient } from "../gen/noid/v1/host.js";
 import { NetworkServiceClient } from "../gen/noid/v1/network.js";
 import { VmServiceClient } from "../gen/noid/v1/vm.js";
+import { ExecServiceClient } from "../gen/noid/v1/exec.js";
 import { channelSpec, type TlsOptions } from "./channel.js";
 import { NoidClient } from "./client.js";
 import { NoidApiError } from "./errors.js";
@@ -52,6 +53,7 @@ export function connect(opts: ConnectOptions): NoidClient {
       network: new NetworkServiceClient(spec.target, spec.credentials, shared),
       auth: new AuthServiceClient(spec.target, spec.credentials, shared),
       audit: new AuditServiceClient(spec.target, spec.credentials, shared),
+      exec: new ExecServiceClient(spec.target, spec.credentials, shared),
     },
     {
       ...(opts.token ? { token: opts.token } : {}),

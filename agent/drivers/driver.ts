@@ -51,6 +51,13 @@ export interface ExecResult {
   stdout: string;
   stderr: string;
   exitCode: number;
+  timedOut?: boolean;
+}
+
+export interface ExecOptions {
+  /** Variables for this command only; never written to disk, argv or logs. */
+  env?: Record<string, string>;
+  timeoutMs?: number;
 }
 
 export interface HypervisorDriver {
@@ -67,7 +74,7 @@ export interface HypervisorDriver {
   list(): Promise<VmRuntime[]>;
   /** After an agent restart: adopt VMs that still run, and clear records of ones that cannot be adopted. */
   recover(): Promise<VmRuntime[]>;
-  exec?(id: string, argv: string[]): Promise<ExecResult>;
+  exec?(id: string, argv: string[], opts?: ExecOptions): Promise<ExecResult>;
   checkpoint?(id: string, name: string): Promise<void>;
   restore?(id: string, name: string): Promise<VmRuntime>;
 }

@@ -1,6 +1,7 @@
 // Who may do what: the Noid security model's role table, as one pure function.
 //
 // | Role      | Create | Destroy/Start/Stop | Exec/Checkpoint | List/Get          |
+// (exec: "vm.exec")
 // | admin     | yes    | any VM             | any VM          | all               |
 // | user      | yes    | own only           | own only        | own only          |
 // | read-only | no     | no                 | no              | yes (own only)    |
@@ -16,6 +17,7 @@ export type Action =
   | "vm.start"
   | "vm.stop"
   | "vm.watch"
+  | "vm.exec"
   | "host.list"
   | "host.get"
   | "host.cordon"
@@ -55,6 +57,7 @@ const READS: ReadonlySet<Action> = new Set([
 
 const USER_WRITES: ReadonlySet<Action> = new Set([
   "vm.create",
+  "vm.exec",
   "vm.destroy",
   "vm.start",
   "vm.stop",

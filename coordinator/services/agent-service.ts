@@ -4,6 +4,8 @@
 import type { ServerDuplexStream, handleUnaryCall } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import type {
+  AgentExecCommand,
+  AgentExecOutput,
   AgentServiceServer,
   RegisterHostRequest,
   RegisterHostResponse,
@@ -22,6 +24,7 @@ import type { VmRepo } from "../state/vm-repo.js";
 import type { Lease, Store } from "../store/store.js";
 import type { Principal } from "../auth/authorize.js";
 import { DRIVERS } from "../validate.js";
+import type { ExecChannel, SessionRegistry } from "../agents/registry.js";
 
 export interface AgentServiceDeps extends HandlerDeps {
   store: Store;
@@ -31,6 +34,7 @@ export interface AgentServiceDeps extends HandlerDeps {
   leaseTtlSeconds: number;
   heartbeatIntervalMs: number;
   logger: Logger;
+  sessions: SessionRegistry;
 }
 
 /** Until host certificates exist (security issue), agents authenticate with an admin token. */
@@ -69,8 +73,9 @@ export function agentService(d: AgentServiceDeps): AgentServiceServer {
   return { registerHost, session };
 }
 
-class AgentSession {
+class AgentSession implements ExecChannel {
   private hostId = "";
+  private readonly execs = new Map<string, (o: AgentExecOutput) => void>();
   private lease?: Lease;
   private unsub?: () => void;
   private closed = false;
@@ -92,7 +97,7 @@ class AgentSession {
   private fail(e: unknown): void {
     if (this.closed) return;
     this.closed = true;
-    this.unsub?.();
+    this.cleanup();
     this.call.emit("error", Object.assign(new Error("session failed"), toServiceError(e)));
   }
 
@@ -109,13 +114,35 @@ class AgentSession {
     const end = () => {
       if (this.closed) return;
       this.closed = true;
-      this.unsub?.();
+      this.cleanup();
       this.log.info({ hostId: this.hostId }, "session ended");
       this.call.end();
     };
     this.call.on("end", end);
     this.call.on("cancelled", end);
     this.call.on("error", () => end());
+  }
+
+  /** Forgets the session: no more deltas, and every exec in flight ends with an error. */
+  private cleanup(): void {
+    this.unsub?.();
+    if (this.hostId) this.d.sessions.delete(this.hostId, this);
+    for (const [execId, f] of this.execs) f({ execId, output: undefined, error: "the host's agent disconnected" });
+    this.execs.clear();
+  }
+
+  exec(cmd: AgentExecCommand, onOutput: (o: AgentExecOutput) => void): { cancel(): void } {
+    if (this.closed) {
+      onOutput({ execId: cmd.execId, output: undefined, error: "the host's agent disconnected" });
+      return { cancel: () => undefined };
+    }
+    this.execs.set(cmd.execId, onOutput);
+    this.send({ kind: { $case: "exec", value: cmd } });
+    return {
+      cancel: () => {
+        if (this.execs.delete(cmd.execId)) this.send({ kind: { $case: "execCancel", value: { execId: cmd.execId } } });
+      },
+    };
   }
 
   private async onMessage(m: SessionRequest): Promise<void> {
@@ -132,6 +159,14 @@ class AgentSession {
         await this.d.hosts.markAlive(this.hostId, this.lease);
       }
       this.send({ kind: { $case: "heartbeatAck", value: { sequence: k.value.sequence } } });
+      return;
+    }
+    if (k.$case === "execOutput") {
+      const f = this.execs.get(k.value.execId);
+      if (!f) return;
+      const o = k.value.output?.kind;
+      if (k.value.error || o?.$case === "exit") this.execs.delete(k.value.execId);
+      f(k.value);
       return;
     }
     if (k.$case === "vmStatus") {
@@ -158,6 +193,7 @@ class AgentSession {
     this.lease = await this.d.store.grantLease(this.d.leaseTtlSeconds);
     await this.d.hosts.markAlive(hostId, this.lease);
     this.log.info({ host: host.host.name, hostId }, "session started");
+    this.d.sessions.set(hostId, this);
     // Subscribe before the snapshot so nothing falls between them; the agent
     // treats a VM it already has as an update.
     this.unsub = this.d.cluster.vms.onChange((ch) => {

@@ -10,7 +10,8 @@ import {
 } from "../../gen/noid/v1/vm.js";
 import { denied, exhausted, invalid, notFound } from "../../common/errors.js";
 import { checkName } from "../../common/names.js";
-import { authorize, type Action, type Principal } from "../auth/authorize.js";
+import type { Action, Principal } from "../auth/authorize.js";
+import { allow, ownerFor, resolveVm } from "./resolve-vm.js";
 import { serverStream, unary, type CallContext, type HandlerDeps } from "../grpc/handler.js";
 import type { ClusterState } from "../state/cluster.js";
 import type { VmRepo } from "../state/vm-repo.js";
@@ -26,36 +27,9 @@ export interface VmServiceDeps extends HandlerDeps {
   limits: () => Limits;
 }
 
-function allow(p: Principal, action: Action, owner?: string): void {
-  const v = authorize(p, action, owner);
-  if (!v.allowed) throw denied(v.reason);
-}
-
-/** Only admins may name another owner; everyone else acts as themself. */
-function ownerFor(p: Principal, requested: string): string {
-  if (!requested) return p.user;
-  checkName("owner", requested);
-  if (requested !== p.user && p.role !== Role.ROLE_ADMIN) throw denied(`only admins may act on VMs of another user`);
-  return requested;
-}
-
 export function vmService(d: VmServiceDeps): VmServiceServer {
-  /** Finds a VM the caller may act on; someone else's VM is NOT_FOUND, so its existence does not leak. */
-  async function resolve(ref: { name: string; id: string; owner: string }, ctx: CallContext, action: Action): Promise<Vm> {
-    checkVmRef(ref);
-    let vm: Vm | undefined;
-    if (ref.id) {
-      vm = (await d.repo.get(ref.id))?.vm;
-      if (vm && ctx.principal.role !== Role.ROLE_ADMIN && vm.owner !== ctx.principal.user) vm = undefined;
-    } else {
-      const owner = ownerFor(ctx.principal, ref.owner);
-      const id = await d.repo.idByName(owner, ref.name);
-      vm = id ? (await d.repo.get(id))?.vm : undefined;
-    }
-    if (!vm) throw notFound(`VM "${ref.name || ref.id}"`);
-    allow(ctx.principal, action, vm.owner);
-    return vm;
-  }
+  const resolve = (ref: { name: string; id: string; owner: string }, ctx: CallContext, action: Action) =>
+    resolveVm(d.repo, ref, ctx.principal, action);
 
   function visible(p: Principal, vm: Vm, owner: string): boolean {
     if (p.role !== Role.ROLE_ADMIN) return vm.owner === p.user;

@@ -7,6 +7,7 @@ import { startLocalCluster, waitFor, type LocalCluster } from "../../deploy/clus
 import { labLeftovers } from "../../deploy/lab/lab.js";
 import { killProcess } from "../../common/run.js";
 import { HostState, Role, VmPhase, type NoidClient } from "../../sdk/index.js";
+import { run as noidctl } from "../../cli/program.js";
 
 const prefix = `c${randomBytes(3).toString("hex").slice(0, 5)}`;
 
@@ -24,11 +25,13 @@ function pidsIn(ns: string): string {
 describe("local cluster: coordinator + 3 agent hosts", () => {
   let cluster: LocalCluster;
   let alice: NoidClient;
+  let aliceToken = "";
 
   beforeAll(async () => {
     cluster = await startLocalCluster({ prefix, dir: `/run/noid-e2e-${prefix}`, hosts: 3 });
     const admin = cluster.client();
-    alice = cluster.client((await admin.createToken({ name: "alice", role: Role.ROLE_USER })).secret);
+    aliceToken = (await admin.createToken({ name: "alice", role: Role.ROLE_USER })).secret;
+    alice = cluster.client(aliceToken);
   }, 120_000);
 
   afterAll(async () => {
@@ -64,6 +67,34 @@ describe("local cluster: coordinator + 3 agent hosts", () => {
     const after = Object.fromEntries(vmNamespaces().map((n) => [n, pidsIn(n)]));
     expect(after).toEqual(before);
     expect((await alice.listVms()).every((v) => v.status?.phase === VmPhase.VM_PHASE_RUNNING)).toBe(true);
+  });
+
+  it("runs commands in a VM through coordinator and agent (exec), with env that stays out of argv", async () => {
+    const vm = await alice.getVm("web-2");
+    const link = await alice.exec("web-2", ["ip", "-o", "link", "show", "eth0"]);
+    expect(link.exitCode).toBe(0);
+    expect(link.stdout.toString()).toContain(vm.status!.mac || "link/ether"); // inside the VM's own namespace
+    const env = await alice.exec("web-2", ["sh", "-c", 'echo "$GREETING"; env'], { env: { GREETING: "hello-from-exec" } });
+    expect(env.stdout.toString().split("\n")[0]).toBe("hello-from-exec");
+    expect(env.stdout.toString()).not.toMatch(/NOID_|authorization/i); // the agent's environment does not leak in
+    const failing = await alice.exec("web-2", ["sh", "-c", "echo oops >&2; exit 3"]);
+    expect(failing.exitCode).toBe(3);
+    expect(failing.stderr.toString().trim()).toBe("oops");
+    // Another tenant cannot exec in alice's VM; a stopped or unknown VM is refused clearly.
+    const bob = cluster.client((await cluster.client().createToken({ name: "bob", role: Role.ROLE_USER })).secret);
+    await expect(bob.exec({ id: vm.id }, ["true"])).rejects.toMatchObject({ code: "NOT_FOUND" });
+    await expect(alice.exec("nope", ["true"])).rejects.toMatchObject({ code: "NOT_FOUND" });
+    await expect(alice.exec("web-2", [])).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    // The same through noidctl: output streamed, the command's exit code becomes noidctl's.
+    let out = "";
+    const code = await noidctl(["exec", "web-2", "-e", "WHO", "--", "sh", "-c", 'echo "hi $WHO"; exit 7'], {
+      env: { NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_INSECURE: "1", NOID_CONFIG: "/nonexistent/config.toml", WHO: "alice" },
+      io: { stdout: (x: string) => void (out += x), stderr: (x: string) => void (out += x), readStdin: async () => "", isTTY: false, cwd: "/" },
+    });
+    expect(code, out).toBe(7);
+    expect(out.trim()).toBe("hi alice");
+    const audit = await cluster.client().listAuditEvents({ event: "vm.exec", limit: 10 });
+    expect(audit.some((e) => e.vm === "web-2" && e.detail.includes("GREETING") && !e.detail.includes("hello-from-exec"))).toBe(true);
   });
 
   it("stops, starts and destroys through the agent", async () => {

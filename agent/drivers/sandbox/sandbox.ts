@@ -17,7 +17,7 @@ import {
   run as defaultRun,
   spawnDetached,
 } from "../../../common/run.js";
-import type { Capabilities, ExecResult, HypervisorDriver, VmCreateSpec, VmRuntime } from "../driver.js";
+import type { Capabilities, ExecOptions, ExecResult, HypervisorDriver, VmCreateSpec, VmRuntime } from "../driver.js";
 import { type CgroupProbe, createVmCgroup, joinCgroup, probeCgroup, removeCgroup } from "./cgroup.js";
 import { cgroupName, cpuMax, hostPort, memoryMax, vmNetns } from "./names.js";
 import { RecordStore, type SandboxRecord } from "./records.js";
@@ -170,9 +170,16 @@ export class SandboxDriver implements HypervisorDriver {
     return adopted;
   }
 
-  async exec(id: string, argv: string[]): Promise<ExecResult> {
+  async exec(id: string, argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
     const rec = this.mustGet(id);
-    return this.run(argv, { netns: rec.netns, allowFail: true });
+    // The agent's own environment (its token among it) never reaches a tenant's command.
+    return this.run(argv, {
+      netns: rec.netns,
+      allowFail: true,
+      cleanEnv: true,
+      ...(opts.env ? { env: opts.env } : {}),
+      ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
+    });
   }
 
   private mustGet(id: string): SandboxRecord {

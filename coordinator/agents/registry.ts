@@ -1,0 +1,25 @@
+// The agent sessions this coordinator holds, by host id, so that requests
+// that need a host (exec) can reach it through its session.
+import type { AgentExecCommand, AgentExecOutput } from "../../gen/noid/v1/agent.js";
+
+export interface ExecChannel {
+  /** Sends the command; `onOutput` receives everything the agent sends back for it. */
+  exec(cmd: AgentExecCommand, onOutput: (o: AgentExecOutput) => void): { cancel(): void };
+}
+
+export class SessionRegistry {
+  private readonly sessions = new Map<string, ExecChannel>();
+
+  set(hostId: string, s: ExecChannel): void {
+    this.sessions.set(hostId, s);
+  }
+
+  /** Removes the entry only if it is still this session (a newer one may have replaced it). */
+  delete(hostId: string, s: ExecChannel): void {
+    if (this.sessions.get(hostId) === s) this.sessions.delete(hostId);
+  }
+
+  get(hostId: string): ExecChannel | undefined {
+    return this.sessions.get(hostId);
+  }
+}
