@@ -5,6 +5,7 @@ import { readFileSync, existsSync } from "node:fs";
 import { parse as parseToml } from "smol-toml";
 import { z } from "zod";
 import { NoidError } from "../common/errors.js";
+import { parseMeshCidr } from "./state/host-repo.js";
 import { NETWORK_SETTINGS_DEFAULTS, NetworkSettingsSchema, networkSettings } from "./networks/settings.js";
 
 const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, "must be host:port");
@@ -58,6 +59,13 @@ export const CoordinatorConfigSchema = z
       .strict()
       .default({ lease_ttl_seconds: 10, heartbeat_interval_ms: 2000 }),
     networks: NetworkSettingsSchema.default(NETWORK_SETTINGS_DEFAULTS),
+    mesh: z
+      .object({
+        /** Each host gets one address in this range on its WireGuard interface. */
+        cidr: z.string().default("100.64.0.0/16"),
+      })
+      .strict()
+      .default({ cidr: "100.64.0.0/16" }),
     logging: z
       .object({
         level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
@@ -114,6 +122,7 @@ export function resolveConfig(...layers: ConfigLayer[]): CoordinatorConfig {
     throw new NoidError("INVALID_ARGUMENT", `invalid coordinator config: ${msg}`);
   }
   const cfg = r.data;
+  parseMeshCidr(cfg.mesh.cidr);
   networkSettings(cfg.networks); // the checks a schema cannot express (VNI range order, a usable default CIDR)
   if ((cfg.server.tls_cert === "") !== (cfg.server.tls_key === "")) {
     throw new NoidError("INVALID_ARGUMENT", "invalid coordinator config: server.tls_cert and server.tls_key go together");

@@ -23,7 +23,7 @@ import { startEmbeddedEtcd, type EmbeddedEtcd } from "./etcd/embedded.js";
 import { TokenStore } from "./auth/tokens.js";
 import { AuditLog, auditKey } from "./audit-log.js";
 import { ClusterState } from "./state/cluster.js";
-import { HostRepo } from "./state/host-repo.js";
+import { HostRepo, parseMeshCidr } from "./state/host-repo.js";
 import { VmRepo, newVmId, type Clock } from "./state/vm-repo.js";
 import { PlacementController } from "./controllers/placement.js";
 import type { HandlerDeps } from "./grpc/handler.js";
@@ -156,7 +156,8 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const networks = new NetworkRepo({ store, clock, settings: netSettings, auditKey });
     const vmNetworks = new VmNetworks({ store, clock, repo: networks, graceSeconds: netSettings.ip_reuse_grace_seconds, logger: logger.child({ component: "ipam" }) });
     const vms = new VmRepo({ store, clock, newId: newVmId, auditKey, network: vmNetworks });
-    const hosts = new HostRepo(store, clock);
+    const meshCidr = parseMeshCidr(cfg.mesh.cidr);
+    const hosts = new HostRepo(store, clock, meshCidr);
     const base: HandlerDeps = { auth: tokens, logger: logger.child({ component: "api" }) };
 
     const sessions = new SessionRegistry();
@@ -178,6 +179,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         heartbeatIntervalMs: cfg.agents.heartbeat_interval_ms,
         logger: logger.child({ component: "agents" }),
         sessions,
+        meshPrefixLen: meshCidr.prefix,
       }),
     );
     server.addService(ExecServiceService, execService({ ...base, repo: vms, sessions, audit: writeAudit }));

@@ -3,6 +3,7 @@
 // the host's lease alive on heartbeats; the agent reports VM status.
 import type { ServerDuplexStream, handleUnaryCall } from "@grpc/grpc-js";
 import type { Logger } from "pino";
+import { MeshSnapshot } from "../../gen/noid/v1/agent.js";
 import type {
   AgentExecCommand,
   AgentExecOutput,
@@ -35,6 +36,7 @@ export interface AgentServiceDeps extends HandlerDeps {
   heartbeatIntervalMs: number;
   logger: Logger;
   sessions: SessionRegistry;
+  meshPrefixLen: number;
 }
 
 /** Until host certificates exist (security issue), agents authenticate with an admin token. */
@@ -56,13 +58,22 @@ export function validateRegistration(req: RegisterHostRequest): void {
   if (c.diskGb === 0) throw invalid("capacity.disk_gb", "must be positive");
 }
 
+/** Changes that arrive within this window reach an agent as one mesh snapshot. */
+const MESH_COALESCE_MS = 20;
+
 export function agentService(d: AgentServiceDeps): AgentServiceServer {
   const registerHost: handleUnaryCall<RegisterHostRequest, RegisterHostResponse> = unary(d, "RegisterHost", async (req, ctx) => {
     requireAgent(ctx.principal);
     validateRegistration(req);
     const host = await d.hosts.register(req);
     d.logger.info({ host: host.name, hostId: host.id, address: host.address }, "host registered");
-    return { hostId: host.id, heartbeatIntervalMs: d.heartbeatIntervalMs, leaseTtlSeconds: d.leaseTtlSeconds };
+    return {
+      hostId: host.id,
+      heartbeatIntervalMs: d.heartbeatIntervalMs,
+      leaseTtlSeconds: d.leaseTtlSeconds,
+      meshIp: host.meshIp,
+      meshPrefixLen: d.meshPrefixLen,
+    };
   });
 
   const session = (call: ServerDuplexStream<SessionRequest, SessionResponse>) => {
@@ -76,6 +87,9 @@ export function agentService(d: AgentServiceDeps): AgentServiceServer {
 class AgentSession implements ExecChannel {
   private hostId = "";
   private readonly execs = new Map<string, (o: AgentExecOutput) => void>();
+  private unsubMesh?: () => void;
+  private meshTimer?: NodeJS.Timeout;
+  private lastMesh = "";
   private lease?: Lease;
   private unsub?: () => void;
   private closed = false;
@@ -126,6 +140,8 @@ class AgentSession implements ExecChannel {
   /** Forgets the session: no more deltas, and every exec in flight ends with an error. */
   private cleanup(): void {
     this.unsub?.();
+    this.unsubMesh?.();
+    if (this.meshTimer) clearTimeout(this.meshTimer);
     if (this.hostId) this.d.sessions.delete(this.hostId, this);
     for (const [execId, f] of this.execs) f({ execId, output: undefined, error: "the host's agent disconnected" });
     this.execs.clear();
@@ -204,6 +220,24 @@ class AgentSession implements ExecChannel {
       else if (mine(before)) this.send({ kind: { $case: "vmRemoved", value: { vmId: before!.id } } });
     });
     this.send({ kind: { $case: "snapshot", value: { vms: this.d.cluster.vmsOnHost(hostId) } } });
+    // The mesh view: sent now and again whenever it changes (coalesced; only when different).
+    this.sendMesh();
+    this.unsubMesh = this.d.cluster.onMeshChange(() => {
+      if (this.meshTimer || this.closed) return;
+      this.meshTimer = setTimeout(() => {
+        this.meshTimer = undefined;
+        this.sendMesh();
+      }, MESH_COALESCE_MS);
+    });
+  }
+
+  private sendMesh(): void {
+    if (this.closed) return;
+    const mesh = this.d.cluster.meshFor(this.hostId, this.d.meshPrefixLen);
+    const key = Buffer.from(MeshSnapshot.encode(mesh).finish()).toString("base64");
+    if (key === this.lastMesh) return;
+    this.lastMesh = key;
+    this.send({ kind: { $case: "mesh", value: mesh } });
   }
 }
 

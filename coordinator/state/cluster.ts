@@ -8,7 +8,10 @@ import { Vm } from "../../gen/noid/v1/vm.js";
 import type { Store } from "../store/store.js";
 import type { HostView } from "../scheduler/types.js";
 import { Informer } from "./informer.js";
-import { keys, lastSegment } from "./keys.js";
+import { keys, lastSegment, netKeys } from "./keys.js";
+import { Network } from "../../gen/noid/v1/network.js";
+import type { MeshSnapshot } from "../../gen/noid/v1/agent.js";
+import { meshSnapshotFor } from "../mesh/snapshot.js";
 import { dec } from "./codec.js";
 
 export class ClusterState {
@@ -16,20 +19,22 @@ export class ClusterState {
   readonly hosts: Informer<Host>;
   readonly alive: Informer<Uint8Array>;
   readonly alloc: Informer<AllocationRecord>;
+  readonly networks: Informer<Network>;
 
   constructor(store: Store, logger: Logger) {
     this.vms = new Informer(store, keys.vmsPrefix, (b) => dec(Vm, b), logger);
     this.hosts = new Informer(store, keys.hostsPrefix, (b) => dec(Host, b), logger);
     this.alive = new Informer(store, keys.alivePrefix, (b) => b, logger);
     this.alloc = new Informer(store, keys.allocPrefix, (b) => dec(AllocationRecord, b), logger);
+    this.networks = new Informer(store, netKeys.networksPrefix, (b) => dec(Network, b), logger);
   }
 
   async start(): Promise<void> {
-    await Promise.all([this.vms.start(), this.hosts.start(), this.alive.start(), this.alloc.start()]);
+    await Promise.all([this.vms.start(), this.hosts.start(), this.alive.start(), this.alloc.start(), this.networks.start()]);
   }
 
   async stop(): Promise<void> {
-    await Promise.all([this.vms.stop(), this.hosts.stop(), this.alive.stop(), this.alloc.stop()]);
+    await Promise.all([this.vms.stop(), this.hosts.stop(), this.alive.stop(), this.alloc.stop(), this.networks.stop()]);
   }
 
   isAlive(hostId: string): boolean {
@@ -96,6 +101,22 @@ export class ClusterState {
       .values()
       .map((e) => e.value)
       .filter((v) => v.status?.hostId === hostId);
+  }
+
+  /** What host `hostId` must know of the mesh now. */
+  meshFor(hostId: string, meshPrefixLen: number): MeshSnapshot {
+    return meshSnapshotFor(hostId, {
+      hosts: this.hosts.values().map((e) => ({ host: e.value, alive: this.isAlive(e.value.id) })),
+      vms: this.vms.values().map((e) => e.value),
+      networks: this.networks.values().map((e) => e.value),
+      meshPrefixLen,
+    });
+  }
+
+  /** Calls `f` after any change that can alter a host's mesh view. */
+  onMeshChange(f: () => void): () => void {
+    const offs = [this.hosts.onChange(f), this.alive.onChange(f), this.networks.onChange(f), this.vms.onChange(f)];
+    return () => offs.forEach((o) => o());
   }
 
   vmEntry(id: string) {

@@ -5,7 +5,15 @@ import type { RegisterHostRequest } from "../../gen/noid/v1/agent.js";
 import { Host, HostState } from "../../gen/noid/v1/host.js";
 import { NoidError, notFound } from "../../common/errors.js";
 import type { Lease, Store } from "../store/store.js";
-import { keys } from "./keys.js";
+import { keys, lastSegment } from "./keys.js";
+import { formatCidr, intToIp, parseCidr, type Cidr } from "../networks/cidr.js";
+
+export function parseMeshCidr(s: string): Cidr {
+  const p = parseCidr(s);
+  if (!p.ok) throw new NoidError("INVALID_ARGUMENT", `mesh.cidr: ${p.why}`);
+  if (p.cidr.prefix > 28) throw new NoidError("INVALID_ARGUMENT", `mesh.cidr: ${s} is too small for a mesh`);
+  return p.cidr;
+}
 import { dec, enc } from "./codec.js";
 import { unchanged, type Clock } from "./vm-repo.js";
 
@@ -13,7 +21,20 @@ export class HostRepo {
   constructor(
     private readonly store: Store,
     private readonly clock: Clock,
+    /** The mesh's address range; each host gets one address in it for life. */
+    private readonly meshCidr: Cidr = parseMeshCidr("100.64.0.0/16"),
   ) {}
+
+  /** The lowest mesh address no host holds (the first usable one is .1). */
+  private async freeMeshIp(): Promise<string> {
+    const used = new Set((await this.store.list(keys.meshIpsPrefix)).kvs.map((kv) => lastSegment(kv.key)));
+    const size = 2 ** (32 - this.meshCidr.prefix);
+    for (let i = 1; i < size - 1; i++) {
+      const ip = intToIp(this.meshCidr.base + i);
+      if (!used.has(ip)) return ip;
+    }
+    throw new NoidError("RESOURCE_EXHAUSTED", `the mesh range ${formatCidr(this.meshCidr)} has no free address for another host`);
+  }
 
   async idByName(name: string): Promise<string | undefined> {
     const kv = await this.store.get(keys.hostName(name));
@@ -38,6 +59,7 @@ export class HostRepo {
       const nameKv = await this.store.get(keys.hostName(req.name));
       const id = nameKv ? Buffer.from(nameKv.value).toString("utf8") : randomBytes(8).toString("hex");
       const prev = nameKv ? await this.get(id) : undefined;
+      const meshIp = prev?.host.meshIp || (await this.freeMeshIp());
       const now = this.clock.now();
       const host: Host = {
         id,
@@ -55,12 +77,19 @@ export class HostRepo {
         agentVersion: req.agentVersion,
         registeredAt: prev?.host.registeredAt ?? now,
         lastSeenAt: now,
+        meshIp,
       };
       const r = await this.store.txn(
-        [unchanged(keys.hostName(req.name), nameKv), unchanged(keys.host(id), prev)],
+        [
+          unchanged(keys.hostName(req.name), nameKv),
+          unchanged(keys.host(id), prev),
+          // A new mesh address must still be free; a kept one is ours already.
+          ...(prev?.host.meshIp ? [] : [{ key: keys.meshIp(meshIp), target: "create" as const, op: "==" as const, value: 0 }]),
+        ],
         [
           { type: "put", key: keys.host(id), value: enc(Host, host) },
           { type: "put", key: keys.hostName(req.name), value: Buffer.from(id) },
+          { type: "put", key: keys.meshIp(meshIp), value: Buffer.from(id) },
         ],
       );
       if (r.succeeded) return host;

@@ -9,6 +9,9 @@ export const keys = {
   hostName: (name: string) => `hostnames/${name}`,
   alive: (id: string) => `alive/${id}`,
   alivePrefix: "alive/",
+  /** -> host id: the host's address in the WireGuard mesh (create-if-absent). */
+  meshIp: (ip: string) => `meships/${ip}`,
+  meshIpsPrefix: "meships/",
   alloc: (hostId: string) => `alloc/${hostId}`,
   allocPrefix: "alloc/",
   assign: (hostId: string, vmId: string) => `assign/${hostId}/${vmId}`,

@@ -2,7 +2,7 @@
 // session, heartbeats, status reports) but runs no VMs. With `autoRun` it
 // reports each assigned VM RUNNING and confirms destroys, as a real agent would.
 import * as grpc from "@grpc/grpc-js";
-import { AgentServiceClient, type SessionRequest, type SessionResponse } from "../../gen/noid/v1/agent.js";
+import { AgentServiceClient, type MeshSnapshot, type SessionRequest, type SessionResponse } from "../../gen/noid/v1/agent.js";
 import { VmDesiredState, VmPhase, type Vm } from "../../gen/noid/v1/vm.js";
 
 export interface SimAgentOptions {
@@ -13,12 +13,15 @@ export interface SimAgentOptions {
   labels?: Record<string, string>;
   drivers?: string[];
   autoRun?: boolean;
+  wireguardPublicKey?: string;
 }
 
 export class SimAgent {
   hostId = "";
   readonly vms = new Map<string, Vm>();
   snapshots = 0;
+  /** The last mesh view the coordinator sent. */
+  mesh?: MeshSnapshot;
   private client: AgentServiceClient;
   private stream?: grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
   private beat?: NodeJS.Timeout;
@@ -39,8 +42,8 @@ export class SimAgent {
           labels: this.o.labels ?? {},
           drivers: this.o.drivers ?? ["sandbox"],
           capacity: this.o.capacity ?? { vcpus: 8, memoryMb: 16384, diskGb: 100 },
-          wireguardPublicKey: "",
-          wireguardPort: 0,
+          wireguardPublicKey: this.o.wireguardPublicKey ?? "",
+          wireguardPort: this.o.wireguardPublicKey ? 51820 : 0,
           agentVersion: "sim",
         },
         this.md,
@@ -111,6 +114,7 @@ export class SimAgent {
       for (const vm of k.value.vms) this.onVm(vm);
     } else if (k.$case === "vm") this.onVm(k.value);
     else if (k.$case === "vmRemoved") this.vms.delete(k.value.vmId);
+    else if (k.$case === "mesh") this.mesh = k.value;
   }
 
   private onVm(vm: Vm): void {

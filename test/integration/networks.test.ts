@@ -234,3 +234,32 @@ describe("tenant networks", () => {
     expect(admins).toEqual([]);
   });
 });
+
+describe("mesh distribution", () => {
+  it("sends each host the live hosts and the tenant networks it carries, and updates them", async () => {
+    const { startTestCoordinator, eventually } = await import("../helpers/coordinator.js");
+    const { SimAgent } = await import("../helpers/sim-agent.js");
+    const c = await startTestCoordinator();
+    const agents = [1, 2].map((i) => new SimAgent({ address: c.address, token: c.adminToken, name: `m${i}`, autoRun: true, wireguardPublicKey: `key${i}` }));
+    try {
+      for (const a of agents) await a.connect();
+      const admin = c.client();
+      await admin.createVm("x1", { vcpus: 1, memoryMb: 64, host: "m1" });
+      await admin.createVm("x2", { vcpus: 1, memoryMb: 64, host: "m2" });
+      const [a1, a2] = agents as [InstanceType<typeof SimAgent>, InstanceType<typeof SimAgent>];
+      await eventually(() => a1.mesh?.members.every((m) => m.networks.length === 1) && a1.mesh.members.length === 2, 10_000, "m1 mesh");
+      const ips = new Set(a1.mesh!.members.map((m) => m.meshIp));
+      expect(ips.size).toBe(2); // distinct mesh addresses
+      const remote = a1.mesh!.members.find((m) => m.name === "m2")!;
+      expect(remote.wireguardPublicKey).toBe("key2");
+      expect(remote.networks[0]!.vms.map((v) => v.vmId)).toEqual([(await admin.getVm("x2")).id]);
+      // The last VM of the network leaves host m2: m1 no longer sees the network there.
+      await admin.destroyVm("x2");
+      await eventually(() => a1.mesh?.members.find((m) => m.name === "m2")?.networks.length === 0, 10_000, "m2's network gone from m1's view");
+      await eventually(() => a2.mesh?.members.every((m) => m.networks.length === 0), 10_000, "m2 carries nothing");
+    } finally {
+      agents.forEach((a) => a.close());
+      await c.stop();
+    }
+  });
+});
