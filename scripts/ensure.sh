@@ -12,6 +12,8 @@ command -v wg >/dev/null || need+=(wireguard-tools)
 command -v wireguard-go >/dev/null || need+=(wireguard-go)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nsenter >/dev/null || need+=(util-linux)
+command -v tcpdump >/dev/null || need+=(tcpdump)
+command -v ping >/dev/null || need+=(iputils-ping)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
