@@ -19,7 +19,13 @@ let skipped = 0;
 try {
   const j = JSON.parse(readFileSync(out, "utf8"));
   passed = j.numPassedTests ?? 0;
-  failed = (j.numFailedTests ?? 0) + (j.numFailedTestSuites ?? 0);
+  failed = j.numFailedTests ?? 0;
+  // A file that failed without any failed test in it (it did not load, or a hook
+  // threw) counts as one failure: nothing in it was shown to work.
+  for (const f of j.testResults ?? []) {
+    const anyFailed = (f.assertionResults ?? []).some((a) => a.status === "failed");
+    if (f.status === "failed" && !anyFailed) failed += 1;
+  }
   skipped = (j.numPendingTests ?? 0) + (j.numTodoTests ?? 0);
 } catch (e) {
   console.error(`could not read test results: ${e.message}`);

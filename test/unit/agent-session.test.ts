@@ -33,7 +33,7 @@ class FakeCoordinator {
     this.server.addService(AgentServiceService, {
       registerHost: (call, cb) => {
         this.registrations.push({ req: call.request, auth: String(call.metadata.get("authorization")[0]) });
-        cb(null, { hostId: "host-1", heartbeatIntervalMs: 30, leaseTtlSeconds: 10 });
+        cb(null, { hostId: "host-1", heartbeatIntervalMs: 30, leaseTtlSeconds: 10, meshIp: "100.64.0.1", meshPrefixLen: 16 });
       },
       session: (call: ServerDuplexStream<SessionRequest, SessionResponse>) => {
         this.streams.push(call);
