@@ -1,0 +1,306 @@
+// The QEMU driver: one `qemu-system-x86_64 -M microvm` process per VM, controlled over QMP,
+// with a TAP port, a qcow2 overlay over a shared base image as its root disk, and exec
+// through the guest agent on a virtio-serial port. KVM when this machine can run it, TCG
+// otherwise.
+//
+// The driver's "host" is the netns the agent runs in (or `netns` from the options, which lets
+// a test drive a namespace of its own): TAPs are made there and QEMU runs there.
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { NoidError, during, notFound, precondition } from "../../../common/errors.js";
+import {
+  type ProcessRef,
+  type Runner,
+  type Spawner,
+  isAlive,
+  killProcess,
+  processRef,
+  run as defaultRun,
+  spawnDetached,
+} from "../../../common/run.js";
+import type { Capabilities, ExecOptions, ExecResult, HypervisorDriver, VmCreateSpec, VmRuntime } from "../driver.js";
+import { type Accel, chooseAccel, kvmProbeArgv, overlayArgv, qemuArgv } from "./argv.js";
+import { exitReason, readTail } from "./failure.js";
+import { GuestChannel } from "./guest-channel.js";
+import { imageCandidates, overlaySize, parseImageInfo } from "./image.js";
+import { MAX_SOCKET_PATH, tapName, vmPaths } from "./names.js";
+import { qmpCommand, queryStatus } from "./qmp.js";
+import { type QemuRecord, QemuRecords } from "./records.js";
+
+export interface QemuOptions {
+  /** Agent state directory; records and per-VM files go to <stateDir>/qemu. */
+  stateDir: string;
+  /** Where deploy/guest/build.sh put vmlinuz, initramfs.cpio.gz and rootfs.ext4. */
+  guestDir: string;
+  /** Named base images; default: guestDir. */
+  imagesDir?: string;
+  /** The netns that plays the host; default: the agent's own. */
+  netns?: string;
+  accel?: "auto" | Accel;
+  /** How long start() waits for the guest agent to answer (default 60 s). */
+  bootTimeoutMs?: number;
+  qemuBinary?: string;
+  qemuImg?: string;
+  runner?: Runner;
+  spawner?: Spawner;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export class QemuDriver implements HypervisorDriver {
+  readonly name = "qemu";
+  private readonly records: QemuRecords;
+  private readonly vmsDir: string;
+  private readonly run: Runner;
+  private readonly spawn: Spawner;
+  private accel: Accel | undefined;
+
+  constructor(private readonly opts: QemuOptions) {
+    this.records = new QemuRecords(join(opts.stateDir, "qemu", "records"));
+    this.vmsDir = join(opts.stateDir, "qemu", "vms");
+    this.run = opts.runner ?? defaultRun;
+    this.spawn = opts.spawner ?? spawnDetached;
+  }
+
+  capabilities(): Capabilities {
+    // -smp and -m are hard limits: the guest sees exactly that many vCPUs and that much RAM.
+    return { exec: true, checkpoint: false, restore: false, resourceLimits: true };
+  }
+
+  private get kernel(): string {
+    return join(this.opts.guestDir, "vmlinuz");
+  }
+  private get initrd(): string {
+    return join(this.opts.guestDir, "initramfs.cpio.gz");
+  }
+
+  private host(argv: string[], allowFail = false): ReturnType<Runner> {
+    return this.run(argv, { ...(this.opts.netns ? { netns: this.opts.netns } : {}), allowFail });
+  }
+
+  async create(spec: VmCreateSpec): Promise<VmRuntime> {
+    for (const f of [this.kernel, this.initrd]) {
+      if (!existsSync(f)) throw precondition(`creating qemu VM ${spec.id}: guest ${f} is missing (build it with deploy/guest/build.sh)`);
+    }
+    const candidates = imageCandidates(spec.image, this.opts.imagesDir ?? this.opts.guestDir);
+    const base = candidates.find((c) => existsSync(c));
+    if (!base) throw precondition(`creating qemu VM ${spec.id}: image ${JSON.stringify(spec.image || "default")} not found (looked for ${candidates.join(", ")})`);
+    const paths = vmPaths(this.vmsDir, spec.id);
+    const longest = [paths.qmpSocket, paths.agentSocket].find((p) => p.length > MAX_SOCKET_PATH);
+    if (longest) throw precondition(`creating qemu VM ${spec.id}: socket path ${longest} is longer than ${MAX_SOCKET_PATH} bytes; use a shorter state dir`);
+
+    const tap = tapName(spec.id);
+    const existing = this.records.get(spec.id);
+    // Written first: a crash half-way leaves a record that recover() or destroy() cleans up.
+    const rec: QemuRecord = { ...existing, spec, tap, paths, base };
+    this.records.put(rec);
+    try {
+      mkdirSync(paths.dir, { recursive: true });
+      if ((await this.host(["ip", "link", "show", "dev", tap], true)).exitCode !== 0) {
+        await this.host(["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
+      }
+      if (spec.net.mtu) await this.host(["ip", "link", "set", tap, "mtu", String(spec.net.mtu)]);
+      if (spec.net.bridge) await this.host(["ip", "link", "set", tap, "master", spec.net.bridge]);
+      await this.host(["ip", "link", "set", tap, "up"]);
+      if (!existsSync(paths.overlay)) {
+        const info = parseImageInfo((await this.run([this.opts.qemuImg ?? "qemu-img", "info", "--output=json", base])).stdout);
+        // Made under a temporary name: an overlay that exists is complete.
+        const tmp = `${paths.overlay}.tmp`;
+        await this.run(overlayArgv(base, info.format, tmp, overlaySize(spec.diskGb, info), this.opts.qemuImg));
+        renameSync(tmp, paths.overlay);
+      }
+    } catch (e) {
+      throw during(`creating qemu VM ${spec.id} (tap ${tap})`, e);
+    }
+    return this.runtime(rec);
+  }
+
+  async start(id: string): Promise<VmRuntime> {
+    const rec = this.mustGet(id);
+    if (rec.qemu && this.isOurs(rec, rec.qemu)) return this.runtime(rec);
+    if (!existsSync(rec.paths.overlay)) throw precondition(`starting qemu VM ${id}: root disk ${rec.paths.overlay} is gone`);
+    for (const f of [this.kernel, this.initrd]) {
+      if (!existsSync(f)) throw precondition(`starting qemu VM ${id}: guest ${f} is missing (build it with deploy/guest/build.sh)`);
+    }
+    const accel = await this.chooseAccel();
+    // Stale sockets from an earlier run would make QEMU fail to listen.
+    for (const s of [rec.paths.qmpSocket, rec.paths.agentSocket]) rmSync(s, { force: true });
+    rmSync(rec.paths.qemuLog, { force: true });
+    const argv = qemuArgv(rec.spec, rec.paths, { kernel: this.kernel, initrd: this.initrd, accel, tap: rec.tap, ...(this.opts.qemuBinary ? { binary: this.opts.qemuBinary } : {}) });
+    const pid = await this.spawn(argv, { logFile: rec.paths.qemuLog, ...(this.opts.netns ? { netns: this.opts.netns } : {}) });
+    const ref = processRef(pid);
+    delete rec.failure;
+    rec.accel = accel;
+    if (ref) rec.qemu = ref;
+    this.records.put(rec);
+    if (!ref) return this.fail(rec, `qemu process ${pid} exited at once: ${readTail(rec.paths.qemuLog, 1000).trim()}`);
+    await this.waitReady(rec, ref);
+    return this.runtime(rec);
+  }
+
+  /** Polls the guest agent until it answers; QEMU dying or the deadline passing fails the start. */
+  private async waitReady(rec: QemuRecord, ref: ProcessRef): Promise<void> {
+    const timeoutMs = this.opts.bootTimeoutMs ?? 60_000;
+    const deadline = Date.now() + timeoutMs;
+    const ch = new GuestChannel(rec.paths.agentSocket);
+    while (Date.now() < deadline) {
+      if (!isAlive(ref)) {
+        const reason = exitReason(ref.pid, readTail(rec.paths.qemuLog), readTail(rec.paths.serialLog));
+        await this.fail(rec, reason);
+      }
+      try {
+        await ch.ping(Math.min(2_000, Math.max(100, deadline - Date.now())));
+        return;
+      } catch {
+        await sleep(200);
+      }
+    }
+    await killProcess(ref).catch(() => undefined);
+    const tail = readTail(rec.paths.serialLog, 600).trim().split("\n").slice(-3).join(" | ");
+    await this.fail(rec, `guest agent did not answer within ${timeoutMs} ms (console: ${tail})`, "DEADLINE_EXCEEDED");
+  }
+
+  private async fail(rec: QemuRecord, reason: string, code: "FAILED_PRECONDITION" | "DEADLINE_EXCEEDED" = "FAILED_PRECONDITION"): Promise<never> {
+    rec.failure = reason;
+    this.records.put(rec);
+    throw new NoidError(code, `starting qemu VM ${rec.spec.id}: ${reason}`);
+  }
+
+  async stop(id: string): Promise<VmRuntime> {
+    const rec = this.mustGet(id);
+    if (rec.qemu) await this.shutdown(rec, rec.qemu);
+    delete rec.qemu;
+    delete rec.failure;
+    this.records.put(rec);
+    return this.runtime(rec);
+  }
+
+  /**
+   * Graceful first: the guest agent syncs and powers off (microvm exits on ACPI power-off).
+   * Then QMP quit, then SIGTERM/SIGKILL. Each step is time-boxed.
+   */
+  private async shutdown(rec: QemuRecord, ref: ProcessRef): Promise<void> {
+    if (!this.isOurs(rec, ref)) return;
+    const waitExit = async (ms: number): Promise<boolean> => {
+      const end = Date.now() + ms;
+      while (isAlive(ref) && Date.now() < end) await sleep(50);
+      return !isAlive(ref);
+    };
+    try {
+      await new GuestChannel(rec.paths.agentSocket).shutdown(1_500);
+      if (await waitExit(5_000)) return;
+    } catch {
+      /* no agent: go on */
+    }
+    try {
+      await qmpCommand(rec.paths.qmpSocket, "quit", undefined, 2_000);
+      if (await waitExit(3_000)) return;
+    } catch {
+      /* no QMP: go on */
+    }
+    await killProcess(ref);
+  }
+
+  async destroy(id: string): Promise<void> {
+    const rec = this.records.get(id);
+    if (rec?.qemu && this.isOurs(rec, rec.qemu)) await killProcess(rec.qemu);
+    // Names derive from the id, so this also cleans up after a lost record.
+    const tap = rec?.tap ?? tapName(id);
+    const paths = rec?.paths ?? vmPaths(this.vmsDir, id);
+    try {
+      await this.host(["ip", "link", "del", tap], true);
+      rmSync(paths.dir, { recursive: true, force: true });
+    } catch (e) {
+      throw during(`destroying qemu VM ${id}`, e);
+    }
+    this.records.delete(id);
+  }
+
+  async inspect(id: string): Promise<VmRuntime | undefined> {
+    const rec = this.records.get(id);
+    return rec ? this.runtime(rec) : undefined;
+  }
+
+  async list(): Promise<VmRuntime[]> {
+    return Promise.all(this.records.all().map((r) => this.runtime(r)));
+  }
+
+  /** Adopts VMs whose QEMU still runs; one whose root disk vanished is cleaned up and not returned. */
+  async recover(): Promise<VmRuntime[]> {
+    const adopted: VmRuntime[] = [];
+    for (const rec of this.records.all()) {
+      const alive = rec.qemu !== undefined && this.isOurs(rec, rec.qemu);
+      if (!alive && !existsSync(rec.paths.overlay)) {
+        await this.destroy(rec.spec.id);
+        continue;
+      }
+      adopted.push(await this.runtime(rec));
+    }
+    return adopted;
+  }
+
+  async exec(id: string, argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
+    const rec = this.mustGet(id);
+    if (!rec.qemu || !this.isOurs(rec, rec.qemu)) throw precondition(`exec in qemu VM ${id}: the VM is not running`);
+    return new GuestChannel(rec.paths.agentSocket).exec(argv, opts.env ?? {}, opts.timeoutMs);
+  }
+
+  /** Freezes the vCPUs (QMP stop); the VM keeps its memory and devices. */
+  async pause(id: string): Promise<void> {
+    await qmpCommand(this.mustGet(id).paths.qmpSocket, "stop");
+  }
+
+  async resume(id: string): Promise<void> {
+    await qmpCommand(this.mustGet(id).paths.qmpSocket, "cont");
+  }
+
+  private async chooseAccel(): Promise<Accel> {
+    if (this.accel) return this.accel;
+    const pref = this.opts.accel ?? "auto";
+    let kvmWorks = false;
+    if (pref === "auto" && existsSync("/dev/kvm")) {
+      // A broken KVM makes QEMU abort (a signal, which the runner throws for): that is a "no".
+      const r = await this.run(kvmProbeArgv(this.opts.qemuBinary), { input: "quit\n", allowFail: true, timeoutMs: 10_000 }).catch(() => undefined);
+      kvmWorks = r?.exitCode === 0;
+    }
+    this.accel = chooseAccel(pref, kvmWorks);
+    return this.accel;
+  }
+
+  private mustGet(id: string): QemuRecord {
+    const rec = this.records.get(id);
+    if (!rec) throw notFound(`qemu VM ${id}`);
+    return rec;
+  }
+
+  /** Alive, and really this VM's QEMU: its command line names this VM's QMP socket. */
+  private isOurs(rec: QemuRecord, ref: ProcessRef): boolean {
+    if (!isAlive(ref)) return false;
+    try {
+      return readFileSync(`/proc/${ref.pid}/cmdline`, "utf8").includes(rec.paths.qmpSocket);
+    } catch {
+      return false;
+    }
+  }
+
+  /** Observed state: the process, then QEMU's own run state over QMP. */
+  private async runtime(rec: QemuRecord): Promise<VmRuntime> {
+    const base = { id: rec.spec.id, driver: this.name, spec: rec.spec, hostPort: rec.tap };
+    if (!rec.qemu) {
+      return rec.failure ? { ...base, state: "failed", reason: rec.failure } : { ...base, state: "stopped", reason: "" };
+    }
+    if (!this.isOurs(rec, rec.qemu)) {
+      const reason = rec.failure ?? exitReason(rec.qemu.pid, readTail(rec.paths.qemuLog), readTail(rec.paths.serialLog));
+      return { ...base, state: "failed", reason };
+    }
+    try {
+      const st = await queryStatus(rec.paths.qmpSocket, 2_000);
+      if (["internal-error", "guest-panicked", "shutdown", "io-error"].includes(st.status)) {
+        return { ...base, state: "failed", reason: `qemu run state ${st.status}` };
+      }
+      return { ...base, state: "running", reason: st.status === "running" ? "" : st.status };
+    } catch (e) {
+      return { ...base, state: "running", reason: `QMP unreachable: ${e instanceof Error ? e.message : String(e)}` };
+    }
+  }
+}

@@ -1,0 +1,196 @@
+// Privileged: the QEMU driver with real microVMs (TCG when KVM does not work here) booting
+// the project's own guest (deploy/guest/build.sh). The driver's "host" is a netns this test
+// creates, with a bridge the VMs' TAPs plug into.
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type ProcessRef, isAlive, run } from "../../common/run.js";
+import { pingArgv } from "../../deploy/lab/probe.js";
+import type { VmCreateSpec } from "../../agent/drivers/driver.js";
+import { QemuDriver } from "../../agent/drivers/qemu/driver.js";
+import { tapName } from "../../agent/drivers/qemu/names.js";
+import type { QemuRecord } from "../../agent/drivers/qemu/records.js";
+
+const repo = resolve(import.meta.dirname, "../..");
+const guestDir = join(repo, ".noid/guest");
+const tag = randomBytes(3).toString("hex");
+const netns = `nq-${tag}`;
+// Short: QEMU's unix sockets live under it and sun_path is 108 bytes.
+const stateDir = mkdtempSync(`/tmp/nq-${tag}-`);
+
+const mkSpec = (name: string, vcpus: number, mac: string, ip: string): VmCreateSpec => ({
+  id: `vm-${name}-${tag}`,
+  vcpus,
+  memoryMb: 192,
+  diskGb: 1,
+  image: "",
+  net: { mac, ip, prefixLen: 24, bridge: "br0" },
+});
+const a = mkSpec("a", 1, "02:00:00:5a:00:0a", "10.201.0.10");
+const b = mkSpec("b", 2, "02:00:00:5a:00:0b", "10.201.0.11");
+
+const driver = (): QemuDriver => new QemuDriver({ stateDir, guestDir, netns, accel: "auto", bootTimeoutMs: 60_000 });
+const record = (id: string): QemuRecord => {
+  const dir = join(stateDir, "qemu", "records");
+  for (const f of readdirSync(dir)) {
+    const r = JSON.parse(readFileSync(join(dir, f), "utf8")) as QemuRecord;
+    if (r.spec.id === id) return r;
+  }
+  throw new Error(`no record for ${id}`);
+};
+const linkExists = async (dev: string): Promise<boolean> =>
+  (await run(["ip", "-n", netns, "link", "show", "dev", dev], { allowFail: true })).exitCode === 0;
+
+const refs: ProcessRef[] = [];
+
+beforeAll(async () => {
+  await run(["bash", join(repo, "deploy/guest/build.sh")], { timeoutMs: 300_000 });
+  await run(["ip", "netns", "add", netns]);
+  await run(["ip", "-n", netns, "link", "set", "lo", "up"]);
+  await run(["ip", "-n", netns, "link", "add", "br0", "type", "bridge"]);
+  await run(["ip", "-n", netns, "addr", "add", "10.201.0.1/24", "dev", "br0"]);
+  await run(["ip", "-n", netns, "link", "set", "br0", "up"]);
+});
+
+afterAll(async () => {
+  const d = driver();
+  for (const s of [a, b]) await d.destroy(s.id).catch(() => undefined);
+  await run(["ip", "netns", "del", netns], { allowFail: true });
+  rmSync(stateDir, { recursive: true, force: true });
+});
+
+describe("qemu driver", () => {
+  it("refuses to create a VM without a guest kernel or with an unknown image, saying why", async () => {
+    const empty = mkdtempSync(`/tmp/nq-${tag}-empty-`);
+    try {
+      const d = new QemuDriver({ stateDir: join(empty, "state"), guestDir: empty, netns });
+      await expect(d.create({ ...a, id: `vm-x-${tag}` })).rejects.toMatchObject({ code: "FAILED_PRECONDITION", message: expect.stringMatching(/vmlinuz is missing/) });
+      await expect(driver().create({ ...a, id: `vm-y-${tag}`, image: "no-such-image" })).rejects.toMatchObject({
+        code: "FAILED_PRECONDITION",
+        message: expect.stringMatching(/image "no-such-image" not found/),
+      });
+      await expect(driver().create({ ...a, id: `vm-z-${tag}`, image: "../../etc/passwd" })).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
+  });
+
+  it("boots VMs with their own disks, runs commands through the guest agent, survives a driver restart and leaves nothing behind", async () => {
+    const d1 = driver();
+    expect(d1.capabilities()).toMatchObject({ exec: true, checkpoint: false, resourceLimits: true });
+
+    // Create: a TAP on the bridge and a copy-on-write overlay per VM.
+    for (const s of [a, b]) expect((await d1.create(s)).state).toBe("stopped");
+    expect((await d1.create(a)).state).toBe("stopped"); // idempotent
+    const [ra, rb] = [record(a.id), record(b.id)];
+    expect(ra.paths.overlay).not.toBe(rb.paths.overlay);
+    for (const r of [ra, rb]) {
+      const info = JSON.parse((await run(["qemu-img", "info", "--output=json", r.paths.overlay])).stdout) as Record<string, unknown>;
+      expect(info.format).toBe("qcow2");
+      expect(info["backing-filename"]).toBe(join(guestDir, "rootfs.ext4"));
+      const link = JSON.parse((await run(["ip", "-n", netns, "-j", "link", "show", "dev", r.tap])).stdout) as { master?: string }[];
+      expect(link[0]?.master).toBe("br0");
+      expect(r.tap.length).toBeLessThanOrEqual(15);
+    }
+
+    // Start both at once; start() returns once each guest agent answers.
+    const started = await Promise.all([d1.start(a.id), d1.start(b.id)]);
+    expect(started.map((v) => v.state)).toEqual(["running", "running"]);
+    refs.push(record(a.id).qemu!, record(b.id).qemu!);
+
+    const uname = await d1.exec(a.id, ["uname", "-a"]);
+    expect(uname.exitCode, uname.stderr).toBe(0);
+    expect(uname.stdout).toMatch(/^Linux /);
+    for (const s of [a, b]) {
+      const cpus = await d1.exec(s.id, ["sh", "-c", "cat /proc/cpuinfo | grep -c processor"]);
+      expect(cpus.stdout.trim()).toBe(String(s.vcpus));
+      const mac = await d1.exec(s.id, ["cat", "/sys/class/net/eth0/address"]);
+      expect(mac.stdout.trim()).toBe(s.net.mac);
+    }
+    const mem = await d1.exec(a.id, ["sh", "-c", "grep MemTotal /proc/meminfo"]);
+    const memKb = Number(/(\d+)/.exec(mem.stdout)?.[1]);
+    expect(memKb).toBeGreaterThan(100 * 1024);
+    expect(memKb).toBeLessThanOrEqual(192 * 1024);
+
+    // Environment, exit codes and stderr come back separately; the agent's env is not inherited.
+    const env = await d1.exec(a.id, ["sh", "-c", 'echo "$GREETING"; echo oops >&2; env | grep -c NOID_ ; exit 3'], { env: { GREETING: "hi there" } });
+    expect(env).toMatchObject({ stdout: "hi there\n0\n", stderr: "oops\n", exitCode: 3 });
+    expect((await d1.exec(a.id, ["no-such-command"])).exitCode).toBe(127);
+    const slow = await d1.exec(a.id, ["sleep", "30"], { timeoutMs: 500 });
+    expect(slow.timedOut).toBe(true);
+
+    // Separate root disks: a file written in A is not in B, and not in the base image.
+    expect((await d1.exec(a.id, ["sh", "-c", "echo mine > /root/marker && sync"])).exitCode).toBe(0);
+    expect((await d1.exec(b.id, ["test", "-e", "/root/marker"])).exitCode).toBe(1);
+    expect((await d1.exec(a.id, ["cat", "/root/marker"])).stdout).toBe("mine\n");
+    expect((await d1.exec(a.id, ["sh", "-c", "grep ' / ' /proc/mounts"])).stdout).toMatch(/^\/dev\/vda \/ ext4/);
+
+    // The network: the guest has its address from the kernel command line and answers on the bridge.
+    expect((await d1.exec(a.id, ["ip", "-4", "addr", "show", "dev", "eth0"])).stdout).toContain("10.201.0.10/24");
+    const ping = await run(pingArgv("10.201.0.11", { waitS: 5 }), { netns, allowFail: true });
+    expect(ping.exitCode, ping.stdout + ping.stderr).toBe(0);
+
+    // An agent restart: a new driver over the same state dir adopts the running QEMUs.
+    const d2 = driver();
+    const recovered = await d2.recover();
+    expect(recovered.map((v) => [v.id, v.state]).sort()).toEqual([[a.id, "running"], [b.id, "running"]].sort());
+    expect(record(a.id).qemu).toEqual(refs[0]);
+    expect((await d2.exec(a.id, ["cat", "/root/marker"])).stdout).toBe("mine\n");
+
+    // Pause and resume over QMP.
+    await d2.pause(a.id);
+    expect((await d2.inspect(a.id))?.reason).toBe("paused");
+    await d2.resume(a.id);
+    expect((await d2.inspect(a.id))?.reason).toBe("");
+
+    // A QEMU that dies is noticed, with a reason.
+    process.kill(refs[1]!.pid, "SIGKILL");
+    for (let i = 0; i < 100 && isAlive(refs[1]!); i++) await new Promise((r) => setTimeout(r, 20));
+    const dead = await d2.inspect(b.id);
+    expect(dead?.state).toBe("failed");
+    expect(dead?.reason).toMatch(/qemu process \d+ exited/);
+
+    // Stop is graceful (the guest powers off), and the disk survives until destroy.
+    expect((await d2.stop(a.id)).state).toBe("stopped");
+    expect(isAlive(refs[0]!)).toBe(false);
+    expect(existsSync(ra.paths.overlay)).toBe(true);
+    // Started again, it boots from the same overlay: what it wrote is still there.
+    expect((await d2.start(a.id)).state).toBe("running");
+    refs.push(record(a.id).qemu!);
+    expect((await d2.exec(a.id, ["cat", "/root/marker"])).stdout).toBe("mine\n");
+
+    for (const s of [a, b]) {
+      await d2.destroy(s.id);
+      await d2.destroy(s.id); // idempotent
+      expect(await d2.inspect(s.id)).toBeUndefined();
+      expect(await linkExists(tapName(s.id))).toBe(false);
+    }
+    expect(refs.some(isAlive)).toBe(false);
+    expect(existsSync(ra.paths.dir) || existsSync(rb.paths.dir)).toBe(false);
+    expect(readdirSync(join(stateDir, "qemu", "records"))).toEqual([]);
+    expect(readdirSync(join(stateDir, "qemu", "vms"))).toEqual([]);
+  });
+
+  it("reports a guest that cannot boot as failed, with the console's reason, and cleans it up", async () => {
+    // A real kernel with an initramfs that is not one: it panics, and panic=-1 with -no-reboot ends QEMU.
+    const broken = mkdtempSync(`/tmp/nq-${tag}-broken-`);
+    const spec = { ...a, id: `vm-broken-${tag}`, net: { ...a.net, mac: "02:00:00:5a:00:0c", ip: "10.201.0.12" } };
+    const d = new QemuDriver({ stateDir, guestDir: broken, netns, bootTimeoutMs: 60_000 });
+    try {
+      symlinkSync(join(guestDir, "vmlinuz"), join(broken, "vmlinuz"));
+      symlinkSync(join(guestDir, "rootfs.ext4"), join(broken, "rootfs.ext4"));
+      writeFileSync(join(broken, "initramfs.cpio.gz"), "not an initramfs");
+      await d.create(spec);
+      await expect(d.start(spec.id)).rejects.toMatchObject({ code: "FAILED_PRECONDITION", message: expect.stringMatching(/qemu process \d+ exited.*console:.*(panic|VFS)/s) });
+      const seen = await d.inspect(spec.id);
+      expect(seen?.state).toBe("failed");
+      expect(seen?.reason).toMatch(/panic|VFS/);
+      expect(record(spec.id).qemu && isAlive(record(spec.id).qemu!)).toBe(false);
+    } finally {
+      await d.destroy(spec.id);
+      rmSync(broken, { recursive: true, force: true });
+    }
+    expect(await linkExists(tapName(spec.id))).toBe(false);
+  });
+});
