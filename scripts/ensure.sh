@@ -14,6 +14,14 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v ping >/dev/null || need+=(iputils-ping)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+[[ -x /bin/busybox ]] && { ldd /bin/busybox 2>&1 | grep -q "not a dynamic"; } || need+=(busybox-static)
+command -v musl-gcc >/dev/null || need+=(musl-tools)
+command -v cpio >/dev/null || need+=(cpio)
+command -v mke2fs >/dev/null || need+=(e2fsprogs)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2

@@ -77,6 +77,16 @@ async function ping(v: Vm, target: string, extra: string[] = []): Promise<boolea
   return (await run(argv, { netns: vmNs(v), allowFail: true })).exitCode === 0;
 }
 
+// Positive reachability is awaited (a WireGuard handshake under a loaded CI machine can take
+// seconds); negative reachability is a single bounded attempt, asserted false.
+async function reaches(v: Vm, target: string, extra: string[] = [], timeoutMs = 20_000): Promise<boolean> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    if (await ping(v, target, extra)) return true;
+    if (Date.now() > until) return false;
+  }
+}
+
 async function wgDump(i: number) {
   return parseWgDump((await run(["wg", "show", "wg-noid", "dump"], { netns: host(i).netns, mountNs: mountNs[i - 1]! })).stdout);
 }
@@ -120,8 +130,8 @@ describe("mesh on a 3-host lab", () => {
     for (const i of [1, 2, 3]) expect(await applyGuards(guardSpec(i), { runner: run, netns: host(i).netns })).not.toEqual([]);
 
     const [a1, a2, b1, b3] = VMS as [Vm, Vm, Vm, Vm];
-    expect(await ping(a1, a2.ip)).toBe(true); // tenant A, h1 -> h2
-    expect(await ping(b3, b1.ip)).toBe(true); // tenant B, h3 -> h1 (b1 has a1's IP)
+    expect(await reaches(a1, a2.ip)).toBe(true); // tenant A, h1 -> h2
+    expect(await reaches(b3, b1.ip)).toBe(true); // tenant B, h3 -> h1 (b1 has a1's IP)
     expect(await ping(a1, b3.ip)).toBe(false); // tenant A cannot reach tenant B's VM
     expect(await ping(b3, a2.ip)).toBe(false);
     const neigh = (await run(["ip", "-n", vmNs(b3), "-j", "neigh", "show", b1.ip])).stdout;
@@ -146,7 +156,7 @@ describe("mesh on a 3-host lab", () => {
     await run(["ip", "-n", vmNs(a1), "addr", "del", "10.20.0.99/24", "dev", "eth0"]);
     const after = (await readGuardCounters(guardSpec(1), { runner: run, netns: host(1).netns })).find((c) => c.vm === "vm-a1" && c.kind === "ip")!;
     expect(after.packets).toBeGreaterThan(before.packets);
-    expect(await ping(a1, a2.ip)).toBe(true); // legit traffic still flows
+    expect(await reaches(a1, a2.ip)).toBe(true); // legit traffic still flows
 
     // Tampering is drift: the table is replaced, and the counts survive the replacement.
     await run(["nft", "flush", "chain", "bridge", "noid_guard", "vmports"], { netns: host(1).netns });
@@ -176,7 +186,7 @@ describe("mesh on a 3-host lab", () => {
     }
     expect(await fdb(1, "vx1002")).toEqual([]);
     expect((await fdb(1, "vx1001")).map((e) => e.dst).every((d) => d === members([2])[0]!.meshIp)).toBe(true);
-    expect(await ping(VMS[0]!, VMS[1]!.ip)).toBe(true);
+    expect(await reaches(VMS[0]!, VMS[1]!.ip)).toBe(true);
     for (const i of [1, 2]) expect((await applyHost(i, rest)).actions).toEqual([]);
   });
 });
