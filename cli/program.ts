@@ -10,6 +10,8 @@ import { registerNetworkCommands } from "./commands/network.js";
 import { registerTokenCommands } from "./commands/token.js";
 import { registerVmCommands } from "./commands/vm.js";
 import { registerExecCommand } from "./commands/exec.js";
+import { registerUserCommands } from "./commands/user.js";
+import { registerSshKeyCommands } from "./commands/ssh-key.js";
 import { describeError } from "./errors.js";
 import { OUTPUT_FORMATS } from "./render.js";
 import type { GlobalFlags } from "./settings.js";
@@ -50,6 +52,8 @@ Examples:
   registerContextCommands(program, app);
   registerTokenCommands(program, app);
   registerAuditCommand(program, app);
+  registerUserCommands(program, app);
+  registerSshKeyCommands(program, app);
   return { program, app };
 }
 

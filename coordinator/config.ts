@@ -66,6 +66,30 @@ export const CoordinatorConfigSchema = z
       })
       .strict()
       .default({ cidr: "100.64.0.0/16" }),
+    auth: z
+      .object({
+        /** A rotated token's old secret keeps working this long, then dies. */
+        token_rotation_overlap_seconds: z.number().int().min(0).max(86_400).default(60),
+        /** Failed authentications per source (peer address) per minute before it is locked out. */
+        max_failures_per_minute: z.number().int().min(1).max(10_000).default(10),
+        /** How long a locked-out source is refused. */
+        failure_cooldown_seconds: z.number().int().min(1).max(86_400).default(60),
+        /** auth.failure audit events: at most one per source per minute, and at most this many per minute in all. */
+        failure_audit_per_minute: z.number().int().min(1).max(10_000).default(60),
+        /** Lifetime of a login session (noidctl login). */
+        session_ttl_seconds: z.number().int().min(60).max(7 * 86_400).default(12 * 3600),
+        /** Issuer name shown in authenticator apps. */
+        totp_issuer: z.string().min(1).max(64).default("noid"),
+      })
+      .strict()
+      .default({
+        token_rotation_overlap_seconds: 60,
+        max_failures_per_minute: 10,
+        failure_cooldown_seconds: 60,
+        failure_audit_per_minute: 60,
+        session_ttl_seconds: 12 * 3600,
+        totp_issuer: "noid",
+      }),
     logging: z
       .object({
         level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),

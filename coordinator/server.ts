@@ -22,6 +22,12 @@ import { createEtcdStore } from "./store/index.js";
 import { startEmbeddedEtcd, type EmbeddedEtcd } from "./etcd/embedded.js";
 import { TokenStore } from "./auth/tokens.js";
 import { AuditLog, auditKey } from "./audit-log.js";
+import { AuditChainStore } from "./auth/audit-chain-store.js";
+import { AuthGuard } from "./auth/guard.js";
+import { AuditThrottle, AuthFailureCounter, FailureLimiter } from "./auth/rate-limit.js";
+import { UserRepo } from "./users/user-repo.js";
+import { userService } from "./services/user-service.js";
+import { UserServiceService } from "../gen/noid/v1/user.js";
 import { ClusterState } from "./state/cluster.js";
 import { HostRepo, parseMeshCidr } from "./state/host-repo.js";
 import { VmRepo, newVmId, type Clock } from "./state/vm-repo.js";
@@ -41,7 +47,7 @@ import { ExecServiceService } from "../gen/noid/v1/exec.js";
 
 export const ADMIN_TOKEN_FILE = "admin.token";
 const BOOTSTRAP_TOKEN_NAME = "bootstrap-admin";
-const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService"];
+const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService"];
 
 export interface CoordinatorHandle {
   /** TCP port actually bound (useful with listen ":0"). */
@@ -55,6 +61,8 @@ export interface CoordinatorHandle {
   cluster: ClusterState;
   placement: PlacementController;
   etcd?: EmbeddedEtcd;
+  /** Authentication failure counters (for the metrics exporter). */
+  authFailures(): ReturnType<AuthGuard["failures"]>;
   stop(): Promise<void>;
 }
 
@@ -137,17 +145,27 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
   mkdirSync(cfg.state_dir, { recursive: true, mode: 0o700 });
   const creds = serverCredentials(cfg, logger);
 
-  const { store, etcd } = opts.store ? { store: opts.store, etcd: undefined } : await openStore(cfg, logger);
+  const { store: rawStore, etcd } = opts.store ? { store: opts.store, etcd: undefined } : await openStore(cfg, logger);
+  // Every audit event written through this store is linked into the hash chain in its own transaction.
+  const store = new AuditChainStore(rawStore);
   const cleanups: (() => Promise<void>)[] = [async () => store.close(), async () => etcd?.stop()];
   const stopAll = async () => {
     for (const c of cleanups.reverse()) await c().catch((err) => logger.warn({ err }, "shutdown step failed"));
   };
 
   try {
-    const tokens = new TokenStore(store, clock);
+    const tokens = new TokenStore(store, clock, cfg.auth.token_rotation_overlap_seconds);
     const adminTokenFile = await bootstrapAdmin(tokens, cfg.state_dir, logger);
     const audit = new AuditLog(store, clock, cfg.logging.audit);
     const writeAudit = (e: Parameters<AuditLog["write"]>[0]) => audit.write(e);
+    const guard = new AuthGuard({
+      inner: tokens,
+      limiter: new FailureLimiter({ maxFailures: cfg.auth.max_failures_per_minute, windowMs: 60_000, cooldownMs: cfg.auth.failure_cooldown_seconds * 1000 }, clock),
+      counter: new AuthFailureCounter(),
+      throttle: new AuditThrottle(60_000, cfg.auth.failure_audit_per_minute, clock),
+      audit: writeAudit,
+      logger: logger.child({ component: "auth" }),
+    });
     const cluster = new ClusterState(store, logger.child({ component: "informer" }));
     await cluster.start();
     cleanups.push(() => cluster.stop());
@@ -158,7 +176,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const vms = new VmRepo({ store, clock, newId: newVmId, auditKey, network: vmNetworks });
     const meshCidr = parseMeshCidr(cfg.mesh.cidr);
     const hosts = new HostRepo(store, clock, meshCidr);
-    const base: HandlerDeps = { auth: tokens, logger: logger.child({ component: "api" }) };
+    const base: HandlerDeps = { auth: guard, logger: logger.child({ component: "api" }) };
 
     const sessions = new SessionRegistry();
     const server = new grpc.Server({ "grpc.keepalive_time_ms": 20_000, "grpc.keepalive_timeout_ms": 10_000, "grpc.keepalive_permit_without_calls": 1 });
@@ -167,6 +185,10 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     server.addService(NetworkServiceService, networkService({ ...base, networks }));
     server.addService(AuthServiceService, authService({ ...base, tokens, audit: writeAudit }));
     server.addService(AuditServiceService, auditService({ ...base, audit }));
+    server.addService(
+      UserServiceService,
+      userService({ ...base, users: new UserRepo(store, clock), tokens, guard, clock, sessionTtlSeconds: cfg.auth.session_ttl_seconds, totpIssuer: cfg.auth.totp_issuer }),
+    );
     server.addService(
       AgentServiceService,
       agentService({
@@ -187,7 +209,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     health.addToServer(server);
     const root = protoRoot();
     const pkg = protoLoader.loadSync(
-      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto"],
+      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto", "noid/v1/user.proto"],
       { includeDirs: [root] },
     );
     new ReflectionService({ ...pkg, ...protoLoader.loadSync(healthProtoPath) }).addToServer(server);
@@ -241,6 +263,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         const target = rev - cfg.etcd.compact_keep_revisions;
         if (target > 0) await store.compact(target);
         await audit.trim(cfg.logging.audit_retention);
+        await tokens.sweep();
       })().catch((err) => logger.warn({ err }, "maintenance failed"));
     }, 60_000);
     cleanups.push(async () => {
@@ -260,6 +283,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
       cluster,
       placement,
       ...(etcd ? { etcd } : {}),
+      authFailures: () => guard.failures(),
       stop: stopAll,
     };
   } catch (e) {

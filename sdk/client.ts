@@ -3,7 +3,8 @@
 // its kind (read or mutation); responses are unwrapped to the message callers
 // want (a Vm, a Vm[], ...).
 import { Metadata, type CallOptions, type ClientUnaryCall, type ServiceError } from "@grpc/grpc-js";
-import type { AuditEvent, AuditServiceClient } from "../gen/noid/v1/audit.js";
+import type { AuditEvent, AuditServiceClient, VerifyAuditChainResponse } from "../gen/noid/v1/audit.js";
+import type { EnrollTotpResponse, LoginResponse, SshKey, User, UserServiceClient } from "../gen/noid/v1/user.js";
 import type {
   AuthServiceClient,
   CreateTokenResponse,
@@ -34,6 +35,7 @@ export interface ServiceClients {
   auth: AuthServiceClient;
   audit: AuditServiceClient;
   exec: ExecServiceClient;
+  user: UserServiceClient;
 }
 
 export interface ExecOpts extends OwnerOpt {
@@ -287,6 +289,69 @@ export class NoidClient {
     return (await this.#unary("ListAuditEvents", "read", this.#c.audit.listAuditEvents.bind(this.#c.audit), req)).events;
   }
 
+  /** Walks the audit log's hash chain on the server and reports the first broken link (admins). */
+  async verifyAuditChain(): Promise<VerifyAuditChainResponse> {
+    return this.#unary("VerifyAuditChain", "read", this.#c.audit.verifyAuditChain.bind(this.#c.audit), {});
+  }
+
+  // ---- users, login, SSH keys ----
+
+  /**
+   * Trades a user name, password and TOTP code for a session token (no token
+   * needed). Not retried: a retried login could spend the same TOTP code twice.
+   */
+  async login(opts: { user: string; password: string; totpCode?: string }): Promise<LoginResponse> {
+    const req = { user: opts.user, password: opts.password, totpCode: opts.totpCode ?? "" };
+    return this.#unary("Login", "mutation", this.#c.user.login.bind(this.#c.user), req, { retries: 0 });
+  }
+
+  /** Creates a user (admins). The password is sent once and stored only as an argon2 hash. */
+  async createUser(opts: { name: string; role: Role; password: string }): Promise<User> {
+    const res = await this.#unary("CreateUser", "mutation", this.#c.user.createUser.bind(this.#c.user), opts);
+    return need(res, "user", "CreateUser");
+  }
+
+  async listUsers(): Promise<User[]> {
+    return (await this.#unary("ListUsers", "read", this.#c.user.listUsers.bind(this.#c.user), {})).users;
+  }
+
+  async deleteUser(name: string): Promise<void> {
+    await this.#unary("DeleteUser", "mutation", this.#c.user.deleteUser.bind(this.#c.user), { name });
+  }
+
+  /** Changes a password: your own (give the current one) or, as an admin, anyone's. Ends that user's sessions. */
+  async setPassword(opts: { user?: string; currentPassword?: string; newPassword: string }): Promise<void> {
+    const req = { user: opts.user ?? "", currentPassword: opts.currentPassword ?? "", newPassword: opts.newPassword };
+    await this.#unary("SetPassword", "mutation", this.#c.user.setPassword.bind(this.#c.user), req);
+  }
+
+  /** Replaces a password with a generated one (returned once) and ends that user's sessions. */
+  async rotatePassword(user?: string): Promise<string> {
+    return (await this.#unary("RotatePassword", "mutation", this.#c.user.rotatePassword.bind(this.#c.user), { user: user ?? "" })).password;
+  }
+
+  /** Starts TOTP enrollment: the otpauth:// URI and secret, shown once; confirm with confirmTotp. */
+  async enrollTotp(user?: string): Promise<EnrollTotpResponse> {
+    return this.#unary("EnrollTotp", "mutation", this.#c.user.enrollTotp.bind(this.#c.user), { user: user ?? "" });
+  }
+
+  async confirmTotp(code: string, user?: string): Promise<void> {
+    await this.#unary("ConfirmTotp", "mutation", this.#c.user.confirmTotp.bind(this.#c.user), { user: user ?? "", code });
+  }
+
+  async addSshKey(publicKey: string, opts: { user?: string } = {}): Promise<SshKey> {
+    const res = await this.#unary("AddSshKey", "mutation", this.#c.user.addSshKey.bind(this.#c.user), { user: opts.user ?? "", publicKey });
+    return need(res, "key", "AddSshKey");
+  }
+
+  async listSshKeys(opts: { user?: string } = {}): Promise<SshKey[]> {
+    return (await this.#unary("ListSshKeys", "read", this.#c.user.listSshKeys.bind(this.#c.user), { user: opts.user ?? "" })).keys;
+  }
+
+  async removeSshKey(fingerprint: string, opts: { user?: string } = {}): Promise<void> {
+    await this.#unary("RemoveSshKey", "mutation", this.#c.user.removeSshKey.bind(this.#c.user), { user: opts.user ?? "", fingerprint });
+  }
+
   /** Closes the shared channel; calls in flight fail with CANCELLED/UNAVAILABLE. */
   close(): void {
     // All service clients share the VM client's channel (see connect.ts).
@@ -301,14 +366,15 @@ export class NoidClient {
     return md;
   }
 
-  #unary<Req, Res>(what: string, kind: CallKind, method: UnaryMethod<Req, Res>, request: Req): Promise<Res> {
+  #unary<Req, Res>(what: string, kind: CallKind, method: UnaryMethod<Req, Res>, request: Req, override: { retries?: number } = {}): Promise<Res> {
     const once = (): Promise<Res> =>
       new Promise<Res>((resolve, reject) => {
         // The deadline is per attempt: a retry after a timeout gets a fresh one.
         const deadline = new Date(Date.now() + this.#s.deadlineMs);
         method(request, this.#metadata(), { deadline }, (err, res) => (err ? reject(err) : resolve(res)));
       });
-    return withRetry(what, kind, this.#s.policy, once, this.#s.retryDeps);
+    const policy = override.retries === undefined ? this.#s.policy : { ...this.#s.policy, retries: override.retries };
+    return withRetry(what, kind, policy, once, this.#s.retryDeps);
   }
 }
 

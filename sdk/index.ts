@@ -19,4 +19,5 @@ export { Vm, VmSpec, VmStatus, VmPhase, VmEventType, VmDesiredState, WatchVmsRes
 export { Host, HostState, Resources, DrainHostResponse } from "../gen/noid/v1/host.js";
 export { Network } from "../gen/noid/v1/network.js";
 export { Token, Role, CreateTokenResponse, RotateTokenResponse, WhoAmIResponse } from "../gen/noid/v1/auth.js";
-export { AuditEvent } from "../gen/noid/v1/audit.js";
+export { AuditEvent, VerifyAuditChainResponse } from "../gen/noid/v1/audit.js";
+export { User, SshKey, LoginResponse, EnrollTotpResponse } from "../gen/noid/v1/user.js";

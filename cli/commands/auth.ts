@@ -1,4 +1,5 @@
-// auth setup (check a token with WhoAmI, then save it as a context) and whoami.
+// auth setup (check a token with WhoAmI, then save it as a context), login
+// (password + TOTP -> session token saved in the context) and whoami.
 import type { Command } from "commander";
 import type { App } from "../app.js";
 import { examples } from "../help.js";
@@ -16,6 +17,20 @@ export function pickToken(o: { token?: string; tokenStdin?: boolean }, stdin: st
   if (t === "") throw new UsageError("a token is required: --token <token> or --token-stdin");
   if (!TOKEN.test(t)) throw new UsageError("the token must be 64 lower-case hex characters");
   return t;
+}
+
+/**
+ * Pure: password and TOTP code for login. The password is never a flag (shell
+ * history); it is the first line of stdin, and the TOTP code the second line
+ * unless --totp gives it.
+ */
+export function loginSecrets(o: { totp?: string }, stdin: string): { password: string; totpCode: string } {
+  const lines = stdin.split(/\r?\n/);
+  const password = lines[0] ?? "";
+  if (password === "") throw new UsageError("no password on standard input (first line)");
+  const totpCode = (o.totp ?? lines[1] ?? "").trim();
+  if (totpCode !== "" && !/^\d{6}$/.test(totpCode)) throw new UsageError("the TOTP code must be 6 digits");
+  return { password, totpCode };
 }
 
 export function registerAuthCommands(program: Command, app: App): void {
@@ -68,6 +83,54 @@ Examples:
         }),
       );
       app.io.stdout(`context "${name}" saved and made current: ${me.user} (${roleName(me.role)}) at ${conn.server}\n`);
+    });
+
+  program
+    .command("login")
+    .description("log in with user name, password and TOTP code; saves the session token (12 h) in the context")
+    .argument("<user>", "user name")
+    .option("--totp <code>", "6-digit TOTP code (otherwise the second line of standard input)")
+    .addHelpText(
+      "after",
+      `
+The password is read from standard input (first line), never from a flag; on
+a terminal type it and then the TOTP code, each followed by Enter, then Ctrl-D.
+The global --server, --context, --insecure and --ca-file choose the context.
+
+Examples:
+  noidctl login alice --totp 123456 < password.txt
+  printf '%s\\n%s\\n' "$PW" "$CODE" | noidctl login admin --server noid.example.com:7654`,
+    )
+    .action(async (user: string, o: { totp?: string }) => {
+      if (app.io.isTTY) app.note("password, then TOTP code (if enrolled), one per line; end with Ctrl-D:");
+      const { password, totpCode } = loginSecrets(o, await app.io.readStdin());
+      const cfg = app.config();
+      const flags = app.flags;
+      const name = flags.context ?? cfg.current_context ?? "default";
+      const existing = cfg.contexts[name];
+      const caFile = flags.caFile ? app.absolute(flags.caFile) : existing?.ca_file;
+      const conn: Connection = {
+        server: app.env["NOID_SERVER"] || flags.server || existing?.server || DEFAULT_SERVER,
+        insecure: flags.insecure === true || (flags.caFile === undefined && existing?.insecure === true),
+        ...(caFile ? { caFile } : {}),
+      };
+      const client = app.connectTo(conn);
+      let res;
+      try {
+        res = await client.login({ user, password, totpCode });
+      } finally {
+        client.close();
+      }
+      app.saveConfig(
+        withContext(cfg, name, {
+          server: conn.server,
+          token: res.token,
+          ...(conn.insecure ? { insecure: true } : {}),
+          ...(caFile ? { ca_file: caFile } : {}),
+        }),
+      );
+      const until = res.expiresAt ? ` until ${res.expiresAt.toISOString()}` : "";
+      app.io.stdout(`logged in as ${user} (${roleName(res.role)})${until}; context "${name}" saved and made current\n`);
     });
 
   program

@@ -68,11 +68,16 @@ export function registerTokenCommands(program: Command, app: App): void {
 
   token
     .command("rotate")
-    .description("replace a token's secret; prints the new one once")
+    .description("replace a token's secret; prints the new one once (the old one works for a short overlap)")
     .addHelpText("after", examples("noidctl token rotate ci"))
     .argument("<name>", "token name")
     .action(async (name: string) => {
       const res = await app.client().rotateToken(name);
       printSecret(app, "rotated", res.token, res.secret);
+      const until = res.oldSecretExpiresAt;
+      if (until) {
+        const secs = Math.max(0, Math.round((until.getTime() - app.now().getTime()) / 1000));
+        app.note(`the old secret keeps working until ${until.toISOString()} (${secs}s), then stops: switch clients over before then.`);
+      }
     });
 }

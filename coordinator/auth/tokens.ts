@@ -1,9 +1,13 @@
-// API tokens in etcd: tokens/<sha256> -> TokenRecord. The secret is never stored.
+// API tokens and login sessions in etcd: tokens/<sha256> -> TokenRecord. The
+// secret is never stored. Rotation writes the new secret's record and turns
+// the old one into a short-lived record (successor_id set, expires_at at the
+// end of the overlap) in one transaction; after that it dies like any
+// expired token and a sweep deletes it.
 import type { Metadata } from "@grpc/grpc-js";
 import { Role } from "../../gen/noid/v1/auth.js";
 import { TokenRecord } from "../../gen/noid/v1/records.js";
 import { NoidError, alreadyExists, notFound } from "../../common/errors.js";
-import type { Store } from "../store/store.js";
+import type { Compare, Op, Store } from "../store/store.js";
 import { keys, lastSegment } from "../state/keys.js";
 import { dec, enc } from "../state/codec.js";
 import type { Principal } from "./authorize.js";
@@ -20,38 +24,73 @@ export interface Clock {
   now(): Date;
 }
 
+/** Why authentication failed: the counter's label. The message never says which. */
+export type AuthFailureReason = "missing" | "malformed" | "unknown" | "expired" | "rate_limited" | "bad_password" | "bad_totp";
+
+/** UNAUTHENTICATED with a reason for metrics; the message is the same for unknown, expired and revoked tokens. */
+export class AuthFailure extends NoidError {
+  constructor(
+    readonly reason: AuthFailureReason,
+    message: string,
+  ) {
+    super("UNAUTHENTICATED", message);
+  }
+}
+
+const INVALID = "invalid, expired or revoked token";
+
+export function isExpired(r: TokenRecord, now: Date): boolean {
+  return r.expiresAt !== undefined && r.expiresAt.getTime() <= now.getTime();
+}
+
 export class TokenStore implements Authenticator {
   constructor(
     private readonly store: Store,
     private readonly clock: Clock = { now: () => new Date() },
+    /** How long a rotated-away secret keeps working. */
+    private readonly overlapSeconds = 60,
   ) {}
 
   async authenticate(metadata: Metadata, _peer: string): Promise<Principal> {
     const raw = metadata.get("authorization")[0];
     if (typeof raw !== "string" || raw.length === 0) {
-      throw new NoidError("UNAUTHENTICATED", "missing authorization: send 'authorization: Bearer <token>'");
+      throw new AuthFailure("missing", "missing authorization: send 'authorization: Bearer <token>'");
     }
     const m = /^Bearer\s+(\S+)$/i.exec(raw.trim());
     const secret = m?.[1] ?? "";
-    if (!isWellFormedSecret(secret)) throw new NoidError("UNAUTHENTICATED", "malformed bearer token");
+    if (!isWellFormedSecret(secret)) throw new AuthFailure("malformed", "malformed bearer token");
     // Looking the record up by the secret's hash is the comparison: etcd
     // never sees the secret and the hash is compared inside etcd's index.
     const kv = await this.store.get(keys.token(sha256Hex(secret)));
-    if (!kv) throw new NoidError("UNAUTHENTICATED", "invalid or revoked token");
+    if (!kv) throw new AuthFailure("unknown", INVALID);
     const rec = dec(TokenRecord, kv.value);
-    if (rec.expiresAt && rec.expiresAt.getTime() <= this.clock.now().getTime()) {
-      throw new NoidError("UNAUTHENTICATED", `token ${rec.name} has expired`);
-    }
-    return { user: rec.user, role: rec.role, tokenId: rec.id, tokenName: rec.name };
+    if (isExpired(rec, this.clock.now())) throw new AuthFailure("expired", INVALID);
+    return { user: rec.user, role: rec.role, tokenId: rec.successorId || rec.id, tokenName: rec.name };
   }
 
-  async list(): Promise<TokenEntry[]> {
+  /** Every record, including rotated-away secrets still in their overlap. */
+  async listAll(): Promise<TokenEntry[]> {
     const r = await this.store.list(keys.tokensPrefix);
     return r.kvs.map((kv) => ({ hash: lastSegment(kv.key), record: dec(TokenRecord, kv.value), modRevision: kv.modRevision }));
   }
 
+  /** The live tokens and sessions (one entry per token, not per secret). */
+  async list(): Promise<TokenEntry[]> {
+    const now = this.clock.now();
+    return (await this.listAll()).filter((t) => !t.record.successorId && !isExpired(t.record, now));
+  }
+
   /** Creates a token; the name is unique. Returns the secret, once. */
-  async create(input: { name: string; user: string; role: Role; ttlSeconds: number }): Promise<{ secret: string; record: TokenRecord }> {
+  /** `extraCompares`/`extraOps` join the same transaction (login also advances the user's TOTP step). */
+  async create(input: {
+    name: string;
+    user: string;
+    role: Role;
+    ttlSeconds: number;
+    session?: boolean;
+    extraCompares?: Compare[];
+    extraOps?: Op[];
+  }): Promise<{ secret: string; record: TokenRecord }> {
     const existing = await this.list();
     if (existing.some((t) => t.record.name === input.name)) throw alreadyExists(`token "${input.name}"`);
     const secret = newSecret();
@@ -64,12 +103,14 @@ export class TokenStore implements Authenticator {
       role: input.role,
       createdAt: now,
       expiresAt: input.ttlSeconds > 0 ? new Date(now.getTime() + input.ttlSeconds * 1000) : undefined,
+      session: input.session ?? false,
+      successorId: "",
     };
     const r = await this.store.txn(
-      [{ key: keys.token(hash), target: "create", op: "==", value: 0 }],
-      [{ type: "put", key: keys.token(hash), value: enc(TokenRecord, record) }],
+      [{ key: keys.token(hash), target: "create", op: "==", value: 0 }, ...(input.extraCompares ?? [])],
+      [{ type: "put", key: keys.token(hash), value: enc(TokenRecord, record) }, ...(input.extraOps ?? [])],
     );
-    if (!r.succeeded) throw new NoidError("INTERNAL", "token hash collision");
+    if (!r.succeeded) throw new NoidError("CONFLICT", `creating token "${input.name}": a concurrent change; retry`);
     return { secret, record };
   }
 
@@ -80,33 +121,71 @@ export class TokenStore implements Authenticator {
     return t;
   }
 
-  async revoke(entry: TokenEntry): Promise<void> {
-    await this.store.delete(keys.token(entry.hash));
+  /** The records of one token: its live secret and any rotated-away one in overlap. */
+  private async secretsOf(entry: TokenEntry): Promise<TokenEntry[]> {
+    return (await this.listAll()).filter((t) => t.hash === entry.hash || t.record.successorId === entry.record.id);
   }
 
-  /** Replaces the secret, keeping name, user, role and expiry; the old secret stops working at once. */
-  async rotate(entry: TokenEntry): Promise<{ secret: string; record: TokenRecord }> {
+  /** Deletes the token and any rotated-away secret of it still in its overlap, at once. */
+  async revoke(entry: TokenEntry, extraOps: Op[] = []): Promise<void> {
+    const all = await this.secretsOf(entry);
+    await this.store.txn([], [...all.map((t): Op => ({ type: "delete", key: keys.token(t.hash) })), ...extraOps]);
+  }
+
+  /**
+   * Replaces the secret, keeping name, user, role and expiry. The old secret
+   * keeps working for the overlap (never past its own expiry) and then dies;
+   * a secret rotated away earlier dies now.
+   */
+  async rotate(entry: TokenEntry, extraOps: Op[] = []): Promise<{ secret: string; record: TokenRecord; oldExpiresAt: Date }> {
     const secret = newSecret();
     const hash = sha256Hex(secret);
-    const record: TokenRecord = { ...entry.record, id: tokenId(hash), createdAt: this.clock.now() };
+    const now = this.clock.now();
+    const record: TokenRecord = { ...entry.record, id: tokenId(hash), createdAt: now, successorId: "" };
+    const overlapEnd = new Date(now.getTime() + this.overlapSeconds * 1000);
+    const oldExpiresAt = entry.record.expiresAt && entry.record.expiresAt < overlapEnd ? entry.record.expiresAt : overlapEnd;
+    const old: TokenRecord = { ...entry.record, expiresAt: oldExpiresAt, successorId: record.id };
+    const older = (await this.secretsOf(entry)).filter((t) => t.hash !== entry.hash);
     const r = await this.store.txn(
       [
         { key: keys.token(entry.hash), target: "mod", op: "==", value: entry.modRevision },
         { key: keys.token(hash), target: "create", op: "==", value: 0 },
       ],
       [
-        { type: "delete", key: keys.token(entry.hash) },
+        ...older.map((t): Op => ({ type: "delete", key: keys.token(t.hash) })),
+        this.overlapSeconds > 0 ? { type: "put", key: keys.token(entry.hash), value: enc(TokenRecord, old) } : { type: "delete", key: keys.token(entry.hash) },
         { type: "put", key: keys.token(hash), value: enc(TokenRecord, record) },
+        ...extraOps,
       ],
     );
     if (!r.succeeded) throw new NoidError("CONFLICT", `token "${entry.record.name}" changed while rotating; retry`);
-    return { secret, record };
+    return { secret, record, oldExpiresAt: this.overlapSeconds > 0 ? oldExpiresAt : now };
   }
 
-  /** True if a token with this secret exists (used to keep the bootstrap admin token). */
+  /** Deletes the login sessions of `user` (after a password change or user deletion): the ops, for the caller's transaction. */
+  async sessionDeletes(user: string): Promise<Op[]> {
+    return (await this.listAll()).filter((t) => t.record.session && t.record.user === user).map((t): Op => ({ type: "delete", key: keys.token(t.hash) }));
+  }
+
+  /** Deletes expired records (ended sessions, secrets past their overlap). Expired ones are refused anyway; this frees the keys. */
+  async sweep(): Promise<number> {
+    const now = this.clock.now();
+    let n = 0;
+    for (const t of await this.listAll()) {
+      if (!isExpired(t.record, now)) continue;
+      const r = await this.store.txn([{ key: keys.token(t.hash), target: "mod", op: "==", value: t.modRevision }], [{ type: "delete", key: keys.token(t.hash) }]);
+      if (r.succeeded) n++;
+    }
+    return n;
+  }
+
+  /** True if a live token with this secret exists (used to keep the bootstrap admin token). */
   async exists(secret: string): Promise<boolean> {
     if (!isWellFormedSecret(secret)) return false;
-    return (await this.store.get(keys.token(sha256Hex(secret)))) !== undefined;
+    const kv = await this.store.get(keys.token(sha256Hex(secret)));
+    if (!kv) return false;
+    const rec = dec(TokenRecord, kv.value);
+    return !rec.successorId && !isExpired(rec, this.clock.now());
   }
 }
 

@@ -62,6 +62,41 @@ export function unary<Req, Res>(
   };
 }
 
+/** What an unauthenticated handler gets: no principal. */
+export interface AnonymousContext {
+  peer: string;
+  signal: AbortSignal;
+}
+
+/**
+ * Like `unary` but without authentication: for Login only, which checks its
+ * own credentials (and must rate-limit them itself; see AuthGuard). Every
+ * such RPC is marked ANONYMOUS in authorize.ts's METHOD_ACTIONS.
+ */
+export function anonymous<Req, Res>(
+  deps: Omit<HandlerDeps, "auth">,
+  method: string,
+  fn: (req: Req, ctx: AnonymousContext) => Promise<Res>,
+): handleUnaryCall<Req, Res> {
+  return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
+    const t0 = performance.now();
+    const signal = signalOf(call);
+    void (async () => {
+      try {
+        const res = await fn(call.request, { peer: call.getPeer(), signal });
+        deps.onCall?.(method, 0, performance.now() - t0);
+        cb(null, res);
+      } catch (e) {
+        const se = toServiceError(e);
+        // Never log the request: it carries a password.
+        if (!(e instanceof NoidError) || e.code === "INTERNAL") deps.logger.error({ err: e, method }, "call failed");
+        deps.onCall?.(method, se.code ?? 13, performance.now() - t0);
+        cb(se, null);
+      }
+    })();
+  };
+}
+
 export function serverStream<Req, Res>(
   deps: HandlerDeps,
   method: string,

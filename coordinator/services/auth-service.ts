@@ -1,7 +1,9 @@
 // AuthService: API tokens. Secrets are returned once and stored only hashed.
+// Rotation keeps the old secret alive for a short overlap (the response says
+// until when) so clients can switch without an outage.
 import { Role, type AuthServiceServer, type Token } from "../../gen/noid/v1/auth.js";
 import type { TokenRecord } from "../../gen/noid/v1/records.js";
-import type { AuditEvent } from "../../gen/noid/v1/audit.js";
+import type { AuditInput } from "../audit-log.js";
 import { denied, invalid, notFound } from "../../common/errors.js";
 import { checkName } from "../../common/names.js";
 import { authorize, type Principal } from "../auth/authorize.js";
@@ -10,14 +12,14 @@ import { unary, type HandlerDeps } from "../grpc/handler.js";
 
 export interface AuthServiceDeps extends HandlerDeps {
   tokens: TokenStore;
-  audit: (e: Omit<AuditEvent, "id" | "time">) => Promise<void>;
+  audit: (e: AuditInput) => Promise<void>;
 }
 
 /** Ten years: longer lifetimes are surely a mistake in units. */
 const MAX_TTL_SECONDS = 10 * 365 * 24 * 3600;
 
 export function tokenView(r: TokenRecord): Token {
-  return { id: r.id, name: r.name, user: r.user, role: r.role, createdAt: r.createdAt, expiresAt: r.expiresAt };
+  return { id: r.id, name: r.name, user: r.user, role: r.role, createdAt: r.createdAt, expiresAt: r.expiresAt, session: r.session };
 }
 
 function mayManage(p: Principal, t: TokenEntry): boolean {
@@ -50,6 +52,8 @@ export function authService(d: AuthServiceDeps): AuthServiceServer {
     }),
 
     listTokens: unary(d, "ListTokens", async (_req, ctx) => {
+      const v = authorize(ctx.principal, "token.list");
+      if (!v.allowed) throw denied(v.reason);
       const all = await d.tokens.list();
       return {
         tokens: all
@@ -61,6 +65,8 @@ export function authService(d: AuthServiceDeps): AuthServiceServer {
 
     revokeToken: unary(d, "RevokeToken", async (req, ctx) => {
       const t = await find(ctx.principal, req);
+      const v = authorize(ctx.principal, "token.revoke", t.record.user);
+      if (!v.allowed) throw denied(v.reason);
       await d.tokens.revoke(t);
       await d.audit({ event: "token.revoke", user: ctx.principal.user, vm: "", host: "", success: true, detail: `token ${t.record.name}`, peer: ctx.peer });
       return {};
@@ -68,15 +74,29 @@ export function authService(d: AuthServiceDeps): AuthServiceServer {
 
     rotateToken: unary(d, "RotateToken", async (req, ctx) => {
       const t = await find(ctx.principal, req);
-      const { secret, record } = await d.tokens.rotate(t);
-      await d.audit({ event: "token.rotate", user: ctx.principal.user, vm: "", host: "", success: true, detail: `token ${t.record.name}`, peer: ctx.peer });
-      return { token: tokenView(record), secret };
+      const v = authorize(ctx.principal, "token.rotate", t.record.user);
+      if (!v.allowed) throw denied(v.reason);
+      const { secret, record, oldExpiresAt } = await d.tokens.rotate(t);
+      await d.audit({
+        event: "token.rotate",
+        user: ctx.principal.user,
+        vm: "",
+        host: "",
+        success: true,
+        detail: `token ${t.record.name}; old secret valid until ${oldExpiresAt.toISOString()}`,
+        peer: ctx.peer,
+      });
+      return { token: tokenView(record), secret, oldSecretExpiresAt: oldExpiresAt };
     }),
 
-    whoAmI: unary(d, "WhoAmI", async (_req, ctx) => ({
+    whoAmI: unary(d, "WhoAmI", async (_req, ctx) => {
+      const v = authorize(ctx.principal, "whoami");
+      if (!v.allowed) throw denied(v.reason);
+      return {
       user: ctx.principal.user,
       role: ctx.principal.role,
       tokenName: ctx.principal.tokenName,
-    })),
+      };
+    }),
   };
 }

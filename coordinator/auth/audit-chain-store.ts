@@ -1,0 +1,104 @@
+// A Store decorator that links every audit event into the hash chain inside
+// the transaction that writes it. Repositories keep writing their audit
+// event as one more put in their own transaction (VmRepo, NetworkRepo, ...);
+// this layer fills in seq/prev_hash/hash, adds a compare on the chain head
+// and a put of the new head. So the event, the change it records and the
+// chain advance commit together or not at all, and one chain order holds
+// across coordinators.
+//
+// A failed transaction is retried here only when the head moved (another
+// audit write won); if the head is unchanged, the caller's own compares
+// failed and the caller sees { succeeded: false } as before.
+import { AuditEvent } from "../../gen/noid/v1/audit.js";
+import { AuditChainHead } from "../../gen/noid/v1/records.js";
+import { NoidError } from "../../common/errors.js";
+import type { Compare, KeyValue, Op, Store, TxnResult } from "../store/store.js";
+import { keys } from "../state/keys.js";
+import { dec, enc } from "../state/codec.js";
+import { GENESIS, linkEvents, type ChainPoint } from "./audit-chain.js";
+
+export const chainKeys = {
+  head: "auditchain/head",
+  anchor: "auditchain/anchor",
+} as const;
+
+const MAX_ATTEMPTS = 50;
+
+export function isAuditPut(op: Op): op is Extract<Op, { type: "put" }> {
+  return op.type === "put" && op.key.startsWith(keys.auditPrefix);
+}
+
+export function headOf(kv: KeyValue | undefined): ChainPoint {
+  return kv ? dec(AuditChainHead, kv.value) : GENESIS;
+}
+
+/** Pure: the ops with their audit puts linked after `head`, plus the new head. */
+export function linkOps(head: ChainPoint, ops: readonly Op[]): { ops: Op[]; head: ChainPoint } {
+  const audits = ops.filter(isAuditPut).map((op) => dec(AuditEvent, op.value));
+  const linked = linkEvents(head, audits);
+  let i = 0;
+  const out = ops.map((op): Op => (isAuditPut(op) ? { ...op, value: enc(AuditEvent, linked.events[i++]!) } : op));
+  return { ops: out, head: linked.head };
+}
+
+async function jitter(attempt: number): Promise<void> {
+  await new Promise((r) => setTimeout(r, Math.min(20, 2 ** attempt) * Math.random()));
+}
+
+export class AuditChainStore implements Store {
+  constructor(private readonly inner: Store) {}
+
+  get(key: string) {
+    return this.inner.get(key);
+  }
+  list(prefix: string, opts?: { limit?: number }) {
+    return this.inner.list(prefix, opts);
+  }
+  delete(key: string) {
+    return this.inner.delete(key);
+  }
+  watch(...a: Parameters<Store["watch"]>) {
+    return this.inner.watch(...a);
+  }
+  grantLease(ttl: number) {
+    return this.inner.grantLease(ttl);
+  }
+  leaseTimeToLive(id: number) {
+    return this.inner.leaseTimeToLive(id);
+  }
+  compact(rev: number) {
+    return this.inner.compact(rev);
+  }
+  revision() {
+    return this.inner.revision();
+  }
+  close() {
+    return this.inner.close();
+  }
+
+  async put(key: string, value: Uint8Array, opts?: { lease?: number }): Promise<number> {
+    const op: Op = { type: "put", key, value, ...(opts?.lease ? { lease: opts.lease } : {}) };
+    if (!isAuditPut(op)) return this.inner.put(key, value, opts);
+    const r = await this.txn([], [op]);
+    return r.revision;
+  }
+
+  async txn(compares: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {
+    if (!success.some(isAuditPut)) return this.inner.txn(compares, success, failure);
+    // Failure ops would also run when only the head moved: nobody needs them with audit events, so refuse.
+    if (failure.length > 0) throw new NoidError("INTERNAL", "audit events cannot be written in a transaction with failure ops");
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const headKv = await this.inner.get(chainKeys.head);
+      const linked = linkOps(headOf(headKv), success);
+      const r = await this.inner.txn(
+        [...compares, { key: chainKeys.head, target: "mod", op: "==", value: headKv?.modRevision ?? 0 }],
+        [...linked.ops, { type: "put", key: chainKeys.head, value: enc(AuditChainHead, linked.head) }],
+      );
+      if (r.succeeded) return r;
+      const now = await this.inner.get(chainKeys.head);
+      if ((now?.modRevision ?? 0) === (headKv?.modRevision ?? 0)) return r;
+      await jitter(attempt);
+    }
+    throw new NoidError("UNAVAILABLE", "writing an audit event: the audit chain is too contended, retry");
+  }
+}
