@@ -44,6 +44,19 @@ export const agentConfigSchema = z
       .object({ ca_file: z.string().optional(), cert_file: z.string().optional(), key_file: z.string().optional() })
       .default({}),
     log_level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
+    /** Hardening checks reported to the coordinator (see deploy/harden.ts). */
+    posture: z
+      .object({
+        /** Filesystem root whose /etc is checked. */
+        root: z.string().min(1).default("/"),
+        ssh_port: z.number().int().min(1).max(65535).default(22),
+        /** Ports this host may open to anyone besides SSH (e.g. 7654 when a coordinator runs here). */
+        tcp: z.array(z.number().int().min(1).max(65535)).default([]),
+        udp: z.array(z.number().int().min(1).max(65535)).default([51820]),
+        interval_seconds: z.number().int().min(10).max(86_400).default(600),
+      })
+      .strict()
+      .prefault({}),
   })
   .strict()
   .transform((c) => ({
@@ -58,6 +71,11 @@ export const agentConfigSchema = z
     drivers: c.drivers,
     insecure: c.insecure,
     tls: { caFile: c.tls.ca_file, certFile: c.tls.cert_file, keyFile: c.tls.key_file },
+    posture: {
+      root: c.posture.root,
+      policy: { sshPort: c.posture.ssh_port, tcp: c.posture.tcp, udp: c.posture.udp },
+      intervalMs: c.posture.interval_seconds * 1000,
+    },
     logLevel: c.log_level,
   }));
 

@@ -23,6 +23,8 @@ import {
 import { readAgentEnv } from "./env.js";
 import { SandboxDriver } from "./drivers/sandbox/sandbox.js";
 import { ReconcileLoop } from "./reconcile/loop.js";
+import { PostureReporter } from "./posture/reporter.js";
+import { run } from "../common/run.js";
 import { AgentSession } from "./session.js";
 
 export const AGENT_VERSION = "0.1.0";
@@ -135,12 +137,22 @@ export async function main(argv: string[]): Promise<void> {
       wireguardPublicKey: "",
       wireguardPort: 0,
       agentVersion: AGENT_VERSION,
+      posture: undefined,
     },
     sink: loop,
     logger: logger.child({ component: "session" }),
     onState: (s) => logger.debug({ state: s }, "session state"),
     exec: new ExecRunner(driver, logger.child({ component: "exec" })),
   });
+
+  const posture = new PostureReporter({
+    ...config.posture,
+    runner: run,
+    logger: logger.child({ component: "posture" }),
+    onChange: (p) => session?.reportPosture(p),
+  });
+  session.reportPosture(await posture.check());
+  posture.start();
 
   await loop.start();
   session.start();
@@ -154,6 +166,7 @@ export async function main(argv: string[]): Promise<void> {
     process.once("SIGTERM", () => shutdown("SIGTERM"));
     process.once("SIGINT", () => shutdown("SIGINT"));
   });
+  posture.stop();
   await session.stop();
   await loop.stop();
   client.close();

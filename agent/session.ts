@@ -17,6 +17,7 @@ import {
   type AgentExecOutput,
   type VmStatusReport,
 } from "../gen/noid/v1/agent.js";
+import type { HostPosture } from "../gen/noid/v1/host.js";
 import { type BackoffPolicy, DEFAULT_BACKOFF, backoffDelay } from "./backoff.js";
 import { desiredFromVm } from "./reconcile/desired.js";
 import type { DesiredVm } from "./reconcile/types.js";
@@ -86,6 +87,15 @@ export class AgentSession {
   /** Sends a VM status now if the stream is up; otherwise it goes out with the resync after reconnecting. */
   report(status: VmStatusReport): void {
     if (this.state === "streaming") this.write({ kind: { $case: "vmStatus", value: status } });
+  }
+
+  /**
+   * A new host posture: kept in the registration (so every re-registration carries it) and
+   * sent now when the session is up.
+   */
+  reportPosture(posture: HostPosture): void {
+    this.opts.registration.posture = posture;
+    if (this.state === "streaming") this.write({ kind: { $case: "posture", value: posture } });
   }
 
   private isStopped(): boolean {

@@ -55,6 +55,14 @@ export function hostState(h: Host): string {
 
 const used = (a: Resources | undefined, c: Resources | undefined, k: keyof Resources): string => `${a?.[k] ?? 0}/${c?.[k] ?? 0}`;
 
+/** "ok", "fail: firewall,auto-updates" or "-" when the agent has not reported. */
+export function postureSummary(h: Host): string {
+  const p = h.posture;
+  if (!p || p.checks.length === 0) return "-";
+  if (p.ok) return "ok";
+  return `fail: ${p.checks.filter((c) => !c.ok && !c.optional).map((c) => c.name).join(",")}`;
+}
+
 export const hostView: View<Host> = {
   toJSON: (h) => Host.toJSON(h),
   columns: [
@@ -65,6 +73,7 @@ export const hostView: View<Host> = {
     { header: "CPU", value: (h) => used(h.allocated, h.capacity, "vcpus") },
     { header: "MEMORY", value: (h) => `${used(h.allocated, h.capacity, "memoryMb")}Mi` },
     { header: "DRIVERS", value: (h) => h.drivers.join(",") || "-" },
+    { header: "POSTURE", value: (h) => postureSummary(h) },
     { header: "ID", value: (h) => h.id, wide: true },
     { header: "DISK", value: (h) => `${used(h.allocated, h.capacity, "diskGb")}Gi`, wide: true },
     { header: "LABELS", value: (h) => labels(h.labels), wide: true },

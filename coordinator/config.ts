@@ -48,9 +48,13 @@ export const CoordinatorConfigSchema = z
       .strict()
       .default({ max_vms_per_user: 10, max_total_vms: 100, max_vcpus_per_vm: 8, max_memory_per_vm: 16384, max_disk_per_vm: 512 }),
     scheduler: z
-      .object({ policy: z.enum(["spread", "binpack"]).default("spread") })
+      .object({
+        policy: z.enum(["spread", "binpack"]).default("spread"),
+        // Place nothing on hosts whose agent reports a failing (or no) hardening posture.
+        require_posture: z.boolean().default(false),
+      })
       .strict()
-      .default({ policy: "spread" }),
+      .default({ policy: "spread", require_posture: false }),
     agents: z
       .object({
         lease_ttl_seconds: z.number().int().min(2).max(300).default(10),

@@ -166,7 +166,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
       audit: writeAudit,
       logger: logger.child({ component: "auth" }),
     });
-    const cluster = new ClusterState(store, logger.child({ component: "informer" }));
+    const cluster = new ClusterState(store, logger.child({ component: "informer" }), { requirePosture: cfg.scheduler.require_posture });
     await cluster.start();
     cleanups.push(() => cluster.stop());
 

@@ -1,6 +1,7 @@
-// Host commands: hosts, host get|cordon|uncordon|drain.
+// Host commands: hosts, host get|posture|cordon|uncordon|drain.
 import type { Command } from "commander";
-import { hostView } from "../views.js";
+import { HostPosture } from "../../sdk/index.js";
+import { hostView, postureSummary } from "../views.js";
 import type { App } from "../app.js";
 import { examples } from "../help.js";
 
@@ -25,6 +26,28 @@ export function registerHostCommands(program: Command, app: App): void {
     .argument("<name>", "host name")
     .addHelpText("after", examples("noidctl host get hv-1", "noidctl host get hv-1 -o yaml"))
     .action(async (name: string) => app.printOne(hostView, await app.client().getHost(name)));
+
+  host
+    .command("posture")
+    .description("show a host's hardening checks, as its agent last reported them")
+    .argument("<name>", "host name")
+    .addHelpText("after", examples("noidctl host posture hv-1", "noidctl host posture hv-1 -o json"))
+    .action(async (name: string) => {
+      const h = await app.client().getHost(name);
+      const p = h.posture;
+      if (app.structured) {
+        app.printOne({ columns: [], toJSON: () => (p ? HostPosture.toJSON(p) : null) }, h);
+        return;
+      }
+      if (!p || p.checks.length === 0) {
+        app.io.stdout(`host/${name}: no posture reported yet\n`);
+        return;
+      }
+      const lines = [`host/${name} posture: ${postureSummary(h)}${p.checkedAt ? ` (checked ${p.checkedAt.toISOString()})` : ""}`];
+      for (const c of p.checks) lines.push(`  ${c.ok ? "ok  " : c.optional ? "opt " : "FAIL"} ${c.name.padEnd(17)} ${c.detail}`);
+      if (!p.ok) lines.push("  fix: run deploy/harden.ts on the host (see README, Deploy)");
+      app.io.stdout(lines.join("\n") + "\n");
+    });
 
   host
     .command("cordon")

@@ -9,6 +9,7 @@ import type { HostView, Res, VmRequest } from "./types.js";
 export const FILTER_NAMES = [
   "not-ready",
   "cordoned",
+  "posture",
   "pinned",
   "driver",
   "labels",
@@ -28,6 +29,7 @@ function free(host: HostView, key: keyof Res): number {
 const PASSES: Record<FilterName, (host: HostView, vm: VmRequest) => boolean> = {
   "not-ready": (h) => h.ready,
   cordoned: (h) => !h.cordoned,
+  posture: (h) => !h.postureBlocked,
   pinned: (h, vm) => vm.host === "" || h.name === vm.host,
   driver: (h, vm) => vm.driver === "" || h.drivers.includes(vm.driver),
   labels: (h, vm) =>
@@ -73,6 +75,8 @@ function phrase(name: FilterName, n: number, vm: VmRequest): string {
       return `${n} not ready`;
     case "cordoned":
       return `${n} cordoned`;
+    case "posture":
+      return `${plural(n, "fails", "fail")} the required host posture`;
     case "pinned":
       return `${n} excluded by pin to host ${vm.host}`;
     case "driver":

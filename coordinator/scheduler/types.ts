@@ -15,6 +15,8 @@ export interface HostView {
   allocated: Res;
   vmCount: number;
   cordoned: boolean;
+  /** True when the cluster requires a passing posture (scheduler.require_posture) and this host's fails or is unknown. */
+  postureBlocked?: boolean;
   /** False when the host's lease has expired. Unready hosts get nothing. */
   ready: boolean;
   /** Anti-affinity group -> number of VMs of that group on the host. */

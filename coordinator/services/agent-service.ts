@@ -14,6 +14,7 @@ import type {
   SessionResponse,
 } from "../../gen/noid/v1/agent.js";
 import { Role } from "../../gen/noid/v1/auth.js";
+import type { HostPosture } from "../../gen/noid/v1/host.js";
 import type { Vm } from "../../gen/noid/v1/vm.js";
 import { NoidError, denied, invalid } from "../../common/errors.js";
 import { checkLabels, checkName } from "../../common/names.js";
@@ -56,6 +57,17 @@ export function validateRegistration(req: RegisterHostRequest): void {
   if (!c || c.vcpus === 0) throw invalid("capacity.vcpus", "must be positive");
   if (c.memoryMb === 0) throw invalid("capacity.memory_mb", "must be positive");
   if (c.diskGb === 0) throw invalid("capacity.disk_gb", "must be positive");
+  if (req.posture) validatePosture(req.posture, "posture");
+}
+
+export function validatePosture(p: HostPosture, field: string): void {
+  if (p.checks.length > 32) throw invalid(`${field}.checks`, "at most 32 checks");
+  for (const c of p.checks) {
+    if (!/^[a-z0-9-]{1,40}$/.test(c.name)) throw invalid(`${field}.checks.name`, `"${c.name.slice(0, 40)}" is not a check name`);
+    if (c.detail.length > 500) throw invalid(`${field}.checks.detail`, "at most 500 characters");
+  }
+  // The host's claim of "ok" must agree with its checks.
+  if (p.ok !== p.checks.every((c) => c.ok || c.optional)) throw invalid(`${field}.ok`, "does not match the checks");
 }
 
 /** Changes that arrive within this window reach an agent as one mesh snapshot. */
@@ -183,6 +195,11 @@ class AgentSession implements ExecChannel {
       const o = k.value.output?.kind;
       if (k.value.error || o?.$case === "exit") this.execs.delete(k.value.execId);
       f(k.value);
+      return;
+    }
+    if (k.$case === "posture") {
+      validatePosture(k.value, "posture");
+      await this.d.hosts.setPosture(this.hostId, k.value);
       return;
     }
     if (k.$case === "vmStatus") {

@@ -21,7 +21,11 @@ export class ClusterState {
   readonly alloc: Informer<AllocationRecord>;
   readonly networks: Informer<Network>;
 
-  constructor(store: Store, logger: Logger) {
+  constructor(
+    store: Store,
+    logger: Logger,
+    private readonly opts: { requirePosture?: boolean } = {},
+  ) {
     this.vms = new Informer(store, keys.vmsPrefix, (b) => dec(Vm, b), logger);
     this.hosts = new Informer(store, keys.hostsPrefix, (b) => dec(Host, b), logger);
     this.alive = new Informer(store, keys.alivePrefix, (b) => b, logger);
@@ -89,6 +93,7 @@ export class ClusterState {
         allocated: { vcpus: al.vcpus, memoryMb: al.memoryMb, diskGb: al.diskGb },
         vmCount: a?.vmCount ?? 0,
         cordoned: h.cordoned,
+        postureBlocked: (this.opts.requirePosture ?? false) && !(h.posture?.ok ?? false),
         ready: this.isAlive(h.id),
         groups: { ...(a?.groups ?? {}) },
         networks: { ...(a?.networks ?? {}) },

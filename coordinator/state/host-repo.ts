@@ -2,7 +2,7 @@
 // hostnames/<name> -> id, alive/<id> bound to the agent's lease.
 import { randomBytes } from "node:crypto";
 import type { RegisterHostRequest } from "../../gen/noid/v1/agent.js";
-import { Host, HostState } from "../../gen/noid/v1/host.js";
+import { Host, type HostPosture, HostState } from "../../gen/noid/v1/host.js";
 import { NoidError, notFound } from "../../common/errors.js";
 import type { Lease, Store } from "../store/store.js";
 import { keys, lastSegment } from "./keys.js";
@@ -78,6 +78,7 @@ export class HostRepo {
         registeredAt: prev?.host.registeredAt ?? now,
         lastSeenAt: now,
         meshIp,
+        posture: req.posture ? { ...req.posture, checkedAt: now } : undefined,
       };
       const r = await this.store.txn(
         [
@@ -95,6 +96,18 @@ export class HostRepo {
       if (r.succeeded) return host;
     }
     throw new NoidError("UNAVAILABLE", `registering host "${req.name}": too much contention, retry`);
+  }
+
+  /** Records the posture the host's agent reported (its own host only: the session says which). */
+  async setPosture(id: string, posture: HostPosture): Promise<void> {
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const cur = await this.get(id);
+      if (!cur) throw notFound(`host ${id}`);
+      const next: Host = { ...cur.host, posture: { ...posture, checkedAt: this.clock.now() } };
+      const r = await this.store.txn([unchanged(keys.host(id), cur)], [{ type: "put", key: keys.host(id), value: enc(Host, next) }]);
+      if (r.succeeded) return;
+    }
+    throw new NoidError("UNAVAILABLE", `updating host ${id}: too much contention, retry`);
   }
 
   async setCordoned(name: string, cordoned: boolean): Promise<Host> {

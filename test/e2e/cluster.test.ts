@@ -56,6 +56,14 @@ describe("local cluster: coordinator + 3 agent hosts", () => {
     for (const [i] of cluster.hostNames.entries()) expect(ns.filter((n) => n.startsWith(`${prefix}-h${i + 1}-vm-`)).length).toBe(1);
   });
 
+  it("every agent reports its host's posture; a lab host has no inbound firewall, and says so", async () => {
+    for (const h of await cluster.client().listHosts()) {
+      expect(h.posture?.checks.map((c) => c.name)).toEqual(["ssh-password-off", "ssh-restricted", "auto-updates", "firewall", "fail2ban"]);
+      expect(h.posture?.checks.find((c) => c.name === "firewall")).toMatchObject({ ok: false, detail: expect.stringMatching(/no input chain with policy drop/) });
+      expect(h.posture?.ok).toBe(false);
+    }
+  });
+
   it("adopts running VMs after the agent is SIGKILLed, without restarting them", async () => {
     const before = Object.fromEntries(vmNamespaces().map((n) => [n, pidsIn(n)]));
     await killProcess(cluster.agents[0]!, 0);

@@ -3,6 +3,7 @@
 // reports each assigned VM RUNNING and confirms destroys, as a real agent would.
 import * as grpc from "@grpc/grpc-js";
 import { AgentServiceClient, type MeshSnapshot, type SessionRequest, type SessionResponse } from "../../gen/noid/v1/agent.js";
+import type { HostPosture } from "../../gen/noid/v1/host.js";
 import { VmDesiredState, VmPhase, type Vm } from "../../gen/noid/v1/vm.js";
 
 export interface SimAgentOptions {
@@ -14,6 +15,7 @@ export interface SimAgentOptions {
   drivers?: string[];
   autoRun?: boolean;
   wireguardPublicKey?: string;
+  posture?: HostPosture;
 }
 
 export class SimAgent {
@@ -45,6 +47,7 @@ export class SimAgent {
           wireguardPublicKey: this.o.wireguardPublicKey ?? "",
           wireguardPort: this.o.wireguardPublicKey ? 51820 : 0,
           agentVersion: "sim",
+          posture: this.o.posture,
         },
         this.md,
         (err, r) => (err ? reject(err) : resolve(r!)),

@@ -2,7 +2,8 @@
 // column, and the streaming form used by list --watch.
 import { describe, expect, it } from "vitest";
 import { renderList, renderOne, renderStreamItem } from "../../cli/render.js";
-import { age, hostView, hostState, vmView } from "../../cli/views.js";
+import { age, hostView,
+  postureSummary, hostState, vmView } from "../../cli/views.js";
 import { Host, HostState, Vm, VmPhase } from "../../sdk/index.js";
 
 const now = new Date("2025-01-15T10:30:00Z");
@@ -158,10 +159,18 @@ describe("hosts", () => {
 
   it("table shows allocation against capacity", () => {
     expect(renderList(hostView, [h], "table", opts)).toMatchInlineSnapshot(`
-      "NAME   STATE            ADDRESS        VMS   CPU    MEMORY         DRIVERS
-      hv-1   READY,CORDONED   192.168.10.1   2     3/16   1536/32768Mi   sandbox,firecracker
+      "NAME   STATE            ADDRESS        VMS   CPU    MEMORY         DRIVERS               POSTURE
+      hv-1   READY,CORDONED   192.168.10.1   2     3/16   1536/32768Mi   sandbox,firecracker   -
       "
     `);
+  });
+
+  it("posture shows ok, or the failing required checks (optional ones never fail a host)", () => {
+    const check = (name: string, ok: boolean, optional = false) => ({ name, ok, optional, detail: "" });
+    const failing = { ...h, posture: { ok: false, checkedAt: now, checks: [check("ssh-password-off", true), check("firewall", false), check("auto-updates", false), check("fail2ban", false, true)] } };
+    expect(postureSummary(failing)).toBe("fail: firewall,auto-updates");
+    expect(postureSummary({ ...h, posture: { ok: true, checkedAt: now, checks: [check("firewall", true), check("fail2ban", false, true)] } })).toBe("ok");
+    expect(postureSummary(h)).toBe("-");
   });
 });
 
