@@ -142,7 +142,7 @@ export async function main(argv: string[]): Promise<void> {
     sink: loop,
     logger: logger.child({ component: "session" }),
     onState: (s) => logger.debug({ state: s }, "session state"),
-    exec: new ExecRunner(driver, logger.child({ component: "exec" })),
+    exec: new ExecRunner(async () => driver, logger.child({ component: "exec" })),
   });
 
   const posture = new PostureReporter({

@@ -15,6 +15,7 @@ import {
   type SessionResponse,
   type AgentExecCommand,
   type AgentExecOutput,
+  type AgentExecInput,
   type VmStatusReport,
 } from "../gen/noid/v1/agent.js";
 import type { HostPosture } from "../gen/noid/v1/host.js";
@@ -50,6 +51,7 @@ export interface AgentSessionOptions {
   exec?: {
     run(cmd: AgentExecCommand, send: (o: AgentExecOutput) => void): void;
     cancel(execId: string): void;
+    input?(i: AgentExecInput): void;
   };
 }
 
@@ -199,6 +201,9 @@ export class AgentSession {
         else send({ execId: k.value.execId, output: undefined, error: "this agent does not run exec" });
         break;
       }
+      case "execInput":
+        this.opts.exec?.input?.(k.value);
+        break;
       case "execCancel":
         this.opts.exec?.cancel(k.value.execId);
         break;

@@ -15,6 +15,10 @@ export interface Io {
   /** stdout is a terminal: colours and progress lines are fine. */
   isTTY: boolean;
   cwd: string;
+  /** stdin as a stream (exec -i); absent: reads nothing. */
+  stdinStream?: AsyncIterable<Buffer | string>;
+  /** While registered, Ctrl-C calls `f` instead of ending noidctl; returns the unregister function. */
+  onInterrupt?: (f: () => void) => () => void;
 }
 
 export interface AppDeps {

@@ -8,7 +8,13 @@ async function readStdin(): Promise<string> {
 }
 
 const ac = new AbortController();
-process.once("SIGINT", () => {
+const interruptHandlers = new Set<() => void>();
+process.on("SIGINT", () => {
+  // A command that takes Ctrl-C itself (exec forwards it to the VM) gets it.
+  if (interruptHandlers.size) {
+    for (const f of interruptHandlers) f();
+    return;
+  }
   // Let watches and waits end cleanly; anything still busy is cut short.
   ac.abort();
   setTimeout(() => process.exit(130), 1_000).unref();
@@ -22,6 +28,13 @@ process.exitCode = await run(process.argv.slice(2), {
     readStdin,
     isTTY: process.stdout.isTTY === true,
     cwd: process.cwd(),
+    stdinStream: process.stdin,
+    onInterrupt: (f) => {
+      interruptHandlers.add(f);
+      return () => interruptHandlers.delete(f);
+    },
   },
   signal: ac.signal,
 });
+// exec -i may leave a read of stdin pending after the command ended.
+process.stdin.destroy();

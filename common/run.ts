@@ -179,3 +179,68 @@ export async function killProcess(ref: ProcessRef, graceMs = 2000): Promise<void
   for (let i = 0; i < 250 && isAlive(ref); i++) await new Promise((r) => setTimeout(r, 20));
   if (isAlive(ref)) throw new NoidError("INTERNAL", `process ${ref.pid} survived SIGKILL`);
 }
+
+/** A child process with its output streamed, for commands run on behalf of a client (exec). */
+export interface AttachedProcess {
+  onStdout(f: (b: Buffer) => void): void;
+  onStderr(f: (b: Buffer) => void): void;
+  write(b: Buffer): void;
+  endStdin(): void;
+  /** Sends a signal (by name without "SIG") to the process; ignored once it ended. */
+  kill(signal: string): void;
+  /** exitCode is 128+N when the process died of signal N (as a shell reports it). */
+  readonly exited: Promise<{ exitCode: number; signal: string }>;
+}
+
+const SIGNAL_NUMBERS: Record<string, number> = { HUP: 1, INT: 2, QUIT: 3, KILL: 9, TERM: 15 };
+
+/**
+ * Starts a command (in a netns when asked) with stdout/stderr streamed to callbacks and stdin
+ * open when `stdin` is set. ip netns exec execs the target, so the process group signalled
+ * is the command's own.
+ */
+export async function spawnAttached(
+  argv: readonly string[],
+  opts: Pick<RunOptions, "netns" | "mountNs" | "env" | "cleanEnv"> & { stdin?: boolean } = {},
+): Promise<AttachedProcess> {
+  const full = wrapArgv(argv, opts);
+  const [file, ...args] = full as [string, ...string[]];
+  const env = {
+    ...(opts.cleanEnv ? {} : process.env),
+    LC_ALL: "C",
+    ...(opts.cleanEnv ? { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" } : {}),
+    ...opts.env,
+  };
+  // Its own process group, so a signal reaches the whole command (a shell and its children),
+  // as Ctrl-C in a terminal does.
+  const child = spawn(file, args, { stdio: [opts.stdin ? "pipe" : "ignore", "pipe", "pipe"], env, detached: true });
+  await new Promise<void>((resolve, reject) => {
+    child.once("error", (e) => reject(new NoidError("INTERNAL", `spawning ${argv[0] ?? ""}: ${e.message}`, { cause: e })));
+    child.once("spawn", () => resolve());
+  });
+  let ended = false;
+  const exited = new Promise<{ exitCode: number; signal: string }>((resolve) => {
+    // "close" fires after the exit and after stdout/stderr were drained.
+    child.once("close", (code, sig) => {
+      ended = true;
+      const name = sig ? sig.replace(/^SIG/, "") : "";
+      resolve({ exitCode: code ?? 128 + (SIGNAL_NUMBERS[name] ?? 0), signal: name });
+    });
+  });
+  child.stdin?.on("error", () => undefined); // the command may exit without reading its stdin
+  return {
+    onStdout: (f) => void child.stdout!.on("data", f),
+    onStderr: (f) => void child.stderr!.on("data", f),
+    write: (b) => void (child.stdin && !child.stdin.destroyed && child.stdin.write(b)),
+    endStdin: () => void child.stdin?.end(),
+    kill: (signal) => {
+      if (ended || child.pid === undefined) return;
+      try {
+        process.kill(-child.pid, `SIG${signal}` as NodeJS.Signals);
+      } catch {
+        child.kill(`SIG${signal}` as NodeJS.Signals);
+      }
+    },
+    exited,
+  };
+}

@@ -38,21 +38,49 @@ export interface ServiceClients {
   user: UserServiceClient;
 }
 
-export interface ExecOpts extends OwnerOpt {
+export interface SpawnOpts extends OwnerOpt {
   /** Variables for this command only; the server never stores or logs their values. */
   env?: Record<string, string>;
+  /** The agent kills the command after this long (TERM, then KILL); 0: the server default (300 s). */
   timeoutSeconds?: number;
-  /** Called with output as it arrives (otherwise it is only collected). */
+  /** Called with output as it arrives. */
   onStdout?: (chunk: Buffer) => void;
   onStderr?: (chunk: Buffer) => void;
+  /** Also collect output into the result (default true). */
+  collect?: boolean;
+  /** Keep the command's stdin open for write()/end(); otherwise it reads nothing. */
+  stdin?: boolean;
+  /** Aborting cancels the call, which kills the command. */
   signal?: AbortSignal;
+}
+
+export interface ExecOpts extends Omit<SpawnOpts, "stdin"> {
+  /** Sent to the command's stdin, then end of input. */
+  stdin?: string | Buffer | AsyncIterable<string | Buffer | Uint8Array>;
+}
+
+export type ExecSignalName = "INT" | "TERM" | "KILL" | "HUP" | "QUIT";
+
+/** A command started with spawn(). */
+export interface ExecSession {
+  write(chunk: string | Buffer): void;
+  /** End of stdin. */
+  end(): void;
+  /** Sends a signal to the command (default TERM). */
+  kill(signal?: ExecSignalName): void;
+  /** Drops the call; the agent kills the command. */
+  cancel(): void;
+  readonly result: Promise<ExecResult>;
 }
 
 export interface ExecResult {
   stdout: Buffer;
   stderr: Buffer;
+  /** 128+N when killed by signal N; 124 when it timed out. */
   exitCode: number;
   timedOut: boolean;
+  /** The signal that ended the command ("INT", ...), or "". */
+  signal: string;
 }
 
 export interface ClientSettings {
@@ -160,45 +188,96 @@ export class NoidClient {
   }
 
   /**
-   * Runs `argv` in the VM (through its host's agent) and resolves with its
-   * output and exit code. Not retried: a command may have side effects.
+   * Starts `argv` in the VM (through its host's agent) and returns at once: output streams to
+   * onStdout/onStderr (and is collected into the result unless `collect` is false), stdin is
+   * written with write()/end() when `stdin` is set, kill() sends a signal. Not retried: a
+   * command may have side effects.
    */
-  async exec(ref: VmRef, argv: string[], opts: ExecOpts = {}): Promise<ExecResult> {
+  spawn(ref: VmRef, argv: string[], opts: SpawnOpts = {}): ExecSession {
     const call = this.#c.exec.exec(this.#metadata(), {});
     const out: Buffer[] = [];
     const err: Buffer[] = [];
+    const collect = opts.collect ?? true;
     const onAbort = () => call.cancel();
     opts.signal?.addEventListener("abort", onAbort, { once: true });
-    try {
-      return await new Promise<ExecResult>((resolve, reject) => {
-        let exit: ExecResult | undefined;
-        call.on("data", (r: ExecResponse) => {
-          const k = r.kind;
-          if (k?.$case === "stdout") {
-            const b = Buffer.from(k.value);
-            out.push(b);
-            opts.onStdout?.(b);
-          } else if (k?.$case === "stderr") {
-            const b = Buffer.from(k.value);
-            err.push(b);
-            opts.onStderr?.(b);
-          } else if (k?.$case === "exit") {
-            exit = { stdout: Buffer.concat(out), stderr: Buffer.concat(err), exitCode: k.value.exitCode, timedOut: k.value.timedOut };
-          }
-        });
-        call.on("error", (e) => reject(toApiError(e, "mutation", "Exec")));
-        call.on("end", () => (exit ? resolve(exit) : reject(new NoidApiError("UNAVAILABLE", "exec ended without an exit status", { retryable: false }))));
-        call.write({
-          kind: {
-            $case: "start",
-            value: { ...vmRef(ref), owner: opts.owner ?? "", argv, env: opts.env ?? {}, timeoutSeconds: opts.timeoutSeconds ?? 0 },
-          },
-        });
-        call.end();
+    let ended = false;
+    const result = new Promise<ExecResult>((resolve, reject) => {
+      let exit: ExecResult | undefined;
+      call.on("data", (r: ExecResponse) => {
+        const k = r.kind;
+        if (k?.$case === "stdout") {
+          const b = Buffer.from(k.value);
+          if (collect) out.push(b);
+          opts.onStdout?.(b);
+        } else if (k?.$case === "stderr") {
+          const b = Buffer.from(k.value);
+          if (collect) err.push(b);
+          opts.onStderr?.(b);
+        } else if (k?.$case === "exit") {
+          exit = {
+            stdout: Buffer.concat(out),
+            stderr: Buffer.concat(err),
+            exitCode: k.value.exitCode,
+            timedOut: k.value.timedOut,
+            signal: k.value.signal,
+          };
+        }
       });
-    } finally {
-      opts.signal?.removeEventListener("abort", onAbort);
+      call.on("error", (e) => reject(toApiError(e, "mutation", "Exec")));
+      call.on("end", () => (exit ? resolve(exit) : reject(new NoidApiError("UNAVAILABLE", "exec ended without an exit status", { retryable: false }))));
+    }).finally(() => opts.signal?.removeEventListener("abort", onAbort));
+    // Nobody may be awaiting yet; the caller sees the rejection through `result`.
+    result.catch(() => undefined);
+    call.write({
+      kind: {
+        $case: "start",
+        value: {
+          ...vmRef(ref),
+          owner: opts.owner ?? "",
+          argv,
+          env: opts.env ?? {},
+          timeoutSeconds: opts.timeoutSeconds ?? 0,
+          stdin: opts.stdin ?? false,
+        },
+      },
+    });
+    // The call stays open for signals until the command ends (end of stdin is a message).
+    let stdinOpen = opts.stdin ?? false;
+    const done = () => {
+      ended = true;
+      call.end();
+    };
+    result.then(done, done);
+    return {
+      write: (chunk) => {
+        if (!ended && stdinOpen) call.write({ kind: { $case: "stdin", value: typeof chunk === "string" ? Buffer.from(chunk) : chunk } });
+      },
+      end: () => {
+        if (ended || !stdinOpen) return;
+        stdinOpen = false;
+        call.write({ kind: { $case: "stdinEof", value: true } });
+      },
+      kill: (sig = "TERM") => {
+        if (!ended) call.write({ kind: { $case: "signal", value: sig } });
+      },
+      cancel: () => call.cancel(),
+      result,
+    };
+  }
+
+  /**
+   * Runs `argv` in the VM and resolves with its output and exit code; `stdin` (a string, a
+   * Buffer or a stream) is sent to the command. Not retried: a command may have side effects.
+   */
+  async exec(ref: VmRef, argv: string[], opts: ExecOpts = {}): Promise<ExecResult> {
+    const { stdin, ...rest } = opts;
+    const session = this.spawn(ref, argv, { ...rest, stdin: stdin !== undefined });
+    if (stdin !== undefined) {
+      if (typeof stdin === "string" || Buffer.isBuffer(stdin)) session.write(stdin);
+      else for await (const chunk of stdin) session.write(typeof chunk === "string" ? Buffer.from(chunk) : Buffer.from(chunk as Uint8Array));
+      session.end();
     }
+    return session.result;
   }
 
   // ---- hosts ----

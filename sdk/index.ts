@@ -1,6 +1,6 @@
 // Public surface of the Noid SDK.
 export { connect, DEFAULT_DEADLINE_MS, DEFAULT_PORT, type ConnectOptions } from "./connect.js";
-export { NoidClient, type OwnerOpt, type VmRef, type ExecOpts, type ExecResult } from "./client.js";
+export { NoidClient, type OwnerOpt, type VmRef, type ExecOpts, type ExecResult, type SpawnOpts, type ExecSession, type ExecSignalName } from "./client.js";
 export {
   NoidApiError,
   isNoidApiError,

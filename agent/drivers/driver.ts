@@ -54,6 +54,28 @@ export interface ExecResult {
   timedOut?: boolean;
 }
 
+export interface SpawnExecOptions {
+  /** Variables for this command only; never written to disk, argv or logs. */
+  env?: Record<string, string>;
+  /** Keep stdin open for write(); otherwise the command's stdin is empty. */
+  stdin?: boolean;
+}
+
+/** Signals a client may send to a command it runs in a VM. */
+export const EXEC_SIGNALS = ["INT", "TERM", "KILL", "HUP", "QUIT"] as const;
+export type ExecSignal = (typeof EXEC_SIGNALS)[number];
+
+/** A command running in a VM. */
+export interface ExecProcess {
+  onStdout(f: (b: Buffer) => void): void;
+  onStderr(f: (b: Buffer) => void): void;
+  write(b: Buffer): void;
+  endStdin(): void;
+  kill(signal: ExecSignal): void;
+  /** Resolves once the command ended and its output was delivered. exitCode is 128+N for signal N. */
+  readonly exited: Promise<{ exitCode: number; signal: string }>;
+}
+
 export interface ExecOptions {
   /** Variables for this command only; never written to disk, argv or logs. */
   env?: Record<string, string>;
@@ -75,6 +97,8 @@ export interface HypervisorDriver {
   /** After an agent restart: adopt VMs that still run, and clear records of ones that cannot be adopted. */
   recover(): Promise<VmRuntime[]>;
   exec?(id: string, argv: string[], opts?: ExecOptions): Promise<ExecResult>;
+  /** Streaming exec: output as it comes, stdin, signals. Drivers without it get exec() (batch). */
+  execStream?(id: string, argv: string[], opts?: SpawnExecOptions): Promise<ExecProcess>;
   checkpoint?(id: string, name: string): Promise<void>;
   restore?(id: string, name: string): Promise<VmRuntime>;
 }

@@ -1,10 +1,17 @@
 // The agent sessions this coordinator holds, by host id, so that requests
 // that need a host (exec) can reach it through its session.
-import type { AgentExecCommand, AgentExecOutput } from "../../gen/noid/v1/agent.js";
+import type { AgentExecCommand, AgentExecInput, AgentExecOutput } from "../../gen/noid/v1/agent.js";
+
+export interface ExecHandle {
+  /** Stops the command (the client went away). */
+  cancel(): void;
+  /** Forwards stdin or a signal. */
+  input(kind: NonNullable<AgentExecInput["kind"]>): void;
+}
 
 export interface ExecChannel {
   /** Sends the command; `onOutput` receives everything the agent sends back for it. */
-  exec(cmd: AgentExecCommand, onOutput: (o: AgentExecOutput) => void): { cancel(): void };
+  exec(cmd: AgentExecCommand, onOutput: (o: AgentExecOutput) => void): ExecHandle;
 }
 
 export class SessionRegistry {

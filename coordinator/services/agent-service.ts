@@ -26,7 +26,7 @@ import type { VmRepo } from "../state/vm-repo.js";
 import type { Lease, Store } from "../store/store.js";
 import type { Principal } from "../auth/authorize.js";
 import { DRIVERS } from "../validate.js";
-import type { ExecChannel, SessionRegistry } from "../agents/registry.js";
+import type { ExecChannel, ExecHandle, SessionRegistry } from "../agents/registry.js";
 
 export interface AgentServiceDeps extends HandlerDeps {
   store: Store;
@@ -159,16 +159,19 @@ class AgentSession implements ExecChannel {
     this.execs.clear();
   }
 
-  exec(cmd: AgentExecCommand, onOutput: (o: AgentExecOutput) => void): { cancel(): void } {
+  exec(cmd: AgentExecCommand, onOutput: (o: AgentExecOutput) => void): ExecHandle {
     if (this.closed) {
       onOutput({ execId: cmd.execId, output: undefined, error: "the host's agent disconnected" });
-      return { cancel: () => undefined };
+      return { cancel: () => undefined, input: () => undefined };
     }
     this.execs.set(cmd.execId, onOutput);
     this.send({ kind: { $case: "exec", value: cmd } });
     return {
       cancel: () => {
         if (this.execs.delete(cmd.execId)) this.send({ kind: { $case: "execCancel", value: { execId: cmd.execId } } });
+      },
+      input: (kind) => {
+        if (this.execs.has(cmd.execId)) this.send({ kind: { $case: "execInput", value: { execId: cmd.execId, kind } } });
       },
     };
   }

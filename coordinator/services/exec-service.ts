@@ -9,7 +9,8 @@ import { VmPhase } from "../../gen/noid/v1/vm.js";
 import { NoidError, invalid, precondition } from "../../common/errors.js";
 import type { HandlerDeps } from "../grpc/handler.js";
 import { toServiceError } from "../grpc/status.js";
-import type { SessionRegistry } from "../agents/registry.js";
+import type { ExecHandle, SessionRegistry } from "../agents/registry.js";
+import type { AgentExecInput } from "../../gen/noid/v1/agent.js";
 import type { VmRepo } from "../state/vm-repo.js";
 import { resolveVm } from "./resolve-vm.js";
 
@@ -21,6 +22,7 @@ export interface ExecServiceDeps extends HandlerDeps {
 
 export const EXEC_DEFAULT_TIMEOUT_S = 300;
 export const EXEC_MAX_TIMEOUT_S = 3600;
+export const EXEC_SIGNAL_NAMES = ["INT", "TERM", "KILL", "HUP", "QUIT"] as const;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
 
 /** Pure validation of an exec request. */
@@ -41,6 +43,10 @@ export function execService(d: ExecServiceDeps): ExecServiceServer {
     exec(call: ServerDuplexStream<ExecRequest, ExecResponse>) {
       let finished = false;
       let cancelAgent: (() => void) | undefined;
+      let handle: ExecHandle | undefined;
+      // stdin/signals sent before the command reached its host are forwarded once it has.
+      const early: NonNullable<AgentExecInput["kind"]>[] = [];
+      let earlyBytes = 0;
       let timer: NodeJS.Timeout | undefined;
       const finish = (err?: unknown) => {
         if (finished) return;
@@ -81,7 +87,7 @@ export function execService(d: ExecServiceDeps): ExecServiceServer {
           finish(new NoidError("DEADLINE_EXCEEDED", `exec in VM "${vm.name}" did not finish within ${timeout} s`));
         }, (timeout + 15) * 1000);
         const h = channel.exec(
-          { execId: randomBytes(8).toString("hex"), vmId: vm.id, argv: s.argv, env: s.env, timeoutSeconds: timeout },
+          { execId: randomBytes(8).toString("hex"), vmId: vm.id, argv: s.argv, env: s.env, timeoutSeconds: timeout, stdin: s.stdin },
           (o) => {
             if (finished) return;
             if (o.error) return finish(new NoidError("UNAVAILABLE", `exec in VM "${vm.name}": ${o.error}`));
@@ -91,21 +97,46 @@ export function execService(d: ExecServiceDeps): ExecServiceServer {
           },
         );
         cancelAgent = h.cancel;
+        handle = h;
+        for (const k of early.splice(0)) h.input(k);
       };
 
       let started = false;
+      let startMsg: ExecStart | undefined;
       call.on("data", (m: ExecRequest) => {
         const k = m.kind;
         if (!started) {
           started = true;
           if (k?.$case !== "start") return finish(invalid("kind", "the first message must be start"));
+          startMsg = k.value;
           start(k.value).catch((e: unknown) => finish(e));
           return;
         }
-        // stdin and signals are not carried yet; the lifecycle work adds them.
-        if (k?.$case === "stdin" || k?.$case === "signal") {
-          cancelAgent?.();
-          finish(new NoidError("UNIMPLEMENTED", `exec ${k.$case} is not supported yet`));
+        if (finished || !k) return;
+        let fwd: NonNullable<AgentExecInput["kind"]>;
+        if (k.$case === "signal") {
+          if (!(EXEC_SIGNAL_NAMES as readonly string[]).includes(k.value)) {
+            cancelAgent?.();
+            return finish(invalid("signal", `"${k.value}" is not one of ${EXEC_SIGNAL_NAMES.join(", ")}`));
+          }
+          fwd = { $case: "signal", value: k.value };
+        } else if (k.$case === "stdin") {
+          if (!startMsg?.stdin) {
+            cancelAgent?.();
+            return finish(invalid("stdin", "the exec was started without stdin (set start.stdin)"));
+          }
+          fwd = { $case: "stdin", value: k.value };
+        } else if (k.$case === "stdinEof") {
+          fwd = { $case: "stdinEof", value: true };
+        } else return finish(invalid("kind", "start may be sent only once"));
+        if (handle) handle.input(fwd);
+        else {
+          earlyBytes += fwd.$case === "stdin" ? fwd.value.length : 0;
+          if (earlyBytes > 1 << 20) {
+            cancelAgent?.();
+            return finish(new NoidError("RESOURCE_EXHAUSTED", "more than 1 MiB of stdin before the command started"));
+          }
+          early.push(fwd);
         }
       });
       call.on("end", () => {

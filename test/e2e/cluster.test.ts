@@ -1,9 +1,10 @@
 // The whole system as the demo runs it: the built coordinator (embedded etcd)
 // and real agent daemons in three namespace hosts, sandbox VMs, the SDK.
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startLocalCluster, waitFor, type LocalCluster } from "../../deploy/cluster.js";
+import { repoRoot, startLocalCluster, waitFor, type LocalCluster } from "../../deploy/cluster.js";
 import { labLeftovers } from "../../deploy/lab/lab.js";
 import { killProcess } from "../../common/run.js";
 import { HostState, Role, VmPhase, type NoidClient } from "../../sdk/index.js";
@@ -104,6 +105,101 @@ describe("local cluster: coordinator + 3 agent hosts", () => {
     const audit = await cluster.client().listAuditEvents({ event: "vm.exec", limit: 10 });
     expect(audit.some((e) => e.vm === "web-2" && e.detail.includes("GREETING") && !e.detail.includes("hello-from-exec"))).toBe(true);
   });
+
+  it("streams exec: output before the exit, stdin in, signals and the timeout enforced", async () => {
+    // Output arrives while the command still runs.
+    const seen: string[] = [];
+    const t0 = Date.now();
+    let firstAt = 0;
+    const r = await alice.exec("web-2", ["sh", "-c", "echo first; sleep 1.5; echo second"], {
+      onStdout: (b) => {
+        if (!firstAt) firstAt = Date.now();
+        seen.push(b.toString());
+      },
+    });
+    expect(r.exitCode).toBe(0);
+    expect(seen.join("")).toBe("first\nsecond\n");
+    expect(Date.now() - firstAt).toBeGreaterThan(1000); // "first" came a good second before the end
+    expect(firstAt - t0).toBeLessThan(Date.now() - t0);
+
+    // stdin, streamed in chunks, then end of input.
+    const s = alice.spawn("web-2", ["sh", "-c", "wc -c; read -r x 2>/dev/null; echo done"], { stdin: true });
+    s.write("hello ");
+    s.write(Buffer.from("world\n"));
+    s.end();
+    const wc = await s.result;
+    expect(wc.stdout.toString().split("\n")[0]!.trim()).toBe("12");
+    // The SDK's exec with a string for stdin.
+    expect((await alice.exec("web-2", ["cat"], { stdin: "through cat" })).stdout.toString()).toBe("through cat");
+
+    // A signal (Ctrl-C in noidctl) ends a long command at once, with 128+2.
+    const sleeper = alice.spawn("web-2", ["sleep", "30"]);
+    await new Promise((res) => setTimeout(res, 500));
+    const k0 = Date.now();
+    sleeper.kill("INT");
+    const killed = await sleeper.result;
+    expect(killed).toMatchObject({ exitCode: 130, signal: "INT", timedOut: false });
+    expect(Date.now() - k0).toBeLessThan(10_000);
+    await expect(alice.spawn("web-2", ["sleep", "1"]).result).resolves.toMatchObject({ exitCode: 0 });
+
+    // The agent enforces the timeout: TERM, exit 124, timed_out.
+    const slow = await alice.exec("web-2", ["sleep", "30"], { timeoutSeconds: 1 });
+    expect(slow).toMatchObject({ exitCode: 124, timedOut: true });
+
+    // Bad input is refused clearly: stdin on an exec started without it, an unknown signal.
+    const noStdin = alice.spawn("web-2", ["sleep", "5"]);
+    noStdin.kill("BOGUS" as "INT");
+    await expect(noStdin.result).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+  });
+
+  it("noidctl exec -i pipes stdin and exits with the command's code", async () => {
+    let out = "";
+    const chunks = async function* () {
+      yield "line one\n";
+      yield "line two\n";
+    };
+    const code = await noidctl(["exec", "-i", "web-2", "--", "sh", "-c", "sort -r; exit 4"], {
+      env: { NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_INSECURE: "1", NOID_CONFIG: "/nonexistent/config.toml" },
+      io: { stdout: (x: string) => void (out += x), stderr: (x: string) => void (out += x), readStdin: async () => "", isTTY: false, cwd: "/", stdinStream: chunks() },
+    });
+    expect(code, out).toBe(4);
+    expect(out).toBe("line two\nline one\n");
+  });
+
+  it("Ctrl-C in a real noidctl exec reaches the command in the VM", async () => {
+    const child = spawn(process.execPath, [join(repoRoot, "bin/noidctl.js"), "exec", "web-2", "--", "sh", "-c", "echo started; sleep 30"], {
+      env: { ...process.env, NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_INSECURE: "1", NOID_CONFIG: "/nonexistent/config.toml" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout.on("data", (b: Buffer) => (out += b.toString()));
+    child.stderr.on("data", (b: Buffer) => (out += b.toString()));
+    await waitFor("the command to start", async () => (out.includes("started") ? true : undefined), 15_000);
+    const t0 = Date.now();
+    child.kill("SIGINT");
+    const code = await new Promise<number | null>((res) => child.once("exit", (c) => res(c)));
+    expect(code, out).toBe(130); // the remote sh died of INT: 128 + 2
+    expect(Date.now() - t0).toBeLessThan(10_000);
+  });
+
+  it("a secret passed to exec is never written anywhere: logs, etcd's files, state dirs, process arguments", async () => {
+    const secret = `s3cr3t-${randomBytes(12).toString("hex")}`;
+    const s = alice.spawn("web-2", ["sh", "-c", 'sleep 1; test "$API_KEY" = "$EXPECTED" && echo match'], {
+      env: { API_KEY: secret, EXPECTED: secret },
+    });
+    await new Promise((res) => setTimeout(res, 300));
+    // While it runs: no process on the machine carries it in its command line.
+    const cmdlines = execFileSync("ps", ["-eo", "args"], { encoding: "utf8" });
+    expect(cmdlines.includes(secret)).toBe(false);
+    expect((await s.result).stdout.toString().trim()).toBe("match");
+    // Give logs and the audit record time to be written, then search every byte we own.
+    await new Promise((res) => setTimeout(res, 500));
+    const grep = spawnSync("grep", ["-rlaF", "--", secret, cluster.dir, `/run/noid-lab/${prefix}`], { encoding: "utf8" });
+    expect(grep.status, grep.stderr).toBe(1); // 1: searched everything, found nothing
+    expect(grep.stdout).toBe("");
+    // The search itself works: the audit log names the variable.
+    expect(spawnSync("grep", ["-rlaF", "--", "API_KEY", cluster.dir], { encoding: "utf8" }).status).toBe(0);
+  }, 30_000);
 
   it("stops, starts and destroys through the agent", async () => {
     await alice.stopVm("web-1");

@@ -15,9 +15,19 @@ import {
   killProcess,
   processRef,
   run as defaultRun,
+  spawnAttached,
   spawnDetached,
 } from "../../../common/run.js";
-import type { Capabilities, ExecOptions, ExecResult, HypervisorDriver, VmCreateSpec, VmRuntime } from "../driver.js";
+import type {
+  Capabilities,
+  ExecOptions,
+  ExecProcess,
+  ExecResult,
+  HypervisorDriver,
+  SpawnExecOptions,
+  VmCreateSpec,
+  VmRuntime,
+} from "../driver.js";
 import { type CgroupProbe, createVmCgroup, joinCgroup, probeCgroup, removeCgroup } from "./cgroup.js";
 import { cgroupName, cpuMax, hostPort, memoryMax, vmNetns } from "./names.js";
 import { RecordStore, type SandboxRecord } from "./records.js";
@@ -180,6 +190,12 @@ export class SandboxDriver implements HypervisorDriver {
       ...(opts.env ? { env: opts.env } : {}),
       ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
     });
+  }
+
+  async execStream(id: string, argv: string[], opts: SpawnExecOptions = {}): Promise<ExecProcess> {
+    const rec = this.mustGet(id);
+    // As exec(): the agent's environment never reaches a tenant's command.
+    return spawnAttached(argv, { netns: rec.netns, cleanEnv: true, ...(opts.env ? { env: opts.env } : {}), stdin: opts.stdin ?? false });
   }
 
   private mustGet(id: string): SandboxRecord {
