@@ -158,19 +158,26 @@ export interface EgressObserved {
 }
 
 /**
- * Slots for the spec's networks: a network keeps the slot its `iif` rule shows (its
- * conntrack zone and marks stay valid); new networks get the lowest slot no rule uses.
+ * Slots for the spec's networks: a network keeps the slot its `iif` rule (or else the route
+ * in its table) shows, so its conntrack zone and marks stay valid; new networks get the
+ * lowest slot no rule or route uses.
  */
-export function assignSlots(vnis: readonly number[], observed: readonly ObservedRule[]): Map<number, number> {
+export function assignSlots(
+  vnis: readonly number[],
+  observed: readonly ObservedRule[],
+  routes: readonly ObservedRoute[] = [],
+): Map<number, number> {
   const used = new Set<number>();
   const had = new Map<number, number>();
-  for (const r of observed) {
-    const s = slotOfTable(r.table);
-    if (s === undefined) continue;
+  const note = (table: number, dev: string | undefined, trusted: boolean): void => {
+    const s = slotOfTable(table);
+    if (s === undefined) return;
     used.add(s);
-    const m = r.iif !== undefined ? /^vmnet(\d+)$/.exec(r.iif) : null;
-    if (m && r.pref === RULE_PREF && !had.has(Number(m[1]))) had.set(Number(m[1]), s);
-  }
+    const m = dev !== undefined ? /^vmnet(\d+)$/.exec(dev) : null;
+    if (m && trusted && !had.has(Number(m[1]))) had.set(Number(m[1]), s);
+  };
+  for (const r of observed) note(r.table, r.iif, r.pref === RULE_PREF);
+  for (const r of routes) note(r.table, r.dev, true);
   const out = new Map<number, number>();
   const taken = new Set<number>();
   for (const v of vnis) {
@@ -192,7 +199,7 @@ export function assignSlots(vnis: readonly number[], observed: readonly Observed
 }
 
 /** Validates the spec and places every network in its slot. */
-export function placeNetworks(spec: EgressSpec, observed: readonly ObservedRule[]): PlacedNetwork[] {
+export function placeNetworks(spec: EgressSpec, observed: readonly ObservedRule[], routes: readonly ObservedRoute[] = []): PlacedNetwork[] {
   if (!IFNAME_RE.test(spec.uplink) || spec.uplink.startsWith("vmnet")) throw invalid("uplink", `"${spec.uplink}" is not an uplink interface name`);
   const seen = new Set<number>();
   for (const n of spec.networks) {
@@ -203,6 +210,7 @@ export function placeNetworks(spec: EgressSpec, observed: readonly ObservedRule[
   const slots = assignSlots(
     spec.networks.map((n) => n.vni),
     observed,
+    routes,
   );
   return spec.networks.map((n) => {
     const net = parseCidr("cidr", n.cidr);
@@ -455,7 +463,7 @@ function minus<T>(a: readonly T[], b: readonly T[], key: (x: T) => string): T[] 
  * then rules and routes no network wants. Empty when the host already matches.
  */
 export function planEgress(spec: EgressSpec, observed: EgressObserved): EgressAction[] {
-  const nets = placeNetworks(spec, observed.rules);
+  const nets = placeNetworks(spec, observed.rules, observed.routes);
   const want = desiredRouting(nets);
   const actions: EgressAction[] = [];
   for (const [key, value] of Object.entries(EGRESS_SYSCTLS)) {

@@ -3,12 +3,13 @@
 //   ask HOST PORT TOKEN [LPORT]     connect (from local port LPORT), send TOKEN, print the answer
 //   hold HOST PORT TOKEN LPORT FILE like ask, then keep the connection until FILE exists,
 //                                   ask again on the same connection, print that answer too
-// Exits 0 on success, 1 on any error or after 5 s without an answer.
+// Exits 0 on success, 1 on any error or without an answer in PROBE_TIMEOUT_MS (default 5000).
 import { existsSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { createInterface } from "node:readline";
 
 const [mode, ...args] = process.argv.slice(2);
+const timeoutMs = Number(process.env.PROBE_TIMEOUT_MS ?? 5000);
 
 if (mode === "serve") {
   createServer((sock) => {
@@ -18,7 +19,7 @@ if (mode === "serve") {
 } else if (mode === "ask" || mode === "hold") {
   const [host, port, token, lport, file] = args;
   const sock = createConnection({ host, port: Number(port), ...(lport ? { localPort: Number(lport) } : {}) });
-  let timer = setTimeout(() => process.exit(1), 5000);
+  let timer = setTimeout(() => process.exit(1), timeoutMs);
   sock.on("error", (e) => {
     process.stderr.write(`${e.message}\n`);
     process.exit(1);
@@ -33,7 +34,7 @@ if (mode === "serve") {
     const poll = setInterval(() => {
       if (!existsSync(file)) return;
       clearInterval(poll);
-      timer = setTimeout(() => process.exit(1), 5000);
+      timer = setTimeout(() => process.exit(1), timeoutMs);
       sock.write(`${token}-again\n`);
     }, 50);
   });
