@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ProcessRef, isAlive, killProcess, processRef, run, spawnDetached } from "../../common/run.js";
 import { createLab, destroyLab, labLeftovers, type Lab, type LabHost } from "../../deploy/lab/lab.js";
 import { pingArgv } from "../../deploy/lab/probe.js";
-import { type EgressHost, applyEgress, egressDiff, removeEgress } from "../../agent/network/egress-apply.js";
+import { type EgressHost, applyEgress, detectUplink, egressDiff, removeEgress } from "../../agent/network/egress-apply.js";
 import { EGRESS_TABLE, type EgressNetwork, type EgressSpec, describeEgressAction } from "../../agent/network/egress.js";
 import { gatewayMac } from "../../mesh/names.js";
 
@@ -138,6 +138,15 @@ describe("egress on a lab host", () => {
     expect(await eventually(() => ask(out.netns, vm("x1").ip, VM_PORT))).toBe(true);
     expect(await eventually(() => ping(vm("x1"), vm("z1").ip))).toBe(true);
     expect(await eventually(() => ask(vmNs(vm("x1")), h1.address, HOST_PORT))).toBe(true);
+  });
+
+  it("finds the uplink (no default route on a lab host: the interface holding its address)", async () => {
+    expect(await detectUplink(eh, h1.address)).toBe("eth0");
+    await expect(detectUplink(eh)).rejects.toThrow(/set "uplink" in the agent config/);
+    await expect(applyEgress({ ...spec(), uplink: "eth9" }, eh)).rejects.toThrow(/uplink eth9 does not exist/);
+    await expect(applyEgress(spec([...NETS, { vni: 4999, cidr: "10.50.0.0/24", gateway: "10.50.0.1" }]), eh)).rejects.toThrow(/bridge vmnet4999 does not exist/);
+    expect(await egressDiff(spec(), eh)).not.toEqual([]); // refused before changing anything
+    expect((await run(["nft", "list", "tables"], { netns: h1.netns })).stdout).not.toContain(EGRESS_TABLE);
   });
 
   it("applies, and a second apply of the same spec changes nothing", async () => {

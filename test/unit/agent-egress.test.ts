@@ -1,5 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { detectUplink } from "../../agent/network/egress-apply.js";
+import { recordingRunner } from "../../common/run.js";
 import {
   EGRESS_SYSCTLS,
   type EgressObserved,
@@ -277,5 +279,13 @@ describe("egress observation parsing", () => {
     const routes = `[{"dst":"10.20.0.0/24","dev":"vmnet1","table":"1852768257","scope":"link","flags":[]},{"dst":"10.20.0.0/24","dev":"vmnet1","protocol":"kernel","scope":"link","prefsrc":"10.20.0.1","flags":[]},{"type":"local","dst":"10.20.0.1","dev":"vmnet1","table":"local","protocol":"kernel","scope":"host","prefsrc":"10.20.0.1","flags":[]}]`;
     expect(parseEgressRoutes(routes)).toEqual([{ table: 1852768257, dst: "10.20.0.0/24", dev: "vmnet1" }]);
     expect(parseEgressRules("")).toEqual([]);
+  });
+});
+
+describe("egress uplink detection", () => {
+  it("takes the default route's device", async () => {
+    const runner = recordingRunner((argv) => (argv.includes("default") ? { stdout: `[{"dst":"default","gateway":"192.168.1.1","dev":"enp3s0","flags":[]}]` } : {}));
+    expect(await detectUplink({ runner, netns: "h" }, "10.0.0.1")).toBe("enp3s0");
+    expect(runner.calls.map((c) => c.opts.netns)).toEqual(["h"]);
   });
 });
