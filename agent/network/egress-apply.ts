@@ -34,9 +34,11 @@ export async function observeEgress(h: EgressHost): Promise<EgressObserved> {
   return { nft: nft.exitCode === 0 ? nft.stdout : undefined, rules, routes, sysctls };
 }
 
-async function links(h: EgressHost): Promise<Set<string>> {
+/** Interface name -> administratively up. */
+async function links(h: EgressHost): Promise<Map<string, boolean>> {
   const r = await h.runner(["ip", "-j", "link", "show"], nsOpt(h));
-  return new Set((JSON.parse(r.stdout || "[]") as { ifname: string }[]).map((l) => l.ifname));
+  const list = JSON.parse(r.stdout || "[]") as { ifname: string; flags?: string[] }[];
+  return new Map(list.map((l) => [l.ifname, (l.flags ?? []).includes("UP")]));
 }
 
 async function runAction(a: EgressAction, h: EgressHost): Promise<void> {
@@ -51,14 +53,17 @@ async function runAction(a: EgressAction, h: EgressHost): Promise<void> {
 /**
  * Makes the host's egress match `spec` and returns what was changed (empty: nothing, the
  * host already matched; otherwise drift or spec changes, for the log). The uplink and every
- * network's bridge (vmnet<vni>) must exist. Networks missing from the spec lose their rules,
- * routes and NAT; their slot (conntrack zone, mark, table) is freed.
+ * network's bridge (vmnet<vni>, up) must exist. Networks missing from the spec lose their rules,
+ * routes and NAT; their slot (conntrack zone, mark, table) is freed. Not for concurrent use
+ * on one host: the caller serializes applies.
  */
 export async function applyEgress(spec: EgressSpec, h: EgressHost): Promise<EgressAction[]> {
   const have = await links(h);
   if (!have.has(spec.uplink)) throw precondition(`egress: uplink ${spec.uplink} does not exist`);
   for (const n of spec.networks) {
-    if (!have.has(`vmnet${n.vni}`)) throw precondition(`egress: bridge vmnet${n.vni} does not exist (create the network's bridge first)`);
+    const up = have.get(`vmnet${n.vni}`);
+    if (up === undefined) throw precondition(`egress: bridge vmnet${n.vni} does not exist (create the network's bridge first)`);
+    if (!up) throw precondition(`egress: bridge vmnet${n.vni} is down`);
   }
   const actions = planEgress(spec, await observeEgress(h));
   for (const a of actions) await runAction(a, h);
