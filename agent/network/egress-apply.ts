@@ -6,10 +6,12 @@ import {
   EGRESS_SYSCTLS,
   EGRESS_TABLE,
   type EgressAction,
+  type EgressDrop,
   type EgressObserved,
   type EgressSpec,
   describeEgressAction,
   egressCommand,
+  egressDrops,
   parseEgressRoutes,
   parseEgressRules,
   planEgress,
@@ -77,6 +79,12 @@ export async function applyEgress(spec: EgressSpec, h: EgressHost): Promise<Egre
 /** What differs from `spec` right now, without changing anything (drift report). */
 export async function egressDiff(spec: EgressSpec, h: EgressHost): Promise<EgressAction[]> {
   return planEgress(spec, await observeEgress(h));
+}
+
+/** Packets dropped so far by egress policy and isolation (empty when the table is absent). */
+export async function readEgressDrops(h: EgressHost): Promise<EgressDrop[]> {
+  const r = await h.runner(["nft", "-j", "list", "table", "inet", EGRESS_TABLE], { ...nsOpt(h), allowFail: true });
+  return r.exitCode === 0 ? egressDrops(r.stdout) : [];
 }
 
 /** Removes our table, rules and routes (sysctls stay: other things may need forwarding). */

@@ -18,7 +18,24 @@ interface Rule {
   comment: string;
   /** Values that must appear in the rule as nft reads it back. */
   literals: string[];
+  /** The named counter of a drop rule. */
+  counter?: string;
 }
+
+/** What a drop counter counts: all networks' (`vni` undefined) or one network's packets. */
+export const DROP_KINDS = ["between-networks", "inbound", "egress", "host", "protect", "deny-all", "deny", "not-allowed"] as const;
+export type DropKind = (typeof DROP_KINDS)[number];
+
+export interface EgressDrop {
+  vni?: number;
+  kind: DropKind;
+  packets: number;
+  bytes: number;
+}
+
+/** nft identifiers: "drop_<kind>" or "drop_<vni>_<kind>" with "-" as "_". */
+export const dropCounter = (kind: DropKind, vni?: number): string =>
+  `drop_${vni !== undefined ? `${vni}_` : ""}${kind.replace(/-/g, "_")}`;
 
 const set = (cidrs: readonly string[]): string => (cidrs.length === 1 ? cidrs[0]! : `{ ${cidrs.join(", ")} }`);
 
@@ -39,6 +56,10 @@ function tableModel(spec: EgressSpec, nets: readonly PlacedNetwork[]): { chains:
   const add = (chain: string, comment: string, text: string, literals: (string | number)[] = []): void => {
     rules.push({ chain, comment, text, literals: literals.map(String) });
   };
+  const drop = (chain: string, comment: string, match: string, kind: DropKind, vni?: number, literals: string[] = []): void => {
+    const counter = dropCounter(kind, vni);
+    rules.push({ chain, comment, text: `${match ? `${match} ` : ""}counter name "${counter}" drop`, literals: [...literals, counter], counter });
+  };
   const each = (fn: (n: PlacedNetwork, i: string) => void): void => nets.forEach((n) => fn(n, `iifname "${n.bridge}"`));
 
   each((n, i) => {
@@ -56,14 +77,14 @@ function tableModel(spec: EgressSpec, nets: readonly PlacedNetwork[]): { chains:
   add("pre_mangle", "reply-mark", `ct mark & ${hex(MARK_MASK)} == ${hex(MARK_BASE)} meta mark set ct mark`, [MARK_BASE]);
 
   each((n, i) => add("forward", `${n.bridge} bridged`, `${i} oifname "${n.bridge}" accept`, [n.bridge]));
-  add("forward", "between-networks", `iifname "vmnet*" oifname "vmnet*" counter drop`, ["vmnet*"]);
+  drop("forward", "between-networks", `iifname "vmnet*" oifname "vmnet*"`, "between-networks", undefined, ["vmnet*"]);
   add("forward", "mss-out", `iifname "vmnet*" tcp flags syn tcp option maxseg size set rt mtu`, ["vmnet*", "maxseg"]);
   add("forward", "mss-in", `oifname "vmnet*" tcp flags syn tcp option maxseg size set rt mtu`, ["vmnet*", "maxseg"]);
   add("forward", "inbound-replies", `oifname "vmnet*" ct state established,related accept`, ["vmnet*"]);
   add("forward", "inbound-hook", `oifname "vmnet*" jump inbound`, ["vmnet*", "inbound"]);
-  add("forward", "inbound-drop", `oifname "vmnet*" counter drop`, ["vmnet*"]);
+  drop("forward", "inbound-drop", `oifname "vmnet*"`, "inbound", undefined, ["vmnet*"]);
   each((n, i) => add("forward", `${n.bridge} egress`, `${i} oifname "${up}" meta nfproto ipv4 jump egress_${n.vni}`, [n.bridge, up, `egress_${n.vni}`]));
-  add("forward", "egress-drop", `iifname "vmnet*" counter drop`, ["vmnet*"]);
+  drop("forward", "egress-drop", `iifname "vmnet*"`, "egress", undefined, ["vmnet*"]);
 
   // Port exposure (a later issue) DNATs in its own table; such connections pass here.
   add("inbound", "exposed", "ct status dnat accept");
@@ -71,15 +92,15 @@ function tableModel(spec: EgressSpec, nets: readonly PlacedNetwork[]): { chains:
   for (const n of nets) {
     const c = `egress_${n.vni}`;
     add(c, "exposed-replies", "ct status dnat accept");
-    if (protect.length > 0) add(c, "protect", `ip daddr ${set(protect)} counter drop`, protect);
+    if (protect.length > 0) drop(c, "protect", `ip daddr ${set(protect)}`, "protect", n.vni, protect);
     if (n.denyAll) {
-      add(c, "deny-all", "counter drop");
+      drop(c, "deny-all", "", "deny-all", n.vni);
       continue;
     }
-    if (n.deny.length > 0) add(c, "deny", `ip daddr ${set(n.deny)} counter drop`, n.deny);
+    if (n.deny.length > 0) drop(c, "deny", `ip daddr ${set(n.deny)}`, "deny", n.vni, n.deny);
     if (n.allow.length > 0) {
       add(c, "allow", `ip daddr ${set(n.allow)} accept`, n.allow);
-      add(c, "not-allowed", "counter drop");
+      drop(c, "not-allowed", "", "not-allowed", n.vni);
     } else {
       add(c, "anywhere", "accept");
     }
@@ -91,16 +112,27 @@ function tableModel(spec: EgressSpec, nets: readonly PlacedNetwork[]): { chains:
     add("input", `${n.bridge} gateway-ping`, `${i} ip daddr ${n.gateway} icmp type echo-request accept`, [n.bridge, n.gateway]);
     add("input", `${n.bridge} gateway-dns`, `${i} ip daddr ${n.gateway} meta l4proto { tcp, udp } th dport 53 accept`, [n.bridge, n.gateway, 53]);
   });
-  add("input", "host-drop", `iifname "vmnet*" counter drop`, ["vmnet*"]);
+  drop("input", "host-drop", `iifname "vmnet*"`, "host", undefined, ["vmnet*"]);
 
   each((n, i) => add("post_nat", `${n.bridge} nat`, `${i} oifname "${up}" meta nfproto ipv4 masquerade`, [n.bridge, up]));
   return { chains, rules };
 }
 
-/** The whole table as one `nft -f` transaction that replaces only our table. */
-export function renderEgress(spec: EgressSpec, nets: readonly PlacedNetwork[]): string {
+/**
+ * The whole table as one `nft -f` transaction that replaces only our table. `counts` carries
+ * the drop counters' values over the replacement.
+ */
+export function renderEgress(
+  spec: EgressSpec,
+  nets: readonly PlacedNetwork[],
+  counts: ReadonlyMap<string, { packets: number; bytes: number }> = new Map(),
+): string {
   const { chains, rules } = tableModel(spec, nets);
   const lines = [`table inet ${EGRESS_TABLE}`, `delete table inet ${EGRESS_TABLE}`, `table inet ${EGRESS_TABLE} {`];
+  for (const c of rules.flatMap((r) => (r.counter ? [r.counter] : []))) {
+    const n = counts.get(c);
+    lines.push(`  counter ${c} {${n ? ` packets ${n.packets} bytes ${n.bytes}` : ""} }`);
+  }
   for (const c of chains) {
     lines.push(`  chain ${c.name} {`);
     if (c.base) lines.push(`    type ${c.base.type} hook ${c.base.hook} priority ${c.base.prio}; policy accept;`);
@@ -175,6 +207,25 @@ export function egressDrift(spec: EgressSpec, nets: readonly PlacedNetwork[], js
       const missing = w.literals.filter((l) => !values.has(l));
       if (missing.length > 0) out.push(`chain ${c.name}: rule "${w.comment}" lacks ${missing.join(", ")}`);
     });
+  }
+  const haveCounters = new Set(objects(json, "counter").map((c) => String(c.name)));
+  for (const r of rules) if (r.counter && !haveCounters.has(r.counter)) out.push(`counter ${r.counter} missing`);
+  return out;
+}
+
+/** Counter values by name, from `nft -j list table inet noid_egress`. */
+export function counterValues(json: string): Map<string, { packets: number; bytes: number }> {
+  return new Map(objects(json, "counter").map((c) => [String(c.name), { packets: Number(c.packets ?? 0), bytes: Number(c.bytes ?? 0) }]));
+}
+
+/** The drops so far, per kind for all networks and per network and kind (counters that exist). */
+export function egressDrops(json: string): EgressDrop[] {
+  const out: EgressDrop[] = [];
+  for (const [name, v] of counterValues(json)) {
+    const m = /^drop_(?:(\d+)_)?([a-z_]+)$/.exec(name);
+    const kind = m?.[2]?.replace(/_/g, "-") as DropKind | undefined;
+    if (!m || !kind || !DROP_KINDS.includes(kind)) continue;
+    out.push({ ...(m[1] !== undefined ? { vni: Number(m[1]) } : {}), kind, ...v });
   }
   return out;
 }

@@ -2,7 +2,7 @@
 // rules, routes, one nft table replacement) that make the host match; their commands; the
 // parsing of what `ip -j` shows. The design is described in egress-spec.ts; the ruleset is
 // egress-ruleset.ts. egress-apply.ts runs the actions.
-import { renderEgress, egressDrift } from "./egress-ruleset.js";
+import { counterValues, egressDrift, renderEgress } from "./egress-ruleset.js";
 import {
   EGRESS_SYSCTLS,
   EGRESS_TABLE,
@@ -83,7 +83,10 @@ export function planEgress(spec: EgressSpec, observed: EgressObserved): EgressAc
   for (const route of minus(want.routes, observed.routes, routeKey)) actions.push({ kind: "route-add", route });
   for (const rule of minus(want.rules, observed.rules, ruleKey)) actions.push({ kind: "rule-add", rule });
   const drift = egressDrift(spec, nets, observed.nft);
-  if (drift.length > 0) actions.push({ kind: "nft", script: renderEgress(spec, nets), drift });
+  if (drift.length > 0) {
+    const counts = observed.nft !== undefined ? counterValues(observed.nft) : new Map<string, { packets: number; bytes: number }>();
+    actions.push({ kind: "nft", script: renderEgress(spec, nets, counts), drift });
+  }
   for (const rule of minus(observed.rules, want.rules, ruleKey)) actions.push({ kind: "rule-del", rule });
   for (const route of minus(observed.routes, want.routes, routeKey)) actions.push({ kind: "route-del", route });
   return actions;

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ProcessRef, isAlive, killProcess, processRef, run, spawnDetached } from "../../common/run.js";
 import { createLab, destroyLab, labLeftovers, type Lab, type LabHost } from "../../deploy/lab/lab.js";
 import { pingArgv } from "../../deploy/lab/probe.js";
-import { type EgressHost, applyEgress, detectUplink, egressDiff, removeEgress } from "../../agent/network/egress-apply.js";
+import { type EgressHost, applyEgress, detectUplink, egressDiff, readEgressDrops, removeEgress } from "../../agent/network/egress-apply.js";
 import { EGRESS_TABLE, type EgressNetwork, type EgressSpec, describeEgressAction } from "../../agent/network/egress.js";
 import { gatewayMac } from "../../mesh/names.js";
 
@@ -82,6 +82,8 @@ async function waitExit(p: ProcessRef): Promise<void> {
   for (let i = 0; i < 300 && isAlive(p); i++) await sleep(50);
 }
 const nftText = async () => (await run(["nft", "list", "table", "inet", EGRESS_TABLE], { netns: h1.netns, allowFail: true })).stdout;
+const drops = async (kind: string, vni?: number) =>
+  (await readEgressDrops(eh)).find((d) => d.kind === kind && d.vni === vni)?.packets ?? 0;
 const ipRules = async () => (await run(["ip", "rule", "show"], { netns: h1.netns })).stdout;
 
 beforeAll(async () => {
@@ -222,6 +224,12 @@ describe("egress on a lab host", () => {
       ping(vm("x1"), h2.address), // another host of the cluster
     ]);
     expect(blocked).toEqual([false, false, false, false, false]);
+    // Each refusal was counted where it happened.
+    expect(await drops("deny-all", 4103)).toBeGreaterThan(0);
+    expect(await drops("deny", 4104)).toBeGreaterThan(0);
+    expect(await drops("not-allowed", 4104)).toBeGreaterThan(0);
+    expect(await drops("protect", 4101)).toBeGreaterThan(0);
+    expect(await drops("deny-all", 4101)).toBe(0);
   });
 
   it("denies inbound connections, routing between networks, and the host's own services", async () => {
@@ -233,6 +241,7 @@ describe("egress on a lab host", () => {
       refused(vmNs(vm("x1")), "10.20.0.1", HOST_PORT).then((r) => !r),
     ]);
     expect(reached).toEqual([false, false, false, false, false]);
+    for (const kind of ["inbound", "between-networks", "host"]) expect(await drops(kind)).toBeGreaterThan(0);
   });
 
   it("detects drift (a deleted nft rule, a deleted ip rule) and repairs it", async () => {
@@ -247,7 +256,9 @@ describe("egress on a lab host", () => {
     const drift = (await egressDiff(spec(), eh)).map(describeEgressAction).join("\n");
     expect(drift).toMatch(/between-networks/);
     expect(drift).toContain(`fwmark ${fwmarkRule![1]}`);
+    const counted = await drops("deny-all", 4103);
     expect((await applyEgress(spec(), eh)).length).toBe(2);
+    expect(await drops("deny-all", 4103)).toBe(counted); // counts survive the table's replacement
     expect(await egressDiff(spec(), eh)).toEqual([]);
     expect(await ping(vm("x1"), vm("z1").ip)).toBe(false);
   });

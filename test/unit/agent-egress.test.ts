@@ -13,6 +13,7 @@ import {
   desiredRouting,
   egressCommand,
   egressDrift,
+  egressDrops,
   egressNetworkOf,
   markOf,
   normalizeCidrs,
@@ -40,9 +41,12 @@ const spec: EgressSpec = {
  */
 function listed(text: string, edit: (rules: { chain: string; comment: string; expr: unknown[] }[]) => void = () => undefined): string {
   const chains: Record<string, unknown>[] = [];
+  const counters: Record<string, unknown>[] = [];
   const rules: { chain: string; comment: string; expr: unknown[] }[] = [];
   let chain = "";
   for (const line of text.split("\n")) {
+    const k = /^ {2}counter (\S+) \{(?: packets (\d+) bytes (\d+))? \}$/.exec(line);
+    if (k) counters.push({ family: "inet", table: "noid_egress", name: k[1], packets: Number(k[2] ?? 0), bytes: Number(k[3] ?? 0) });
     const c = /^ {2}chain (\S+) \{$/.exec(line);
     if (c) {
       chain = c[1]!;
@@ -65,6 +69,7 @@ function listed(text: string, edit: (rules: { chain: string; comment: string; ex
     nftables: [
       { metainfo: { version: "1.0.6", json_schema_version: 1 } },
       { table: { family: "inet", name: "noid_egress", handle: 9 } },
+      ...counters.map((counter) => ({ counter })),
       ...chains.map((chain) => ({ chain })),
       ...rules.map((rule, i) => ({ rule: { family: "inet", table: "noid_egress", handle: 100 + i, ...rule } })),
     ],
@@ -176,11 +181,11 @@ describe("egress ruleset", () => {
 
   it("isolates networks, clamps MSS, admits only replies inbound", () => {
     expect(text).toContain(`iifname "vmnet4101" oifname "vmnet4101" accept`);
-    expect(text).toContain(`iifname "vmnet*" oifname "vmnet*" counter drop comment "between-networks"`);
+    expect(text).toContain(`iifname "vmnet*" oifname "vmnet*" counter name "drop_between_networks" drop comment "between-networks"`);
     expect(text).toContain(`iifname "vmnet*" tcp flags syn tcp option maxseg size set rt mtu`);
     expect(text).toContain(`oifname "vmnet*" ct state established,related accept`);
-    expect(text).toContain(`oifname "vmnet*" counter drop comment "inbound-drop"`);
-    expect(text).toContain(`iifname "vmnet*" counter drop comment "egress-drop"`);
+    expect(text).toContain(`oifname "vmnet*" counter name "drop_inbound" drop comment "inbound-drop"`);
+    expect(text).toContain(`iifname "vmnet*" counter name "drop_egress" drop comment "egress-drop"`);
   });
 
   it("writes each network's policy: anywhere, deny-all, allow minus deny; protected first", () => {
@@ -188,15 +193,29 @@ describe("egress ruleset", () => {
     const body = (vni: number) => [...text.matchAll(chain(vni))].find((m) => m[1] === String(vni))![2]!.split("\n").map((l) => l.trim());
     expect(body(4101)).toEqual([
       `ct status dnat accept comment "exposed-replies"`,
-      `ip daddr 10.99.0.2/32 counter drop comment "protect"`,
+      `ip daddr 10.99.0.2/32 counter name "drop_4101_protect" drop comment "protect"`,
       `accept comment "anywhere"`,
     ]);
-    expect(body(4102).slice(2)).toEqual([`counter drop comment "deny-all"`]);
+    expect(body(4102).slice(2)).toEqual([`counter name "drop_4102_deny_all" drop comment "deny-all"`]);
     expect(body(4103).slice(2)).toEqual([
-      `ip daddr 192.0.2.9/32 counter drop comment "deny"`,
+      `ip daddr 192.0.2.9/32 counter name "drop_4103_deny" drop comment "deny"`,
       `ip daddr 192.0.2.0/24 accept comment "allow"`,
-      `counter drop comment "not-allowed"`,
+      `counter name "drop_4103_not_allowed" drop comment "not-allowed"`,
     ]);
+  });
+
+  it("keeps drop counts over a replacement and reads them back per network and kind", () => {
+    const nets = placeNetworks(spec, []);
+    const counts = new Map([["drop_4102_deny_all", { packets: 7, bytes: 588 }], ["drop_between_networks", { packets: 2, bytes: 168 }]]);
+    const text = renderEgress(spec, nets, counts);
+    expect(text).toContain("  counter drop_4102_deny_all { packets 7 bytes 588 }");
+    expect(text).toContain("  counter drop_4103_not_allowed { }");
+    const drops = egressDrops(listed(text));
+    expect(drops).toContainEqual({ vni: 4102, kind: "deny-all", packets: 7, bytes: 588 });
+    expect(drops).toContainEqual({ kind: "between-networks", packets: 2, bytes: 168 });
+    expect(drops).toContainEqual({ vni: 4101, kind: "protect", packets: 0, bytes: 0 });
+    const plan = planEgress(spec, { ...matching(spec), nft: listed(text, (rs) => rs.pop()) });
+    expect(plan[0]!.kind === "nft" && plan[0]!.script).toContain("counter drop_4102_deny_all { packets 7 bytes 588 }");
   });
 });
 
