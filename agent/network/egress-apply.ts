@@ -14,6 +14,7 @@ import {
   egressDrops,
   parseEgressRoutes,
   parseEgressRules,
+  placeNetworks,
   planEgress,
 } from "./egress.js";
 
@@ -60,6 +61,7 @@ async function runAction(a: EgressAction, h: EgressHost): Promise<void> {
  * on one host: the caller serializes applies.
  */
 export async function applyEgress(spec: EgressSpec, h: EgressHost): Promise<EgressAction[]> {
+  placeNetworks(spec, []); // bad input fails here, before anything is read or changed
   const have = await links(h);
   if (!have.has(spec.uplink)) throw precondition(`egress: uplink ${spec.uplink} does not exist`);
   for (const n of spec.networks) {

@@ -201,6 +201,7 @@ export function assignSlots(
 /** Validates the spec and places every network in its slot. */
 export function placeNetworks(spec: EgressSpec, observed: readonly ObservedRule[], routes: readonly ObservedRoute[] = []): PlacedNetwork[] {
   if (!IFNAME_RE.test(spec.uplink) || spec.uplink.startsWith("vmnet")) throw invalid("uplink", `"${spec.uplink}" is not an uplink interface name`);
+  normalizeCidrs("protect", spec.protect ?? []);
   const seen = new Set<number>();
   for (const n of spec.networks) {
     checkVni(n.vni);

@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { detectUplink } from "../../agent/network/egress-apply.js";
+import { applyEgress, detectUplink } from "../../agent/network/egress-apply.js";
 import { recordingRunner } from "../../common/run.js";
 import {
   EGRESS_SYSCTLS,
@@ -298,6 +298,15 @@ describe("egress observation parsing", () => {
     const routes = `[{"dst":"10.20.0.0/24","dev":"vmnet1","table":"1852768257","scope":"link","flags":[]},{"dst":"10.20.0.0/24","dev":"vmnet1","protocol":"kernel","scope":"link","prefsrc":"10.20.0.1","flags":[]},{"type":"local","dst":"10.20.0.1","dev":"vmnet1","table":"local","protocol":"kernel","scope":"host","prefsrc":"10.20.0.1","flags":[]}]`;
     expect(parseEgressRoutes(routes)).toEqual([{ table: 1852768257, dst: "10.20.0.0/24", dev: "vmnet1" }]);
     expect(parseEgressRules("")).toEqual([]);
+  });
+});
+
+describe("egress apply", () => {
+  it("refuses a bad spec before running any command", async () => {
+    const runner = recordingRunner();
+    await expect(applyEgress({ ...spec, uplink: "eth0;x" }, { runner })).rejects.toMatchObject({ code: "INVALID_ARGUMENT", field: "uplink" });
+    await expect(applyEgress({ ...spec, protect: ["nope"] }, { runner })).rejects.toMatchObject({ code: "INVALID_ARGUMENT", field: "protect" });
+    expect(runner.calls).toEqual([]);
   });
 });
 
