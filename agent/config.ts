@@ -23,6 +23,11 @@ export const agentConfigSchema = z
       .refine(isDnsLabel, "must be a DNS label (a-z, 0-9, '-')"),
     /** Underlay address other hosts reach this one on. */
     address: z.string().default(""),
+    /** Interface tenant egress is NATed to; empty: the default route's, else the one holding `address`. */
+    uplink: z
+      .string()
+      .regex(/^([A-Za-z0-9_.-]{1,15})?$/, "an interface name")
+      .default(""),
     state_dir: z.string().min(1).default("/var/lib/noid/agent"),
     /** Prefix of machine-wide names (VM namespaces); unique per agent on one machine. */
     ns_prefix: z
@@ -64,6 +69,7 @@ export const agentConfigSchema = z
     tokenFile: c.token_file,
     name: c.name,
     address: c.address,
+    uplink: c.uplink,
     stateDir: c.state_dir,
     nsPrefix: c.ns_prefix,
     capacity: { vcpus: c.capacity.vcpus, memoryMb: c.capacity.memory_mb, diskGb: c.capacity.disk_gb },

@@ -14,6 +14,7 @@ const MAP: [env: string, key: string][] = [
   ["NOID_TOKEN_FILE", "token_file"],
   ["NOID_NAME", "name"],
   ["NOID_ADDRESS", "address"],
+  ["NOID_UPLINK", "uplink"],
   ["NOID_STATE_DIR", "state_dir"],
   ["NOID_NS_PREFIX", "ns_prefix"],
   ["NOID_LOG_LEVEL", "log_level"],

@@ -34,6 +34,7 @@ interface Flags {
   coordinator?: string;
   name?: string;
   address?: string;
+  uplink?: string;
   stateDir?: string;
   tokenFile?: string;
   nsPrefix?: string;
@@ -64,6 +65,7 @@ export function flagsToLayer(f: Flags): Record<string, unknown> {
     coordinator: f.coordinator,
     name: f.name,
     address: f.address,
+    uplink: f.uplink,
     state_dir: f.stateDir,
     token_file: f.tokenFile,
     ns_prefix: f.nsPrefix,
@@ -81,6 +83,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     .option("--coordinator <addr>", "host:port or unix:/path")
     .option("--name <name>", "host name (DNS label)")
     .option("--address <ip>", "underlay address")
+    .option("--uplink <ifname>", "interface tenant egress is NATed to (default: the default route's)")
     .option("--state-dir <dir>", "agent state directory")
     .option("--token-file <file>", "file holding the bearer token")
     .option("--ns-prefix <prefix>", "prefix of VM namespace names")

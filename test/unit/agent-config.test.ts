@@ -20,6 +20,9 @@ describe("agent config", () => {
     expect(() => parseAgentConfig({ coordinator: "x:1", name: "Bad_Name" })).toThrow(/name/);
     expect(() => parseAgentConfig({ coordinator: "x:1", name: "h1", capacity: { vcpus: -1 } })).toThrow(/capacity\.vcpus/);
     expect(() => parseAgentConfig({ coordinator: "x:1", name: "h1", colour: "blue" })).toThrow();
+    expect(c.uplink).toBe("");
+    expect(parseAgentConfig({ coordinator: "x:1", name: "h1", uplink: "eth0" }).uplink).toBe("eth0");
+    expect(() => parseAgentConfig({ coordinator: "x:1", name: "h1", uplink: "eth0; rm" })).toThrow(/uplink/);
   });
 
   it("reads NOID_* env in one place", () => {
