@@ -3,14 +3,14 @@
 // are handed to the driver only; nothing here logs or stores them.
 import type { Logger } from "pino";
 import type { AgentExecCommand, AgentExecOutput } from "../gen/noid/v1/agent.js";
-import type { HypervisorDriver } from "./drivers/driver.js";
+import type { DriverSet } from "./drivers/driver-set.js";
 
 export class ExecRunner {
   private readonly running = new Set<string>();
   private readonly cancelled = new Set<string>();
 
   constructor(
-    private readonly driver: HypervisorDriver,
+    private readonly drivers: DriverSet,
     private readonly logger: Logger,
   ) {}
 
@@ -22,11 +22,12 @@ export class ExecRunner {
     };
     void (async () => {
       try {
-        if (!this.driver.capabilities().exec || !this.driver.exec) throw new Error(`driver ${this.driver.name} does not support exec`);
-        const vm = await this.driver.inspect(cmd.vmId);
-        if (!vm || vm.state !== "running") throw new Error(`VM ${cmd.vmId} is not running on this host`);
-        this.logger.info({ execId, vmId: cmd.vmId, command: cmd.argv[0], envNames: Object.keys(cmd.env) }, "exec");
-        const r = await this.driver.exec(cmd.vmId, cmd.argv, { env: cmd.env, timeoutMs: cmd.timeoutSeconds * 1000 });
+        const found = await this.drivers.find(cmd.vmId);
+        if (!found || found.vm.state !== "running") throw new Error(`VM ${cmd.vmId} is not running on this host`);
+        const { driver } = found;
+        if (!driver.capabilities().exec || !driver.exec) throw new Error(`driver ${driver.name} does not support exec`);
+        this.logger.info({ execId, vmId: cmd.vmId, driver: driver.name, command: cmd.argv[0], envNames: Object.keys(cmd.env) }, "exec");
+        const r = await driver.exec(cmd.vmId, cmd.argv, { env: cmd.env, timeoutMs: cmd.timeoutSeconds * 1000 });
         if (r.stdout) out({ output: { kind: { $case: "stdout", value: Buffer.from(r.stdout) } }, error: "" });
         if (r.stderr) out({ output: { kind: { $case: "stderr", value: Buffer.from(r.stderr) } }, error: "" });
         out({ output: { kind: { $case: "exit", value: { exitCode: r.exitCode, signal: "", timedOut: r.timedOut ?? false } } }, error: "" });
