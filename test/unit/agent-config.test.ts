@@ -1,9 +1,9 @@
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { defaultGuestDir, mergeLayers, parseAgentConfig } from "../../agent/config.js";
-import { driversFromConfig } from "../../agent/drivers/from-config.js";
+import { driversFromConfig, recordsDir } from "../../agent/drivers/from-config.js";
 import { silentLogger } from "../../common/logger.js";
 import { readAgentEnv } from "../../agent/env.js";
 import { loadConfig } from "../../agent/main.js";
@@ -91,6 +91,12 @@ describe("agent config", () => {
       code: "INVALID_ARGUMENT",
       message: expect.stringMatching(/firecracker is enabled but cannot run on this host: .*no-firecracker is not an executable file/),
     });
+    // A driver no longer enabled that still has VMs here is kept to manage them, not offered.
+    const stateDir = join(dir, "retire");
+    mkdirSync(recordsDir(stateDir, "qemu"), { recursive: true });
+    writeFileSync(join(recordsDir(stateDir, "qemu"), "0123456789.json"), "{}");
+    const retiring = await driversFromConfig(parseAgentConfig({ ...base, state_dir: stateDir, drivers: ["sandbox"] }), silentLogger());
+    expect([retiring.names, retiring.retired]).toEqual([["sandbox"], ["qemu"]]);
     const noQemu = parseAgentConfig({ ...base, drivers: ["qemu"], qemu: { binary: "no-such-qemu-binary" } });
     await expect(driversFromConfig(noQemu, silentLogger())).rejects.toMatchObject({ message: expect.stringMatching(/no-such-qemu-binary is not an executable on PATH/) });
   });

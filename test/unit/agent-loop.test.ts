@@ -195,6 +195,26 @@ describe("agent reconcile loop", () => {
     expect(driver.calls).toEqual(["create a", "start a"]);
   });
 
+  it("a retired driver (no longer enabled) keeps managing its VMs but gets no new ones", async () => {
+    const driver = new FakeDriver();
+    const old = new FakeDriver("qemu");
+    await old.create(spec("a"));
+    await old.start("a");
+    old.calls = [];
+    const reports: VmStatusReport[] = [];
+    const loop = new ReconcileLoop({ drivers: new DriverSet([driver], [old]), onStatus: (r) => reports.push(r), logger: silentLogger() });
+    expect((await loop.start()).map((v) => v.id)).toEqual(["a"]);
+    loop.setDesired([want("a", "running", "qemu"), want("b", "running", "qemu")]);
+    await loop.idle();
+    expect(old.calls).toEqual([]); // a runs on, untouched
+    expect(reports.find((r) => r.vmId === "a")?.phase).toBe(VmPhase.VM_PHASE_RUNNING);
+    expect(reports.find((r) => r.vmId === "b")).toMatchObject({ phase: VmPhase.VM_PHASE_FAILED, reason: 'driver "qemu" is not enabled on this host (enabled: fake)' });
+    loop.remove("a");
+    await loop.idle();
+    expect(old.calls).toEqual(["destroy a"]);
+    await loop.stop();
+  });
+
   it("a VM keeps the driver that has it, whatever the default", async () => {
     const qemu = new FakeDriver("qemu");
     const { driver, loop } = setup(() => 0, [qemu]);
