@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { defaultGuestDir, mergeLayers, parseAgentConfig } from "../../agent/config.js";
+import { defaultGuestDir, mergeLayers, parseAgentConfig, readConfigFile } from "../../agent/config.js";
 import { driversFromConfig, recordsDir } from "../../agent/drivers/from-config.js";
 import { silentLogger } from "../../common/logger.js";
 import { readAgentEnv } from "../../agent/env.js";
@@ -97,6 +97,9 @@ describe("agent config", () => {
     writeFileSync(join(recordsDir(stateDir, "qemu"), "0123456789.json"), "{}");
     const retiring = await driversFromConfig(parseAgentConfig({ ...base, state_dir: stateDir, drivers: ["sandbox"] }), silentLogger());
     expect([retiring.names, retiring.retired]).toEqual([["sandbox"], ["qemu"]]);
+    // The example config parses as documented.
+    const example = readConfigFile(join(import.meta.dirname, "../../deploy/config/agent.toml"), true);
+    expect(parseAgentConfig(example)).toMatchObject({ drivers: ["sandbox"], qemu: { accel: "auto", bootTimeoutMs: 60_000 }, firecracker: { uid: 65534 } });
     const noQemu = parseAgentConfig({ ...base, drivers: ["qemu"], qemu: { binary: "no-such-qemu-binary" } });
     await expect(driversFromConfig(noQemu, silentLogger())).rejects.toMatchObject({ message: expect.stringMatching(/no-such-qemu-binary is not an executable on PATH/) });
   });
