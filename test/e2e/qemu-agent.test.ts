@@ -11,8 +11,8 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { repoRoot, startLocalCluster, waitFor, type LocalCluster } from "../../deploy/cluster.js";
 import { labLeftovers } from "../../deploy/lab/lab.js";
-import { isAlive, run, type ProcessRef } from "../../common/run.js";
-import { Role, VmPhase, type NoidClient, type Vm } from "../../sdk/index.js";
+import { isAlive, killProcess, run, type ProcessRef } from "../../common/run.js";
+import { HostState, Role, VmPhase, type NoidClient, type Vm } from "../../sdk/index.js";
 import { run as noidctl } from "../../cli/program.js";
 import type { QemuRecord } from "../../agent/drivers/qemu/records.js";
 
@@ -69,7 +69,7 @@ describe("agent with the qemu driver: a real guest through coordinator and agent
     expect(records()).toEqual([]);
   });
 
-  it("boots a qemu guest, runs commands in it through exec, stops and destroys it, leaving nothing", async () => {
+  it("boots a qemu guest, runs commands in it through exec, adopts it after an agent SIGKILL, stops and destroys it, leaving nothing", async () => {
     const keepBefore = sandboxPids();
     const created = await alice.createVm("guest", { vcpus: 1, memoryMb: 192, driver: "qemu" });
     const vm = await phase("guest", VmPhase.VM_PHASE_RUNNING, BOOT_MS);
@@ -102,6 +102,22 @@ describe("agent with the qemu driver: a real guest through coordinator and agent
     });
     expect(code, out).toBe(0);
     expect(out.trim()).toBe(vm.status!.mac.toLowerCase());
+
+    // The agent is SIGKILLed and restarted: both drivers adopt their VMs, nothing is restarted.
+    const bootId = (await alice.exec("guest", ["cat", "/proc/sys/kernel/random/boot_id"])).stdout.toString().trim();
+    await killProcess(cluster.agents[0]!, 0);
+    await cluster.startAgent(0);
+    await waitFor("host1 READY again", async () => ((await cluster.client().getHost("host1")).state === HostState.HOST_STATE_READY ? true : undefined), 60_000);
+    await new Promise((r) => setTimeout(r, 2000)); // time to reconcile (it would recreate what it did not adopt)
+    expect(recordOf(created.id)?.qemu).toEqual(rec.qemu);
+    expect(isAlive(rec.qemu!)).toBe(true);
+    const again = await waitFor("exec after the agent restart", async () => {
+      const r = await alice.exec("guest", ["cat", "/proc/sys/kernel/random/boot_id"]);
+      return r.exitCode === 0 ? r : undefined;
+    }, 30_000);
+    expect(again.stdout.toString().trim()).toBe(bootId);
+    expect(sandboxPids()).toBe(keepBefore);
+    expect((await alice.getVm("guest")).status?.phase).toBe(VmPhase.VM_PHASE_RUNNING);
 
     await alice.stopVm("guest");
     await phase("guest", VmPhase.VM_PHASE_STOPPED, 60_000);
