@@ -36,7 +36,7 @@ describe("FAILED VMs release their host", () => {
       const v = await admin.getVm("bad");
       return v.status?.phase === VmPhase.VM_PHASE_FAILED ? v : undefined;
     }, 10_000, "bad FAILED");
-    expect(failed.status).toMatchObject({ hostId: "", hostName: "", reason: 'on host host-f: create: image "no-such-image" not found' });
+    expect(failed!.status).toMatchObject({ hostId: "", hostName: "", reason: 'on host host-f: create: image "no-such-image" not found' });
     // The agent is told the VM is no longer its own, and the freed room goes to the waiting VM.
     await eventually(() => !agent.vms.has(bad.id), 10_000, "bad removed from host-f");
     const next = await eventually(async () => {
@@ -45,7 +45,7 @@ describe("FAILED VMs release their host", () => {
     }, 10_000, "next placed on host-f");
     expect((await admin.getHost("host-f")).allocated?.vcpus).toBe(2);
     // A FAILED VM is not placed again by itself, even when room appears.
-    agent.report(next.id, VmPhase.VM_PHASE_FAILED, { reason: "start: guest did not boot" });
+    agent.report(next!.id, VmPhase.VM_PHASE_FAILED, { reason: "start: guest did not boot" });
     await eventually(async () => (await admin.getHost("host-f")).allocated?.vcpus === 0, 10_000, "host-f empty");
     await new Promise((r) => setTimeout(r, 300));
     expect((await admin.getVm("bad")).status).toMatchObject({ phase: VmPhase.VM_PHASE_FAILED, hostId: "" });
