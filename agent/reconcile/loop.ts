@@ -9,6 +9,10 @@
 // goes to the driver the plan names. A create, start or stop that throws, or a VM seen
 // failed, is given up on under its current desired state (see plan.ts); only a destroy that
 // throws is retried, with backoff.
+//
+// A start may take long (a QEMU guest boots for seconds under TCG, up to its boot timeout):
+// it is applied in flight, not awaited by the pass, so other VMs are not held up. A VM with
+// an action in flight is left out of plans until it settles; then a pass verifies it.
 import type { Logger } from "../../common/logger.js";
 import type { VmStatusReport } from "../../gen/noid/v1/agent.js";
 import { VmPhase } from "../../gen/noid/v1/vm.js";
@@ -51,6 +55,9 @@ export class ReconcileLoop {
   /** VMs given up on: the desired state they failed under, and why. */
   private readonly givenUp = new Map<string, { desired: string; reason: string }>();
   private running: Promise<PassResult> | undefined;
+  /** Starts in flight, by VM; each kicks a pass when it settles. */
+  private readonly inflight = new Map<string, Promise<void>>();
+  private stopped = false;
   private again = false;
   private timer: NodeJS.Timeout | undefined;
   private readonly now: () => number;
@@ -69,10 +76,12 @@ export class ReconcileLoop {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     this.again = false;
     await this.running?.catch(() => undefined);
+    await Promise.allSettled([...this.inflight.values()]);
   }
 
   /** Replaces the whole desired set (a snapshot from the coordinator). */
@@ -101,7 +110,7 @@ export class ReconcileLoop {
 
   /** Requests a pass; passes never overlap, and changes during one cause another. */
   kick(): void {
-    if (this.desired === undefined) return;
+    if (this.desired === undefined || this.stopped) return;
     if (this.running) {
       this.again = true;
       return;
@@ -116,9 +125,13 @@ export class ReconcileLoop {
     this.running.catch((e: unknown) => this.opts.logger.error({ err: e }, "reconcile pass failed"));
   }
 
-  /** Resolves when no pass is running or queued (for tests and shutdown). */
+  /** Resolves when no pass is running or queued and nothing is in flight (for tests and shutdown). */
   async idle(): Promise<void> {
-    while (this.running) await this.running.catch(() => undefined);
+    for (;;) {
+      if (this.running) await this.running.catch(() => undefined);
+      else if (this.inflight.size > 0) await Promise.allSettled([...this.inflight.values()]);
+      else return;
+    }
   }
 
   /** One pass: rounds of observe -> plan -> apply until the plan is empty. */
@@ -138,7 +151,8 @@ export class ReconcileLoop {
       const byId = new Map(observed.map((o) => [o.id, o]));
       for (const a of actions) {
         applied.push(a);
-        await this.apply(a, byId.get(a.vmId));
+        if (a.kind === "start") this.inFlight(a.vmId, this.apply(a, byId.get(a.vmId)));
+        else await this.apply(a, byId.get(a.vmId));
       }
     }
     return { converged: false, rounds: maxRounds, applied };
@@ -158,7 +172,16 @@ export class ReconcileLoop {
     this.givenUp.set(vmId, { desired: this.desired?.get(vmId)?.state ?? "absent", reason });
   }
 
+  private inFlight(vmId: string, p: Promise<void>): void {
+    const tracked = p.finally(() => {
+      this.inflight.delete(vmId);
+      this.kick();
+    });
+    this.inflight.set(vmId, tracked);
+  }
+
   private mayAct(vmId: string): boolean {
+    if (this.inflight.has(vmId)) return false;
     const f = this.failures.get(vmId);
     if (!f) return true;
     const d = this.desired?.get(vmId);

@@ -195,6 +195,35 @@ describe("agent reconcile loop", () => {
     expect(driver.calls).toEqual(["create a", "start a"]);
   });
 
+  it("a slow start (a booting guest) is in flight: other VMs go on, and the VM is reported when it is up", async () => {
+    const qemu = new FakeDriver("qemu");
+    let boot!: () => void;
+    const booted = new Promise<void>((r) => (boot = r));
+    const start = qemu.start.bind(qemu);
+    let starts = 0;
+    qemu.start = async (id) => {
+      starts++;
+      await booted;
+      return start(id);
+    };
+    const { driver, loop, phases } = setup(() => 0, [qemu]);
+    loop.setDesired([want("q", "running", "qemu")]);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(phases("q")).toEqual(["CREATING"]);
+    loop.upsert(want("s", "running"));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(driver.vms.get("s")?.state).toBe("running"); // not held up by q's boot
+    expect(phases("s")).toEqual(["CREATING", "RUNNING"]);
+    loop.kick(); // a resync while q boots
+    await new Promise((r) => setTimeout(r, 20));
+    expect(starts).toBe(1); // one start in flight, not one per pass
+    boot();
+    await loop.idle();
+    expect(phases("q")).toEqual(["CREATING", "RUNNING"]);
+    expect(qemu.calls).toEqual(["create q", "start q"]);
+    await loop.stop();
+  });
+
   it("a retired driver (no longer enabled) keeps managing its VMs but gets no new ones", async () => {
     const driver = new FakeDriver();
     const old = new FakeDriver("qemu");
