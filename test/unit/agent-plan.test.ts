@@ -129,4 +129,31 @@ describe("agent plan", () => {
       }),
     );
   });
+
+  it("property: never creates on a driver the host does not run, nor creates or starts a VM given up on", () => {
+    const ids = fc.constantFrom("a", "b", "c", "d");
+    const drivers = ["sandbox", "qemu"];
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(fc.record({ id: ids, state: fc.constantFrom<DesiredRunState>("running", "stopped", "deleted"), driver: fc.constantFrom("", "sandbox", "qemu", "firecracker") }), { selector: (r) => r.id }),
+        fc.uniqueArray(fc.record({ id: ids, state: fc.constantFrom<VmRunState>("running", "stopped", "failed"), driver: fc.constantFrom("sandbox", "qemu") }), { selector: (r) => r.id }),
+        fc.subarray(["a", "b", "c", "d"]),
+        (ds, os, gaveUp) => {
+          const failed = new Map(gaveUp.map((id) => [id, "boom"]));
+          const actions = plan(
+            ds.map((d) => want(d.id, d.state, d.driver)),
+            os.map((o) => ({ ...have(o.id, o.state), driver: o.driver })),
+            new Map(),
+            { drivers, failed },
+          );
+          for (const a of actions) {
+            if (a.kind === "create") expect(drivers).toContain(a.driver);
+            if (a.kind === "create" || a.kind === "start") expect(failed.has(a.vmId)).toBe(false);
+            const o = os.find((x) => x.id === a.vmId);
+            if (o && a.kind !== "report") expect(a.driver).toBe(o.driver); // a VM's driver never changes
+          }
+        },
+      ),
+    );
+  });
 });
