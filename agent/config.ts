@@ -3,6 +3,8 @@
 // so an error names the field whatever layer it came from.
 import { existsSync, readFileSync } from "node:fs";
 import { cpus, hostname, totalmem } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { parse as parseToml } from "smol-toml";
 import { z } from "zod";
 import { NoidError, invalid } from "../common/errors.js";
@@ -11,6 +13,49 @@ import { isDnsLabel } from "../common/names.js";
 export const DEFAULT_CONFIG_FILE = "/etc/noid/agent.toml";
 
 const positive = z.number().int().positive();
+
+export const DRIVER_NAMES = ["sandbox", "qemu", "firecracker"] as const;
+export type DriverName = (typeof DRIVER_NAMES)[number];
+
+/** Where deploy/guest/build.sh puts the test guest: <repo>/.noid/guest, found from this file (source or dist/). */
+export function defaultGuestDir(): string {
+  let d = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(d, "package.json")) && dirname(d) !== d) d = dirname(d);
+  return join(d, ".noid", "guest");
+}
+
+const qemuSchema = z
+  .object({
+    /** vmlinuz, initramfs.cpio.gz and rootfs.ext4 as deploy/guest/build.sh makes them. */
+    guest_dir: z.string().min(1).default(defaultGuestDir),
+    /** Override the guest's kernel / initramfs (default: in guest_dir). */
+    kernel: z.string().min(1).optional(),
+    initrd: z.string().min(1).optional(),
+    /** Named base images VmSpec.image refers to (default: guest_dir). */
+    images_dir: z.string().min(1).optional(),
+    accel: z.enum(["auto", "kvm", "tcg"]).default("auto"),
+    binary: z.string().min(1).default("qemu-system-x86_64"),
+    qemu_img: z.string().min(1).default("qemu-img"),
+    /** How long a start waits for the guest agent to answer. */
+    boot_timeout_ms: positive.default(60_000),
+  })
+  .strict();
+
+const firecrackerSchema = z
+  .object({
+    binary: z.string().min(1).default("/usr/local/bin/firecracker"),
+    jailer: z.string().min(1).default("/usr/local/bin/jailer"),
+    /** Uncompressed guest kernel (vmlinux); required when the driver is enabled. */
+    kernel: z.string().min(1).optional(),
+    initrd: z.string().min(1).optional(),
+    /** Base images VmSpec.image names; required when the driver is enabled. */
+    image_dir: z.string().min(1).optional(),
+    chroot_base: z.string().min(1).default("/srv/jailer"),
+    /** Firecracker runs as uid:gid once the jailer drops privileges. */
+    uid: z.number().int().nonnegative().default(65534),
+    gid: z.number().int().nonnegative().default(65534),
+  })
+  .strict();
 
 export const agentConfigSchema = z
   .object({
@@ -42,7 +87,14 @@ export const agentConfigSchema = z
       })
       .prefault({}),
     labels: z.record(z.string(), z.string()).default({}),
-    drivers: z.array(z.enum(["sandbox"])).min(1).default(["sandbox"]),
+    /** Drivers to run, the default (for VMs that name none) first. */
+    drivers: z
+      .array(z.enum(DRIVER_NAMES))
+      .min(1)
+      .default(["sandbox"])
+      .refine((d) => new Set(d).size === d.length, "lists a driver twice"),
+    qemu: qemuSchema.prefault({}),
+    firecracker: firecrackerSchema.prefault({}),
     /** Plaintext gRPC: only for a coordinator on a unix socket or loopback in tests and the demo. */
     insecure: z.boolean().default(false),
     tls: z
@@ -64,6 +116,12 @@ export const agentConfigSchema = z
       .prefault({}),
   })
   .strict()
+  .superRefine((c, ctx) => {
+    if (!c.drivers.includes("firecracker")) return;
+    for (const k of ["kernel", "image_dir"] as const) {
+      if (!c.firecracker[k]) ctx.addIssue({ code: "custom", path: ["firecracker", k], message: "is required when drivers includes firecracker" });
+    }
+  })
   .transform((c) => ({
     coordinator: c.coordinator,
     tokenFile: c.token_file,
@@ -75,6 +133,26 @@ export const agentConfigSchema = z
     capacity: { vcpus: c.capacity.vcpus, memoryMb: c.capacity.memory_mb, diskGb: c.capacity.disk_gb },
     labels: c.labels,
     drivers: c.drivers,
+    qemu: {
+      guestDir: c.qemu.guest_dir,
+      kernel: c.qemu.kernel,
+      initrd: c.qemu.initrd,
+      imagesDir: c.qemu.images_dir,
+      accel: c.qemu.accel,
+      binary: c.qemu.binary,
+      qemuImg: c.qemu.qemu_img,
+      bootTimeoutMs: c.qemu.boot_timeout_ms,
+    },
+    firecracker: {
+      binary: c.firecracker.binary,
+      jailer: c.firecracker.jailer,
+      kernel: c.firecracker.kernel ?? "",
+      initrd: c.firecracker.initrd,
+      imageDir: c.firecracker.image_dir ?? "",
+      chrootBase: c.firecracker.chroot_base,
+      uid: c.firecracker.uid,
+      gid: c.firecracker.gid,
+    },
     insecure: c.insecure,
     tls: { caFile: c.tls.ca_file, certFile: c.tls.cert_file, keyFile: c.tls.key_file },
     posture: {

@@ -1,4 +1,4 @@
-// Composition root of the agent: read config (file < NOID_* env < flags), build the driver,
+// Composition root of the agent: read config (file < NOID_* env < flags), build the drivers,
 // the reconcile loop and the session, run until SIGTERM/SIGINT. VMs keep running when the
 // agent stops; the next agent adopts them (driver.recover()).
 //
@@ -21,7 +21,7 @@ import {
   readToken,
 } from "./config.js";
 import { readAgentEnv } from "./env.js";
-import { SandboxDriver } from "./drivers/sandbox/sandbox.js";
+import { driversFromConfig } from "./drivers/from-config.js";
 import { ReconcileLoop } from "./reconcile/loop.js";
 import { PostureReporter } from "./posture/reporter.js";
 import { run } from "../common/run.js";
@@ -42,6 +42,7 @@ interface Flags {
   memoryMb?: string;
   diskGb?: string;
   label?: string[];
+  drivers?: string;
   insecure?: boolean;
   logLevel?: string;
 }
@@ -73,6 +74,7 @@ export function flagsToLayer(f: Flags): Record<string, unknown> {
     log_level: f.logLevel,
     capacity: { vcpus: int("vcpus", f.vcpus), memory_mb: int("memory_mb", f.memoryMb), disk_gb: int("disk_gb", f.diskGb) },
     ...(f.label?.length ? { labels } : {}),
+    ...(f.drivers !== undefined ? { drivers: f.drivers.split(",").map((d) => d.trim()).filter(Boolean) } : {}),
   };
 }
 
@@ -91,6 +93,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     .option("--memory-mb <n>")
     .option("--disk-gb <n>")
     .option("--label <k=v>", "host label (repeatable)", (v: string, acc: string[] = []) => [...acc, v])
+    .option("--drivers <list>", "drivers to run, comma separated, default first (sandbox,qemu,firecracker)")
     .option("--insecure", "plaintext gRPC (unix socket / loopback only)")
     .option("--log-level <level>")
     .exitOverride()
@@ -112,14 +115,12 @@ function channelCredentials(c: AgentConfig): ChannelCredentials {
 export async function main(argv: string[]): Promise<void> {
   const { config, token } = loadConfig(argv);
   const logger = createLogger({ name: "agent", level: config.logLevel }).child({ host: config.name });
-  const driver = new SandboxDriver({ stateDir: config.stateDir, nsPrefix: config.nsPrefix });
-  const caps = driver.capabilities();
-  if (!caps.resourceLimits) logger.warn({ reason: caps.limitsReason }, "sandbox VMs run without cgroup limits");
+  const drivers = await driversFromConfig(config, logger);
 
   // The loop reports through the session; the session feeds the loop. Tie the knot late.
   let session: AgentSession | undefined;
   const loop = new ReconcileLoop({
-    driver,
+    drivers,
     logger: logger.child({ component: "reconcile" }),
     onStatus: (r) => session?.report(r),
   });
@@ -145,7 +146,7 @@ export async function main(argv: string[]): Promise<void> {
     sink: loop,
     logger: logger.child({ component: "session" }),
     onState: (s) => logger.debug({ state: s }, "session state"),
-    exec: new ExecRunner(async () => driver, logger.child({ component: "exec" })),
+    exec: new ExecRunner(async (vmId) => (await drivers.find(vmId))?.driver, logger.child({ component: "exec" })),
   });
 
   const posture = new PostureReporter({
@@ -159,7 +160,7 @@ export async function main(argv: string[]): Promise<void> {
 
   await loop.start();
   session.start();
-  logger.info({ coordinator: config.coordinator, stateDir: config.stateDir }, "agent started");
+  logger.info({ coordinator: config.coordinator, stateDir: config.stateDir, drivers: drivers.names }, "agent started");
 
   await new Promise<void>((resolve) => {
     const shutdown = (sig: string): void => {

@@ -28,6 +28,8 @@ export interface ClusterOptions {
   outside?: boolean;
   /** Extra coordinator flags. */
   coordinatorArgs?: string[];
+  /** Drivers every agent runs, the default first (default: the agent's own default, sandbox). */
+  drivers?: string[];
 }
 
 export interface LocalCluster {
@@ -165,6 +167,7 @@ export async function startLocalCluster(o: ClusterOptions): Promise<LocalCluster
           String(cap.diskGb),
           "--label",
           `zone=z${i + 1}`,
+          ...(o.drivers ? ["--drivers", o.drivers.join(",")] : []),
         ],
         { logFile: join(o.dir, `agent-${h.name}.log`) },
       );

@@ -9,7 +9,7 @@ import { run as noidctl } from "../cli/program.js";
 import { isAlive } from "../common/run.js";
 import { Role, VmPhase } from "../sdk/index.js";
 import { labLeftovers } from "./lab/lab.js";
-import { readClusterState, startLocalCluster, stopLocalCluster } from "./cluster.js";
+import { readClusterState, repoRoot, startLocalCluster, stopLocalCluster } from "./cluster.js";
 
 const PREFIX = "nd";
 const DIR = "/run/noid-demo";
@@ -18,6 +18,11 @@ const CONTEXTS = ["demo", "demo-alice", "demo-bob"];
 const TENANTS: Record<string, string[]> = { alice: ["web-1", "web-2", "db"], bob: ["api-1", "api-2"] };
 
 const say = (s = "") => process.stdout.write(s + "\n");
+
+/** The hosts offer qemu too when its guest is built (deploy/guest/build.sh) and QEMU is installed; VMs still default to sandbox. */
+const qemuReady = (): boolean =>
+  existsSync(join(repoRoot, ".noid/guest/vmlinuz")) &&
+  (process.env.PATH ?? "").split(":").some((d) => d !== "" && existsSync(join(d, "qemu-system-x86_64")));
 
 const cliDeps = {
   env: process.env,
@@ -60,7 +65,8 @@ async function up(): Promise<void> {
     await down();
   }
   const t0 = Date.now();
-  const cluster = await startLocalCluster({ prefix: PREFIX, dir: DIR, hosts: 3, listen: LISTEN, outside: true });
+  const drivers = qemuReady() ? ["sandbox", "qemu"] : ["sandbox"];
+  const cluster = await startLocalCluster({ prefix: PREFIX, dir: DIR, hosts: 3, listen: LISTEN, outside: true, drivers });
   say(`coordinator on ${LISTEN} and ${cluster.socket} (embedded etcd); hosts: ${cluster.lab.hosts.map((h, i) => `${cluster.hostNames[i]} (${h.netns}, ${h.address})`).join(", ")}`);
   const admin = cluster.client();
 
@@ -96,7 +102,7 @@ Use it (contexts written to ${path}):
   npx noidctl --context demo list --all-users        # as admin
   npx noidctl --context demo-alice create web-3      # as tenant alice
   npx noidctl --context demo-bob list                # bob sees only his VMs
-  npx noidctl --context demo hosts
+  npx noidctl --context demo hosts${drivers.includes("qemu") ? "\n  npx noidctl --context demo-alice create vm-q --driver qemu --memory 256   # a real QEMU guest (TCG)" : ""}
 Logs: ${DIR}/*.log
 Stop: npm run demo -- --down`);
   process.exit(0);

@@ -33,6 +33,7 @@ export function desiredFromVm(vm: Vm, defaultPrefixLen = 24): DesiredVm {
   return {
     id: vm.id,
     state: desiredState(vm.desiredState),
+    driver: spec?.driver ?? "",
     spec: {
       id: vm.id,
       vcpus: spec?.vcpus ?? 1,

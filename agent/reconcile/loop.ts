@@ -4,22 +4,32 @@
 //
 // Nothing is reconciled before the first desired set arrives: an agent that restarts
 // adopts running VMs and must not treat them as orphans before it has heard the coordinator.
+//
+// Several drivers run at once (DriverSet): observation spans all of them and each action
+// goes to the driver the plan names. A create, start or stop that throws, or a VM seen
+// failed, is given up on under its current desired state (see plan.ts); only a destroy that
+// throws is retried, with backoff.
+//
+// A start may take long (a QEMU guest boots for seconds under TCG, up to its boot timeout):
+// it is applied in flight, not awaited by the pass, so other VMs are not held up. A VM with
+// an action in flight is left out of plans until it settles; then a pass verifies it.
 import type { Logger } from "../../common/logger.js";
 import type { VmStatusReport } from "../../gen/noid/v1/agent.js";
 import { VmPhase } from "../../gen/noid/v1/vm.js";
-import type { HypervisorDriver, VmRuntime } from "../drivers/driver.js";
+import type { VmRuntime } from "../drivers/driver.js";
+import type { DriverSet } from "../drivers/driver-set.js";
 import { type Action, plan, sameStatus } from "./plan.js";
 import type { DesiredVm } from "./types.js";
 
 export interface ReconcileLoopOptions {
-  driver: HypervisorDriver;
+  drivers: DriverSet;
   onStatus: (r: VmStatusReport) => void;
   logger: Logger;
   /** Re-observe this often even without changes, to notice VMs that died (default 10 s). */
   resyncMs?: number;
   /** Rounds of plan/apply per pass before giving up until the next pass (default 8). */
   maxRounds?: number;
-  /** Retry delay after a VM's action failed, doubled per failure up to maxRetryMs. */
+  /** Retry delay after a VM's destroy failed, doubled per failure up to maxRetryMs. */
   retryMs?: number;
   maxRetryMs?: number;
   now?: () => number;
@@ -42,7 +52,12 @@ export class ReconcileLoop {
   private desired: Map<string, DesiredVm> | undefined;
   private readonly reported = new Map<string, VmStatusReport>();
   private readonly failures = new Map<string, Failure>();
+  /** VMs given up on: the desired state they failed under, and why. */
+  private readonly givenUp = new Map<string, { desired: string; reason: string }>();
   private running: Promise<PassResult> | undefined;
+  /** Starts in flight, by VM; each kicks a pass when it settles. */
+  private readonly inflight = new Map<string, Promise<void>>();
+  private stopped = false;
   private again = false;
   private timer: NodeJS.Timeout | undefined;
   private readonly now: () => number;
@@ -53,7 +68,7 @@ export class ReconcileLoop {
 
   /** Adopts VMs left by a previous agent run, then reconciles on every change and every resync. */
   async start(): Promise<VmRuntime[]> {
-    const adopted = await this.opts.driver.recover();
+    const adopted = await this.opts.drivers.recover(this.opts.logger);
     this.opts.logger.info({ adopted: adopted.map((v) => `${v.id}:${v.state}`) }, "recovered VMs");
     this.timer = setInterval(() => this.kick(), this.opts.resyncMs ?? 10_000);
     this.timer.unref();
@@ -61,10 +76,12 @@ export class ReconcileLoop {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     this.again = false;
     await this.running?.catch(() => undefined);
+    await Promise.allSettled([...this.inflight.values()]);
   }
 
   /** Replaces the whole desired set (a snapshot from the coordinator). */
@@ -81,6 +98,8 @@ export class ReconcileLoop {
   /** The VM is no longer assigned here: it becomes an orphan and is destroyed. */
   remove(vmId: string): void {
     this.desired?.delete(vmId);
+    // The coordinator unassigns a FAILED VM; if it comes back, it is tried afresh.
+    this.givenUp.delete(vmId);
     this.kick();
   }
 
@@ -91,7 +110,7 @@ export class ReconcileLoop {
 
   /** Requests a pass; passes never overlap, and changes during one cause another. */
   kick(): void {
-    if (this.desired === undefined) return;
+    if (this.desired === undefined || this.stopped) return;
     if (this.running) {
       this.again = true;
       return;
@@ -106,9 +125,13 @@ export class ReconcileLoop {
     this.running.catch((e: unknown) => this.opts.logger.error({ err: e }, "reconcile pass failed"));
   }
 
-  /** Resolves when no pass is running or queued (for tests and shutdown). */
+  /** Resolves when no pass is running or queued and nothing is in flight (for tests and shutdown). */
   async idle(): Promise<void> {
-    while (this.running) await this.running.catch(() => undefined);
+    for (;;) {
+      if (this.running) await this.running.catch(() => undefined);
+      else if (this.inflight.size > 0) await Promise.allSettled([...this.inflight.values()]);
+      else return;
+    }
   }
 
   /** One pass: rounds of observe -> plan -> apply until the plan is empty. */
@@ -117,8 +140,10 @@ export class ReconcileLoop {
     const maxRounds = this.opts.maxRounds ?? 8;
     for (let round = 1; round <= maxRounds; round++) {
       const desired = [...(this.desired?.values() ?? [])];
-      const observed = await this.opts.driver.list();
-      const actions = plan(desired, observed, this.reported).filter((a) => this.mayAct(a.vmId));
+      const observed = await this.opts.drivers.list();
+      const actions = plan(desired, observed, this.reported, { drivers: this.opts.drivers.names, failed: this.failedNow() }).filter((a) =>
+        this.mayAct(a.vmId),
+      );
       if (actions.length === 0) {
         this.prune(desired, observed);
         return { converged: true, rounds: round - 1, applied };
@@ -126,13 +151,37 @@ export class ReconcileLoop {
       const byId = new Map(observed.map((o) => [o.id, o]));
       for (const a of actions) {
         applied.push(a);
-        await this.apply(a, byId.get(a.vmId));
+        if (a.kind === "start") this.inFlight(a.vmId, this.apply(a, byId.get(a.vmId)));
+        else await this.apply(a, byId.get(a.vmId));
       }
     }
     return { converged: false, rounds: maxRounds, applied };
   }
 
+  /** Given-up VMs whose desired state is still the one they failed under; a new desired state is tried again. */
+  private failedNow(): Map<string, string> {
+    const out = new Map<string, string>();
+    for (const [id, g] of this.givenUp) {
+      if ((this.desired?.get(id)?.state ?? "absent") === g.desired) out.set(id, g.reason);
+      else this.givenUp.delete(id);
+    }
+    return out;
+  }
+
+  private giveUp(vmId: string, reason: string): void {
+    this.givenUp.set(vmId, { desired: this.desired?.get(vmId)?.state ?? "absent", reason });
+  }
+
+  private inFlight(vmId: string, p: Promise<void>): void {
+    const tracked = p.finally(() => {
+      this.inflight.delete(vmId);
+      this.kick();
+    });
+    this.inflight.set(vmId, tracked);
+  }
+
   private mayAct(vmId: string): boolean {
+    if (this.inflight.has(vmId)) return false;
     const f = this.failures.get(vmId);
     if (!f) return true;
     const d = this.desired?.get(vmId);
@@ -156,24 +205,28 @@ export class ReconcileLoop {
   }
 
   private async apply(a: Action, o: VmRuntime | undefined): Promise<void> {
-    const d = this.opts.driver;
-    const log = this.opts.logger.child({ vm: a.vmId, action: a.kind });
+    const log = this.opts.logger.child({ vm: a.vmId, action: a.kind, ...(a.kind !== "report" ? { driver: a.driver } : {}) });
     try {
+      const d = a.kind === "report" ? undefined : this.opts.drivers.must(a.driver);
       switch (a.kind) {
         case "create":
           this.transition(a.vmId, VmPhase.VM_PHASE_CREATING, undefined);
-          await d.create(a.spec);
+          await d!.create(a.spec);
           break;
         case "start":
-          await d.start(a.vmId);
+          await d!.start(a.vmId);
           break;
         case "stop":
           this.transition(a.vmId, VmPhase.VM_PHASE_STOPPING, o);
-          await d.stop(a.vmId);
+          await d!.stop(a.vmId);
           break;
         case "destroy":
-          if (a.reason === "failed") this.transition(a.vmId, VmPhase.VM_PHASE_FAILED, o, a.observedReason ?? "");
-          await d.destroy(a.vmId);
+          if (a.reason === "failed") {
+            // Said first: the coordinator releases the VM's place as soon as it hears it.
+            this.giveUp(a.vmId, a.observedReason ?? "");
+            this.transition(a.vmId, VmPhase.VM_PHASE_FAILED, o, a.observedReason ?? "");
+          }
+          await d!.destroy(a.vmId);
           if (a.reason !== "failed") {
             this.send({ vmId: a.vmId, phase: VmPhase.VM_PHASE_STOPPED, reason: "", ip: "", mac: "", destroyed: true });
           }
@@ -186,6 +239,12 @@ export class ReconcileLoop {
     } catch (e) {
       const reason = e instanceof Error ? e.message : String(e);
       log.warn({ err: e }, "action failed");
+      if (a.kind === "create" || a.kind === "start" || a.kind === "stop") {
+        const why = `${a.kind}: ${reason}`;
+        this.giveUp(a.vmId, why);
+        this.transition(a.vmId, VmPhase.VM_PHASE_FAILED, o, why);
+        return;
+      }
       const prev = this.failures.get(a.vmId);
       const count = (prev?.count ?? 0) + 1;
       const delay = Math.min((this.opts.retryMs ?? 1000) * 2 ** (count - 1), this.opts.maxRetryMs ?? 60_000);
@@ -194,7 +253,8 @@ export class ReconcileLoop {
         retryAt: this.now() + delay,
         desired: this.desired?.get(a.vmId)?.state ?? "absent",
       });
-      this.transition(a.vmId, VmPhase.VM_PHASE_FAILED, o, `${a.kind}: ${reason}`);
+      const why = a.kind === "destroy" && a.reason === "failed" ? `${a.observedReason ?? ""}; cleaning up: ${reason}` : `${a.kind}: ${reason}`;
+      this.transition(a.vmId, VmPhase.VM_PHASE_FAILED, o, why);
     }
   }
 
@@ -206,6 +266,7 @@ export class ReconcileLoop {
         this.desired?.delete(d.id);
         this.reported.delete(d.id);
         this.failures.delete(d.id);
+        this.givenUp.delete(d.id);
       }
     }
     for (const id of [...this.reported.keys()]) {
@@ -214,6 +275,7 @@ export class ReconcileLoop {
         this.failures.delete(id);
       }
     }
+    for (const id of [...this.givenUp.keys()]) if (!this.desired?.has(id) && !seen.has(id)) this.givenUp.delete(id);
     // A VM that reached its desired state has no failure to back off from any more.
     for (const id of [...this.failures.keys()]) if (this.now() >= (this.failures.get(id)?.retryAt ?? 0)) this.failures.delete(id);
   }

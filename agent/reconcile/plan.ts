@@ -2,6 +2,15 @@
 // Pure: no I/O, no clock. The loop (loop.ts) observes, calls plan, applies, and repeats
 // until the plan is empty. One step per VM per round keeps each action simple and lets
 // the next observation verify it (create, then start once the VM is seen stopped).
+//
+// Drivers: a VM is created by the driver its spec names ("" = the host's default, the first
+// enabled one); every later step goes to the driver that has it, so a VM's driver never
+// changes under it. A driver this host does not run is a failure, not an action.
+//
+// Failures are terminal for the desired state they happened under: a VM that failed (an
+// action threw, or its process died) has what is left of it on the host destroyed and is
+// reported FAILED with the reason, and is not tried again until its desired state changes.
+// The coordinator releases its place on the host when it hears FAILED.
 import type { VmStatusReport } from "../../gen/noid/v1/agent.js";
 import { VmPhase } from "../../gen/noid/v1/vm.js";
 import type { VmCreateSpec, VmRuntime } from "../drivers/driver.js";
@@ -10,12 +19,25 @@ import type { DesiredVm } from "./types.js";
 export type DestroyReason = "deleted" | "orphan" | "failed";
 
 export type Action =
-  | { kind: "create"; vmId: string; spec: VmCreateSpec }
-  | { kind: "start"; vmId: string }
-  | { kind: "stop"; vmId: string }
-  /** `observedReason` says why a failed VM is being replaced. */
-  | { kind: "destroy"; vmId: string; reason: DestroyReason; observedReason?: string }
+  | { kind: "create"; vmId: string; driver: string; spec: VmCreateSpec }
+  | { kind: "start"; vmId: string; driver: string }
+  | { kind: "stop"; vmId: string; driver: string }
+  /** `observedReason` says why a failed VM's remains are removed. */
+  | { kind: "destroy"; vmId: string; driver: string; reason: DestroyReason; observedReason?: string }
   | { kind: "report"; vmId: string; status: VmStatusReport };
+
+export interface PlanContext {
+  /** The drivers this host runs, the default first. Absent: any driver name is accepted. */
+  drivers?: readonly string[];
+  /** VMs given up on under their current desired state, with the reason (see the header). */
+  failed?: ReadonlyMap<string, string>;
+}
+
+/** Why a VM cannot be created here because of its driver, or undefined when it can. */
+export function driverProblem(name: string, drivers: readonly string[] | undefined): string | undefined {
+  if (!drivers || drivers.includes(name)) return undefined;
+  return `driver "${name}" is not enabled on this host (enabled: ${drivers.join(", ")})`;
+}
 
 /** Order within one round: free resources first, report last. */
 const ORDER: Record<Action["kind"], number> = { destroy: 0, stop: 1, create: 2, start: 3, report: 4 };
@@ -44,17 +66,28 @@ export function sameStatus(a: VmStatusReport | undefined, b: VmStatusReport): bo
 }
 
 /** The one next step for a VM, or the status to report once it is where it should be. */
-function step(d: DesiredVm, o: VmRuntime | undefined): Action | VmStatusReport {
+function step(d: DesiredVm, o: VmRuntime | undefined, ctx: PlanContext): Action | VmStatusReport {
+  const id = d.id;
   if (d.state === "deleted") {
-    if (o) return { kind: "destroy", vmId: d.id, reason: "deleted" };
-    return status(d.id, VmPhase.VM_PHASE_STOPPED, undefined, { destroyed: true });
+    if (o) return { kind: "destroy", vmId: id, driver: o.driver, reason: "deleted" };
+    return status(id, VmPhase.VM_PHASE_STOPPED, undefined, { destroyed: true });
   }
-  if (!o) return { kind: "create", vmId: d.id, spec: d.spec };
-  if (o.state === "failed") return { kind: "destroy", vmId: d.id, reason: "failed", observedReason: o.reason };
+  const failed = ctx.failed?.get(id);
+  if (failed !== undefined) {
+    if (o) return { kind: "destroy", vmId: id, driver: o.driver, reason: "failed", observedReason: failed };
+    return status(id, VmPhase.VM_PHASE_FAILED, undefined, { reason: failed, ip: d.spec.net.ip, mac: d.spec.net.mac });
+  }
+  if (!o) {
+    const driver = d.driver || ctx.drivers?.[0] || "";
+    const problem = driverProblem(driver, ctx.drivers);
+    if (problem) return status(id, VmPhase.VM_PHASE_FAILED, undefined, { reason: problem, ip: d.spec.net.ip, mac: d.spec.net.mac });
+    return { kind: "create", vmId: id, driver, spec: d.spec };
+  }
+  if (o.state === "failed") return { kind: "destroy", vmId: id, driver: o.driver, reason: "failed", observedReason: o.reason };
   if (d.state === "running") {
-    return o.state === "running" ? status(d.id, VmPhase.VM_PHASE_RUNNING, o) : { kind: "start", vmId: d.id };
+    return o.state === "running" ? status(id, VmPhase.VM_PHASE_RUNNING, o) : { kind: "start", vmId: id, driver: o.driver };
   }
-  return o.state === "running" ? { kind: "stop", vmId: d.id } : status(d.id, VmPhase.VM_PHASE_STOPPED, o);
+  return o.state === "running" ? { kind: "stop", vmId: id, driver: o.driver } : status(id, VmPhase.VM_PHASE_STOPPED, o);
 }
 
 /**
@@ -65,17 +98,18 @@ export function plan(
   desired: readonly DesiredVm[],
   observed: readonly VmRuntime[],
   reported: ReadonlyMap<string, VmStatusReport> = new Map(),
+  ctx: PlanContext = {},
 ): Action[] {
   const want = new Map(desired.map((d) => [d.id, d]));
   const have = new Map(observed.map((o) => [o.id, o]));
   const actions: Action[] = [];
   for (const d of want.values()) {
-    const next = step(d, have.get(d.id));
+    const next = step(d, have.get(d.id), ctx);
     if ("kind" in next) actions.push(next);
     else if (!sameStatus(reported.get(d.id), next)) actions.push({ kind: "report", vmId: d.id, status: next });
   }
   for (const o of have.values()) {
-    if (!want.has(o.id)) actions.push({ kind: "destroy", vmId: o.id, reason: "orphan" });
+    if (!want.has(o.id)) actions.push({ kind: "destroy", vmId: o.id, driver: o.driver, reason: "orphan" });
   }
   return actions.sort((a, b) => ORDER[a.kind] - ORDER[b.kind] || a.vmId.localeCompare(b.vmId));
 }

@@ -6,5 +6,7 @@ export type DesiredRunState = "running" | "stopped" | "deleted";
 export interface DesiredVm {
   id: string;
   state: DesiredRunState;
+  /** The driver the VM asks for; "" means the agent's default (its first) driver. */
+  driver: string;
   spec: VmCreateSpec;
 }

@@ -25,8 +25,9 @@ export function requestOf(vm: Vm): VmRequest {
   };
 }
 
+/** Waiting for a host. A FAILED VM waits for its owner instead (start places it again). */
 export function isUnplaced(vm: Vm): boolean {
-  return !vm.status?.hostId && vm.desiredState !== VmDesiredState.VM_DESIRED_STATE_DELETED;
+  return !vm.status?.hostId && vm.desiredState !== VmDesiredState.VM_DESIRED_STATE_DELETED && vm.status?.phase !== VmPhase.VM_PHASE_FAILED;
 }
 
 export interface PlacementStats {
@@ -52,7 +53,7 @@ export class PlacementController {
     const c = this.d.cluster;
     this.unsubs.push(
       c.vms.onChange((ch) => {
-        if (ch.type === "put" && isUnplaced(ch.entry.value) && !ch.prev) this.kick();
+        if (ch.type === "put" && isUnplaced(ch.entry.value) && !(ch.prev && isUnplaced(ch.prev.value))) this.kick();
         if (ch.type === "delete") this.kick(); // capacity freed
       }),
       c.hosts.onChange(() => this.kick()),

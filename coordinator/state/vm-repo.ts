@@ -219,6 +219,24 @@ export class VmRepo {
     return r.succeeded;
   }
 
+  /** FAILED on its host: unassign and release the allocation in one transaction (see reportStatus). */
+  private async releaseFailed(cur: StoredVm, hostId: string, reason: string, ip: string, mac: string): Promise<boolean> {
+    const vm = cur.vm;
+    const st = vm.status!;
+    const allocKv = await this.d.store.get(keys.alloc(hostId));
+    const next: Vm = {
+      ...vm,
+      status: { ...st, phase: VmPhase.VM_PHASE_FAILED, reason: `on host ${st.hostName}: ${reason}`, ip, mac, hostId: "", hostName: "", updatedAt: this.d.clock.now() },
+    };
+    const ops: Op[] = [
+      { type: "put", key: keys.vm(vm.id), value: enc(Vm, next) },
+      { type: "delete", key: keys.assign(hostId, vm.id) },
+      ...(allocKv ? [{ type: "put" as const, key: keys.alloc(hostId), value: enc(AllocationRecord, releaseAlloc(dec(AllocationRecord, allocKv.value), vm)) }] : []),
+    ];
+    const r = await this.d.store.txn([unchanged(keys.vm(vm.id), cur), unchanged(keys.alloc(hostId), allocKv)], ops);
+    return r.succeeded;
+  }
+
   /** The agent confirmed the VM is gone from its host. */
   async finalizeDestroy(id: string, hostId: string): Promise<void> {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
@@ -231,7 +249,10 @@ export class VmRepo {
     throw new NoidError("UNAVAILABLE", `finalizing destroy of VM ${id}: too much contention`);
   }
 
-  /** Changes the desired run state (start/stop). */
+  /**
+   * Changes the desired run state (start/stop). Starting a FAILED VM (which no host holds any
+   * more, see reportStatus) sends it back to the scheduler as PENDING.
+   */
   async setDesired(id: string, desired: VmDesiredState, actor: string, peer: string): Promise<Vm> {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const cur = await this.get(id);
@@ -239,8 +260,14 @@ export class VmRepo {
       if (cur.vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED) {
         throw new NoidError("FAILED_PRECONDITION", `VM "${cur.vm.name}" is being destroyed`);
       }
-      if (cur.vm.desiredState === desired) return cur.vm;
-      const next: Vm = { ...cur.vm, desiredState: desired };
+      const st = cur.vm.status;
+      const revive = desired === VmDesiredState.VM_DESIRED_STATE_RUNNING && st?.phase === VmPhase.VM_PHASE_FAILED && !st.hostId;
+      if (cur.vm.desiredState === desired && !revive) return cur.vm;
+      const next: Vm = {
+        ...cur.vm,
+        desiredState: desired,
+        ...(revive && st ? { status: { ...st, phase: VmPhase.VM_PHASE_PENDING, reason: "", updatedAt: this.d.clock.now() } } : {}),
+      };
       const event = desired === VmDesiredState.VM_DESIRED_STATE_RUNNING ? "vm.start" : "vm.stop";
       const r = await this.d.store.txn(
         [unchanged(keys.vm(id), cur)],
@@ -255,7 +282,12 @@ export class VmRepo {
     throw new NoidError("UNAVAILABLE", `updating VM ${id}: too much contention, retry`);
   }
 
-  /** Writes the status an agent observed, only for a VM assigned to that agent's host. */
+  /**
+   * Writes the status an agent observed, only for a VM assigned to that agent's host.
+   * FAILED releases the VM's place: the agent has removed what was left of it, so the same
+   * transaction unassigns it and gives its share back to the host's allocation. The VM keeps
+   * its name, address and quota, shows the reason, and waits for start (placed again) or destroy.
+   */
   async reportStatus(hostId: string, report: { vmId: string; phase: VmPhase; reason: string; ip: string; mac: string }): Promise<void> {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const cur = await this.get(report.vmId);
@@ -270,6 +302,11 @@ export class VmRepo {
       // agent's report does not move them (the release must find them again).
       const ip = st.networkId ? st.ip : report.ip || st.ip;
       const mac = st.networkId ? st.mac : report.mac || st.mac;
+      if (phase === VmPhase.VM_PHASE_FAILED) {
+        if (await this.releaseFailed(cur, hostId, report.reason, ip, mac)) return;
+        await backoff(attempt);
+        continue;
+      }
       if (st.phase === phase && st.reason === report.reason && st.ip === ip && st.mac === mac) return;
       const next: Vm = { ...cur.vm, status: { ...st, phase, reason: report.reason, ip, mac, updatedAt: this.d.clock.now() } };
       const r = await this.d.store.txn([unchanged(keys.vm(cur.vm.id), cur)], [{ type: "put", key: keys.vm(cur.vm.id), value: enc(Vm, next) }]);

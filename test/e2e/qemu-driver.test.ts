@@ -170,7 +170,7 @@ describe("qemu driver", () => {
     expect(existsSync(ra.paths.dir) || existsSync(rb.paths.dir)).toBe(false);
     expect(readdirSync(join(stateDir, "qemu", "records"))).toEqual([]);
     expect(readdirSync(join(stateDir, "qemu", "vms"))).toEqual([]);
-  });
+  }, 240_000); // TCG boots of two guests, twice: minutes when other guests boot alongside
 
   it("reports a guest that cannot boot as failed, with the console's reason, and cleans it up", async () => {
     // A real kernel with an initramfs that is not one: it panics, and panic=-1 with -no-reboot ends QEMU.
@@ -192,5 +192,5 @@ describe("qemu driver", () => {
       rmSync(broken, { recursive: true, force: true });
     }
     expect(await linkExists(tapName(spec.id))).toBe(false);
-  });
+  }, 180_000);
 });

@@ -1,8 +1,10 @@
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { mergeLayers, parseAgentConfig } from "../../agent/config.js";
+import { defaultGuestDir, mergeLayers, parseAgentConfig, readConfigFile } from "../../agent/config.js";
+import { driversFromConfig, recordsDir } from "../../agent/drivers/from-config.js";
+import { silentLogger } from "../../common/logger.js";
 import { readAgentEnv } from "../../agent/env.js";
 import { loadConfig } from "../../agent/main.js";
 
@@ -66,5 +68,42 @@ describe("agent config", () => {
     writeFileSync(join(dir, "empty.toml"), "");
     expect(() => loadConfig(["--coordinator", "a:1", "--name", "h1"], { NOID_AGENT_CONFIG: join(dir, "empty.toml") })).toThrow(/token_file/);
     expect(() => loadConfig(["--coordinator", "a:1", "--name", "h1", "--vcpus", "two"], { NOID_TOKEN: "t", NOID_AGENT_CONFIG: join(dir, "empty.toml") })).toThrow(/vcpus/);
+  });
+
+  it("enables several drivers, the first being the default, each with its own settings", async () => {
+    const base = { coordinator: "x:1", name: "h1", state_dir: join(dir, "state") };
+    const c = parseAgentConfig({ ...base, drivers: ["qemu", "sandbox"], qemu: { accel: "tcg", boot_timeout_ms: 5000 } });
+    expect(c.drivers).toEqual(["qemu", "sandbox"]);
+    expect(c.qemu).toMatchObject({ guestDir: defaultGuestDir(), accel: "tcg", bootTimeoutMs: 5000, binary: "qemu-system-x86_64" });
+    expect(defaultGuestDir()).toMatch(/\/\.noid\/guest$/);
+    expect((await driversFromConfig(c, silentLogger())).names).toEqual(["qemu", "sandbox"]);
+    const flags = loadConfig(["--coordinator", "x:1", "--name", "h1", "--token-file", tokenFile, "--drivers", "sandbox,qemu"], {});
+    expect(flags.config.drivers).toEqual(["sandbox", "qemu"]);
+
+    expect(() => parseAgentConfig({ ...base, drivers: ["sandbox", "vmware"] })).toThrow(/drivers\.1/);
+    expect(() => parseAgentConfig({ ...base, drivers: ["sandbox", "sandbox"] })).toThrow(/drivers: lists a driver twice/);
+    expect(() => parseAgentConfig({ ...base, qemu: { accel: "hvf" } })).toThrow(/qemu\.accel/);
+    // Firecracker needs its kernel and images named, and its binaries present.
+    expect(() => parseAgentConfig({ ...base, drivers: ["firecracker"] })).toThrow(/firecracker\.kernel: is required when drivers includes firecracker/);
+    const fc = parseAgentConfig({
+      ...base,
+      drivers: ["sandbox", "firecracker"],
+      firecracker: { kernel: "/k/vmlinux", image_dir: "/images", binary: join(dir, "no-firecracker"), jailer: join(dir, "no-jailer") },
+    });
+    await expect(driversFromConfig(fc, silentLogger())).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+      message: expect.stringMatching(/firecracker is enabled but cannot run on this host: .*no-firecracker is not an executable file/),
+    });
+    // A driver no longer enabled that still has VMs here is kept to manage them, not offered.
+    const stateDir = join(dir, "retire");
+    mkdirSync(recordsDir(stateDir, "qemu"), { recursive: true });
+    writeFileSync(join(recordsDir(stateDir, "qemu"), "0123456789.json"), "{}");
+    const retiring = await driversFromConfig(parseAgentConfig({ ...base, state_dir: stateDir, drivers: ["sandbox"] }), silentLogger());
+    expect([retiring.names, retiring.retired]).toEqual([["sandbox"], ["qemu"]]);
+    // The example config parses as documented.
+    const example = readConfigFile(join(import.meta.dirname, "../../deploy/config/agent.toml"), true);
+    expect(parseAgentConfig(example)).toMatchObject({ drivers: ["sandbox"], qemu: { accel: "auto", bootTimeoutMs: 60_000 }, firecracker: { uid: 65534 } });
+    const noQemu = parseAgentConfig({ ...base, drivers: ["qemu"], qemu: { binary: "no-such-qemu-binary" } });
+    await expect(driversFromConfig(noQemu, silentLogger())).rejects.toMatchObject({ message: expect.stringMatching(/no-such-qemu-binary is not an executable on PATH/) });
   });
 });

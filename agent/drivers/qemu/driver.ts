@@ -32,6 +32,9 @@ export interface QemuOptions {
   stateDir: string;
   /** Where deploy/guest/build.sh put vmlinuz, initramfs.cpio.gz and rootfs.ext4. */
   guestDir: string;
+  /** Override guestDir's vmlinuz / initramfs.cpio.gz. */
+  kernel?: string;
+  initrd?: string;
   /** Named base images; default: guestDir. */
   imagesDir?: string;
   /** The netns that plays the host; default: the agent's own. */
@@ -68,10 +71,10 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   private get kernel(): string {
-    return join(this.opts.guestDir, "vmlinuz");
+    return this.opts.kernel ?? join(this.opts.guestDir, "vmlinuz");
   }
   private get initrd(): string {
-    return join(this.opts.guestDir, "initramfs.cpio.gz");
+    return this.opts.initrd ?? join(this.opts.guestDir, "initramfs.cpio.gz");
   }
 
   private host(argv: string[], allowFail = false): ReturnType<Runner> {

@@ -127,6 +127,16 @@ export class SandboxDriver implements HypervisorDriver {
     const pid = await this.spawn(["sleep", "infinity"], { netns: rec.netns });
     const ref = processRef(pid);
     if (!ref) throw new NoidError("INTERNAL", `starting sandbox VM ${id}: init ${pid} exited at once`);
+    // The PID is `ip netns exec`'s until it has entered the namespace and exec'd init: observed
+    // before that, the VM would look failed. Wait (bounded) until it is in.
+    for (let i = 0; !inNetns(pid, rec.netns); i++) {
+      if (!isAlive(ref)) throw new NoidError("INTERNAL", `starting sandbox VM ${id}: init ${pid} exited before entering netns ${rec.netns}`);
+      if (i >= 500) {
+        await killProcess(ref);
+        throw new NoidError("DEADLINE_EXCEEDED", `starting sandbox VM ${id}: init ${pid} did not enter netns ${rec.netns} within 5 s`);
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
     rec.init = ref;
     this.records.put(rec);
     if (rec.cgroup) joinCgroup(rec.cgroup, pid);
