@@ -108,6 +108,29 @@ export class HostRepo {
     throw new NoidError("UNAVAILABLE", `updating host "${name}": too much contention, retry`);
   }
 
+  /**
+   * Forgets a host: its record, name, mesh address, liveness and allocation,
+   * in one transaction that fails if the record changed meanwhile.
+   */
+  async remove(name: string): Promise<Host> {
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const cur = await this.getByName(name);
+      const h = cur.host;
+      const r = await this.store.txn(
+        [unchanged(keys.host(h.id), cur)],
+        [
+          { type: "delete", key: keys.host(h.id) },
+          { type: "delete", key: keys.hostName(name) },
+          ...(h.meshIp ? [{ type: "delete" as const, key: keys.meshIp(h.meshIp) }] : []),
+          { type: "delete", key: keys.alive(h.id) },
+          { type: "delete", key: keys.alloc(h.id) },
+        ],
+      );
+      if (r.succeeded) return h;
+    }
+    throw new NoidError("UNAVAILABLE", `removing host "${name}": too much contention, retry`);
+  }
+
   /** Marks the host alive for as long as `lease` lives. */
   async markAlive(id: string, lease: Lease): Promise<void> {
     await this.store.put(keys.alive(id), Buffer.from(String(this.clock.now().getTime())), { lease: lease.id });
