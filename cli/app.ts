@@ -14,6 +14,8 @@ export interface Io {
   readStdin: () => Promise<string>;
   /** stdout is a terminal: colours and progress lines are fine. */
   isTTY: boolean;
+  /** Asks a yes/no question on the terminal; absent when there is none to ask on. */
+  confirm?: (question: string) => Promise<boolean>;
   cwd: string;
 }
 
@@ -89,7 +91,7 @@ export class App {
       address: conn.server,
       ...(conn.token ? { token: conn.token } : {}),
       insecure: conn.insecure,
-      ...(conn.caFile ? { tls: { caPem: readCaFile(this.absolute(conn.caFile)) } } : {}),
+      ...(conn.caFile ? { tls: { caPem: readCaFile(this.absolute(conn.caFile)) } } : conn.caPem ? { tls: { caPem: conn.caPem } } : {}),
       ...(timeout !== undefined ? { deadlineMs: parseTimeoutSeconds(timeout) } : {}),
     };
   }
