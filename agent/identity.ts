@@ -22,9 +22,14 @@ export const CHANNEL_OPTIONS = {
   "grpc.keepalive_permit_without_calls": 1,
 } as const;
 
-/** When to renew a certificate valid from `notBefore` to `notAfter`: at 2/3 of its lifetime. */
-export function renewAt(notBefore: Date, notAfter: Date): Date {
-  const a = notBefore.getTime();
+/**
+ * When to renew a certificate valid until `notAfter` that we hold since
+ * `since`: at 2/3 of its lifetime. The issuer backdates notBefore a little
+ * for clock skew, so the lifetime counts from when we got it (or, after a
+ * restart, from when we loaded it: 2/3 of what is left).
+ */
+export function renewAt(notBefore: Date, notAfter: Date, since: Date): Date {
+  const a = Math.max(notBefore.getTime(), since.getTime());
   return new Date(a + ((notAfter.getTime() - a) * 2) / 3);
 }
 
@@ -101,6 +106,8 @@ export class HostIdentity {
   private certPem = "";
   private keyPem = "";
   private readonly dir: string;
+  /** When the certificate in use was obtained or loaded. */
+  private since = new Date();
 
   constructor(private readonly o: IdentityOptions) {
     this.dir = join(o.stateDir, "pki");
@@ -147,6 +154,7 @@ export class HostIdentity {
     if (usable) {
       this.certPem = readFileSync(this.path("cert"), "utf8");
       this.keyPem = readFileSync(this.path("key"), "utf8");
+      this.since = new Date();
       this.o.logger.info({ notAfter: certValidity(this.certPem).notAfter }, "using the stored host certificate");
     } else {
       if (!this.o.joinTokenFile) {
@@ -199,12 +207,13 @@ export class HostIdentity {
     }
     this.certPem = certPem;
     this.keyPem = keyPem;
+    this.since = new Date();
   }
 
   private schedule(delayMs?: number): void {
     if (this.stopped) return;
     const v = certValidity(this.certPem);
-    const ms = delayMs ?? Math.max(0, renewAt(v.notBefore, v.notAfter).getTime() - Date.now());
+    const ms = delayMs ?? Math.max(0, renewAt(v.notBefore, v.notAfter, this.since).getTime() - Date.now());
     this.timer = setTimeout(() => void this.renew(), ms);
     this.timer.unref();
   }

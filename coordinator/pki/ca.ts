@@ -125,21 +125,7 @@ export class ClusterCa {
    */
   async signHostCsr(csrPem: string, hostName: string, validitySeconds: number): Promise<IssuedCert> {
     if (!isDnsLabel(hostName)) throw invalid("name", `"${hostName}" is not a host name`);
-    let csr: x509.Pkcs10CertificateRequest;
-    try {
-      csr = new x509.Pkcs10CertificateRequest(csrPem);
-    } catch (e) {
-      throw invalid("csr", `not a PEM certificate signing request (${(e as Error).message})`);
-    }
-    const alg = csr.publicKey.algorithm as EcKeyAlgorithm;
-    if (alg.name !== "ECDSA" || alg.namedCurve !== "P-256") throw invalid("csr", "the key must be EC P-256");
-    let verified = false;
-    try {
-      verified = await csr.verify();
-    } catch (e) {
-      throw invalid("csr", `its key or signature is malformed (${(e as Error).message})`);
-    }
-    if (!verified) throw invalid("csr", "its signature does not verify");
+    const csr = await checkCsr(csrPem);
     return this.issue({
       subject: `CN=${hostName}, OU=${HOST_OU}, O=noid`,
       publicKey: csr.publicKey,
@@ -148,6 +134,26 @@ export class ClusterCa {
       usage: [x509.ExtendedKeyUsage.clientAuth],
     });
   }
+}
+
+/** Parses a CSR and checks its key type and self-signature (proof the requester holds the key). */
+export async function checkCsr(csrPem: string): Promise<x509.Pkcs10CertificateRequest> {
+  let csr: x509.Pkcs10CertificateRequest;
+  try {
+    csr = new x509.Pkcs10CertificateRequest(csrPem);
+  } catch (e) {
+    throw invalid("csr", `not a PEM certificate signing request (${(e as Error).message})`);
+  }
+  const alg = csr.publicKey.algorithm as EcKeyAlgorithm;
+  if (alg.name !== "ECDSA" || alg.namedCurve !== "P-256") throw invalid("csr", "the key must be EC P-256");
+  let verified = false;
+  try {
+    verified = await csr.verify();
+  } catch (e) {
+    throw invalid("csr", `its key or signature is malformed (${(e as Error).message})`);
+  }
+  if (!verified) throw invalid("csr", "its signature does not verify");
+  return csr;
 }
 
 export interface ClusterPki {

@@ -7,7 +7,7 @@
 import { HostCertRecord, JoinTokenRecord } from "../../gen/noid/v1/records.js";
 import { NoidError, denied, invalid } from "../../common/errors.js";
 import { isDnsLabel } from "../../common/names.js";
-import type { Store } from "../store/store.js";
+import type { Compare, Store } from "../store/store.js";
 import { keys } from "../state/keys.js";
 import { dec, enc } from "../state/codec.js";
 import type { Clock } from "../state/vm-repo.js";
@@ -60,12 +60,25 @@ export class HostIdentities {
     if (!r.succeeded) throw badJoinToken();
   }
 
-  /** Signs `csrPem` as host `name` and records the certificate as valid. */
-  async issue(name: string, csrPem: string): Promise<IssuedCert> {
+  /**
+   * Signs `csrPem` as host `name` and records the certificate as valid. A
+   * renewal names the certificate it renews: the record is written only if
+   * that one is still valid, so a renewal racing a revocation loses.
+   */
+  async issue(name: string, csrPem: string, renewing?: string): Promise<IssuedCert> {
     const issued = await this.ca.signHostCsr(csrPem, name, this.certTtlSeconds);
     const rec: HostCertRecord = { serial: issued.serial, hostName: name, notAfter: issued.notAfter, issuedAt: this.clock.now() };
-    await this.store.put(keys.hostCert(issued.serial), enc(HostCertRecord, rec));
+    const r = await this.store.txn(
+      renewing ? [this.stillValid(renewing)] : [],
+      [{ type: "put", key: keys.hostCert(issued.serial), value: enc(HostCertRecord, rec) }],
+    );
+    if (!r.succeeded) throw new NoidError("UNAUTHENTICATED", "host certificate is revoked or unknown");
     return issued;
+  }
+
+  /** A transaction condition: the certificate `serial` is still valid (not revoked). */
+  stillValid(serial: string): Compare {
+    return { key: keys.hostCert(serial.toLowerCase()), target: "create", op: ">", value: 0 };
   }
 
   /** True while the certificate with this serial is valid for host `name`. */
@@ -79,17 +92,23 @@ export class HostIdentities {
   /** Revokes every certificate of host `name`; returns their serials. */
   async revokeHost(name: string): Promise<string[]> {
     const revoked: string[] = [];
-    for (const kv of (await this.store.list(keys.hostCertsPrefix)).kvs) {
-      const rec = dec(HostCertRecord, kv.value);
-      if (rec.hostName !== name) continue;
-      await this.store.txn(
-        [{ key: keys.hostCert(rec.serial), target: "mod", op: "==", value: kv.modRevision }],
-        [
-          { type: "delete", key: keys.hostCert(rec.serial) },
-          { type: "put", key: keys.revokedCert(rec.serial), value: enc(HostCertRecord, rec) },
-        ],
-      );
-      revoked.push(rec.serial);
+    // A renewal needs a valid certificate of the host, so once a pass finds
+    // none left, no new one can appear; a renewal racing a pass is caught by the next.
+    for (let found = true; found; ) {
+      found = false;
+      for (const kv of (await this.store.list(keys.hostCertsPrefix)).kvs) {
+        const rec = dec(HostCertRecord, kv.value);
+        if (rec.hostName !== name) continue;
+        found = true;
+        await this.store.txn(
+          [{ key: keys.hostCert(rec.serial), target: "mod", op: "==", value: kv.modRevision }],
+          [
+            { type: "delete", key: keys.hostCert(rec.serial) },
+            { type: "put", key: keys.revokedCert(rec.serial), value: enc(HostCertRecord, rec) },
+          ],
+        );
+        if (!revoked.includes(rec.serial)) revoked.push(rec.serial);
+      }
     }
     return revoked;
   }

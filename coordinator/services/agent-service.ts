@@ -34,7 +34,7 @@ import { keys } from "../state/keys.js";
 import type { ExecChannel, SessionRegistry } from "../agents/registry.js";
 import type { AuthGuard } from "../auth/guard.js";
 import { AuthFailure } from "../auth/tokens.js";
-import { HOST_OU, type ClusterCa } from "../pki/ca.js";
+import { HOST_OU, checkCsr, type ClusterCa } from "../pki/ca.js";
 import type { HostIdentities } from "../pki/host-identity.js";
 
 export interface AgentServiceDeps extends HandlerDeps {
@@ -175,7 +175,11 @@ export function agentService(d: AgentServiceDeps): AgentServiceServer {
     const id = await authenticateAgent(d, ctx.call);
     validateRegistration(req);
     mayActAs(id, req.name);
-    const host = await d.hosts.register(req);
+    // The certificate must still be valid when the record is written (a removal may race us).
+    const host = await d.hosts.register(req, id.kind === "cert" ? [d.pki!.ids.stillValid(id.serial)] : []).catch(async (e: unknown) => {
+      if (id.kind === "cert" && !(await d.pki!.ids.isValid(id.serial, id.host))) throw new AuthFailure("bad_host_cert", "host certificate is revoked or unknown");
+      throw e;
+    });
     d.logger.info({ host: host.name, hostId: host.id, address: host.address }, "host registered");
     return {
       hostId: host.id,
@@ -195,6 +199,7 @@ export function agentService(d: AgentServiceDeps): AgentServiceServer {
     const pki = needPki(d);
     d.guard.admit(ctx.peer);
     checkName("name", req.name);
+    await checkCsr(req.csrPem); // a bad CSR must not use up the token
     try {
       await pki.ids.consumeJoinToken(req.joinToken, req.name);
     } catch (e) {
@@ -210,7 +215,7 @@ export function agentService(d: AgentServiceDeps): AgentServiceServer {
     const pki = needPki(d);
     const id = await authenticateAgent(d, ctx.call);
     if (id.kind !== "cert") throw denied("only a host certificate can be renewed");
-    const issued = await pki.ids.issue(id.host, req.csrPem);
+    const issued = await pki.ids.issue(id.host, req.csrPem, id.serial);
     d.logger.info({ host: id.host, serial: issued.serial, notAfter: issued.notAfter }, "host certificate renewed");
     return { certificatePem: issued.certPem, caPem: pki.ca.certPem, notAfter: issued.notAfter };
   });

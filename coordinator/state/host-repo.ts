@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto";
 import type { RegisterHostRequest } from "../../gen/noid/v1/agent.js";
 import { Host, HostState } from "../../gen/noid/v1/host.js";
 import { NoidError, notFound } from "../../common/errors.js";
-import type { Lease, Store } from "../store/store.js";
+import type { Compare, Lease, Store } from "../store/store.js";
 import { keys, lastSegment } from "./keys.js";
 import { formatCidr, intToIp, parseCidr, type Cidr } from "../networks/cidr.js";
 
@@ -54,7 +54,7 @@ export class HostRepo {
   }
 
   /** Registers a host, or refreshes the record of a host that registered before under the same name. */
-  async register(req: RegisterHostRequest): Promise<Host> {
+  async register(req: RegisterHostRequest, also: Compare[] = []): Promise<Host> {
     for (let attempt = 0; attempt < 10; attempt++) {
       const nameKv = await this.store.get(keys.hostName(req.name));
       const id = nameKv ? Buffer.from(nameKv.value).toString("utf8") : randomBytes(8).toString("hex");
@@ -81,6 +81,7 @@ export class HostRepo {
       };
       const r = await this.store.txn(
         [
+          ...also,
           unchanged(keys.hostName(req.name), nameKv),
           unchanged(keys.host(id), prev),
           // A new mesh address must still be free; a kept one is ours already.

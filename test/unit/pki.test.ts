@@ -97,3 +97,38 @@ describe("cluster PKI", () => {
     expect(normalizeFingerprint("sha256:abc")).toBeUndefined();
   });
 });
+
+describe("agent certificate renewal timing", async () => {
+  const { renewAt, retryDelayMs } = await import("../../agent/identity.js");
+  it("renews at 2/3 of the lifetime counted from when the certificate was obtained", () => {
+    const t0 = new Date("2026-01-01T00:00:00Z");
+    const end = new Date(t0.getTime() + 24 * 3600_000);
+    // notBefore backdated 5 minutes by the issuer: counted from receipt, not from notBefore.
+    expect(renewAt(new Date(t0.getTime() - 300_000), end, t0).toISOString()).toBe("2026-01-01T16:00:00.000Z");
+    // Loaded after a restart 12 h in: 2/3 of what is left.
+    expect(renewAt(new Date(t0.getTime() - 300_000), end, new Date(t0.getTime() + 12 * 3600_000)).toISOString()).toBe("2026-01-01T20:00:00.000Z");
+  });
+  it("retries a failed renewal within a tenth of what is left, between 1 s and 1 min", () => {
+    const now = new Date("2026-01-01T00:00:00Z");
+    expect(retryDelayMs(now, new Date(now.getTime() + 3600_000))).toBe(60_000);
+    expect(retryDelayMs(now, new Date(now.getTime() + 100_000))).toBe(10_000);
+    expect(retryDelayMs(now, new Date(now.getTime() + 500))).toBe(1000);
+  });
+});
+
+describe("noidctl CA pinning decision", async () => {
+  const { pinDecision } = await import("../../cli/commands/auth.js");
+  const fp = `sha256:${"ab".repeat(32)}`;
+  it("pins on a matching fingerprint, in any common notation", () => {
+    expect(pinDecision(fp, fp, undefined)).toEqual({ pin: true });
+    expect(pinDecision(fp, "AB:".repeat(31) + "AB", undefined)).toEqual({ pin: true });
+  });
+  it("refuses a different fingerprint even if a human said yes, and refuses without anyone to ask", () => {
+    const d = pinDecision(fp, `sha256:${"cd".repeat(32)}`, true);
+    expect(d.pin).toBe(false);
+    expect(pinDecision(fp, undefined, undefined)).toMatchObject({ pin: false });
+    expect(pinDecision(fp, undefined, false)).toMatchObject({ pin: false });
+    expect(pinDecision(fp, undefined, true)).toEqual({ pin: true });
+    expect(() => pinDecision(fp, "sha256:xyz", undefined)).toThrow(/ca-fingerprint/);
+  });
+});
