@@ -88,7 +88,7 @@ describe("local cluster: coordinator + 3 agent hosts", () => {
     // The same through noidctl: output streamed, the command's exit code becomes noidctl's.
     let out = "";
     const code = await noidctl(["exec", "web-2", "-e", "WHO", "--", "sh", "-c", 'echo "hi $WHO"; exit 7'], {
-      env: { NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_INSECURE: "1", NOID_CONFIG: "/nonexistent/config.toml", WHO: "alice" },
+      env: { NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_CA_FILE: cluster.caFile, NOID_CONFIG: "/nonexistent/config.toml", WHO: "alice" },
       io: { stdout: (x: string) => void (out += x), stderr: (x: string) => void (out += x), readStdin: async () => "", isTTY: false, cwd: "/" },
     });
     expect(code, out).toBe(7);
