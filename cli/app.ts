@@ -96,8 +96,14 @@ export class App {
     };
   }
 
+  #warnedPlaintext = false;
+
   /** A client for an explicit connection (auth setup checks a token before saving it). */
   connectTo(conn: Connection): NoidClient {
+    if (conn.insecure && !isLocalAddress(conn.server) && !this.#warnedPlaintext) {
+      this.#warnedPlaintext = true;
+      this.note(`warning: plaintext connection to ${conn.server} (--insecure): the token crosses the network unencrypted`);
+    }
     return this.#connect(this.connectOptions(conn));
   }
 
@@ -146,4 +152,11 @@ export class App {
   note(message: string): void {
     this.io.stderr(message + "\n");
   }
+}
+
+/** Unix sockets and loopback addresses: plaintext there never crosses a network. */
+export function isLocalAddress(server: string): boolean {
+  if (server.startsWith("unix:")) return true;
+  const host = server.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
+  return host === "localhost" || host === "::1" || /^127\./.test(host);
 }

@@ -222,6 +222,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         meshPrefixLen: meshCidr.prefix,
         guard,
         hostSessions,
+        audit: writeAudit,
         ...(pki ? { pki } : {}),
       }),
     );

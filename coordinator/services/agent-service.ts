@@ -52,6 +52,7 @@ export interface AgentServiceDeps extends HandlerDeps {
   pki?: { ca: ClusterCa; ids: HostIdentities };
   /** Live sessions by host name, so that removing a host ends its session at once. */
   hostSessions: HostSessions;
+  audit?: (e: { event: string; user: string; vm: string; host: string; success: boolean; detail: string; peer: string }) => Promise<void>;
 }
 
 /**
@@ -208,6 +209,7 @@ export function agentService(d: AgentServiceDeps): AgentServiceServer {
     }
     const issued = await pki.ids.issue(req.name, req.csrPem);
     d.logger.info({ host: req.name, serial: issued.serial, notAfter: issued.notAfter }, "host joined: certificate issued");
+    await d.audit?.({ event: "host.join", user: `host:${req.name}`, vm: "", host: req.name, success: true, detail: `certificate ${issued.serial} until ${issued.notAfter.toISOString()}`, peer: ctx.peer });
     return { certificatePem: issued.certPem, caPem: pki.ca.certPem, notAfter: issued.notAfter };
   });
 

@@ -132,3 +132,11 @@ describe("noidctl CA pinning decision", async () => {
     expect(() => pinDecision(fp, "sha256:xyz", undefined)).toThrow(/ca-fingerprint/);
   });
 });
+
+describe("noidctl plaintext warning", async () => {
+  const { isLocalAddress } = await import("../../cli/app.js");
+  it("treats only unix sockets and loopback as local", () => {
+    for (const a of ["unix:/run/noid.sock", "127.0.0.1:7654", "localhost:7654", "[::1]:7654"]) expect(isLocalAddress(a), a).toBe(true);
+    for (const a of ["10.0.0.1:7654", "noid.example.com:7654", "[fe80::1]:7654", "127x.example.com:1"]) expect(isLocalAddress(a), a).toBe(false);
+  });
+});
