@@ -56,6 +56,13 @@ export class HostIdentities {
       throw badJoinToken();
     }
     if (rec.hostName !== "" && rec.hostName !== name) throw denied(`this join token is for host "${rec.hostName}", not "${name}"`);
+    // An open token must not let a new machine take over a host that has an identity.
+    if (rec.hostName === "" && (await this.hasValidCert(name))) {
+      throw new NoidError(
+        "ALREADY_EXISTS",
+        `host "${name}" already has a valid certificate; remove it first (noidctl host remove) or use a join token bound to it (--host ${name})`,
+      );
+    }
     const r = await this.store.txn([{ key, target: "mod", op: "==", value: kv.modRevision }], [{ type: "delete", key }]);
     if (!r.succeeded) throw badJoinToken();
   }
@@ -79,6 +86,15 @@ export class HostIdentities {
   /** A transaction condition: the certificate `serial` is still valid (not revoked). */
   stillValid(serial: string): Compare {
     return { key: keys.hostCert(serial.toLowerCase()), target: "create", op: ">", value: 0 };
+  }
+
+  /** True if host `name` holds any certificate that is valid now. */
+  async hasValidCert(name: string): Promise<boolean> {
+    const now = this.clock.now().getTime();
+    return (await this.store.list(keys.hostCertsPrefix)).kvs.some((kv) => {
+      const rec = dec(HostCertRecord, kv.value);
+      return rec.hostName === name && (rec.notAfter?.getTime() ?? 0) > now;
+    });
   }
 
   /** True while the certificate with this serial is valid for host `name`. */

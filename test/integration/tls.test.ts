@@ -216,6 +216,10 @@ describe("join tokens", () => {
     expect(v.subject).toContain("CN=once");
     expect(v.notAfter.getTime() - Date.now()).toBeLessThanOrEqual(6000);
     expect(joined.caPem).toBe(c.handle.ca!.pem);
+    // An open token cannot take over a host that has a valid certificate; it is not used up by trying.
+    const open = await admin.createJoinToken({ ttlSeconds: 60 });
+    await expect(joinHost("once", open.token)).rejects.toMatchObject({ code: grpc.status.ALREADY_EXISTS });
+    await joinHost("once-more", open.token);
     // A second use, even for another name, is refused.
     await expect(joinHost("twice", jt.token)).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
     // Expired.
@@ -382,6 +386,8 @@ describe("node authorization", () => {
       } finally {
         raw.close();
       }
+      // A host with VMs cannot be removed.
+      await expect(admin.removeHost("node-a")).rejects.toMatchObject({ code: "FAILED_PRECONDITION" });
       const after = await admin.getVm({ id: vm.id });
       expect(after.status?.phase).toBe(VmPhase.VM_PHASE_RUNNING);
       expect(after.status?.reason).toBe(before.status?.reason);
