@@ -162,6 +162,7 @@ describe("noidctl auth setup pins the CA", () => {
     expect(certFingerprint(ctx.ca_pem!)).toBe(c.handle.ca!.fingerprint);
     expect(ctx.ca_fingerprint).toBe(c.handle.ca!.fingerprint);
     expect(ctx.insecure).toBeUndefined();
+    expect((await cli(["context", "list"], cfgPath)).stdout).toContain(`pinned=${c.handle.ca!.fingerprint.slice(0, 23)}`);
     const who = await cli(["whoami", "-o", "json"], cfgPath);
     expect(who.code).toBe(0);
     expect(JSON.parse(who.stdout).user).toBe("admin");
