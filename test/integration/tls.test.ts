@@ -252,6 +252,32 @@ describe("join tokens", () => {
   });
 });
 
+describe("noidctl host join-token / host remove", () => {
+  it("prints a one-time token and the CA fingerprint, and removes a host", async () => {
+    const out: string[] = [];
+    const cli = (args: string[]) =>
+      run(args, {
+        env: { NOID_SERVER: c.address, NOID_TOKEN: c.adminToken, NOID_CA_FILE: c.handle.ca!.file, NOID_CONFIG: "/nonexistent/config.toml" },
+        io: { stdout: (s) => void out.push(s), stderr: (s) => void out.push(s), readStdin: async () => "", isTTY: false, cwd: "/" },
+      });
+    expect(await cli(["host", "join-token", "--ttl", "10m", "--host", "cli-host", "-o", "json"])).toBe(0);
+    const res = JSON.parse(out.join("")) as { token: string; expires_at: string; ca_fingerprint: string };
+    expect(res.ca_fingerprint).toBe(c.handle.ca!.fingerprint);
+    expect(new Date(res.expires_at).getTime() - Date.now()).toBeLessThanOrEqual(600_000);
+    const joined = await joinHost("cli-host", res.token);
+    const sim = new SimAgent({ address: c.address, name: "cli-host", credentials: joined.creds });
+    try {
+      await sim.connect();
+      out.length = 0;
+      expect(await cli(["host", "remove", "cli-host"]), out.join("")).toBe(0);
+      expect(out.join("")).toMatch(/host\/cli-host removed; \d+ certificate\(s\) revoked/);
+      await expect(sim.register()).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });
+    } finally {
+      sim.close();
+    }
+  });
+});
+
 describe("agents on mTLS", () => {
   it("refuses an agent without a host certificate, even with the admin token", async () => {
     const sim = new SimAgent({ address: c.address, token: c.adminToken, name: "tokenhost", credentials: grpc.credentials.createSsl(Buffer.from(c.handle.ca!.pem)) });
