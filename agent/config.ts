@@ -61,7 +61,12 @@ export const agentConfigSchema = z
   .object({
     /** "host:port", "dns:///name:port" or "unix:/path/to.sock". */
     coordinator: z.string().min(1),
+    /** Bearer token file: only for a plaintext (--insecure) coordinator. */
     token_file: z.string().min(1).optional(),
+    /** One-time join token (noidctl host join-token), used once to get a host certificate. */
+    join_token_file: z.string().min(1).optional(),
+    /** SHA-256 fingerprint of the coordinator's CA, to fetch and pin it at the first join. */
+    ca_fingerprint: z.string().optional(),
     name: z
       .string()
       .default(() => hostname().toLowerCase().split(".")[0] ?? "host")
@@ -125,6 +130,8 @@ export const agentConfigSchema = z
   .transform((c) => ({
     coordinator: c.coordinator,
     tokenFile: c.token_file,
+    joinTokenFile: c.join_token_file,
+    caFingerprint: c.ca_fingerprint,
     name: c.name,
     address: c.address,
     uplink: c.uplink,
@@ -207,10 +214,18 @@ export function readConfigFile(path: string, required: boolean): Record<string, 
   }
 }
 
-/** The bearer token: from the environment if given there, else from token_file (trimmed). */
-export function readToken(cfg: AgentConfig, envToken: string | undefined): string {
+/**
+ * The bearer token: from the environment if given there, else from
+ * token_file (trimmed). Only a plaintext coordinator takes one; over TLS
+ * the host certificate is the credential and this returns undefined.
+ */
+export function readToken(cfg: AgentConfig, envToken: string | undefined): string | undefined {
+  if (!cfg.insecure) {
+    if (envToken || cfg.tokenFile) throw invalid("token_file", "bearer tokens are for --insecure coordinators only; over TLS join with --join-token-file");
+    return undefined;
+  }
   if (envToken) return envToken;
-  if (!cfg.tokenFile) throw invalid("token_file", "is required (or set NOID_TOKEN)");
+  if (!cfg.tokenFile) throw invalid("token_file", "is required with --insecure (or set NOID_TOKEN)");
   try {
     const t = readFileSync(cfg.tokenFile, "utf8").trim();
     if (!t) throw new Error("file is empty");

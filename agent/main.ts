@@ -3,12 +3,12 @@
 // agent stops; the next agent adopts them (driver.recover()).
 //
 //   node dist/agent/main.js --config /etc/noid/agent.toml
+//   node dist/agent/main.js --coordinator coord:7654 --name h1 --join-token-file jt --ca-fingerprint sha256:...
 //   node dist/agent/main.js --coordinator unix:/run/noid/coord.sock --name h1 --insecure --token-file t
-import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { CommanderError, Command } from "commander";
 import { ExecRunner } from "./exec.js";
-import { credentials, type ChannelCredentials } from "@grpc/grpc-js";
+import { credentials } from "@grpc/grpc-js";
 import { createLogger } from "../common/logger.js";
 import { invalid } from "../common/errors.js";
 import { AgentServiceClient } from "../gen/noid/v1/agent.js";
@@ -26,6 +26,7 @@ import { ReconcileLoop } from "./reconcile/loop.js";
 import { PostureReporter } from "./posture/reporter.js";
 import { run } from "../common/run.js";
 import { AgentSession } from "./session.js";
+import { CHANNEL_OPTIONS, HostIdentity } from "./identity.js";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -37,6 +38,9 @@ interface Flags {
   uplink?: string;
   stateDir?: string;
   tokenFile?: string;
+  joinTokenFile?: string;
+  caFile?: string;
+  caFingerprint?: string;
   nsPrefix?: string;
   vcpus?: string;
   memoryMb?: string;
@@ -69,6 +73,9 @@ export function flagsToLayer(f: Flags): Record<string, unknown> {
     uplink: f.uplink,
     state_dir: f.stateDir,
     token_file: f.tokenFile,
+    join_token_file: f.joinTokenFile,
+    ca_fingerprint: f.caFingerprint,
+    ...(f.caFile ? { tls: { ca_file: f.caFile } } : {}),
     ns_prefix: f.nsPrefix,
     insecure: f.insecure,
     log_level: f.logLevel,
@@ -78,7 +85,7 @@ export function flagsToLayer(f: Flags): Record<string, unknown> {
   };
 }
 
-export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): { config: AgentConfig; token: string } {
+export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): { config: AgentConfig; token: string | undefined } {
   const program = new Command()
     .name("noid-agent")
     .option("--config <file>", `TOML config (default ${DEFAULT_CONFIG_FILE} if present)`)
@@ -87,14 +94,17 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     .option("--address <ip>", "underlay address")
     .option("--uplink <ifname>", "interface tenant egress is NATed to (default: the default route's)")
     .option("--state-dir <dir>", "agent state directory")
-    .option("--token-file <file>", "file holding the bearer token")
+    .option("--token-file <file>", "file holding a bearer token (--insecure coordinators only)")
+    .option("--join-token-file <file>", "file holding a one-time join token (first start; never pass the token itself)")
+    .option("--ca-file <file>", "CA certificate (PEM) the coordinator is checked against")
+    .option("--ca-fingerprint <sha256>", "fetch the coordinator's CA at the first join and pin it if its fingerprint is this")
     .option("--ns-prefix <prefix>", "prefix of VM namespace names")
     .option("--vcpus <n>")
     .option("--memory-mb <n>")
     .option("--disk-gb <n>")
     .option("--label <k=v>", "host label (repeatable)", (v: string, acc: string[] = []) => [...acc, v])
     .option("--drivers <list>", "drivers to run, comma separated, default first (sandbox,qemu,firecracker)")
-    .option("--insecure", "plaintext gRPC (unix socket / loopback only)")
+    .option("--insecure", "plaintext gRPC with a bearer token (development only; a warning is logged)")
     .option("--log-level <level>")
     .exitOverride()
     .parse(argv, { from: "user" });
@@ -104,12 +114,6 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const fileLayer = readConfigFile(file ?? DEFAULT_CONFIG_FILE, file !== undefined);
   const config = parseAgentConfig(mergeLayers(fileLayer, e.overrides, flagsToLayer(flags)));
   return { config, token: readToken(config, e.token) };
-}
-
-function channelCredentials(c: AgentConfig): ChannelCredentials {
-  if (c.insecure) return credentials.createInsecure();
-  const read = (p: string | undefined): Buffer | null => (p ? readFileSync(p) : null);
-  return credentials.createSsl(read(c.tls.caFile), read(c.tls.keyFile), read(c.tls.certFile));
 }
 
 export async function main(argv: string[]): Promise<void> {
@@ -124,14 +128,27 @@ export async function main(argv: string[]): Promise<void> {
     logger: logger.child({ component: "reconcile" }),
     onStatus: (r) => session?.report(r),
   });
-  const client = new AgentServiceClient(config.coordinator, channelCredentials(config), {
-    "grpc.keepalive_time_ms": 20_000,
-    "grpc.keepalive_timeout_ms": 10_000,
-    "grpc.keepalive_permit_without_calls": 1,
-  });
+  let identity: HostIdentity | undefined;
+  let client: AgentServiceClient;
+  if (config.insecure) {
+    logger.warn("plaintext connection to the coordinator (--insecure): the bearer token crosses unencrypted");
+    client = new AgentServiceClient(config.coordinator, credentials.createInsecure(), CHANNEL_OPTIONS);
+  } else {
+    identity = new HostIdentity({
+      coordinator: config.coordinator,
+      name: config.name,
+      stateDir: config.stateDir,
+      ...(config.tls.caFile ? { caFile: config.tls.caFile } : {}),
+      ...(config.caFingerprint ? { caFingerprint: config.caFingerprint } : {}),
+      ...(config.joinTokenFile ? { joinTokenFile: config.joinTokenFile } : {}),
+      logger: logger.child({ component: "identity" }),
+      onRenewed: (c) => session?.setClient(c),
+    });
+    client = await identity.start();
+  }
   session = new AgentSession({
     client,
-    token,
+    ...(token ? { token } : {}),
     registration: {
       name: config.name,
       address: config.address,
@@ -171,6 +188,7 @@ export async function main(argv: string[]): Promise<void> {
     process.once("SIGINT", () => shutdown("SIGINT"));
   });
   posture.stop();
+  identity?.stop();
   await session.stop();
   await loop.stop();
   client.close();

@@ -35,7 +35,8 @@ export type SessionState = "idle" | "registering" | "streaming" | "backoff" | "s
 
 export interface AgentSessionOptions {
   client: AgentServiceClient;
-  token: string;
+  /** Bearer token (plaintext coordinators only); with mTLS the client certificate is the credential. */
+  token?: string;
   registration: RegisterHostRequest;
   sink: DesiredSink;
   logger: Logger;
@@ -112,14 +113,37 @@ export class AgentSession {
 
   private metadata(): Metadata {
     const md = new Metadata();
-    md.set("authorization", `Bearer ${this.opts.token}`);
+    if (this.opts.token) md.set("authorization", `Bearer ${this.opts.token}`);
     return md;
+  }
+
+  private client: AgentServiceClient | undefined;
+  /** Clients replaced by setClient, closed once no stream uses them. */
+  private retired: AgentServiceClient[] = [];
+
+  private get current(): AgentServiceClient {
+    return this.client ?? this.opts.client;
+  }
+
+  /**
+   * Uses `client` (e.g. with a renewed certificate) for every call from now
+   * on; the open stream stays on the old connection until it ends.
+   */
+  setClient(client: AgentServiceClient): void {
+    const old = this.current;
+    this.client = client;
+    if (old !== client) this.retired.push(old);
+    if (!this.stream) this.closeRetired();
+  }
+
+  private closeRetired(): void {
+    for (const c of this.retired.splice(0)) c.close();
   }
 
   private register(): Promise<RegisterHostResponse> {
     const deadline = new Date(Date.now() + (this.opts.registerTimeoutMs ?? 10_000));
     return new Promise((resolve, reject) => {
-      this.opts.client.registerHost(this.opts.registration, this.metadata(), { deadline }, (err: ServiceError | null, res) =>
+      this.current.registerHost(this.opts.registration, this.metadata(), { deadline }, (err: ServiceError | null, res) =>
         err ? reject(err) : resolve(res),
       );
     });
@@ -143,12 +167,11 @@ export class AgentSession {
   }
 
   private openStream(reg: RegisterHostResponse): void {
-    const stream = this.opts.client.session(this.metadata());
+    this.closeRetired();
+    const stream = this.current.session(this.metadata());
     this.stream = stream;
     this.setState("streaming");
     this.write({ kind: { $case: "hello", value: { hostId: reg.hostId } } });
-    // The coordinator may have lost what we said before the break: say it again.
-    for (const r of this.opts.sink.lastReports()) this.write({ kind: { $case: "vmStatus", value: r } });
 
     const everyMs = reg.heartbeatIntervalMs || (this.opts.defaultHeartbeatMs ?? 5000);
     this.sequence = 0;
@@ -183,9 +206,14 @@ export class AgentSession {
     // Any message proves the session works: the next break starts backing off from scratch.
     this.attempt = 0;
     switch (k.$case) {
-      case "snapshot":
+      case "snapshot": {
         this.opts.sink.setDesired(k.value.vms.map((vm) => desiredFromVm(vm)));
+        // The coordinator may have lost what we said before the break: say it again,
+        // for the VMs still ours (reporting one that moved away would be refused).
+        const ours = new Set(k.value.vms.map((vm) => vm.id));
+        for (const r of this.opts.sink.lastReports()) if (ours.has(r.vmId)) this.write({ kind: { $case: "vmStatus", value: r } });
         break;
+      }
       case "vm":
         this.opts.sink.upsert(desiredFromVm(k.value));
         break;

@@ -14,6 +14,8 @@ export interface Io {
   readStdin: () => Promise<string>;
   /** stdout is a terminal: colours and progress lines are fine. */
   isTTY: boolean;
+  /** Asks a yes/no question on the terminal; absent when there is none to ask on. */
+  confirm?: (question: string) => Promise<boolean>;
   cwd: string;
   /** stdin as a stream (exec -i); absent: reads nothing. */
   stdinStream?: AsyncIterable<Buffer | string>;
@@ -93,13 +95,19 @@ export class App {
       address: conn.server,
       ...(conn.token ? { token: conn.token } : {}),
       insecure: conn.insecure,
-      ...(conn.caFile ? { tls: { caPem: readCaFile(this.absolute(conn.caFile)) } } : {}),
+      ...(conn.caFile ? { tls: { caPem: readCaFile(this.absolute(conn.caFile)) } } : conn.caPem ? { tls: { caPem: conn.caPem } } : {}),
       ...(timeout !== undefined ? { deadlineMs: parseTimeoutSeconds(timeout) } : {}),
     };
   }
 
+  #warnedPlaintext = false;
+
   /** A client for an explicit connection (auth setup checks a token before saving it). */
   connectTo(conn: Connection): NoidClient {
+    if (conn.insecure && !isLocalAddress(conn.server) && !this.#warnedPlaintext) {
+      this.#warnedPlaintext = true;
+      this.note(`warning: plaintext connection to ${conn.server} (--insecure): the token crosses the network unencrypted`);
+    }
     return this.#connect(this.connectOptions(conn));
   }
 
@@ -148,4 +156,11 @@ export class App {
   note(message: string): void {
     this.io.stderr(message + "\n");
   }
+}
+
+/** Unix sockets and loopback addresses: plaintext there never crosses a network. */
+export function isLocalAddress(server: string): boolean {
+  if (server.startsWith("unix:")) return true;
+  const host = server.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
+  return host === "localhost" || host === "::1" || /^127\./.test(host);
 }

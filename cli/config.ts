@@ -12,6 +12,9 @@ const ContextSchema = z.object({
   token: z.string().optional(),
   insecure: z.boolean().optional(),
   ca_file: z.string().optional(),
+  /** The coordinator's CA pinned by `auth setup` (PEM), and its fingerprint. */
+  ca_pem: z.string().optional(),
+  ca_fingerprint: z.string().optional(),
 });
 
 const ConfigSchema = z.object({

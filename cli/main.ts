@@ -7,6 +7,28 @@ async function readStdin(): Promise<string> {
   return Buffer.concat(chunks).toString("utf8");
 }
 
+/** A yes/no question on the controlling terminal (stdin may carry a token). */
+async function confirm(question: string): Promise<boolean> {
+  const { openSync, closeSync, createReadStream, writeSync } = await import("node:fs");
+  let fd: number;
+  try {
+    fd = openSync("/dev/tty", "r+");
+  } catch {
+    return false;
+  }
+  writeSync(fd, question);
+  const answer = await new Promise<string>((resolve) => {
+    const rs = createReadStream("", { fd, autoClose: false });
+    rs.once("data", (d) => {
+      rs.destroy();
+      resolve(String(d));
+    });
+    rs.once("error", () => resolve(""));
+  });
+  closeSync(fd);
+  return /^y(es)?$/i.test(answer.trim());
+}
+
 const ac = new AbortController();
 const interruptHandlers = new Set<() => void>();
 process.on("SIGINT", () => {
@@ -27,6 +49,7 @@ process.exitCode = await run(process.argv.slice(2), {
     stderr: (s) => void process.stderr.write(s),
     readStdin,
     isTTY: process.stdout.isTTY === true,
+    ...(process.stderr.isTTY ? { confirm } : {}),
     cwd: process.cwd(),
     stdinStream: process.stdin,
     onInterrupt: (f) => {

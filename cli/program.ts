@@ -35,7 +35,8 @@ export function buildProgram(deps: AppDeps): { program: Command; app: App } {
       "after",
       `
 Configuration: ~/.noid/config.toml (NOID_CONFIG overrides the path); NOID_SERVER
-and NOID_TOKEN override flags and contexts; NOID_INSECURE=1 is --insecure.
+and NOID_TOKEN override flags and contexts; NOID_INSECURE=1 is --insecure,
+NOID_CA_FILE is --ca-file.
 
 Examples:
   noidctl auth setup --server localhost:7654 --insecure --token-stdin < token.txt

@@ -20,6 +20,8 @@ export interface Connection {
   token?: string;
   insecure: boolean;
   caFile?: string;
+  /** A CA pinned in the context (used when no CA file is given). */
+  caPem?: string;
   /** The context the settings came from, if any. */
   contextName?: string;
 }
@@ -41,12 +43,14 @@ export function resolveConnection(env: Readonly<Record<string, string | undefine
   const { name, ctx } = chooseContext(flags, cfg);
   const server = env["NOID_SERVER"] || flags.server || ctx?.server || DEFAULT_SERVER;
   const token = env["NOID_TOKEN"] || ctx?.token;
-  const caFile = flags.caFile ?? ctx?.ca_file;
+  const caFile = env["NOID_CA_FILE"] || flags.caFile || ctx?.ca_file;
+  const caPem = caFile ? undefined : ctx?.ca_pem;
   return {
     server,
     insecure: flags.insecure === true || env["NOID_INSECURE"] === "1" || env["NOID_INSECURE"] === "true" || ctx?.insecure === true,
     ...(token ? { token } : {}),
     ...(caFile ? { caFile } : {}),
+    ...(caPem ? { caPem } : {}),
     ...(name !== undefined ? { contextName: name } : {}),
   };
 }

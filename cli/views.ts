@@ -137,6 +137,8 @@ export interface ContextRow {
   server: string;
   insecure: boolean;
   caFile: string;
+  /** Fingerprint of the CA pinned by auth setup, when there is one. */
+  caFingerprint?: string;
   hasToken: boolean;
 }
 
@@ -146,7 +148,10 @@ export const contextView: View<ContextRow> = {
     { header: "CURRENT", value: (c) => (c.current ? "*" : "") },
     { header: "NAME", value: (c) => c.name },
     { header: "SERVER", value: (c) => c.server },
-    { header: "TLS", value: (c) => (c.insecure ? "off" : c.caFile ? `ca=${c.caFile}` : "system") },
+    {
+      header: "TLS",
+      value: (c) => (c.insecure ? "off" : c.caFile ? `ca=${c.caFile}` : c.caFingerprint ? `pinned=${c.caFingerprint.slice(0, 23)}…` : "system"),
+    },
     { header: "TOKEN", value: (c) => (c.hasToken ? "set" : "-") },
   ],
 };

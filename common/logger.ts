@@ -14,6 +14,10 @@ export const REDACT_PATHS = [
   "*.authorization",
   "env",
   "*.env",
+  "joinToken",
+  "*.joinToken",
+  "keyPem",
+  "*.keyPem",
 ];
 
 export function createLogger(opts: { name: string; level?: string; destination?: DestinationStream }): Logger {

@@ -17,13 +17,16 @@ export const CoordinatorConfigSchema = z
         listen: hostPort.default("0.0.0.0:7654"),
         /** Also serve on this unix socket (agents in the local demo reach us through it). */
         unix_socket: z.string().default(""),
+        /** An operator's server certificate (PEM chain) and key; empty: one signed by the cluster CA is generated. */
         tls_cert: z.string().default(""),
         tls_key: z.string().default(""),
+        /** Extra DNS names / IP addresses of the generated server certificate (localhost and loopback are always in). */
+        tls_sans: z.array(z.string().regex(/^[A-Za-z0-9.:-]{1,253}$/, "must be a DNS name or IP address")).default([]),
         /** Plaintext gRPC. Only with an explicit opt-in; a warning is logged. */
         insecure: z.boolean().default(false),
       })
       .strict()
-      .default({ listen: "0.0.0.0:7654", unix_socket: "", tls_cert: "", tls_key: "", insecure: false }),
+      .default({ listen: "0.0.0.0:7654", unix_socket: "", tls_cert: "", tls_key: "", tls_sans: [], insecure: false }),
     state_dir: z.string().min(1).default("/var/lib/noid"),
     etcd: z
       .object({
@@ -59,9 +62,11 @@ export const CoordinatorConfigSchema = z
       .object({
         lease_ttl_seconds: z.number().int().min(2).max(300).default(10),
         heartbeat_interval_ms: z.number().int().min(100).max(60_000).default(2000),
+        /** Lifetime of a host's client certificate; agents renew at 2/3 of it. */
+        cert_ttl_seconds: z.number().int().min(5).max(90 * 86_400).default(86_400),
       })
       .strict()
-      .default({ lease_ttl_seconds: 10, heartbeat_interval_ms: 2000 }),
+      .default({ lease_ttl_seconds: 10, heartbeat_interval_ms: 2000, cert_ttl_seconds: 86_400 }),
     networks: NetworkSettingsSchema.default(NETWORK_SETTINGS_DEFAULTS),
     mesh: z
       .object({
@@ -167,6 +172,7 @@ export function envLayer(env: Record<string, string | undefined>): ConfigLayer {
   if (env.NOID_INSECURE) server.insecure = env.NOID_INSECURE === "1" || env.NOID_INSECURE === "true";
   if (env.NOID_TLS_CERT) server.tls_cert = env.NOID_TLS_CERT;
   if (env.NOID_TLS_KEY) server.tls_key = env.NOID_TLS_KEY;
+  if (env.NOID_TLS_SANS) server.tls_sans = splitList(env.NOID_TLS_SANS);
   if (Object.keys(server).length) layer.server = server;
   if (env.NOID_STATE_DIR) layer.state_dir = env.NOID_STATE_DIR;
   if (env.NOID_ETCD) layer.etcd = { endpoints: splitList(env.NOID_ETCD) };

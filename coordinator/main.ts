@@ -15,6 +15,7 @@ function flagsLayer(o: Record<string, unknown>): ConfigLayer {
   if (o.insecure !== undefined) server.insecure = o.insecure;
   if (o.tlsCert !== undefined) server.tls_cert = o.tlsCert;
   if (o.tlsKey !== undefined) server.tls_key = o.tlsKey;
+  if (o.tlsSan !== undefined) server.tls_sans = splitList(String(o.tlsSan));
   if (Object.keys(server).length) layer.server = server;
   if (o.stateDir !== undefined) layer.state_dir = o.stateDir;
   if (o.etcd !== undefined) layer.etcd = { endpoints: splitList(String(o.etcd)) };
@@ -30,9 +31,10 @@ const program = new Command("noid-coordinator")
   .option("--unix-socket <path>", "also serve gRPC on this unix socket")
   .option("--state-dir <dir>", "state directory: admin token, embedded etcd data (default /var/lib/noid)")
   .option("--etcd <urls>", "comma-separated etcd endpoints; omit to run an embedded etcd")
-  .option("--tls-cert <file>", "TLS certificate (PEM)")
+  .option("--tls-cert <file>", "TLS server certificate chain (PEM); default: generated, signed by the cluster CA in <state-dir>/pki")
   .option("--tls-key <file>", "TLS private key (PEM)")
-  .option("--insecure", "serve plaintext gRPC (development only)")
+  .option("--tls-san <names>", "comma-separated extra DNS names/IPs for the generated server certificate")
+  .option("--insecure", "serve plaintext gRPC (development only; agents then use an admin token)")
   .addOption(new Option("--policy <policy>", "placement policy").choices(["spread", "binpack"]))
   .addOption(new Option("--log-level <level>", "log level").choices(["trace", "debug", "info", "warn", "error", "silent"]))
   .showHelpAfterError()
@@ -40,6 +42,7 @@ const program = new Command("noid-coordinator")
     "after",
     `
 Examples:
+  noid-coordinator --state-dir /tmp/noid --tls-san noid.example.com   # TLS with a generated cluster CA
   noid-coordinator --insecure --state-dir /tmp/noid          # embedded etcd, plaintext
   noid-coordinator --config /etc/noid/coordinator.toml
   noid-coordinator --etcd https://a:2379,https://b:2379 --tls-cert cert.pem --tls-key key.pem`,

@@ -44,6 +44,12 @@ import { agentService } from "./services/agent-service.js";
 import { execService } from "./services/exec-service.js";
 import { SessionRegistry } from "./agents/registry.js";
 import { ExecServiceService } from "../gen/noid/v1/exec.js";
+import { hostname } from "node:os";
+import { certFingerprint } from "../common/x509.js";
+import { loadOrCreatePki, type ClusterPki } from "./pki/ca.js";
+import { tlsServerCredentials } from "./pki/credentials.js";
+import { HostIdentities } from "./pki/host-identity.js";
+import { HostSessions } from "./services/agent-service.js";
 
 export const ADMIN_TOKEN_FILE = "admin.token";
 const BOOTSTRAP_TOKEN_NAME = "bootstrap-admin";
@@ -61,6 +67,8 @@ export interface CoordinatorHandle {
   cluster: ClusterState;
   placement: PlacementController;
   etcd?: EmbeddedEtcd;
+  /** The cluster CA (PEM, file and fingerprint); absent when serving plaintext. */
+  ca?: { pem: string; file: string; fingerprint: string };
   /** Authentication failure counters (for the metrics exporter). */
   authFailures(): ReturnType<AuthGuard["failures"]>;
   stop(): Promise<void>;
@@ -117,20 +125,28 @@ async function bootstrapAdmin(tokens: TokenStore, stateDir: string, logger: Logg
   return file;
 }
 
-function serverCredentials(cfg: CoordinatorConfig, logger: Logger): grpc.ServerCredentials {
-  if (cfg.server.tls_cert) {
-    const cert = readFileSync(cfg.server.tls_cert);
-    const key = readFileSync(cfg.server.tls_key);
-    return grpc.ServerCredentials.createSsl(null, [{ cert_chain: cert, private_key: key }], false);
+export const PKI_DIR = "pki";
+
+/**
+ * TLS unless plaintext was asked for explicitly: the cluster CA and (unless
+ * tls_cert/tls_key are configured) a server certificate it signs, created in
+ * <state_dir>/pki on first start and reused afterwards.
+ */
+async function serverCredentials(cfg: CoordinatorConfig, logger: Logger): Promise<{ creds: grpc.ServerCredentials; pki?: ClusterPki }> {
+  if (cfg.server.insecure && !cfg.server.tls_cert) {
+    logger.warn("serving plaintext gRPC (--insecure): tokens cross the network unencrypted and agents authenticate with an admin token");
+    return { creds: grpc.ServerCredentials.createInsecure() };
   }
-  if (cfg.server.insecure) {
-    logger.warn("serving plaintext gRPC (insecure): tokens cross the network unencrypted");
-    return grpc.ServerCredentials.createInsecure();
-  }
-  throw new NoidError(
-    "INVALID_ARGUMENT",
-    "no TLS certificate configured: set server.tls_cert and server.tls_key, or run with --insecure for plaintext",
-  );
+  const listenHost = cfg.server.listen.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
+  const wildcard = listenHost === "0.0.0.0" || listenHost === "::";
+  const pki = await loadOrCreatePki({
+    dir: join(cfg.state_dir, PKI_DIR),
+    sans: [...cfg.server.tls_sans, ...(wildcard ? [] : [listenHost]), hostname().toLowerCase()],
+    ...(cfg.server.tls_cert ? { tlsCert: cfg.server.tls_cert, tlsKey: cfg.server.tls_key } : {}),
+    onCreate: (what, path) => logger.info({ path }, `${what} created`),
+  });
+  logger.info({ caFingerprint: certFingerprint(pki.ca.certPem), generatedServerCert: pki.generatedServerCert }, "serving TLS (minimum TLS 1.2)");
+  return { creds: tlsServerCredentials({ certChainPem: pki.serverCertPem, keyPem: pki.serverKeyPem, clientCaPem: pki.ca.certPem }), pki };
 }
 
 function bind(server: grpc.Server, addr: string, creds: grpc.ServerCredentials): Promise<number> {
@@ -143,7 +159,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
   const { config: cfg, logger } = opts;
   const clock: Clock = opts.clock ?? { now: () => new Date() };
   mkdirSync(cfg.state_dir, { recursive: true, mode: 0o700 });
-  const creds = serverCredentials(cfg, logger);
+  const { creds, pki: clusterPki } = await serverCredentials(cfg, logger);
 
   const { store: rawStore, etcd } = opts.store ? { store: opts.store, etcd: undefined } : await openStore(cfg, logger);
   // Every audit event written through this store is linked into the hash chain in its own transaction.
@@ -179,9 +195,11 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const base: HandlerDeps = { auth: guard, logger: logger.child({ component: "api" }) };
 
     const sessions = new SessionRegistry();
+    const hostSessions = new HostSessions();
+    const pki = clusterPki ? { ca: clusterPki.ca, ids: new HostIdentities(store, clock, clusterPki.ca, cfg.agents.cert_ttl_seconds) } : undefined;
     const server = new grpc.Server({ "grpc.keepalive_time_ms": 20_000, "grpc.keepalive_timeout_ms": 10_000, "grpc.keepalive_permit_without_calls": 1 });
     server.addService(VmServiceService, vmService({ ...base, repo: vms, cluster, limits: () => cfg.limits }));
-    server.addService(HostServiceService, hostService({ ...base, hosts, cluster, store, clock, audit: writeAudit }));
+    server.addService(HostServiceService, hostService({ ...base, hosts, cluster, store, clock, audit: writeAudit, hostSessions, ...(pki ? { pki } : {}) }));
     server.addService(NetworkServiceService, networkService({ ...base, networks }));
     server.addService(AuthServiceService, authService({ ...base, tokens, audit: writeAudit }));
     server.addService(AuditServiceService, auditService({ ...base, audit }));
@@ -202,6 +220,10 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         logger: logger.child({ component: "agents" }),
         sessions,
         meshPrefixLen: meshCidr.prefix,
+        guard,
+        hostSessions,
+        audit: writeAudit,
+        ...(pki ? { pki } : {}),
       }),
     );
     server.addService(ExecServiceService, execService({ ...base, repo: vms, sessions, audit: writeAudit }));
@@ -264,6 +286,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         if (target > 0) await store.compact(target);
         await audit.trim(cfg.logging.audit_retention);
         await tokens.sweep();
+        await pki?.ids.sweep();
       })().catch((err) => logger.warn({ err }, "maintenance failed"));
     }, 60_000);
     cleanups.push(async () => {
@@ -283,6 +306,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
       cluster,
       placement,
       ...(etcd ? { etcd } : {}),
+      ...(clusterPki ? { ca: { pem: clusterPki.ca.certPem, file: join(cfg.state_dir, PKI_DIR, "ca.crt"), fingerprint: certFingerprint(clusterPki.ca.certPem) } } : {}),
       authFailures: () => guard.failures(),
       stop: stopAll,
     };

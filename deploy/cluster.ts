@@ -1,6 +1,8 @@
 // A whole Noid cluster on one machine: a coordinator (with its embedded etcd)
 // in the root namespace and N agent hosts, each a network namespace of a lab,
-// reaching the coordinator through a unix socket. Used by `npm run demo` and
+// reaching the coordinator through a unix socket. TLS everywhere: clients
+// trust the generated cluster CA; each agent joins with a one-time join
+// token and then holds an mTLS session with its host certificate. Used by `npm run demo` and
 // by the end-to-end tests, so both run exactly the same thing.
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -40,6 +42,8 @@ export interface LocalCluster {
   address: string;
   adminToken: string;
   adminTokenFile: string;
+  /** The cluster CA (PEM file) clients verify the coordinator with. */
+  caFile: string;
   coordinator: ProcessRef;
   lab: Lab;
   agents: ProcessRef[];
@@ -95,12 +99,12 @@ export async function startLocalCluster(o: ClusterOptions): Promise<LocalCluster
   const socket = join(o.dir, "coordinator.sock");
   const stateDir = join(o.dir, "coordinator");
   const tokenFile = join(stateDir, "admin.token");
+  const caFile = join(stateDir, "pki", "ca.crt");
   const clients: NoidClient[] = [];
   const pid = await spawnDetached(
     [
       process.execPath,
       join(repoRoot, "dist/coordinator/main.js"),
-      "--insecure",
       "--listen",
       o.listen ?? "127.0.0.1:0",
       "--unix-socket",
@@ -120,14 +124,15 @@ export async function startLocalCluster(o: ClusterOptions): Promise<LocalCluster
       "the coordinator to write its admin token and socket",
       async () => {
         if (!isAlive(coordinator)) throw new Error(`the coordinator died: ${tail(join(o.dir, "coordinator.log"))}`);
-        return existsSync(tokenFile) && existsSync(socket) ? true : undefined;
+        return existsSync(tokenFile) && existsSync(socket) && existsSync(caFile) ? true : undefined;
       },
       60_000,
     );
     const adminToken = readFileSync(tokenFile, "utf8").trim();
+    const caPem = readFileSync(caFile);
     const address = `unix:${socket}`;
     const client = (token = adminToken) => {
-      const c = connect({ address, token, insecure: true });
+      const c = connect({ address, token, tls: { caPem } });
       clients.push(c);
       return c;
     };
@@ -141,6 +146,13 @@ export async function startLocalCluster(o: ClusterOptions): Promise<LocalCluster
     const agents: ProcessRef[] = [];
     const startAgent = async (i: number): Promise<ProcessRef> => {
       const h = theLab.hosts[i]!;
+      const agentDir = join(o.dir, `agent-${h.name}`);
+      // A one-time join token for the first start; later starts use the stored certificate.
+      const joinTokenFile = join(o.dir, `join-${h.name}.token`);
+      if (!existsSync(join(agentDir, "pki", "host.crt"))) {
+        const jt = await admin.createJoinToken({ ttlSeconds: 600, hostName: hostNames[i]! });
+        writeFileSync(joinTokenFile, jt.token + "\n", { mode: 0o600 });
+      }
       const ref = await theLab.spawn(
         h,
         [
@@ -148,15 +160,16 @@ export async function startLocalCluster(o: ClusterOptions): Promise<LocalCluster
           join(repoRoot, "dist/agent/main.js"),
           "--coordinator",
           address,
-          "--insecure",
+          "--ca-file",
+          caFile,
+          "--join-token-file",
+          joinTokenFile,
           "--name",
           hostNames[i]!,
           "--address",
           h.address,
           "--state-dir",
-          join(o.dir, `agent-${h.name}`),
-          "--token-file",
-          tokenFile,
+          agentDir,
           "--ns-prefix",
           `${o.prefix}-${h.name}`,
           "--vcpus",
@@ -187,6 +200,7 @@ export async function startLocalCluster(o: ClusterOptions): Promise<LocalCluster
       address,
       adminToken,
       adminTokenFile: tokenFile,
+      caFile,
       coordinator,
       lab: theLab,
       agents,

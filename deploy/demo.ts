@@ -77,8 +77,8 @@ async function up(): Promise<void> {
   }
   const path = configPath(process.env);
   let cfg = loadConfig(path);
-  for (const name of Object.keys(TENANTS)) cfg = withContext(cfg, `demo-${name}`, { server: LISTEN, token: secrets[name]!, insecure: true });
-  cfg = withContext(cfg, "demo", { server: LISTEN, token: cluster.adminToken, insecure: true });
+  for (const name of Object.keys(TENANTS)) cfg = withContext(cfg, `demo-${name}`, { server: LISTEN, token: secrets[name]!, ca_file: cluster.caFile });
+  cfg = withContext(cfg, "demo", { server: LISTEN, token: cluster.adminToken, ca_file: cluster.caFile });
   saveConfig(path, cfg);
 
   for (const [user, names] of Object.entries(TENANTS)) {

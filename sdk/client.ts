@@ -13,7 +13,7 @@ import type {
   Token,
   WhoAmIResponse,
 } from "../gen/noid/v1/auth.js";
-import type { DrainHostResponse, Host, HostServiceClient } from "../gen/noid/v1/host.js";
+import type { CreateJoinTokenResponse, DrainHostResponse, Host, HostServiceClient, RemoveHostResponse } from "../gen/noid/v1/host.js";
 import type { EgressPolicy, Network, NetworkServiceClient } from "../gen/noid/v1/network.js";
 import { VmSpec, type Vm, type VmServiceClient, type WatchVmsResponse, VmEventType } from "../gen/noid/v1/vm.js";
 import type { ExecResponse, ExecServiceClient } from "../gen/noid/v1/exec.js";
@@ -303,6 +303,17 @@ export class NoidClient {
   /** Cordons the host and reschedules its unstarted VMs; says which moved and which remain. */
   async drainHost(name: string): Promise<DrainHostResponse> {
     return this.#unary("DrainHost", "mutation", this.#c.host.drainHost.bind(this.#c.host), { name });
+  }
+
+  /** A one-time token an agent joins with (admin only); `hostName` limits it to that host. */
+  async createJoinToken(opts: { ttlSeconds: number; hostName?: string }): Promise<CreateJoinTokenResponse> {
+    const req = { ttlSeconds: opts.ttlSeconds, hostName: opts.hostName ?? "" };
+    return this.#unary("CreateJoinToken", "mutation", this.#c.host.createJoinToken.bind(this.#c.host), req);
+  }
+
+  /** Forgets a host without VMs and revokes its certificates (admin only). */
+  async removeHost(name: string): Promise<RemoveHostResponse> {
+    return this.#unary("RemoveHost", "mutation", this.#c.host.removeHost.bind(this.#c.host), { name });
   }
 
   // ---- networks ----

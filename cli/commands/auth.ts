@@ -4,6 +4,7 @@ import type { Command } from "commander";
 import type { App } from "../app.js";
 import { examples } from "../help.js";
 import { withContext } from "../config.js";
+import { fetchServerCa, normalizeFingerprint } from "../../sdk/index.js";
 import { roleName, UsageError } from "../parse.js";
 import { DEFAULT_SERVER, type Connection } from "../settings.js";
 import { whoAmIView } from "../views.js";
@@ -33,6 +34,24 @@ export function loginSecrets(o: { totp?: string }, stdin: string): { password: s
   return { password, totpCode };
 }
 
+/**
+ * Pure: whether a fetched CA may be pinned. With --ca-fingerprint it must
+ * match; without, a human must have said yes (trust on first use).
+ */
+export function pinDecision(fetched: string, expected: string | undefined, humanSaidYes: boolean | undefined): { pin: true } | { pin: false; why: string } {
+  if (expected !== undefined) {
+    const want = normalizeFingerprint(expected);
+    if (!want) throw new UsageError("--ca-fingerprint must be sha256:<64 hex> (as printed by noidctl host join-token and the coordinator log)");
+    return want === fetched
+      ? { pin: true }
+      : { pin: false, why: `the server's CA is ${fetched}, not the expected ${want}: refusing to trust it (wrong server, or someone in between)` };
+  }
+  if (humanSaidYes === undefined) {
+    return { pin: false, why: `the server's CA is ${fetched}; verify it and pass --ca-fingerprint ${fetched} (or --ca-file) to trust it` };
+  }
+  return humanSaidYes ? { pin: true } : { pin: false, why: "CA not trusted; nothing saved" };
+}
+
 export function registerAuthCommands(program: Command, app: App): void {
   const auth = program
     .command("auth")
@@ -44,28 +63,48 @@ export function registerAuthCommands(program: Command, app: App): void {
     .description("check a token against the coordinator and save it as a context (made current)")
     .option("--token <token>", "64-hex API token (prefer --token-stdin: flags end up in shell history)")
     .option("--token-stdin", "read the token from standard input")
+    .option("--ca-fingerprint <sha256>", "pin the server's CA only if its fingerprint is this (non-interactive trust on first use)")
     .addHelpText(
       "after",
       `
 The global --server, --context, --insecure and --ca-file choose what is saved
-(context "default" unless --context names another).
+(context "default" unless --context names another). Without --ca-file or
+--insecure, the coordinator's CA is fetched over TLS and pinned in the
+context: on a terminal after you confirm its fingerprint, otherwise only if
+it matches --ca-fingerprint. Every later command verifies the server against
+the pinned CA.
 
 Examples:
+  noidctl auth setup --server noid.example.com:7654 --ca-fingerprint sha256:3f... --token-stdin < token.txt
   noidctl auth setup --server noid.example.com:7654 --ca-file ca.pem --token-stdin < token.txt
   noidctl auth setup --context local --server unix:/run/noid/api.sock --insecure --token <token>`,
     )
-    .action(async (o: { token?: string; tokenStdin?: boolean }) => {
+    .action(async (o: { token?: string; tokenStdin?: boolean; caFingerprint?: string }) => {
       const token = pickToken(o, o.tokenStdin ? await app.io.readStdin() : undefined);
       const cfg = app.config();
       const flags = app.flags;
       const name = flags.context ?? cfg.current_context ?? "default";
       const existing = cfg.contexts[name];
       const caFile = flags.caFile ? app.absolute(flags.caFile) : existing?.ca_file;
+      const server = app.env["NOID_SERVER"] || flags.server || existing?.server || DEFAULT_SERVER;
+      const insecure = flags.insecure === true || (flags.caFile === undefined && o.caFingerprint === undefined && existing?.insecure === true);
+      // The pinned CA: kept when the context already pins one for this server, else fetched and checked.
+      let pinned = !insecure && !caFile && o.caFingerprint === undefined && existing?.server === server && existing.ca_pem ? { pem: existing.ca_pem, fingerprint: existing.ca_fingerprint ?? "" } : undefined;
+      if (!insecure && !caFile && !pinned) {
+        const ca = await fetchServerCa(server);
+        let yes: boolean | undefined;
+        if (o.caFingerprint === undefined && app.io.confirm) {
+          yes = await app.io.confirm(`The coordinator at ${server} presents the CA\n  ${ca.subject}\n  ${ca.fingerprint}\nTrust it for this context? [y/N] `);
+        }
+        const d = pinDecision(ca.fingerprint, o.caFingerprint, yes);
+        if (!d.pin) throw new UsageError(d.why);
+        pinned = { pem: ca.pem, fingerprint: ca.fingerprint };
+      }
       const conn: Connection = {
-        server: app.env["NOID_SERVER"] || flags.server || existing?.server || DEFAULT_SERVER,
+        server,
         token,
-        insecure: flags.insecure === true || (flags.caFile === undefined && existing?.insecure === true),
-        ...(caFile ? { caFile } : {}),
+        insecure,
+        ...(caFile ? { caFile } : pinned ? { caPem: pinned.pem } : {}),
       };
       const client = app.connectTo(conn);
       let me;
@@ -80,9 +119,11 @@ Examples:
           token,
           ...(conn.insecure ? { insecure: true } : {}),
           ...(caFile ? { ca_file: caFile } : {}),
+          ...(!caFile && pinned ? { ca_pem: pinned.pem, ca_fingerprint: pinned.fingerprint } : {}),
         }),
       );
-      app.io.stdout(`context "${name}" saved and made current: ${me.user} (${roleName(me.role)}) at ${conn.server}\n`);
+      const trust = conn.insecure ? "plaintext (insecure)" : caFile ? `CA file ${caFile}` : `CA ${pinned!.fingerprint} pinned`;
+      app.io.stdout(`context "${name}" saved and made current: ${me.user} (${roleName(me.role)}) at ${conn.server}; ${trust}\n`);
     });
 
   program
@@ -109,10 +150,12 @@ Examples:
       const name = flags.context ?? cfg.current_context ?? "default";
       const existing = cfg.contexts[name];
       const caFile = flags.caFile ? app.absolute(flags.caFile) : existing?.ca_file;
+      const server = app.env["NOID_SERVER"] || flags.server || existing?.server || DEFAULT_SERVER;
+      const caPem = !caFile && existing?.server === server ? existing.ca_pem : undefined;
       const conn: Connection = {
-        server: app.env["NOID_SERVER"] || flags.server || existing?.server || DEFAULT_SERVER,
+        server,
         insecure: flags.insecure === true || (flags.caFile === undefined && existing?.insecure === true),
-        ...(caFile ? { caFile } : {}),
+        ...(caFile ? { caFile } : caPem ? { caPem } : {}),
       };
       const client = app.connectTo(conn);
       let res;
@@ -127,6 +170,7 @@ Examples:
           token: res.token,
           ...(conn.insecure ? { insecure: true } : {}),
           ...(caFile ? { ca_file: caFile } : {}),
+          ...(caPem ? { ca_pem: caPem, ...(existing?.ca_fingerprint ? { ca_fingerprint: existing.ca_fingerprint } : {}) } : {}),
         }),
       );
       const until = res.expiresAt ? ` until ${res.expiresAt.toISOString()}` : "";

@@ -26,6 +26,7 @@ export function registerContextCommands(program: Command, app: App): void {
           server: c.server,
           insecure: c.insecure === true,
           caFile: c.ca_file ?? "",
+          ...(c.ca_pem && c.ca_fingerprint ? { caFingerprint: c.ca_fingerprint } : {}),
           hasToken: Boolean(c.token),
         }));
       app.printList(contextView, rows);

@@ -4,6 +4,7 @@ import { HostPosture } from "../../sdk/index.js";
 import { hostView, postureSummary } from "../views.js";
 import type { App } from "../app.js";
 import { examples } from "../help.js";
+import { parseDuration } from "../parse.js";
 
 export function registerHostCommands(program: Command, app: App): void {
   program
@@ -87,5 +88,51 @@ export function registerHostCommands(program: Command, app: App): void {
       lines.push(`  rescheduled: ${res.rescheduled.length ? res.rescheduled.join(", ") : "none"}`);
       lines.push(`  still running there: ${res.remaining.length ? res.remaining.join(", ") : "none"}`);
       app.io.stdout(lines.join("\n") + "\n");
+    });
+
+  host
+    .command("join-token")
+    .description("create a one-time token a new agent joins with (admin only)")
+    .option("--ttl <duration>", "how long the token stays usable (e.g. 30m, 1h, 2d)", "1h")
+    .option("--host <name>", "only this host name may join with it")
+    .addHelpText(
+      "after",
+      `
+The token is shown once. Put it in a file on the new host (mode 0600) and
+start the agent with --join-token-file FILE --ca-fingerprint FP (or
+--ca-file ca.crt); the agent exchanges it for a host certificate and
+connects with mTLS from then on. The token works once, until it expires.
+
+Examples:
+  noidctl host join-token --ttl 1h
+  noidctl host join-token --ttl 30m --host hv-7 -o json`,
+    )
+    .action(async (o: { ttl: string; host?: string }) => {
+      const ttlSeconds = parseDuration(o.ttl);
+      const res = await app.client().createJoinToken({ ttlSeconds, ...(o.host ? { hostName: o.host } : {}) });
+      if (app.structured) {
+        app.printOne(
+          { columns: [], toJSON: (r: typeof res) => ({ token: r.token, expires_at: r.expiresAt?.toISOString(), ca_fingerprint: r.caFingerprint }) },
+          res,
+        );
+        return;
+      }
+      app.io.stdout(`${res.token}\n`);
+      app.note(`one-time join token${o.host ? ` for host ${o.host}` : ""}, valid until ${res.expiresAt?.toISOString()}; shown once`);
+      app.note(`cluster CA: ${res.caFingerprint}  (noid-agent --ca-fingerprint ${res.caFingerprint})`);
+    });
+
+  host
+    .command("remove")
+    .description("forget a host (no VMs left on it) and revoke its certificates (admin only)")
+    .argument("<name>", "host name")
+    .addHelpText("after", examples("noidctl host remove hv-1"))
+    .action(async (name: string) => {
+      const res = await app.client().removeHost(name);
+      if (app.structured) {
+        app.printOne({ columns: [], toJSON: (r: typeof res) => ({ host: name, revoked_serials: r.revokedSerials }) }, res);
+        return;
+      }
+      app.io.stdout(`host/${name} removed; ${res.revokedSerials.length} certificate(s) revoked\n`);
     });
 }

@@ -27,6 +27,8 @@ export type Action =
   | "host.cordon"
   | "host.uncordon"
   | "host.drain"
+  | "host.join_token"
+  | "host.remove"
   | "network.create"
   | "network.get"
   | "network.list"
@@ -151,6 +153,8 @@ export const METHOD_ACTIONS: Readonly<Record<string, Action | typeof ANONYMOUS>>
   "/noid.v1.HostService/CordonHost": "host.cordon",
   "/noid.v1.HostService/UncordonHost": "host.uncordon",
   "/noid.v1.HostService/DrainHost": "host.drain",
+  "/noid.v1.HostService/CreateJoinToken": "host.join_token",
+  "/noid.v1.HostService/RemoveHost": "host.remove",
   "/noid.v1.NetworkService/CreateNetwork": "network.create",
   "/noid.v1.NetworkService/GetNetwork": "network.get",
   "/noid.v1.NetworkService/ListNetworks": "network.list",
@@ -164,6 +168,10 @@ export const METHOD_ACTIONS: Readonly<Record<string, Action | typeof ANONYMOUS>>
   "/noid.v1.AuditService/VerifyAuditChain": "audit.verify",
   "/noid.v1.AgentService/RegisterHost": "agent.register",
   "/noid.v1.AgentService/Session": "agent.session",
+  // Not token-authenticated: JoinHost's credential is the one-time join token,
+  // RenewCertificate's the host's client certificate (coordinator/services/agent-service.ts).
+  "/noid.v1.AgentService/JoinHost": ANONYMOUS,
+  "/noid.v1.AgentService/RenewCertificate": ANONYMOUS,
   "/noid.v1.UserService/CreateUser": "user.create",
   "/noid.v1.UserService/ListUsers": "user.list",
   "/noid.v1.UserService/DeleteUser": "user.delete",

@@ -25,7 +25,7 @@ export interface Clock {
 }
 
 /** Why authentication failed: the counter's label. The message never says which. */
-export type AuthFailureReason = "missing" | "malformed" | "unknown" | "expired" | "rate_limited" | "bad_password" | "bad_totp";
+export type AuthFailureReason = "missing" | "malformed" | "unknown" | "expired" | "rate_limited" | "bad_password" | "bad_totp" | "bad_join_token" | "bad_host_cert";
 
 /** UNAUTHENTICATED with a reason for metrics; the message is the same for unknown, expired and revoked tokens. */
 export class AuthFailure extends NoidError {

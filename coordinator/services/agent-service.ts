@@ -1,14 +1,19 @@
 // AgentService: hosts register, then hold one session each. The coordinator
 // sends the host's desired state (a full snapshot, then deltas) and keeps
 // the host's lease alive on heartbeats; the agent reports VM status.
-import type { ServerDuplexStream, handleUnaryCall } from "@grpc/grpc-js";
+import type { ServerDuplexStream, ServerUnaryCall, handleUnaryCall, sendUnaryData } from "@grpc/grpc-js";
+import type { PeerCertificate } from "node:tls";
 import type { Logger } from "pino";
 import { MeshSnapshot } from "../../gen/noid/v1/agent.js";
 import type {
   AgentExecCommand,
   AgentExecOutput,
   AgentServiceServer,
+  JoinHostRequest,
+  JoinHostResponse,
   RegisterHostRequest,
+  RenewCertificateRequest,
+  RenewCertificateResponse,
   RegisterHostResponse,
   SessionRequest,
   SessionResponse,
@@ -16,9 +21,9 @@ import type {
 import { Role } from "../../gen/noid/v1/auth.js";
 import type { HostPosture } from "../../gen/noid/v1/host.js";
 import type { Vm } from "../../gen/noid/v1/vm.js";
-import { NoidError, denied, invalid } from "../../common/errors.js";
+import { NoidError, denied, invalid, precondition } from "../../common/errors.js";
 import { checkLabels, checkName } from "../../common/names.js";
-import { unary, type HandlerDeps } from "../grpc/handler.js";
+import type { HandlerDeps } from "../grpc/handler.js";
 import { toServiceError } from "../grpc/status.js";
 import type { ClusterState } from "../state/cluster.js";
 import type { HostRepo } from "../state/host-repo.js";
@@ -26,7 +31,12 @@ import type { VmRepo } from "../state/vm-repo.js";
 import type { Lease, Store } from "../store/store.js";
 import type { Principal } from "../auth/authorize.js";
 import { DRIVERS } from "../validate.js";
+import { keys } from "../state/keys.js";
 import type { ExecChannel, ExecHandle, SessionRegistry } from "../agents/registry.js";
+import type { AuthGuard } from "../auth/guard.js";
+import { AuthFailure } from "../auth/tokens.js";
+import { HOST_OU, checkCsr, type ClusterCa } from "../pki/ca.js";
+import type { HostIdentities } from "../pki/host-identity.js";
 
 export interface AgentServiceDeps extends HandlerDeps {
   store: Store;
@@ -38,11 +48,111 @@ export interface AgentServiceDeps extends HandlerDeps {
   logger: Logger;
   sessions: SessionRegistry;
   meshPrefixLen: number;
+  guard: AuthGuard;
+  /** The cluster CA and host identities; absent when the coordinator runs plaintext (--insecure). */
+  pki?: { ca: ClusterCa; ids: HostIdentities };
+  /** Live sessions by host name, so that removing a host ends its session at once. */
+  hostSessions: HostSessions;
+  audit?: (e: { event: string; user: string; vm: string; host: string; success: boolean; detail: string; peer: string }) => Promise<void>;
 }
 
-/** Until host certificates exist (security issue), agents authenticate with an admin token. */
-function requireAgent(p: Principal): void {
-  if (p.role !== Role.ROLE_ADMIN) throw denied("agents must present an admin token");
+/**
+ * Who an agent is. Over TLS it is the host named by its client certificate
+ * (CN, OU=noid-host) signed by the cluster CA, still listed as valid in
+ * etcd. Only a plaintext (--insecure, development) coordinator lets an agent
+ * in with an admin bearer token instead; such an agent may claim any name.
+ */
+export type AgentIdentity = { kind: "cert"; host: string; serial: string } | { kind: "admin-token"; principal: Principal };
+
+const first = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v);
+
+/** The verified client certificate of a call, if the caller presented one the cluster CA signed. */
+export function peerHostCert(call: { getAuthContext?: () => { sslPeerCertificate?: PeerCertificate } | null }): { host: string; serial: string } | undefined {
+  const cert = call.getAuthContext?.()?.sslPeerCertificate;
+  if (!cert) return undefined;
+  const s = cert.subject as unknown as Record<string, string | string[] | undefined>;
+  const host = first(s.CN);
+  if (first(s.OU) !== HOST_OU || !host) return undefined;
+  return { host, serial: cert.serialNumber.toLowerCase() };
+}
+
+export async function authenticateAgent(
+  d: Pick<AgentServiceDeps, "auth" | "pki" | "guard">,
+  call: { metadata: ServerUnaryCall<unknown, unknown>["metadata"]; getPeer(): string; getAuthContext?: () => { sslPeerCertificate?: PeerCertificate } | null },
+): Promise<AgentIdentity> {
+  const peer = call.getPeer();
+  if (!d.pki) {
+    const principal = await d.auth.authenticate(call.metadata, peer);
+    if (principal.role !== Role.ROLE_ADMIN) throw denied("agents of a plaintext coordinator must present an admin token");
+    return { kind: "admin-token", principal };
+  }
+  d.guard.admit(peer);
+  const cert = peerHostCert(call);
+  if (!cert) {
+    await d.guard.fail(peer, "bad_host_cert", "", "agent");
+    throw new AuthFailure("bad_host_cert", "agents authenticate with a host certificate: join with a join token (noid-agent --join-token-file)");
+  }
+  if (!(await d.pki.ids.isValid(cert.serial, cert.host))) {
+    await d.guard.fail(peer, "bad_host_cert", `host:${cert.host}`, "agent");
+    throw new AuthFailure("bad_host_cert", "host certificate is revoked or unknown");
+  }
+  return { kind: "cert", host: cert.host, serial: cert.serial };
+}
+
+/** An identity may act as host `name`: a certificate only for its own name. */
+function mayActAs(id: AgentIdentity, name: string): void {
+  if (id.kind === "cert" && id.host !== name) throw denied(`host ${id.host} may not act as host ${name}`);
+}
+
+/** The agent sessions of this coordinator by host name. */
+export class HostSessions {
+  private readonly byName = new Map<string, Set<{ kick(e: NoidError): void }>>();
+
+  add(name: string, s: { kick(e: NoidError): void }): () => void {
+    let set = this.byName.get(name);
+    if (!set) this.byName.set(name, (set = new Set()));
+    set.add(s);
+    return () => {
+      set.delete(s);
+      if (set.size === 0 && this.byName.get(name) === set) this.byName.delete(name);
+    };
+  }
+
+  /** Ends every session of host `name` with `e`. */
+  kick(name: string, e: NoidError): number {
+    const set = [...(this.byName.get(name) ?? [])];
+    for (const s of set) s.kick(e);
+    return set.length;
+  }
+}
+
+/** Agent RPCs authenticate themselves (certificate or, plaintext only, admin token). */
+function agentUnary<Req, Res>(
+  d: AgentServiceDeps,
+  method: string,
+  fn: (req: Req, ctx: { peer: string; call: ServerUnaryCall<Req, Res> }) => Promise<Res>,
+): handleUnaryCall<Req, Res> {
+  return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
+    const t0 = performance.now();
+    void (async () => {
+      try {
+        const res = await fn(call.request, { peer: call.getPeer(), call });
+        d.onCall?.(method, 0, performance.now() - t0);
+        cb(null, res);
+      } catch (e) {
+        const se = toServiceError(e);
+        // Never log the request: JoinHost carries the join token.
+        if (!(e instanceof NoidError) || e.code === "INTERNAL") d.logger.error({ err: e, method }, "call failed");
+        d.onCall?.(method, se.code ?? 13, performance.now() - t0);
+        cb(se, null);
+      }
+    })();
+  };
+}
+
+function needPki(d: AgentServiceDeps): { ca: ClusterCa; ids: HostIdentities } {
+  if (!d.pki) throw precondition("the coordinator runs plaintext (--insecure): there are no host certificates; agents use an admin token");
+  return d.pki;
 }
 
 export function validateRegistration(req: RegisterHostRequest): void {
@@ -74,10 +184,15 @@ export function validatePosture(p: HostPosture, field: string): void {
 const MESH_COALESCE_MS = 20;
 
 export function agentService(d: AgentServiceDeps): AgentServiceServer {
-  const registerHost: handleUnaryCall<RegisterHostRequest, RegisterHostResponse> = unary(d, "RegisterHost", async (req, ctx) => {
-    requireAgent(ctx.principal);
+  const registerHost: handleUnaryCall<RegisterHostRequest, RegisterHostResponse> = agentUnary(d, "RegisterHost", async (req, ctx) => {
+    const id = await authenticateAgent(d, ctx.call);
     validateRegistration(req);
-    const host = await d.hosts.register(req);
+    mayActAs(id, req.name);
+    // The certificate must still be valid when the record is written (a removal may race us).
+    const host = await d.hosts.register(req, id.kind === "cert" ? [d.pki!.ids.stillValid(id.serial)] : []).catch(async (e: unknown) => {
+      if (id.kind === "cert" && !(await d.pki!.ids.isValid(id.serial, id.host))) throw new AuthFailure("bad_host_cert", "host certificate is revoked or unknown");
+      throw e;
+    });
     d.logger.info({ host: host.name, hostId: host.id, address: host.address }, "host registered");
     return {
       hostId: host.id,
@@ -93,7 +208,33 @@ export function agentService(d: AgentServiceDeps): AgentServiceServer {
     void s.run();
   };
 
-  return { registerHost, session };
+  const joinHost: handleUnaryCall<JoinHostRequest, JoinHostResponse> = agentUnary(d, "JoinHost", async (req, ctx) => {
+    const pki = needPki(d);
+    d.guard.admit(ctx.peer);
+    checkName("name", req.name);
+    await checkCsr(req.csrPem); // a bad CSR must not use up the token
+    try {
+      await pki.ids.consumeJoinToken(req.joinToken, req.name);
+    } catch (e) {
+      if (e instanceof NoidError && e.code === "UNAUTHENTICATED") await d.guard.fail(ctx.peer, "bad_join_token", `host:${req.name}`, "join");
+      throw e;
+    }
+    const issued = await pki.ids.issue(req.name, req.csrPem);
+    d.logger.info({ host: req.name, serial: issued.serial, notAfter: issued.notAfter }, "host joined: certificate issued");
+    await d.audit?.({ event: "host.join", user: `host:${req.name}`, vm: "", host: req.name, success: true, detail: `certificate ${issued.serial} until ${issued.notAfter.toISOString()}`, peer: ctx.peer });
+    return { certificatePem: issued.certPem, caPem: pki.ca.certPem, notAfter: issued.notAfter };
+  });
+
+  const renewCertificate: handleUnaryCall<RenewCertificateRequest, RenewCertificateResponse> = agentUnary(d, "RenewCertificate", async (req, ctx) => {
+    const pki = needPki(d);
+    const id = await authenticateAgent(d, ctx.call);
+    if (id.kind !== "cert") throw denied("only a host certificate can be renewed");
+    const issued = await pki.ids.issue(id.host, req.csrPem, id.serial);
+    d.logger.info({ host: id.host, serial: issued.serial, notAfter: issued.notAfter }, "host certificate renewed");
+    return { certificatePem: issued.certPem, caPem: pki.ca.certPem, notAfter: issued.notAfter };
+  });
+
+  return { registerHost, session, joinHost, renewCertificate };
 }
 
 class AgentSession implements ExecChannel {
@@ -108,6 +249,10 @@ class AgentSession implements ExecChannel {
   /** Reports are applied one at a time, in the order the agent sent them. */
   private work: Promise<void> = Promise.resolve();
   private readonly log: Logger;
+  private identity?: AgentIdentity;
+  private untrack?: () => void;
+  /** VMs this session was told about: a report for one that moved away since is stale, not an intrusion. */
+  private readonly known = new Set<string>();
 
   constructor(
     private readonly d: AgentServiceDeps,
@@ -129,7 +274,7 @@ class AgentSession implements ExecChannel {
 
   async run(): Promise<void> {
     try {
-      requireAgent(await this.d.auth.authenticate(this.call.metadata, this.call.getPeer()));
+      this.identity = await authenticateAgent(this.d, this.call);
     } catch (e) {
       this.fail(e);
       return;
@@ -149,8 +294,14 @@ class AgentSession implements ExecChannel {
     this.call.on("error", () => end());
   }
 
+  /** Ends the session from outside (the host was removed). */
+  kick(e: NoidError): void {
+    this.fail(e);
+  }
+
   /** Forgets the session: no more deltas, and every exec in flight ends with an error. */
   private cleanup(): void {
+    this.untrack?.();
     this.unsub?.();
     this.unsubMesh?.();
     if (this.meshTimer) clearTimeout(this.meshTimer);
@@ -182,6 +333,10 @@ class AgentSession implements ExecChannel {
     if (k.$case === "hello") return this.hello(k.value.hostId);
     if (!this.hostId) throw new NoidError("FAILED_PRECONDITION", "send hello first");
     if (k.$case === "heartbeat") {
+      // A certificate revoked (host removed, maybe through another coordinator) ends the session.
+      if (this.identity?.kind === "cert" && (await this.d.pki!.ids.isRevoked(this.identity.serial))) {
+        throw new AuthFailure("bad_host_cert", "host certificate is revoked");
+      }
       try {
         await this.lease!.keepAliveOnce();
       } catch {
@@ -207,6 +362,12 @@ class AgentSession implements ExecChannel {
     }
     if (k.$case === "vmStatus") {
       const r = k.value;
+      // A host reports only VMs assigned to it. One assigned elsewhere that this
+      // session was never told about is an attempt on another host's VM.
+      const assignedTo = this.d.cluster.vms.get(keys.vm(r.vmId))?.value.status?.hostId;
+      if (assignedTo !== undefined && assignedTo !== this.hostId && !this.known.has(r.vmId)) {
+        throw denied(`VM ${r.vmId} is not assigned to this host`);
+      }
       if (r.destroyed) await this.d.vms.finalizeDestroy(r.vmId, this.hostId);
       else {
         try {
@@ -225,7 +386,9 @@ class AgentSession implements ExecChannel {
     if (!/^[0-9a-f]{16}$/.test(hostId)) throw invalid("hello.host_id", "is not a host id");
     const host = await this.d.hosts.get(hostId);
     if (!host) throw new NoidError("NOT_FOUND", `host ${hostId} is not registered; register first`);
+    mayActAs(this.identity!, host.host.name);
     this.hostId = hostId;
+    this.untrack = this.d.hostSessions.add(host.host.name, this);
     this.lease = await this.d.store.grantLease(this.d.leaseTtlSeconds);
     await this.d.hosts.markAlive(hostId, this.lease);
     this.log.info({ host: host.host.name, hostId }, "session started");
@@ -236,10 +399,14 @@ class AgentSession implements ExecChannel {
       const now = ch.type === "put" ? ch.entry.value : undefined;
       const before = ch.prev?.value;
       const mine = (v?: Vm) => v?.status?.hostId === hostId;
-      if (now && mine(now)) this.send({ kind: { $case: "vm", value: now } });
-      else if (mine(before)) this.send({ kind: { $case: "vmRemoved", value: { vmId: before!.id } } });
+      if (now && mine(now)) {
+        this.known.add(now.id);
+        this.send({ kind: { $case: "vm", value: now } });
+      } else if (mine(before)) this.send({ kind: { $case: "vmRemoved", value: { vmId: before!.id } } });
     });
-    this.send({ kind: { $case: "snapshot", value: { vms: this.d.cluster.vmsOnHost(hostId) } } });
+    const vms = this.d.cluster.vmsOnHost(hostId);
+    for (const vm of vms) this.known.add(vm.id);
+    this.send({ kind: { $case: "snapshot", value: { vms } } });
     // The mesh view: sent now and again whenever it changes (coalesced; only when different).
     this.sendMesh();
     this.unsubMesh = this.d.cluster.onMeshChange(() => {

@@ -3,7 +3,11 @@ import type { HostServiceServer } from "../../gen/noid/v1/host.js";
 import { AllocationRecord } from "../../gen/noid/v1/records.js";
 import { Vm, VmPhase } from "../../gen/noid/v1/vm.js";
 import { AuditEvent } from "../../gen/noid/v1/audit.js";
-import { denied, notFound } from "../../common/errors.js";
+import { NoidError, denied, notFound, precondition } from "../../common/errors.js";
+import { certFingerprint } from "../../common/x509.js";
+import type { ClusterCa } from "../pki/ca.js";
+import type { HostIdentities } from "../pki/host-identity.js";
+import type { HostSessions } from "./agent-service.js";
 import { checkName } from "../../common/names.js";
 import { authorize, type Action, type Principal } from "../auth/authorize.js";
 import { unary, type HandlerDeps } from "../grpc/handler.js";
@@ -20,6 +24,9 @@ export interface HostServiceDeps extends HandlerDeps {
   store: Store;
   clock: Clock;
   audit: (e: Omit<AuditEvent, "id" | "time">) => Promise<void>;
+  /** Absent when the coordinator runs plaintext (--insecure). */
+  pki?: { ca: ClusterCa; ids: HostIdentities };
+  hostSessions: HostSessions;
 }
 
 function allow(p: Principal, action: Action): void {
@@ -97,6 +104,42 @@ export function hostService(d: HostServiceDeps): HostServiceServer {
         peer: ctx.peer,
       });
       return { host: d.cluster.hostForApi(h), rescheduled, remaining };
+    }),
+    createJoinToken: unary(d, "CreateJoinToken", async (req, ctx) => {
+      allow(ctx.principal, "host.join_token");
+      if (!d.pki) throw precondition("the coordinator runs plaintext (--insecure): agents cannot join with certificates");
+      const { token, expiresAt } = await d.pki.ids.createJoinToken({ ttlSeconds: req.ttlSeconds, hostName: req.hostName, createdBy: ctx.principal.user });
+      await d.audit({
+        event: "host.join_token",
+        user: ctx.principal.user,
+        vm: "",
+        host: req.hostName,
+        success: true,
+        detail: `join token valid until ${expiresAt.toISOString()}${req.hostName ? ` for host ${req.hostName}` : ""}`,
+        peer: ctx.peer,
+      });
+      return { token, expiresAt, caFingerprint: certFingerprint(d.pki.ca.certPem) };
+    }),
+    removeHost: unary(d, "RemoveHost", async (req, ctx) => {
+      allow(ctx.principal, "host.remove");
+      const host = find(req.name);
+      const vms = d.cluster.vmsOnHost(host.id);
+      if (vms.length > 0) {
+        throw precondition(`host "${req.name}" still has ${vms.length} VM(s) assigned; drain it and destroy or move them first`);
+      }
+      const revokedSerials = d.pki ? await d.pki.ids.revokeHost(req.name) : [];
+      await d.hosts.remove(req.name);
+      d.hostSessions.kick(req.name, new NoidError("UNAUTHENTICATED", `host "${req.name}" was removed`));
+      await d.audit({
+        event: "host.remove",
+        user: ctx.principal.user,
+        vm: "",
+        host: req.name,
+        success: true,
+        detail: `${revokedSerials.length} certificate(s) revoked`,
+        peer: ctx.peer,
+      });
+      return { revokedSerials };
     }),
   };
 }

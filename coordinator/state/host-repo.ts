@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto";
 import type { RegisterHostRequest } from "../../gen/noid/v1/agent.js";
 import { Host, type HostPosture, HostState } from "../../gen/noid/v1/host.js";
 import { NoidError, notFound } from "../../common/errors.js";
-import type { Lease, Store } from "../store/store.js";
+import type { Compare, Lease, Store } from "../store/store.js";
 import { keys, lastSegment } from "./keys.js";
 import { formatCidr, intToIp, parseCidr, type Cidr } from "../networks/cidr.js";
 
@@ -54,7 +54,7 @@ export class HostRepo {
   }
 
   /** Registers a host, or refreshes the record of a host that registered before under the same name. */
-  async register(req: RegisterHostRequest): Promise<Host> {
+  async register(req: RegisterHostRequest, also: Compare[] = []): Promise<Host> {
     for (let attempt = 0; attempt < 10; attempt++) {
       const nameKv = await this.store.get(keys.hostName(req.name));
       const id = nameKv ? Buffer.from(nameKv.value).toString("utf8") : randomBytes(8).toString("hex");
@@ -82,6 +82,7 @@ export class HostRepo {
       };
       const r = await this.store.txn(
         [
+          ...also,
           unchanged(keys.hostName(req.name), nameKv),
           unchanged(keys.host(id), prev),
           // A new mesh address must still be free; a kept one is ours already.
@@ -119,6 +120,29 @@ export class HostRepo {
       if (r.succeeded) return next;
     }
     throw new NoidError("UNAVAILABLE", `updating host "${name}": too much contention, retry`);
+  }
+
+  /**
+   * Forgets a host: its record, name, mesh address, liveness and allocation,
+   * in one transaction that fails if the record changed meanwhile.
+   */
+  async remove(name: string): Promise<Host> {
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const cur = await this.getByName(name);
+      const h = cur.host;
+      const r = await this.store.txn(
+        [unchanged(keys.host(h.id), cur)],
+        [
+          { type: "delete", key: keys.host(h.id) },
+          { type: "delete", key: keys.hostName(name) },
+          ...(h.meshIp ? [{ type: "delete" as const, key: keys.meshIp(h.meshIp) }] : []),
+          { type: "delete", key: keys.alive(h.id) },
+          { type: "delete", key: keys.alloc(h.id) },
+        ],
+      );
+      if (r.succeeded) return h;
+    }
+    throw new NoidError("UNAVAILABLE", `removing host "${name}": too much contention, retry`);
   }
 
   /** Marks the host alive for as long as `lease` lives. */

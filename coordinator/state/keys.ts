@@ -21,6 +21,15 @@ export const keys = {
   quota: (user: string) => `quota/${user}`,
   /** Cluster-wide counters (total VMs), compared like a user's quota. */
   total: "quota-total",
+  /** JoinTokenRecord of a one-time agent join token, by the SHA-256 of its secret; deleted when used. */
+  joinToken: (sha256hex: string) => `join-tokens/${sha256hex}`,
+  joinTokensPrefix: "join-tokens/",
+  /** HostCertRecord: a host certificate that is valid (issued and not revoked). */
+  hostCert: (serial: string) => `host-certs/${serial}`,
+  hostCertsPrefix: "host-certs/",
+  /** HostCertRecord of a revoked certificate (kept until it would have expired). */
+  revokedCert: (serial: string) => `revoked-certs/${serial}`,
+  revokedCertsPrefix: "revoked-certs/",
   audit: (sortable: string) => `audit/${sortable}`,
   auditPrefix: "audit/",
   /** Prefix of everything a node may be told about; used by tests to scan the keyspace. */

@@ -97,7 +97,7 @@ describe("local cluster: coordinator + 3 agent hosts", () => {
     // The same through noidctl: output streamed, the command's exit code becomes noidctl's.
     let out = "";
     const code = await noidctl(["exec", "web-2", "-e", "WHO", "--", "sh", "-c", 'echo "hi $WHO"; exit 7'], {
-      env: { NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_INSECURE: "1", NOID_CONFIG: "/nonexistent/config.toml", WHO: "alice" },
+      env: { NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_CA_FILE: cluster.caFile, NOID_CONFIG: "/nonexistent/config.toml", WHO: "alice" },
       io: { stdout: (x: string) => void (out += x), stderr: (x: string) => void (out += x), readStdin: async () => "", isTTY: false, cwd: "/" },
     });
     expect(code, out).toBe(7);
@@ -159,7 +159,7 @@ describe("local cluster: coordinator + 3 agent hosts", () => {
       yield "line two\n";
     };
     const code = await noidctl(["exec", "-i", "web-2", "--", "sh", "-c", "sort -r; exit 4"], {
-      env: { NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_INSECURE: "1", NOID_CONFIG: "/nonexistent/config.toml" },
+      env: { NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_CA_FILE: cluster.caFile, NOID_CONFIG: "/nonexistent/config.toml" },
       io: { stdout: (x: string) => void (out += x), stderr: (x: string) => void (out += x), readStdin: async () => "", isTTY: false, cwd: "/", stdinStream: chunks() },
     });
     expect(code, out).toBe(4);
@@ -168,7 +168,7 @@ describe("local cluster: coordinator + 3 agent hosts", () => {
 
   it("Ctrl-C in a real noidctl exec reaches the command in the VM", async () => {
     const child = spawn(process.execPath, [join(repoRoot, "bin/noidctl.js"), "exec", "web-2", "--", "sh", "-c", "echo started; sleep 30"], {
-      env: { ...process.env, NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_INSECURE: "1", NOID_CONFIG: "/nonexistent/config.toml" },
+      env: { ...process.env, NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_CA_FILE: cluster.caFile, NOID_CONFIG: "/nonexistent/config.toml" },
       stdio: ["ignore", "pipe", "pipe"],
     });
     let out = "";

@@ -97,7 +97,7 @@ describe("agent with the qemu driver: a real guest through coordinator and agent
     // The same through noidctl.
     let out = "";
     const code = await noidctl(["exec", "guest", "--", "cat", "/sys/class/net/eth0/address"], {
-      env: { NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_INSECURE: "1", NOID_CONFIG: "/nonexistent/config.toml" },
+      env: { NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_CA_FILE: cluster.caFile, NOID_CONFIG: "/nonexistent/config.toml" },
       io: { stdout: (x: string) => void (out += x), stderr: (x: string) => void (out += x), readStdin: async () => "", isTTY: false, cwd: "/" },
     });
     expect(code, out).toBe(0);
@@ -154,7 +154,7 @@ describe("agent with the qemu driver: a real guest through coordinator and agent
     expect(recordOf(failed.id)).toBeUndefined();
     let out = "";
     const code = await noidctl(["info", "noimg", "-o", "wide"], {
-      env: { NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_INSECURE: "1", NOID_CONFIG: "/nonexistent/config.toml" },
+      env: { NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_CA_FILE: cluster.caFile, NOID_CONFIG: "/nonexistent/config.toml" },
       io: { stdout: (x: string) => void (out += x), stderr: (x: string) => void (out += x), readStdin: async () => "", isTTY: false, cwd: "/" },
     });
     expect(code, out).toBe(0);

@@ -8,7 +8,10 @@ import { VmDesiredState, VmPhase, type Vm } from "../../gen/noid/v1/vm.js";
 
 export interface SimAgentOptions {
   address: string;
-  token: string;
+  /** Bearer token (plaintext coordinators); omit with mTLS `credentials`. */
+  token?: string;
+  /** Channel credentials (default: plaintext). */
+  credentials?: grpc.ChannelCredentials;
   name: string;
   capacity?: { vcpus: number; memoryMb: number; diskGb: number };
   labels?: Record<string, string>;
@@ -31,8 +34,8 @@ export class SimAgent {
   private readonly md = new grpc.Metadata();
 
   constructor(private readonly o: SimAgentOptions) {
-    this.client = new AgentServiceClient(o.address, grpc.credentials.createInsecure());
-    this.md.set("authorization", `Bearer ${o.token}`);
+    this.client = new AgentServiceClient(o.address, o.credentials ?? grpc.credentials.createInsecure());
+    if (o.token) this.md.set("authorization", `Bearer ${o.token}`);
   }
 
   async register(): Promise<string> {

@@ -62,11 +62,15 @@ describe("agent config", () => {
     expect(mergeLayers({ a: { x: 1, y: 2 } }, { a: { y: 3 } }, { a: { x: undefined } })).toEqual({ a: { x: 1, y: 3 } });
   });
 
-  it("rejects a named config file that is missing and a missing token", () => {
+  it("rejects a named config file that is missing, a missing token with --insecure, and a bearer token over TLS", () => {
     expect(() => loadConfig(["--config", join(dir, "nope.toml")], {})).toThrow(/does not exist/);
     expect(() => loadConfig(["--coordinator", "a:1", "--name", "h1"], { NOID_AGENT_CONFIG: join(dir, "empty.toml") })).toThrow();
     writeFileSync(join(dir, "empty.toml"), "");
-    expect(() => loadConfig(["--coordinator", "a:1", "--name", "h1"], { NOID_AGENT_CONFIG: join(dir, "empty.toml") })).toThrow(/token_file/);
+    expect(() => loadConfig(["--coordinator", "a:1", "--name", "h1", "--insecure"], { NOID_AGENT_CONFIG: join(dir, "empty.toml") })).toThrow(/token_file/);
+    expect(() => loadConfig(["--coordinator", "a:1", "--name", "h1", "--token-file", tokenFile], { NOID_AGENT_CONFIG: join(dir, "empty.toml") })).toThrow(/--insecure/);
+    const tls = loadConfig(["--coordinator", "a:1", "--name", "h1", "--join-token-file", "/x/jt", "--ca-fingerprint", "sha256:ab"], { NOID_AGENT_CONFIG: join(dir, "empty.toml") });
+    expect(tls.token).toBeUndefined();
+    expect(tls.config).toMatchObject({ joinTokenFile: "/x/jt", caFingerprint: "sha256:ab", insecure: false });
     expect(() => loadConfig(["--coordinator", "a:1", "--name", "h1", "--vcpus", "two"], { NOID_TOKEN: "t", NOID_AGENT_CONFIG: join(dir, "empty.toml") })).toThrow(/vcpus/);
   });
 

@@ -132,17 +132,21 @@ describe("agent session client", () => {
     expect(session.currentState).toBe("streaming");
   });
 
-  it("reconnects after the stream breaks, re-registers, resends statuses, and takes the new snapshot", async () => {
-    const { coord, sink, session } = await setup([vm("a")]);
-    sink.reports = [{ vmId: "a", phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "", destroyed: false }];
+  it("reconnects after the stream breaks, re-registers, resends statuses of VMs still assigned, and takes the new snapshot", async () => {
+    const { coord, sink, session } = await setup([vm("a"), vm("b")]);
+    const running = (vmId: string) => ({ vmId, phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "", destroyed: false });
+    sink.reports = [running("a"), running("b")];
     session.start();
     await until(() => sink.snapshots === 1, "first snapshot");
-    coord.snapshot = [vm("z")];
+    await until(() => coord.count("vmStatus") === 2, "statuses after the first snapshot");
+    coord.snapshot = [vm("a"), vm("z")]; // b moved away while we were gone
     coord.streams[0]!.end(); // the coordinator goes away
     await until(() => sink.snapshots === 2, "second snapshot");
     expect(coord.registrations).toHaveLength(2);
-    expect([...sink.desired.keys()]).toEqual(["z"]);
-    expect(coord.count("vmStatus")).toBe(2); // the last status, once per session
+    expect([...sink.desired.keys()]).toEqual(["a", "z"]);
+    await until(() => coord.count("vmStatus") === 3, "a's status resent");
+    await new Promise((r) => setTimeout(r, 100));
+    expect(coord.count("vmStatus")).toBe(3); // not b's: it is no longer ours
   });
 
   it("declares the stream dead when heartbeats go unanswered", async () => {

@@ -143,7 +143,7 @@ describe("auth setup", () => {
   it("checks the token, writes the context 0600 and makes it current, without printing the token", async () => {
     const r = await setup();
     expect(r).toMatchObject({ code: 0, stderr: "" });
-    expect(r.stdout).toBe(`context "local" saved and made current: alice (admin) at ${addr}\n`);
+    expect(r.stdout).toBe(`context "local" saved and made current: alice (admin) at ${addr}; plaintext (insecure)\n`);
     expect(statSync(cfgPath).mode & 0o777).toBe(0o600);
     const text = readFileSync(cfgPath, "utf8");
     expect(text).toContain('current_context = "local"');
