@@ -15,6 +15,7 @@ function flagsLayer(o: Record<string, unknown>): ConfigLayer {
   if (o.insecure !== undefined) server.insecure = o.insecure;
   if (o.tlsCert !== undefined) server.tls_cert = o.tlsCert;
   if (o.tlsKey !== undefined) server.tls_key = o.tlsKey;
+  if (o.metricsListen !== undefined) server.metrics_listen = o.metricsListen;
   if (Object.keys(server).length) layer.server = server;
   if (o.stateDir !== undefined) layer.state_dir = o.stateDir;
   if (o.etcd !== undefined) layer.etcd = { endpoints: splitList(String(o.etcd)) };
@@ -33,6 +34,7 @@ const program = new Command("noid-coordinator")
   .option("--tls-cert <file>", "TLS certificate (PEM)")
   .option("--tls-key <file>", "TLS private key (PEM)")
   .option("--insecure", "serve plaintext gRPC (development only)")
+  .option("--metrics-listen <host:port>", 'serve Prometheus metrics at http://<host:port>/metrics (default off; "" turns off)')
   .addOption(new Option("--policy <policy>", "placement policy").choices(["spread", "binpack"]))
   .addOption(new Option("--log-level <level>", "log level").choices(["trace", "debug", "info", "warn", "error", "silent"]))
   .showHelpAfterError()
