@@ -1,6 +1,6 @@
 // Public surface of the Noid SDK.
 export { connect, DEFAULT_DEADLINE_MS, DEFAULT_PORT, type ConnectOptions } from "./connect.js";
-export { NoidClient, type OwnerOpt, type VmRef, type ExecOpts, type ExecResult } from "./client.js";
+export { NoidClient, type OwnerOpt, type VmRef, type ExecOpts, type ExecResult, type EventFilterOpts } from "./client.js";
 export {
   NoidApiError,
   isNoidApiError,
@@ -20,4 +20,5 @@ export { Host, HostState, Resources, DrainHostResponse } from "../gen/noid/v1/ho
 export { Network } from "../gen/noid/v1/network.js";
 export { Token, Role, CreateTokenResponse, RotateTokenResponse, WhoAmIResponse } from "../gen/noid/v1/auth.js";
 export { AuditEvent, VerifyAuditChainResponse } from "../gen/noid/v1/audit.js";
+export { Event } from "../gen/noid/v1/event.js";
 export { User, SshKey, LoginResponse, EnrollTotpResponse } from "../gen/noid/v1/user.js";
