@@ -99,7 +99,7 @@ export class CoordinatorMetrics {
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
-    if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: "noid_coordinator_process_" });
+    if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: "noid_coordinator_" });
     const self = this;
     this.apiRequests = new Counter({ name: "noid_api_requests_total", help: "API calls finished, by RPC method and gRPC status code", labelNames: ["method", "code"], registers });
     this.apiLatency = new Histogram({ name: "noid_api_request_duration_seconds", help: "API call latency, by RPC method", labelNames: ["method"], buckets: LATENCY_BUCKETS, registers });
