@@ -44,6 +44,11 @@ export const agentConfigSchema = z
       .object({ ca_file: z.string().optional(), cert_file: z.string().optional(), key_file: z.string().optional() })
       .default({}),
     log_level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
+    /** Prometheus /metrics over HTTP on this host:port; "" (the default) serves none. */
+    metrics_listen: z
+      .string()
+      .regex(/^((\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5})?$/, "must be host:port (or empty for none)")
+      .default(""),
   })
   .strict()
   .transform((c) => ({
@@ -59,6 +64,7 @@ export const agentConfigSchema = z
     insecure: c.insecure,
     tls: { caFile: c.tls.ca_file, certFile: c.tls.cert_file, keyFile: c.tls.key_file },
     logLevel: c.log_level,
+    metricsListen: c.metrics_listen,
   }));
 
 export type AgentConfig = z.output<typeof agentConfigSchema>;

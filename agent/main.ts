@@ -24,6 +24,9 @@ import { readAgentEnv } from "./env.js";
 import { SandboxDriver } from "./drivers/sandbox/sandbox.js";
 import { ReconcileLoop } from "./reconcile/loop.js";
 import { AgentSession } from "./session.js";
+import { AgentMetrics, instrumentDriver, readLinkStats } from "./metrics.js";
+import { serveMetrics } from "../common/metrics-http.js";
+import { run } from "../common/run.js";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -41,6 +44,7 @@ interface Flags {
   label?: string[];
   insecure?: boolean;
   logLevel?: string;
+  metricsListen?: string;
 }
 
 const int = (field: string, v: string | undefined): number | undefined => {
@@ -67,6 +71,7 @@ export function flagsToLayer(f: Flags): Record<string, unknown> {
     ns_prefix: f.nsPrefix,
     insecure: f.insecure,
     log_level: f.logLevel,
+    metrics_listen: f.metricsListen,
     capacity: { vcpus: int("vcpus", f.vcpus), memory_mb: int("memory_mb", f.memoryMb), disk_gb: int("disk_gb", f.diskGb) },
     ...(f.label?.length ? { labels } : {}),
   };
@@ -88,6 +93,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     .option("--label <k=v>", "host label (repeatable)", (v: string, acc: string[] = []) => [...acc, v])
     .option("--insecure", "plaintext gRPC (unix socket / loopback only)")
     .option("--log-level <level>")
+    .option("--metrics-listen <host:port>", "serve Prometheus metrics at http://<host:port>/metrics (default: off)")
     .exitOverride()
     .parse(argv, { from: "user" });
   const flags = program.opts<Flags>();
@@ -107,7 +113,9 @@ function channelCredentials(c: AgentConfig): ChannelCredentials {
 export async function main(argv: string[]): Promise<void> {
   const { config, token } = loadConfig(argv);
   const logger = createLogger({ name: "agent", level: config.logLevel }).child({ host: config.name });
-  const driver = new SandboxDriver({ stateDir: config.stateDir, nsPrefix: config.nsPrefix });
+  const metrics = new AgentMetrics();
+  const rawDriver = new SandboxDriver({ stateDir: config.stateDir, nsPrefix: config.nsPrefix });
+  const driver = instrumentDriver(rawDriver, metrics);
   const caps = driver.capabilities();
   if (!caps.resourceLimits) logger.warn({ reason: caps.limitsReason }, "sandbox VMs run without cgroup limits");
 
@@ -117,7 +125,15 @@ export async function main(argv: string[]): Promise<void> {
     driver,
     logger: logger.child({ component: "reconcile" }),
     onStatus: (r) => session?.report(r),
+    observer: metrics.reconcile,
   });
+  // Scrape-time reads use the raw driver: a scrape is not a driver operation.
+  // The mesh controller adds WireGuard and guard readers (metrics.setWireguardReader / setGuardReader).
+  metrics.setSources({ reports: () => loop.lastReports(), vmPorts: () => rawDriver.list(), linkStats: () => readLinkStats(run) });
+  const metricsServer = config.metricsListen
+    ? await serveMetrics(metrics.registry, config.metricsListen, (err) => logger.warn({ err }, "collecting metrics failed"))
+    : undefined;
+  if (metricsServer) logger.info({ metrics: `http://${metricsServer.address}/metrics` }, "metrics serving");
   const client = new AgentServiceClient(config.coordinator, channelCredentials(config), {
     "grpc.keepalive_time_ms": 20_000,
     "grpc.keepalive_timeout_ms": 10_000,
@@ -156,6 +172,7 @@ export async function main(argv: string[]): Promise<void> {
   });
   await session.stop();
   await loop.stop();
+  await metricsServer?.close();
   client.close();
 }
 

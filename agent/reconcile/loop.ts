@@ -23,6 +23,8 @@ export interface ReconcileLoopOptions {
   retryMs?: number;
   maxRetryMs?: number;
   now?: () => number;
+  /** Metrics hook: each pass's duration and result (undefined when it threw), each failed action. */
+  observer?: { pass(ms: number, result: PassResult | undefined): void; actionFailed(action: Action["kind"]): void };
 }
 
 export interface PassResult {
@@ -96,7 +98,15 @@ export class ReconcileLoop {
       this.again = true;
       return;
     }
-    this.running = this.pass().finally(() => {
+    const t0 = performance.now();
+    const observed = this.pass().then(
+      (r) => (this.opts.observer?.pass(performance.now() - t0, r), r),
+      (e: unknown) => {
+        this.opts.observer?.pass(performance.now() - t0, undefined);
+        throw e;
+      },
+    );
+    this.running = observed.finally(() => {
       this.running = undefined;
       if (this.again) {
         this.again = false;
@@ -186,6 +196,7 @@ export class ReconcileLoop {
     } catch (e) {
       const reason = e instanceof Error ? e.message : String(e);
       log.warn({ err: e }, "action failed");
+      this.opts.observer?.actionFailed(a.kind);
       const prev = this.failures.get(a.vmId);
       const count = (prev?.count ?? 0) + 1;
       const delay = Math.min((this.opts.retryMs ?? 1000) * 2 ** (count - 1), this.opts.maxRetryMs ?? 60_000);

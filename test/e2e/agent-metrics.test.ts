@@ -1,0 +1,173 @@
+// Privileged: the agent's /metrics on a 2-host namespace lab. A real sandbox VM
+// runs through the real reconcile loop and an instrumented driver; its traffic
+// moves the per-VM counters read from its host-side port; a spoofed packet
+// moves the guard drop counter; a real wireguard-go mesh between the two hosts
+// shows its peer and handshake age. Everything is read over HTTP.
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { serveMetrics, type MetricsServer } from "../../common/metrics-http.js";
+import { type ProcessRef, isAlive, killProcess, run } from "../../common/run.js";
+import { createLab, destroyLab, labLeftovers, type Lab } from "../../deploy/lab/lab.js";
+import { pingArgv } from "../../deploy/lab/probe.js";
+import { SandboxDriver } from "../../agent/drivers/sandbox/sandbox.js";
+import { hostPort } from "../../agent/drivers/sandbox/names.js";
+import { AgentMetrics, instrumentDriver, readLinkStats } from "../../agent/metrics.js";
+import { ReconcileLoop } from "../../agent/reconcile/loop.js";
+import type { DesiredVm } from "../../agent/reconcile/types.js";
+import { VmPhase } from "../../gen/noid/v1/vm.js";
+import { silentLogger } from "../../common/logger.js";
+import { applyHostMesh } from "../../mesh/apply.js";
+import { applyGuards, readGuardCounters } from "../../mesh/guards-apply.js";
+import type { GuardSpec } from "../../mesh/guards.js";
+import { type WgKeyPair, generateKeyPair } from "../../mesh/keys.js";
+import { createMountNs, removeMountNsDir } from "../../mesh/mountns.js";
+import { readWgDump } from "../../mesh/wireguard.js";
+import { type MeshMember, hostMesh, meshIpFor } from "../../mesh/topology.js";
+import { sampleValue, scrape, type Exposition } from "../helpers/exposition.js";
+
+const prefix = `am${randomBytes(3).toString("hex")}`;
+const mntDir = `/run/noid-mesh-${prefix}`;
+const settings = { meshCidr: "100.64.0.0/16", uplinkMtu: 1500 };
+const vmId = `vm-${randomBytes(5).toString("hex")}`;
+const VM_IP = "10.202.0.11";
+const desired: DesiredVm = {
+  id: vmId,
+  state: "running",
+  spec: { id: vmId, vcpus: 1, memoryMb: 128, diskGb: 1, image: "", net: { mac: "02:00:00:cd:00:11", ip: VM_IP, prefixLen: 24, bridge: "vmbr0" } },
+};
+
+let lab: Lab;
+let stateDir: string;
+let raw: SandboxDriver;
+let loop: ReconcileLoop;
+let metrics: AgentMetrics;
+let server: MetricsServer;
+const keys: WgKeyPair[] = [];
+const mountNs: string[] = [];
+const wgProcs: ProcessRef[] = [];
+
+const h1 = () => lab.hosts[0]!.netns;
+const guardSpec = (): GuardSpec => ({ vms: [{ vmId, port: hostPort(vmId), mac: desired.spec.net.mac, ip: VM_IP }], uplinks: [] });
+const members = (): MeshMember[] =>
+  lab.hosts.map((h, i) => ({ hostId: `host-${i + 1}`, name: h.name, underlay: h.address, wgPublicKey: keys[i]!.publicKey, wgPort: 51820, meshIp: meshIpFor(settings.meshCidr, i + 1), networks: [] }));
+
+async function until<T>(f: () => Promise<T | undefined | false>, what: string, timeoutMs = 20_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+beforeAll(async () => {
+  lab = await createLab({ prefix, hosts: 2 });
+  stateDir = mkdtempSync(join(tmpdir(), "noid-agent-metrics-"));
+  await lab.exec("h1", ["ip", "link", "add", "vmbr0", "type", "bridge"]);
+  await lab.exec("h1", ["ip", "addr", "add", "10.202.0.1/24", "dev", "vmbr0"]);
+  await lab.exec("h1", ["ip", "link", "set", "vmbr0", "up"]);
+  for (const h of lab.hosts) {
+    keys.push(generateKeyPair());
+    mountNs.push(await createMountNs(mntDir, h.name, { runner: run, netns: h.netns }));
+  }
+
+  metrics = new AgentMetrics();
+  raw = new SandboxDriver({ stateDir, nsPrefix: h1(), netns: h1() });
+  loop = new ReconcileLoop({ driver: instrumentDriver(raw, metrics), logger: silentLogger(), onStatus: () => undefined, observer: metrics.reconcile });
+  metrics.setSources({ reports: () => loop.lastReports(), vmPorts: () => raw.list(), linkStats: () => readLinkStats(run, h1()) });
+  server = await serveMetrics(metrics.registry, "127.0.0.1:0");
+});
+
+afterAll(async () => {
+  await loop?.stop();
+  await raw?.destroy(vmId).catch(() => undefined);
+  await server?.close();
+  for (const p of wgProcs) if (isAlive(p)) await killProcess(p);
+  await destroyLab(prefix);
+  await removeMountNsDir(mntDir, { runner: run });
+  rmSync(stateDir, { recursive: true, force: true });
+  expect(await labLeftovers(prefix)).toEqual([]);
+});
+
+describe("agent metrics", () => {
+  it("reports VMs by phase, reconcile passes and driver operations", async () => {
+    await loop.start();
+    loop.setDesired([desired]);
+    await until(async () => loop.lastReports().some((r) => r.vmId === vmId && r.phase === VmPhase.VM_PHASE_RUNNING), "the VM to run");
+    await loop.idle();
+    const m = await scrape(server.address);
+    expect(sampleValue(m, "noid_agent_vms", { phase: "running" })).toBe(1);
+    expect(sampleValue(m, "noid_agent_vms", { phase: "failed" })).toBe(0);
+    expect(sampleValue(m, "noid_agent_reconcile_runs_total", { result: "converged" })).toBeGreaterThanOrEqual(1);
+    expect(sampleValue(m, "noid_agent_reconcile_duration_seconds_count")).toBeGreaterThanOrEqual(1);
+    for (const op of ["recover", "list", "create", "start"]) {
+      expect(sampleValue(m, "noid_agent_driver_operations_total", { driver: "sandbox", op, result: "ok" }), op).toBeGreaterThanOrEqual(1);
+      expect(sampleValue(m, "noid_agent_driver_operation_duration_seconds_count", { driver: "sandbox", op }), op).toBeGreaterThanOrEqual(1);
+    }
+  });
+
+  it("counts a VM's bytes and packets from its host-side port", async () => {
+    const before = await scrape(server.address);
+    const sent0 = sampleValue(before, "noid_agent_vm_sent_packets_total", { vm: vmId }) ?? 0;
+    const recv0 = sampleValue(before, "noid_agent_vm_received_bytes_total", { vm: vmId }) ?? 0;
+    await until(async () => (await raw.exec(vmId, pingArgv("10.202.0.1", { count: 3, waitS: 1 }))).exitCode === 0, "the VM to reach its gateway");
+    const after = await scrape(server.address);
+    // At least the three echo requests and three replies.
+    expect(sampleValue(after, "noid_agent_vm_sent_packets_total", { vm: vmId })).toBeGreaterThanOrEqual(sent0 + 3);
+    expect(sampleValue(after, "noid_agent_vm_received_bytes_total", { vm: vmId })).toBeGreaterThanOrEqual(recv0 + 3 * 84);
+    expect(sampleValue(after, "noid_agent_vm_sent_bytes_total", { vm: vmId })).toBeGreaterThan(0);
+    expect(after.types.get("noid_agent_vm_sent_bytes_total")).toBe("counter");
+  });
+
+  it("counts guard drops by kind through the mesh controller's hook", async () => {
+    expect(await applyGuards(guardSpec(), { runner: run, netns: h1() })).not.toEqual([]);
+    metrics.setGuardReader(() => readGuardCounters(guardSpec(), { runner: run, netns: h1() }));
+    const before = sampleValue(await scrape(server.address), "noid_agent_guard_drops_total", { vm: vmId, kind: "ip" });
+    expect(before).toBe(0);
+    // A spoofed source address from the VM: dropped at its port (a single bounded attempt).
+    await raw.exec(vmId, ["ip", "addr", "add", "10.202.0.99/24", "dev", "eth0"]);
+    const ping = pingArgv("10.202.0.1", { count: 2, waitS: 1 });
+    expect((await raw.exec(vmId, [...ping.slice(0, -1), "-I", "10.202.0.99", ping.at(-1)!])).exitCode).not.toBe(0);
+    await raw.exec(vmId, ["ip", "addr", "del", "10.202.0.99/24", "dev", "eth0"]);
+    const after = await scrape(server.address);
+    expect(sampleValue(after, "noid_agent_guard_drops_total", { vm: vmId, kind: "ip" })).toBeGreaterThanOrEqual(2);
+    expect(sampleValue(after, "noid_agent_guard_drops_total", { vm: vmId, kind: "dhcp" })).toBe(0);
+  });
+
+  it("shows WireGuard peers and the age of their latest handshake", async () => {
+    const all = members();
+    for (const [i, h] of lab.hosts.entries()) {
+      const r = await applyHostMesh(hostMesh(all, `host-${i + 1}`, settings), {
+        runner: run,
+        netns: h.netns,
+        mountNs: mountNs[i]!,
+        privateKey: keys[i]!.privateKey,
+        spawner: async (argv, o) => (await lab.spawn(h, argv, o ?? {})).pid,
+        wgLogFile: join(lab.dir, `wg-${h.name}.log`),
+      });
+      if (r.wireguard.process) wgProcs.push(r.wireguard.process);
+    }
+    const ifname = hostMesh(all, "host-1", settings).wg.ifname;
+    metrics.setWireguardReader(ifname, () => readWgDump(ifname, { runner: run, netns: h1(), mountNs: mountNs[0]! }));
+    const none = await scrape(server.address);
+    expect(sampleValue(none, "noid_agent_wireguard_peers", { interface: ifname })).toBe(1);
+    // A handshake happens on the first packet through the tunnel.
+    const peer = all[1]!;
+    await until(async () => (await lab.exec("h1", pingArgv(peer.meshIp, { count: 1, waitS: 1 }), { allowFail: true })).exitCode === 0, "h1 to reach h2 over WireGuard");
+    const m: Exposition = await until(async () => {
+      const s = await scrape(server.address);
+      return sampleValue(s, "noid_agent_wireguard_peer_handshake_age_seconds", { peer: peer.wgPublicKey }) !== undefined ? s : undefined;
+    }, "a handshake age");
+    const age = sampleValue(m, "noid_agent_wireguard_peer_handshake_age_seconds", { peer: peer.wgPublicKey })!;
+    expect(age).toBeGreaterThanOrEqual(0);
+    expect(age).toBeLessThan(600);
+    expect(sampleValue(m, "noid_agent_wireguard_peer_transmit_bytes_total", { peer: peer.wgPublicKey })).toBeGreaterThan(0);
+    // The private key never reaches the exposition.
+    const text = await (await fetch(`http://${server.address}/metrics`)).text();
+    expect(text).not.toContain(keys[0]!.privateKey);
+  });
+});
