@@ -107,6 +107,9 @@ export class AgentMetrics {
     this.driverOps = new Counter({ name: "noid_agent_driver_operations_total", help: "Hypervisor driver calls, by driver, operation and result", labelNames: ["driver", "op", "result"], registers });
     this.driverLatency = new Histogram({ name: "noid_agent_driver_operation_duration_seconds", help: "Hypervisor driver call latency", labelNames: ["driver", "op"], buckets: LATENCY_BUCKETS, registers });
     this.scrapeErrors = new Counter({ name: "noid_agent_metrics_read_errors_total", help: "Scrape-time reads that failed (links, wireguard, guards)", labelNames: ["source"], registers });
+    // Error series exist from the start (at 0), so rate() and dashboards see them before the first error.
+    for (const source of ["links", "wireguard", "guards"]) this.scrapeErrors.inc({ source }, 0);
+    for (const action of ["create", "start", "stop", "destroy", "report"]) this.actionErrors.inc({ action }, 0);
 
     new Gauge({
       name: "noid_agent_vms",

@@ -85,6 +85,8 @@ export interface CoordinatorSources {
   isLeader: () => boolean;
 }
 
+const STORE_OPS = ["get", "list", "txn", "put", "delete", "watch", "lease_grant", "lease_ttl", "compact", "revision"] as const;
+
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 export class CoordinatorMetrics {
@@ -106,6 +108,8 @@ export class CoordinatorMetrics {
     this.etcdLatency = new Histogram({ name: "noid_etcd_request_duration_seconds", help: "etcd request latency, by store operation", labelNames: ["op"], buckets: LATENCY_BUCKETS, registers });
     this.etcdErrors = new Counter({ name: "noid_etcd_request_errors_total", help: "etcd requests that failed, by store operation", labelNames: ["op"], registers });
     this.schedulingLatency = new Histogram({ name: "noid_scheduling_latency_seconds", help: "Time from a VM's creation to its placement on a host", buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300], registers });
+    // Every operation's error series exists from the start (at 0), so rate() and dashboards see it.
+    for (const op of STORE_OPS) this.etcdErrors.inc({ op }, 0);
     this.events = new Counter({ name: "noid_events_recorded_total", help: "Events written to the event log, by kind", labelNames: ["kind"], registers });
 
     new Counter({

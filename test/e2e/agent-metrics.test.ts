@@ -26,7 +26,13 @@ import { type WgKeyPair, generateKeyPair } from "../../mesh/keys.js";
 import { createMountNs, removeMountNsDir } from "../../mesh/mountns.js";
 import { readWgDump } from "../../mesh/wireguard.js";
 import { type MeshMember, hostMesh, meshIpFor } from "../../mesh/topology.js";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { sampleValue, scrape, type Exposition } from "../helpers/exposition.js";
+import { selectors, selects } from "../helpers/promql.js";
+import { eventually, startTestCoordinator } from "../helpers/coordinator.js";
+import { SimAgent } from "../helpers/sim-agent.js";
+import { NoidApiError } from "../../sdk/index.js";
 
 const prefix = `am${randomBytes(3).toString("hex")}`;
 const mntDir = `/run/noid-mesh-${prefix}`;
@@ -169,5 +175,40 @@ describe("agent metrics", () => {
     // The private key never reaches the exposition.
     const text = await (await fetch(`http://${server.address}/metrics`)).text();
     expect(text).not.toContain(keys[0]!.privateKey);
+  });
+
+  it("every Grafana panel's query selects series present in real scrapes of a coordinator and this agent", async () => {
+    // No Prometheus here: each query's series selectors are checked against the exposition itself.
+    const c = await startTestCoordinator({ server: { metrics_listen: "127.0.0.1:0" } });
+    const sim = new SimAgent({ address: c.address, token: c.adminToken, name: "hv-g", autoRun: true });
+    try {
+      await sim.connect();
+      const admin = c.client();
+      await admin.createVm("g1", { vcpus: 1, memoryMb: 128 });
+      await eventually(async () => (await admin.getVm("g1")).status?.phase === VmPhase.VM_PHASE_RUNNING);
+      await expect(c.client("0".repeat(64), { retries: 0 }).listVms()).rejects.toBeInstanceOf(NoidApiError);
+      await eventually(async () => (await admin.listEvents({ kind: "auth.failure" })).length > 0);
+      const coord = await scrape(c.handle.metricsServer!.address);
+      const agent = await scrape(server.address);
+      const both: Exposition = { samples: [...coord.samples, ...agent.samples], types: new Map([...coord.types, ...agent.types]) };
+
+      const file = fileURLToPath(new URL("../../deploy/grafana/noid.json", import.meta.url));
+      const dash = JSON.parse(readFileSync(file, "utf8")) as { panels: Array<{ type: string; title: string; targets?: Array<{ expr: string }> }> };
+      const panels = dash.panels.filter((p) => p.type !== "row");
+      expect(panels.length).toBeGreaterThanOrEqual(20);
+      const missing: string[] = [];
+      for (const p of panels) {
+        expect(p.targets?.length, p.title).toBeGreaterThan(0);
+        for (const t of p.targets!) {
+          const sel = selectors(t.expr);
+          expect(sel.length, `${p.title}: ${t.expr}`).toBeGreaterThan(0);
+          for (const s of sel) if (!selects(both, s)) missing.push(`${p.title}: ${s.name}${JSON.stringify(s.matchers)}`);
+        }
+      }
+      expect(missing).toEqual([]);
+    } finally {
+      sim.close();
+      await c.stop();
+    }
   });
 });

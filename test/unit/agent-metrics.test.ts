@@ -106,3 +106,20 @@ describe("agent registry", () => {
     expect(sampleValue(e, "noid_agent_metrics_read_errors_total", { source: "wireguard" })).toBe(1);
   });
 });
+
+describe("dashboard query checking (test helper)", async () => {
+  const { selectors, selects } = await import("../helpers/promql.js");
+  it("finds selectors inside functions and aggregations, skipping grouping labels and ranges", () => {
+    expect(selectors('histogram_quantile(0.99, sum by (le, method) (rate(noid_api_request_duration_seconds_bucket{code!="OK"}[5m])))')).toEqual([
+      { name: "noid_api_request_duration_seconds_bucket", matchers: [{ label: "code", op: "!=", value: "OK" }] },
+    ]);
+    expect(selectors("sum(noid_a) / max without (x) (noid_b)").map((s) => s.name)).toEqual(["noid_a", "noid_b"]);
+  });
+
+  it("matches selectors against a scrape with Prometheus' anchored regexes", () => {
+    const e = parseExposition('noid_x{kind="security.arp"} 1\nnoid_x{kind="vm.phase"} 2\n');
+    expect(selects(e, { name: "noid_x", matchers: [{ label: "kind", op: "=~", value: "security.*" }] })).toBe(true);
+    expect(selects(e, { name: "noid_x", matchers: [{ label: "kind", op: "=~", value: "security" }] })).toBe(false);
+    expect(selects(e, { name: "noid_y", matchers: [] })).toBe(false);
+  });
+});
