@@ -79,3 +79,26 @@ describe("registry", () => {
     expect(sampleValue(e2, "noid_etcd_request_duration_seconds_count", { op: "get" })).toBe(2);
   });
 });
+
+describe("metrics and events configuration", async () => {
+  const { envLayer, resolveConfig } = await import("../../coordinator/config.js");
+  const { serveMetrics } = await import("../../common/metrics-http.js");
+  it("serves no metrics by default, validates the address and reads NOID_METRICS_LISTEN", () => {
+    const c = resolveConfig({});
+    expect(c.server.metrics_listen).toBe("");
+    expect(c.events).toEqual({ retention_count: 10_000, retention_seconds: 604_800 });
+    expect(() => resolveConfig({ server: { metrics_listen: "9654" } })).toThrow(/server\.metrics_listen/);
+    expect(() => resolveConfig({ events: { retention_count: 0 } })).toThrow(/events\.retention_count/);
+    expect(resolveConfig(envLayer({ NOID_METRICS_LISTEN: "127.0.0.1:9654" })).server.metrics_listen).toBe("127.0.0.1:9654");
+  });
+
+  it("fails clearly when the metrics address is taken", async () => {
+    const m = new CoordinatorMetrics({ defaultMetrics: false });
+    const a = await serveMetrics(m.registry, "127.0.0.1:0");
+    try {
+      await expect(serveMetrics(m.registry, a.address)).rejects.toThrow(new RegExp(`metrics: listening on ${a.address}: .*EADDRINUSE`));
+    } finally {
+      await a.close();
+    }
+  });
+});
