@@ -177,12 +177,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
       onRecord: metrics.onEvent,
       onTrimError: (err) => logger.warn({ err }, "trimming events failed"),
     });
-    let recorder: EventRecorder | undefined;
-    // auth.failure and security.* audit entries are also events operators are shown.
-    const writeAudit = (e: Parameters<AuditLog["write"]>[0]) => {
-      recorder?.fromAudit(e);
-      return audit.write(e);
-    };
+    const writeAudit = (e: Parameters<AuditLog["write"]>[0]) => audit.write(e);
     const guard = new AuthGuard({
       inner: tokens,
       limiter: new FailureLimiter({ maxFailures: cfg.auth.max_failures_per_minute, windowMs: 60_000, cooldownMs: cfg.auth.failure_cooldown_seconds * 1000 }, clock),
@@ -194,9 +189,10 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const cluster = new ClusterState(store, logger.child({ component: "informer" }));
     await cluster.start();
     cleanups.push(() => cluster.stop());
-    recorder = new EventRecorder({ log: events, cluster, logger: logger.child({ component: "events" }) });
-    recorder.start();
-    cleanups.push(async () => recorder?.stop());
+    // Events from informer changes, and from auth.failure / security.* audit entries (a watch on audit/).
+    const recorder = new EventRecorder({ log: events, cluster, store, logger: logger.child({ component: "events" }) });
+    await recorder.start();
+    cleanups.push(() => recorder.stop());
 
     const netSettings = cfg.networks;
     const networks = new NetworkRepo({ store, clock, settings: netSettings, auditKey });
@@ -324,7 +320,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
       metrics,
       ...(metricsServer ? { metricsServer } : {}),
       events,
-      recordEvent: (ev) => recorder?.record(ev),
+      recordEvent: (ev) => recorder.record(ev),
       stop: stopAll,
     };
   } catch (e) {

@@ -2,11 +2,16 @@
 // unschedulable, phase changes, deleted) and host membership (joined, left,
 // unreachable, ready). The mapping is pure (vmEvents/hostEvents/aliveEvents);
 // the recorder only subscribes and writes. Audit entries that operators must
-// also be told about (auth.failure, security.*) come in through fromAudit.
+// also be told about (auth.failure, security.*) are followed with a watch on
+// audit/, so they become events however they were written (AuditLog.write or
+// an auditPut inside another transaction) — with audit logging on.
 //
 // Every coordinator that runs a recorder writes events; with more than one
 // coordinator only the leader should (there is one coordinator today).
 import type { Logger } from "pino";
+import { AuditEvent } from "../../gen/noid/v1/audit.js";
+import type { Store, Watcher } from "../store/store.js";
+import { dec } from "../state/codec.js";
 import { Host } from "../../gen/noid/v1/host.js";
 import { Vm, VmPhase } from "../../gen/noid/v1/vm.js";
 import type { AuditInput } from "../audit-log.js";
@@ -103,10 +108,13 @@ export function auditEvent(e: AuditInput, vmById: (id: string) => Vm | undefined
 
 export class EventRecorder {
   private readonly offs: (() => void)[] = [];
+  private auditWatch?: Watcher;
+  private stopped = false;
 
-  constructor(private readonly d: { log: EventLog; cluster: ClusterState; logger: Logger }) {}
+  constructor(private readonly d: { log: EventLog; cluster: ClusterState; logger: Logger; store: Store }) {}
 
-  start(): void {
+  async start(): Promise<void> {
+    await this.followAudit();
     const c = this.d.cluster;
     const name = (id: string) => c.hosts.get(keys.host(id))?.value.name;
     this.offs.push(
@@ -116,8 +124,26 @@ export class EventRecorder {
     );
   }
 
-  stop(): void {
+  async stop(): Promise<void> {
+    this.stopped = true;
     this.offs.splice(0).forEach((o) => o());
+    await this.auditWatch?.cancel().catch(() => undefined);
+  }
+
+  /** Watches audit/ from now on; after a break (e.g. compaction) it resumes from the current revision. */
+  private async followAudit(): Promise<void> {
+    const rev = await this.d.store.revision();
+    this.auditWatch = await this.d.store.watch(keys.auditPrefix, {
+      fromRevision: rev + 1,
+      onEvents: (evs) => {
+        for (const e of evs) if (e.type === "put") this.fromAudit(dec(AuditEvent, e.kv.value));
+      },
+      onError: (err) => {
+        if (this.stopped) return;
+        this.d.logger.warn({ err }, "audit watch broke; following again from now");
+        setTimeout(() => void this.followAudit().catch((e: unknown) => this.d.logger.warn({ err: e }, "following audit failed")), 1000).unref();
+      },
+    });
   }
 
   /** Records the event an audit entry stands for (auth.failure, security.<kind>); others are ignored. */

@@ -10,6 +10,7 @@ import { run } from "../../cli/program.js";
 import { Role, NoidApiError, type Event, type NoidClient } from "../../sdk/index.js";
 import { EVENTS_PREFIX, EventLog } from "../../coordinator/events/event-log.js";
 import { createEtcdStore } from "../../coordinator/store/index.js";
+import { auditPut } from "../../coordinator/audit-log.js";
 import { SimAgent } from "../helpers/sim-agent.js";
 import { eventually, startTestCoordinator, type TestCluster } from "../helpers/coordinator.js";
 import { startTestEtcd } from "../helpers/etcd.js";
@@ -114,6 +115,18 @@ describe("events", () => {
     expect(f.severity).toBe("warning");
     expect(f.message).not.toContain("not the password");
     expect(await alice.listEvents({ kind: "auth" })).toEqual([]);
+  });
+
+  it("turns security.* audit entries (however written) into events owned by the VM's owner", async () => {
+    const web = await alice.getVm("web");
+    // The agents' security path writes audit entries; here one is written the way a
+    // repository does, inside a transaction, so no code path is assumed.
+    const put = auditPut({ event: "security.arp_spoof", user: "", vm: web.id, host: "hv-ev", success: false, detail: "7 forged ARP replies for 10.0.0.9", peer: "" }, new Date());
+    expect((await c.handle.store.txn([], [put])).succeeded).toBe(true);
+    const ev = await eventually(async () => (await alice.listEvents({ kind: "security" }))[0], 10_000, "the security event");
+    expect(ev).toMatchObject({ kind: "security.arp_spoof", vmName: "web", owner: "alice", hostName: "hv-ev", severity: "warning", message: "7 forged ARP replies for 10.0.0.9" });
+    expect(await bob.listEvents({ kind: "security" })).toEqual([]);
+    expect((await admin.listEvents({ kind: "security", host: "hv-ev" })).map((e) => e.id)).toEqual([ev.id]);
   });
 
   it("streams new events to watchers, each seeing only what it may", async () => {
