@@ -47,7 +47,7 @@ describe("events", () => {
   const token = async (user: string, role: Role, name = `${user}-t`) => (await admin.createToken({ name, role, user })).secret;
 
   beforeAll(async () => {
-    c = await startTestCoordinator();
+    c = await startTestCoordinator({ agents: { lease_ttl_seconds: 2, heartbeat_interval_ms: 500 } });
     admin = c.client();
     alice = c.client(await token("alice", Role.ROLE_USER));
     bob = c.client(await token("bob", Role.ROLE_USER));
@@ -198,6 +198,12 @@ describe("events", () => {
     ac.abort();
     expect(await done).toBe(0);
     expect(out.split("\n")[0]).toMatch(/^TIME\s+KIND/);
+  });
+
+  it("records a host going unreachable when its agent's lease ends", async () => {
+    agent.close();
+    const ev = await eventually(async () => (await admin.listEvents({ kind: "host.unreachable", host: "hv-ev" }))[0], 15_000, "host.unreachable");
+    expect(ev).toMatchObject({ severity: "warning", hostId: agent.hostId });
   });
 });
 
