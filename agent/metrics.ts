@@ -63,6 +63,37 @@ export function handshakeAges(wg: WgObserved, nowSeconds: number): { peer: strin
   }));
 }
 
+export interface NetworkTraffic {
+  network: string;
+  /** "mesh": to/from VMs of the network on other hosts (its VXLAN device); "gateway": to/from the host's stack (egress and host-local, the bridge's own interface). */
+  path: "mesh" | "gateway";
+  direction: "out" | "in";
+  bytes: number;
+  packets: number;
+}
+
+/**
+ * Pure: per-network traffic split by path, from the network's VXLAN device
+ * (tx = out to other hosts) and the bridge's own interface (rx = from VMs to
+ * the gateway, i.e. out of the network). Device names: mesh/names.ts.
+ */
+export function networkTraffic(nets: readonly { networkId: string; vxlan: string; bridge: string }[], stats: Map<string, PortStats>): NetworkTraffic[] {
+  return nets.flatMap((n) => {
+    const out: NetworkTraffic[] = [];
+    const vx = stats.get(n.vxlan);
+    if (vx) {
+      out.push({ network: n.networkId, path: "mesh", direction: "out", bytes: vx.txBytes, packets: vx.txPackets });
+      out.push({ network: n.networkId, path: "mesh", direction: "in", bytes: vx.rxBytes, packets: vx.rxPackets });
+    }
+    const br = stats.get(n.bridge);
+    if (br) {
+      out.push({ network: n.networkId, path: "gateway", direction: "out", bytes: br.rxBytes, packets: br.rxPackets });
+      out.push({ network: n.networkId, path: "gateway", direction: "in", bytes: br.txBytes, packets: br.txPackets });
+    }
+    return out;
+  });
+}
+
 export function phaseLabel(p: VmPhase): string {
   return String(VmPhase[p] ?? "VM_PHASE_UNKNOWN").replace(/^VM_PHASE_/, "").toLowerCase();
 }
@@ -82,6 +113,8 @@ export interface AgentMetricSources {
   vmPorts?: () => Promise<{ id: string; hostPort: string }[]>;
   /** Link counters of the netns the host ports live in. */
   linkStats?: () => Promise<Map<string, PortStats>>;
+  /** The tenant networks on this host and their devices (the mesh controller knows them). */
+  networks?: () => { networkId: string; vxlan: string; bridge: string }[];
 }
 
 export class AgentMetrics {
@@ -135,7 +168,7 @@ export class AgentMetrics {
         async collect() {
           const t = await self.traffic();
           this.reset();
-          for (const v of t) this.inc({ vm: v.vm }, pick(v));
+          for (const v of t.vms) this.inc({ vm: v.vm }, pick(v));
         },
       });
     traffic("noid_agent_vm_sent_bytes_total", "Bytes a VM sent (its host-side port's rx)", (t) => t.sentBytes);
@@ -143,6 +176,19 @@ export class AgentMetrics {
     traffic("noid_agent_vm_received_bytes_total", "Bytes delivered to a VM (its host-side port's tx)", (t) => t.receivedBytes);
     traffic("noid_agent_vm_received_packets_total", "Packets delivered to a VM", (t) => t.receivedPackets);
 
+    for (const unit of ["bytes", "packets"] as const) {
+      new Counter({
+        name: `noid_agent_network_${unit}_total`,
+        help: `${unit === "bytes" ? "Bytes" : "Packets"} of each tenant network on this host, by path (mesh: other hosts, via its VXLAN device; gateway: the host's stack, i.e. egress and host-local) and direction (out of / into the network)`,
+        labelNames: ["network", "path", "direction"],
+        registers,
+        async collect() {
+          const t = await self.traffic();
+          this.reset();
+          for (const n of t.networks) this.inc({ network: n.network, path: n.path, direction: n.direction }, unit === "bytes" ? n.bytes : n.packets);
+        },
+      });
+    }
     new Gauge({
       name: "noid_agent_wireguard_peers",
       help: "WireGuard peers configured on the mesh interface",
@@ -222,7 +268,7 @@ export class AgentMetrics {
 
   // One scrape reads the kernel once per source, however many metrics use it.
   private wgRead?: Promise<WgObserved | undefined>;
-  private trafficRead?: Promise<VmTraffic[]>;
+  private trafficRead?: Promise<{ vms: VmTraffic[]; networks: NetworkTraffic[] }>;
 
   private readWg(): Promise<WgObserved | undefined> {
     if (!this.wireguard) return Promise.resolve(undefined);
@@ -236,14 +282,14 @@ export class AgentMetrics {
     return this.wgRead;
   }
 
-  private traffic(): Promise<VmTraffic[]> {
-    const { vmPorts, linkStats } = this.sources;
-    if (!vmPorts || !linkStats) return Promise.resolve([]);
-    this.trafficRead ??= Promise.all([vmPorts(), linkStats()])
-      .then(([vms, stats]) => vmTraffic(vms, stats))
+  private traffic(): Promise<{ vms: VmTraffic[]; networks: NetworkTraffic[] }> {
+    const { vmPorts, linkStats, networks } = this.sources;
+    if (!linkStats) return Promise.resolve({ vms: [], networks: [] });
+    this.trafficRead ??= Promise.all([vmPorts?.() ?? [], linkStats()])
+      .then(([vms, stats]) => ({ vms: vmTraffic(vms, stats), networks: networkTraffic(networks?.() ?? [], stats) }))
       .catch(() => {
         this.scrapeErrors.inc({ source: "links" });
-        return [];
+        return { vms: [], networks: [] };
       })
       .finally(() => setImmediate(() => (this.trafficRead = undefined)));
     return this.trafficRead;

@@ -25,6 +25,7 @@ import type { GuardSpec } from "../../mesh/guards.js";
 import { type WgKeyPair, generateKeyPair } from "../../mesh/keys.js";
 import { createMountNs, removeMountNsDir } from "../../mesh/mountns.js";
 import { readWgDump } from "../../mesh/wireguard.js";
+import { bridgeName, vxlanName } from "../../mesh/names.js";
 import { type MeshMember, hostMesh, meshIpFor } from "../../mesh/topology.js";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -57,8 +58,34 @@ const wgProcs: ProcessRef[] = [];
 
 const h1 = () => lab.hosts[0]!.netns;
 const guardSpec = (): GuardSpec => ({ vms: [{ vmId, port: hostPort(vmId), mac: desired.spec.net.mac, ip: VM_IP }], uplinks: [] });
-const members = (): MeshMember[] =>
-  lab.hosts.map((h, i) => ({ hostId: `host-${i + 1}`, name: h.name, underlay: h.address, wgPublicKey: keys[i]!.publicKey, wgPort: 51820, meshIp: meshIpFor(settings.meshCidr, i + 1), networks: [] }));
+// One tenant network on both hosts, with one plain-netns "VM" each (x1 on h1, x2 on h2).
+const VNI = 1202;
+const NET_VMS = [
+  { name: "x1", host: 0, mac: "02:00:00:cd:01:01", ip: "10.203.0.11" },
+  { name: "x2", host: 1, mac: "02:00:00:cd:01:02", ip: "10.203.0.12" },
+];
+const members = (withNetwork = false): MeshMember[] =>
+  lab.hosts.map((h, i) => ({
+    hostId: `host-${i + 1}`, name: h.name, underlay: h.address, wgPublicKey: keys[i]!.publicKey, wgPort: 51820, meshIp: meshIpFor(settings.meshCidr, i + 1),
+    networks: withNetwork
+      ? [{ networkId: "n1", vni: VNI, mode: "wireguard" as const, cidr: "10.203.0.0/24", gateway: "10.203.0.1", vms: NET_VMS.filter((v) => v.host === i).map((v) => ({ mac: v.mac, ip: v.ip })) }]
+      : [],
+  }));
+
+async function applyMesh(withNetwork: boolean): Promise<void> {
+  const all = members(withNetwork);
+  for (const [i, h] of lab.hosts.entries()) {
+    const r = await applyHostMesh(hostMesh(all, `host-${i + 1}`, settings), {
+      runner: run,
+      netns: h.netns,
+      mountNs: mountNs[i]!,
+      privateKey: keys[i]!.privateKey,
+      spawner: async (argv, o) => (await lab.spawn(h, argv, o ?? {})).pid,
+      wgLogFile: join(lab.dir, `wg-${h.name}.log`),
+    });
+    if (r.wireguard.process) wgProcs.push(r.wireguard.process);
+  }
+}
 
 async function until<T>(f: () => Promise<T | undefined | false>, what: string, timeoutMs = 20_000): Promise<T> {
   const end = Date.now() + timeoutMs;
@@ -145,18 +172,8 @@ describe("agent metrics", () => {
   });
 
   it("shows WireGuard peers and the age of their latest handshake", async () => {
+    await applyMesh(false);
     const all = members();
-    for (const [i, h] of lab.hosts.entries()) {
-      const r = await applyHostMesh(hostMesh(all, `host-${i + 1}`, settings), {
-        runner: run,
-        netns: h.netns,
-        mountNs: mountNs[i]!,
-        privateKey: keys[i]!.privateKey,
-        spawner: async (argv, o) => (await lab.spawn(h, argv, o ?? {})).pid,
-        wgLogFile: join(lab.dir, `wg-${h.name}.log`),
-      });
-      if (r.wireguard.process) wgProcs.push(r.wireguard.process);
-    }
     const ifname = hostMesh(all, "host-1", settings).wg.ifname;
     metrics.setWireguardReader(ifname, () => readWgDump(ifname, { runner: run, netns: h1(), mountNs: mountNs[0]! }));
     const none = await scrape(server.address);
@@ -175,6 +192,32 @@ describe("agent metrics", () => {
     // The private key never reaches the exposition.
     const text = await (await fetch(`http://${server.address}/metrics`)).text();
     expect(text).not.toContain(keys[0]!.privateKey);
+  });
+
+  it("splits each network's traffic into mesh (other hosts) and gateway paths", async () => {
+    await applyMesh(true);
+    for (const v of NET_VMS) {
+      const ns = `${prefix}-${v.name}`;
+      const h = lab.hosts[v.host]!.netns;
+      await run(["ip", "netns", "add", ns]);
+      await run(["ip", "-n", h, "link", "add", `${v.name}p`, "mtu", "1390", "type", "veth", "peer", "name", "eth0", "netns", ns]);
+      await run(["ip", "-n", ns, "link", "set", "eth0", "address", v.mac, "mtu", "1390", "up"]);
+      await run(["ip", "-n", ns, "addr", "add", `${v.ip}/24`, "dev", "eth0"]);
+      await run(["ip", "-n", h, "link", "set", `${v.name}p`, "master", bridgeName(VNI), "up"]);
+    }
+    metrics.setSources({ networks: () => [{ networkId: "n1", vxlan: vxlanName(VNI), bridge: bridgeName(VNI) }] });
+    const sel = (path: string, direction: string) => ({ network: "n1", path, direction });
+    const before = await scrape(server.address);
+    const meshOut0 = sampleValue(before, "noid_agent_network_bytes_total", sel("mesh", "out")) ?? 0;
+    const gwOut0 = sampleValue(before, "noid_agent_network_packets_total", sel("gateway", "out")) ?? 0;
+    const [x1, x2] = NET_VMS as [(typeof NET_VMS)[0], (typeof NET_VMS)[0]];
+    await until(async () => (await run(pingArgv(x2.ip, { count: 2, waitS: 1 }), { netns: `${prefix}-${x1.name}`, allowFail: true })).exitCode === 0, "x1 to reach x2 across the mesh");
+    await until(async () => (await run(pingArgv("10.203.0.1", { count: 2, waitS: 1 }), { netns: `${prefix}-${x1.name}`, allowFail: true })).exitCode === 0, "x1 to reach its gateway");
+    const after = await scrape(server.address);
+    expect(sampleValue(after, "noid_agent_network_bytes_total", sel("mesh", "out"))).toBeGreaterThan(meshOut0 + 2 * 84);
+    expect(sampleValue(after, "noid_agent_network_bytes_total", sel("mesh", "in"))).toBeGreaterThan(0);
+    expect(sampleValue(after, "noid_agent_network_packets_total", sel("gateway", "out"))).toBeGreaterThanOrEqual(gwOut0 + 2);
+    expect(sampleValue(after, "noid_agent_network_packets_total", sel("gateway", "in"))).toBeGreaterThanOrEqual(2);
   });
 
   it("every Grafana panel's query selects series present in real scrapes of a coordinator and this agent", async () => {

@@ -2,7 +2,7 @@
 // and the registry (one per instance, never the global default).
 import { describe, expect, it } from "vitest";
 import { register as globalRegistry } from "prom-client";
-import { AgentMetrics, handshakeAges, instrumentDriver, parseLinkStats, vmTraffic } from "../../agent/metrics.js";
+import { AgentMetrics, handshakeAges, instrumentDriver, networkTraffic, parseLinkStats, vmTraffic } from "../../agent/metrics.js";
 import type { HypervisorDriver, VmRuntime } from "../../agent/drivers/driver.js";
 import { VmPhase } from "../../gen/noid/v1/vm.js";
 import { parseExposition, sampleValue } from "../helpers/exposition.js";
@@ -23,6 +23,19 @@ describe("kernel counter parsing", () => {
   it("turns host-port counters into the VM's view: its port's rx is what it sent", () => {
     const t = vmTraffic([{ id: "vm1", hostPort: "nv-abc" }, { id: "gone", hostPort: "nv-zzz" }], parseLinkStats(IP_S_J));
     expect(t).toEqual([{ vm: "vm1", sentBytes: 1500, sentPackets: 10, receivedBytes: 900, receivedPackets: 6 }]);
+  });
+
+  it("splits a network's traffic: VXLAN device = mesh, bridge interface = gateway; out = leaving the network", () => {
+    const stats = new Map([
+      ["vx7", { rxBytes: 10, rxPackets: 1, txBytes: 20, txPackets: 2 }],
+      ["vmnet7", { rxBytes: 30, rxPackets: 3, txBytes: 40, txPackets: 4 }],
+    ]);
+    expect(networkTraffic([{ networkId: "n", vxlan: "vx7", bridge: "vmnet7" }, { networkId: "gone", vxlan: "vx9", bridge: "vmnet9" }], stats)).toEqual([
+      { network: "n", path: "mesh", direction: "out", bytes: 20, packets: 2 },
+      { network: "n", path: "mesh", direction: "in", bytes: 10, packets: 1 },
+      { network: "n", path: "gateway", direction: "out", bytes: 30, packets: 3 },
+      { network: "n", path: "gateway", direction: "in", bytes: 40, packets: 4 },
+    ]);
   });
 
   it("ages handshakes, leaving out peers that never shook hands", () => {
