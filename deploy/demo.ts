@@ -14,6 +14,7 @@ import { readClusterState, startLocalCluster, stopLocalCluster } from "./cluster
 const PREFIX = "nd";
 const DIR = "/run/noid-demo";
 const LISTEN = "127.0.0.1:7654";
+const METRICS = "127.0.0.1:9654";
 const CONTEXTS = ["demo", "demo-alice", "demo-bob"];
 const TENANTS: Record<string, string[]> = { alice: ["web-1", "web-2", "db"], bob: ["api-1", "api-2"] };
 
@@ -60,7 +61,7 @@ async function up(): Promise<void> {
     await down();
   }
   const t0 = Date.now();
-  const cluster = await startLocalCluster({ prefix: PREFIX, dir: DIR, hosts: 3, listen: LISTEN, outside: true });
+  const cluster = await startLocalCluster({ prefix: PREFIX, dir: DIR, hosts: 3, listen: LISTEN, outside: true, coordinatorArgs: ["--metrics-listen", METRICS] });
   say(`coordinator on ${LISTEN} and ${cluster.socket} (embedded etcd); hosts: ${cluster.lab.hosts.map((h, i) => `${cluster.hostNames[i]} (${h.netns}, ${h.address})`).join(", ")}`);
   const admin = cluster.client();
 
@@ -97,6 +98,8 @@ Use it (contexts written to ${path}):
   npx noidctl --context demo-alice create web-3      # as tenant alice
   npx noidctl --context demo-bob list                # bob sees only his VMs
   npx noidctl --context demo hosts
+  npx noidctl --context demo events --watch          # VM lifecycle, hosts, security
+  curl -s http://${METRICS}/metrics                # the coordinator's Prometheus metrics
 Logs: ${DIR}/*.log
 Stop: npm run demo -- --down`);
   process.exit(0);
