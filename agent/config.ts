@@ -119,6 +119,11 @@ export const agentConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Prometheus /metrics over HTTP on this host:port; "" (the default) serves none. */
+    metrics_listen: z
+      .string()
+      .regex(/^((\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5})?$/, "must be host:port (or empty for none)")
+      .default(""),
   })
   .strict()
   .superRefine((c, ctx) => {
@@ -168,6 +173,7 @@ export const agentConfigSchema = z
       intervalMs: c.posture.interval_seconds * 1000,
     },
     logLevel: c.log_level,
+    metricsListen: c.metrics_listen,
   }));
 
 export type AgentConfig = z.output<typeof agentConfigSchema>;

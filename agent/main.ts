@@ -25,8 +25,11 @@ import { driversFromConfig } from "./drivers/from-config.js";
 import { ReconcileLoop } from "./reconcile/loop.js";
 import { PostureReporter } from "./posture/reporter.js";
 import { run } from "../common/run.js";
+import type { HypervisorDriver } from "./drivers/driver.js";
 import { AgentSession } from "./session.js";
 import { CHANNEL_OPTIONS, HostIdentity } from "./identity.js";
+import { AgentMetrics, instrumentDriver, readLinkStats } from "./metrics.js";
+import { serveMetrics } from "../common/metrics-http.js";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -49,6 +52,7 @@ interface Flags {
   drivers?: string;
   insecure?: boolean;
   logLevel?: string;
+  metricsListen?: string;
 }
 
 const int = (field: string, v: string | undefined): number | undefined => {
@@ -79,6 +83,7 @@ export function flagsToLayer(f: Flags): Record<string, unknown> {
     ns_prefix: f.nsPrefix,
     insecure: f.insecure,
     log_level: f.logLevel,
+    metrics_listen: f.metricsListen,
     capacity: { vcpus: int("vcpus", f.vcpus), memory_mb: int("memory_mb", f.memoryMb), disk_gb: int("disk_gb", f.diskGb) },
     ...(f.label?.length ? { labels } : {}),
     ...(f.drivers !== undefined ? { drivers: f.drivers.split(",").map((d) => d.trim()).filter(Boolean) } : {}),
@@ -106,6 +111,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     .option("--drivers <list>", "drivers to run, comma separated, default first (sandbox,qemu,firecracker)")
     .option("--insecure", "plaintext gRPC with a bearer token (development only; a warning is logged)")
     .option("--log-level <level>")
+    .option("--metrics-listen <host:port>", "serve Prometheus metrics at http://<host:port>/metrics (default: off)")
     .exitOverride()
     .parse(argv, { from: "user" });
   const flags = program.opts<Flags>();
@@ -119,7 +125,13 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
 export async function main(argv: string[]): Promise<void> {
   const { config, token } = loadConfig(argv);
   const logger = createLogger({ name: "agent", level: config.logLevel }).child({ host: config.name });
-  const drivers = await driversFromConfig(config, logger);
+  const metrics = new AgentMetrics();
+  // Scrape-time reads use the raw drivers: a scrape is not a driver operation.
+  const rawDrivers: HypervisorDriver[] = [];
+  const drivers = await driversFromConfig(config, logger, (d) => {
+    rawDrivers.push(d);
+    return instrumentDriver(d, metrics);
+  });
 
   // The loop reports through the session; the session feeds the loop. Tie the knot late.
   let session: AgentSession | undefined;
@@ -127,6 +139,7 @@ export async function main(argv: string[]): Promise<void> {
     drivers,
     logger: logger.child({ component: "reconcile" }),
     onStatus: (r) => session?.report(r),
+    observer: metrics.reconcile,
   });
   let identity: HostIdentity | undefined;
   let client: AgentServiceClient;
@@ -146,6 +159,16 @@ export async function main(argv: string[]): Promise<void> {
     });
     client = await identity.start();
   }
+  // The mesh controller adds WireGuard and guard readers (metrics.setWireguardReader / setGuardReader).
+  metrics.setSources({
+    reports: () => loop.lastReports(),
+    vmPorts: async () => (await Promise.all(rawDrivers.map((d) => d.list()))).flat(),
+    linkStats: () => readLinkStats(run),
+  });
+  const metricsServer = config.metricsListen
+    ? await serveMetrics(metrics.registry, config.metricsListen, (err) => logger.warn({ err }, "collecting metrics failed"))
+    : undefined;
+  if (metricsServer) logger.info({ metrics: `http://${metricsServer.address}/metrics` }, "metrics serving");
   session = new AgentSession({
     client,
     ...(token ? { token } : {}),
@@ -191,6 +214,7 @@ export async function main(argv: string[]): Promise<void> {
   identity?.stop();
   await session.stop();
   await loop.stop();
+  await metricsServer?.close();
   client.close();
 }
 

@@ -3,6 +3,7 @@
 import { Command, CommanderError, Option } from "commander";
 import { App, type AppDeps } from "./app.js";
 import { registerAuditCommand } from "./commands/audit.js";
+import { registerEventsCommand } from "./commands/events.js";
 import { registerAuthCommands } from "./commands/auth.js";
 import { registerContextCommands } from "./commands/context.js";
 import { registerHostCommands } from "./commands/host.js";
@@ -53,6 +54,7 @@ Examples:
   registerContextCommands(program, app);
   registerTokenCommands(program, app);
   registerAuditCommand(program, app);
+  registerEventsCommand(program, app);
   registerUserCommands(program, app);
   registerSshKeyCommands(program, app);
   return { program, app };

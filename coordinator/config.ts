@@ -24,9 +24,11 @@ export const CoordinatorConfigSchema = z
         tls_sans: z.array(z.string().regex(/^[A-Za-z0-9.:-]{1,253}$/, "must be a DNS name or IP address")).default([]),
         /** Plaintext gRPC. Only with an explicit opt-in; a warning is logged. */
         insecure: z.boolean().default(false),
+        /** Prometheus /metrics over HTTP on this host:port; "" (the default) serves none. */
+        metrics_listen: z.union([z.literal(""), hostPort]).default(""),
       })
       .strict()
-      .default({ listen: "0.0.0.0:7654", unix_socket: "", tls_cert: "", tls_key: "", tls_sans: [], insecure: false }),
+      .default({ listen: "0.0.0.0:7654", unix_socket: "", tls_cert: "", tls_key: "", tls_sans: [], insecure: false, metrics_listen: "" }),
     state_dir: z.string().min(1).default("/var/lib/noid"),
     etcd: z
       .object({
@@ -99,6 +101,15 @@ export const CoordinatorConfigSchema = z
         session_ttl_seconds: 12 * 3600,
         totp_issuer: "noid",
       }),
+    events: z
+      .object({
+        /** Events kept in etcd: the newest this many ... */
+        retention_count: z.number().int().min(10).default(10_000),
+        /** ... and none older than this (0: no age bound). */
+        retention_seconds: z.number().int().min(0).default(7 * 86_400),
+      })
+      .strict()
+      .default({ retention_count: 10_000, retention_seconds: 7 * 86_400 }),
     logging: z
       .object({
         level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
@@ -173,6 +184,7 @@ export function envLayer(env: Record<string, string | undefined>): ConfigLayer {
   if (env.NOID_TLS_CERT) server.tls_cert = env.NOID_TLS_CERT;
   if (env.NOID_TLS_KEY) server.tls_key = env.NOID_TLS_KEY;
   if (env.NOID_TLS_SANS) server.tls_sans = splitList(env.NOID_TLS_SANS);
+  if (env.NOID_METRICS_LISTEN !== undefined) server.metrics_listen = env.NOID_METRICS_LISTEN;
   if (Object.keys(server).length) layer.server = server;
   if (env.NOID_STATE_DIR) layer.state_dir = env.NOID_STATE_DIR;
   if (env.NOID_ETCD) layer.etcd = { endpoints: splitList(env.NOID_ETCD) };

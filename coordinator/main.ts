@@ -16,6 +16,7 @@ function flagsLayer(o: Record<string, unknown>): ConfigLayer {
   if (o.tlsCert !== undefined) server.tls_cert = o.tlsCert;
   if (o.tlsKey !== undefined) server.tls_key = o.tlsKey;
   if (o.tlsSan !== undefined) server.tls_sans = splitList(String(o.tlsSan));
+  if (o.metricsListen !== undefined) server.metrics_listen = o.metricsListen;
   if (Object.keys(server).length) layer.server = server;
   if (o.stateDir !== undefined) layer.state_dir = o.stateDir;
   if (o.etcd !== undefined) layer.etcd = { endpoints: splitList(String(o.etcd)) };
@@ -35,6 +36,7 @@ const program = new Command("noid-coordinator")
   .option("--tls-key <file>", "TLS private key (PEM)")
   .option("--tls-san <names>", "comma-separated extra DNS names/IPs for the generated server certificate")
   .option("--insecure", "serve plaintext gRPC (development only; agents then use an admin token)")
+  .option("--metrics-listen <host:port>", 'serve Prometheus metrics at http://<host:port>/metrics (default off; "" turns off)')
   .addOption(new Option("--policy <policy>", "placement policy").choices(["spread", "binpack"]))
   .addOption(new Option("--log-level <level>", "log level").choices(["trace", "debug", "info", "warn", "error", "silent"]))
   .showHelpAfterError()

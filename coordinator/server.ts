@@ -50,10 +50,16 @@ import { loadOrCreatePki, type ClusterPki } from "./pki/ca.js";
 import { tlsServerCredentials } from "./pki/credentials.js";
 import { HostIdentities } from "./pki/host-identity.js";
 import { HostSessions } from "./services/agent-service.js";
+import { EventServiceService } from "../gen/noid/v1/event.js";
+import { eventService } from "./services/event-service.js";
+import { EventLog, type EventInput } from "./events/event-log.js";
+import { EventRecorder } from "./events/recorder.js";
+import { CoordinatorMetrics, InstrumentedStore } from "./metrics.js";
+import { serveMetrics, type MetricsServer } from "../common/metrics-http.js";
 
 export const ADMIN_TOKEN_FILE = "admin.token";
 const BOOTSTRAP_TOKEN_NAME = "bootstrap-admin";
-const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService"];
+const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService", "noid.v1.EventService"];
 
 export interface CoordinatorHandle {
   /** TCP port actually bound (useful with listen ":0"). */
@@ -71,6 +77,12 @@ export interface CoordinatorHandle {
   ca?: { pem: string; file: string; fingerprint: string };
   /** Authentication failure counters (for the metrics exporter). */
   authFailures(): ReturnType<AuthGuard["failures"]>;
+  /** The process's metrics registry, and its HTTP endpoint when server.metrics_listen is set. */
+  metrics: CoordinatorMetrics;
+  metricsServer?: MetricsServer;
+  events: EventLog;
+  /** Records an event (e.g. a security report from an agent); never throws. */
+  recordEvent(ev: EventInput): void;
   stop(): Promise<void>;
 }
 
@@ -163,7 +175,8 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
 
   const { store: rawStore, etcd } = opts.store ? { store: opts.store, etcd: undefined } : await openStore(cfg, logger);
   // Every audit event written through this store is linked into the hash chain in its own transaction.
-  const store = new AuditChainStore(rawStore);
+  const metrics = new CoordinatorMetrics();
+  const store = new AuditChainStore(new InstrumentedStore(rawStore, metrics));
   const cleanups: (() => Promise<void>)[] = [async () => store.close(), async () => etcd?.stop()];
   const stopAll = async () => {
     for (const c of cleanups.reverse()) await c().catch((err) => logger.warn({ err }, "shutdown step failed"));
@@ -173,6 +186,13 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const tokens = new TokenStore(store, clock, cfg.auth.token_rotation_overlap_seconds);
     const adminTokenFile = await bootstrapAdmin(tokens, cfg.state_dir, logger);
     const audit = new AuditLog(store, clock, cfg.logging.audit);
+    const events = new EventLog({
+      store,
+      clock,
+      retention: { maxCount: cfg.events.retention_count, maxAgeMs: cfg.events.retention_seconds * 1000 },
+      onRecord: metrics.onEvent,
+      onTrimError: (err) => logger.warn({ err }, "trimming events failed"),
+    });
     const writeAudit = (e: Parameters<AuditLog["write"]>[0]) => audit.write(e);
     const guard = new AuthGuard({
       inner: tokens,
@@ -185,6 +205,10 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const cluster = new ClusterState(store, logger.child({ component: "informer" }), { requirePosture: cfg.scheduler.require_posture });
     await cluster.start();
     cleanups.push(() => cluster.stop());
+    // Events from informer changes, and from auth.failure / security.* audit entries (a watch on audit/).
+    const recorder = new EventRecorder({ log: events, cluster, store, logger: logger.child({ component: "events" }) });
+    await recorder.start();
+    cleanups.push(() => recorder.stop());
 
     const netSettings = cfg.networks;
     const networks = new NetworkRepo({ store, clock, settings: netSettings, auditKey });
@@ -192,7 +216,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const vms = new VmRepo({ store, clock, newId: newVmId, auditKey, network: vmNetworks });
     const meshCidr = parseMeshCidr(cfg.mesh.cidr);
     const hosts = new HostRepo(store, clock, meshCidr);
-    const base: HandlerDeps = { auth: guard, logger: logger.child({ component: "api" }) };
+    const base: HandlerDeps = { auth: guard, logger: logger.child({ component: "api" }), onCall: metrics.onCall };
 
     const sessions = new SessionRegistry();
     const hostSessions = new HostSessions();
@@ -227,11 +251,12 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
       }),
     );
     server.addService(ExecServiceService, execService({ ...base, repo: vms, sessions, audit: writeAudit }));
+    server.addService(EventServiceService, eventService({ ...base, events }));
     const health = new HealthImplementation({ "": "SERVING", ...Object.fromEntries(PUBLIC_SERVICES.map((s) => [s, "SERVING" as const])) });
     health.addToServer(server);
     const root = protoRoot();
     const pkg = protoLoader.loadSync(
-      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto", "noid/v1/user.proto"],
+      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto", "noid/v1/user.proto", "noid/v1/event.proto"],
       { includeDirs: [root] },
     );
     new ReflectionService({ ...pkg, ...protoLoader.loadSync(healthProtoPath) }).addToServer(server);
@@ -261,6 +286,13 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const placement = new PlacementController({ store, cluster, policy: cfg.scheduler.policy, logger: logger.child({ component: "placement" }), clock });
     placement.start();
     cleanups.push(() => placement.stop());
+    metrics.attach({ cluster, placement, authFailures: () => guard.failures(), limits: () => cfg.limits, isLeader: () => true });
+    let metricsServer: MetricsServer | undefined;
+    if (cfg.server.metrics_listen) {
+      metricsServer = await serveMetrics(metrics.registry, cfg.server.metrics_listen, (err) => logger.warn({ err }, "collecting metrics failed"));
+      cleanups.push(() => metricsServer!.close());
+      logger.info({ metrics: `http://${metricsServer.address}/metrics` }, "metrics serving");
+    }
 
     // Health follows etcd: NOT_SERVING while the store cannot answer.
     let healthy = true;
@@ -288,6 +320,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         await tokens.sweep();
         await pki?.ids.sweep();
       })().catch((err) => logger.warn({ err }, "maintenance failed"));
+      void events.trim().catch((err) => logger.warn({ err }, "trimming events failed"));
     }, 60_000);
     cleanups.push(async () => {
       clearInterval(probe);
@@ -308,6 +341,10 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
       ...(etcd ? { etcd } : {}),
       ...(clusterPki ? { ca: { pem: clusterPki.ca.certPem, file: join(cfg.state_dir, PKI_DIR, "ca.crt"), fingerprint: certFingerprint(clusterPki.ca.certPem) } } : {}),
       authFailures: () => guard.failures(),
+      metrics,
+      ...(metricsServer ? { metricsServer } : {}),
+      events,
+      recordEvent: (ev) => recorder.record(ev),
       stop: stopAll,
     };
   } catch (e) {

@@ -14,6 +14,7 @@ import { readClusterState, repoRoot, startLocalCluster, stopLocalCluster } from 
 const PREFIX = "nd";
 const DIR = "/run/noid-demo";
 const LISTEN = "127.0.0.1:7654";
+const METRICS = "127.0.0.1:9654";
 const CONTEXTS = ["demo", "demo-alice", "demo-bob"];
 const TENANTS: Record<string, string[]> = { alice: ["web-1", "web-2", "db"], bob: ["api-1", "api-2"] };
 
@@ -66,7 +67,7 @@ async function up(): Promise<void> {
   }
   const t0 = Date.now();
   const drivers = qemuReady() ? ["sandbox", "qemu"] : ["sandbox"];
-  const cluster = await startLocalCluster({ prefix: PREFIX, dir: DIR, hosts: 3, listen: LISTEN, outside: true, drivers });
+  const cluster = await startLocalCluster({ prefix: PREFIX, dir: DIR, hosts: 3, listen: LISTEN, outside: true, drivers, coordinatorArgs: ["--metrics-listen", METRICS] });
   say(`coordinator on ${LISTEN} and ${cluster.socket} (embedded etcd); hosts: ${cluster.lab.hosts.map((h, i) => `${cluster.hostNames[i]} (${h.netns}, ${h.address})`).join(", ")}`);
   const admin = cluster.client();
 
@@ -103,6 +104,8 @@ Use it (contexts written to ${path}):
   npx noidctl --context demo-alice create web-3      # as tenant alice
   npx noidctl --context demo-bob list                # bob sees only his VMs
   npx noidctl --context demo hosts${drivers.includes("qemu") ? "\n  npx noidctl --context demo-alice create vm-q --driver qemu --memory 256   # a real QEMU guest (TCG)" : ""}
+  npx noidctl --context demo events --watch          # VM lifecycle, hosts, security
+  curl -s http://${METRICS}/metrics                # the coordinator's Prometheus metrics
 Logs: ${DIR}/*.log
 Stop: npm run demo -- --down`);
   process.exit(0);

@@ -17,6 +17,7 @@ import type { CreateJoinTokenResponse, DrainHostResponse, Host, HostServiceClien
 import type { EgressPolicy, Network, NetworkServiceClient } from "../gen/noid/v1/network.js";
 import { VmSpec, type Vm, type VmServiceClient, type WatchVmsResponse, VmEventType } from "../gen/noid/v1/vm.js";
 import type { ExecResponse, ExecServiceClient } from "../gen/noid/v1/exec.js";
+import type { Event, EventServiceClient } from "../gen/noid/v1/event.js";
 import { NoidApiError, toApiError, type CallKind } from "./errors.js";
 import { withRetry, type RetryDeps, type RetryPolicy } from "./retry.js";
 import { iterateStream } from "./watch.js";
@@ -36,6 +37,17 @@ export interface ServiceClients {
   audit: AuditServiceClient;
   exec: ExecServiceClient;
   user: UserServiceClient;
+  event: EventServiceClient;
+}
+
+export interface EventFilterOpts {
+  /** VM id or name. */
+  vm?: string;
+  /** Host id or name. */
+  host?: string;
+  /** Exact kind (vm.phase) or a dotted prefix (security, host). */
+  kind?: string;
+  since?: Date;
 }
 
 export interface SpawnOpts extends OwnerOpt {
@@ -382,6 +394,23 @@ export class NoidClient {
   /** Walks the audit log's hash chain on the server and reports the first broken link (admins). */
   async verifyAuditChain(): Promise<VerifyAuditChainResponse> {
     return this.#unary("VerifyAuditChain", "read", this.#c.audit.verifyAuditChain.bind(this.#c.audit), {});
+  }
+
+  /** Cluster events (VM lifecycle, hosts, failed logins, security), newest first. Non-admins see their own VMs' events. */
+  async listEvents(opts: EventFilterOpts & { limit?: number } = {}): Promise<Event[]> {
+    const req = { limit: opts.limit ?? 0, vm: opts.vm ?? "", host: opts.host ?? "", kind: opts.kind ?? "", since: opts.since };
+    return (await this.#unary("ListEvents", "read", this.#c.event.listEvents.bind(this.#c.event), req)).events;
+  }
+
+  /**
+   * Streams events as they are recorded (after replaying those since `since`,
+   * when given). No deadline; stop it with `signal` or by leaving the loop.
+   */
+  async *watchEvents(opts: EventFilterOpts & { signal?: AbortSignal } = {}): AsyncIterable<Event> {
+    const req = { vm: opts.vm ?? "", host: opts.host ?? "", kind: opts.kind ?? "", since: opts.since };
+    for await (const r of iterateStream(() => this.#c.event.watchEvents(req, this.#metadata(), {}), "WatchEvents", opts.signal)) {
+      if (r.event) yield r.event;
+    }
   }
 
   // ---- users, login, SSH keys ----

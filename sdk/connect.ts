@@ -1,6 +1,7 @@
 // connect(): the one way to get a NoidClient. All five service clients share a
 // single channel (one HTTP/2 connection to the coordinator).
 import { AuditServiceClient } from "../gen/noid/v1/audit.js";
+import { EventServiceClient } from "../gen/noid/v1/event.js";
 import { AuthServiceClient } from "../gen/noid/v1/auth.js";
 import { HostServiceClient } from "../gen/noid/v1/host.js";
 import { NetworkServiceClient } from "../gen/noid/v1/network.js";
@@ -56,6 +57,7 @@ export function connect(opts: ConnectOptions): NoidClient {
       audit: new AuditServiceClient(spec.target, spec.credentials, shared),
       exec: new ExecServiceClient(spec.target, spec.credentials, shared),
       user: new UserServiceClient(spec.target, spec.credentials, shared),
+      event: new EventServiceClient(spec.target, spec.credentials, shared),
     },
     {
       ...(opts.token ? { token: opts.token } : {}),

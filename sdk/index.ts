@@ -1,6 +1,6 @@
 // Public surface of the Noid SDK.
 export { connect, DEFAULT_DEADLINE_MS, DEFAULT_PORT, type ConnectOptions } from "./connect.js";
-export { NoidClient, type OwnerOpt, type VmRef, type ExecOpts, type ExecResult, type SpawnOpts, type ExecSession, type ExecSignalName } from "./client.js";
+export { NoidClient, type OwnerOpt, type VmRef, type ExecOpts, type ExecResult, type SpawnOpts, type ExecSession, type ExecSignalName, type EventFilterOpts } from "./client.js";
 export {
   NoidApiError,
   isNoidApiError,
@@ -21,4 +21,5 @@ export { Host, HostState, HostPosture, PostureCheck, Resources, DrainHostRespons
 export { Network } from "../gen/noid/v1/network.js";
 export { Token, Role, CreateTokenResponse, RotateTokenResponse, WhoAmIResponse } from "../gen/noid/v1/auth.js";
 export { AuditEvent, VerifyAuditChainResponse } from "../gen/noid/v1/audit.js";
+export { Event } from "../gen/noid/v1/event.js";
 export { User, SshKey, LoginResponse, EnrollTotpResponse } from "../gen/noid/v1/user.js";

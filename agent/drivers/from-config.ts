@@ -45,16 +45,21 @@ function hasRecords(dir: string): number {
   }
 }
 
-export async function driversFromConfig(c: AgentConfig, logger: Logger): Promise<DriverSet> {
+/** `wrap` decorates each driver (metrics); the set holds the wrapped ones. */
+export async function driversFromConfig(
+  c: AgentConfig,
+  logger: Logger,
+  wrap: (d: HypervisorDriver) => HypervisorDriver = (d) => d,
+): Promise<DriverSet> {
   const enabled: HypervisorDriver[] = [];
-  for (const name of c.drivers) enabled.push(await build(c, name, logger, true));
+  for (const name of c.drivers) enabled.push(wrap(await build(c, name, logger, true)));
   const retired: HypervisorDriver[] = [];
   for (const name of DRIVER_NAMES) {
     if (c.drivers.includes(name)) continue;
     const n = hasRecords(recordsDir(c.stateDir, name));
     if (n === 0) continue;
     logger.warn({ driver: name, vms: n }, "driver is not enabled but has VMs from an earlier run: they are managed until destroyed; no new VMs go to it");
-    retired.push(await build(c, name, logger, false));
+    retired.push(wrap(await build(c, name, logger, false)));
   }
   return new DriverSet(enabled, retired);
 }

@@ -33,6 +33,8 @@ export interface ReconcileLoopOptions {
   retryMs?: number;
   maxRetryMs?: number;
   now?: () => number;
+  /** Metrics hook: each pass's duration and result (undefined when it threw), each failed action. */
+  observer?: { pass(ms: number, result: PassResult | undefined): void; actionFailed(action: Action["kind"]): void };
 }
 
 export interface PassResult {
@@ -115,7 +117,15 @@ export class ReconcileLoop {
       this.again = true;
       return;
     }
-    this.running = this.pass().finally(() => {
+    const t0 = performance.now();
+    const observed = this.pass().then(
+      (r) => (this.opts.observer?.pass(performance.now() - t0, r), r),
+      (e: unknown) => {
+        this.opts.observer?.pass(performance.now() - t0, undefined);
+        throw e;
+      },
+    );
+    this.running = observed.finally(() => {
       this.running = undefined;
       if (this.again) {
         this.again = false;
@@ -239,6 +249,7 @@ export class ReconcileLoop {
     } catch (e) {
       const reason = e instanceof Error ? e.message : String(e);
       log.warn({ err: e }, "action failed");
+      this.opts.observer?.actionFailed(a.kind);
       if (a.kind === "create" || a.kind === "start" || a.kind === "stop") {
         const why = `${a.kind}: ${reason}`;
         this.giveUp(a.vmId, why);

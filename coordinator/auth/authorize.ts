@@ -10,7 +10,9 @@
 // Users: creating, listing and deleting users is admin only; every role may
 // change its own password, rotate it and enroll 2FA (self-service). SSH keys
 // are managed by users for themselves. Verifying the audit chain is admin
-// only; everyone may read their own audit events. Login is anonymous.
+// only; everyone may read their own audit events. Events: admins see all,
+// every other role sees those of its own VMs (filtered in the event log).
+// Login is anonymous.
 import { Role } from "../../gen/noid/v1/auth.js";
 
 export type Action =
@@ -39,6 +41,8 @@ export type Action =
   | "token.rotate"
   | "audit.list"
   | "audit.verify"
+  | "event.list"
+  | "event.watch"
   | "user.create"
   | "user.list"
   | "user.delete"
@@ -70,6 +74,8 @@ const READS: ReadonlySet<Action> = new Set([
   "network.list",
   "token.list",
   "audit.list",
+  "event.list",
+  "event.watch",
   "sshkey.list",
   "whoami",
 ]);
@@ -166,6 +172,8 @@ export const METHOD_ACTIONS: Readonly<Record<string, Action | typeof ANONYMOUS>>
   "/noid.v1.AuthService/WhoAmI": "whoami",
   "/noid.v1.AuditService/ListAuditEvents": "audit.list",
   "/noid.v1.AuditService/VerifyAuditChain": "audit.verify",
+  "/noid.v1.EventService/ListEvents": "event.list",
+  "/noid.v1.EventService/WatchEvents": "event.watch",
   "/noid.v1.AgentService/RegisterHost": "agent.register",
   "/noid.v1.AgentService/Session": "agent.session",
   // Not token-authenticated: JoinHost's credential is the one-time join token,

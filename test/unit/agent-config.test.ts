@@ -27,6 +27,13 @@ describe("agent config", () => {
     expect(() => parseAgentConfig({ coordinator: "x:1", name: "h1", uplink: "eth0; rm" })).toThrow(/uplink/);
   });
 
+  it("serves no metrics unless --metrics-listen names a host:port", () => {
+    expect(parseAgentConfig({ coordinator: "x:1", name: "h1" }).metricsListen).toBe("");
+    expect(parseAgentConfig({ coordinator: "x:1", name: "h1", metrics_listen: "127.0.0.1:9655" }).metricsListen).toBe("127.0.0.1:9655");
+    expect(() => parseAgentConfig({ coordinator: "x:1", name: "h1", metrics_listen: "9655" })).toThrow(/metrics_listen/);
+    expect(loadConfig(["--coordinator", "x:1", "--name", "h1", "--insecure", "--token-file", tokenFile, "--metrics-listen", "[::1]:0"], {}).config.metricsListen).toBe("[::1]:0");
+  });
+
   it("reads NOID_* env in one place", () => {
     const e = readAgentEnv({ NOID_COORDINATOR: "a:1", NOID_INSECURE: "true", NOID_TOKEN: "t", NOID_AGENT_CONFIG: "/x.toml" });
     expect(e).toEqual({ configFile: "/x.toml", token: "t", overrides: { coordinator: "a:1", insecure: true } });
@@ -81,7 +88,7 @@ describe("agent config", () => {
     expect(c.qemu).toMatchObject({ guestDir: defaultGuestDir(), accel: "tcg", bootTimeoutMs: 5000, binary: "qemu-system-x86_64" });
     expect(defaultGuestDir()).toMatch(/\/\.noid\/guest$/);
     expect((await driversFromConfig(c, silentLogger())).names).toEqual(["qemu", "sandbox"]);
-    const flags = loadConfig(["--coordinator", "x:1", "--name", "h1", "--token-file", tokenFile, "--drivers", "sandbox,qemu"], {});
+    const flags = loadConfig(["--coordinator", "x:1", "--name", "h1", "--insecure", "--token-file", tokenFile, "--drivers", "sandbox,qemu"], {});
     expect(flags.config.drivers).toEqual(["sandbox", "qemu"]);
 
     expect(() => parseAgentConfig({ ...base, drivers: ["sandbox", "vmware"] })).toThrow(/drivers\.1/);

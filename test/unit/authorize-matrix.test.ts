@@ -39,6 +39,8 @@ const EXPECTED: Record<string, Row> = {
   "/noid.v1.AuthService/WhoAmI": ["yy", "yn", "yn"],
   "/noid.v1.AuditService/ListAuditEvents": ["yy", "yn", "yn"],
   "/noid.v1.AuditService/VerifyAuditChain": ["yy", "nn", "nn"],
+  "/noid.v1.EventService/ListEvents": ["yy", "yn", "yn"],
+  "/noid.v1.EventService/WatchEvents": ["yy", "yn", "yn"],
   "/noid.v1.AgentService/RegisterHost": ["yy", "nn", "nn"],
   "/noid.v1.AgentService/Session": ["yy", "nn", "nn"],
   "/noid.v1.AgentService/JoinHost": "anonymous",
