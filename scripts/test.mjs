@@ -11,6 +11,11 @@ const dir = mkdtempSync(join(tmpdir(), "noid-test-"));
 const out = join(dir, "results.json");
 const vitest = join(root, "node_modules", ".bin", "vitest");
 const args = ["run", "--reporter=default", "--reporter=json", `--outputFile.json=${out}`, ...process.argv.slice(2)];
+// Tests are type-checked like the code (vitest only strips types): a test that no longer
+// matches the code it exercises is a failure, counted as one.
+const tc = spawnSync(join(root, "node_modules", ".bin", "tsc"), ["-p", "tsconfig.test.json"], { cwd: root, stdio: "inherit" });
+const typeFailures = tc.status === 0 ? 0 : 1;
+if (typeFailures) console.error("type check of the tests failed (tsc -p tsconfig.test.json): counted as one failure");
 const r = spawnSync(vitest, args, { cwd: root, stdio: "inherit" });
 
 let passed = 0;
@@ -34,5 +39,6 @@ try {
 rmSync(dir, { recursive: true, force: true });
 // A skipped test is not a passing one: count it against the run.
 if (skipped > 0) console.log(`${skipped} skipped (counted as failed)`);
+failed += typeFailures;
 console.log(`${passed} passed, ${failed + skipped} failed`);
 process.exit(r.status === 0 && failed + skipped === 0 ? 0 : 1);

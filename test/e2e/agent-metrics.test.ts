@@ -44,6 +44,7 @@ const VM_IP = "10.202.0.11";
 const desired: DesiredVm = {
   id: vmId,
   state: "running",
+  driver: "",
   spec: { id: vmId, vcpus: 1, memoryMb: 128, diskGb: 1, image: "", net: { mac: "02:00:00:cd:00:11", ip: VM_IP, prefixLen: 24, bridge: "vmbr0" } },
 };
 

@@ -146,7 +146,7 @@ describe("egress on a lab host", () => {
     expect(await detectUplink(eh, h1.address)).toBe("eth0");
     await expect(detectUplink(eh)).rejects.toThrow(/set "uplink" in the agent config/);
     await expect(applyEgress({ ...spec(), uplink: "eth9" }, eh)).rejects.toThrow(/uplink eth9 does not exist/);
-    await expect(applyEgress(spec([...NETS, { vni: 4999, cidr: "10.50.0.0/24", gateway: "10.50.0.1" }]), eh)).rejects.toThrow(/bridge vmnet4999 does not exist/);
+    await expect(applyEgress(spec([...NETS, { name: "gone", vni: 4999, cidr: "10.50.0.0/24", gateway: "10.50.0.1" }]), eh)).rejects.toThrow(/bridge vmnet4999 does not exist/);
     await run(["ip", "link", "set", "vmnet4104", "down"], { netns: h1.netns });
     await expect(applyEgress(spec(), eh)).rejects.toThrow(/bridge vmnet4104 is down/);
     await run(["ip", "link", "set", "vmnet4104", "up"], { netns: h1.netns });

@@ -57,7 +57,11 @@ export async function startTestCoordinator(extra: ConfigLayer = {}): Promise<Tes
 }
 
 /** Polls until `f` returns a truthy value (time-boxed). */
-export async function eventually<T>(f: () => T | Promise<T>, timeoutMs = 10_000, what = "condition"): Promise<T> {
+export async function eventually<T>(
+  f: () => T | undefined | null | false | 0 | "" | Promise<T | undefined | null | false | 0 | "">,
+  timeoutMs = 10_000,
+  what = "condition",
+): Promise<T> {
   const until = Date.now() + timeoutMs;
   let last: unknown;
   while (Date.now() < until) {

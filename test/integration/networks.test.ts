@@ -140,7 +140,7 @@ describe("tenant networks", () => {
       [{ name: "n1", cidr: "10.0.0.0/24", mode: "gre" }, grpc.status.INVALID_ARGUMENT, /mode/],
       [{ name: "n1", cidr: "10.0.0.0/24", egress: { denyAll: true, allow: ["1.1.1.1/32"], deny: [] } }, grpc.status.INVALID_ARGUMENT, /deny_all/],
     ] as const) {
-      const e = (await createNet(t, req).catch((x: grpc.ServiceError) => x)) as grpc.ServiceError;
+      const e = (await createNet(t, req as Parameters<typeof createNet>[1]).catch((x: grpc.ServiceError) => x)) as grpc.ServiceError;
       expect(e.code).toBe(code);
       expect(e.details).toMatch(why);
     }

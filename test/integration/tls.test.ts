@@ -317,7 +317,7 @@ describe("agents on mTLS", () => {
     const sink: DesiredSink = { setDesired: () => undefined, upsert: () => undefined, remove: () => undefined, lastReports: () => [] };
     session = new AgentSession({
       client,
-      registration: { name: "renewer", address: "10.9.9.9", labels: {}, drivers: ["sandbox"], capacity: { vcpus: 2, memoryMb: 1024, diskGb: 10 }, wireguardPublicKey: "", wireguardPort: 0, agentVersion: "t" },
+      registration: { name: "renewer", address: "10.9.9.9", labels: {}, drivers: ["sandbox"], capacity: { vcpus: 2, memoryMb: 1024, diskGb: 10 }, wireguardPublicKey: "", wireguardPort: 0, agentVersion: "t", posture: undefined },
       sink,
       logger: silentLogger(),
       onState: (s) => states.push(s),

@@ -2,13 +2,14 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Server, ServerCredentials, credentials, type ServerDuplexStream } from "@grpc/grpc-js";
+import { Server, ServerCredentials, credentials, type ServerDuplexStream, type ServerUnaryCall, type sendUnaryData } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
 import { silentLogger } from "../../common/logger.js";
 import {
   AgentServiceClient,
   AgentServiceService,
   type RegisterHostRequest,
+  type RegisterHostResponse,
   type SessionRequest,
   type SessionResponse,
   type VmStatusReport,
@@ -31,7 +32,7 @@ class FakeCoordinator {
   ackHeartbeats = true;
   constructor(public snapshot: Vm[]) {
     this.server.addService(AgentServiceService, {
-      registerHost: (call, cb) => {
+      registerHost: (call: ServerUnaryCall<RegisterHostRequest, unknown>, cb: sendUnaryData<RegisterHostResponse>) => {
         this.registrations.push({ req: call.request, auth: String(call.metadata.get("authorization")[0]) });
         cb(null, { hostId: "host-1", heartbeatIntervalMs: 30, leaseTtlSeconds: 10, meshIp: "100.64.0.1", meshPrefixLen: 16 });
       },
@@ -94,7 +95,7 @@ async function setup(snapshot: Vm[]): Promise<{ coord: FakeCoordinator; sink: Si
   const session = new AgentSession({
     client,
     token: "s3cret",
-    registration: { name: "h1", address: "10.99.0.1", labels: { zone: "a" }, drivers: ["sandbox"], capacity: { vcpus: 4, memoryMb: 4096, diskGb: 20 }, wireguardPublicKey: "", wireguardPort: 0, agentVersion: "0.1.0" },
+    registration: { name: "h1", address: "10.99.0.1", labels: { zone: "a" }, drivers: ["sandbox"], capacity: { vcpus: 4, memoryMb: 4096, diskGb: 20 }, wireguardPublicKey: "", wireguardPort: 0, agentVersion: "0.1.0", posture: undefined },
     sink,
     logger: silentLogger(),
     backoff: { initialMs: 10, maxMs: 50 },

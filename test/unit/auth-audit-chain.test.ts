@@ -47,7 +47,7 @@ describe("hash chain (pure)", () => {
 
   it("finds an unlinked event and accepts a trimmed log with its anchor", () => {
     expect(verifyChain({ anchor: GENESIS, head, events: [...events, { ...ev(9), seq: 0 }] })).toMatchObject({ ok: false, reason: expect.stringMatching(/not linked/) });
-    const anchor = { seq: 2, hash: events[1]!.hash };
+    const anchor = { seq: 2, hash: events[1]!.hash! };
     expect(verifyChain({ anchor, head, events: events.slice(2) })).toMatchObject({ ok: true, checked: 2, firstSeq: 3 });
     expect(verifyChain({ anchor: { seq: 2, hash: "0".repeat(64) }, head, events: events.slice(2) }).ok).toBe(false);
   });

@@ -66,7 +66,7 @@ const vmImpl: VmServiceServer = {
     const name = call.request.name || "web";
     call.write({ type: VmEventType.VM_EVENT_TYPE_SNAPSHOT, vm: sample(name, VmPhase.VM_PHASE_PENDING) });
     setTimeout(() => {
-      if (!call.cancelled) call.write({ type: VmEventType.VM_EVENT_TYPE_PUT, vm: { ...sample(name, VmPhase.VM_PHASE_RUNNING), status: { phase: VmPhase.VM_PHASE_RUNNING, hostName: "hv-1", ip: "10.0.0.5", hostId: "", reason: "", mac: "", updatedAt: undefined } } });
+      if (!call.cancelled) call.write({ type: VmEventType.VM_EVENT_TYPE_PUT, vm: { ...sample(name, VmPhase.VM_PHASE_RUNNING), status: { phase: VmPhase.VM_PHASE_RUNNING, hostName: "hv-1", ip: "10.0.0.5", hostId: "", reason: "", mac: "", updatedAt: undefined, networkId: "", networkCidr: "", gateway: "" } } });
     }, 30);
   },
 };
@@ -81,7 +81,7 @@ const authImpl: AuthServiceServer = {
     if (!caller(call)) return cb(unauth);
     seen.tokens.push(call.request);
     cb(null, {
-      token: { id: "tk1", name: call.request.name, user: call.request.user || call.request.name, role: call.request.role, createdAt: new Date(), expiresAt: undefined },
+      token: { id: "tk1", name: call.request.name, user: call.request.user || call.request.name, role: call.request.role, createdAt: new Date(), expiresAt: undefined, session: false },
       secret: SECRET,
     });
   },
