@@ -5,6 +5,7 @@
 //   node dist/agent/main.js --config /etc/noid/agent.toml
 //   node dist/agent/main.js --coordinator unix:/run/noid/coord.sock --name h1 --insecure --token-file t
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { CommanderError, Command } from "commander";
 import { ExecRunner } from "./exec.js";
@@ -24,6 +25,9 @@ import { readAgentEnv } from "./env.js";
 import { SandboxDriver } from "./drivers/sandbox/sandbox.js";
 import { ReconcileLoop } from "./reconcile/loop.js";
 import { AgentSession } from "./session.js";
+import { loadOrCreateKey } from "../mesh/keys.js";
+import { NetworkedDriver } from "./network/attach.js";
+import { MeshController } from "./network/controller.js";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -41,6 +45,9 @@ interface Flags {
   label?: string[];
   insecure?: boolean;
   logLevel?: string;
+  wgInterface?: string;
+  wgPort?: string;
+  uplinkMtu?: string;
 }
 
 const int = (field: string, v: string | undefined): number | undefined => {
@@ -67,6 +74,9 @@ export function flagsToLayer(f: Flags): Record<string, unknown> {
     ns_prefix: f.nsPrefix,
     insecure: f.insecure,
     log_level: f.logLevel,
+    wg_interface: f.wgInterface,
+    wg_port: int("wg_port", f.wgPort),
+    uplink_mtu: int("uplink_mtu", f.uplinkMtu),
     capacity: { vcpus: int("vcpus", f.vcpus), memory_mb: int("memory_mb", f.memoryMb), disk_gb: int("disk_gb", f.diskGb) },
     ...(f.label?.length ? { labels } : {}),
   };
@@ -88,6 +98,9 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     .option("--label <k=v>", "host label (repeatable)", (v: string, acc: string[] = []) => [...acc, v])
     .option("--insecure", "plaintext gRPC (unix socket / loopback only)")
     .option("--log-level <level>")
+    .option("--wg-interface <name>", "WireGuard interface (default wg-noid)")
+    .option("--wg-port <port>", "WireGuard listen port (default 51820)")
+    .option("--uplink-mtu <n>", "MTU of the underlay uplink (default 1500)")
     .exitOverride()
     .parse(argv, { from: "user" });
   const flags = program.opts<Flags>();
@@ -107,12 +120,28 @@ function channelCredentials(c: AgentConfig): ChannelCredentials {
 export async function main(argv: string[]): Promise<void> {
   const { config, token } = loadConfig(argv);
   const logger = createLogger({ name: "agent", level: config.logLevel }).child({ host: config.name });
-  const driver = new SandboxDriver({ stateDir: config.stateDir, nsPrefix: config.nsPrefix });
+  const sandbox = new SandboxDriver({ stateDir: config.stateDir, nsPrefix: config.nsPrefix });
+  // The WireGuard key is made once and kept (0600) in the state dir; only its public half leaves the host.
+  const wgKey = loadOrCreateKey(join(config.stateDir, "wireguard.key"));
+  let session: AgentSession | undefined;
+  const meshLog = logger.child({ component: "mesh" });
+  const mesh = new MeshController({
+    privateKey: wgKey.privateKey,
+    wgIfname: config.wgInterface,
+    uplinkMtu: config.uplinkMtu,
+    stateDir: config.stateDir,
+    ports: async () => new Map((await sandbox.list()).map((v) => [v.id, v.hostPort])),
+    onSecurity: (e) => {
+      if (!session?.security(e)) meshLog.warn({ event: e }, "security event not sent: no session");
+    },
+    logger: meshLog,
+    // Egress (NAT, per-network policy) hooks in here: onNetworks: (networks, view) => applyEgress(...)
+  });
+  const driver = new NetworkedDriver(sandbox, mesh);
   const caps = driver.capabilities();
   if (!caps.resourceLimits) logger.warn({ reason: caps.limitsReason }, "sandbox VMs run without cgroup limits");
 
   // The loop reports through the session; the session feeds the loop. Tie the knot late.
-  let session: AgentSession | undefined;
   const loop = new ReconcileLoop({
     driver,
     logger: logger.child({ component: "reconcile" }),
@@ -132,16 +161,18 @@ export async function main(argv: string[]): Promise<void> {
       labels: config.labels,
       drivers: config.drivers,
       capacity: config.capacity,
-      wireguardPublicKey: "",
-      wireguardPort: 0,
+      wireguardPublicKey: wgKey.publicKey,
+      wireguardPort: config.wgPort,
       agentVersion: AGENT_VERSION,
     },
     sink: loop,
+    mesh,
     logger: logger.child({ component: "session" }),
     onState: (s) => logger.debug({ state: s }, "session state"),
     exec: new ExecRunner(driver, logger.child({ component: "exec" })),
   });
 
+  mesh.start();
   await loop.start();
   session.start();
   logger.info({ coordinator: config.coordinator, stateDir: config.stateDir }, "agent started");
@@ -156,6 +187,7 @@ export async function main(argv: string[]): Promise<void> {
   });
   await session.stop();
   await loop.stop();
+  await mesh.stop();
   client.close();
 }
 

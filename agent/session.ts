@@ -15,6 +15,8 @@ import {
   type SessionResponse,
   type AgentExecCommand,
   type AgentExecOutput,
+  type MeshSnapshot,
+  type SecurityEvent,
   type VmStatusReport,
 } from "../gen/noid/v1/agent.js";
 import { type BackoffPolicy, DEFAULT_BACKOFF, backoffDelay } from "./backoff.js";
@@ -45,6 +47,8 @@ export interface AgentSessionOptions {
   /** Heartbeats without an ack before the stream is declared dead (default 3). */
   missedAcksLimit?: number;
   onState?: (s: SessionState) => void;
+  /** Receives the coordinator's mesh view (absent: ignored). */
+  mesh?: { setSnapshot(s: MeshSnapshot, hostId: string): void };
   /** Runs exec commands from the coordinator (absent: they are refused). */
   exec?: {
     run(cmd: AgentExecCommand, send: (o: AgentExecOutput) => void): void;
@@ -86,6 +90,13 @@ export class AgentSession {
   /** Sends a VM status now if the stream is up; otherwise it goes out with the resync after reconnecting. */
   report(status: VmStatusReport): void {
     if (this.state === "streaming") this.write({ kind: { $case: "vmStatus", value: status } });
+  }
+
+  /** Sends a security event if the stream is up; otherwise it is dropped (and logged by the caller). */
+  security(e: Omit<SecurityEvent, "hostId">): boolean {
+    if (this.state !== "streaming" || !this.id) return false;
+    this.write({ kind: { $case: "securityEvent", value: { ...e, hostId: this.id } } });
+    return true;
   }
 
   private isStopped(): boolean {
@@ -191,6 +202,9 @@ export class AgentSession {
       }
       case "execCancel":
         this.opts.exec?.cancel(k.value.execId);
+        break;
+      case "mesh":
+        if (this.id) this.opts.mesh?.setSnapshot(k.value, this.id);
         break;
     }
   }

@@ -40,6 +40,7 @@ import { NetworkRepo } from "./networks/network-repo.js";
 import { VmNetworks } from "./networks/vm-network.js";
 import { authService } from "./services/auth-service.js";
 import { auditService } from "./services/audit-service.js";
+import { SecurityAudit } from "./security-events.js";
 import { agentService } from "./services/agent-service.js";
 import { execService } from "./services/exec-service.js";
 import { SessionRegistry } from "./agents/registry.js";
@@ -179,6 +180,8 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const base: HandlerDeps = { auth: guard, logger: logger.child({ component: "api" }) };
 
     const sessions = new SessionRegistry();
+    const security = new SecurityAudit(writeAudit, clock);
+    cleanups.push(async () => security.stop());
     const server = new grpc.Server({ "grpc.keepalive_time_ms": 20_000, "grpc.keepalive_timeout_ms": 10_000, "grpc.keepalive_permit_without_calls": 1 });
     server.addService(VmServiceService, vmService({ ...base, repo: vms, cluster, limits: () => cfg.limits }));
     server.addService(HostServiceService, hostService({ ...base, hosts, cluster, store, clock, audit: writeAudit }));
@@ -202,6 +205,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         logger: logger.child({ component: "agents" }),
         sessions,
         meshPrefixLen: meshCidr.prefix,
+        security,
       }),
     );
     server.addService(ExecServiceService, execService({ ...base, repo: vms, sessions, audit: writeAudit }));

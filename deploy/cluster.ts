@@ -2,7 +2,7 @@
 // in the root namespace and N agent hosts, each a network namespace of a lab,
 // reaching the coordinator through a unix socket. Used by `npm run demo` and
 // by the end-to-end tests, so both run exactly the same thing.
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createLab, destroyLab, labLeftovers, type Lab } from "./lab/lab.js";
@@ -84,6 +84,13 @@ export async function stopLocalCluster(dir: string, prefix: string): Promise<str
   const st = readClusterState(dir);
   if (st && isAlive(st.coordinator)) await killProcess(st.coordinator, 10_000);
   await destroyLab(prefix);
+  // Each agent records the wireguard-go it started (it outlives the agent, like VMs do).
+  for (const d of existsSync(dir) ? readdirSync(dir).filter((f) => f.startsWith("agent-")) : []) {
+    const f = join(dir, d, "wireguard-go.json");
+    if (!existsSync(f)) continue;
+    const ref = JSON.parse(readFileSync(f, "utf8")) as ProcessRef;
+    if (isAlive(ref)) await killProcess(ref, 5000);
+  }
   rmSync(dir, { recursive: true, force: true });
   return labLeftovers(prefix);
 }
@@ -165,6 +172,9 @@ export async function startLocalCluster(o: ClusterOptions): Promise<LocalCluster
           String(cap.diskGb),
           "--label",
           `zone=z${i + 1}`,
+          // Lab hosts share one /run: each needs its own wireguard-go socket name.
+          "--wg-interface",
+          `${o.prefix}wg${i + 1}`,
         ],
         { logFile: join(o.dir, `agent-${h.name}.log`) },
       );

@@ -26,6 +26,7 @@ import type { Lease, Store } from "../store/store.js";
 import type { Principal } from "../auth/authorize.js";
 import { DRIVERS } from "../validate.js";
 import type { ExecChannel, SessionRegistry } from "../agents/registry.js";
+import { type SecurityAudit, checkSecurityEvent } from "../security-events.js";
 
 export interface AgentServiceDeps extends HandlerDeps {
   store: Store;
@@ -37,6 +38,8 @@ export interface AgentServiceDeps extends HandlerDeps {
   logger: Logger;
   sessions: SessionRegistry;
   meshPrefixLen: number;
+  /** Records agents' security events in the audit log (absent: they are only logged). */
+  security?: SecurityAudit;
 }
 
 /** Until host certificates exist (security issue), agents authenticate with an admin token. */
@@ -183,6 +186,37 @@ class AgentSession implements ExecChannel {
       const o = k.value.output?.kind;
       if (k.value.error || o?.$case === "exit") this.execs.delete(k.value.execId);
       f(k.value);
+      return;
+    }
+    if (k.$case === "securityEvent") {
+      const e = k.value;
+      try {
+        checkSecurityEvent(e);
+      } catch (err) {
+        this.log.warn({ hostId: this.hostId, err }, "ignored malformed security event");
+        return;
+      }
+      const host = this.d.cluster.hostById(this.hostId);
+      let owner = "";
+      if (e.vmId) {
+        // A host speaks only for its own VMs.
+        const vm = this.d.cluster.vmEntry(e.vmId)?.value;
+        if (vm?.status?.hostId !== this.hostId) {
+          this.log.warn({ hostId: this.hostId, vmId: e.vmId }, "ignored security event for a VM not on this host");
+          return;
+        }
+        owner = vm.owner;
+      }
+      this.log.warn({ hostId: this.hostId, vmId: e.vmId, kind: e.kind, count: e.count }, "security event");
+      await this.d.security?.record({
+        hostId: this.hostId,
+        hostName: host?.name ?? "",
+        vmId: e.vmId,
+        owner,
+        kind: e.kind,
+        count: Number(e.count),
+        detail: e.detail,
+      });
       return;
     }
     if (k.$case === "vmStatus") {
