@@ -220,6 +220,18 @@ describe("tenant networks across three hosts", () => {
     expect(await reaches("a1", "a2")).toBe(true); // its legitimate traffic still flows
   });
 
+  it("repairs guard rules changed behind the agent's back and reports the drift", async () => {
+    await run(["nft", "delete", "table", "bridge", "noid_guard"], { netns: hostNs(2) });
+    // The periodic resync (30 s) finds and repairs it.
+    await waitFor("security.drift from host2", async () => {
+      const evs = await cluster.client().listAuditEvents({ event: "security.drift", limit: 20 });
+      return evs.some((e) => e.host === "host2" && e.detail.includes("guards repaired")) ? true : undefined;
+    }, 60_000);
+    const table = await run(["nft", "list", "table", "bridge", "noid_guard"], { netns: hostNs(2), allowFail: true });
+    expect(table.exitCode).toBe(0);
+    expect(await ping("u2", ipOf("r1"))).toBe(false); // the groups hold again
+  }, 90_000);
+
   it("updates every other host's peers and FDB when a host leaves and comes back, without restarts", async () => {
     const aVni = (await tenants.A.getNetwork("default")).vni;
     const h3 = await meshIp(3);
