@@ -199,11 +199,11 @@ export function counterValues(json: string): Map<string, { packets: number; byte
   return new Map(objects(json, "counter").map((c) => [String(c.name), { packets: Number(c.packets ?? 0), bytes: Number(c.bytes ?? 0) }]));
 }
 
-/** Per VM and kind, the packets dropped so far (VMs in `spec` only; kinds in GUARD_KINDS order). */
+/** Per VM and kind, the packets dropped so far (VMs in `spec` only; kinds in GUARD_KINDS order, peer kinds only with a peer policy). */
 export function guardCounters(spec: GuardSpec, json: string): GuardCounter[] {
   const values = counterValues(json);
   return spec.vms.flatMap((v) =>
-    GUARD_KINDS.map((kind) => {
+    GUARD_KINDS.filter((k) => v.peers !== undefined || (k !== "peer" && k !== "arppeer")).map((kind) => {
       const n = values.get(counterName(v.vmId, kind)) ?? { packets: 0, bytes: 0 };
       return { vm: v.vmId, kind, packets: n.packets, bytes: n.bytes };
     }),
