@@ -134,6 +134,7 @@ export async function main(argv: string[]): Promise<void> {
     onSecurity: (e) => {
       if (!session?.security(e)) meshLog.warn({ event: e }, "security event not sent: no session");
     },
+    onCondition: (c) => session?.setCondition(c),
     logger: meshLog,
     // Egress (NAT, per-network policy) hooks in here: onNetworks: (networks, view) => applyEgress(...)
   });

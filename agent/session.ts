@@ -15,6 +15,7 @@ import {
   type SessionResponse,
   type AgentExecCommand,
   type AgentExecOutput,
+  type HostCondition,
   type MeshSnapshot,
   type SecurityEvent,
   type VmStatusReport,
@@ -65,6 +66,7 @@ export class AgentSession {
   private sequence = 0;
   private lastAcked = 0;
   private id: string | undefined;
+  private condition: HostCondition | undefined;
 
   constructor(private readonly opts: AgentSessionOptions) {}
 
@@ -90,6 +92,12 @@ export class AgentSession {
   /** Sends a VM status now if the stream is up; otherwise it goes out with the resync after reconnecting. */
   report(status: VmStatusReport): void {
     if (this.state === "streaming") this.write({ kind: { $case: "vmStatus", value: status } });
+  }
+
+  /** The host's mesh condition: sent now if the stream is up, and again after every reconnect. */
+  setCondition(c: HostCondition): void {
+    this.condition = c;
+    if (this.state === "streaming") this.write({ kind: { $case: "hostCondition", value: c } });
   }
 
   /** Sends a security event if the stream is up; otherwise it is dropped (and logged by the caller). */
@@ -148,6 +156,7 @@ export class AgentSession {
     this.write({ kind: { $case: "hello", value: { hostId: reg.hostId } } });
     // The coordinator may have lost what we said before the break: say it again.
     for (const r of this.opts.sink.lastReports()) this.write({ kind: { $case: "vmStatus", value: r } });
+    if (this.condition) this.write({ kind: { $case: "hostCondition", value: this.condition } });
 
     const everyMs = reg.heartbeatIntervalMs || (this.opts.defaultHeartbeatMs ?? 5000);
     this.sequence = 0;

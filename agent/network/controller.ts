@@ -12,6 +12,8 @@ import type { MeshSnapshot, SecurityEvent } from "../../gen/noid/v1/agent.js";
 import { describeAction } from "../../mesh/actions.js";
 import { applyHostMesh } from "../../mesh/apply.js";
 import { applyGuards, readGuardCounters } from "../../mesh/guards-apply.js";
+import { readWgDump } from "../../mesh/wireguard.js";
+import { PeerLiveness } from "./liveness.js";
 import type { GuardSpec } from "../../mesh/guards.js";
 import type { NetworkSpec } from "../../mesh/topology.js";
 import { type BackoffPolicy, backoffDelay } from "../backoff.js";
@@ -35,6 +37,10 @@ export interface MeshControllerOptions {
   logger: Logger;
   /** wireguard-go's log and the record of its process go here. */
   stateDir: string;
+  /** The host's mesh condition, whenever it changes (see HostCondition in agent.proto). */
+  onCondition?: (c: MeshCondition) => void;
+  /** Consecutive failed passes before the host calls itself degraded (default 3). */
+  degradedAfter?: number;
   /** Egress hook (see NetworksHook). */
   onNetworks?: NetworksHook;
   runner?: Runner;
@@ -46,6 +52,11 @@ export interface MeshControllerOptions {
   /** Per VM and kind, at most one drop event this often (default 5 s). */
   eventIntervalMs?: number;
   backoff?: BackoffPolicy;
+}
+
+export interface MeshCondition {
+  meshError: string;
+  unreachablePeers: string[];
 }
 
 const RETRY: BackoffPolicy = { initialMs: 500, maxMs: 15_000 };
@@ -71,6 +82,9 @@ export class MeshController {
   private readonly runner: Runner;
   private stopped = false;
   private readonly waiters = new Set<() => void>();
+  private readonly liveness = new PeerLiveness();
+  private unreachable: string[] = [];
+  private lastCondition = JSON.stringify({ meshError: "", unreachablePeers: [] });
 
   constructor(private readonly opts: MeshControllerOptions) {
     this.runner = opts.runner ?? defaultRun;
@@ -202,6 +216,7 @@ export class MeshController {
       this.appliedGeneration = generation;
       this.failures = 0;
       this.lastError = undefined;
+      this.reportCondition();
     } catch (e) {
       this.failures++;
       this.lastError = e instanceof Error ? e.message : String(e);
@@ -209,6 +224,7 @@ export class MeshController {
       if (this.retryTimer) clearTimeout(this.retryTimer);
       this.retryTimer = setTimeout(() => void this.sync().catch(() => undefined), backoffDelay(this.failures - 1, this.opts.backoff ?? RETRY));
       this.retryTimer.unref();
+      this.reportCondition();
       throw e;
     } finally {
       for (const w of [...this.waiters]) {
@@ -225,7 +241,35 @@ export class MeshController {
     else rmSync(f, { force: true });
   }
 
+  private reportCondition(): void {
+    const c: MeshCondition = {
+      meshError: this.failures >= (this.opts.degradedAfter ?? 3) ? (this.lastError ?? "failing") : "",
+      unreachablePeers: this.unreachable,
+    };
+    const key = JSON.stringify(c);
+    if (key === this.lastCondition) return;
+    this.lastCondition = key;
+    if (c.meshError || c.unreachablePeers.length) this.opts.logger.warn(c, "mesh degraded");
+    else this.opts.logger.info("mesh healthy again");
+    this.opts.onCondition?.(c);
+  }
+
+  /** Peers we send to that never answer, by host id (from `wg show dump`). */
+  private async checkPeers(): Promise<void> {
+    const view = this.view;
+    if (!view) return;
+    const wg = await readWgDump(view.desired.wg.ifname, { runner: this.runner });
+    if (!wg) return;
+    const byKey = new Map(view.desired.wg.peers.map((p) => [p.publicKey, p.hostId]));
+    this.unreachable = this.liveness
+      .observe(wg.peers, Date.now())
+      .flatMap((k) => (byKey.has(k) ? [byKey.get(k)!] : []))
+      .sort();
+    this.reportCondition();
+  }
+
   private async pollCounters(): Promise<void> {
+    await this.checkPeers().catch((e: unknown) => this.opts.logger.debug({ err: e }, "reading WireGuard peers failed"));
     const spec = this.guardSpec;
     if (!spec || this.stopped) return;
     try {

@@ -27,6 +27,7 @@ import type { Principal } from "../auth/authorize.js";
 import { DRIVERS } from "../validate.js";
 import type { ExecChannel, SessionRegistry } from "../agents/registry.js";
 import { type SecurityAudit, checkSecurityEvent } from "../security-events.js";
+import { MeshHealth } from "../mesh/health.js";
 
 export interface AgentServiceDeps extends HandlerDeps {
   store: Store;
@@ -79,8 +80,12 @@ export function agentService(d: AgentServiceDeps): AgentServiceServer {
     };
   });
 
+  const health = new MeshHealth(
+    (id, reason) => d.hosts.setDegraded(id, reason),
+    (id) => d.cluster.hostById(id)?.name ?? id,
+  );
   const session = (call: ServerDuplexStream<SessionRequest, SessionResponse>) => {
-    const s = new AgentSession(d, call);
+    const s = new AgentSession(d, call, health);
     void s.run();
   };
 
@@ -103,6 +108,7 @@ class AgentSession implements ExecChannel {
   constructor(
     private readonly d: AgentServiceDeps,
     private readonly call: ServerDuplexStream<SessionRequest, SessionResponse>,
+    private readonly health: MeshHealth,
   ) {
     this.log = d.logger.child({ component: "session", peer: call.getPeer() });
   }
@@ -146,6 +152,7 @@ class AgentSession implements ExecChannel {
     this.unsubMesh?.();
     if (this.meshTimer) clearTimeout(this.meshTimer);
     if (this.hostId) this.d.sessions.delete(this.hostId, this);
+    if (this.hostId) void this.health.update(this.hostId, undefined).catch((err) => this.log.warn({ err }, "clearing host condition failed"));
     for (const [execId, f] of this.execs) f({ execId, output: undefined, error: "the host's agent disconnected" });
     this.execs.clear();
   }
@@ -186,6 +193,12 @@ class AgentSession implements ExecChannel {
       const o = k.value.output?.kind;
       if (k.value.error || o?.$case === "exit") this.execs.delete(k.value.execId);
       f(k.value);
+      return;
+    }
+    if (k.$case === "hostCondition") {
+      const c = k.value;
+      const peers = c.unreachablePeers.filter((p) => /^[0-9a-f]{16}$/.test(p)).slice(0, 1000);
+      await this.health.update(this.hostId, { meshError: c.meshError.slice(0, 300), unreachablePeers: peers });
       return;
     }
     if (k.$case === "securityEvent") {

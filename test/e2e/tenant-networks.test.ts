@@ -232,6 +232,29 @@ describe("tenant networks across three hosts", () => {
     expect(await ping("u2", ipOf("r1"))).toBe(false); // the groups hold again
   }, 90_000);
 
+  it("marks a host DEGRADED while other hosts get no WireGuard answer from it, and READY once they do", async () => {
+    // Host 3's underlay stops taking WireGuard packets (a firewall in its namespace).
+    const table = `${prefix}blk`;
+    await run(["nft", "-f", "-"], {
+      netns: hostNs(3),
+      input: `table inet ${table} {\n chain in {\n  type filter hook input priority -10; policy accept;\n  udp dport 51820 drop\n }\n}\n`,
+    });
+    const pinger = processRef(await spawnDetached(pingArgv(ipOf("a3"), { count: 120, waitS: 1 }), { netns: nsOf("a1") }))!;
+    try {
+      const h = await waitFor("host3 DEGRADED", async () => {
+        const host = await cluster.client().getHost("host3");
+        return host.degradedReason.includes("no WireGuard answer to host1") ? host : undefined;
+      }, 90_000);
+      expect(h.state).toBe(HostState.HOST_STATE_READY); // still in the mesh, not silently dropped
+      expect((await wgDump(1)).peers.length).toBe(2);
+    } finally {
+      await run(["nft", "delete", "table", "inet", table], { netns: hostNs(3), allowFail: true });
+    }
+    await waitFor("host3 healthy again", async () => ((await cluster.client().getHost("host3")).degradedReason === "" ? true : undefined), 60_000);
+    await killProcess(pinger, 2000);
+    expect(await reaches("a1", "a3")).toBe(true);
+  }, 180_000);
+
   it("updates every other host's peers and FDB when a host leaves and comes back, without restarts", async () => {
     const aVni = (await tenants.A.getNetwork("default")).vni;
     const h3 = await meshIp(3);

@@ -4,6 +4,8 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { attachedSpec } from "../../agent/network/attach.js";
 import { DropAggregator } from "../../agent/network/security.js";
+import { PeerLiveness } from "../../agent/network/liveness.js";
+import { degradedReasons } from "../../coordinator/mesh/health.js";
 import { allowedPeers, guardSpecOf, meshCidrOf, meshView } from "../../agent/network/view.js";
 import { SecurityAudit } from "../../coordinator/security-events.js";
 import type { AuditInput } from "../../coordinator/audit-log.js";
@@ -157,5 +159,34 @@ describe("security events", () => {
     expect(written.length).toBeLessThanOrEqual(2 + 3);
     expect(audit.dropped).toBeGreaterThan(0);
     audit.stop();
+  });
+});
+
+describe("mesh health", () => {
+  const peer = (publicKey: string, txBytes: number, rxBytes: number) => ({ publicKey, allowedIps: [], latestHandshake: 0, rxBytes, txBytes });
+
+  it("calls a peer unreachable only when we keep sending and nothing comes back for the window", () => {
+    const l = new PeerLiveness(25_000);
+    expect(l.observe([peer("k2", 0, 0), peer("k3", 0, 0)], 0)).toEqual([]);
+    expect(l.observe([peer("k2", 500, 0), peer("k3", 0, 0)], 10_000)).toEqual([]); // not yet a window
+    expect(l.observe([peer("k2", 900, 0), peer("k3", 0, 0)], 30_000)).toEqual(["k2"]); // k3: we sent nothing
+    expect(l.observe([peer("k2", 900, 92), peer("k3", 0, 0)], 32_000)).toEqual([]); // an answer clears it
+    expect(l.observe([peer("k2", 900, 92)], 60_000)).toEqual([]); // silence after nothing sent is fine
+  });
+
+  it("degrades the host that cannot apply its mesh and the host others get no answer from", () => {
+    const names = (id: string) => `host${id.slice(-1)}`;
+    const r = degradedReasons(
+      new Map([
+        ["h1", { meshError: "", unreachablePeers: ["h3"] }],
+        ["h2", { meshError: "wireguard-go did not start", unreachablePeers: ["h3"] }],
+        ["h3", { meshError: "", unreachablePeers: [] }],
+      ]),
+      names,
+    );
+    expect(Object.fromEntries(r)).toEqual({
+      h2: "mesh not applied: wireguard-go did not start",
+      h3: "no WireGuard answer to host1, host2",
+    });
   });
 });
