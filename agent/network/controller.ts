@@ -110,7 +110,6 @@ export class MeshController {
     this.snapshot = snapshot;
     this.selfId = selfId;
     this.generation++;
-    this.failures = 0;
     void this.sync().catch(() => undefined);
   }
 
