@@ -166,12 +166,15 @@ describe("mesh health", () => {
   const peer = (publicKey: string, txBytes: number, rxBytes: number) => ({ publicKey, allowedIps: [], latestHandshake: 0, rxBytes, txBytes });
 
   it("calls a peer unreachable only when we keep sending and nothing comes back for the window", () => {
-    const l = new PeerLiveness(25_000);
+    const l = new PeerLiveness(25_000, 3);
     expect(l.observe([peer("k2", 0, 0), peer("k3", 0, 0)], 0)).toEqual([]);
-    expect(l.observe([peer("k2", 500, 0), peer("k3", 0, 0)], 10_000)).toEqual([]); // not yet a window
-    expect(l.observe([peer("k2", 900, 0), peer("k3", 0, 0)], 30_000)).toEqual(["k2"]); // k3: we sent nothing
-    expect(l.observe([peer("k2", 900, 92), peer("k3", 0, 0)], 32_000)).toEqual([]); // an answer clears it
-    expect(l.observe([peer("k2", 900, 92)], 60_000)).toEqual([]); // silence after nothing sent is fine
+    expect(l.observe([peer("k2", 200, 0), peer("k3", 32, 0)], 5000)).toEqual([]);
+    expect(l.observe([peer("k2", 400, 0), peer("k3", 32, 0)], 10_000)).toEqual([]);
+    expect(l.observe([peer("k2", 600, 0), peer("k3", 32, 0)], 20_000)).toEqual([]); // not yet a window
+    // k2: three rises and no answer; k3: one keepalive of ours, which gets no answer by design.
+    expect(l.observe([peer("k2", 600, 0), peer("k3", 32, 0)], 30_000)).toEqual(["k2"]);
+    expect(l.observe([peer("k2", 800, 92), peer("k3", 32, 0)], 32_000)).toEqual([]); // an answer clears it
+    expect(l.observe([peer("k2", 800, 92)], 60_000)).toEqual([]); // silence after nothing sent is fine
   });
 
   it("degrades the host that cannot apply its mesh and the host others get no answer from", () => {
