@@ -105,6 +105,11 @@ export const agentConfigSchema = z
     tls: z
       .object({ ca_file: z.string().optional(), cert_file: z.string().optional(), key_file: z.string().optional() })
       .default({}),
+    /** This host's WireGuard interface; lab hosts sharing one machine need distinct names. */
+    wg_interface: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, "an interface name (1-15 of A-Z a-z 0-9 _ . -)").default("wg-noid"),
+    wg_port: z.number().int().min(1).max(65535).default(51820),
+    /** MTU of the underlay uplink; tenant networks get it minus the WireGuard and VXLAN overhead. */
+    uplink_mtu: z.number().int().min(1280).max(9216).default(1500),
     log_level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
     /** Hardening checks reported to the coordinator (see deploy/harden.ts). */
     posture: z
@@ -174,6 +179,9 @@ export const agentConfigSchema = z
     },
     logLevel: c.log_level,
     metricsListen: c.metrics_listen,
+    wgInterface: c.wg_interface,
+    wgPort: c.wg_port,
+    uplinkMtu: c.uplink_mtu,
   }));
 
 export type AgentConfig = z.output<typeof agentConfigSchema>;

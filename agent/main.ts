@@ -5,6 +5,8 @@
 //   node dist/agent/main.js --config /etc/noid/agent.toml
 //   node dist/agent/main.js --coordinator coord:7654 --name h1 --join-token-file jt --ca-fingerprint sha256:...
 //   node dist/agent/main.js --coordinator unix:/run/noid/coord.sock --name h1 --insecure --token-file t
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { CommanderError, Command } from "commander";
 import { ExecRunner } from "./exec.js";
@@ -30,6 +32,9 @@ import { AgentSession } from "./session.js";
 import { CHANNEL_OPTIONS, HostIdentity } from "./identity.js";
 import { AgentMetrics, instrumentDriver, readLinkStats } from "./metrics.js";
 import { serveMetrics } from "../common/metrics-http.js";
+import { loadOrCreateKey } from "../mesh/keys.js";
+import { NetworkedDriver } from "./network/attach.js";
+import { MeshController } from "./network/controller.js";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -53,6 +58,9 @@ interface Flags {
   insecure?: boolean;
   logLevel?: string;
   metricsListen?: string;
+  wgInterface?: string;
+  wgPort?: string;
+  uplinkMtu?: string;
 }
 
 const int = (field: string, v: string | undefined): number | undefined => {
@@ -84,6 +92,9 @@ export function flagsToLayer(f: Flags): Record<string, unknown> {
     insecure: f.insecure,
     log_level: f.logLevel,
     metrics_listen: f.metricsListen,
+    wg_interface: f.wgInterface,
+    wg_port: int("wg_port", f.wgPort),
+    uplink_mtu: int("uplink_mtu", f.uplinkMtu),
     capacity: { vcpus: int("vcpus", f.vcpus), memory_mb: int("memory_mb", f.memoryMb), disk_gb: int("disk_gb", f.diskGb) },
     ...(f.label?.length ? { labels } : {}),
     ...(f.drivers !== undefined ? { drivers: f.drivers.split(",").map((d) => d.trim()).filter(Boolean) } : {}),
@@ -112,6 +123,9 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     .option("--insecure", "plaintext gRPC with a bearer token (development only; a warning is logged)")
     .option("--log-level <level>")
     .option("--metrics-listen <host:port>", "serve Prometheus metrics at http://<host:port>/metrics (default: off)")
+    .option("--wg-interface <name>", "WireGuard interface (default wg-noid)")
+    .option("--wg-port <port>", "WireGuard listen port (default 51820)")
+    .option("--uplink-mtu <n>", "MTU of the underlay uplink (default 1500)")
     .exitOverride()
     .parse(argv, { from: "user" });
   const flags = program.opts<Flags>();
@@ -125,16 +139,33 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
 export async function main(argv: string[]): Promise<void> {
   const { config, token } = loadConfig(argv);
   const logger = createLogger({ name: "agent", level: config.logLevel }).child({ host: config.name });
+  // The WireGuard key is made once and kept (0600) in the state dir; only its public half leaves the host.
+  const wgKey = loadOrCreateKey(join(config.stateDir, "wireguard.key"));
+  let session: AgentSession | undefined;
+  const meshLog = logger.child({ component: "mesh" });
   const metrics = new AgentMetrics();
-  // Scrape-time reads use the raw drivers: a scrape is not a driver operation.
+  // Scrape-time reads and the mesh's port list use the raw drivers: neither is a driver operation.
   const rawDrivers: HypervisorDriver[] = [];
+  const mesh = new MeshController({
+    privateKey: wgKey.privateKey,
+    wgIfname: config.wgInterface,
+    uplinkMtu: config.uplinkMtu,
+    stateDir: config.stateDir,
+    ports: async () => new Map((await Promise.all(rawDrivers.map((d) => d.list()))).flat().map((v) => [v.id, v.hostPort])),
+    onSecurity: (e) => {
+      if (!session?.security(e)) meshLog.warn({ event: e }, "security event not sent: no session");
+    },
+    onCondition: (c) => session?.setCondition(c),
+    logger: meshLog,
+    // Egress (NAT, per-network policy) hooks in here: onNetworks: (networks, view) => applyEgress(...)
+  });
+  // Each VM joins its tenant network (NetworkedDriver) and every driver operation is measured.
   const drivers = await driversFromConfig(config, logger, (d) => {
     rawDrivers.push(d);
-    return instrumentDriver(d, metrics);
+    return instrumentDriver(new NetworkedDriver(d, mesh), metrics);
   });
 
   // The loop reports through the session; the session feeds the loop. Tie the knot late.
-  let session: AgentSession | undefined;
   const loop = new ReconcileLoop({
     drivers,
     logger: logger.child({ component: "reconcile" }),
@@ -178,12 +209,13 @@ export async function main(argv: string[]): Promise<void> {
       labels: config.labels,
       drivers: config.drivers,
       capacity: config.capacity,
-      wireguardPublicKey: "",
-      wireguardPort: 0,
+      wireguardPublicKey: wgKey.publicKey,
+      wireguardPort: config.wgPort,
       agentVersion: AGENT_VERSION,
       posture: undefined,
     },
     sink: loop,
+    mesh,
     logger: logger.child({ component: "session" }),
     onState: (s) => logger.debug({ state: s }, "session state"),
     exec: new ExecRunner(async (vmId) => (await drivers.find(vmId))?.driver, logger.child({ component: "exec" })),
@@ -198,6 +230,7 @@ export async function main(argv: string[]): Promise<void> {
   session.reportPosture(await posture.check());
   posture.start();
 
+  mesh.start();
   await loop.start();
   session.start();
   logger.info({ coordinator: config.coordinator, stateDir: config.stateDir, drivers: drivers.names }, "agent started");
@@ -214,6 +247,7 @@ export async function main(argv: string[]): Promise<void> {
   identity?.stop();
   await session.stop();
   await loop.stop();
+  await mesh.stop();
   await metricsServer?.close();
   client.close();
 }

@@ -16,6 +16,9 @@ import {
   type AgentExecCommand,
   type AgentExecOutput,
   type AgentExecInput,
+  type HostCondition,
+  type MeshSnapshot,
+  type SecurityEvent,
   type VmStatusReport,
 } from "../gen/noid/v1/agent.js";
 import type { HostPosture } from "../gen/noid/v1/host.js";
@@ -48,6 +51,8 @@ export interface AgentSessionOptions {
   /** Heartbeats without an ack before the stream is declared dead (default 3). */
   missedAcksLimit?: number;
   onState?: (s: SessionState) => void;
+  /** Receives the coordinator's mesh view (absent: ignored). */
+  mesh?: { setSnapshot(s: MeshSnapshot, hostId: string): void };
   /** Runs exec commands from the coordinator (absent: they are refused). */
   exec?: {
     run(cmd: AgentExecCommand, send: (o: AgentExecOutput) => void): void;
@@ -65,6 +70,7 @@ export class AgentSession {
   private sequence = 0;
   private lastAcked = 0;
   private id: string | undefined;
+  private condition: HostCondition | undefined;
 
   constructor(private readonly opts: AgentSessionOptions) {}
 
@@ -99,6 +105,19 @@ export class AgentSession {
   reportPosture(posture: HostPosture): void {
     this.opts.registration.posture = posture;
     if (this.state === "streaming") this.write({ kind: { $case: "posture", value: posture } });
+  }
+
+  /** The host's mesh condition: sent now if the stream is up, and again after every reconnect. */
+  setCondition(c: HostCondition): void {
+    this.condition = c;
+    if (this.state === "streaming") this.write({ kind: { $case: "hostCondition", value: c } });
+  }
+
+  /** Sends a security event if the stream is up; otherwise it is dropped (and logged by the caller). */
+  security(e: Omit<SecurityEvent, "hostId">): boolean {
+    if (this.state !== "streaming" || !this.id) return false;
+    this.write({ kind: { $case: "securityEvent", value: { ...e, hostId: this.id } } });
+    return true;
   }
 
   private isStopped(): boolean {
@@ -172,6 +191,7 @@ export class AgentSession {
     this.stream = stream;
     this.setState("streaming");
     this.write({ kind: { $case: "hello", value: { hostId: reg.hostId } } });
+    if (this.condition) this.write({ kind: { $case: "hostCondition", value: this.condition } });
 
     const everyMs = reg.heartbeatIntervalMs || (this.opts.defaultHeartbeatMs ?? 5000);
     this.sequence = 0;
@@ -234,6 +254,9 @@ export class AgentSession {
         break;
       case "execCancel":
         this.opts.exec?.cancel(k.value.execId);
+        break;
+      case "mesh":
+        if (this.id) this.opts.mesh?.setSnapshot(k.value, this.id);
         break;
     }
   }

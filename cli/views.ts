@@ -49,7 +49,8 @@ export const vmView: View<Vm> = {
 };
 
 export function hostState(h: Host): string {
-  const base = h.state === HostState.HOST_STATE_READY ? "READY" : h.state === HostState.HOST_STATE_UNREACHABLE ? "UNREACHABLE" : "UNKNOWN";
+  const ready = h.degradedReason ? "DEGRADED" : "READY";
+  const base = h.state === HostState.HOST_STATE_READY ? ready : h.state === HostState.HOST_STATE_UNREACHABLE ? "UNREACHABLE" : "UNKNOWN";
   return h.cordoned ? `${base},CORDONED` : base;
 }
 
@@ -77,6 +78,7 @@ export const hostView: View<Host> = {
     { header: "ID", value: (h) => h.id, wide: true },
     { header: "DISK", value: (h) => `${used(h.allocated, h.capacity, "diskGb")}Gi`, wide: true },
     { header: "LABELS", value: (h) => labels(h.labels), wide: true },
+    { header: "DEGRADED", value: (h) => dash(h.degradedReason), wide: true },
     { header: "VERSION", value: (h) => dash(h.agentVersion), wide: true },
     { header: "LAST SEEN", value: (h, now) => age(h.lastSeenAt, now), wide: true },
   ],

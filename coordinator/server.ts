@@ -40,6 +40,7 @@ import { NetworkRepo } from "./networks/network-repo.js";
 import { VmNetworks } from "./networks/vm-network.js";
 import { authService } from "./services/auth-service.js";
 import { auditService } from "./services/audit-service.js";
+import { SecurityAudit } from "./security-events.js";
 import { agentService } from "./services/agent-service.js";
 import { execService } from "./services/exec-service.js";
 import { SessionRegistry } from "./agents/registry.js";
@@ -221,6 +222,8 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const sessions = new SessionRegistry();
     const hostSessions = new HostSessions();
     const pki = clusterPki ? { ca: clusterPki.ca, ids: new HostIdentities(store, clock, clusterPki.ca, cfg.agents.cert_ttl_seconds) } : undefined;
+    const security = new SecurityAudit(writeAudit, clock);
+    cleanups.push(async () => security.stop());
     const server = new grpc.Server({ "grpc.keepalive_time_ms": 20_000, "grpc.keepalive_timeout_ms": 10_000, "grpc.keepalive_permit_without_calls": 1 });
     server.addService(VmServiceService, vmService({ ...base, repo: vms, cluster, limits: () => cfg.limits }));
     server.addService(HostServiceService, hostService({ ...base, hosts, cluster, store, clock, audit: writeAudit, hostSessions, ...(pki ? { pki } : {}) }));
@@ -248,6 +251,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         hostSessions,
         audit: writeAudit,
         ...(pki ? { pki } : {}),
+        security,
       }),
     );
     server.addService(ExecServiceService, execService({ ...base, repo: vms, sessions, audit: writeAudit }));

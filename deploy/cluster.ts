@@ -4,7 +4,7 @@
 // trust the generated cluster CA; each agent joins with a one-time join
 // token and then holds an mTLS session with its host certificate. Used by `npm run demo` and
 // by the end-to-end tests, so both run exactly the same thing.
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createLab, destroyLab, labLeftovers, type Lab } from "./lab/lab.js";
@@ -90,6 +90,13 @@ export async function stopLocalCluster(dir: string, prefix: string): Promise<str
   const st = readClusterState(dir);
   if (st && isAlive(st.coordinator)) await killProcess(st.coordinator, 10_000);
   await destroyLab(prefix);
+  // Each agent records the wireguard-go it started (it outlives the agent, like VMs do).
+  for (const d of existsSync(dir) ? readdirSync(dir).filter((f) => f.startsWith("agent-")) : []) {
+    const f = join(dir, d, "wireguard-go.json");
+    if (!existsSync(f)) continue;
+    const ref = JSON.parse(readFileSync(f, "utf8")) as ProcessRef;
+    if (isAlive(ref)) await killProcess(ref, 5000);
+  }
   rmSync(dir, { recursive: true, force: true });
   return labLeftovers(prefix);
 }
@@ -181,6 +188,9 @@ export async function startLocalCluster(o: ClusterOptions): Promise<LocalCluster
           "--label",
           `zone=z${i + 1}`,
           ...(o.drivers ? ["--drivers", o.drivers.join(",")] : []),
+          // Lab hosts share one /run: each needs its own wireguard-go socket name.
+          "--wg-interface",
+          `${o.prefix}wg${i + 1}`,
         ],
         { logFile: join(o.dir, `agent-${h.name}.log`) },
       );

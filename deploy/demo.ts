@@ -7,14 +7,16 @@ import { join } from "node:path";
 import { configPath, loadConfig, saveConfig, withContext } from "../cli/config.js";
 import { run as noidctl } from "../cli/program.js";
 import { isAlive } from "../common/run.js";
-import { Role, VmPhase } from "../sdk/index.js";
+import { Role, VmPhase, type Vm } from "../sdk/index.js";
+import { pingArgv } from "./lab/probe.js";
 import { labLeftovers } from "./lab/lab.js";
 import { readClusterState, repoRoot, startLocalCluster, stopLocalCluster } from "./cluster.js";
 
-const PREFIX = "nd";
-const DIR = "/run/noid-demo";
-const LISTEN = "127.0.0.1:7654";
-const METRICS = "127.0.0.1:9654";
+// Overridable so that a second demo (another checkout) can run beside the first.
+const PREFIX = process.env.NOID_DEMO_PREFIX ?? "nd";
+const DIR = process.env.NOID_DEMO_DIR ?? "/run/noid-demo";
+const LISTEN = process.env.NOID_DEMO_LISTEN ?? "127.0.0.1:7654";
+const METRICS = process.env.NOID_DEMO_METRICS ?? "127.0.0.1:9654";
 const CONTEXTS = ["demo", "demo-alice", "demo-bob"];
 const TENANTS: Record<string, string[]> = { alice: ["web-1", "web-2", "db"], bob: ["api-1", "api-2"] };
 
@@ -93,10 +95,17 @@ async function up(): Promise<void> {
   await noidctl(["--context", "demo", "hosts"], cliDeps);
   say();
   const vms = (await Promise.all(Object.keys(TENANTS).map((o) => admin.listVms({ owner: o })))).flat();
-  say("VMs per tenant and host (tenant networks and the cross-host connectivity matrix come with the mesh)");
+  say("VMs per tenant and host");
   say("            " + cluster.hostNames.map((h) => h.padEnd(8)).join(""));
   for (const owner of Object.keys(TENANTS)) {
     say(`  ${owner.padEnd(10)}` + cluster.hostNames.map((h) => String(vms.filter((v) => v.owner === owner && v.status?.hostName === h).length).padEnd(8)).join(""));
+  }
+  say();
+  const clients = Object.fromEntries(Object.keys(TENANTS).map((o) => [o, cluster.client(secrets[o])]));
+  const bad = await connectivityMatrix(vms, (vm, argv) => clients[vm.owner]!.exec({ id: vm.id }, argv));
+  if (bad > 0) {
+    say(`${bad} probe(s) did not match the expected matrix; see ${DIR}/agent-*.log`);
+    process.exitCode = 1;
   }
   say(`
 Use it (contexts written to ${path}):
@@ -108,7 +117,55 @@ Use it (contexts written to ${path}):
   curl -s http://${METRICS}/metrics                # the coordinator's Prometheus metrics
 Logs: ${DIR}/*.log
 Stop: npm run demo -- --down`);
-  process.exit(0);
+  process.exit(process.exitCode ?? 0);
+}
+
+/**
+ * Pings every demo VM from every other one, through the API's exec (in the source VM),
+ * and prints the matrix: ✓ reached, ✗ not. Tenants share a CIDR, so an address of another
+ * tenant's VM may exist in the sender's own network too: a probe counts only when the
+ * answer came from the target's MAC. Expected: a VM reaches exactly its own tenant's VMs.
+ * Returns the number of cells that differ from that.
+ */
+async function connectivityMatrix(vms: Vm[], exec: (vm: Vm, argv: string[]) => Promise<{ exitCode: number; stdout: Buffer }>): Promise<number> {
+  const ip = (v: Vm) => (v.status?.ip ?? "").split("/")[0]!;
+  const probe = async (from: Vm, to: Vm): Promise<boolean> => {
+    const r = await exec(from, ["sh", "-c", `${pingArgv(ip(to), { count: 1, waitS: 1 }).join(" ")} >/dev/null && ip neigh show ${ip(to)} dev eth0`]);
+    return r.exitCode === 0 && r.stdout.toString().toLowerCase().includes(to.status!.mac.toLowerCase());
+  };
+  const sorted = [...vms].sort((a, b) => a.owner.localeCompare(b.owner) || a.name.localeCompare(b.name));
+  const label = (v: Vm) => `${v.owner}/${v.name}`;
+  const cells = await Promise.all(
+    sorted.map((from) =>
+      Promise.all(
+        sorted.map(async (to) => {
+          if (from === to) return { expected: true, actual: true, self: true };
+          const expected = from.owner === to.owner;
+          let actual = await probe(from, to);
+          // Positive reachability may need a first WireGuard handshake: retry a few times.
+          for (let i = 0; expected && !actual && i < 10; i++) {
+            await new Promise((r) => setTimeout(r, 500));
+            actual = await probe(from, to);
+          }
+          return { expected, actual, self: false };
+        }),
+      ),
+    ),
+  );
+  const lw = Math.max(...sorted.map((v) => label(v).length));
+  say("Connectivity matrix of the demo tenants (real pings from each VM through noidctl exec; row reaches column)");
+  say(" ".repeat(lw + 4) + sorted.map((_, j) => String(j + 1).padEnd(4)).join("") + "   legend: ✓ reached, ✗ blocked, ! unexpected");
+  let bad = 0;
+  sorted.forEach((from, i) => {
+    const row = cells[i]!.map((c) => {
+      if (c.self) return "·   ";
+      if (c.actual !== c.expected) bad++;
+      return `${c.actual ? "✓" : "✗"}${c.actual !== c.expected ? "!" : " "}  `;
+    });
+    say(`${String(i + 1).padStart(2)} ${label(from).padEnd(lw)} ${row.join("")}  ${from.status?.hostName ?? ""} ${ip(from)}`);
+  });
+  say(`expected: each tenant's VMs reach each other on every host and never the other tenant's (same CIDR ${sorted[0]?.status?.networkCidr ?? ""}); ${bad === 0 ? "all probes as expected" : `${bad} unexpected`}`);
+  return bad;
 }
 
 const args = process.argv.slice(2);

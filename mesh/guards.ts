@@ -13,6 +13,13 @@ export interface GuardVm {
   port: string;
   mac: string;
   ip: string;
+  /**
+   * Which VMs of its network this VM may reach: destinations inside `cidr` other than
+   * `allowed` (the gateway and the VM's permitted peers) are dropped, for IPv4 and for ARP.
+   * Isolated VMs get only the gateway; network groups get only their group's members.
+   * Absent: no restriction inside the network.
+   */
+  peers?: { cidr: string; allowed: string[] };
 }
 
 export interface GuardSpec {
@@ -24,7 +31,7 @@ export interface GuardSpec {
   uplinks?: { port: string; gateway: string }[];
 }
 
-export const GUARD_KINDS = ["mac", "arpmac", "arpip", "dhcp", "ip", "ra", "ip6", "ethertype"] as const;
+export const GUARD_KINDS = ["mac", "arpmac", "arpip", "dhcp", "ip", "ra", "ip6", "ethertype", "peer", "arppeer"] as const;
 export type GuardKind = (typeof GUARD_KINDS)[number];
 
 export interface GuardCounter {
@@ -43,6 +50,17 @@ function checkVm(v: GuardVm): void {
   if (!PORT_RE.test(v.port)) throw invalid("port", `"${v.port}" is not an interface name`);
   if (!MAC_RE.test(v.mac)) throw invalid("mac", `"${v.mac}" is not a lower-case MAC`);
   if (!ipaddr.IPv4.isValidFourPartDecimal(v.ip)) throw invalid("ip", `"${v.ip}" is not an IPv4 address`);
+  if (v.peers) {
+    try {
+      ipaddr.IPv4.parseCIDR(v.peers.cidr);
+    } catch {
+      throw invalid("peers.cidr", `"${v.peers.cidr}" is not an IPv4 CIDR`);
+    }
+    if (v.peers.allowed.length === 0) throw invalid("peers.allowed", "must hold at least the gateway");
+    for (const a of v.peers.allowed) {
+      if (!ipaddr.IPv4.isValidFourPartDecimal(a)) throw invalid("peers.allowed", `"${a}" is not an IPv4 address`);
+    }
+  }
 }
 
 /** nft identifiers: letters, digits, underscore. The kind comes first, so names start with a letter. */
@@ -83,6 +101,17 @@ function rules(spec: GuardSpec): Rule[] {
     drop("ip", `ether type ip ip saddr != ${v.ip}`, [v.ip]);
     drop("ra", "ether type ip6 icmpv6 type nd-router-advert");
     drop("ip6", "ether type ip6");
+    if (v.peers) {
+      // Network isolation and groups: enforced where the sender's frames enter the bridge, so
+      // it holds for peers on this host and (through VXLAN) on every other host alike.
+      const allowed = [...new Set(v.peers.allowed)].sort();
+      const set = `{ ${allowed.join(", ")} }`;
+      // nft stores the network address: normalise so that reading it back shows no drift.
+      const net = ipaddr.IPv4.networkAddressFromCIDR(v.peers.cidr).toString();
+      const cidr = `${net}/${v.peers.cidr.split("/")[1]}`;
+      drop("peer", `ether type ip ip daddr ${cidr} ip daddr != ${set}`, [net, ...allowed]);
+      drop("arppeer", `ether type arp arp daddr ip ${cidr} arp daddr ip != ${set}`, [net, ...allowed]);
+    }
     out.push({ comment: `${v.vmId} allow`, text: `${i} ether type { ip, arp } accept`, literals: [...lit] });
     drop("ethertype", ""); // anything else: VLAN tags, PPPoE, LLDP, ...
   }
@@ -170,11 +199,11 @@ export function counterValues(json: string): Map<string, { packets: number; byte
   return new Map(objects(json, "counter").map((c) => [String(c.name), { packets: Number(c.packets ?? 0), bytes: Number(c.bytes ?? 0) }]));
 }
 
-/** Per VM and kind, the packets dropped so far (VMs in `spec` only; kinds in GUARD_KINDS order). */
+/** Per VM and kind, the packets dropped so far (VMs in `spec` only; kinds in GUARD_KINDS order, peer kinds only with a peer policy). */
 export function guardCounters(spec: GuardSpec, json: string): GuardCounter[] {
   const values = counterValues(json);
   return spec.vms.flatMap((v) =>
-    GUARD_KINDS.map((kind) => {
+    GUARD_KINDS.filter((k) => v.peers !== undefined || (k !== "peer" && k !== "arppeer")).map((kind) => {
       const n = values.get(counterName(v.vmId, kind)) ?? { packets: 0, bytes: 0 };
       return { vm: v.vmId, kind, packets: n.packets, bytes: n.bytes };
     }),

@@ -12,6 +12,10 @@ export interface VmNetSpec {
   /** Host bridge to plug the VM's port into; absent leaves the port unattached. */
   bridge?: string;
   mtu?: number;
+  /** Default route of the VM (its network's gateway); absent: no default route. */
+  gateway?: string;
+  /** The tenant network the VM is on (the coordinator's id); absent: none. */
+  networkId?: string;
 }
 
 /** What a driver needs to create one VM. */

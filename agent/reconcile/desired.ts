@@ -30,6 +30,8 @@ function desiredState(s: VmDesiredState): DesiredRunState {
 export function desiredFromVm(vm: Vm, defaultPrefixLen = 24): DesiredVm {
   const spec = vm.spec;
   const [ip = "", len] = (vm.status?.ip ?? "").split("/");
+  const st = vm.status;
+  const netLen = st?.networkCidr ? Number(st.networkCidr.split("/")[1]) : undefined;
   return {
     id: vm.id,
     state: desiredState(vm.desiredState),
@@ -43,7 +45,9 @@ export function desiredFromVm(vm: Vm, defaultPrefixLen = 24): DesiredVm {
       net: {
         mac: vm.status?.mac ? vm.status.mac.toLowerCase() : macFromId(vm.id),
         ip,
-        prefixLen: len ? Number(len) : defaultPrefixLen,
+        prefixLen: len ? Number(len) : (netLen ?? defaultPrefixLen),
+        ...(st?.networkId ? { networkId: st.networkId } : {}),
+        ...(st?.gateway ? { gateway: st.gateway } : {}),
       },
     },
   };

@@ -37,6 +37,8 @@ import type { AuthGuard } from "../auth/guard.js";
 import { AuthFailure } from "../auth/tokens.js";
 import { HOST_OU, checkCsr, type ClusterCa } from "../pki/ca.js";
 import type { HostIdentities } from "../pki/host-identity.js";
+import { type SecurityAudit, checkSecurityEvent } from "../security-events.js";
+import { MeshHealth } from "../mesh/health.js";
 
 export interface AgentServiceDeps extends HandlerDeps {
   store: Store;
@@ -54,6 +56,8 @@ export interface AgentServiceDeps extends HandlerDeps {
   /** Live sessions by host name, so that removing a host ends its session at once. */
   hostSessions: HostSessions;
   audit?: (e: { event: string; user: string; vm: string; host: string; success: boolean; detail: string; peer: string }) => Promise<void>;
+  /** Records agents' security events in the audit log (absent: they are only logged). */
+  security?: SecurityAudit;
 }
 
 /**
@@ -203,8 +207,12 @@ export function agentService(d: AgentServiceDeps): AgentServiceServer {
     };
   });
 
+  const health = new MeshHealth(
+    (id, reason) => d.hosts.setDegraded(id, reason),
+    (id) => d.cluster.hostById(id)?.name ?? id,
+  );
   const session = (call: ServerDuplexStream<SessionRequest, SessionResponse>) => {
-    const s = new AgentSession(d, call);
+    const s = new AgentSession(d, call, health);
     void s.run();
   };
 
@@ -257,6 +265,7 @@ class AgentSession implements ExecChannel {
   constructor(
     private readonly d: AgentServiceDeps,
     private readonly call: ServerDuplexStream<SessionRequest, SessionResponse>,
+    private readonly health: MeshHealth,
   ) {
     this.log = d.logger.child({ component: "session", peer: call.getPeer() });
   }
@@ -306,6 +315,7 @@ class AgentSession implements ExecChannel {
     this.unsubMesh?.();
     if (this.meshTimer) clearTimeout(this.meshTimer);
     if (this.hostId) this.d.sessions.delete(this.hostId, this);
+    if (this.hostId) void this.health.update(this.hostId, undefined).catch((err) => this.log.warn({ err }, "clearing host condition failed"));
     for (const [execId, f] of this.execs) f({ execId, output: undefined, error: "the host's agent disconnected" });
     this.execs.clear();
   }
@@ -358,6 +368,43 @@ class AgentSession implements ExecChannel {
     if (k.$case === "posture") {
       validatePosture(k.value, "posture");
       await this.d.hosts.setPosture(this.hostId, k.value);
+      return;
+    }
+    if (k.$case === "hostCondition") {
+      const c = k.value;
+      const peers = c.unreachablePeers.filter((p) => /^[0-9a-f]{16}$/.test(p)).slice(0, 1000);
+      await this.health.update(this.hostId, { meshError: c.meshError.slice(0, 300), unreachablePeers: peers });
+      return;
+    }
+    if (k.$case === "securityEvent") {
+      const e = k.value;
+      try {
+        checkSecurityEvent(e);
+      } catch (err) {
+        this.log.warn({ hostId: this.hostId, err }, "ignored malformed security event");
+        return;
+      }
+      const host = this.d.cluster.hostById(this.hostId);
+      let owner = "";
+      if (e.vmId) {
+        // A host speaks only for its own VMs.
+        const vm = this.d.cluster.vmEntry(e.vmId)?.value;
+        if (vm?.status?.hostId !== this.hostId) {
+          this.log.warn({ hostId: this.hostId, vmId: e.vmId }, "ignored security event for a VM not on this host");
+          return;
+        }
+        owner = vm.owner;
+      }
+      this.log.warn({ hostId: this.hostId, vmId: e.vmId, kind: e.kind, count: e.count }, "security event");
+      await this.d.security?.record({
+        hostId: this.hostId,
+        hostName: host?.name ?? "",
+        vmId: e.vmId,
+        owner,
+        kind: e.kind,
+        count: Number(e.count),
+        detail: e.detail,
+      });
       return;
     }
     if (k.$case === "vmStatus") {

@@ -79,6 +79,7 @@ export class HostRepo {
         lastSeenAt: now,
         meshIp,
         posture: req.posture ? { ...req.posture, checkedAt: now } : undefined,
+        degradedReason: prev?.host.degradedReason ?? "",
       };
       const r = await this.store.txn(
         [
@@ -143,6 +144,18 @@ export class HostRepo {
       if (r.succeeded) return h;
     }
     throw new NoidError("UNAVAILABLE", `removing host "${name}": too much contention, retry`);
+  }
+
+  /** Sets why the host's mesh is degraded ("" = it is not); a no-op when unchanged or the host is gone. */
+  async setDegraded(id: string, reason: string): Promise<void> {
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const cur = await this.get(id);
+      if (!cur || cur.host.degradedReason === reason) return;
+      const next = { ...cur.host, degradedReason: reason };
+      const r = await this.store.txn([unchanged(keys.host(id), cur)], [{ type: "put", key: keys.host(id), value: enc(Host, next) }]);
+      if (r.succeeded) return;
+    }
+    throw new NoidError("UNAVAILABLE", `updating host ${id}: too much contention, retry`);
   }
 
   /** Marks the host alive for as long as `lease` lives. */

@@ -34,6 +34,18 @@ describe("agent config", () => {
     expect(loadConfig(["--coordinator", "x:1", "--name", "h1", "--insecure", "--token-file", tokenFile, "--metrics-listen", "[::1]:0"], {}).config.metricsListen).toBe("[::1]:0");
   });
 
+  it("takes the mesh settings from file or flags, with defaults, and refuses bad ones", () => {
+    const d = parseAgentConfig({ coordinator: "x:1", name: "h1" });
+    expect(d).toMatchObject({ wgInterface: "wg-noid", wgPort: 51820, uplinkMtu: 1500 });
+    const { config } = loadConfig(
+      ["--coordinator", "x:1", "--name", "h1", "--token-file", tokenFile, "--wg-interface", "labwg1", "--wg-port", "51999", "--uplink-mtu", "9000"],
+      {},
+    );
+    expect(config).toMatchObject({ wgInterface: "labwg1", wgPort: 51999, uplinkMtu: 9000 });
+    expect(() => parseAgentConfig({ coordinator: "x:1", name: "h1", wg_interface: "a-name-far-too-long" })).toThrow(/wg_interface/);
+    expect(() => parseAgentConfig({ coordinator: "x:1", name: "h1", uplink_mtu: 500 })).toThrow(/uplink_mtu/);
+  });
+
   it("reads NOID_* env in one place", () => {
     const e = readAgentEnv({ NOID_COORDINATOR: "a:1", NOID_INSECURE: "true", NOID_TOKEN: "t", NOID_AGENT_CONFIG: "/x.toml" });
     expect(e).toEqual({ configFile: "/x.toml", token: "t", overrides: { coordinator: "a:1", insecure: true } });

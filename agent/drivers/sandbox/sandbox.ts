@@ -103,6 +103,9 @@ export class SandboxDriver implements HypervisorDriver {
         await this.run(["ip", "-n", ns, "addr", "replace", cidr, "dev", "eth0"]);
       }
       await this.run(["ip", "-n", ns, "link", "set", "eth0", "up"]);
+      if (spec.net.gateway && spec.net.ip) {
+        await this.run(["ip", "-n", ns, "route", "replace", "default", "via", spec.net.gateway, "dev", "eth0"]);
+      }
       if (spec.net.bridge) await this.host(["ip", "link", "set", port, "master", spec.net.bridge]);
       await this.host(["ip", "link", "set", port, "up"]);
       if (this.cgroup.ok && rec.cgroup === undefined) {
