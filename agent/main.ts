@@ -35,6 +35,8 @@ import { serveMetrics } from "../common/metrics-http.js";
 import { loadOrCreateKey } from "../mesh/keys.js";
 import { NetworkedDriver } from "./network/attach.js";
 import { MeshController } from "./network/controller.js";
+import { applyEgress, detectUplink } from "./network/egress-apply.js";
+import { describeEgressAction, egressNetworkOf } from "./network/egress.js";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -144,6 +146,8 @@ export async function main(argv: string[]): Promise<void> {
   let session: AgentSession | undefined;
   const meshLog = logger.child({ component: "mesh" });
   const metrics = new AgentMetrics();
+  const egressHost = { runner: run };
+  let uplink: string | undefined = config.uplink || undefined;
   // Scrape-time reads and the mesh's port list use the raw drivers: neither is a driver operation.
   const rawDrivers: HypervisorDriver[] = [];
   const mesh = new MeshController({
@@ -157,7 +161,20 @@ export async function main(argv: string[]): Promise<void> {
     },
     onCondition: (c) => session?.setCondition(c),
     logger: meshLog,
-    // Egress (NAT, per-network policy) hooks in here: onNetworks: (networks, view) => applyEgress(...)
+    // Egress: NAT to the uplink with each network's policy, once its bridge exists.
+    onNetworks: async (_networks, view) => {
+      uplink ??= await detectUplink(egressHost, config.address || undefined);
+      const actions = await applyEgress(
+        {
+          uplink,
+          networks: view.selfNetworks.map(egressNetworkOf),
+          // Tenants never reach the other hosts' underlay addresses through NAT.
+          protect: view.members.filter((m) => m.hostId !== view.selfId && m.underlay).map((m) => `${m.underlay}/32`),
+        },
+        egressHost,
+      );
+      if (actions.length) meshLog.info({ egress: actions.map(describeEgressAction) }, "egress applied");
+    },
   });
   // Each VM joins its tenant network (NetworkedDriver) and every driver operation is measured.
   const drivers = await driversFromConfig(config, logger, (d) => {
@@ -190,7 +207,8 @@ export async function main(argv: string[]): Promise<void> {
     });
     client = await identity.start();
   }
-  // The mesh controller adds WireGuard and guard readers (metrics.setWireguardReader / setGuardReader).
+  metrics.setWireguardReader(config.wgInterface, () => mesh.wireguard());
+  metrics.setGuardReader(() => mesh.guardCounters());
   metrics.setSources({
     reports: () => loop.lastReports(),
     vmPorts: async () => (await Promise.all(rawDrivers.map((d) => d.list()))).flat(),

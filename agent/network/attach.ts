@@ -28,6 +28,7 @@ export function attachedSpec(spec: VmCreateSpec, a: VmAttachment): VmCreateSpec 
 export class NetworkedDriver implements HypervisorDriver {
   readonly name: string;
   exec?: (id: string, argv: string[], opts?: ExecOptions) => Promise<ExecResult>;
+  execStream?: HypervisorDriver["execStream"];
   checkpoint?: (id: string, name: string) => Promise<void>;
   restore?: (id: string, name: string) => Promise<VmRuntime>;
 
@@ -38,6 +39,7 @@ export class NetworkedDriver implements HypervisorDriver {
   ) {
     this.name = inner.name;
     if (inner.exec) this.exec = (id, argv, o) => inner.exec!(id, argv, o);
+    if (inner.execStream) this.execStream = (id, argv, o) => inner.execStream!(id, argv, o);
     if (inner.checkpoint) this.checkpoint = (id, n) => inner.checkpoint!(id, n);
     if (inner.restore) this.restore = (id, n) => inner.restore!(id, n);
   }

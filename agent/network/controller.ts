@@ -71,6 +71,16 @@ export class MeshController {
   private lastDesiredKey = "";
   private lastGuardKey = "";
   private guardSpec: GuardSpec | undefined;
+
+  /** The guard counters of the VM ports as applied now (metrics); [] before the first pass. */
+  async guardCounters(): Promise<Awaited<ReturnType<typeof readGuardCounters>>> {
+    return this.guardSpec ? readGuardCounters(this.guardSpec, { runner: this.runner }) : [];
+  }
+
+  /** This host's WireGuard interface as the kernel/wireguard-go reports it (metrics). */
+  async wireguard(): Promise<Awaited<ReturnType<typeof readWgDump>>> {
+    return readWgDump(this.opts.wgIfname, { runner: this.runner });
+  }
   private running: Promise<void> | undefined;
   private queued: Promise<void> | undefined;
   private failures = 0;

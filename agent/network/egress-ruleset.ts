@@ -177,6 +177,43 @@ function exprValues(e: unknown, out = new Set<string>()): Set<string> {
   return out;
 }
 
+const v4int = (s: string): number => ipaddr.IPv4.parse(s).toByteArray().reduce((a, b) => a * 256 + b, 0);
+
+/** IPv4 intervals an expression matches: addresses, prefixes and ranges (nft merges adjacent set elements into ranges). */
+function exprIntervals(e: unknown, out: [number, number][] = []): [number, number][] {
+  if (typeof e === "string" && ipaddr.IPv4.isValidFourPartDecimal(e)) out.push([v4int(e), v4int(e)]);
+  else if (Array.isArray(e)) for (const x of e) exprIntervals(x, out);
+  else if (e && typeof e === "object") {
+    const o = e as { prefix?: { addr?: unknown; len?: unknown }; range?: unknown };
+    if (o.prefix && typeof o.prefix.addr === "string" && ipaddr.IPv4.isValidFourPartDecimal(o.prefix.addr)) {
+      const start = v4int(o.prefix.addr);
+      out.push([start, start + 2 ** (32 - Number(o.prefix.len)) - 1]);
+      return out;
+    }
+    if (Array.isArray(o.range) && o.range.length === 2 && o.range.every((x) => typeof x === "string" && ipaddr.IPv4.isValidFourPartDecimal(x))) {
+      out.push([v4int(o.range[0] as string), v4int(o.range[1] as string)]);
+      return out;
+    }
+    for (const v of Object.values(e)) exprIntervals(v, out);
+  }
+  return out;
+}
+
+/** An IPv4 CIDR literal is present when the expression's intervals cover it. */
+function coveredCidr(literal: string, intervals: readonly [number, number][]): boolean {
+  const m = /^(\d+\.\d+\.\d+\.\d+)\/(\d+)$/.exec(literal);
+  if (!m) return false;
+  const start = v4int(m[1]!);
+  const end = start + 2 ** (32 - Number(m[2])) - 1;
+  let at = start;
+  for (const [a, b] of [...intervals].sort((x, y) => x[0] - y[0])) {
+    if (a > at) break;
+    if (b >= at) at = b + 1;
+    if (at > end) return true;
+  }
+  return at > end;
+}
+
 /** Differences between our table as nft holds it and the spec; empty = no drift. */
 export function egressDrift(spec: EgressSpec, nets: readonly PlacedNetwork[], json: string | undefined): string[] {
   if (json === undefined) return [`table inet ${EGRESS_TABLE} missing`];
@@ -204,7 +241,8 @@ export function egressDrift(spec: EgressSpec, nets: readonly PlacedNetwork[], js
     }
     want.forEach((w, i) => {
       const values = exprValues(got[i]?.expr ?? []);
-      const missing = w.literals.filter((l) => !values.has(l));
+      const intervals = exprIntervals(got[i]?.expr ?? []);
+      const missing = w.literals.filter((l) => !values.has(l) && !coveredCidr(l, intervals));
       if (missing.length > 0) out.push(`chain ${c.name}: rule "${w.comment}" lacks ${missing.join(", ")}`);
     });
   }

@@ -4,7 +4,7 @@
 // network groups). No I/O: controller.ts applies what these functions compute.
 import ipaddr from "ipaddr.js";
 import { invalid } from "../../common/errors.js";
-import type { MeshSnapshot } from "../../gen/noid/v1/agent.js";
+import type { MeshNetwork as ProtoMeshNetwork, MeshSnapshot } from "../../gen/noid/v1/agent.js";
 import type { GuardSpec, GuardVm } from "../../mesh/guards.js";
 import { vxlanName } from "../../mesh/names.js";
 import { type HostMeshDesired, type MeshMember, type Transport, hostMesh } from "../../mesh/topology.js";
@@ -40,6 +40,8 @@ interface PolicyVm {
 export interface MeshView {
   selfId: string;
   members: MeshMember[];
+  /** This host's networks as the coordinator sent them (with their egress policy). */
+  selfNetworks: ProtoMeshNetwork[];
   meshCidr: string;
   desired: HostMeshDesired;
   /** This host's VMs by id. */
@@ -122,7 +124,7 @@ export function meshView(snap: MeshSnapshot, selfId: string, s: MeshSettings): M
       });
     }
   }
-  return { selfId, members, meshCidr, desired, local, networkVms, networks };
+  return { selfId, members, meshCidr, desired, local, networkVms, networks, selfNetworks: self.networks };
 }
 
 /**

@@ -13,6 +13,7 @@
 // A start may take long (a QEMU guest boots for seconds under TCG, up to its boot timeout):
 // it is applied in flight, not awaited by the pass, so other VMs are not held up. A VM with
 // an action in flight is left out of plans until it settles; then a pass verifies it.
+import { NoidError } from "../../common/errors.js";
 import type { Logger } from "../../common/logger.js";
 import type { VmStatusReport } from "../../gen/noid/v1/agent.js";
 import { VmPhase } from "../../gen/noid/v1/vm.js";
@@ -250,6 +251,16 @@ export class ReconcileLoop {
       const reason = e instanceof Error ? e.message : String(e);
       log.warn({ err: e }, "action failed");
       this.opts.observer?.actionFailed(a.kind);
+      // UNAVAILABLE: something the VM needs is not ready yet (its network's mesh view, a
+      // driver's daemon). Retried with backoff; the VM keeps its phase and its host.
+      const transient = e instanceof NoidError && e.code === "UNAVAILABLE";
+      if (transient && (a.kind === "create" || a.kind === "start")) {
+        const prev = this.failures.get(a.vmId);
+        const count = (prev?.count ?? 0) + 1;
+        const delay = Math.min((this.opts.retryMs ?? 1000) * 2 ** (count - 1), this.opts.maxRetryMs ?? 60_000);
+        this.failures.set(a.vmId, { count, retryAt: this.now() + delay, desired: this.desired?.get(a.vmId)?.state ?? "absent" });
+        return;
+      }
       if (a.kind === "create" || a.kind === "start" || a.kind === "stop") {
         const why = `${a.kind}: ${reason}`;
         this.giveUp(a.vmId, why);

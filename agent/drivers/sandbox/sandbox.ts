@@ -90,6 +90,9 @@ export class SandboxDriver implements HypervisorDriver {
     this.records.put(rec);
     try {
       if (!existsSync(netnsPath(ns))) await this.run(["ip", "netns", "add", ns]);
+      // Tenant networks are IPv4: a VM that spoke IPv6 (router solicitations, DAD) would only
+      // trip the port guards' ip6 drop and raise security events for its own kernel's chatter.
+      await this.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]);
       await this.run(["ip", "-n", ns, "link", "set", "lo", "up"]);
       const hasPort = (await this.host(["ip", "link", "show", "dev", port], true)).exitCode === 0;
       if (!hasPort) await this.host(["ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns]);
