@@ -44,9 +44,13 @@ import { agentService } from "./services/agent-service.js";
 import { execService } from "./services/exec-service.js";
 import { SessionRegistry } from "./agents/registry.js";
 import { ExecServiceService } from "../gen/noid/v1/exec.js";
+import { LeaderElector, type LeaderStatus } from "./ha/leader.js";
+import { nodeIdOf } from "./ha/node-id.js";
 
 export const ADMIN_TOKEN_FILE = "admin.token";
 const BOOTSTRAP_TOKEN_NAME = "bootstrap-admin";
+/** gRPC health service name that is SERVING only on the leader replica. */
+export const LEADER_HEALTH_SERVICE = "noid.v1.Leader";
 const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService"];
 
 export interface CoordinatorHandle {
@@ -59,7 +63,10 @@ export interface CoordinatorHandle {
   adminTokenFile: string;
   store: Store;
   cluster: ClusterState;
-  placement: PlacementController;
+  /** The placement controller while this replica leads, else undefined. */
+  readonly placement: PlacementController | undefined;
+  /** Leader election status of this replica (for status output and metrics). */
+  leader(): LeaderStatus;
   etcd?: EmbeddedEtcd;
   /** Authentication failure counters (for the metrics exporter). */
   authFailures(): ReturnType<AuthGuard["failures"]>;
@@ -205,7 +212,11 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
       }),
     );
     server.addService(ExecServiceService, execService({ ...base, repo: vms, sessions, audit: writeAudit }));
-    const health = new HealthImplementation({ "": "SERVING", ...Object.fromEntries(PUBLIC_SERVICES.map((s) => [s, "SERVING" as const])) });
+    const health = new HealthImplementation({
+      "": "SERVING",
+      ...Object.fromEntries(PUBLIC_SERVICES.map((s) => [s, "SERVING" as const])),
+      [LEADER_HEALTH_SERVICE]: "NOT_SERVING",
+    });
     health.addToServer(server);
     const root = protoRoot();
     const pkg = protoLoader.loadSync(
@@ -236,9 +247,45 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         }),
     );
 
-    const placement = new PlacementController({ store, cluster, policy: cfg.scheduler.policy, logger: logger.child({ component: "placement" }), clock });
-    placement.start();
-    cleanups.push(() => placement.stop());
+    // Only the leader runs controllers; their writes go through a store fenced by its term.
+    let placement: PlacementController | undefined;
+    let maintenance: NodeJS.Timeout | undefined;
+    const elector = new LeaderElector({
+      store,
+      nodeId: cfg.ha.node_id || nodeIdOf(cfg.state_dir),
+      leaseSeconds: cfg.ha.leader_lease_seconds,
+      logger: logger.child({ component: "leader" }),
+      onElected: ({ fenced }) => {
+        health.setStatus(LEADER_HEALTH_SERVICE, "SERVING");
+        placement = new PlacementController({ store: fenced, cluster, policy: cfg.scheduler.policy, logger: logger.child({ component: "placement" }), clock });
+        placement.start();
+        // Compaction keeps transactions fast; trimming keeps the audit log bounded.
+        const leaderAudit = new AuditLog(fenced, clock, cfg.logging.audit);
+        const leaderTokens = new TokenStore(fenced, clock, cfg.auth.token_rotation_overlap_seconds);
+        maintenance = setInterval(() => {
+          void (async () => {
+            const rev = await fenced.revision();
+            const target = rev - cfg.etcd.compact_keep_revisions;
+            if (target > 0) await fenced.compact(target);
+            await leaderAudit.trim(cfg.logging.audit_retention);
+            await leaderTokens.sweep();
+          })().catch((err) => logger.warn({ err }, "maintenance failed"));
+        }, 60_000);
+      },
+      onDeposed: async () => {
+        health.setStatus(LEADER_HEALTH_SERVICE, "NOT_SERVING");
+        clearInterval(maintenance);
+        const p = placement;
+        placement = undefined;
+        await p?.stop();
+      },
+    });
+    await elector.start();
+    cleanups.push(async () => {
+      await elector.stop();
+      clearInterval(maintenance);
+      await placement?.stop();
+    });
 
     // Health follows etcd: NOT_SERVING while the store cannot answer.
     let healthy = true;
@@ -256,20 +303,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         },
       );
     }, 2000);
-    // Compaction keeps transactions fast; trimming keeps the audit log bounded.
-    const maintenance = setInterval(() => {
-      void (async () => {
-        const rev = await store.revision();
-        const target = rev - cfg.etcd.compact_keep_revisions;
-        if (target > 0) await store.compact(target);
-        await audit.trim(cfg.logging.audit_retention);
-        await tokens.sweep();
-      })().catch((err) => logger.warn({ err }, "maintenance failed"));
-    }, 60_000);
-    cleanups.push(async () => {
-      clearInterval(probe);
-      clearInterval(maintenance);
-    });
+    cleanups.push(async () => clearInterval(probe));
 
     const host = cfg.server.listen.replace(/:\d+$/, "");
     const dialHost = host === "0.0.0.0" || host === "[::]" ? "127.0.0.1" : host;
@@ -281,7 +315,10 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
       adminTokenFile,
       store,
       cluster,
-      placement,
+      get placement() {
+        return placement;
+      },
+      leader: () => elector.status(),
       ...(etcd ? { etcd } : {}),
       authFailures: () => guard.failures(),
       stop: stopAll,
