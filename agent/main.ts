@@ -12,6 +12,7 @@ import { credentials, type ChannelCredentials } from "@grpc/grpc-js";
 import { createLogger } from "../common/logger.js";
 import { invalid } from "../common/errors.js";
 import { AgentServiceClient } from "../gen/noid/v1/agent.js";
+import { coordinatorTarget } from "../sdk/targets.js";
 import {
   type AgentConfig,
   DEFAULT_CONFIG_FILE,
@@ -82,7 +83,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const program = new Command()
     .name("noid-agent")
     .option("--config <file>", `TOML config (default ${DEFAULT_CONFIG_FILE} if present)`)
-    .option("--coordinator <addr>", "host:port or unix:/path")
+    .option("--coordinator <addr>", "host:port, unix:/path, or replicas a:7654,b:7654")
     .option("--name <name>", "host name (DNS label)")
     .option("--address <ip>", "underlay address")
     .option("--uplink <ifname>", "interface tenant egress is NATed to (default: the default route's)")
@@ -124,7 +125,10 @@ export async function main(argv: string[]): Promise<void> {
     logger: logger.child({ component: "reconcile" }),
     onStatus: (r) => session?.report(r),
   });
-  const client = new AgentServiceClient(config.coordinator, channelCredentials(config), {
+  // Several replicas ("a:7654,b:7654"): one channel that moves to a live one when the session breaks.
+  const target = coordinatorTarget(config.coordinator);
+  const client = new AgentServiceClient(target.target, channelCredentials(config), {
+    ...target.options,
     "grpc.keepalive_time_ms": 20_000,
     "grpc.keepalive_timeout_ms": 10_000,
     "grpc.keepalive_permit_without_calls": 1,

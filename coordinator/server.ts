@@ -67,6 +67,8 @@ export interface CoordinatorHandle {
   readonly placement: PlacementController | undefined;
   /** Leader election status of this replica (for status output and metrics). */
   leader(): LeaderStatus;
+  /** The election itself (fault injection in tests: suspendRenewal). */
+  elector: LeaderElector;
   etcd?: EmbeddedEtcd;
   /** Authentication failure counters (for the metrics exporter). */
   authFailures(): ReturnType<AuthGuard["failures"]>;
@@ -319,6 +321,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         return placement;
       },
       leader: () => elector.status(),
+      elector,
       ...(etcd ? { etcd } : {}),
       authFailures: () => guard.failures(),
       stop: stopAll,

@@ -27,6 +27,8 @@ export interface LeaderStatus {
   fence: number;
   /** How many times this replica became leader since start. */
   terms: number;
+  /** Writes of this replica's controllers that the fence refused (it had been deposed without noticing). */
+  refusedWrites: number;
 }
 
 export interface LeaderElectorOptions {
@@ -58,6 +60,10 @@ export class LeaderElector {
   private lease?: Lease;
   private leaderId = "";
   private terms = 0;
+  private refusedWrites = 0;
+  /** Fault injection: renewals and campaigns stop, as if the process were paused. */
+  private suspended = false;
+  private watchdogOff = false;
   /** The lease is known valid until this time (ms); set from the start of the last successful renewal. */
   private validUntil = 0;
   private timer?: NodeJS.Timeout;
@@ -71,7 +77,14 @@ export class LeaderElector {
   }
 
   status(): LeaderStatus {
-    return { isLeader: this.leading, nodeId: this.o.nodeId, leaderId: this.leaderId, fence: this.leading ? this.fence : 0, terms: this.terms };
+    return {
+      isLeader: this.leading,
+      nodeId: this.o.nodeId,
+      leaderId: this.leaderId,
+      fence: this.leading ? this.fence : 0,
+      terms: this.terms,
+      refusedWrites: this.refusedWrites,
+    };
   }
 
   isLeader(): boolean {
@@ -102,6 +115,21 @@ export class LeaderElector {
     this.schedule(0);
   }
 
+  /**
+   * Fault injection (tests, chaos): stop renewing the lease and campaigning, as
+   * if this process were paused or cut off from etcd. With `watchdog: false`
+   * the replica also does not notice the lease running out, like a paused
+   * process that resumes late: only the fence keeps its writes out. stop()
+   * afterwards does not revoke the lease, like a process that was killed.
+   */
+  suspendRenewal(opts: { watchdog?: boolean } = {}): void {
+    this.suspended = true;
+    if (opts.watchdog === false) {
+      this.watchdogOff = true;
+      if (this.watchdog) clearTimeout(this.watchdog);
+    }
+  }
+
   /** Ends the term (revoking the lease so another replica takes over at once) and stops campaigning. */
   async stop(): Promise<void> {
     this.stopped = true;
@@ -111,7 +139,7 @@ export class LeaderElector {
     if (this.leading) this.stepDown("coordinator stopping");
     if (this.watchdog) clearTimeout(this.watchdog);
     await this.watcher?.cancel().catch(() => undefined);
-    if (lease) await lease.revoke().catch(() => undefined);
+    if (lease && !this.suspended) await lease.revoke().catch(() => undefined);
   }
 
   private get tickMs(): number {
@@ -129,6 +157,7 @@ export class LeaderElector {
 
   private async tick(): Promise<void> {
     if (this.stopped) return;
+    if (this.suspended) return this.schedule(this.tickMs);
     try {
       if (this.leading) await this.renew();
       else await this.campaign();
@@ -172,7 +201,15 @@ export class LeaderElector {
     this.terms++;
     this.armWatchdog();
     this.o.logger.info({ nodeId, fence: this.fence, leaseSeconds }, "became leader");
-    const fenced = new FencedStore(store, this.fence, () => this.leading, (why) => this.stepDown(why));
+    const fenced = new FencedStore(
+      store,
+      this.fence,
+      () => this.leading,
+      (why) => {
+        this.refusedWrites++;
+        this.stepDown(why);
+      },
+    );
     try {
       await this.o.onElected({ fence: this.fence, fenced });
     } catch (err) {
@@ -211,6 +248,7 @@ export class LeaderElector {
   /** Steps down when the lease may have expired; a margin covers clock rate and etcd's own timing. */
   private armWatchdog(): void {
     if (this.watchdog) clearTimeout(this.watchdog);
+    if (this.watchdogOff) return;
     const margin = Math.min(500, (this.o.leaseSeconds * 1000) / 4);
     const ms = Math.max(0, this.validUntil - margin - this.now());
     this.watchdog = setTimeout(() => {

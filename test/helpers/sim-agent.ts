@@ -5,6 +5,7 @@ import * as grpc from "@grpc/grpc-js";
 import { AgentServiceClient, type MeshSnapshot, type SessionRequest, type SessionResponse } from "../../gen/noid/v1/agent.js";
 import type { HostPosture } from "../../gen/noid/v1/host.js";
 import { VmDesiredState, VmPhase, type Vm } from "../../gen/noid/v1/vm.js";
+import { coordinatorTarget } from "../../sdk/targets.js";
 
 export interface SimAgentOptions {
   address: string;
@@ -31,7 +32,9 @@ export class SimAgent {
   private readonly md = new grpc.Metadata();
 
   constructor(private readonly o: SimAgentOptions) {
-    this.client = new AgentServiceClient(o.address, grpc.credentials.createInsecure());
+    // A comma list of coordinator replicas works like the real agent's: one channel, a live replica.
+    const t = coordinatorTarget(o.address);
+    this.client = new AgentServiceClient(t.target, grpc.credentials.createInsecure(), t.options);
     this.md.set("authorization", `Bearer ${o.token}`);
   }
 
