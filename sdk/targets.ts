@@ -38,13 +38,16 @@ export function parseHostPort(a: string): HostPort | undefined {
 }
 
 /** gRPC service config for several replicas: one connection at a time, replicas in random order per client. */
-export const MULTI_SERVICE_CONFIG = JSON.stringify({ loadBalancingConfig: [{ pick_first: { shuffleAddressList: true } }] });
+export function multiServiceConfig(shuffle = true): string {
+  return JSON.stringify({ loadBalancingConfig: [{ pick_first: { shuffleAddressList: shuffle } }] });
+}
 
 /**
  * The grpc-js target (and channel options) for one address or a list.
  * A single address is returned as is; a list must be host:port entries.
+ * `shuffle: false` tries the replicas in the given order (tests).
  */
-export function coordinatorTarget(addresses: string | readonly string[]): { target: string; options: ChannelOptions; addresses: string[] } {
+export function coordinatorTarget(addresses: string | readonly string[], opts: { shuffle?: boolean } = {}): { target: string; options: ChannelOptions; addresses: string[] } {
   const list = splitAddresses(addresses);
   if (list.length === 0) throw new NoidApiError("INVALID_ARGUMENT", "no coordinator address given");
   if (list.length === 1) return { target: list[0]!, options: {}, addresses: list };
@@ -52,7 +55,7 @@ export function coordinatorTarget(addresses: string | readonly string[]): { targ
     if (!parseHostPort(a)) throw new NoidApiError("INVALID_ARGUMENT", `address "${a}" in a list must be host:port (unix sockets cannot be listed)`);
   }
   registerListResolver();
-  return { target: `${LIST_SCHEME}:${list.join(",")}`, options: { "grpc.service_config": MULTI_SERVICE_CONFIG }, addresses: list };
+  return { target: `${LIST_SCHEME}:${list.join(",")}`, options: { "grpc.service_config": multiServiceConfig(opts.shuffle ?? true) }, addresses: list };
 }
 
 type Listener = experimental.ResolverListener;

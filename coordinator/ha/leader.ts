@@ -63,7 +63,7 @@ export class LeaderElector {
   private refusedWrites = 0;
   /** Fault injection: renewals and campaigns stop, as if the process were paused. */
   private suspended = false;
-  private watchdogOff = false;
+  private unaware = false;
   /** The lease is known valid until this time (ms); set from the start of the last successful renewal. */
   private validUntil = 0;
   private timer?: NodeJS.Timeout;
@@ -98,6 +98,7 @@ export class LeaderElector {
       this.watcher = await this.o.store.watch(LEADER_KEY, {
         onEvents: (evs) => {
           for (const e of evs) {
+            if (this.unaware) continue; // a paused process sees nothing
             if (e.type === "delete") {
               this.leaderId = "";
               if (this.leading) this.stepDown("leader key deleted");
@@ -118,14 +119,15 @@ export class LeaderElector {
   /**
    * Fault injection (tests, chaos): stop renewing the lease and campaigning, as
    * if this process were paused or cut off from etcd. With `watchdog: false`
-   * the replica also does not notice the lease running out, like a paused
+   * the replica also does not notice the lease running out nor the key
+   * changing (no watchdog, watch events ignored), like a paused
    * process that resumes late: only the fence keeps its writes out. stop()
    * afterwards does not revoke the lease, like a process that was killed.
    */
   suspendRenewal(opts: { watchdog?: boolean } = {}): void {
     this.suspended = true;
     if (opts.watchdog === false) {
-      this.watchdogOff = true;
+      this.unaware = true;
       if (this.watchdog) clearTimeout(this.watchdog);
     }
   }
@@ -248,7 +250,7 @@ export class LeaderElector {
   /** Steps down when the lease may have expired; a margin covers clock rate and etcd's own timing. */
   private armWatchdog(): void {
     if (this.watchdog) clearTimeout(this.watchdog);
-    if (this.watchdogOff) return;
+    if (this.unaware) return;
     const margin = Math.min(500, (this.o.leaseSeconds * 1000) / 4);
     const ms = Math.max(0, this.validUntil - margin - this.now());
     this.watchdog = setTimeout(() => {

@@ -240,7 +240,8 @@ export class EtcdStore implements Store {
       try {
         return await this.callOnce(what, rpc, Math.max(1, until - Date.now()));
       } catch (err) {
-        if (attempt >= this.endpointCount + 1 || Date.now() >= until || !neverSent(err)) throw err;
+        // etcd3 picks a member at random per call: a few tries per member make missing every live one unlikely.
+        if (attempt >= 3 * this.endpointCount + 1 || Date.now() >= until || !neverSent(err)) throw err;
       }
     }
   }

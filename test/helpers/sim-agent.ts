@@ -32,8 +32,8 @@ export class SimAgent {
   private readonly md = new grpc.Metadata();
 
   constructor(private readonly o: SimAgentOptions) {
-    // A comma list of coordinator replicas works like the real agent's: one channel, a live replica.
-    const t = coordinatorTarget(o.address);
+    // A comma list of coordinator replicas works like the real agent's (one channel, a live replica), but in the given order.
+    const t = coordinatorTarget(o.address, { shuffle: false });
     this.client = new AgentServiceClient(t.target, grpc.credentials.createInsecure(), t.options);
     this.md.set("authorization", `Bearer ${o.token}`);
   }
@@ -88,7 +88,11 @@ export class SimAgent {
       setTimeout(() => {
         if (this.closed) return;
         this.reconnects++;
-        this.connect().catch(() => lost());
+        this.connect().catch(() => {
+          // The new session failed before it was established: keep trying, like the real agent.
+          this.stream = undefined;
+          if (!this.closed) this.scheduleRetry();
+        });
       }, 200);
     };
     stream.on("error", lost);
@@ -96,6 +100,17 @@ export class SimAgent {
     stream.write({ kind: { $case: "hello", value: { hostId: this.hostId } } });
     if (!this.beat) this.beat = setInterval(() => this.send({ kind: { $case: "heartbeat", value: { sequence: ++this.seq } } }), 500);
     await first;
+  }
+
+  private scheduleRetry(): void {
+    setTimeout(() => {
+      if (this.closed || this.stream) return;
+      this.reconnects++;
+      this.connect().catch(() => {
+        this.stream = undefined;
+        if (!this.closed) this.scheduleRetry();
+      });
+    }, 300);
   }
 
   send(m: SessionRequest): void {
