@@ -60,9 +60,14 @@ export function coordinatorTarget(addresses: string | readonly string[], opts: {
 
 type Listener = experimental.ResolverListener;
 
+/** Names are looked up again at most this often (pick_first asks on every failure; answering at once would spin). */
+const MIN_RESOLVE_INTERVAL_MS = 5000;
+
 class ListResolver implements experimental.Resolver {
   private readonly entries: HostPort[];
   private generation = 0;
+  private lastAt = 0;
+  private pending?: NodeJS.Timeout;
 
   constructor(
     target: experimental.GrpcUri,
@@ -75,6 +80,26 @@ class ListResolver implements experimental.Resolver {
   }
 
   updateResolution(): void {
+    if (this.pending) return;
+    const wait = this.lastAt === 0 ? 0 : this.lastAt + MIN_RESOLVE_INTERVAL_MS - Date.now();
+    if (wait > 0) {
+      // Only names can change; a list of IP literals is answered once.
+      if (this.entries.every((e) => isIP(e.host))) return;
+      this.pending = setTimeout(() => {
+        this.pending = undefined;
+        this.resolve();
+      }, wait);
+      this.pending.unref();
+      return;
+    }
+    this.pending = setTimeout(() => {
+      this.pending = undefined;
+      this.resolve();
+    }, 0);
+  }
+
+  private resolve(): void {
+    this.lastAt = Date.now();
     const gen = ++this.generation;
     void Promise.all(
       this.entries.map(async (e) => {
@@ -104,6 +129,9 @@ class ListResolver implements experimental.Resolver {
 
   destroy(): void {
     this.generation++;
+    if (this.pending) clearTimeout(this.pending);
+    this.pending = undefined;
+    this.lastAt = 0; // a later updateResolution starts afresh, like grpc-js's own resolvers
   }
 
   static getDefaultAuthority(target: experimental.GrpcUri): string {

@@ -103,6 +103,19 @@ describe("coordinator address lists", () => {
     expect(() => coordinatorTarget(" , ")).toThrow(/no coordinator/);
   });
 
+  it("a list of replicas that are all down fails UNAVAILABLE at once (no resolve/connect spin)", async () => {
+    const { connect } = await import("../../sdk/index.js");
+    const { pickFreePort } = await import("../../coordinator/etcd/embedded.js");
+    const [p1, p2] = [await pickFreePort(), await pickFreePort()];
+    const c = connect({ address: `127.0.0.1:${p1},localhost:${p2}`, token: "a".repeat(64), insecure: true, deadlineMs: 3000, retries: 0 });
+    try {
+      // UNAVAILABLE, not DEADLINE_EXCEEDED: the call failed before its deadline.
+      await expect(c.listVms()).rejects.toMatchObject({ code: "UNAVAILABLE" });
+    } finally {
+      c.close();
+    }
+  });
+
   it("the agent config takes a list or a comma string", () => {
     expect(parseAgentConfig({ coordinator: ["a:7654", "b:7654"], name: "h1" }).coordinator).toBe("a:7654,b:7654");
     expect(parseAgentConfig({ coordinator: "a:7654,b:7654", name: "h1" }).coordinator).toBe("a:7654,b:7654");
