@@ -59,8 +59,8 @@ const firecrackerSchema = z
 
 export const agentConfigSchema = z
   .object({
-    /** "host:port", "dns:///name:port" or "unix:/path/to.sock". */
-    coordinator: z.string().min(1),
+    /** "host:port", "dns:///name:port", "unix:/path/to.sock", or replicas: ["a:7654","b:7654"] or "a:7654,b:7654". */
+    coordinator: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).transform((c) => (typeof c === "string" ? c : c.join(","))),
     /** Bearer token file: only for a plaintext (--insecure) coordinator. */
     token_file: z.string().min(1).optional(),
     /** One-time join token (noidctl host join-token), used once to get a host certificate. */

@@ -5,6 +5,7 @@
 // key in <state_dir>/pki. Afterwards the certificate is the credential
 // (mTLS), renewed at 2/3 of its lifetime with a fresh key; a renewal makes
 // a new client for new connections and leaves the open session alone.
+import { coordinatorTarget } from "../sdk/targets.js";
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { connect as tlsConnect, type DetailedPeerCertificate } from "node:tls";
 import { join } from "node:path";
@@ -131,17 +132,18 @@ export class HostIdentity {
     }
     const want = normalizeFingerprint(this.o.caFingerprint);
     if (!want) throw new NoidError("INVALID_ARGUMENT", "ca_fingerprint must be sha256:<64 hex>");
-    const pem = await fetchCaPem(this.o.coordinator);
+    const pem = await fetchCaPem(coordinatorTarget(this.o.coordinator).addresses[0]!);
     const got = certFingerprint(pem);
     if (got !== want) throw new NoidError("PERMISSION_DENIED", `the coordinator's CA is ${got}, not ${want}: refusing to join`);
     return pem;
   }
 
   private makeClient(): AgentServiceClient {
+    const t = coordinatorTarget(this.o.coordinator);
     return new AgentServiceClient(
-      this.o.coordinator,
+      t.target,
       credentials.createSsl(Buffer.from(this.caPem), Buffer.from(this.keyPem), Buffer.from(this.certPem)),
-      CHANNEL_OPTIONS,
+      { ...CHANNEL_OPTIONS, ...t.options },
     );
   }
 
@@ -186,7 +188,8 @@ export class HostIdentity {
   private async join(token: string): Promise<void> {
     const keys = await generateKeyPair();
     const csrPem = await createHostCsr(this.o.name, keys);
-    const anon = new AgentServiceClient(this.o.coordinator, credentials.createSsl(Buffer.from(this.caPem)), CHANNEL_OPTIONS);
+    const t = coordinatorTarget(this.o.coordinator);
+    const anon = new AgentServiceClient(t.target, credentials.createSsl(Buffer.from(this.caPem)), { ...CHANNEL_OPTIONS, ...t.options });
     try {
       const res = await unary(anon.joinHost.bind(anon), { joinToken: token, name: this.o.name, csrPem });
       await this.store(res.certificatePem, await privateKeyToPem(keys.privateKey), res.caPem);

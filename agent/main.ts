@@ -14,6 +14,7 @@ import { credentials } from "@grpc/grpc-js";
 import { createLogger } from "../common/logger.js";
 import { invalid } from "../common/errors.js";
 import { AgentServiceClient } from "../gen/noid/v1/agent.js";
+import { coordinatorTarget } from "../sdk/targets.js";
 import {
   type AgentConfig,
   DEFAULT_CONFIG_FILE,
@@ -107,7 +108,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   const program = new Command()
     .name("noid-agent")
     .option("--config <file>", `TOML config (default ${DEFAULT_CONFIG_FILE} if present)`)
-    .option("--coordinator <addr>", "host:port or unix:/path")
+    .option("--coordinator <addr>", "host:port, unix:/path, or replicas a:7654,b:7654")
     .option("--name <name>", "host name (DNS label)")
     .option("--address <ip>", "underlay address")
     .option("--uplink <ifname>", "interface tenant egress is NATed to (default: the default route's)")
@@ -193,7 +194,9 @@ export async function main(argv: string[]): Promise<void> {
   let client: AgentServiceClient;
   if (config.insecure) {
     logger.warn("plaintext connection to the coordinator (--insecure): the bearer token crosses unencrypted");
-    client = new AgentServiceClient(config.coordinator, credentials.createInsecure(), CHANNEL_OPTIONS);
+    // Several replicas ("a:7654,b:7654"): one channel that moves to a live one when the session breaks.
+    const target = coordinatorTarget(config.coordinator);
+    client = new AgentServiceClient(target.target, credentials.createInsecure(), { ...CHANNEL_OPTIONS, ...target.options });
   } else {
     identity = new HostIdentity({
       coordinator: config.coordinator,

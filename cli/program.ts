@@ -23,7 +23,7 @@ export function buildProgram(deps: AppDeps): { program: Command; app: App } {
   program
     .description("Manage microVMs on a Noid mesh cluster.")
     .addOption(new Option("--context <name>", "use this saved context instead of the current one"))
-    .addOption(new Option("--server <address>", "coordinator host:port or unix:/path (env NOID_SERVER wins)"))
+    .addOption(new Option("--server <address>", "coordinator host:port, unix:/path, or replicas a:7654,b:7654 (env NOID_SERVER wins)"))
     .addOption(new Option("-o, --output <format>", "output format").choices(OUTPUT_FORMATS).default("table"))
     .addOption(new Option("--insecure", "plaintext gRPC (loopback or unix socket only)"))
     .addOption(new Option("--ca-file <path>", "CA certificate (PEM) the coordinator's certificate is checked against"))

@@ -69,6 +69,15 @@ export const CoordinatorConfigSchema = z
       })
       .strict()
       .default({ lease_ttl_seconds: 10, heartbeat_interval_ms: 2000, cert_ttl_seconds: 86_400 }),
+    ha: z
+      .object({
+        /** TTL of the leader's etcd lease: a dead leader is replaced about this long after it stops renewing. */
+        leader_lease_seconds: z.number().int().min(2).max(60).default(5),
+        /** This replica's id in the leader election; empty: a random id kept in <state_dir>/node-id. */
+        node_id: z.string().max(200).default(""),
+      })
+      .strict()
+      .default({ leader_lease_seconds: 5, node_id: "" }),
     networks: NetworkSettingsSchema.default(NETWORK_SETTINGS_DEFAULTS),
     mesh: z
       .object({

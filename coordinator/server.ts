@@ -31,7 +31,7 @@ import { UserServiceService } from "../gen/noid/v1/user.js";
 import { ClusterState } from "./state/cluster.js";
 import { HostRepo, parseMeshCidr } from "./state/host-repo.js";
 import { VmRepo, newVmId, type Clock } from "./state/vm-repo.js";
-import { PlacementController } from "./controllers/placement.js";
+import { PlacementController, type PlacementStats } from "./controllers/placement.js";
 import type { HandlerDeps } from "./grpc/handler.js";
 import { vmService } from "./services/vm-service.js";
 import { hostService } from "./services/host-service.js";
@@ -58,8 +58,13 @@ import { EventRecorder } from "./events/recorder.js";
 import { CoordinatorMetrics, InstrumentedStore } from "./metrics.js";
 import { serveMetrics, type MetricsServer } from "../common/metrics-http.js";
 
+import { LeaderElector, type LeaderStatus } from "./ha/leader.js";
+import { nodeIdOf } from "./ha/node-id.js";
+
 export const ADMIN_TOKEN_FILE = "admin.token";
 const BOOTSTRAP_TOKEN_NAME = "bootstrap-admin";
+/** gRPC health service name that is SERVING only on the leader replica. */
+export const LEADER_HEALTH_SERVICE = "noid.v1.Leader";
 const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService", "noid.v1.EventService"];
 
 export interface CoordinatorHandle {
@@ -72,7 +77,12 @@ export interface CoordinatorHandle {
   adminTokenFile: string;
   store: Store;
   cluster: ClusterState;
-  placement: PlacementController;
+  /** The placement controller while this replica leads, else undefined. */
+  readonly placement: PlacementController | undefined;
+  /** Leader election status of this replica (for status output and metrics). */
+  leader(): LeaderStatus;
+  /** The election itself (fault injection in tests: suspendRenewal). */
+  elector: LeaderElector;
   etcd?: EmbeddedEtcd;
   /** The cluster CA (PEM, file and fingerprint); absent when serving plaintext. */
   ca?: { pem: string; file: string; fingerprint: string };
@@ -256,7 +266,11 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     );
     server.addService(ExecServiceService, execService({ ...base, repo: vms, sessions, audit: writeAudit }));
     server.addService(EventServiceService, eventService({ ...base, events }));
-    const health = new HealthImplementation({ "": "SERVING", ...Object.fromEntries(PUBLIC_SERVICES.map((s) => [s, "SERVING" as const])) });
+    const health = new HealthImplementation({
+      "": "SERVING",
+      ...Object.fromEntries(PUBLIC_SERVICES.map((s) => [s, "SERVING" as const])),
+      [LEADER_HEALTH_SERVICE]: "NOT_SERVING",
+    });
     health.addToServer(server);
     const root = protoRoot();
     const pkg = protoLoader.loadSync(
@@ -287,16 +301,61 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         }),
     );
 
-    const placement = new PlacementController({ store, cluster, policy: cfg.scheduler.policy, logger: logger.child({ component: "placement" }), clock });
-    placement.start();
-    cleanups.push(() => placement.stop());
-    metrics.attach({ cluster, placement, authFailures: () => guard.failures(), limits: () => cfg.limits, isLeader: () => true });
+    // Only the leader runs controllers; their writes go through a store fenced by its term.
+    let placement: PlacementController | undefined;
+    const pastTerms: PlacementStats = { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 };
+    let maintenance: NodeJS.Timeout | undefined;
+    const elector = new LeaderElector({
+      store,
+      nodeId: cfg.ha.node_id || nodeIdOf(cfg.state_dir),
+      leaseSeconds: cfg.ha.leader_lease_seconds,
+      logger: logger.child({ component: "leader" }),
+      onElected: ({ fenced }) => {
+        health.setStatus(LEADER_HEALTH_SERVICE, "SERVING");
+        placement = new PlacementController({ store: fenced, cluster, policy: cfg.scheduler.policy, logger: logger.child({ component: "placement" }), clock });
+        placement.start();
+        // Compaction keeps transactions fast; trimming keeps the audit log bounded.
+        const leaderAudit = new AuditLog(fenced, clock, cfg.logging.audit);
+        const leaderTokens = new TokenStore(fenced, clock, cfg.auth.token_rotation_overlap_seconds);
+        maintenance = setInterval(() => {
+          void (async () => {
+            const rev = await fenced.revision();
+            const target = rev - cfg.etcd.compact_keep_revisions;
+            if (target > 0) await fenced.compact(target);
+            await leaderAudit.trim(cfg.logging.audit_retention);
+            await leaderTokens.sweep();
+            await pki?.ids.sweep();
+            await events.trim();
+          })().catch((err) => logger.warn({ err }, "maintenance failed"));
+        }, 60_000);
+      },
+      onDeposed: async () => {
+        health.setStatus(LEADER_HEALTH_SERVICE, "NOT_SERVING");
+        clearInterval(maintenance);
+        const p = placement;
+        if (p) for (const k of ["attempts", "placed", "conflicts", "unplaceable"] as const) pastTerms[k] += p.stats[k];
+        placement = undefined;
+        await p?.stop();
+      },
+    });
+    await elector.start();
+    // Scheduling counters add up over every term this replica led (a counter never goes back).
+    const placementTotals = (): PlacementStats => {
+      const cur = placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 };
+      return { attempts: pastTerms.attempts + cur.attempts, placed: pastTerms.placed + cur.placed, conflicts: pastTerms.conflicts + cur.conflicts, unplaceable: pastTerms.unplaceable + cur.unplaceable };
+    };
+    metrics.attach({ cluster, placement: { get stats() { return placementTotals(); } }, authFailures: () => guard.failures(), limits: () => cfg.limits, isLeader: () => elector.status().isLeader });
     let metricsServer: MetricsServer | undefined;
     if (cfg.server.metrics_listen) {
       metricsServer = await serveMetrics(metrics.registry, cfg.server.metrics_listen, (err) => logger.warn({ err }, "collecting metrics failed"));
       cleanups.push(() => metricsServer!.close());
       logger.info({ metrics: `http://${metricsServer.address}/metrics` }, "metrics serving");
     }
+    cleanups.push(async () => {
+      await elector.stop();
+      clearInterval(maintenance);
+      await placement?.stop();
+    });
 
     // Health follows etcd: NOT_SERVING while the store cannot answer.
     let healthy = true;
@@ -314,22 +373,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         },
       );
     }, 2000);
-    // Compaction keeps transactions fast; trimming keeps the audit log bounded.
-    const maintenance = setInterval(() => {
-      void (async () => {
-        const rev = await store.revision();
-        const target = rev - cfg.etcd.compact_keep_revisions;
-        if (target > 0) await store.compact(target);
-        await audit.trim(cfg.logging.audit_retention);
-        await tokens.sweep();
-        await pki?.ids.sweep();
-      })().catch((err) => logger.warn({ err }, "maintenance failed"));
-      void events.trim().catch((err) => logger.warn({ err }, "trimming events failed"));
-    }, 60_000);
-    cleanups.push(async () => {
-      clearInterval(probe);
-      clearInterval(maintenance);
-    });
+    cleanups.push(async () => clearInterval(probe));
 
     const host = cfg.server.listen.replace(/:\d+$/, "");
     const dialHost = host === "0.0.0.0" || host === "[::]" ? "127.0.0.1" : host;
@@ -341,7 +385,11 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
       adminTokenFile,
       store,
       cluster,
-      placement,
+      get placement() {
+        return placement;
+      },
+      leader: () => elector.status(),
+      elector,
       ...(etcd ? { etcd } : {}),
       ...(clusterPki ? { ca: { pem: clusterPki.ca.certPem, file: join(cfg.state_dir, PKI_DIR, "ca.crt"), fingerprint: certFingerprint(clusterPki.ca.certPem) } } : {}),
       authFailures: () => guard.failures(),

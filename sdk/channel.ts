@@ -5,6 +5,7 @@
 import { readFileSync } from "node:fs";
 import { credentials, type ChannelCredentials, type ChannelOptions } from "@grpc/grpc-js";
 import { NoidApiError } from "./errors.js";
+import { coordinatorTarget, splitAddresses } from "./targets.js";
 
 export interface TlsOptions {
   /** PEM of the CA that signed the coordinator's certificate; the system roots when absent. */
@@ -40,8 +41,11 @@ export function parseAddress(address: string): string {
 }
 
 export function channelSpec(opts: { address: string; insecure?: boolean; tls?: TlsOptions }): ChannelSpec {
-  const target = parseAddress(opts.address);
-  const options: ChannelOptions = {};
+  // "a:7654,b:7654": several coordinator replicas on one channel (see targets.ts).
+  const several = splitAddresses(opts.address).length > 1;
+  const multi = several ? coordinatorTarget(opts.address) : undefined;
+  const target = multi ? multi.target : parseAddress(opts.address);
+  const options: ChannelOptions = { ...multi?.options };
   if (opts.insecure === true) return { target, credentials: credentials.createInsecure(), options };
   const ca = opts.tls?.caPem;
   const creds = credentials.createSsl(ca === undefined ? null : Buffer.from(ca));

@@ -17,7 +17,7 @@ export const DEFAULT_PORT = 7654;
 export const DEFAULT_DEADLINE_MS = 10_000;
 
 export interface ConnectOptions {
-  /** "host:port" or "unix:/abs/path". */
+  /** "host:port", "unix:/abs/path", or several replicas "a:7654,b:7654" (one at a time; the next on failure). */
   address: string;
   /** 64-hex API token, sent as `authorization: Bearer <token>`. */
   token?: string;

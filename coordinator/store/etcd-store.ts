@@ -22,6 +22,7 @@ import {
   type IWatchResponse,
 } from "etcd3";
 import { ExponentialBackoff, isBrokenCircuitError, noop } from "cockatiel";
+import * as grpc from "@grpc/grpc-js";
 import { randomInt } from "node:crypto";
 import { NoidError } from "../../common/errors.js";
 import type { Compare, KeyValue, Lease, ListResult, Op, Store, TxnResult, WatchEvent, Watcher, WatchOptions } from "./store.js";
@@ -88,6 +89,7 @@ export class EtcdStore implements Store {
     private readonly client: Etcd3,
     prefix: string,
     private readonly timeoutMs: number,
+    private readonly endpointCount = 1,
   ) {
     this.prefix = Buffer.from(prefix);
   }
@@ -227,15 +229,32 @@ export class EtcdStore implements Store {
     if (Number(res.TTL) <= 0) throw new NoidError("NOT_FOUND", `keep lease ${id} alive: lease not found (expired or revoked)`);
   }
 
-  /** Runs one RPC with a deadline; a belt-and-braces timer covers stream set-up that ignores deadlines. */
+  /**
+   * Runs one RPC with a deadline. With several endpoints, a call that never
+   * reached etcd (its member is down: no connection) is tried on the others
+   * within the same deadline; anything that may have reached etcd is not retried.
+   */
   private async call<T>(what: string, rpc: (opts: { deadline: Date }) => Promise<T>): Promise<T> {
+    const until = Date.now() + this.timeoutMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.callOnce(what, rpc, Math.max(1, until - Date.now()));
+      } catch (err) {
+        // etcd3 picks a member at random per call: a few tries per member make missing every live one unlikely.
+        if (attempt >= 3 * this.endpointCount + 1 || Date.now() >= until || !neverSent(err)) throw err;
+      }
+    }
+  }
+
+  /** One attempt; a belt-and-braces timer covers stream set-up that ignores deadlines. */
+  private async callOnce<T>(what: string, rpc: (opts: { deadline: Date }) => Promise<T>, timeoutMs: number): Promise<T> {
     if (this.closed) throw new NoidError("UNAVAILABLE", `etcd unavailable: ${what}: store is closed`);
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new GRPCDeadlineExceededError(`no answer within ${this.timeoutMs} ms`)), this.timeoutMs + 250);
+      timer = setTimeout(() => reject(new GRPCDeadlineExceededError(`no answer within ${timeoutMs} ms`)), timeoutMs + 250);
     });
     try {
-      return await Promise.race([rpc({ deadline: new Date(Date.now() + this.timeoutMs) }), timeout]);
+      return await Promise.race([rpc({ deadline: new Date(Date.now() + timeoutMs) }), timeout]);
     } catch (err) {
       throw mapEtcdError(what, err);
     } finally {
@@ -285,6 +304,24 @@ export class EtcdStore implements Store {
     }
   }
 }
+
+/** Pure: the error says the request was never sent (no connection to that member), so trying another member is safe. */
+export function neverSent(err: unknown): boolean {
+  return err instanceof NoidError && err.code === "UNAVAILABLE" && /No connection established|ECONNREFUSED|connect ECONN/.test(err.message);
+}
+
+/**
+ * Asks etcd to refuse requests at once ("etcdserver: no leader") while the
+ * member has no leader, i.e. the cluster has lost quorum, instead of letting
+ * them wait for the whole deadline. etcd's own clientv3 calls this WithRequireLeader.
+ */
+const requireLeader: grpc.Interceptor = (options, nextCall) =>
+  new grpc.InterceptingCall(nextCall(options), {
+    start(metadata, listener, next) {
+      metadata.set("hasleader", "true");
+      next(metadata, listener);
+    },
+  });
 
 function rev(header: IResponseHeader): number {
   return Number(header.revision);
@@ -420,7 +457,9 @@ export async function createEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore
       "grpc.max_reconnect_backoff_ms": 1000,
       "grpc.keepalive_time_ms": 10_000,
       "grpc.keepalive_timeout_ms": 5_000,
-    },
+      // grpc-js reads interceptors from the client options etcd3 passes through.
+      interceptors: [requireLeader],
+    } as IOptions["grpcOptions"],
     faultHandling: {
       host: () => noop,
       global: noop,
@@ -434,7 +473,7 @@ export async function createEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore
       ...(opts.tls.cert ? { certChain: opts.tls.cert } : {}),
     };
   }
-  const store = new EtcdStore(new Etcd3(options), opts.prefix, timeoutMs);
+  const store = new EtcdStore(new Etcd3(options), opts.prefix, timeoutMs, opts.endpoints.length);
   try {
     await store.revision(); // fail fast on a wrong endpoint instead of on the first real call
   } catch (err) {

@@ -5,6 +5,7 @@ import * as grpc from "@grpc/grpc-js";
 import { AgentServiceClient, type MeshSnapshot, type SessionRequest, type SessionResponse } from "../../gen/noid/v1/agent.js";
 import type { HostPosture } from "../../gen/noid/v1/host.js";
 import { VmDesiredState, VmPhase, type Vm } from "../../gen/noid/v1/vm.js";
+import { coordinatorTarget } from "../../sdk/targets.js";
 
 export interface SimAgentOptions {
   address: string;
@@ -34,7 +35,9 @@ export class SimAgent {
   private readonly md = new grpc.Metadata();
 
   constructor(private readonly o: SimAgentOptions) {
-    this.client = new AgentServiceClient(o.address, o.credentials ?? grpc.credentials.createInsecure());
+    // A comma list of coordinator replicas works like the real agent's (one channel, a live replica), but in the given order.
+    const t = coordinatorTarget(o.address, { shuffle: false });
+    this.client = new AgentServiceClient(t.target, o.credentials ?? grpc.credentials.createInsecure(), t.options);
     if (o.token) this.md.set("authorization", `Bearer ${o.token}`);
   }
 
@@ -88,7 +91,11 @@ export class SimAgent {
       setTimeout(() => {
         if (this.closed) return;
         this.reconnects++;
-        this.connect().catch(() => lost());
+        this.connect().catch(() => {
+          // The new session failed before it was established: keep trying, like the real agent.
+          this.stream = undefined;
+          if (!this.closed) this.scheduleRetry();
+        });
       }, 200);
     };
     stream.on("error", lost);
@@ -96,6 +103,17 @@ export class SimAgent {
     stream.write({ kind: { $case: "hello", value: { hostId: this.hostId } } });
     if (!this.beat) this.beat = setInterval(() => this.send({ kind: { $case: "heartbeat", value: { sequence: ++this.seq } } }), 500);
     await first;
+  }
+
+  private scheduleRetry(): void {
+    setTimeout(() => {
+      if (this.closed || this.stream) return;
+      this.reconnects++;
+      this.connect().catch(() => {
+        this.stream = undefined;
+        if (!this.closed) this.scheduleRetry();
+      });
+    }, 300);
   }
 
   send(m: SessionRequest): void {
