@@ -38,7 +38,7 @@ describe("agent config", () => {
     const d = parseAgentConfig({ coordinator: "x:1", name: "h1" });
     expect(d).toMatchObject({ wgInterface: "wg-noid", wgPort: 51820, uplinkMtu: 1500 });
     const { config } = loadConfig(
-      ["--coordinator", "x:1", "--name", "h1", "--token-file", tokenFile, "--wg-interface", "labwg1", "--wg-port", "51999", "--uplink-mtu", "9000"],
+      ["--coordinator", "x:1", "--name", "h1", "--insecure", "--token-file", tokenFile, "--wg-interface", "labwg1", "--wg-port", "51999", "--uplink-mtu", "9000"],
       {},
     );
     expect(config).toMatchObject({ wgInterface: "labwg1", wgPort: 51999, uplinkMtu: 9000 });
