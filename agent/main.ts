@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { CommanderError, Command } from "commander";
 import { ExecRunner } from "./exec.js";
+import { CheckpointRunner } from "./checkpoint/runner.js";
 import { credentials, type ChannelCredentials } from "@grpc/grpc-js";
 import { createLogger } from "../common/logger.js";
 import { invalid } from "../common/errors.js";
@@ -119,11 +120,17 @@ export async function main(argv: string[]): Promise<void> {
 
   // The loop reports through the session; the session feeds the loop. Tie the knot late.
   let session: AgentSession | undefined;
+  let checkpoints: CheckpointRunner | undefined;
   const loop = new ReconcileLoop({
     drivers,
     logger: logger.child({ component: "reconcile" }),
-    onStatus: (r) => session?.report(r),
+    onStatus: (r) => {
+      // A destroyed VM's checkpoints go with it (their records go in the same etcd transaction as the VM's).
+      if (r.destroyed) checkpoints?.forget(r.vmId);
+      session?.report(r);
+    },
   });
+  checkpoints = new CheckpointRunner(config.stateDir, drivers, loop, logger.child({ component: "checkpoint" }));
   const client = new AgentServiceClient(config.coordinator, channelCredentials(config), {
     "grpc.keepalive_time_ms": 20_000,
     "grpc.keepalive_timeout_ms": 10_000,
@@ -147,6 +154,7 @@ export async function main(argv: string[]): Promise<void> {
     logger: logger.child({ component: "session" }),
     onState: (s) => logger.debug({ state: s }, "session state"),
     exec: new ExecRunner(async (vmId) => (await drivers.find(vmId))?.driver, logger.child({ component: "exec" })),
+    checkpoint: checkpoints,
   });
 
   const posture = new PostureReporter({

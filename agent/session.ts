@@ -16,6 +16,8 @@ import {
   type AgentExecCommand,
   type AgentExecOutput,
   type AgentExecInput,
+  type AgentCheckpointCommand,
+  type AgentCheckpointResult,
   type VmStatusReport,
 } from "../gen/noid/v1/agent.js";
 import type { HostPosture } from "../gen/noid/v1/host.js";
@@ -53,6 +55,8 @@ export interface AgentSessionOptions {
     cancel(execId: string): void;
     input?(i: AgentExecInput): void;
   };
+  /** Saves and restores checkpoints (absent: they are refused). */
+  checkpoint?: { run(cmd: AgentCheckpointCommand, send: (r: AgentCheckpointResult) => void): void };
 }
 
 export class AgentSession {
@@ -207,6 +211,12 @@ export class AgentSession {
       case "execCancel":
         this.opts.exec?.cancel(k.value.execId);
         break;
+      case "checkpoint": {
+        const send = (r: AgentCheckpointResult) => this.write({ kind: { $case: "checkpointResult", value: r } });
+        if (this.opts.checkpoint) this.opts.checkpoint.run(k.value, send);
+        else send({ opId: k.value.opId, error: "this agent does not run checkpoints", errorCode: "FAILED_PRECONDITION", driver: "", sizeBytes: 0, sha256: "" });
+        break;
+      }
     }
   }
 
