@@ -44,10 +44,12 @@ import { agentService } from "./services/agent-service.js";
 import { execService } from "./services/exec-service.js";
 import { SessionRegistry } from "./agents/registry.js";
 import { ExecServiceService } from "../gen/noid/v1/exec.js";
+import { CheckpointServiceService } from "../gen/noid/v1/checkpoint.js";
+import { checkpointService } from "./services/checkpoint-service.js";
 
 export const ADMIN_TOKEN_FILE = "admin.token";
 const BOOTSTRAP_TOKEN_NAME = "bootstrap-admin";
-const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService"];
+const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService", "noid.v1.CheckpointService"];
 
 export interface CoordinatorHandle {
   /** TCP port actually bound (useful with listen ":0"). */
@@ -205,11 +207,12 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
       }),
     );
     server.addService(ExecServiceService, execService({ ...base, repo: vms, sessions, audit: writeAudit }));
+    server.addService(CheckpointServiceService, checkpointService({ ...base, repo: vms, store, sessions, limits: () => cfg.limits, audit: writeAudit, clock }));
     const health = new HealthImplementation({ "": "SERVING", ...Object.fromEntries(PUBLIC_SERVICES.map((s) => [s, "SERVING" as const])) });
     health.addToServer(server);
     const root = protoRoot();
     const pkg = protoLoader.loadSync(
-      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto", "noid/v1/user.proto"],
+      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto", "noid/v1/user.proto", "noid/v1/checkpoint.proto"],
       { includeDirs: [root] },
     );
     new ReflectionService({ ...pkg, ...protoLoader.loadSync(healthProtoPath) }).addToServer(server);

@@ -21,6 +21,9 @@ export const keys = {
   quota: (user: string) => `quota/${user}`,
   /** Cluster-wide counters (total VMs), compared like a user's quota. */
   total: "quota-total",
+  /** CheckpointRecord of VM `vmId` named `name`; removed with the VM. */
+  checkpoint: (vmId: string, name: string) => `checkpoints/${vmId}/${name}`,
+  checkpointsOf: (vmId: string) => `checkpoints/${vmId}/`,
   audit: (sortable: string) => `audit/${sortable}`,
   auditPrefix: "audit/",
   /** Prefix of everything a node may be told about; used by tests to scan the keyspace. */
