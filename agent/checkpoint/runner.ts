@@ -58,8 +58,8 @@ export class CheckpointRunner {
     const found = await this.drivers.find(vmId);
     if (!found) throw precondition(`VM ${vmId} is not on this host`);
     const d = found.driver;
-    const able = capability === "checkpoint" ? d.capabilities().checkpoint && d.saveState : d.capabilities().restore && d.loadState;
-    if (!able) throw precondition(`driver ${d.name} does not support ${capability} (capabilities().${capability} is false)`);
+    if (!d.capabilities()[capability]) throw precondition(`driver ${d.name} does not support ${capability}`);
+    if (!(capability === "checkpoint" ? d.saveState : d.loadState)) throw precondition(`driver ${d.name} does not support ${capability} through the agent yet`);
     return found;
   }
 
