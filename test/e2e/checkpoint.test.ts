@@ -85,6 +85,11 @@ describe("checkpoints and restore with real QEMU guests through coordinator and 
     const pid = await sh("web", "echo one > /state.txt && sync && (sleep 100007 >/dev/null 2>&1 & echo $!)");
     const bootId = await sh("web", "cat /proc/sys/kernel/random/boot_id");
 
+    // A secret given to an exec earlier is not in the checkpoint (the guest wipes and zeroes it).
+    const secret = `ckpt-secret-${randomBytes(12).toString("hex")}`;
+    const se = await alice.exec("web", ["sh", "-c", 'test -n "$API_KEY" && echo ok'], { env: { API_KEY: secret } });
+    expect(se.stdout.toString()).toBe("ok\n");
+
     // Plain through noidctl, encrypted through the SDK.
     const c1 = await ctl(["checkpoint", "web", "snap1"]);
     expect(c1.code, c1.out).toBe(0);
@@ -101,8 +106,9 @@ describe("checkpoints and restore with real QEMU guests through coordinator and 
     for (const c of list) {
       const file = join(agentDir, "checkpoints", web.id, `${c.id}.ckpt`);
       expect(await digestFile(file)).toEqual({ size: c.sizeBytes, sha256: c.sha256 });
-      const head = readFileSync(file).subarray(0, 8).toString();
-      expect(head).toBe(c.encrypted ? "NOIDENC1" : "NOIDCKP1");
+      const content = readFileSync(file);
+      expect(content.subarray(0, 8).toString()).toBe(c.encrypted ? "NOIDENC1" : "NOIDCKP1");
+      if (!c.encrypted) expect(content.includes(Buffer.from(secret)), "the exec's secret is in the checkpoint").toBe(false);
     }
     const lst = await ctl(["checkpoints", "web"]);
     expect(lst.out).toMatch(/snap1\s+web\s+host1\s+qemu\s+\S+\s+no/);

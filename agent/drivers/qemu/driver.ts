@@ -289,6 +289,7 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   /**
+   * The guest's request buffers are cleared first (see GuestChannel.scrub); then
    * QMP stop, then the whole machine state (RAM, devices) migrated into `<dir>/memory`; at the
    * end of a migration QEMU flushes and lets go of the disk, so the overlay copied now agrees
    * with the memory. Then QMP cont: the VM runs on (unless it was paused before).
@@ -300,6 +301,13 @@ export class QemuDriver implements HypervisorDriver {
     const memory = join(dir, "memory");
     const disk = join(dir, "disk");
     const wasPaused = !(await queryStatus(qmp)).running;
+    // Exec environments may hold secrets: none may linger in the guest memory saved here
+    // (the guest agent wipes its copies, the guest kernel zeroes freed memory: init_on_free).
+    if (!wasPaused) {
+      await new GuestChannel(rec.paths.agentSocket).scrub().catch((e: unknown) => {
+        throw during(`checkpointing qemu VM ${id}: clearing the guest's request buffers (exec secrets) failed; nothing saved`, e);
+      });
+    }
     try {
       if (!wasPaused) await qmpCommand(qmp, "stop");
       await qmpCommand(qmp, "migrate", { uri: migrateUri(memory) });
