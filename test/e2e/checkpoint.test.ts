@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { repoRoot, startLocalCluster, waitFor, type LocalCluster } from "../../deploy/cluster.js";
 import { labLeftovers } from "../../deploy/lab/lab.js";
 import { isAlive, run, type ProcessRef } from "../../common/run.js";
-import { Role, VmPhase, type NoidClient, type Vm } from "../../sdk/index.js";
+import { Role, VmDesiredState, VmPhase, type NoidClient, type Vm } from "../../sdk/index.js";
 import { run as noidctl } from "../../cli/program.js";
 import { digestFile } from "../../agent/checkpoint/format.js";
 import type { QemuRecord } from "../../agent/drivers/qemu/records.js";
@@ -152,6 +152,19 @@ describe("checkpoints and restore with real QEMU guests through coordinator and 
     expect(addr.join(" ")).not.toContain(`inet ${running.status!.ip.split("/")[0]}/`);
     // Two VMs, each with its own state.
     expect(await sh("web", "cat /state.txt")).toBe("three");
+
+    // A stopped VM is restored without --force and runs again from the checkpoint (not booted afresh).
+    await alice.stopVm("web");
+    await phase("web", VmPhase.VM_PHASE_STOPPED, 60_000);
+    const back = await alice.restoreVm("web", "snap1");
+    expect(back.desiredState).toBe(VmDesiredState.VM_DESIRED_STATE_RUNNING);
+    await phase("web", VmPhase.VM_PHASE_RUNNING, 60_000);
+    qemuPids.push(recordOf(web.id)!.qemu!);
+    expect(await sh("web", `cat /state.txt; kill -0 ${pid} && echo alive; cat /proc/sys/kernel/random/boot_id`)).toBe(`one\nalive\n${bootId}`);
+    // It stays running: the stopped desired state from before the restore does not stop it.
+    await new Promise((r) => setTimeout(r, 3000));
+    expect((await alice.getVm("web")).status?.phase).toBe(VmPhase.VM_PHASE_RUNNING);
+    expect(isAlive(recordOf(web.id)!.qemu!)).toBe(true);
 
     // Audited, without the key.
     const events = await cluster.client().listAuditEvents({ user: "alice" });
