@@ -97,6 +97,17 @@ describe("checkpoints and restore with real QEMU guests through coordinator and 
     const enc = await alice.checkpointVm("web", "snap2", { key });
     expect(enc).toMatchObject({ name: "snap2", vmName: "web", hostName: "host1", driver: "qemu", encrypted: true });
     await expect(alice.checkpointVm("web", "snap1")).rejects.toMatchObject({ code: "ALREADY_EXISTS" });
+    // Bad input: clear status, nothing recorded, no VM made.
+    await expect(alice.checkpointVm("web", "Bad Name")).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    await expect(alice.checkpointVm("web", "short-key", { key: randomBytes(5) })).rejects.toMatchObject({ code: "INVALID_ARGUMENT", message: expect.stringMatching(/32 bytes/) });
+    await expect(alice.restoreVm("web", "snap1", { as: "web" })).rejects.toMatchObject({ code: "ALREADY_EXISTS" });
+    await expect(alice.checkpointVm("nosuchvm", "x")).rejects.toMatchObject({ code: "NOT_FOUND" });
+    expect((await ctl(["checkpoint", "web", "x", "--encrypt"])).code).toBe(2);
+    writeFileSync(join(dir, "bad.key"), "not a key");
+    const badKey = await ctl(["checkpoint", "web", "x", "--encrypt", "--key-file", "./bad.key"]);
+    expect(badKey.code).toBe(2);
+    expect(badKey.out).toMatch(/32 bytes/);
+    expect((await alice.listVms()).map((v) => v.name).sort()).toEqual(["web"]);
     // The VM ran on through both.
     expect(await sh("web", `kill -0 ${pid} && cat /state.txt`)).toBe("one");
 
