@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { CommanderError, Command } from "commander";
 import { ExecRunner } from "./exec.js";
+import { CheckpointRunner } from "./checkpoint/runner.js";
 import { credentials } from "@grpc/grpc-js";
 import { createLogger } from "../common/logger.js";
 import { invalid } from "../common/errors.js";
@@ -184,12 +185,18 @@ export async function main(argv: string[]): Promise<void> {
   });
 
   // The loop reports through the session; the session feeds the loop. Tie the knot late.
+  let checkpoints: CheckpointRunner | undefined;
   const loop = new ReconcileLoop({
     drivers,
     logger: logger.child({ component: "reconcile" }),
-    onStatus: (r) => session?.report(r),
+    onStatus: (r) => {
+      // A destroyed VM's checkpoints go with it (their records go in the same etcd transaction as the VM's).
+      if (r.destroyed) checkpoints?.forget(r.vmId);
+      session?.report(r);
+    },
     observer: metrics.reconcile,
   });
+  checkpoints = new CheckpointRunner(config.stateDir, drivers, loop, logger.child({ component: "checkpoint" }));
   let identity: HostIdentity | undefined;
   let client: AgentServiceClient;
   if (config.insecure) {
@@ -240,6 +247,7 @@ export async function main(argv: string[]): Promise<void> {
     logger: logger.child({ component: "session" }),
     onState: (s) => logger.debug({ state: s }, "session state"),
     exec: new ExecRunner(async (vmId) => (await drivers.find(vmId))?.driver, logger.child({ component: "exec" })),
+    checkpoint: checkpoints,
   });
 
   const posture = new PostureReporter({

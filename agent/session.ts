@@ -19,6 +19,8 @@ import {
   type HostCondition,
   type MeshSnapshot,
   type SecurityEvent,
+  type AgentCheckpointCommand,
+  type AgentCheckpointResult,
   type VmStatusReport,
 } from "../gen/noid/v1/agent.js";
 import type { HostPosture } from "../gen/noid/v1/host.js";
@@ -59,6 +61,8 @@ export interface AgentSessionOptions {
     cancel(execId: string): void;
     input?(i: AgentExecInput): void;
   };
+  /** Saves and restores checkpoints (absent: they are refused). */
+  checkpoint?: { run(cmd: AgentCheckpointCommand, send: (r: AgentCheckpointResult) => void): void };
 }
 
 export class AgentSession {
@@ -258,6 +262,12 @@ export class AgentSession {
       case "mesh":
         if (this.id) this.opts.mesh?.setSnapshot(k.value, this.id);
         break;
+      case "checkpoint": {
+        const send = (r: AgentCheckpointResult) => this.write({ kind: { $case: "checkpointResult", value: r } });
+        if (this.opts.checkpoint) this.opts.checkpoint.run(k.value, send);
+        else send({ opId: k.value.opId, error: "this agent does not run checkpoints", errorCode: "FAILED_PRECONDITION", driver: "", sizeBytes: 0, sha256: "" });
+        break;
+      }
     }
   }
 

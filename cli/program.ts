@@ -11,6 +11,7 @@ import { registerNetworkCommands } from "./commands/network.js";
 import { registerTokenCommands } from "./commands/token.js";
 import { registerVmCommands } from "./commands/vm.js";
 import { registerExecCommand } from "./commands/exec.js";
+import { registerCheckpointCommands } from "./commands/checkpoint.js";
 import { registerUserCommands } from "./commands/user.js";
 import { registerSshKeyCommands } from "./commands/ssh-key.js";
 import { describeError } from "./errors.js";
@@ -48,6 +49,7 @@ Examples:
 
   registerVmCommands(program, app);
   registerExecCommand(program, app);
+  registerCheckpointCommands(program, app);
   registerHostCommands(program, app);
   registerNetworkCommands(program, app);
   registerAuthCommands(program, app);

@@ -248,7 +248,8 @@ static void do_exec(uint32_t id, struct cursor *c) {
   int32_t code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   send_result(id, timed_out ? -1 : code, timed_out);
   for (uint32_t i = 0; i < argc; i++) free(argv[i]);
-  for (uint32_t i = 0; i < envc; i++) free(env[i]);
+  /* Environment values may be secrets: wiped, not just freed (a checkpoint saves this memory). */
+  for (uint32_t i = 0; i < envc; i++) { explicit_bzero(env[i], strlen(env[i])); free(env[i]); }
   free(argv); free(env); free(cenv);
 }
 
@@ -292,5 +293,6 @@ int main(void) {
         send_result(id, 125, 0);
       }
     }
+    explicit_bzero(frame, len);
   }
 }

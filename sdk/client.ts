@@ -18,6 +18,7 @@ import type { EgressPolicy, Network, NetworkServiceClient } from "../gen/noid/v1
 import { VmSpec, type Vm, type VmServiceClient, type WatchVmsResponse, VmEventType } from "../gen/noid/v1/vm.js";
 import type { ExecResponse, ExecServiceClient } from "../gen/noid/v1/exec.js";
 import type { Event, EventServiceClient } from "../gen/noid/v1/event.js";
+import type { Checkpoint, CheckpointServiceClient } from "../gen/noid/v1/checkpoint.js";
 import { NoidApiError, toApiError, type CallKind } from "./errors.js";
 import { withRetry, type RetryDeps, type RetryPolicy } from "./retry.js";
 import { iterateStream } from "./watch.js";
@@ -38,6 +39,7 @@ export interface ServiceClients {
   exec: ExecServiceClient;
   user: UserServiceClient;
   event: EventServiceClient;
+  checkpoint: CheckpointServiceClient;
 }
 
 export interface EventFilterOpts {
@@ -144,6 +146,32 @@ export class NoidClient {
   async startVm(ref: VmRef, opts: OwnerOpt = {}): Promise<Vm> {
     const req = { ...vmRef(ref), owner: opts.owner ?? "" };
     return need(await this.#unary("StartVm", "mutation", this.#c.vm.startVm.bind(this.#c.vm), req), "vm", "StartVm");
+  }
+
+  // ---- Checkpoints ----
+  // Saving and restoring take as long as the VM's memory takes to write or load: these calls
+  // get a deadline of their own (default 10 minutes) and are never retried (not idempotent).
+
+  /** Saves a running VM's state as checkpoint `checkpoint`; `key` (32 bytes) encrypts it with AES-256-GCM. */
+  async checkpointVm(vm: string, checkpoint: string, opts: OwnerOpt & { key?: Uint8Array; deadlineMs?: number } = {}): Promise<Checkpoint> {
+    const req = { vm, name: checkpoint, owner: opts.owner ?? "", key: Buffer.from(opts.key ?? []) };
+    const res = await this.#unary("CreateCheckpoint", "mutation", this.#c.checkpoint.createCheckpoint.bind(this.#c.checkpoint), req, { retries: 0, deadlineMs: opts.deadlineMs ?? 600_000 });
+    return need(res, "checkpoint", "CreateCheckpoint");
+  }
+
+  async listCheckpoints(vm: string, opts: OwnerOpt = {}): Promise<Checkpoint[]> {
+    return (await this.#unary("ListCheckpoints", "read", this.#c.checkpoint.listCheckpoints.bind(this.#c.checkpoint), { vm, owner: opts.owner ?? "" })).checkpoints;
+  }
+
+  /** Restores `vm` to checkpoint `checkpoint` in place (`force` if it runs), or as a new VM named `as`. */
+  async restoreVm(
+    vm: string,
+    checkpoint: string,
+    opts: OwnerOpt & { key?: Uint8Array; as?: string; force?: boolean; deadlineMs?: number } = {},
+  ): Promise<Vm> {
+    const req = { vm, name: checkpoint, owner: opts.owner ?? "", key: Buffer.from(opts.key ?? []), asName: opts.as ?? "", force: opts.force ?? false };
+    const res = await this.#unary("RestoreCheckpoint", "mutation", this.#c.checkpoint.restoreCheckpoint.bind(this.#c.checkpoint), req, { retries: 0, deadlineMs: opts.deadlineMs ?? 600_000 });
+    return need(res, "vm", "RestoreCheckpoint");
   }
 
   async stopVm(ref: VmRef, opts: OwnerOpt = {}): Promise<Vm> {
@@ -485,11 +513,11 @@ export class NoidClient {
     return md;
   }
 
-  #unary<Req, Res>(what: string, kind: CallKind, method: UnaryMethod<Req, Res>, request: Req, override: { retries?: number } = {}): Promise<Res> {
+  #unary<Req, Res>(what: string, kind: CallKind, method: UnaryMethod<Req, Res>, request: Req, override: { retries?: number; deadlineMs?: number } = {}): Promise<Res> {
     const once = (): Promise<Res> =>
       new Promise<Res>((resolve, reject) => {
         // The deadline is per attempt: a retry after a timeout gets a fresh one.
-        const deadline = new Date(Date.now() + this.#s.deadlineMs);
+        const deadline = new Date(Date.now() + (override.deadlineMs ?? this.#s.deadlineMs));
         method(request, this.#metadata(), { deadline }, (err, res) => (err ? reject(err) : resolve(res)));
       });
     const policy = override.retries === undefined ? this.#s.policy : { ...this.#s.policy, retries: override.retries };

@@ -7,6 +7,7 @@ import { HostServiceClient } from "../gen/noid/v1/host.js";
 import { NetworkServiceClient } from "../gen/noid/v1/network.js";
 import { VmServiceClient } from "../gen/noid/v1/vm.js";
 import { ExecServiceClient } from "../gen/noid/v1/exec.js";
+import { CheckpointServiceClient } from "../gen/noid/v1/checkpoint.js";
 import { UserServiceClient } from "../gen/noid/v1/user.js";
 import { channelSpec, type TlsOptions } from "./channel.js";
 import { NoidClient } from "./client.js";
@@ -56,6 +57,7 @@ export function connect(opts: ConnectOptions): NoidClient {
       auth: new AuthServiceClient(spec.target, spec.credentials, shared),
       audit: new AuditServiceClient(spec.target, spec.credentials, shared),
       exec: new ExecServiceClient(spec.target, spec.credentials, shared),
+      checkpoint: new CheckpointServiceClient(spec.target, spec.credentials, shared),
       user: new UserServiceClient(spec.target, spec.credentials, shared),
       event: new EventServiceClient(spec.target, spec.credentials, shared),
     },

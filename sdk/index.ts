@@ -22,4 +22,5 @@ export { Network } from "../gen/noid/v1/network.js";
 export { Token, Role, CreateTokenResponse, RotateTokenResponse, WhoAmIResponse } from "../gen/noid/v1/auth.js";
 export { AuditEvent, VerifyAuditChainResponse } from "../gen/noid/v1/audit.js";
 export { Event } from "../gen/noid/v1/event.js";
+export { Checkpoint } from "../gen/noid/v1/checkpoint.js";
 export { User, SshKey, LoginResponse, EnrollTotpResponse } from "../gen/noid/v1/user.js";

@@ -105,6 +105,24 @@ export interface HypervisorDriver {
   execStream?(id: string, argv: string[], opts?: SpawnExecOptions): Promise<ExecProcess>;
   checkpoint?(id: string, name: string): Promise<void>;
   restore?(id: string, name: string): Promise<VmRuntime>;
+  /**
+   * Writes the VM's state into files under `dir` (memory and disk, taken together while the
+   * VM is paused); the VM runs on afterwards. The agent packs, encrypts and records them
+   * (agent/checkpoint). Requires capabilities().checkpoint.
+   */
+  saveState?(id: string, dir: string): Promise<StateFile[]>;
+  /**
+   * Replaces the VM's state with files saveState wrote (in `dir`) and runs it. `from` is the
+   * network identity the state was saved with: when it differs from the VM's own (a clone),
+   * the guest is given the VM's MAC and address. Requires capabilities().restore.
+   */
+  loadState?(id: string, dir: string, from: VmNetSpec): Promise<VmRuntime>;
+}
+
+/** One file of a saved VM state: a section name and where it is. */
+export interface StateFile {
+  name: string;
+  path: string;
 }
 
 /** The error an optional operation throws when the driver lacks the capability. */

@@ -136,6 +136,39 @@ export class ReconcileLoop {
     this.running.catch((e: unknown) => this.opts.logger.error({ err: e }, "reconcile pass failed"));
   }
 
+  /**
+   * Runs `fn` with the VM out of the reconciler's hands (checkpoint, restore), once whatever
+   * the reconciler is doing settled. With `until`, the VM stays out of its hands after `fn`
+   * until the coordinator's desired state for it is `until` (it sets it after hearing the
+   * result) or `holdMs` passed: a restored VM must not be stopped by a desired state that
+   * predates the restore.
+   */
+  async exclusive<T>(vmId: string, fn: () => Promise<T>, until?: DesiredVm["state"], holdMs = 30_000): Promise<T> {
+    for (;;) {
+      if (this.running) await this.running.catch(() => undefined);
+      else if (this.inflight.has(vmId)) await this.inflight.get(vmId)!.catch(() => undefined);
+      else break;
+    }
+    let release!: () => void;
+    this.inFlight(vmId, new Promise<void>((r) => (release = r)));
+    try {
+      const r = await fn();
+      if (until) {
+        const end = this.now() + holdMs;
+        void (async () => {
+          while (!this.stopped && this.now() < end && this.desired?.get(vmId)?.state !== until) await new Promise((w) => setTimeout(w, 100));
+          // The desired state the VM was given up on before the restore no longer holds.
+          this.givenUp.delete(vmId);
+          release();
+        })();
+      } else release();
+      return r;
+    } catch (e) {
+      release();
+      throw e;
+    }
+  }
+
   /** Resolves when no pass is running or queued and nothing is in flight (for tests and shutdown). */
   async idle(): Promise<void> {
     for (;;) {

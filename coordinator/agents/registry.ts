@@ -1,6 +1,6 @@
 // The agent sessions this coordinator holds, by host id, so that requests
 // that need a host (exec) can reach it through its session.
-import type { AgentExecCommand, AgentExecInput, AgentExecOutput } from "../../gen/noid/v1/agent.js";
+import type { AgentCheckpointCommand, AgentCheckpointResult, AgentExecCommand, AgentExecInput, AgentExecOutput } from "../../gen/noid/v1/agent.js";
 
 export interface ExecHandle {
   /** Stops the command (the client went away). */
@@ -12,6 +12,8 @@ export interface ExecHandle {
 export interface ExecChannel {
   /** Sends the command; `onOutput` receives everything the agent sends back for it. */
   exec(cmd: AgentExecCommand, onOutput: (o: AgentExecOutput) => void): ExecHandle;
+  /** Sends a checkpoint command; resolves with the agent's result (an error result when the session ends first). */
+  checkpoint(cmd: AgentCheckpointCommand): Promise<AgentCheckpointResult>;
 }
 
 export class SessionRegistry {

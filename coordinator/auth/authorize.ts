@@ -1,7 +1,7 @@
 // Who may do what: the Noid security model's role table, as one pure function.
 //
 // | Role      | Create | Destroy/Start/Stop | Exec/Checkpoint | List/Get          |
-// (exec: "vm.exec")
+// (exec: "vm.exec"; checkpoint: "vm.checkpoint", "vm.restore"; listing checkpoints is a read)
 // | admin     | yes    | any VM             | any VM          | all               |
 // | user      | yes    | own only           | own only        | own only          |
 // | read-only | no     | no                 | no              | yes (own only)    |
@@ -24,6 +24,9 @@ export type Action =
   | "vm.stop"
   | "vm.watch"
   | "vm.exec"
+  | "vm.checkpoint"
+  | "vm.checkpoint.list"
+  | "vm.restore"
   | "host.list"
   | "host.get"
   | "host.cordon"
@@ -68,6 +71,7 @@ const READS: ReadonlySet<Action> = new Set([
   "vm.get",
   "vm.list",
   "vm.watch",
+  "vm.checkpoint.list",
   "host.list",
   "host.get",
   "network.get",
@@ -91,6 +95,8 @@ const SELF_SERVICE: ReadonlySet<Action> = new Set([
 const USER_WRITES: ReadonlySet<Action> = new Set([
   "vm.create",
   "vm.exec",
+  "vm.checkpoint",
+  "vm.restore",
   "vm.destroy",
   "vm.start",
   "vm.stop",
@@ -154,6 +160,9 @@ export const METHOD_ACTIONS: Readonly<Record<string, Action | typeof ANONYMOUS>>
   "/noid.v1.VmService/StopVm": "vm.stop",
   "/noid.v1.VmService/WatchVms": "vm.watch",
   "/noid.v1.ExecService/Exec": "vm.exec",
+  "/noid.v1.CheckpointService/CreateCheckpoint": "vm.checkpoint",
+  "/noid.v1.CheckpointService/ListCheckpoints": "vm.checkpoint.list",
+  "/noid.v1.CheckpointService/RestoreCheckpoint": "vm.restore",
   "/noid.v1.HostService/ListHosts": "host.list",
   "/noid.v1.HostService/GetHost": "host.get",
   "/noid.v1.HostService/CordonHost": "host.cordon",

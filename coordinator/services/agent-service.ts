@@ -8,6 +8,8 @@ import { MeshSnapshot } from "../../gen/noid/v1/agent.js";
 import type {
   AgentExecCommand,
   AgentExecOutput,
+  AgentCheckpointCommand,
+  AgentCheckpointResult,
   AgentServiceServer,
   JoinHostRequest,
   JoinHostResponse,
@@ -248,6 +250,7 @@ export function agentService(d: AgentServiceDeps): AgentServiceServer {
 class AgentSession implements ExecChannel {
   private hostId = "";
   private readonly execs = new Map<string, (o: AgentExecOutput) => void>();
+  private readonly checkpoints = new Map<string, (r: AgentCheckpointResult) => void>();
   private unsubMesh?: () => void;
   private meshTimer?: NodeJS.Timeout;
   private lastMesh = "";
@@ -318,6 +321,16 @@ class AgentSession implements ExecChannel {
     if (this.hostId) void this.health.update(this.hostId, undefined).catch((err) => this.log.warn({ err }, "clearing host condition failed"));
     for (const [execId, f] of this.execs) f({ execId, output: undefined, error: "the host's agent disconnected" });
     this.execs.clear();
+    for (const [opId, f] of this.checkpoints) f(disconnected(opId));
+    this.checkpoints.clear();
+  }
+
+  checkpoint(cmd: AgentCheckpointCommand): Promise<AgentCheckpointResult> {
+    if (this.closed) return Promise.resolve(disconnected(cmd.opId));
+    return new Promise((resolve) => {
+      this.checkpoints.set(cmd.opId, resolve);
+      this.send({ kind: { $case: "checkpoint", value: cmd } });
+    });
   }
 
   exec(cmd: AgentExecCommand, onOutput: (o: AgentExecOutput) => void): ExecHandle {
@@ -363,6 +376,12 @@ class AgentSession implements ExecChannel {
       const o = k.value.output?.kind;
       if (k.value.error || o?.$case === "exit") this.execs.delete(k.value.execId);
       f(k.value);
+      return;
+    }
+    if (k.$case === "checkpointResult") {
+      const f = this.checkpoints.get(k.value.opId);
+      this.checkpoints.delete(k.value.opId);
+      f?.(k.value);
       return;
     }
     if (k.$case === "posture") {
@@ -475,3 +494,7 @@ class AgentSession implements ExecChannel {
   }
 }
 
+
+function disconnected(opId: string): AgentCheckpointResult {
+  return { opId, error: "the host's agent disconnected", errorCode: "UNAVAILABLE", driver: "", sizeBytes: 0, sha256: "" };
+}

@@ -30,6 +30,9 @@ export const keys = {
   /** HostCertRecord of a revoked certificate (kept until it would have expired). */
   revokedCert: (serial: string) => `revoked-certs/${serial}`,
   revokedCertsPrefix: "revoked-certs/",
+  /** CheckpointRecord of VM `vmId` named `name`; removed with the VM. */
+  checkpoint: (vmId: string, name: string) => `checkpoints/${vmId}/${name}`,
+  checkpointsOf: (vmId: string) => `checkpoints/${vmId}/`,
   audit: (sortable: string) => `audit/${sortable}`,
   auditPrefix: "audit/",
   /** Prefix of everything a node may be told about; used by tests to scan the keyspace. */

@@ -76,7 +76,14 @@ export class VmRepo {
    * neither counter moved since it was read. With a network port, the VM's
    * address and MAC are reserved in the same transaction.
    */
-  async create(owner: string, name: string, spec: VmSpec, limits: Limits, audit: { peer: string }): Promise<StoredVm> {
+  async create(
+    owner: string,
+    name: string,
+    spec: VmSpec,
+    limits: Limits,
+    audit: { peer: string },
+    opts: { desired?: VmDesiredState; detail?: string } = {},
+  ): Promise<StoredVm> {
     const ask = { vcpus: spec.vcpus, memoryMb: spec.memoryMb, diskGb: spec.diskGb };
     checkVmLimits(limits, ask);
     const nameKey = keys.vmName(owner, name);
@@ -105,7 +112,7 @@ export class VmRepo {
         name,
         owner,
         spec,
-        desiredState: VmDesiredState.VM_DESIRED_STATE_RUNNING,
+        desiredState: opts.desired ?? VmDesiredState.VM_DESIRED_STATE_RUNNING,
         createdAt: now,
         status: {
           phase: VmPhase.VM_PHASE_PENDING,
@@ -141,7 +148,7 @@ export class VmRepo {
             vm: name,
             host: "",
             success: true,
-            detail: `${spec.vcpus} vCPU, ${spec.memoryMb} MB${net ? `, ${net.status.ip} on network ${net.status.networkId}` : ""}`,
+            detail: `${spec.vcpus} vCPU, ${spec.memoryMb} MB${net ? `, ${net.status.ip} on network ${net.status.networkId}` : ""}${opts.detail ? `, ${opts.detail}` : ""}`,
             peer: audit.peer,
           }),
         ],
@@ -199,6 +206,7 @@ export class VmRepo {
     const ops: Op[] = [
       { type: "delete", key: keys.vm(vm.id) },
       { type: "delete", key: keys.vmName(vm.owner, vm.name) },
+      { type: "deletePrefix", prefix: keys.checkpointsOf(vm.id) },
       { type: "put", key: keys.quota(vm.owner), value: enc(QuotaRecord, addToQuota(quotaOf(userKv), ask, -1)) },
       { type: "put", key: keys.total, value: enc(QuotaRecord, addToQuota(quotaOf(totalKv), ask, -1)) },
     ];

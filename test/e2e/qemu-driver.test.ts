@@ -78,7 +78,7 @@ describe("qemu driver", () => {
 
   it("boots VMs with their own disks, runs commands through the guest agent, survives a driver restart and leaves nothing behind", async () => {
     const d1 = driver();
-    expect(d1.capabilities()).toMatchObject({ exec: true, checkpoint: false, resourceLimits: true });
+    expect(d1.capabilities()).toMatchObject({ exec: true, checkpoint: true, restore: true, resourceLimits: true });
 
     // Create: a TAP on the bridge and a copy-on-write overlay per VM.
     for (const s of [a, b]) expect((await d1.create(s)).state).toBe("stopped");

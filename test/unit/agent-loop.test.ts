@@ -288,4 +288,26 @@ describe("agent reconcile loop", () => {
     expect([...driver.vms.entries()].map(([id, v]) => `${id}:${v.state}`)).toEqual(["c:stopped"]);
     expect(loop.lastReports().map((r) => r.vmId)).toEqual(["c"]);
   });
+  it("exclusive(): the reconciler leaves a VM alone while it is restored, and until the desired state catches up", async () => {
+    const { driver, loop, phases } = setup();
+    loop.setDesired([want("a", "stopped")]);
+    await loop.idle();
+    expect(driver.calls).toEqual(["create a"]);
+    // A restore brings the stopped VM up behind the reconciler's back.
+    await loop.exclusive("a", async () => {
+      loop.kick();
+      await new Promise((r) => setTimeout(r, 20));
+      (driver.vms.get("a") as VmRuntime).state = "running";
+    }, "running");
+    // The desired state still says stopped: the reconciler must not stop the restored VM.
+    loop.kick();
+    await new Promise((r) => setTimeout(r, 250));
+    expect(driver.calls).toEqual(["create a"]);
+    // The coordinator catches up; the VM is reported running, never stopped.
+    loop.upsert(want("a", "running"));
+    await new Promise((r) => setTimeout(r, 250));
+    await loop.idle();
+    expect(driver.calls).toEqual(["create a"]);
+    expect(phases("a")).toEqual(["CREATING", "STOPPED", "RUNNING"]);
+  });
 });

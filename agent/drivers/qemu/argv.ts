@@ -64,3 +64,16 @@ export function chooseAccel(pref: "auto" | Accel, kvmWorks: boolean): Accel {
   if (pref !== "auto") return pref;
   return kvmWorks ? "kvm" : "tcg";
 }
+
+/** Single-quoted for /bin/sh (QEMU runs exec: migration URIs through `sh -c`). */
+const shQuote = (v: string): string => `'${v.replaceAll("'", "'\\''")}'`;
+
+/** QEMU 7.2 has no file: migration URI; exec: with cat writes and reads a plain file. */
+export function migrateUri(file: string): string {
+  return `exec:cat > ${shQuote(file)}`;
+}
+
+/** Arguments that make QEMU load a saved state from `file` instead of booting. */
+export function incomingArgv(file: string): string[] {
+  return ["-incoming", `exec:cat ${shQuote(file)}`];
+}

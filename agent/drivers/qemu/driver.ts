@@ -5,7 +5,8 @@
 //
 // The driver's "host" is the netns the agent runs in (or `netns` from the options, which lets
 // a test drive a namespace of its own): TAPs are made there and QEMU runs there.
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { NoidError, during, notFound, precondition } from "../../../common/errors.js";
 import {
@@ -18,8 +19,9 @@ import {
   run as defaultRun,
   spawnDetached,
 } from "../../../common/run.js";
-import type { Capabilities, ExecOptions, ExecResult, HypervisorDriver, VmCreateSpec, VmRuntime } from "../driver.js";
-import { type Accel, chooseAccel, kvmProbeArgv, overlayArgv, qemuArgv } from "./argv.js";
+import type { Capabilities, ExecOptions, ExecResult, HypervisorDriver, StateFile, VmCreateSpec, VmNetSpec, VmRuntime } from "../driver.js";
+import { type Accel, chooseAccel, incomingArgv, kvmProbeArgv, migrateUri, overlayArgv, qemuArgv } from "./argv.js";
+import { gatewayFor } from "./cmdline.js";
 import { exitReason, readTail } from "./failure.js";
 import { GuestChannel } from "./guest-channel.js";
 import { imageCandidates, overlaySize, parseImageInfo } from "./image.js";
@@ -49,6 +51,7 @@ export interface QemuOptions {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const randomHex = (n: number): string => randomBytes(n).toString("hex");
 
 export class QemuDriver implements HypervisorDriver {
   readonly name = "qemu";
@@ -67,7 +70,7 @@ export class QemuDriver implements HypervisorDriver {
 
   capabilities(): Capabilities {
     // -smp and -m are hard limits: the guest sees exactly that many vCPUs and that much RAM.
-    return { exec: true, checkpoint: false, restore: false, resourceLimits: true };
+    return { exec: true, checkpoint: true, restore: true, resourceLimits: true };
   }
 
   private get kernel(): string {
@@ -119,8 +122,13 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   async start(id: string): Promise<VmRuntime> {
+    return this.launch(id);
+  }
+
+  /** Starts QEMU; with `incoming`, it loads a saved state (the migration stream in that file) instead of booting. */
+  private async launch(id: string, incoming?: string): Promise<VmRuntime> {
     const rec = this.mustGet(id);
-    if (rec.qemu && this.isOurs(rec, rec.qemu)) return this.runtime(rec);
+    if (!incoming && rec.qemu && this.isOurs(rec, rec.qemu)) return this.runtime(rec);
     if (!existsSync(rec.paths.overlay)) throw precondition(`starting qemu VM ${id}: root disk ${rec.paths.overlay} is gone`);
     for (const f of [this.kernel, this.initrd]) {
       if (!existsSync(f)) throw precondition(`starting qemu VM ${id}: guest ${f} is missing (build it with deploy/guest/build.sh)`);
@@ -129,7 +137,10 @@ export class QemuDriver implements HypervisorDriver {
     // Stale sockets from an earlier run would make QEMU fail to listen.
     for (const s of [rec.paths.qmpSocket, rec.paths.agentSocket]) rmSync(s, { force: true });
     rmSync(rec.paths.qemuLog, { force: true });
-    const argv = qemuArgv(rec.spec, rec.paths, { kernel: this.kernel, initrd: this.initrd, accel, tap: rec.tap, ...(this.opts.qemuBinary ? { binary: this.opts.qemuBinary } : {}) });
+    const argv = [
+      ...qemuArgv(rec.spec, rec.paths, { kernel: this.kernel, initrd: this.initrd, accel, tap: rec.tap, ...(this.opts.qemuBinary ? { binary: this.opts.qemuBinary } : {}) }),
+      ...(incoming ? incomingArgv(incoming) : []),
+    ];
     const pid = await this.spawn(argv, { logFile: rec.paths.qemuLog, ...(this.opts.netns ? { netns: this.opts.netns } : {}) });
     const ref = processRef(pid);
     delete rec.failure;
@@ -137,6 +148,7 @@ export class QemuDriver implements HypervisorDriver {
     if (ref) rec.qemu = ref;
     this.records.put(rec);
     if (!ref) return this.fail(rec, `qemu process ${pid} exited at once: ${readTail(rec.paths.qemuLog, 1000).trim()}`);
+    if (incoming) await this.waitIncoming(rec, ref);
     await this.waitReady(rec, ref);
     return this.runtime(rec);
   }
@@ -161,6 +173,34 @@ export class QemuDriver implements HypervisorDriver {
     await killProcess(ref).catch(() => undefined);
     const tail = readTail(rec.paths.serialLog, 600).trim().split("\n").slice(-3).join(" | ");
     await this.fail(rec, `guest agent did not answer within ${timeoutMs} ms (console: ${tail})`, "DEADLINE_EXCEEDED");
+  }
+
+  /**
+   * A state saved while paused loads paused (QEMU keeps the source's run state): once the
+   * incoming migration completed, the VM is continued.
+   */
+  private async waitIncoming(rec: QemuRecord, ref: ProcessRef): Promise<void> {
+    const deadline = Date.now() + 10 * 60_000;
+    const qmp = rec.paths.qmpSocket;
+    while (Date.now() < deadline) {
+      if (!isAlive(ref)) await this.fail(rec, `loading the saved state: ${readTail(rec.paths.qemuLog, 1000).trim()}`);
+      try {
+        const st = await queryStatus(qmp, 2_000);
+        if (st.running) return;
+        const m = (await qmpCommand(qmp, "query-migrate", undefined, 2_000)) as { status?: string; "error-desc"?: string };
+        if (m.status === "failed") await this.fail(rec, `loading the saved state failed: ${m["error-desc"] ?? readTail(rec.paths.qemuLog, 1000).trim()}`);
+        if (m.status === "completed" && st.status === "paused") {
+          await qmpCommand(qmp, "cont", undefined, 2_000);
+          return;
+        }
+      } catch (e) {
+        if (e instanceof NoidError && e.message.startsWith("starting qemu VM")) throw e;
+        /* QMP not up yet */
+      }
+      await sleep(200);
+    }
+    await killProcess(ref).catch(() => undefined);
+    await this.fail(rec, "loading the saved state did not finish within 10 minutes", "DEADLINE_EXCEEDED");
   }
 
   private async fail(rec: QemuRecord, reason: string, code: "FAILED_PRECONDITION" | "DEADLINE_EXCEEDED" = "FAILED_PRECONDITION"): Promise<never> {
@@ -246,6 +286,93 @@ export class QemuDriver implements HypervisorDriver {
     const rec = this.mustGet(id);
     if (!rec.qemu || !this.isOurs(rec, rec.qemu)) throw precondition(`exec in qemu VM ${id}: the VM is not running`);
     return new GuestChannel(rec.paths.agentSocket).exec(argv, opts.env ?? {}, opts.timeoutMs);
+  }
+
+  /**
+   * The guest's request buffers are cleared first (see GuestChannel.scrub); then
+   * QMP stop, then the whole machine state (RAM, devices) migrated into `<dir>/memory`; at the
+   * end of a migration QEMU flushes and lets go of the disk, so the overlay copied now agrees
+   * with the memory. Then QMP cont: the VM runs on (unless it was paused before).
+   */
+  async saveState(id: string, dir: string): Promise<StateFile[]> {
+    const rec = this.mustGet(id);
+    if (!rec.qemu || !this.isOurs(rec, rec.qemu)) throw precondition(`checkpointing qemu VM ${id}: the VM is not running`);
+    const qmp = rec.paths.qmpSocket;
+    const memory = join(dir, "memory");
+    const disk = join(dir, "disk");
+    const wasPaused = !(await queryStatus(qmp)).running;
+    // Exec environments may hold secrets: none may linger in the guest memory saved here
+    // (the guest agent wipes its copies, the guest kernel zeroes freed memory: init_on_free).
+    if (!wasPaused) {
+      await new GuestChannel(rec.paths.agentSocket).scrub().catch((e: unknown) => {
+        throw during(`checkpointing qemu VM ${id}: clearing the guest's request buffers (exec secrets) failed; nothing saved`, e);
+      });
+    }
+    try {
+      if (!wasPaused) await qmpCommand(qmp, "stop");
+      await qmpCommand(qmp, "migrate", { uri: migrateUri(memory) });
+      await this.waitMigration(qmp, "saving");
+      copyFileSync(rec.paths.overlay, disk);
+    } catch (e) {
+      throw during(`checkpointing qemu VM ${id}`, e);
+    } finally {
+      if (!wasPaused) await qmpCommand(qmp, "cont").catch(() => undefined);
+    }
+    return [
+      { name: "memory", path: memory },
+      { name: "disk", path: disk },
+    ];
+  }
+
+  private async waitMigration(qmp: string, what: string, timeoutMs = 10 * 60_000): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    while (Date.now() < end) {
+      const m = (await qmpCommand(qmp, "query-migrate")) as { status?: string; "error-desc"?: string };
+      if (m.status === "completed") return;
+      if (m.status === "failed" || m.status === "cancelled") throw new NoidError("INTERNAL", `${what} the VM state: migration ${m.status}${m["error-desc"] ? `: ${m["error-desc"]}` : ""}`);
+      await sleep(100);
+    }
+    throw new NoidError("DEADLINE_EXCEEDED", `${what} the VM state took longer than ${timeoutMs} ms`);
+  }
+
+  /**
+   * Replaces the VM with a saved state: the running QEMU (if any) is killed, the saved disk
+   * becomes the overlay, and a new QEMU loads the memory with -incoming and runs on from where
+   * the state was taken. A VM whose MAC or address differs from the saved one (a clone) gets
+   * its own through the guest agent, and fresh bytes are mixed into the guest's entropy pool.
+   */
+  async loadState(id: string, dir: string, from: VmNetSpec): Promise<VmRuntime> {
+    const rec = this.mustGet(id);
+    for (const f of ["memory", "disk"]) if (!existsSync(join(dir, f))) throw precondition(`restoring qemu VM ${id}: the checkpoint has no ${f}`);
+    if (rec.qemu && this.isOurs(rec, rec.qemu)) await killProcess(rec.qemu);
+    delete rec.qemu;
+    this.records.put(rec);
+    const tmp = `${rec.paths.overlay}.restore`;
+    copyFileSync(join(dir, "disk"), tmp);
+    renameSync(tmp, rec.paths.overlay);
+    const vm = await this.launch(id, join(dir, "memory"));
+    const net = rec.spec.net;
+    const ch = new GuestChannel(rec.paths.agentSocket);
+    const script = [
+      // Fresh randomness: a clone must not share its source's future random numbers.
+      `head -c 64 /dev/urandom >/dev/null; echo ${randomHex(32)} > /dev/urandom`,
+      ...(from.mac.toLowerCase() !== net.mac.toLowerCase() || from.ip !== net.ip
+        ? [
+            "ip link set dev eth0 down",
+            `ip link set dev eth0 address ${net.mac}`,
+            "ip link set dev eth0 up",
+            "ip -4 addr flush dev eth0",
+            ...(net.ip ? [`ip addr add ${net.ip}/${net.prefixLen ?? 24} dev eth0`] : []),
+            ...(net.ip && gatewayFor(net.ip, net.prefixLen ?? 24) ? [`ip route replace default via ${gatewayFor(net.ip, net.prefixLen ?? 24)} dev eth0`] : []),
+          ]
+        : []),
+    ].join(" && ");
+    const r = await ch.exec(["sh", "-c", script], {}, 30_000);
+    if (r.exitCode !== 0) {
+      if (rec.qemu) await killProcess(rec.qemu).catch(() => undefined);
+      throw new NoidError("INTERNAL", `restoring qemu VM ${id}: giving the guest its network identity failed: ${r.stderr.trim()}`);
+    }
+    return vm;
   }
 
   /** Freezes the vCPUs (QMP stop); the VM keeps its memory and devices. */

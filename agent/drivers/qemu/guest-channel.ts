@@ -17,6 +17,19 @@ const HOST_GRACE_MS = 5_000;
 export class GuestChannel {
   constructor(private readonly socketPath: string) {}
 
+  /**
+   * Overwrites the guest kernel's virtio-serial receive buffers, which keep the bytes of
+   * earlier requests (an exec's environment: secrets) until reused: pings carrying zeros
+   * cycle through all of them (the ring has 128 pages; how QEMU chunks the stream into them
+   * varies, so 4 MiB in 4 pings, which takes well under a second). Run before a checkpoint.
+   */
+  async scrub(rounds = 4, bytes = 1 << 20, timeoutMs = 30_000): Promise<void> {
+    for (let i = 0; i < rounds; i++) {
+      const id = randomInt(1, 2 ** 31);
+      await this.request(encodeFrame("P", id, Buffer.alloc(bytes)), id, timeoutMs, (f) => f.type === "P");
+    }
+  }
+
   /** Resolves with the agent's version once it answers; rejects (UNAVAILABLE) otherwise. */
   async ping(timeoutMs = 2_000): Promise<string> {
     const id = randomInt(1, 2 ** 31);
