@@ -84,13 +84,24 @@ export const hostView: View<Host> = {
   ],
 };
 
+/** "nat", "none", or the lists: "allow 192.0.2.0/24; deny 192.0.2.9/32". */
+export function egressSummary(n: Network): string {
+  const e = n.egress;
+  if (!e) return "nat";
+  if (e.denyAll) return "none";
+  const parts = [...(e.allow.length ? [`allow ${e.allow.join(",")}`] : []), ...(e.deny.length ? [`deny ${e.deny.join(",")}`] : [])];
+  return parts.length ? parts.join("; ") : "nat";
+}
+
 export const networkView: View<Network> = {
   toJSON: (n) => Network.toJSON(n),
   columns: [
     { header: "NAME", value: (n) => n.name },
     { header: "CIDR", value: (n) => n.cidr },
     { header: "VNI", value: (n) => String(n.vni) },
+    { header: "EGRESS", value: (n) => egressSummary(n) },
     { header: "OWNER", value: (n) => n.owner },
+    { header: "MODE", value: (n) => n.mode || "wireguard", wide: true },
     { header: "ID", value: (n) => n.id, wide: true },
     { header: "AGE", value: (n, now) => age(n.createdAt, now), wide: true },
   ],

@@ -10,6 +10,7 @@ import { VmPhase, type Vm } from "../gen/noid/v1/vm.js";
 import type { Event } from "../gen/noid/v1/event.js";
 import type { Limits } from "./limits.js";
 import type { PlacementStats } from "./controllers/placement.js";
+import { EXHAUSTION_THRESHOLD, networkUsage } from "./networks/usage.js";
 import type { ClusterState } from "./state/cluster.js";
 import type { Change } from "./state/informer.js";
 import type { Compare, Op, Store, WatchOptions } from "./store/store.js";
@@ -141,6 +142,37 @@ export class CoordinatorMetrics {
       collect() {
         if (!self.sources) return;
         for (const [phase, n] of vmsByPhase(self.sources.cluster.vms.values().map((e) => e.value))) this.set({ phase }, n);
+      },
+    });
+    const usage = () => (self.sources ? networkUsage(self.sources.cluster.networks.values().map((e) => e.value), self.sources.cluster.vms.values().map((e) => e.value)) : []);
+    new Gauge({
+      name: "noid_network_addresses_used",
+      help: "Addresses of a tenant network held by VMs",
+      labelNames: ["network", "owner"],
+      registers,
+      collect() {
+        this.reset();
+        for (const u of usage()) this.set({ network: u.name, owner: u.owner }, u.used);
+      },
+    });
+    new Gauge({
+      name: "noid_network_addresses_total",
+      help: "Addresses of a tenant network that VMs can get",
+      labelNames: ["network", "owner"],
+      registers,
+      collect() {
+        this.reset();
+        for (const u of usage()) this.set({ network: u.name, owner: u.owner }, u.total);
+      },
+    });
+    new Gauge({
+      name: "noid_network_nearly_exhausted",
+      help: `1 when a tenant network has ${EXHAUSTION_THRESHOLD * 100}% or more of its addresses in use (alert before IPAM runs out)`,
+      labelNames: ["network", "owner"],
+      registers,
+      collect() {
+        this.reset();
+        for (const u of usage()) this.set({ network: u.name, owner: u.owner }, u.nearlyExhausted ? 1 : 0);
       },
     });
     new Gauge({
