@@ -411,12 +411,12 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
     let last = 0;
     return new Promise((resolve) => {
       for (const h of rest) {
-        h.onMesh = (raw, at) => {
-          if (!ok(raw)) return;
-          h.onMesh = undefined;
+        h.meshProbes.add((raw, at) => {
+          if (!ok(raw)) return false;
           last = Math.max(last, at);
           if (--left === 0) resolve(last);
-        };
+          return true;
+        });
       }
     });
   };
@@ -445,7 +445,8 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
   }
   // Leave: sessions end; the coordinator learns it when the host's lease
   // expires (alive/<id> deleted). Timed from that deletion, seen by our own watch.
-  const leaving = fleet.hosts.slice(1, 1 + s.meshEvents);
+  // Hosts that neither joined nor rotated above.
+  const leaving = fleet.hosts.slice(s.meshEvents, 2 * s.meshEvents);
   const deletedAt = new Map<string, number>();
   const w = await ctx.etcd.client.watch().prefix(`/noid/v1/${keys.alivePrefix}`).create();
   w.on("delete", (kv) => deletedAt.set(kv.key.toString().slice(`/noid/v1/${keys.alivePrefix}`.length), performance.now()));
@@ -458,12 +459,18 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
     });
     const closedAt = performance.now();
     leaving.forEach((h) => h.close());
-    const ends = await Promise.all(waits.map((p) => timeout(p, "leave")));
+    const ends2 = await Promise.race([
+      Promise.all(waits),
+      sleep(45_000).then(() => {
+        const pending = fleet.hosts.filter((h) => h.meshProbes.size > 0 && !gone.has(h)).length;
+        throw new Error(`bench: mesh did not converge on leaves within 45 s (lease expiries seen: ${deletedAt.size}/${leaving.length}; hosts still waiting: ${pending})`);
+      }),
+    ]);
     const detect: number[] = [];
     leaving.forEach((h, i) => {
       const d = deletedAt.get(h.hostId);
       if (d === undefined) throw new Error(`bench: never saw host ${h.hostId}'s lease expire`);
-      samples.leave.push(ends[i]! - d);
+      samples.leave.push(ends2[i]! - d);
       detect.push(d - closedAt);
     });
     ctx.log(`mesh: lease expiry took ${percentile(detect, 50).toFixed(0)} ms after the session ended (the lease TTL)`);

@@ -44,8 +44,8 @@ export class SimHost {
   hostId = "";
   key = wgKey();
   meshSnapshots = 0;
-  /** Set by a convergence probe: called with each mesh snapshot's bytes. */
-  onMesh?: (raw: Buffer, at: number) => void;
+  /** Convergence probes: called with each mesh snapshot's bytes; a probe that returns true is removed. */
+  readonly meshProbes = new Set<(raw: Buffer, at: number) => boolean>();
   private stream?: grpc.ClientDuplexStream<SessionRequest, Incoming>;
   private beat?: NodeJS.Timeout;
   private seq = 0;
@@ -111,7 +111,8 @@ export class SimHost {
       stream.on("data", (m: Incoming) => {
         if ("mesh" in m) {
           this.meshSnapshots++;
-          this.onMesh?.(m.mesh, performance.now());
+          const at = performance.now();
+          for (const p of this.meshProbes) if (p(m.mesh, at)) this.meshProbes.delete(p);
           return;
         }
         const k = m.msg.kind;

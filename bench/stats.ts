@@ -28,7 +28,12 @@ export function figure(f: Omit<Figure, "ratio" | "met" | "target"> & { target: n
   const x = f.targetOn === "ratio" ? ratio : f.value;
   const target = Number.isFinite(f.target) ? f.target : null;
   const met = target === null ? null : Number.isFinite(x) && (f.direction === "min" ? x >= target : x <= target);
-  return { ...f, ratio: round(ratio, 3), value: round(f.value, 3), limit: round(f.limit, 3), target, met };
+  return { ...f, ratio: sig(ratio), value: sig(f.value), limit: sig(f.limit), target, met };
+}
+
+/** Six significant digits (keeps small limits, e.g. MiB of a tiny state, meaningful). */
+export function sig(x: number): number {
+  return Number.isFinite(x) ? Number(x.toPrecision(6)) : x;
 }
 
 export function round(x: number, digits: number): number {
