@@ -158,6 +158,10 @@ export async function startBenchCoordinator(o: CoordinatorOptions): Promise<Benc
     inline: false,
     stats: () => ask<CoordStats>("stats"),
     async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) {
+        rmSync(stateDir, { recursive: true, force: true });
+        return;
+      }
       const exited = new Promise((res) => child.once("exit", res));
       await Promise.race([ask("stop"), new Promise((res) => setTimeout(res, 10_000))]);
       if (child.exitCode === null) child.kill("SIGKILL");

@@ -343,9 +343,8 @@ async function bytesPerVm(client: Etcd3): Promise<number> {
 
 /** Figure 6 (gRPC API): GetVm with auth and validation vs the bare health check, same server. */
 async function grpcUnary(ctx: Ctx, s: BenchSizes): Promise<Figure[]> {
-  const c = ctx.tenants[0]!;
-  const vm = (await c.listVms())[0];
-  if (!vm) throw new Error("bench: no VM for the API figure");
+  const c = (await ctx.tenantsFor(1))[0]!;
+  const vm = (await c.listVms())[0] ?? (await c.createVm("grpc-probe", SPEC).catch(() => c.getVm("grpc-probe")));
   const run = async (call: () => Promise<unknown>) => {
     const lat: number[] = [];
     const end = performance.now() + s.measureSeconds * 1000;
