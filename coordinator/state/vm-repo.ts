@@ -84,6 +84,25 @@ export class VmRepo {
     audit: { peer: string },
     opts: { desired?: VmDesiredState; detail?: string } = {},
   ): Promise<StoredVm> {
+    // Every create compares the cluster-wide counter: with N creates in flight, N-1
+    // of each round lose and read everything again (measured: 1.6 creates/s at 200
+    // in flight, bench/). Within this coordinator they queue instead; the
+    // transaction still guards against any other writer.
+    const run = this.createLane.then(() => this.createNow(owner, name, spec, limits, audit, opts));
+    this.createLane = run.catch(() => undefined);
+    return run;
+  }
+
+  private createLane: Promise<unknown> = Promise.resolve();
+
+  private async createNow(
+    owner: string,
+    name: string,
+    spec: VmSpec,
+    limits: Limits,
+    audit: { peer: string },
+    opts: { desired?: VmDesiredState; detail?: string },
+  ): Promise<StoredVm> {
     const ask = { vcpus: spec.vcpus, memoryMb: spec.memoryMb, diskGb: spec.diskGb };
     checkVmLimits(limits, ask);
     const nameKey = keys.vmName(owner, name);

@@ -1,0 +1,172 @@
+// Starts what the bench measures: a real etcd of its own (auto-compaction on)
+// and a real coordinator on it, either as a child process (the bench) or in
+// this process (the harness test, which runs from TypeScript sources).
+import { fork } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Etcd3 } from "etcd3";
+import { silentLogger } from "../common/logger.js";
+import { resolveConfig } from "../coordinator/config.js";
+import { startEmbeddedEtcd, type EmbeddedEtcd } from "../coordinator/etcd/embedded.js";
+import type { PlacementStats } from "../coordinator/controllers/placement.js";
+
+export interface BenchEtcd {
+  endpoints: string[];
+  client: Etcd3;
+  etcd: EmbeddedEtcd;
+  /** Current revision: it grows by one per write transaction. */
+  revision(): Promise<number>;
+  /** Counters from etcd's Prometheus endpoint (e.g. etcd_mvcc_put_total). */
+  metrics(): Promise<Record<string, number>>;
+  stop(): Promise<void>;
+}
+
+export async function startBenchEtcd(opts: { fsync: boolean }): Promise<BenchEtcd> {
+  const dir = mkdtempSync(join(tmpdir(), "noid-bench-etcd-"));
+  let etcd: EmbeddedEtcd;
+  try {
+    etcd = await startEmbeddedEtcd({ dataDir: dir, autoCompactionRetention: "1m", unsafeNoFsync: !opts.fsync, quotaBackendBytes: 8 * 1024 ** 3 });
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+  const client = new Etcd3({ hosts: etcd.endpoints });
+  return {
+    endpoints: etcd.endpoints,
+    client,
+    etcd,
+    async revision() {
+      const r = await client.get("/noid-bench-none").exec();
+      return Number(r.header.revision);
+    },
+    async metrics() {
+      const text = await (await fetch(`${etcd.endpoints[0]}/metrics`)).text();
+      const out: Record<string, number> = {};
+      for (const line of text.split("\n")) {
+        const m = /^([a-z_]+)(?:\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
+        if (m) out[m[1]!] = (out[m[1]!] ?? 0) + Number(m[2]);
+      }
+      return out;
+    },
+    async stop() {
+      client.close();
+      try {
+        await etcd.stop();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  };
+}
+
+export interface CoordStats {
+  rss: number;
+  heapUsed: number;
+  placement: PlacementStats;
+  cpu: { user: number; system: number };
+}
+
+export interface BenchCoordinator {
+  address: string;
+  adminToken: string;
+  /** Coordinator process id (this process when inline). */
+  pid: number;
+  inline: boolean;
+  /** Memory (after a GC when possible) and placement counters. */
+  stats(): Promise<CoordStats>;
+  stop(): Promise<void>;
+}
+
+export interface CoordinatorOptions {
+  endpoints: string[];
+  prefix?: string;
+  inline?: boolean;
+  /** Extra node flags for the child (e.g. --cpu-prof). */
+  execArgv?: string[];
+}
+
+function benchConfig(endpoints: string[], stateDir: string, prefix: string): Record<string, unknown> {
+  return {
+    server: { listen: "127.0.0.1:0", insecure: true },
+    state_dir: stateDir,
+    etcd: { endpoints, prefix },
+    logging: { level: "silent" },
+    // The bench creates many VMs for a few tenants; the default limits are for small clusters.
+    limits: { max_vms_per_user: 1_000_000, max_total_vms: 10_000_000 },
+    auth: { max_failures_per_minute: 10_000 },
+  };
+}
+
+export async function startBenchCoordinator(o: CoordinatorOptions): Promise<BenchCoordinator> {
+  const stateDir = mkdtempSync(join(tmpdir(), "noid-bench-coord-"));
+  const cfg = benchConfig(o.endpoints, stateDir, o.prefix ?? "/noid/v1/");
+  if (o.inline) {
+    const { startCoordinator } = await import("../coordinator/server.js");
+    const handle = await startCoordinator({ config: resolveConfig(cfg), logger: silentLogger() });
+    return {
+      address: handle.address,
+      adminToken: readFileSync(handle.adminTokenFile, "utf8").trim(),
+      pid: process.pid,
+      inline: true,
+      async stats() {
+        const mem = process.memoryUsage();
+        return { rss: mem.rss, heapUsed: mem.heapUsed, placement: { ...(handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }) }, cpu: process.cpuUsage() };
+      },
+      async stop() {
+        await handle.stop();
+        rmSync(stateDir, { recursive: true, force: true });
+      },
+    };
+  }
+  const here = dirname(fileURLToPath(import.meta.url));
+  const child = fork(join(here, "coordinator-proc.js"), [], {
+    env: { ...process.env, NOID_BENCH_CONFIG: JSON.stringify(cfg) },
+    execArgv: ["--expose-gc", ...(o.execArgv ?? [])],
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+  });
+  let seq = 0;
+  const waiting = new Map<number, (m: unknown) => void>();
+  const ready = new Promise<{ address: string; adminToken: string }>((resolve, reject) => {
+    child.on("message", (m: { id?: number; type?: string; address?: string; adminToken?: string }) => {
+      if (m.type === "ready") resolve({ address: m.address!, adminToken: m.adminToken! });
+      else if (m.id !== undefined) {
+        waiting.get(m.id)?.(m);
+        waiting.delete(m.id);
+      }
+    });
+    child.once("exit", (code) => reject(new Error(`bench coordinator exited (code ${code}) before it was ready`)));
+  });
+  const ask = <T>(type: string): Promise<T> =>
+    new Promise((resolve) => {
+      const id = ++seq;
+      waiting.set(id, resolve as (m: unknown) => void);
+      child.send({ id, type });
+    });
+  let r: { address: string; adminToken: string };
+  try {
+    r = await ready;
+  } catch (e) {
+    child.kill("SIGKILL");
+    rmSync(stateDir, { recursive: true, force: true });
+    throw e;
+  }
+  return {
+    ...r,
+    pid: child.pid!,
+    inline: false,
+    stats: () => ask<CoordStats>("stats"),
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) {
+        rmSync(stateDir, { recursive: true, force: true });
+        return;
+      }
+      const exited = new Promise((res) => child.once("exit", res));
+      await Promise.race([ask("stop"), new Promise((res) => setTimeout(res, 10_000))]);
+      if (child.exitCode === null) child.kill("SIGKILL");
+      await exited;
+      rmSync(stateDir, { recursive: true, force: true });
+    },
+  };
+}

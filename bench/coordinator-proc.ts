@@ -1,0 +1,35 @@
+// The coordinator under test as its own process (the bench's load and
+// simulated hosts run in the parent, so both get a core). Started by
+// bench/cluster.ts with the config in NOID_BENCH_CONFIG; talks over IPC.
+import { readFileSync } from "node:fs";
+import { silentLogger } from "../common/logger.js";
+import { resolveConfig } from "../coordinator/config.js";
+import { startCoordinator } from "../coordinator/server.js";
+
+type Request = { id: number; type: "stats" | "stop" };
+
+async function main(): Promise<void> {
+  const config = resolveConfig(JSON.parse(process.env.NOID_BENCH_CONFIG ?? "{}") as Record<string, unknown>);
+  const handle = await startCoordinator({ config, logger: silentLogger() });
+  const adminToken = readFileSync(handle.adminTokenFile, "utf8").trim();
+  process.on("message", (m: Request) => {
+    void (async () => {
+      if (m.type === "stats") {
+        (globalThis as { gc?: () => void }).gc?.();
+        const mem = process.memoryUsage();
+        process.send!({ id: m.id, rss: mem.rss, heapUsed: mem.heapUsed, placement: handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }, cpu: process.cpuUsage() });
+      } else if (m.type === "stop") {
+        await handle.stop();
+        process.send!({ id: m.id }, () => process.exit(0));
+      }
+    })();
+  });
+  // The bench died: do not outlive it.
+  process.on("disconnect", () => process.exit(1));
+  process.send!({ type: "ready", address: handle.address, adminToken });
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench coordinator: ${String((err as Error)?.stack ?? err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,579 @@
+// The benchmark: one etcd, one coordinator, a fleet of simulated hosts, and
+// the figures of issue 9, each next to the limit it is measured against in
+// the same run. Sizes come from the caller (main.ts: --quick or full; the
+// harness test: tiny).
+import { Buffer } from "node:buffer";
+import { Etcd3 } from "etcd3";
+import { Role } from "../gen/noid/v1/auth.js";
+import { Host, HostState } from "../gen/noid/v1/host.js";
+import { Vm, VmPhase } from "../gen/noid/v1/vm.js";
+import { keys } from "../coordinator/state/keys.js";
+import { connect, isNoidApiError, type NoidClient } from "../sdk/index.js";
+import * as grpc from "@grpc/grpc-js";
+import { startBenchCoordinator, startBenchEtcd, type BenchCoordinator, type BenchEtcd } from "./cluster.js";
+import { placementShapedTxns, sampleAlloc, sampleVm, watchDelivery } from "./raw-etcd.js";
+import { SimFleet, wgKey, type SimHost } from "./sim-agents.js";
+import { figure, percentile, pool, sleep, sustainedRate, until, type Figure } from "./stats.js";
+
+export interface BenchSizes {
+  /** Simulated hosts of the main cluster (placement, latency, API). */
+  hosts: number;
+  /** VMs placed in the throughput figure. */
+  placementVms: number;
+  /** Creates/s and seconds of the latency figure. */
+  createRate: number;
+  createSeconds: number;
+  /** Hosts of the mesh-convergence figure (all connected). */
+  meshHosts: number;
+  /** Events of each kind (join, leave, rotate). */
+  meshEvents: number;
+  /** Hosts and VMs written for the memory figure. */
+  rssHosts: number;
+  rssVms: number;
+  /** Seconds of each throughput measurement (raw etcd, gRPC). */
+  measureSeconds: number;
+  grpcInFlight: number;
+}
+
+// Sizes are bounded by what the coordinator does today: creates go through a
+// cluster-wide counter (see BENCHMARKS.md), so a backlog takes long to build.
+export const QUICK: BenchSizes = {
+  hosts: 50,
+  placementVms: 300,
+  createRate: 200,
+  createSeconds: 0.5,
+  meshHosts: 100,
+  meshEvents: 3,
+  rssHosts: 1000,
+  rssVms: 10_000,
+  measureSeconds: 2,
+  grpcInFlight: 100,
+};
+
+export const FULL: BenchSizes = {
+  hosts: 1000,
+  placementVms: 2000,
+  createRate: 200,
+  createSeconds: 5,
+  meshHosts: 1000,
+  meshEvents: 5,
+  rssHosts: 10_000,
+  rssVms: 100_000,
+  measureSeconds: 5,
+  grpcInFlight: 100,
+};
+
+export interface BenchOptions {
+  sizes: BenchSizes;
+  /** Coordinator in this process (the harness test) instead of a child. */
+  inline?: boolean;
+  fsync?: boolean;
+  coordinatorExecArgv?: string[];
+  /** Figures to run (default all). */
+  only?: string[];
+  log?: (line: string) => void;
+}
+
+/** VMs per tenant: each tenant's default network is a /24. */
+const VMS_PER_TENANT = 200;
+const SPEC = { vcpus: 1, memoryMb: 128, diskGb: 1 };
+
+class Ctx {
+  tenants: NoidClient[] = [];
+  /** Calls the SDK retried (UNAVAILABLE: contention in the coordinator). */
+  apiRetries = 0;
+  private clients: NoidClient[] = [];
+  admin: NoidClient;
+  constructor(
+    readonly etcd: BenchEtcd,
+    readonly coord: BenchCoordinator,
+    readonly fleet: SimFleet,
+    readonly log: (s: string) => void,
+  ) {
+    this.admin = this.client(coord.adminToken);
+  }
+  client(token: string): NoidClient {
+    // Retries as a user's SDK would: the API answers UNAVAILABLE when its transactions contend.
+    const c = connect({
+      address: this.coord.address,
+      token,
+      insecure: true,
+      retries: 8,
+      deadlineMs: 60_000,
+      backoff: { baseDelayMs: 20, maxDelayMs: 1000, onRetry: () => void this.apiRetries++ },
+    });
+    this.clients.push(c);
+    return c;
+  }
+  /** Enough tenants (each with its own default network) for `vms` VMs. */
+  async tenantsFor(vms: number): Promise<NoidClient[]> {
+    const need = Math.max(1, Math.ceil(vms / VMS_PER_TENANT));
+    while (this.tenants.length < need) {
+      const i = this.tenants.length;
+      const t = await this.admin.createToken({ name: `bench-t${i}`, role: Role.ROLE_USER, user: `tenant${i}` });
+      this.tenants.push(this.client(t.secret));
+    }
+    return this.tenants.slice(0, need);
+  }
+  close(): void {
+    this.clients.forEach((c) => c.close());
+  }
+}
+
+export async function runBench(o: BenchOptions): Promise<Figure[]> {
+  const s = o.sizes;
+  const log = o.log ?? (() => undefined);
+  const want = (name: string) => !o.only || o.only.includes(name);
+  const figs: Figure[] = [];
+  const etcd = await startBenchEtcd({ fsync: o.fsync ?? false });
+  const watchClient = new Etcd3({ hosts: etcd.endpoints });
+  let coord: BenchCoordinator | undefined;
+  let fleet: SimFleet | undefined;
+  let ctx: Ctx | undefined;
+  try {
+    log(`etcd at ${etcd.endpoints[0]} (fsync ${o.fsync ? "on" : "off"})`);
+    // Limits first, on an idle etcd.
+    const serial = await placementShapedTxns(etcd.client, "/rawbench/s/", s.measureSeconds * 1000, 1);
+    const raw = await placementShapedTxns(etcd.client, "/rawbench/c/", s.measureSeconds * 1000, 64);
+    const watch = await watchDelivery(etcd.client, watchClient, "/rawbench/w/", 50);
+    log(`raw etcd: ${raw.txnPerSec.toFixed(0)} placement-shaped txn/s at 64 in flight, ${serial.txnPerSec.toFixed(0)}/s serial (p99 ${serial.p99Ms.toFixed(1)} ms); watch p99 ${watch.p99Ms.toFixed(1)} ms`);
+
+    coord = await startBenchCoordinator({ endpoints: etcd.endpoints, inline: o.inline, execArgv: o.coordinatorExecArgv });
+    fleet = new SimFleet({ address: coord.address, token: coord.adminToken, prefix: "sim" });
+    ctx = new Ctx(etcd, coord, fleet, log);
+    let t = performance.now();
+    const hosts = await fleet.registerNew(s.hosts);
+    log(`${s.hosts} simulated hosts registered in ${((performance.now() - t) / 1000).toFixed(1)} s (${fleet.registerRetries} registrations turned away as contended, retried)`);
+    // Figure 1 creates its backlog while no host is alive, then opens the sessions.
+    if (want("placement_throughput")) figs.push(...(await placementThroughput(ctx, s, raw.txnPerSec, serial.txnPerSec)));
+    else await fleet.connectAll(hosts);
+    if (want("create_latency")) figs.push(...(await createLatency(ctx, s, serial.p99Ms)));
+    if (want("grpc_unary_qps")) figs.push(...(await grpcUnary(ctx, s)));
+    if (want("mesh_convergence")) {
+      t = performance.now();
+      if (s.meshHosts > fleet.hosts.length) await fleet.grow(s.meshHosts - fleet.hosts.length);
+      log(`mesh: ${fleet.hosts.length} hosts in session (${((performance.now() - t) / 1000).toFixed(1)} s to add)`);
+      figs.push(...(await meshConvergence(ctx, s, watch.p99Ms)));
+    }
+    fleet.close();
+    fleet = undefined;
+    await coord.stop();
+    coord = undefined;
+    if (want("coordinator_rss")) figs.push(...(await coordinatorRss(etcd, s, o, log)));
+    return figs;
+  } finally {
+    ctx?.close();
+    fleet?.close();
+    await coord?.stop().catch(() => undefined);
+    watchClient.close();
+    await etcd.stop();
+  }
+}
+
+async function createOne(c: NoidClient, name: string, acceptExhausted: boolean): Promise<void> {
+  try {
+    await c.createVm(name, SPEC);
+  } catch (e) {
+    // With every host cordoned the API says so, and keeps the VM pending.
+    if (!(acceptExhausted && isNoidApiError(e) && e.code === "RESOURCE_EXHAUSTED")) throw e;
+  }
+}
+
+/** Figure 1: a backlog created through the API, placed when the hosts open. */
+async function placementThroughput(ctx: Ctx, s: BenchSizes, rawTxnPerSec: number, serialTxnPerSec: number): Promise<Figure[]> {
+  const { fleet } = ctx;
+  const n = s.placementVms;
+  const tenants = await ctx.tenantsFor(n);
+  const names = Array.from({ length: n }, (_, i) => `p-${i}`);
+  const t = performance.now();
+  const retries0 = ctx.apiRetries;
+  let made = 0;
+  const progress = setInterval(() => ctx.log(`placement: ${made}/${n} created`), 10_000);
+  await pool(n, 8, async (i) => {
+    await createOne(tenants[i % tenants.length]!, names[i]!, true);
+    made++;
+  }).finally(() => clearInterval(progress));
+  const createSecs = (performance.now() - t) / 1000;
+  const createRetries = ctx.apiRetries - retries0;
+  ctx.log(`placement: ${n} VMs created through the API in ${createSecs.toFixed(1)} s (${(n / createSecs).toFixed(0)}/s, 8 in flight, ${createRetries} retried on contention), no host alive yet`);
+  const before = await ctx.coord.stats();
+  const t0 = performance.now();
+  await fleet.connectAll(fleet.hosts);
+  ctx.log(`placement: ${fleet.hosts.length} sessions open after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  await until(() => names.every((x) => fleet.times.assigned.has(x)), 300_000, "every VM assigned");
+  const t1 = performance.now();
+  const after = await ctx.coord.stats();
+  const done = names.map((x) => fleet.times.assigned.get(x)!);
+  const sustained = sustainedRate(done);
+  const overall = n / ((t1 - t0) / 1000);
+  const conflicts = after.placement.conflicts - before.placement.conflicts;
+  ctx.log(`placement: ${overall.toFixed(0)}/s from uncordon to last assignment, ${sustained.toFixed(0)}/s sustained; ${conflicts} lost races`);
+  return [
+    figure({
+      name: "placement_throughput",
+      value: sustained,
+      unit: "placements/s",
+      limit: rawTxnPerSec,
+      limitOf: `raw etcd placement-shaped txn/s at 64 in flight, same etcd, same run (serial: ${serialTxnPerSec.toFixed(0)}/s)`,
+      target: 0.5,
+      targetOn: "ratio",
+      direction: "min",
+      notes: `backlog of ${n} VMs created while no host was alive, then ${fleet.hosts.length} simulated hosts opened their sessions; middle 80% of assignments; ${overall.toFixed(0)}/s uncordon-to-last; API creates ${(n / createSecs).toFixed(0)}/s at 8 in flight (${createRetries} retried on contention); anchors: kube-scheduler 680-810 pods/s, Nomad 1500/s`,
+    }),
+    figure({
+      name: "placement_throughput_absolute",
+      value: sustained,
+      unit: "placements/s",
+      limit: 2000,
+      limitOf: "the absolute target 2000/s (kube-scheduler 680-810 pods/s, Nomad 1500/s)",
+      target: 2000,
+      targetOn: "value",
+      direction: "min",
+    }),
+  ];
+}
+
+/** Figure 2 (and 4's writes per change): creates at a fixed rate, open loop. */
+async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number): Promise<Figure[]> {
+  const { fleet } = ctx;
+  const n = Math.round(s.createRate * s.createSeconds);
+  const tenants = await ctx.tenantsFor(s.placementVms + n);
+  const base = Math.ceil(s.placementVms / VMS_PER_TENANT);
+  // Fresh tenants, so the quota and network records are not shared with figure 1's VMs.
+  const mine = tenants.slice(base).length > 0 ? tenants.slice(base) : tenants;
+  const names = Array.from({ length: n }, (_, i) => `l-${i}`);
+  const sched: number[] = [];
+  const errors: string[] = [];
+  const rev0 = await ctx.etcd.revision();
+  const m0 = await ctx.etcd.metrics();
+  const t0 = performance.now() + 20;
+  const calls: Promise<void>[] = [];
+  for (let i = 0; i < n; i++) {
+    const at = t0 + (i * 1000) / s.createRate;
+    const wait = at - performance.now();
+    if (wait > 1) await sleep(wait);
+    sched.push(at);
+    calls.push(
+      createOne(mine[i % mine.length]!, names[i]!, false).catch((e: Error) => {
+        errors.push(e.message);
+        throw e;
+      }),
+    );
+  }
+  const failed = new Set<string>();
+  calls.forEach((p, i) => void p.catch(() => failed.add(names[i]!)));
+  await Promise.all(calls);
+  const ok = names.filter((x) => !failed.has(x));
+  if (ok.length === 0) throw new Error(`bench: every create failed, first: ${errors[0]}`);
+  await until(() => ok.every((x) => fleet.times.running.has(x)), 300_000, "every VM RUNNING");
+  await sleep(300); // let the last writes land before counting them
+  const rev1 = await ctx.etcd.revision();
+  const m1 = await ctx.etcd.metrics();
+  const idx = new Map(names.map((x, i) => [x, i]));
+  const assigned = ok.map((x) => fleet.times.assigned.get(x)! - sched[idx.get(x)!]!);
+  const running = ok.map((x) => fleet.times.running.get(x)! - sched[idx.get(x)!]!);
+  const writes = rev1 - rev0;
+  const changes = 3 * ok.length; // created, assigned, RUNNING
+  const puts = (m1.etcd_mvcc_put_total ?? 0) - (m0.etcd_mvcc_put_total ?? 0);
+  ctx.log(
+    `latency: ${n} creates (${errors.length} failed) at ${s.createRate}/s: assigned p50 ${percentile(assigned, 50).toFixed(1)} p99 ${percentile(assigned, 99).toFixed(1)} ms; RUNNING p50 ${percentile(running, 50).toFixed(1)} p99 ${percentile(running, 99).toFixed(1)} ms; ${writes} etcd write txns, ${puts} keys put`,
+  );
+  const sizes = await ctx.etcd.client.getAll().prefix("/noid/v1/vms/").buffers();
+  const vmBytes = Object.values(sizes).reduce((a, b) => a + b.length, 0) / Math.max(1, Object.keys(sizes).length);
+  const perVmKeys = await bytesPerVm(ctx.etcd.client);
+  return [
+    figure({
+      name: "create_to_assigned_p99_ms",
+      value: percentile(assigned, 99),
+      unit: "ms",
+      limit: 2 * rawTxnP99Ms,
+      limitOf: `two sequential raw etcd txns (create, place) at their p99 ${rawTxnP99Ms.toFixed(1)} ms, same run`,
+      target: 50,
+      targetOn: "value",
+      direction: "max",
+      notes: `p50 ${percentile(assigned, 50).toFixed(1)} ms; ${n} creates at ${s.createRate}/s open loop, timed from the scheduled send; ${errors.length} failed (${errors[0] ?? "none"})`,
+    }),
+    figure({
+      name: "create_to_running_p99_ms",
+      value: percentile(running, 99),
+      unit: "ms",
+      limit: 3 * rawTxnP99Ms,
+      limitOf: "three sequential raw etcd txns (create, place, status) at their p99",
+      target: NaN,
+      targetOn: "value",
+      direction: "max",
+      notes: `p50 ${percentile(running, 50).toFixed(1)} ms; simulated agent reports RUNNING at once (a real sandbox VM adds its boot)`,
+    }),
+    figure({
+      name: "etcd_writes_per_vm_change",
+      value: writes / changes,
+      unit: "txn/change",
+      limit: 1,
+      limitOf: "one write per change (the least possible)",
+      target: 1.2,
+      targetOn: "value",
+      direction: "max",
+      notes: `etcd revision grew ${writes} for ${changes} changes (created, assigned, RUNNING x ${ok.length}; failed creates' writes count too); ${(puts / changes).toFixed(2)} keys put per change`,
+    }),
+    figure({
+      name: "bytes_per_vm_record",
+      value: vmBytes,
+      unit: "bytes",
+      limit: perVmKeys,
+      limitOf: `all etcd bytes (keys and values) held per VM: ${perVmKeys.toFixed(0)} B`,
+      target: NaN,
+      targetOn: "value",
+      direction: "max",
+    }),
+  ];
+}
+
+/** Mean bytes (key + value) per VM over the key families a VM owns. */
+async function bytesPerVm(client: Etcd3): Promise<number> {
+  const all = await client.getAll().prefix("/noid/v1/").buffers();
+  let vms = 0;
+  let bytes = 0;
+  for (const [k, v] of Object.entries(all)) {
+    const rel = k.slice("/noid/v1/".length);
+    if (rel.startsWith("vms/")) vms++;
+    if (/^(vms|names|assign|ipam|macs)\//.test(rel)) bytes += k.length + v.length;
+  }
+  return vms ? bytes / vms : NaN;
+}
+
+/** Figure 6 (gRPC API): GetVm with auth and validation vs the bare health check, same server. */
+async function grpcUnary(ctx: Ctx, s: BenchSizes): Promise<Figure[]> {
+  const c = (await ctx.tenantsFor(1))[0]!;
+  const vm = (await c.listVms())[0] ?? (await c.createVm("grpc-probe", SPEC).catch(() => c.getVm("grpc-probe")));
+  const run = async (call: () => Promise<unknown>) => {
+    const lat: number[] = [];
+    const end = performance.now() + s.measureSeconds * 1000;
+    let count = 0;
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: s.grpcInFlight }, async () => {
+        while (performance.now() < end) {
+          const t = performance.now();
+          await call();
+          lat.push(performance.now() - t);
+          count++;
+        }
+      }),
+    );
+    return { qps: count / ((performance.now() - t0) / 1000), p99: percentile(lat, 99) };
+  };
+  const health = new grpc.Client(ctx.coord.address, grpc.credentials.createInsecure());
+  const check = () =>
+    new Promise((resolve, reject) =>
+      health.makeUnaryRequest("/grpc.health.v1.Health/Check", () => Buffer.alloc(0), (b: Buffer) => b, {}, (e, r) => (e ? reject(e) : resolve(r))),
+    );
+  try {
+    const bare = await run(check);
+    const api = await run(() => c.getVm(vm.name));
+    ctx.log(`grpc: GetVm ${api.qps.toFixed(0)}/s p99 ${api.p99.toFixed(1)} ms; bare health check ${bare.qps.toFixed(0)}/s p99 ${bare.p99.toFixed(1)} ms`);
+    return [
+      figure({
+        name: "grpc_unary_qps",
+        value: api.qps,
+        unit: "calls/s",
+        limit: bare.qps,
+        limitOf: `bare grpc.health.v1 Check on the same server at ${s.grpcInFlight} in flight (p99 ${bare.p99.toFixed(1)} ms)`,
+        target: NaN,
+        targetOn: "ratio",
+        direction: "min",
+        notes: `GetVm (token auth, name validation, ownership) at ${s.grpcInFlight} in flight, p99 ${api.p99.toFixed(1)} ms`,
+      }),
+      figure({
+        name: "grpc_unary_p99_ms",
+        value: api.p99,
+        unit: "ms",
+        limit: bare.p99,
+        limitOf: "bare health check p99, same run",
+        target: NaN,
+        targetOn: "value",
+        direction: "max",
+      }),
+    ];
+  } finally {
+    health.close();
+  }
+}
+
+/** Figure 3: joins, key rotations and leaves in a mesh of simulated hosts. */
+async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Promise<Figure[]> {
+  const { fleet } = ctx;
+  const samples: Record<"join" | "rotate" | "leave", number[]> = { join: [], rotate: [], leave: [] };
+  // Every host but `except` must see a snapshot for which `ok` holds; resolves with the time of the last.
+  const converge = (ok: (raw: Buffer) => boolean, except: SimHost | undefined): Promise<number> => {
+    const rest = fleet.hosts.filter((h) => h !== except && !gone.has(h));
+    let left = rest.length;
+    let last = 0;
+    return new Promise((resolve) => {
+      for (const h of rest) {
+        h.meshProbes.add((raw, at) => {
+          if (!ok(raw)) return false;
+          last = Math.max(last, at);
+          if (--left === 0) resolve(last);
+          return true;
+        });
+      }
+    });
+  };
+  const gone = new Set<SimHost>();
+  const timeout = (p: Promise<number>, what: string) =>
+    Promise.race([p, sleep(60_000).then(() => Promise.reject(new Error(`bench: mesh did not converge on a ${what} within 60 s`)))]);
+
+  for (let e = 0; e < s.meshEvents; e++) {
+    // Join: a new host registers and opens its session.
+    const h = fleet.add(`mesh-join-${e}`);
+    const key = Buffer.from(h.key);
+    const done = converge((raw) => raw.includes(key), h);
+    const t0 = performance.now();
+    await h.register();
+    await h.connect();
+    samples.join.push((await timeout(done, "join")) - t0);
+    // Rotate: an existing host registers again with a new WireGuard key.
+    const r = fleet.hosts[e % fleet.hosts.length]!;
+    const next = wgKey();
+    const nk = Buffer.from(next);
+    const done2 = converge((raw) => raw.includes(nk), r);
+    const t1 = performance.now();
+    r.key = next;
+    await r.register();
+    samples.rotate.push((await timeout(done2, "key rotation")) - t1);
+  }
+  // Leave: sessions end; the coordinator learns it when the host's lease
+  // expires (alive/<id> deleted). Timed from that deletion, seen by our own watch.
+  // Hosts that neither joined nor rotated above.
+  const leaving = fleet.hosts.slice(s.meshEvents, 2 * s.meshEvents);
+  const deletedAt = new Map<string, number>();
+  const w = await ctx.etcd.client.watch().prefix(`/noid/v1/${keys.alivePrefix}`).create();
+  w.on("delete", (kv) => deletedAt.set(kv.key.toString().slice(`/noid/v1/${keys.alivePrefix}`.length), performance.now()));
+  try {
+    // The leaving hosts get no snapshots once closed: only the others must converge.
+    leaving.forEach((h) => gone.add(h));
+    const waits = leaving.map((h) => {
+      const k = Buffer.from(h.key);
+      return converge((raw) => !raw.includes(k), h);
+    });
+    const closedAt = performance.now();
+    leaving.forEach((h) => h.close());
+    const ends2 = await Promise.race([
+      Promise.all(waits),
+      sleep(45_000).then(() => {
+        const pending = fleet.hosts.filter((h) => h.meshProbes.size > 0 && !gone.has(h)).length;
+        throw new Error(`bench: mesh did not converge on leaves within 45 s (lease expiries seen: ${deletedAt.size}/${leaving.length}; hosts still waiting: ${pending})`);
+      }),
+    ]);
+    const detect: number[] = [];
+    leaving.forEach((h, i) => {
+      const d = deletedAt.get(h.hostId);
+      if (d === undefined) throw new Error(`bench: never saw host ${h.hostId}'s lease expire`);
+      samples.leave.push(ends2[i]! - d);
+      detect.push(d - closedAt);
+    });
+    ctx.log(`mesh: lease expiry took ${percentile(detect, 50).toFixed(0)} ms after the session ended (the lease TTL)`);
+  } finally {
+    await w.cancel();
+  }
+  const all = [...samples.join, ...samples.rotate, ...samples.leave];
+  const p = (xs: number[]) => `p50 ${percentile(xs, 50).toFixed(0)} / p99 ${percentile(xs, 99).toFixed(0)} ms`;
+  ctx.log(`mesh: join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)}`);
+  return [
+    figure({
+      name: "mesh_convergence_p99_ms",
+      value: percentile(all, 99),
+      unit: "ms",
+      limit: watchP99Ms,
+      limitOf: `etcd watch delivery p99 ${watchP99Ms.toFixed(1)} ms (the floor of any propagation), same run`,
+      target: 1000,
+      targetOn: "value",
+      direction: "max",
+      notes: `${fleet.hosts.length} hosts; until every other host got a snapshot with the change; join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)} (leave timed from lease expiry); anchors: Kilo resyncs every 30 s, Nebula 60 s`,
+    }),
+  ];
+}
+
+/** Figure 4: coordinator memory with many hosts and VMs (records written as the API would hold them). */
+async function coordinatorRss(etcd: BenchEtcd, s: BenchSizes, o: BenchOptions, log: (s: string) => void): Promise<Figure[]> {
+  const prefix = "/rss/";
+  const t = performance.now();
+  let bytes = 0;
+  const puts: { key: string; value: Uint8Array }[] = [];
+  const flush = async () => {
+    const batch = puts.splice(0, puts.length);
+    await pool(Math.ceil(batch.length / 100), 8, async (b) => {
+      const part = batch.slice(b * 100, b * 100 + 100);
+      await etcd.client.kv.txn({ compare: [], success: part.map((p) => ({ request_put: { key: Buffer.from(p.key), value: Buffer.from(p.value) } })), failure: [] });
+    });
+  };
+  const add = async (key: string, value: Uint8Array) => {
+    puts.push({ key: prefix + key, value });
+    bytes += prefix.length + key.length + value.length;
+    if (puts.length >= 20_000) await flush();
+  };
+  const hostIds: string[] = [];
+  const now = new Date();
+  for (let i = 0; i < s.rssHosts; i++) {
+    const id = (0x2000000000000000n + BigInt(i)).toString(16);
+    hostIds.push(id);
+    const meshIp = `100.64.${(i >> 8) & 255}.${i & 255}`;
+    const h: Host = {
+      id,
+      name: `rss-${i}`,
+      address: `10.1.${(i >> 8) & 255}.${i & 255}`,
+      labels: {},
+      drivers: ["sandbox"],
+      capacity: { vcpus: 512, memoryMb: 1 << 20, diskGb: 10_000 },
+      allocated: undefined,
+      vmCount: 0,
+      cordoned: false,
+      state: HostState.HOST_STATE_UNSPECIFIED,
+      wireguardPublicKey: wgKey(),
+      wireguardPort: 51820,
+      agentVersion: "bench",
+      registeredAt: now,
+      lastSeenAt: now,
+      meshIp,
+      posture: undefined,
+    } as Host;
+    await add(keys.host(id), Host.encode(h).finish());
+    await add(keys.hostName(h.name), Buffer.from(id));
+    await add(keys.meshIp(meshIp), Buffer.from(id));
+    await add(keys.alloc(id), sampleAlloc(Math.ceil(s.rssVms / s.rssHosts)));
+  }
+  for (let i = 0; i < s.rssVms; i++) {
+    const rec = Vm.decode(sampleVm(i));
+    const host = hostIds[i % hostIds.length]!;
+    rec.status!.hostId = host;
+    rec.status!.phase = VmPhase.VM_PHASE_RUNNING;
+    rec.owner = `tenant${Math.floor(i / VMS_PER_TENANT)}`;
+    await add(keys.vm(rec.id), Vm.encode(rec).finish());
+    await add(keys.vmName(rec.owner, rec.name), Buffer.from(rec.id));
+    await add(keys.assign(host, rec.id), Buffer.from(rec.id));
+  }
+  await flush();
+  log(`rss: ${s.rssHosts} hosts and ${s.rssVms} VMs written (${(bytes / 2 ** 20).toFixed(1)} MiB) in ${((performance.now() - t) / 1000).toFixed(1)} s`);
+  const coord = await startBenchCoordinator({ endpoints: etcd.endpoints, prefix, inline: o.inline, execArgv: o.coordinatorExecArgv });
+  try {
+    await sleep(500);
+    const st = await coord.stats();
+    const mb = st.rss / 2 ** 20;
+    log(`rss: coordinator RSS ${mb.toFixed(0)} MiB (heap ${(st.heapUsed / 2 ** 20).toFixed(0)} MiB) holding them`);
+    return [
+      figure({
+        name: s.rssVms >= 100_000 ? "coordinator_rss_mb_100k_vms" : `coordinator_rss_mb_${s.rssVms}_vms`,
+        value: mb,
+        unit: "MiB",
+        limit: bytes / 2 ** 20,
+        limitOf: `the state it holds: ${(bytes / 2 ** 20).toFixed(1)} MiB of keys and values in etcd`,
+        target: NaN,
+        targetOn: "value",
+        direction: "max",
+        notes: `${s.rssHosts} hosts, ${s.rssVms} VMs (written to etcd directly with the coordinator's codec, no sessions)${coord.inline ? "; coordinator inline: RSS includes the bench" : ""}; after a GC`,
+      }),
+    ];
+  } finally {
+    await coord.stop();
+  }
+}

@@ -1,0 +1,255 @@
+// Bench-grade simulated agents: many hosts per process, sharing a few gRPC
+// connections, speaking the real AgentService protocol (register, one session
+// each, heartbeats at the interval the coordinator asks for, VM status
+// reports). Mesh snapshots are not decoded: a predicate looks at their bytes,
+// so thousands of hosts cost the bench process little.
+import { randomBytes } from "node:crypto";
+import * as grpc from "@grpc/grpc-js";
+import { AgentServiceService, SessionResponse, type SessionRequest } from "../gen/noid/v1/agent.js";
+import { VmDesiredState, VmPhase, type Vm } from "../gen/noid/v1/vm.js";
+
+/** First byte of a SessionResponse whose oneof is `mesh` (field 7, length-delimited). */
+const MESH_TAG = (7 << 3) | 2;
+
+type Incoming = { mesh: Buffer } | { msg: SessionResponse };
+
+const definition = {
+  ...AgentServiceService,
+  session: {
+    ...AgentServiceService.session,
+    responseDeserialize: (b: Buffer): Incoming => (b[0] === MESH_TAG ? { mesh: b } : { msg: SessionResponse.decode(b) }),
+  },
+} as unknown as grpc.ServiceDefinition;
+const Client = grpc.makeGenericClientConstructor(definition, "AgentService") as unknown as new (
+  address: string,
+  creds: grpc.ChannelCredentials,
+  options: grpc.ClientOptions,
+) => grpc.Client & {
+  registerHost(req: unknown, md: grpc.Metadata, cb: (e: grpc.ServiceError | null, r?: { hostId: string; heartbeatIntervalMs: number }) => void): void;
+  session(md: grpc.Metadata): grpc.ClientDuplexStream<SessionRequest, Incoming>;
+};
+
+export function wgKey(): string {
+  return randomBytes(32).toString("base64");
+}
+
+export interface VmTimes {
+  /** First time a host saw the VM assigned to it (ms, performance clock). */
+  assigned: Map<string, number>;
+  /** First time the host saw its VM stored as RUNNING. */
+  running: Map<string, number>;
+}
+
+export class SimHost {
+  hostId = "";
+  key = wgKey();
+  meshSnapshots = 0;
+  /** Convergence probes: called with each mesh snapshot's bytes; a probe that returns true is removed. */
+  readonly meshProbes = new Set<(raw: Buffer, at: number) => boolean>();
+  private stream?: grpc.ClientDuplexStream<SessionRequest, Incoming>;
+  private beat?: NodeJS.Timeout;
+  private seq = 0;
+  private closed = false;
+  private readonly reported = new Set<string>();
+
+  constructor(
+    readonly name: string,
+    private readonly fleet: SimFleet,
+    private readonly client: InstanceType<typeof Client>,
+  ) {}
+
+  /** Registers; like an agent, retries what the coordinator says to retry (UNAVAILABLE). */
+  async register(): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.registerOnce();
+      } catch (e) {
+        if ((e as grpc.ServiceError).code !== grpc.status.UNAVAILABLE || attempt >= 30) throw e;
+        this.fleet.registerRetries++;
+        await new Promise((r) => setTimeout(r, 10 + Math.random() * 50 * Math.min(attempt + 1, 10)));
+      }
+    }
+  }
+
+  private registerOnce(): Promise<void> {
+    return new Promise((resolve, reject) =>
+      this.client.registerHost(
+        {
+          name: this.name,
+          address: "10.77.0.1",
+          labels: {},
+          drivers: ["sandbox"],
+          capacity: { vcpus: 512, memoryMb: 1 << 20, diskGb: 10_000 },
+          wireguardPublicKey: this.key,
+          wireguardPort: 51820,
+          agentVersion: "bench",
+        },
+        this.fleet.md,
+        (err, r) => {
+          if (err) return reject(err);
+          this.hostId = r!.hostId;
+          this.fleet.heartbeatMs = r!.heartbeatIntervalMs || 2000;
+          resolve();
+        },
+      ),
+    );
+  }
+
+  /** Registers again with a new WireGuard key (what an agent does on key rotation). */
+  async rotateKey(): Promise<string> {
+    this.key = wgKey();
+    await this.register();
+    return this.key;
+  }
+
+  /** Opens the session; resolves on the first desired-state snapshot. */
+  connect(): Promise<void> {
+    this.closed = false;
+    const stream = this.client.session(this.fleet.md);
+    this.stream = stream;
+    const first = new Promise<void>((resolve, reject) => {
+      stream.on("data", (m: Incoming) => {
+        if ("mesh" in m) {
+          this.meshSnapshots++;
+          const at = performance.now();
+          for (const p of this.meshProbes) if (p(m.mesh, at)) this.meshProbes.delete(p);
+          return;
+        }
+        const k = m.msg.kind;
+        if (k?.$case === "snapshot") {
+          for (const vm of k.value.vms) this.onVm(vm);
+          resolve();
+        } else if (k?.$case === "vm") this.onVm(k.value);
+      });
+      stream.on("error", (e: grpc.ServiceError) => {
+        if (!this.closed) reject(e);
+      });
+    });
+    stream.write({ kind: { $case: "hello", value: { hostId: this.hostId } } });
+    // Spread heartbeats over the interval so they do not arrive in bursts.
+    const every = this.fleet.heartbeatMs;
+    setTimeout(() => {
+      if (this.closed) return;
+      this.beat = setInterval(() => this.send({ kind: { $case: "heartbeat", value: { sequence: ++this.seq } } }), every);
+    }, Math.random() * every).unref();
+    return first;
+  }
+
+  send(m: SessionRequest): void {
+    this.stream?.write(m);
+  }
+
+  private onVm(vm: Vm): void {
+    if (vm.status?.hostId !== this.hostId) return;
+    const now = performance.now();
+    const t = this.fleet.times;
+    if (!t.assigned.has(vm.name)) t.assigned.set(vm.name, now);
+    const phase = vm.status.phase;
+    if (phase === VmPhase.VM_PHASE_RUNNING && !t.running.has(vm.name)) t.running.set(vm.name, now);
+    if (!this.fleet.autoRun) return;
+    if (vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED) {
+      this.report(vm.id, VmPhase.VM_PHASE_STOPPED, true);
+    } else if (vm.desiredState === VmDesiredState.VM_DESIRED_STATE_RUNNING && phase !== VmPhase.VM_PHASE_RUNNING && !this.reported.has(vm.id)) {
+      // Like the sandbox driver once the VM is up: report RUNNING once.
+      this.reported.add(vm.id);
+      this.report(vm.id, VmPhase.VM_PHASE_RUNNING, false);
+    }
+  }
+
+  private report(vmId: string, phase: VmPhase, destroyed: boolean): void {
+    this.send({ kind: { $case: "vmStatus", value: { vmId, phase, reason: "", ip: "", mac: "", destroyed } } });
+  }
+
+  /** Ends the session (the host's lease then expires on the coordinator's side). */
+  close(): void {
+    this.closed = true;
+    if (this.beat) clearInterval(this.beat);
+    this.beat = undefined;
+    this.stream?.end();
+    this.stream?.cancel();
+    this.stream = undefined;
+  }
+}
+
+export interface FleetOptions {
+  address: string;
+  token: string;
+  /** Hosts per gRPC connection. */
+  hostsPerConnection?: number;
+  autoRun?: boolean;
+  prefix?: string;
+}
+
+/** Many simulated hosts in this process. */
+export class SimFleet {
+  readonly hosts: SimHost[] = [];
+  readonly md = new grpc.Metadata();
+  readonly times: VmTimes = { assigned: new Map(), running: new Map() };
+  readonly autoRun: boolean;
+  heartbeatMs = 2000;
+  /** Registrations the coordinator turned away as contended (and the host retried). */
+  registerRetries = 0;
+  private readonly clients: InstanceType<typeof Client>[] = [];
+
+  constructor(private readonly o: FleetOptions) {
+    this.md.set("authorization", `Bearer ${o.token}`);
+    this.autoRun = o.autoRun ?? true;
+  }
+
+  private clientFor(i: number): InstanceType<typeof Client> {
+    const per = this.o.hostsPerConnection ?? 50;
+    const c = Math.floor(i / per);
+    while (this.clients.length <= c) {
+      // A local subchannel pool gives each client its own HTTP/2 connection.
+      this.clients.push(
+        new Client(this.o.address, grpc.credentials.createInsecure(), {
+          "grpc.use_local_subchannel_pool": 1,
+          "grpc.max_receive_message_length": 256 * 1024 * 1024,
+        }),
+      );
+    }
+    return this.clients[c]!;
+  }
+
+  /** Creates a host (not yet registered). */
+  add(name?: string): SimHost {
+    const i = this.hosts.length;
+    const h = new SimHost(name ?? `${this.o.prefix ?? "sim"}-${i}`, this, this.clientFor(i));
+    this.hosts.push(h);
+    return h;
+  }
+
+  /** Registers and connects `n` new hosts, `concurrency` at a time. */
+  async grow(n: number, concurrency = 16): Promise<SimHost[]> {
+    const fresh = Array.from({ length: n }, () => this.add());
+    await each(fresh, concurrency, async (h) => {
+      await h.register();
+      await h.connect();
+    });
+    return fresh;
+  }
+
+  /** Registers `n` new hosts without opening sessions (they are not alive yet). */
+  async registerNew(n: number, concurrency = 16): Promise<SimHost[]> {
+    const fresh = Array.from({ length: n }, () => this.add());
+    await each(fresh, concurrency, (h) => h.register());
+    return fresh;
+  }
+
+  async connectAll(hosts: SimHost[], concurrency = 64): Promise<void> {
+    await each(hosts, concurrency, (h) => h.connect());
+  }
+
+  close(): void {
+    for (const h of this.hosts) h.close();
+    for (const c of this.clients) c.close();
+  }
+}
+
+async function each<T>(items: T[], concurrency: number, f: (x: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await f(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
+}
