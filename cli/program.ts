@@ -8,6 +8,7 @@ import { registerAuthCommands } from "./commands/auth.js";
 import { registerContextCommands } from "./commands/context.js";
 import { registerHostCommands } from "./commands/host.js";
 import { registerNetworkCommands } from "./commands/network.js";
+import { registerMeshCommands } from "./commands/mesh.js";
 import { registerTokenCommands } from "./commands/token.js";
 import { registerVmCommands } from "./commands/vm.js";
 import { registerExecCommand } from "./commands/exec.js";
@@ -52,6 +53,7 @@ Examples:
   registerCheckpointCommands(program, app);
   registerHostCommands(program, app);
   registerNetworkCommands(program, app);
+  registerMeshCommands(program, app);
   registerAuthCommands(program, app);
   registerContextCommands(program, app);
   registerTokenCommands(program, app);

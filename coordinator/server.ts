@@ -59,6 +59,8 @@ import { CoordinatorMetrics, InstrumentedStore } from "./metrics.js";
 import { serveMetrics, type MetricsServer } from "../common/metrics-http.js";
 
 import { CheckpointServiceService } from "../gen/noid/v1/checkpoint.js";
+import { MeshServiceService } from "../gen/noid/v1/mesh.js";
+import { meshService } from "./services/mesh-service.js";
 import { checkpointService } from "./services/checkpoint-service.js";
 import { LeaderElector, type LeaderStatus } from "./ha/leader.js";
 import { nodeIdOf } from "./ha/node-id.js";
@@ -67,7 +69,7 @@ export const ADMIN_TOKEN_FILE = "admin.token";
 const BOOTSTRAP_TOKEN_NAME = "bootstrap-admin";
 /** gRPC health service name that is SERVING only on the leader replica. */
 export const LEADER_HEALTH_SERVICE = "noid.v1.Leader";
-const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService", "noid.v1.CheckpointService", "noid.v1.EventService"];
+const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService", "noid.v1.CheckpointService", "noid.v1.EventService", "noid.v1.MeshService"];
 
 export interface CoordinatorHandle {
   /** TCP port actually bound (useful with listen ":0"). */
@@ -238,6 +240,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     cleanups.push(async () => security.stop());
     const server = new grpc.Server({ "grpc.keepalive_time_ms": 20_000, "grpc.keepalive_timeout_ms": 10_000, "grpc.keepalive_permit_without_calls": 1 });
     server.addService(VmServiceService, vmService({ ...base, repo: vms, cluster, limits: () => cfg.limits }));
+    server.addService(MeshServiceService, meshService({ ...base, cluster, meshPrefixLen: meshCidr.prefix }));
     server.addService(HostServiceService, hostService({ ...base, hosts, cluster, store, clock, audit: writeAudit, hostSessions, ...(pki ? { pki } : {}) }));
     server.addService(NetworkServiceService, networkService({ ...base, networks }));
     server.addService(AuthServiceService, authService({ ...base, tokens, audit: writeAudit }));
@@ -277,7 +280,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     health.addToServer(server);
     const root = protoRoot();
     const pkg = protoLoader.loadSync(
-      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto", "noid/v1/user.proto", "noid/v1/event.proto", "noid/v1/checkpoint.proto"],
+      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto", "noid/v1/user.proto", "noid/v1/event.proto", "noid/v1/checkpoint.proto", "noid/v1/mesh.proto"],
       { includeDirs: [root] },
     );
     new ReflectionService({ ...pkg, ...protoLoader.loadSync(healthProtoPath) }).addToServer(server);

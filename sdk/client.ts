@@ -2,6 +2,7 @@
 // call gets the bearer token, a per-attempt deadline and the retry policy for
 // its kind (read or mutation); responses are unwrapped to the message callers
 // want (a Vm, a Vm[], ...).
+import type { GetHostMeshResponse, MeshServiceClient } from "../gen/noid/v1/mesh.js";
 import { Metadata, type CallOptions, type ClientUnaryCall, type ServiceError } from "@grpc/grpc-js";
 import type { AuditEvent, AuditServiceClient, VerifyAuditChainResponse } from "../gen/noid/v1/audit.js";
 import type { EnrollTotpResponse, LoginResponse, SshKey, User, UserServiceClient } from "../gen/noid/v1/user.js";
@@ -40,6 +41,7 @@ export interface ServiceClients {
   user: UserServiceClient;
   event: EventServiceClient;
   checkpoint: CheckpointServiceClient;
+  mesh: MeshServiceClient;
 }
 
 export interface EventFilterOpts {
@@ -324,6 +326,11 @@ export class NoidClient {
 
   async listHosts(): Promise<Host[]> {
     return (await this.#unary("ListHosts", "read", this.#c.host.listHosts.bind(this.#c.host), {})).hosts;
+  }
+
+  /** The mesh snapshot the coordinator sends host `name`'s agent (admins). */
+  async getHostMesh(name: string): Promise<GetHostMeshResponse> {
+    return this.#unary("GetHostMesh", "read", this.#c.mesh.getHostMesh.bind(this.#c.mesh), { host: name });
   }
 
   async getHost(name: string): Promise<Host> {

@@ -1,5 +1,6 @@
 // connect(): the one way to get a NoidClient. All five service clients share a
 // single channel (one HTTP/2 connection to the coordinator).
+import { MeshServiceClient } from "../gen/noid/v1/mesh.js";
 import { AuditServiceClient } from "../gen/noid/v1/audit.js";
 import { EventServiceClient } from "../gen/noid/v1/event.js";
 import { AuthServiceClient } from "../gen/noid/v1/auth.js";
@@ -60,6 +61,7 @@ export function connect(opts: ConnectOptions): NoidClient {
       checkpoint: new CheckpointServiceClient(spec.target, spec.credentials, shared),
       user: new UserServiceClient(spec.target, spec.credentials, shared),
       event: new EventServiceClient(spec.target, spec.credentials, shared),
+      mesh: new MeshServiceClient(spec.target, spec.credentials, shared),
     },
     {
       ...(opts.token ? { token: opts.token } : {}),

@@ -29,6 +29,7 @@ export type Action =
   | "vm.restore"
   | "host.list"
   | "host.get"
+  | "host.mesh"
   | "host.cordon"
   | "host.uncordon"
   | "host.drain"
@@ -165,6 +166,7 @@ export const METHOD_ACTIONS: Readonly<Record<string, Action | typeof ANONYMOUS>>
   "/noid.v1.CheckpointService/RestoreCheckpoint": "vm.restore",
   "/noid.v1.HostService/ListHosts": "host.list",
   "/noid.v1.HostService/GetHost": "host.get",
+  "/noid.v1.MeshService/GetHostMesh": "host.mesh",
   "/noid.v1.HostService/CordonHost": "host.cordon",
   "/noid.v1.HostService/UncordonHost": "host.uncordon",
   "/noid.v1.HostService/DrainHost": "host.drain",

@@ -57,6 +57,30 @@ describe("local cluster: coordinator + 3 agent hosts", () => {
     for (const [i] of cluster.hostNames.entries()) expect(ns.filter((n) => n.startsWith(`${prefix}-h${i + 1}-vm-`)).length).toBe(1);
   });
 
+  it("noidctl mesh show prints a host's peers, networks and FDB entries; only admins may see it", async () => {
+    let out = "";
+    const io = { stdout: (x: string) => void (out += x), stderr: (x: string) => void (out += x), readStdin: async () => "", isTTY: false, cwd: "/" };
+    const env = (token: string) => ({ NOID_SERVER: cluster.address, NOID_TOKEN: token, NOID_CA_FILE: cluster.caFile, NOID_CONFIG: "/nonexistent/config.toml" });
+    const code = await noidctl(["mesh", "show", "host1"], { env: env(cluster.adminToken), io });
+    expect(code, out).toBe(0);
+    expect(out).toMatch(/^peers \(2\):/m);
+    expect(out).toMatch(/^ {2}host2 /m);
+    expect(out).toMatch(/^ {2}host3 /m);
+    // web-1 is on host1 and its network also has VMs on host2 and host3: unicast FDB toward both.
+    const hosts = await cluster.client().listHosts();
+    for (const h of hosts.filter((x) => x.name !== "host1")) expect(out).toContain(`-> ${h.meshIp} (${h.name})`);
+    const json = await (async () => {
+      let j = "";
+      await noidctl(["mesh", "show", "host1", "-o", "json"], { env: env(cluster.adminToken), io: { ...io, stdout: (x: string) => void (j += x) } });
+      return JSON.parse(j) as { wg: { peers: unknown[] }; networks: { bridge: { name: string } }[] };
+    })();
+    expect(json.wg.peers).toHaveLength(2);
+    expect(json.networks[0]?.bridge.name).toMatch(/^vmnet\d+$/);
+    out = "";
+    expect(await noidctl(["mesh", "show", "host1"], { env: env(aliceToken), io })).not.toBe(0);
+    expect(out).toMatch(/role user may not host\.mesh/);
+  });
+
   it("every agent reports its host's posture; a lab host has no inbound firewall, and says so", async () => {
     for (const h of await cluster.client().listHosts()) {
       expect(h.posture?.checks.map((c) => c.name)).toEqual(["ssh-password-off", "ssh-restricted", "auto-updates", "firewall", "fail2ban"]);

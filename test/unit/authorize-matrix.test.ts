@@ -26,6 +26,7 @@ const EXPECTED: Record<string, Row> = {
   "/noid.v1.CheckpointService/RestoreCheckpoint": ["yy", "yn", "nn"],
   "/noid.v1.HostService/ListHosts": ["yy", "yn", "yn"],
   "/noid.v1.HostService/GetHost": ["yy", "yn", "yn"],
+  "/noid.v1.MeshService/GetHostMesh": ["yy", "nn", "nn"],
   "/noid.v1.HostService/CordonHost": ["yy", "nn", "nn"],
   "/noid.v1.HostService/UncordonHost": ["yy", "nn", "nn"],
   "/noid.v1.HostService/DrainHost": ["yy", "nn", "nn"],
