@@ -2,7 +2,8 @@
 // noid_guard), its drift check against `nft -j list table`, and counter parsing.
 // Every drop has a named counter per VM and kind, read back as security events.
 import ipaddr from "ipaddr.js";
-import { NoidError, invalid } from "../common/errors.js";
+import { invalid } from "../common/errors.js";
+import { nftCounters, nftObjects } from "../common/nft-json.js";
 
 export const GUARD_TABLE = "noid_guard";
 export const GUARD_CHAIN = "vmports";
@@ -153,31 +154,18 @@ export function renderGuards(spec: GuardSpec, counts: ReadonlyMap<string, { pack
   return `${lines.join("\n")}\n`;
 }
 
-interface NftJson {
-  nftables?: Record<string, Record<string, unknown>>[];
-}
-
-function objects(json: string, type: string): Record<string, unknown>[] {
-  let parsed: NftJson;
-  try {
-    parsed = JSON.parse(json) as NftJson;
-  } catch (e) {
-    throw new NoidError("INTERNAL", "nft -j: unparsable output", { cause: e });
-  }
-  return (parsed.nftables ?? []).flatMap((o) => (o[type] ? [o[type]] : []));
-}
 
 /** Differences between the table nft holds and the spec; empty = no drift. `json` undefined = no table. */
 export function guardDrift(spec: GuardSpec, json: string | undefined): string[] {
   if (json === undefined) return [`table bridge ${GUARD_TABLE} missing`];
   const want = rules(spec);
   const out: string[] = [];
-  const chain = objects(json, "chain").find((c) => c.name === GUARD_CHAIN);
+  const chain = nftObjects(json, "chain").find((c) => c.name === GUARD_CHAIN);
   if (!chain) return [`chain ${GUARD_CHAIN} missing`];
   if (chain.hook !== "prerouting" || chain.prio !== -200 || chain.policy !== "accept" || chain.type !== "filter") {
     out.push(`chain ${GUARD_CHAIN} has other hook, priority, type or policy`);
   }
-  const have = objects(json, "rule").filter((r) => r.chain === GUARD_CHAIN);
+  const have = nftObjects(json, "rule").filter((r) => r.chain === GUARD_CHAIN);
   const haveComments = have.map((r) => String(r.comment ?? ""));
   const wantComments = want.map((r) => r.comment);
   if (haveComments.join("\n") !== wantComments.join("\n")) {
@@ -189,14 +177,14 @@ export function guardDrift(spec: GuardSpec, json: string | undefined): string[] 
       if (missing.length > 0) out.push(`rule "${w.comment}" lacks ${missing.join(", ")}`);
     });
   }
-  const haveCounters = new Set(objects(json, "counter").map((c) => String(c.name)));
+  const haveCounters = new Set(nftObjects(json, "counter").map((c) => String(c.name)));
   for (const c of want.flatMap((r) => (r.counter ? [r.counter] : []))) if (!haveCounters.has(c)) out.push(`counter ${c} missing`);
   return out;
 }
 
 /** Counter values by counter name, from `nft -j list table bridge noid_guard`. */
 export function counterValues(json: string): Map<string, { packets: number; bytes: number }> {
-  return new Map(objects(json, "counter").map((c) => [String(c.name), { packets: Number(c.packets ?? 0), bytes: Number(c.bytes ?? 0) }]));
+  return nftCounters(json);
 }
 
 /** Per VM and kind, the packets dropped so far (VMs in `spec` only; kinds in GUARD_KINDS order, peer kinds only with a peer policy). */

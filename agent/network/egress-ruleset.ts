@@ -2,8 +2,8 @@
 // egress-spec.ts for the design), rendered as one atomic `nft -f` transaction, and its drift
 // check against `nft -j list table inet noid_egress`.
 import ipaddr from "ipaddr.js";
-import { NoidError } from "../../common/errors.js";
 import { EGRESS_TABLE, type EgressSpec, MARK_BASE, MARK_MASK, type PlacedNetwork, hex, markOf, normalizeCidrs } from "./egress-spec.js";
+import { nftCounters, nftObjects } from "../../common/nft-json.js";
 
 interface Chain {
   name: string;
@@ -143,19 +143,6 @@ export function renderEgress(
   return `${lines.join("\n")}\n`;
 }
 
-interface NftJson {
-  nftables?: Record<string, Record<string, unknown>>[];
-}
-
-function objects(json: string, type: string): Record<string, unknown>[] {
-  let parsed: NftJson;
-  try {
-    parsed = JSON.parse(json) as NftJson;
-  } catch (e) {
-    throw new NoidError("INTERNAL", "nft -j: unparsable output", { cause: e });
-  }
-  return (parsed.nftables ?? []).flatMap((o) => (o[type] ? [o[type]] : []));
-}
 
 /** Every string and number in an nft JSON expression; prefixes as "a.b.c.d/n", addresses also as "/32". */
 function exprValues(e: unknown, out = new Set<string>()): Set<string> {
@@ -219,11 +206,11 @@ export function egressDrift(spec: EgressSpec, nets: readonly PlacedNetwork[], js
   if (json === undefined) return [`table inet ${EGRESS_TABLE} missing`];
   const { chains, rules } = tableModel(spec, nets);
   const out: string[] = [];
-  const have = objects(json, "chain");
+  const have = nftObjects(json, "chain");
   const haveNames = have.map((c) => String(c.name)).sort();
   const wantNames = chains.map((c) => c.name).sort();
   if (haveNames.join(",") !== wantNames.join(",")) out.push(`chains differ: have [${haveNames.join(", ")}], want [${wantNames.join(", ")}]`);
-  const haveRules = objects(json, "rule");
+  const haveRules = nftObjects(json, "rule");
   for (const c of chains) {
     const h = have.find((x) => x.name === c.name);
     if (!h) continue;
@@ -246,14 +233,14 @@ export function egressDrift(spec: EgressSpec, nets: readonly PlacedNetwork[], js
       if (missing.length > 0) out.push(`chain ${c.name}: rule "${w.comment}" lacks ${missing.join(", ")}`);
     });
   }
-  const haveCounters = new Set(objects(json, "counter").map((c) => String(c.name)));
+  const haveCounters = new Set(nftObjects(json, "counter").map((c) => String(c.name)));
   for (const r of rules) if (r.counter && !haveCounters.has(r.counter)) out.push(`counter ${r.counter} missing`);
   return out;
 }
 
 /** Counter values by name, from `nft -j list table inet noid_egress`. */
 export function counterValues(json: string): Map<string, { packets: number; bytes: number }> {
-  return new Map(objects(json, "counter").map((c) => [String(c.name), { packets: Number(c.packets ?? 0), bytes: Number(c.bytes ?? 0) }]));
+  return nftCounters(json);
 }
 
 /** The drops so far, per kind for all networks and per network and kind (counters that exist). */
