@@ -29,6 +29,8 @@ export class NetworkedDriver implements HypervisorDriver {
   readonly name: string;
   exec?: (id: string, argv: string[], opts?: ExecOptions) => Promise<ExecResult>;
   execStream?: HypervisorDriver["execStream"];
+  saveState?: HypervisorDriver["saveState"];
+  loadState?: HypervisorDriver["loadState"];
   checkpoint?: (id: string, name: string) => Promise<void>;
   restore?: (id: string, name: string) => Promise<VmRuntime>;
 
@@ -40,6 +42,8 @@ export class NetworkedDriver implements HypervisorDriver {
     this.name = inner.name;
     if (inner.exec) this.exec = (id, argv, o) => inner.exec!(id, argv, o);
     if (inner.execStream) this.execStream = (id, argv, o) => inner.execStream!(id, argv, o);
+    if (inner.saveState) this.saveState = (id, dir) => inner.saveState!(id, dir);
+    if (inner.loadState) this.loadState = (id, dir, from) => inner.loadState!(id, dir, from);
     if (inner.checkpoint) this.checkpoint = (id, n) => inner.checkpoint!(id, n);
     if (inner.restore) this.restore = (id, n) => inner.restore!(id, n);
   }

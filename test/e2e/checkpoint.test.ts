@@ -46,7 +46,7 @@ describe("checkpoints and restore with real QEMU guests through coordinator and 
   const ctl = async (args: string[]): Promise<{ code: number; out: string }> => {
     let out = "";
     const code = await noidctl(args, {
-      env: { NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_INSECURE: "1", NOID_CONFIG: "/nonexistent/config.toml" },
+      env: { NOID_SERVER: cluster.address, NOID_TOKEN: aliceToken, NOID_CA_FILE: cluster.caFile, NOID_CONFIG: "/nonexistent/config.toml" },
       io: { stdout: (x: string) => void (out += x), stderr: (x: string) => void (out += x), readStdin: async () => "", isTTY: false, cwd: dir },
     });
     return { code, out };
