@@ -38,6 +38,7 @@ import { loadOrCreateKey } from "../mesh/keys.js";
 import { NetworkedDriver } from "./network/attach.js";
 import { MeshController } from "./network/controller.js";
 import { applyEgress, detectUplink } from "./network/egress-apply.js";
+import { DhcpServers } from "./network/dhcp.js";
 import { describeEgressAction, egressNetworkOf } from "./network/egress.js";
 
 export const AGENT_VERSION = "0.1.0";
@@ -149,6 +150,7 @@ export async function main(argv: string[]): Promise<void> {
   const meshLog = logger.child({ component: "mesh" });
   const metrics = new AgentMetrics();
   const egressHost = { runner: run };
+  const dhcp = new DhcpServers({ stateDir: config.stateDir, logger: logger.child({ component: "dhcp" }) });
   let uplink: string | undefined = config.uplink || undefined;
   // Scrape-time reads and the mesh's port list use the raw drivers: neither is a driver operation.
   const rawDrivers: HypervisorDriver[] = [];
@@ -176,6 +178,15 @@ export async function main(argv: string[]): Promise<void> {
         egressHost,
       );
       if (actions.length) meshLog.info({ egress: actions.map(describeEgressAction) }, "egress applied");
+      // DHCP answers only the reservations of this host's VMs, per network bridge.
+      const local = [...view.local.values()];
+      const dhcpChanges = await dhcp.apply(
+        view.selfNetworks.map((n) => {
+          const vms = local.filter((a) => a.networkId === n.networkId);
+          return { vni: n.vni, cidr: n.cidr, gateway: n.gateway, mtu: vms[0]?.mtu ?? config.uplinkMtu - 110, vms: vms.map((a) => ({ mac: a.mac, ip: a.ip })) };
+        }),
+      );
+      if (dhcpChanges.length) meshLog.info({ dhcp: dhcpChanges }, "dhcp applied");
     },
   });
   // Each VM joins its tenant network (NetworkedDriver) and every driver operation is measured.

@@ -90,12 +90,20 @@ export async function stopLocalCluster(dir: string, prefix: string): Promise<str
   const st = readClusterState(dir);
   if (st && isAlive(st.coordinator)) await killProcess(st.coordinator, 10_000);
   await destroyLab(prefix);
-  // Each agent records the wireguard-go it started (it outlives the agent, like VMs do).
+  // Each agent records the wireguard-go and the DHCP servers it started (they outlive the
+  // agent, like VMs do).
   for (const d of existsSync(dir) ? readdirSync(dir).filter((f) => f.startsWith("agent-")) : []) {
-    const f = join(dir, d, "wireguard-go.json");
-    if (!existsSync(f)) continue;
-    const ref = JSON.parse(readFileSync(f, "utf8")) as ProcessRef;
-    if (isAlive(ref)) await killProcess(ref, 5000);
+    const dhcpDir = join(dir, d, "dhcp");
+    const records = [
+      join(dir, d, "wireguard-go.json"),
+      ...(existsSync(dhcpDir) ? readdirSync(dhcpDir).filter((f) => f.endsWith(".json")).map((f) => join(dhcpDir, f)) : []),
+    ];
+    for (const f of records) {
+      if (!existsSync(f)) continue;
+      const rec = JSON.parse(readFileSync(f, "utf8")) as ProcessRef | { ref: ProcessRef };
+      const ref = "ref" in rec ? rec.ref : rec;
+      if (isAlive(ref)) await killProcess(ref, 5000);
+    }
   }
   rmSync(dir, { recursive: true, force: true });
   return labLeftovers(prefix);

@@ -23,6 +23,7 @@ command -v cpio >/dev/null || need+=(cpio)
 command -v mke2fs >/dev/null || need+=(e2fsprogs)
 command -v xz >/dev/null || need+=(xz-utils)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
+command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2

@@ -81,6 +81,17 @@ describe("local cluster: coordinator + 3 agent hosts", () => {
     expect(out).toMatch(/role user may not host\.mesh/);
   });
 
+  it("a DHCP client in a VM gets exactly the address the coordinator reserved, from its host's server on the bridge", async () => {
+    const vm = await alice.getVm("web-1");
+    const ip = vm.status!.ip.split("/")[0]!;
+    const gw = vm.status!.gateway;
+    // Drop the address the driver set, ask DHCP for one, then put things back as they were.
+    const script = `ip addr flush dev eth0; timeout 20 busybox udhcpc -i eth0 -n -q -t 5 -T 1 -s /bin/true 2>&1; rc=$?; ip addr replace ${ip}/24 dev eth0; ip route replace default via ${gw}; exit $rc`;
+    const r = await alice.exec("web-1", ["sh", "-c", script]);
+    expect(r.exitCode, r.stdout.toString()).toBe(0);
+    expect(r.stdout.toString()).toContain(`lease of ${ip} obtained from ${gw}`);
+  });
+
   it("every agent reports its host's posture; a lab host has no inbound firewall, and says so", async () => {
     for (const h of await cluster.client().listHosts()) {
       expect(h.posture?.checks.map((c) => c.name)).toEqual(["ssh-password-off", "ssh-restricted", "auto-updates", "firewall", "fail2ban"]);
