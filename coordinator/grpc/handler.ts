@@ -38,28 +38,43 @@ function signalOf(call: { on(ev: "cancelled", f: () => void): unknown }): AbortS
   return ac.signal;
 }
 
+/**
+ * Runs one unary call: the answer or the error mapped to a gRPC status, the call counted and
+ * timed, unexpected errors logged (never the request: it may carry a password).
+ */
+function answer<Req, Res>(
+  deps: Pick<HandlerDeps, "logger" | "onCall">,
+  method: string,
+  call: ServerUnaryCall<Req, Res>,
+  cb: sendUnaryData<Res>,
+  run: (signal: AbortSignal) => Promise<Res>,
+): void {
+  const t0 = performance.now();
+  const signal = signalOf(call);
+  void (async () => {
+    try {
+      const res = await run(signal);
+      deps.onCall?.(method, 0, performance.now() - t0);
+      cb(null, res);
+    } catch (e) {
+      const se = toServiceError(e);
+      if (!(e instanceof NoidError) || e.code === "INTERNAL") deps.logger.error({ err: e, method }, "call failed");
+      deps.onCall?.(method, se.code ?? 13, performance.now() - t0);
+      cb(se, null);
+    }
+  })();
+}
+
 export function unary<Req, Res>(
   deps: HandlerDeps,
   method: string,
   fn: (req: Req, ctx: CallContext) => Promise<Res>,
 ): handleUnaryCall<Req, Res> {
-  return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
-    const t0 = performance.now();
-    const signal = signalOf(call);
-    void (async () => {
-      try {
-        const principal = await deps.auth.authenticate(call.metadata, call.getPeer());
-        const res = await fn(call.request, { principal, peer: call.getPeer(), signal });
-        deps.onCall?.(method, 0, performance.now() - t0);
-        cb(null, res);
-      } catch (e) {
-        const se = toServiceError(e);
-        if (!(e instanceof NoidError) || e.code === "INTERNAL") deps.logger.error({ err: e, method }, "call failed");
-        deps.onCall?.(method, se.code ?? 13, performance.now() - t0);
-        cb(se, null);
-      }
-    })();
-  };
+  return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) =>
+    answer(deps, method, call, cb, async (signal) => {
+      const principal = await deps.auth.authenticate(call.metadata, call.getPeer());
+      return fn(call.request, { principal, peer: call.getPeer(), signal });
+    });
 }
 
 /** What an unauthenticated handler gets: no principal. */
@@ -78,23 +93,8 @@ export function anonymous<Req, Res>(
   method: string,
   fn: (req: Req, ctx: AnonymousContext) => Promise<Res>,
 ): handleUnaryCall<Req, Res> {
-  return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) => {
-    const t0 = performance.now();
-    const signal = signalOf(call);
-    void (async () => {
-      try {
-        const res = await fn(call.request, { peer: call.getPeer(), signal });
-        deps.onCall?.(method, 0, performance.now() - t0);
-        cb(null, res);
-      } catch (e) {
-        const se = toServiceError(e);
-        // Never log the request: it carries a password.
-        if (!(e instanceof NoidError) || e.code === "INTERNAL") deps.logger.error({ err: e, method }, "call failed");
-        deps.onCall?.(method, se.code ?? 13, performance.now() - t0);
-        cb(se, null);
-      }
-    })();
-  };
+  return (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>) =>
+    answer(deps, method, call, cb, (signal) => fn(call.request, { peer: call.getPeer(), signal }));
 }
 
 export function serverStream<Req, Res>(
