@@ -288,10 +288,7 @@ export class ReconcileLoop {
       // driver's daemon). Retried with backoff; the VM keeps its phase and its host.
       const transient = e instanceof NoidError && e.code === "UNAVAILABLE";
       if (transient && (a.kind === "create" || a.kind === "start")) {
-        const prev = this.failures.get(a.vmId);
-        const count = (prev?.count ?? 0) + 1;
-        const delay = Math.min((this.opts.retryMs ?? 1000) * 2 ** (count - 1), this.opts.maxRetryMs ?? 60_000);
-        this.failures.set(a.vmId, { count, retryAt: this.now() + delay, desired: this.desired?.get(a.vmId)?.state ?? "absent" });
+        this.backOff(a.vmId);
         return;
       }
       if (a.kind === "create" || a.kind === "start" || a.kind === "stop") {
@@ -300,17 +297,17 @@ export class ReconcileLoop {
         this.transition(a.vmId, VmPhase.VM_PHASE_FAILED, o, why);
         return;
       }
-      const prev = this.failures.get(a.vmId);
-      const count = (prev?.count ?? 0) + 1;
-      const delay = Math.min((this.opts.retryMs ?? 1000) * 2 ** (count - 1), this.opts.maxRetryMs ?? 60_000);
-      this.failures.set(a.vmId, {
-        count,
-        retryAt: this.now() + delay,
-        desired: this.desired?.get(a.vmId)?.state ?? "absent",
-      });
+      this.backOff(a.vmId);
       const why = a.kind === "destroy" && a.reason === "failed" ? `${a.observedReason ?? ""}; cleaning up: ${reason}` : `${a.kind}: ${reason}`;
       this.transition(a.vmId, VmPhase.VM_PHASE_FAILED, o, why);
     }
+  }
+
+  /** The VM's next attempt waits: retryMs doubled per failure in a row, capped at maxRetryMs. */
+  private backOff(vmId: string): void {
+    const count = (this.failures.get(vmId)?.count ?? 0) + 1;
+    const delay = Math.min((this.opts.retryMs ?? 1000) * 2 ** (count - 1), this.opts.maxRetryMs ?? 60_000);
+    this.failures.set(vmId, { count, retryAt: this.now() + delay, desired: this.desired?.get(vmId)?.state ?? "absent" });
   }
 
   /** Forgets VMs that are gone and settled, so memory does not grow with every VM ever seen. */

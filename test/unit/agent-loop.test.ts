@@ -176,6 +176,32 @@ describe("agent reconcile loop", () => {
     expect(driver.vms.size).toBe(0);
   });
 
+  it("a create that finds something not ready yet (UNAVAILABLE) is retried after a backoff, never reported FAILED", async () => {
+    let t = 0;
+    const { driver, loop, phases } = setup(() => t);
+    let notReady = true;
+    const create = driver.create.bind(driver);
+    driver.create = async (s) => {
+      if (notReady) {
+        driver.calls.push(`create ${s.id}`);
+        throw new NoidError("UNAVAILABLE", "network of VM a unavailable: the mesh view does not have it yet");
+      }
+      return create(s);
+    };
+    loop.setDesired([want("a", "running")]);
+    await loop.idle();
+    loop.kick();
+    await loop.idle();
+    expect(driver.calls).toEqual(["create a"]); // not again before the backoff
+    t = 1500;
+    notReady = false;
+    loop.kick();
+    await loop.idle();
+    expect(driver.vms.get("a")?.state).toBe("running");
+    expect(phases("a")).not.toContain("FAILED");
+    expect(phases("a").at(-1)).toBe("RUNNING");
+  });
+
   it("runs each VM on the driver it names, the first driver by default, and fails an unknown one", async () => {
     const qemu = new FakeDriver("qemu");
     const { driver, loop, phases, reports } = setup(() => 0, [qemu]);
