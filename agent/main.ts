@@ -38,7 +38,7 @@ import { loadOrCreateKey } from "../mesh/keys.js";
 import { NetworkedDriver } from "./network/attach.js";
 import { MeshController } from "./network/controller.js";
 import { applyEgress, detectUplink } from "./network/egress-apply.js";
-import { DhcpServers } from "./network/dhcp.js";
+import { DhcpServers, dhcpNetworksOf } from "./network/dhcp.js";
 import { describeEgressAction, egressNetworkOf } from "./network/egress.js";
 
 export const AGENT_VERSION = "0.1.0";
@@ -179,13 +179,7 @@ export async function main(argv: string[]): Promise<void> {
       );
       if (actions.length) meshLog.info({ egress: actions.map(describeEgressAction) }, "egress applied");
       // DHCP answers only the reservations of this host's VMs, per network bridge.
-      const local = [...view.local.values()];
-      const dhcpChanges = await dhcp.apply(
-        view.selfNetworks.map((n) => {
-          const vms = local.filter((a) => a.networkId === n.networkId);
-          return { vni: n.vni, cidr: n.cidr, gateway: n.gateway, mtu: vms[0]?.mtu ?? config.uplinkMtu - 110, vms: vms.map((a) => ({ mac: a.mac, ip: a.ip })) };
-        }),
-      );
+      const dhcpChanges = await dhcp.apply(dhcpNetworksOf(view));
       if (dhcpChanges.length) meshLog.info({ dhcp: dhcpChanges }, "dhcp applied");
     },
   });

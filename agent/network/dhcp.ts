@@ -15,6 +15,7 @@ import ipaddr from "ipaddr.js";
 import type { Logger } from "../../common/logger.js";
 import { type ProcessRef, type Spawner, isAlive, killProcess, processRef, spawnDetached } from "../../common/run.js";
 import { findExecutable } from "../drivers/from-config.js";
+import type { MeshView } from "./view.js";
 
 export interface DhcpNetwork {
   vni: number;
@@ -26,6 +27,17 @@ export interface DhcpNetwork {
 }
 
 const bridgeOf = (vni: number): string => `vmnet${vni}`;
+
+/** Pure: what each network's server must serve on this host, from the host's mesh view. */
+export function dhcpNetworksOf(view: Pick<MeshView, "selfNetworks" | "local" | "desired">): DhcpNetwork[] {
+  const local = [...view.local.values()];
+  return view.selfNetworks.flatMap((n) => {
+    const bridge = view.desired.networks.find((d) => d.vni === n.vni)?.bridge;
+    if (!bridge) return []; // no bridge on this host (yet): nothing to serve it on
+    const vms = local.filter((a) => a.networkId === n.networkId).map((a) => ({ mac: a.mac, ip: a.ip }));
+    return [{ vni: n.vni, cidr: n.cidr, gateway: n.gateway, mtu: bridge.mtu, vms }];
+  });
+}
 
 /** dnsmasq's config for one network; reservations sorted so equal sets render equal. */
 export function dhcpConf(n: DhcpNetwork, dir: string): string {

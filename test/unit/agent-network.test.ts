@@ -7,6 +7,7 @@ import { DropAggregator } from "../../agent/network/security.js";
 import { PeerLiveness } from "../../agent/network/liveness.js";
 import { degradedReasons } from "../../coordinator/mesh/health.js";
 import { allowedPeers, guardSpecOf, meshCidrOf, meshView } from "../../agent/network/view.js";
+import { dhcpNetworksOf } from "../../agent/network/dhcp.js";
 import { SecurityAudit } from "../../coordinator/security-events.js";
 import type { AuditInput } from "../../coordinator/audit-log.js";
 import type { MeshMember, MeshSnapshot, MeshVm } from "../../gen/noid/v1/agent.js";
@@ -68,6 +69,16 @@ describe("agent network view", () => {
     expect(v.local.has("a2")).toBe(false);
     // Tenant B is on host 1 only: no FDB entries toward other hosts for it.
     expect(v.desired.networks.find((n) => n.vni === 101)?.fdb).toEqual([]);
+  });
+
+  it("DHCP serves, per network bridge of this host, only this host's VMs, with the bridge's MTU", () => {
+    const v = meshView(snapshot(), "h1", settings);
+    const byVni = new Map(dhcpNetworksOf(v).map((n) => [n.vni, n]));
+    expect([...byVni.keys()].sort()).toEqual([100, 101]);
+    expect(byVni.get(100)).toMatchObject({ cidr: "10.0.0.0/24", gateway: "10.0.0.1", mtu: 1390 });
+    // a2, a3 (other hosts) are not reserved here; the isolated and grouped local VMs are.
+    expect(byVni.get(100)!.vms.map((x) => x.ip).sort()).toEqual(["10.0.0.2", "10.0.0.5", "10.0.0.6"]);
+    expect(byVni.get(101)!.vms).toEqual([{ mac: "02:00:00:00:00:02", ip: "10.0.0.2" }]);
   });
 
   it("leaves out other hosts that registered no WireGuard key instead of failing", () => {
