@@ -3,7 +3,7 @@
 import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { Runner } from "../../common/run.js";
-import { type PostureInputs, globMatch } from "./posture.js";
+import type { PostureInputs } from "./posture.js";
 
 const under = (root: string, abs: string): string => join(root, abs);
 
@@ -35,12 +35,9 @@ function exists(root: string, paths: readonly string[]): boolean {
 export async function observePosture(opts: { root?: string; runner: Runner; netns?: string }): Promise<PostureInputs> {
   const root = opts.root ?? "/";
   const sshdConfig = readIf(under(root, "/etc/ssh/sshd_config"));
-  // sshd Include patterns on Debian point into sshd_config.d; read that directory (and only
-  // files an Include of the main file names are spliced in, by posture.ts).
-  const includes = new Map<string, string>();
-  for (const [p, body] of dirFiles(root, "/etc/ssh/sshd_config.d")) {
-    if (/^\s*Include\s+(.*)$/im.test(sshdConfig ?? "") || globMatch("sshd_config.d/*.conf", p)) includes.set(p, body);
-  }
+  // Include patterns on Debian point into sshd_config.d: read that directory; posture.ts
+  // splices in only the files an Include line of the main file names.
+  const includes = dirFiles(root, "/etc/ssh/sshd_config.d");
   const aptConf = new Map<string, string>();
   for (const [p, body] of dirFiles(root, "/etc/apt/apt.conf.d")) aptConf.set(p.split("/").pop()!, body);
   let nftRuleset: unknown;
