@@ -7,10 +7,10 @@ import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { repoRoot, startLocalCluster, waitFor, type LocalCluster } from "../../deploy/cluster.js";
-import { labLeftovers } from "../../deploy/lab/lab.js";
-import { isAlive, run, type ProcessRef } from "../../common/run.js";
-import { Role, VmDesiredState, VmPhase, type NoidClient, type Vm } from "../../sdk/index.js";
+import { waitFor, type LocalCluster } from "../../deploy/cluster.js";
+import { isAlive, type ProcessRef } from "../../common/run.js";
+import { startQemuCluster, type QemuCluster } from "../helpers/qemu-cluster.js";
+import { VmDesiredState, VmPhase, type NoidClient, type Vm } from "../../sdk/index.js";
 import { run as noidctl } from "../../cli/program.js";
 import { digestFile } from "../../agent/checkpoint/format.js";
 import type { QemuRecord } from "../../agent/drivers/qemu/records.js";
@@ -52,19 +52,16 @@ describe("checkpoints and restore with real QEMU guests through coordinator and 
     return { code, out };
   };
 
+  let qc: QemuCluster;
   beforeAll(async () => {
-    await run(["bash", join(repoRoot, "deploy/guest/build.sh")], { timeoutMs: 300_000 });
-    cluster = await startLocalCluster({ prefix, dir, hosts: 1, drivers: ["sandbox", "qemu"], capacity: { vcpus: 4, memoryMb: 4096, diskGb: 20 } });
+    qc = await startQemuCluster(prefix, 4096, qemuPids);
+    ({ cluster, alice, aliceToken } = qc);
     agentDir = join(dir, `agent-${cluster.lab.hosts[0]!.name}`);
-    aliceToken = (await cluster.client().createToken({ name: "alice", role: Role.ROLE_USER })).secret;
-    alice = cluster.client(aliceToken);
     writeFileSync(keyFile, key, { mode: 0o600 });
   }, 120_000);
 
   afterAll(async () => {
-    await cluster?.stop();
-    expect(await labLeftovers(prefix)).toEqual([]);
-    expect(qemuPids.filter(isAlive)).toEqual([]);
+    await qc?.stop();
   }, 60_000);
 
   it("a sandbox VM cannot be checkpointed: FAILED_PRECONDITION naming the capability, nothing recorded", async () => {

@@ -9,10 +9,10 @@ import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { repoRoot, startLocalCluster, waitFor, type LocalCluster } from "../../deploy/cluster.js";
-import { labLeftovers } from "../../deploy/lab/lab.js";
+import { repoRoot, waitFor, type LocalCluster } from "../../deploy/cluster.js";
+import { startQemuCluster, type QemuCluster } from "../helpers/qemu-cluster.js";
 import { isAlive, killProcess, run, type ProcessRef } from "../../common/run.js";
-import { HostState, Role, VmPhase, type NoidClient, type Vm } from "../../sdk/index.js";
+import { HostState, VmPhase, type NoidClient, type Vm } from "../../sdk/index.js";
 import { run as noidctl } from "../../cli/program.js";
 import type { QemuRecord } from "../../agent/drivers/qemu/records.js";
 
@@ -47,18 +47,15 @@ describe("agent with the qemu driver: a real guest through coordinator and agent
       .map((n) => `${n}:${execFileSync("ip", ["netns", "pids", n], { encoding: "utf8" }).trim()}`)
       .join(";");
 
+  let qc: QemuCluster;
   beforeAll(async () => {
-    await run(["bash", join(repoRoot, "deploy/guest/build.sh")], { timeoutMs: 300_000 });
-    cluster = await startLocalCluster({ prefix, dir, hosts: 1, drivers: ["sandbox", "qemu"], capacity: { vcpus: 4, memoryMb: 2048, diskGb: 20 } });
+    qc = await startQemuCluster(prefix, 2048, qemuPids);
+    ({ cluster, alice, aliceToken } = qc);
     hostNs = cluster.lab.hosts[0]!.netns;
-    aliceToken = (await cluster.client().createToken({ name: "alice", role: Role.ROLE_USER })).secret;
-    alice = cluster.client(aliceToken);
   }, 120_000);
 
   afterAll(async () => {
-    await cluster?.stop();
-    expect(await labLeftovers(prefix)).toEqual([]);
-    expect(qemuPids.filter(isAlive)).toEqual([]);
+    await qc?.stop();
   }, 60_000);
 
   it("the host offers both drivers; a VM that names none runs on the first (sandbox)", async () => {
