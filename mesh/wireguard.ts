@@ -3,7 +3,7 @@
 // host's own mount namespace so its /run/wireguard/<if>.sock does not collide with another
 // simulated host's on one machine.
 import { NoidError, during, precondition } from "../common/errors.js";
-import { type ProcessRef, type RunOptions, type Runner, type Spawner, processRef } from "../common/run.js";
+import { type ProcessRef, type RunOptions, type Runner, type Spawner, killProcess, processRef } from "../common/run.js";
 import type { MeshAction } from "./actions.js";
 import type { HostMeshDesired } from "./topology.js";
 
@@ -112,11 +112,14 @@ export async function ensureWireguard(
   } catch (e) {
     throw during(`starting wireguard-go for ${ifname}`, e);
   }
-  const ref = processRef(pid) ?? { pid, startTime: -1 };
+  const ref = processRef(pid);
+  if (!ref) throw new NoidError("UNAVAILABLE", `wireguard-go ${ifname} (pid ${pid}) exited at once`);
   const deadline = Date.now() + (h.waitMs ?? 10_000);
   while (Date.now() < deadline) {
     if (await readWgDump(ifname, h)) return { how: "userspace", process: ref };
     await new Promise((r) => setTimeout(r, 50));
   }
-  throw new NoidError("UNAVAILABLE", `wireguard-go ${ifname} (pid ${pid}) did not open its socket`);
+  // Nobody else knows this daemon: stop it, or every failed attempt leaves one behind.
+  await killProcess(ref).catch(() => undefined);
+  throw new NoidError("UNAVAILABLE", `wireguard-go ${ifname} (pid ${pid}) did not open its socket within ${h.waitMs ?? 10_000} ms`);
 }

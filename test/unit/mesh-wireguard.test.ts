@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { KEY_FILE, actionCommands } from "../../mesh/actions.js";
-import { parseWgDump, planWireguard } from "../../mesh/wireguard.js";
+import { ensureWireguard, parseWgDump, planWireguard } from "../../mesh/wireguard.js";
+import { type Runner, type Spawner, isAlive, processRef, spawnDetached } from "../../common/run.js";
 
 // Captured from `wg show wg-noid dump` (wireguard-go 0.0.2023, wireguard-tools 1.0.20210914), tabs kept.
 const DUMP = [
@@ -54,5 +55,23 @@ describe("wg dump", () => {
       "wg set wg-noid peer M2hvc3RLZXkzaG9zdEtleTNob3N0S2V5M2hvc3RLZXk= endpoint 10.99.0.3:51820 allowed-ips 100.64.0.3/32",
     );
     expect(actionCommands({ kind: "wg-peer-remove", ifname: "wg-noid", publicKey: "K=" })[0]?.argv).toEqual(["wg", "set", "wg-noid", "peer", "K=", "remove"]);
+  });
+});
+
+describe("starting wireguard-go", () => {
+  it("a daemon that never opens its socket is stopped, not left running, and the error says so", async () => {
+    const started: number[] = [];
+    // No kernel WireGuard, no socket ever: every command answers "no".
+    const runner: Runner = async () => ({ stdout: "", stderr: "", exitCode: 1 });
+    // A real long-running process stands in for a wireguard-go that hangs.
+    const spawner: Spawner = async () => {
+      const pid = await spawnDetached(["sleep", "60"]);
+      started.push(pid);
+      return pid;
+    };
+    await expect(ensureWireguard("wgtest-hang", { runner, spawner, waitMs: 300 })).rejects.toThrow(/did not open its socket within 300 ms/);
+    expect(started).toHaveLength(1);
+    const ref = processRef(started[0]!);
+    expect(ref === undefined || !isAlive(ref)).toBe(true);
   });
 });
