@@ -3,7 +3,7 @@
 // pass, the driver's recover and the process metrics. It runs no VM, so it
 // creates nothing on the machine; it is killed by its PID.
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -34,7 +34,15 @@ describe("noid-agent --metrics-listen", () => {
     dir = mkdtempSync(join(tmpdir(), "noid-agent-proc-"));
   });
   afterAll(async () => {
+    // The agent's wireguard-go outlives it (as VMs do): let its first mesh pass record the
+    // daemon (it always starts one), stop the agent, then stop the recorded daemon by PID.
+    const wg = join(dir, "state", "wireguard-go.json");
+    if (agent && isAlive(agent)) await eventually(() => existsSync(wg), 20_000, "the agent to record its wireguard-go").catch(() => undefined);
     if (agent && isAlive(agent)) await killProcess(agent);
+    if (dir && existsSync(wg)) {
+      const ref = JSON.parse(readFileSync(wg, "utf8")) as ProcessRef;
+      if (isAlive(ref)) await killProcess(ref);
+    }
     await c?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
@@ -48,7 +56,7 @@ describe("noid-agent --metrics-listen", () => {
       [
         process.execPath, join(repo, "dist/agent/main.js"),
         "--coordinator", c.address, "--insecure", "--name", `pm-${tag}`, "--address", "127.0.0.1", "--token-file", tokenFile,
-        "--state-dir", join(dir, "state"), "--ns-prefix", `pm${tag}`, "--metrics-listen", `127.0.0.1:${port}`, "--log-level", "warn",
+        "--state-dir", join(dir, "state"), "--ns-prefix", `pm${tag}`, "--wg-interface", `wgpm${tag}`, "--metrics-listen", `127.0.0.1:${port}`, "--log-level", "warn",
       ],
       { logFile: log },
     );
