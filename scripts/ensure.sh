@@ -24,6 +24,9 @@ command -v mke2fs >/dev/null || need+=(e2fsprogs)
 command -v xz >/dev/null || need+=(xz-utils)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
+# nginx: the HTTP ingress role; iperf3: the data-plane benchmarks.
+command -v nginx >/dev/null || need+=(nginx)
+command -v iperf3 >/dev/null || need+=(iperf3)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
@@ -34,10 +37,12 @@ if ((${#need[@]})); then
   apt-get update -qq >&2
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# Debian starts an etcd service on install; ours are started by the tests and the demo.
-if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
-  systemctl disable --now etcd >/dev/null 2>&1 || true
-fi
+# Debian starts etcd and nginx services on install; ours are started by the tests and the demo.
+for svc in etcd nginx; do
+  if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  fi
+done
 
 stamp=node_modules/.noid-lock
 if [[ ! -d node_modules || ! -f $stamp ]] || ! cmp -s package-lock.json "$stamp"; then
