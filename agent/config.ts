@@ -124,6 +124,24 @@ export const agentConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Network behaviour monitoring of the VMs (agent/network/monitor-*.ts). */
+    monitor: z
+      .object({
+        enabled: z.boolean().default(true),
+        /** A target stays in a VM's scan window this long after the VM last tried it. */
+        window_seconds: z.number().int().min(5).max(3600).default(60),
+        /** Distinct ports of one address tried within the window that make a port scan. */
+        scan_ports: z.number().int().min(2).max(65535).default(64),
+        /** Distinct addresses tried within the window that make an address scan. */
+        scan_hosts: z.number().int().min(2).max(1_000_000).default(32),
+        /** Per VM and kind, at most one security event this often. */
+        event_interval_seconds: z.number().int().min(1).max(3600).default(10),
+        /** Largest scan set per VM (elements); a full set stops growing, detection still fires. */
+        set_size: z.number().int().min(256).max(1_048_576).default(16_384),
+      })
+      .strict()
+      .prefault({})
+      .refine((m) => m.scan_ports <= m.set_size && m.scan_hosts <= m.set_size, "scan_ports and scan_hosts must not exceed set_size"),
     /** Prometheus /metrics over HTTP on this host:port; "" (the default) serves none. */
     metrics_listen: z
       .string()
@@ -178,6 +196,12 @@ export const agentConfigSchema = z
       intervalMs: c.posture.interval_seconds * 1000,
     },
     logLevel: c.log_level,
+    monitor: {
+      enabled: c.monitor.enabled,
+      windowSeconds: c.monitor.window_seconds,
+      setSize: c.monitor.set_size,
+      thresholds: { scanPorts: c.monitor.scan_ports, scanHosts: c.monitor.scan_hosts, eventIntervalMs: c.monitor.event_interval_seconds * 1000 },
+    },
     metricsListen: c.metrics_listen,
     wgInterface: c.wg_interface,
     wgPort: c.wg_port,

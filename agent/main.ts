@@ -40,6 +40,7 @@ import { MeshController } from "./network/controller.js";
 import { applyEgress, detectUplink } from "./network/egress-apply.js";
 import { DhcpServers, dhcpNetworksOf } from "./network/dhcp.js";
 import { describeEgressAction, egressNetworkOf } from "./network/egress.js";
+import { declaredListen } from "../common/listen-label.js";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -154,6 +155,8 @@ export async function main(argv: string[]): Promise<void> {
   let uplink: string | undefined = config.uplink || undefined;
   // Scrape-time reads and the mesh's port list use the raw drivers: neither is a driver operation.
   const rawDrivers: HypervisorDriver[] = [];
+  // The loop is made after the mesh controller; the monitor asks it for VM labels later.
+  let loopRef: ReconcileLoop | undefined;
   const mesh = new MeshController({
     privateKey: wgKey.privateKey,
     wgIfname: config.wgInterface,
@@ -164,6 +167,15 @@ export async function main(argv: string[]): Promise<void> {
       if (!session?.security(e)) meshLog.warn({ event: e }, "security event not sent: no session");
     },
     onCondition: (c) => session?.setCondition(c),
+    ...(config.monitor.enabled
+      ? {
+          monitor: {
+            ...config.monitor,
+            listen: (vmId: string) => declaredListen(loopRef?.desiredVm(vmId)?.labels),
+            onDetection: (d) => metrics.detected(d.kind),
+          },
+        }
+      : {}),
     logger: meshLog,
     // Egress: NAT to the uplink with each network's policy, once its bridge exists.
     onNetworks: async (_networks, view) => {
@@ -201,6 +213,7 @@ export async function main(argv: string[]): Promise<void> {
     },
     observer: metrics.reconcile,
   });
+  loopRef = loop;
   checkpoints = new CheckpointRunner(config.stateDir, drivers, loop, logger.child({ component: "checkpoint" }));
   let identity: HostIdentity | undefined;
   let client: AgentServiceClient;
@@ -224,7 +237,9 @@ export async function main(argv: string[]): Promise<void> {
   }
   metrics.setWireguardReader(config.wgInterface, () => mesh.wireguard());
   metrics.setGuardReader(() => mesh.guardCounters());
+  if (config.monitor.enabled) metrics.setMonitorReader(() => mesh.monitorReadings());
   metrics.setSources({
+    networks: () => mesh.networkDevices(),
     reports: () => loop.lastReports(),
     vmPorts: async () => (await Promise.all(rawDrivers.map((d) => d.list()))).flat(),
     linkStats: () => readLinkStats(run),

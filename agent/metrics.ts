@@ -11,6 +11,14 @@ import type { GuardCounter } from "../mesh/guards.js";
 import type { WgObserved } from "../mesh/wireguard.js";
 import type { ExecOptions, HypervisorDriver, VmCreateSpec } from "./drivers/driver.js";
 import type { PassResult } from "./reconcile/loop.js";
+import type { MonitorReading, NetworkTrafficReading } from "./network/monitor-rules.js";
+import { DETECTION_KINDS } from "./network/monitor-detect.js";
+
+/** What the monitor table holds at one scrape (the mesh controller's monitorReadings()). */
+export interface MonitorScrape {
+  vms: MonitorReading[];
+  networks: NetworkTrafficReading[];
+}
 
 export interface PortStats {
   rxBytes: number;
@@ -122,6 +130,8 @@ export class AgentMetrics {
   private sources: AgentMetricSources = {};
   private wireguard?: { ifname: string; read: () => Promise<WgObserved | undefined> };
   private guards?: () => Promise<GuardCounter[]>;
+  private monitor?: () => Promise<MonitorScrape>;
+  private readonly detections: Counter<"kind">;
   private readonly passes: Counter<"result">;
   private readonly passDuration: Histogram;
   private readonly actionErrors: Counter<"action">;
@@ -139,9 +149,16 @@ export class AgentMetrics {
     this.actionErrors = new Counter({ name: "noid_agent_reconcile_errors_total", help: "Reconcile actions that failed, by action", labelNames: ["action"], registers });
     this.driverOps = new Counter({ name: "noid_agent_driver_operations_total", help: "Hypervisor driver calls, by driver, operation and result", labelNames: ["driver", "op", "result"], registers });
     this.driverLatency = new Histogram({ name: "noid_agent_driver_operation_duration_seconds", help: "Hypervisor driver call latency", labelNames: ["driver", "op"], buckets: LATENCY_BUCKETS, registers });
-    this.scrapeErrors = new Counter({ name: "noid_agent_metrics_read_errors_total", help: "Scrape-time reads that failed (links, wireguard, guards)", labelNames: ["source"], registers });
+    this.scrapeErrors = new Counter({ name: "noid_agent_metrics_read_errors_total", help: "Scrape-time reads that failed (links, wireguard, guards, monitor)", labelNames: ["source"], registers });
     // Error series exist from the start (at 0), so rate() and dashboards see them before the first error.
-    for (const source of ["links", "wireguard", "guards"]) this.scrapeErrors.inc({ source }, 0);
+    for (const source of ["links", "wireguard", "guards", "monitor"]) this.scrapeErrors.inc({ source }, 0);
+    this.detections = new Counter({
+      name: "noid_agent_security_detections_total",
+      help: "Suspicious network behaviour detected on this host's VMs (events raised), by kind: arp-spoof, rogue-dhcp, port-scan, host-scan, undeclared-listener",
+      labelNames: ["kind"],
+      registers,
+    });
+    for (const kind of DETECTION_KINDS) this.detections.inc({ kind }, 0);
     for (const action of ["create", "start", "stop", "destroy", "report"]) this.actionErrors.inc({ action }, 0);
 
     new Gauge({
@@ -186,6 +203,37 @@ export class AgentMetrics {
           const t = await self.traffic();
           this.reset();
           for (const n of t.networks) this.inc({ network: n.network, path: n.path, direction: n.direction }, unit === "bytes" ? n.bytes : n.packets);
+        },
+      });
+    }
+    // Private (inside the tenant network: its CIDR, broadcast, multicast) vs egress (anything
+    // else, i.e. through the gateway to outside), from the monitor table's nft counters.
+    for (const unit of ["bytes", "packets"] as const) {
+      new Counter({
+        name: `noid_agent_vm_traffic_${unit}_total`,
+        help: `${unit === "bytes" ? "Bytes" : "Packets"} each VM sent and received, by scope: private (peers of its tenant network, on any host) or egress (outside the network)`,
+        labelNames: ["vm", "network", "scope", "direction"],
+        registers,
+        async collect() {
+          const m = await self.readMonitor();
+          this.reset();
+          for (const v of m.vms) {
+            for (const [key, t] of Object.entries(v.traffic)) {
+              const [dir, scope] = key.split("_") as ["tx" | "rx", string];
+              this.inc({ vm: v.vmId, network: v.networkId, scope, direction: dir === "tx" ? "sent" : "received" }, t[unit]);
+            }
+          }
+        },
+      });
+      new Counter({
+        name: `noid_agent_network_traffic_${unit}_total`,
+        help: `${unit === "bytes" ? "Bytes" : "Packets"} the VMs of each tenant network on this host sent and received, by scope (private or egress); kept across VM churn`,
+        labelNames: ["network", "scope", "direction"],
+        registers,
+        async collect() {
+          const m = await self.readMonitor();
+          this.reset();
+          for (const n of m.networks) this.inc({ network: n.networkId, scope: n.scope, direction: n.direction }, n[unit]);
         },
       });
     }
@@ -266,7 +314,29 @@ export class AgentMetrics {
     this.guards = read;
   }
 
+  /** The mesh controller's hook: how to read the monitor table (e.g. `() => mesh.monitorReadings()`). */
+  setMonitorReader(read: (() => Promise<MonitorScrape>) | undefined): void {
+    this.monitor = read;
+  }
+
+  /** One detection raised (the mesh controller's onDetection). */
+  detected(kind: string): void {
+    this.detections.inc({ kind });
+  }
+
   // One scrape reads the kernel once per source, however many metrics use it.
+  private monitorRead?: Promise<MonitorScrape>;
+
+  private readMonitor(): Promise<MonitorScrape> {
+    if (!this.monitor) return Promise.resolve({ vms: [], networks: [] });
+    this.monitorRead ??= this.monitor()
+      .catch(() => {
+        this.scrapeErrors.inc({ source: "monitor" });
+        return { vms: [], networks: [] };
+      })
+      .finally(() => setImmediate(() => (this.monitorRead = undefined)));
+    return this.monitorRead;
+  }
   private wgRead?: Promise<WgObserved | undefined>;
   private trafficRead?: Promise<{ vms: VmTraffic[]; networks: NetworkTraffic[] }>;
 

@@ -2,6 +2,7 @@
 // before anything touches the store.
 import { invalid } from "../common/errors.js";
 import { checkLabels, checkName } from "../common/names.js";
+import { declaredListen } from "../common/listen-label.js";
 import type { VmSpec } from "../gen/noid/v1/vm.js";
 
 export const DRIVERS = ["sandbox", "qemu", "firecracker"] as const;
@@ -31,6 +32,7 @@ export function normalizeVmSpec(spec: VmSpec | undefined): VmSpec {
     throw invalid("spec.image", `"${s.image}" is not a valid image name`);
   }
   checkLabels("spec.labels", s.labels);
+  declaredListen(s.labels); // the listener detection's declaration must parse
   checkLabels("spec.host_selector", s.hostSelector);
   if (s.host !== "") checkName("spec.host", s.host);
   if (s.antiAffinityGroup !== "") checkName("spec.anti_affinity_group", s.antiAffinityGroup);

@@ -18,6 +18,9 @@ import type { GuardSpec } from "../../mesh/guards.js";
 import type { NetworkSpec } from "../../mesh/topology.js";
 import { type BackoffPolicy, backoffDelay } from "../backoff.js";
 import { DropAggregator } from "./security.js";
+import { BehaviourDetector, type Detection, type MonitorThresholds } from "./monitor-detect.js";
+import { applyMonitor, readMonitor } from "./monitor-apply.js";
+import { type MonitorSpec, monitorSpecOf } from "./monitor-rules.js";
 import { type MeshView, type VmAttachment, guardSpecOf, meshView } from "./view.js";
 
 /**
@@ -52,6 +55,18 @@ export interface MeshControllerOptions {
   /** Per VM and kind, at most one drop event this often (default 5 s). */
   eventIntervalMs?: number;
   backoff?: BackoffPolicy;
+  /** Network behaviour monitoring (table bridge noid_monitor, monitor-rules.ts); absent: none. */
+  monitor?: MonitorOptions;
+}
+
+export interface MonitorOptions {
+  windowSeconds: number;
+  setSize: number;
+  thresholds: MonitorThresholds;
+  /** The TCP ports a local VM declared it listens on ("any": not watched). */
+  listen: (vmId: string) => number[] | "any";
+  /** Every detection, after it was sent as a security event (metrics). */
+  onDetection?: (d: Detection) => void;
 }
 
 export interface MeshCondition {
@@ -71,6 +86,19 @@ export class MeshController {
   private lastDesiredKey = "";
   private lastGuardKey = "";
   private guardSpec: GuardSpec | undefined;
+  private monitorSpec: MonitorSpec | undefined;
+  private lastMonitorKey = "";
+  private readonly detector: BehaviourDetector | undefined;
+
+  /** The monitor table's readings (per-VM and per-network traffic, detection state); empty before the first pass. */
+  async monitorReadings(): Promise<Awaited<ReturnType<typeof readMonitor>>> {
+    return this.monitorSpec ? readMonitor(this.monitorSpec, { runner: this.runner }) : { vms: [], networks: [] };
+  }
+
+  /** This host's tenant networks and their devices as last applied (metrics). */
+  networkDevices(): { networkId: string; vxlan: string; bridge: string }[] {
+    return (this.view?.desired.networks ?? []).map((n) => ({ networkId: n.networkId, vxlan: n.vxlan.name, bridge: n.bridge.name }));
+  }
 
   /** The guard counters of the VM ports as applied now (metrics); [] before the first pass. */
   async guardCounters(): Promise<Awaited<ReturnType<typeof readGuardCounters>>> {
@@ -99,6 +127,7 @@ export class MeshController {
   constructor(private readonly opts: MeshControllerOptions) {
     this.runner = opts.runner ?? defaultRun;
     this.drops = new DropAggregator(opts.eventIntervalMs ?? 5000);
+    if (opts.monitor) this.detector = new BehaviourDetector(opts.monitor.thresholds);
   }
 
   start(): void {
@@ -212,7 +241,8 @@ export class MeshController {
       this.lastDesiredKey = desiredKey;
       await this.opts.onNetworks?.(view.desired.networks, view);
 
-      const spec = guardSpecOf(view, await this.opts.ports());
+      const ports = await this.opts.ports();
+      const spec = guardSpecOf(view, ports);
       const guardKey = JSON.stringify(spec);
       const repaired = await applyGuards(spec, { runner: this.runner });
       if (repaired.length > 0 && guardKey === this.lastGuardKey) {
@@ -221,6 +251,7 @@ export class MeshController {
       }
       this.lastGuardKey = guardKey;
       this.guardSpec = spec;
+      await this.applyMonitor(view, ports);
       this.view = view;
       this.appliedGeneration = generation;
       this.failures = 0;
@@ -240,6 +271,51 @@ export class MeshController {
         this.waiters.delete(w);
         w();
       }
+    }
+  }
+
+  /**
+   * The monitor table follows the guards. It only watches, so a failure is logged and left to
+   * the next pass (every resyncMs) instead of holding VMs back.
+   */
+  private async applyMonitor(view: MeshView, ports: ReadonlyMap<string, string>): Promise<void> {
+    const m = this.opts.monitor;
+    if (!m) return;
+    try {
+      const listen = (vmId: string): number[] | "any" => {
+        try {
+          return m.listen(vmId);
+        } catch (e) {
+          this.opts.logger.warn({ vm: vmId, err: e instanceof Error ? e.message : String(e) }, "bad listen declaration: treating it as none");
+          return [];
+        }
+      };
+      const spec = monitorSpecOf(view, ports, listen, m);
+      const key = JSON.stringify(spec);
+      const repaired = await applyMonitor(spec, { runner: this.runner });
+      if (repaired.length > 0 && key === this.lastMonitorKey) {
+        this.opts.logger.warn({ drift: repaired }, "monitor drift repaired");
+        this.opts.onSecurity({ vmId: "", kind: "drift", count: repaired.length, detail: `monitor repaired: ${repaired.join("; ")}`.slice(0, 1000) });
+      }
+      this.lastMonitorKey = key;
+      this.monitorSpec = spec;
+    } catch (e) {
+      this.opts.logger.warn({ err: e instanceof Error ? e.message : String(e) }, "applying the monitor table failed; retrying at the next pass");
+    }
+  }
+
+  private async pollMonitor(): Promise<void> {
+    const spec = this.monitorSpec;
+    if (!spec || !this.detector || this.stopped) return;
+    try {
+      const { vms } = await readMonitor(spec, { runner: this.runner });
+      for (const d of this.detector.observe(vms, Date.now())) {
+        this.opts.logger.warn({ vm: d.vmId, kind: d.kind, count: d.count, detail: d.detail }, "suspicious network behaviour");
+        this.opts.onSecurity({ vmId: d.vmId, kind: d.kind, count: d.count, detail: d.detail });
+        this.opts.monitor?.onDetection?.(d);
+      }
+    } catch (e) {
+      this.opts.logger.debug({ err: e }, "reading the monitor table failed");
     }
   }
 
@@ -279,6 +355,7 @@ export class MeshController {
 
   private async pollCounters(): Promise<void> {
     await this.checkPeers().catch((e: unknown) => this.opts.logger.debug({ err: e }, "reading WireGuard peers failed"));
+    await this.pollMonitor();
     const spec = this.guardSpec;
     if (!spec || this.stopped) return;
     try {

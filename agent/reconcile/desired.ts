@@ -32,7 +32,9 @@ export function desiredFromVm(vm: Vm, defaultPrefixLen = 24): DesiredVm {
   const [ip = "", len] = (vm.status?.ip ?? "").split("/");
   const st = vm.status;
   const netLen = st?.networkCidr ? Number(st.networkCidr.split("/")[1]) : undefined;
+  const labels = spec?.labels ?? {};
   return {
+    ...(Object.keys(labels).length ? { labels } : {}),
     id: vm.id,
     state: desiredState(vm.desiredState),
     driver: spec?.driver ?? "",

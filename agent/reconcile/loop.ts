@@ -106,6 +106,11 @@ export class ReconcileLoop {
     this.kick();
   }
 
+  /** What the coordinator wants for VM `vmId` on this host, if it is assigned here. */
+  desiredVm(vmId: string): DesiredVm | undefined {
+    return this.desired?.get(vmId);
+  }
+
   /** The last status sent for every VM, to resend after a reconnect. */
   lastReports(): VmStatusReport[] {
     return [...this.reported.values()];

@@ -9,4 +9,6 @@ export interface DesiredVm {
   /** The driver the VM asks for; "" means the agent's default (its first) driver. */
   driver: string;
   spec: VmCreateSpec;
+  /** The VM's own labels (VmSpec.labels), when it has any: e.g. its declared listening ports. */
+  labels?: Record<string, string>;
 }
