@@ -32,6 +32,8 @@ export interface ClusterOptions {
   coordinatorArgs?: string[];
   /** Drivers every agent runs, the default first (default: the agent's own default, sandbox). */
   drivers?: string[];
+  /** Each agent serves /metrics on <its lab address>:<port> (reachable from inside the lab namespaces). */
+  agentMetricsPort?: number;
 }
 
 export interface LocalCluster {
@@ -196,6 +198,7 @@ export async function startLocalCluster(o: ClusterOptions): Promise<LocalCluster
           "--label",
           `zone=z${i + 1}`,
           ...(o.drivers ? ["--drivers", o.drivers.join(",")] : []),
+          ...(o.agentMetricsPort ? ["--metrics-listen", `${h.address}:${o.agentMetricsPort}`] : []),
           // Lab hosts share one /run: each needs its own wireguard-go socket name.
           "--wg-interface",
           `${o.prefix}wg${i + 1}`,

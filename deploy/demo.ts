@@ -69,7 +69,7 @@ async function up(): Promise<void> {
   }
   const t0 = Date.now();
   const drivers = qemuReady() ? ["sandbox", "qemu"] : ["sandbox"];
-  const cluster = await startLocalCluster({ prefix: PREFIX, dir: DIR, hosts: 3, listen: LISTEN, outside: true, drivers, coordinatorArgs: ["--metrics-listen", METRICS] });
+  const cluster = await startLocalCluster({ prefix: PREFIX, dir: DIR, hosts: 3, listen: LISTEN, outside: true, drivers, coordinatorArgs: ["--metrics-listen", METRICS], agentMetricsPort: 9464 });
   say(`coordinator on ${LISTEN} and ${cluster.socket} (embedded etcd); hosts: ${cluster.lab.hosts.map((h, i) => `${cluster.hostNames[i]} (${h.netns}, ${h.address})`).join(", ")}`);
   const admin = cluster.client();
 
@@ -115,6 +115,7 @@ Use it (contexts written to ${path}):
   npx noidctl --context demo hosts${drivers.includes("qemu") ? "\n  npx noidctl --context demo-alice create vm-q --driver qemu --memory 256   # a real QEMU guest (TCG)" : ""}
   npx noidctl --context demo events --watch          # VM lifecycle, hosts, security
   curl -s http://${METRICS}/metrics                # the coordinator's Prometheus metrics
+  ip netns exec ${cluster.lab.hosts[0]!.netns} curl -s http://${cluster.lab.hosts[0]!.address}:9464/metrics   # an agent's (traffic, detections)
 Logs: ${DIR}/*.log
 Stop: npm run demo -- --down`);
   process.exit(process.exitCode ?? 0);

@@ -1,0 +1,173 @@
+// Privileged, the whole system as the demo runs it (deploy/cluster.ts: built coordinator,
+// real agents in two namespace hosts, sandbox VMs, an "outside" namespace on the underlay):
+// per-VM byte counters split private (the tenant's peers, here on the other host) and egress
+// (NAT to outside); a forged ARP from a VM, an undeclared listener and a port scan show up in
+// `noidctl events` and as detection counters; every Grafana panel's query selects series
+// that the coordinator's and the agents' real /metrics have.
+import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startLocalCluster, waitFor, type LocalCluster } from "../../deploy/cluster.js";
+import { labLeftovers } from "../../deploy/lab/lab.js";
+import { pingArgv } from "../../deploy/lab/probe.js";
+import { run } from "../../common/run.js";
+import { Role, VmPhase, type NoidClient, NoidApiError } from "../../sdk/index.js";
+import { run as noidctl } from "../../cli/program.js";
+import { LISTEN_LABEL } from "../../common/listen-label.js";
+import { type Exposition, parseExposition, sampleValue, scrape } from "../helpers/exposition.js";
+import { selectors, selects } from "../helpers/promql.js";
+
+const prefix = `m${randomBytes(3).toString("hex").slice(0, 5)}`;
+const AGENT_METRICS_PORT = 9464;
+const PING_BYTES = 1000; // ICMP payload: 1028 bytes per packet at L3, what the nft counters count
+const PACKET = PING_BYTES + 28;
+const COUNT = 5;
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+describe("network monitoring on the local cluster", () => {
+  let cluster: LocalCluster;
+  let alice: NoidClient;
+  let coordMetrics = "";
+  const ip: Record<string, string> = {};
+  const id: Record<string, string> = {};
+  let networkId = "";
+
+  /** An agent's /metrics, fetched from inside its host's namespace (the lab is not routed from the root namespace). */
+  async function scrapeAgent(i: number): Promise<Exposition> {
+    const h = cluster.lab.hosts[i]!;
+    const code = `fetch("http://${h.address}:${AGENT_METRICS_PORT}/metrics").then(async (r) => { if (r.status !== 200) process.exit(2); process.stdout.write(await r.text()); })`;
+    const r = await run([process.execPath, "-e", code], { netns: h.netns, timeoutMs: 30_000 });
+    return parseExposition(r.stdout);
+  }
+  const traffic = (m: Exposition, vm: string, scope: string, direction: string): number =>
+    sampleValue(m, "noid_agent_vm_traffic_bytes_total", { vm: id[vm]!, scope, direction }) ?? 0;
+  /** Pings `target` from VM `vm` with big packets until COUNT of them got through (bounded). */
+  async function pingFrom(vm: string, target: string): Promise<void> {
+    const argv = [...pingArgv(target, { count: COUNT, waitS: 2 }).slice(0, -1), "-s", String(PING_BYTES), target];
+    await waitFor(`${vm} to reach ${target}`, async () => ((await alice.exec(vm, argv)).exitCode === 0 ? true : undefined), 60_000);
+  }
+  async function events(kind: string, vm: string): Promise<string> {
+    let out = "";
+    const io = { stdout: (x: string) => void (out += x), stderr: (x: string) => void (out += x), readStdin: async () => "", isTTY: false, cwd: "/" };
+    const env = { NOID_SERVER: cluster.address, NOID_TOKEN: cluster.adminToken, NOID_CA_FILE: cluster.caFile, NOID_CONFIG: "/nonexistent/config.toml" };
+    const code = await noidctl(["events", "--kind", kind, "--vm", vm, "-o", "wide"], { env, io });
+    if (code !== 0) throw new Error(`noidctl events: ${out}`);
+    return out;
+  }
+
+  beforeAll(async () => {
+    coordMetrics = `127.0.0.1:${await freePort()}`;
+    cluster = await startLocalCluster({
+      prefix,
+      dir: `/run/noid-e2e-${prefix}`,
+      hosts: 2,
+      outside: true,
+      agentMetricsPort: AGENT_METRICS_PORT,
+      coordinatorArgs: ["--metrics-listen", coordMetrics],
+    });
+    const admin = cluster.client();
+    alice = cluster.client((await admin.createToken({ name: "alice", role: Role.ROLE_USER })).secret);
+    // One tenant network across both hosts; a1 declares it listens on 22 only, a2 declares nothing.
+    await alice.createVm("a1", { vcpus: 1, memoryMb: 128, host: "host1", labels: { [LISTEN_LABEL]: "22" } });
+    await alice.createVm("a2", { vcpus: 1, memoryMb: 128, host: "host2" });
+    for (const n of ["a1", "a2"]) {
+      const vm = await alice.waitForVm(n, (v) => v.status?.phase === VmPhase.VM_PHASE_RUNNING, { timeoutMs: 90_000 });
+      ip[n] = vm.status!.ip.split("/")[0]!;
+      id[n] = vm.id;
+      networkId = vm.status!.networkId;
+    }
+  }, 240_000);
+
+  afterAll(async () => {
+    await cluster?.stop();
+    expect(await labLeftovers(prefix)).toEqual([]);
+  }, 60_000);
+
+  it("counts traffic to a peer on another host as private, on both ends", async () => {
+    const [h1, h2] = [await scrapeAgent(0), await scrapeAgent(1)];
+    await pingFrom("a1", ip.a2!);
+    const [h1b, h2b] = [await scrapeAgent(0), await scrapeAgent(1)];
+    expect(traffic(h1b, "a1", "private", "sent") - traffic(h1, "a1", "private", "sent")).toBeGreaterThanOrEqual(COUNT * PACKET);
+    expect(traffic(h1b, "a1", "private", "received") - traffic(h1, "a1", "private", "received")).toBeGreaterThanOrEqual(COUNT * PACKET);
+    expect(traffic(h2b, "a2", "private", "received") - traffic(h2, "a2", "private", "received")).toBeGreaterThanOrEqual(COUNT * PACKET);
+    // Nothing of that left the network.
+    expect(traffic(h1b, "a1", "egress", "sent") - traffic(h1, "a1", "egress", "sent")).toBeLessThan(PACKET);
+    expect(sampleValue(h1b, "noid_agent_network_traffic_bytes_total", { network: networkId, scope: "private", direction: "sent" })).toBeGreaterThanOrEqual(COUNT * PACKET);
+    // The per-network link counters are wired too: the pings crossed host1's VXLAN device.
+    expect(sampleValue(h1b, "noid_agent_network_bytes_total", { network: networkId, path: "mesh", direction: "out" })).toBeGreaterThanOrEqual(COUNT * PACKET);
+  });
+
+  it("counts traffic out of the network (NAT to the outside namespace) as egress", async () => {
+    const out = cluster.lab.outside!.address;
+    const before = await scrapeAgent(0);
+    await pingFrom("a1", out);
+    const after = await scrapeAgent(0);
+    expect(traffic(after, "a1", "egress", "sent") - traffic(before, "a1", "egress", "sent")).toBeGreaterThanOrEqual(COUNT * PACKET);
+    expect(traffic(after, "a1", "egress", "received") - traffic(before, "a1", "egress", "received")).toBeGreaterThanOrEqual(COUNT * PACKET);
+    expect(traffic(after, "a1", "private", "sent") - traffic(before, "a1", "private", "sent")).toBeLessThan(PACKET);
+    expect(sampleValue(after, "noid_agent_network_traffic_bytes_total", { network: networkId, scope: "egress", direction: "sent" })).toBeGreaterThanOrEqual(COUNT * PACKET);
+  });
+
+  it("a forged ARP from a VM is a security event in noidctl events and a counter", async () => {
+    const forged = ip.a1!.replace(/\.\d+$/, ".250");
+    // busybox arping -U announces the address it is given as the sender: one the VM does not own.
+    const r = await alice.exec("a1", ["sh", "-c", `echo 1 > /proc/sys/net/ipv4/ip_nonlocal_bind && busybox arping -U -c 2 -I eth0 -s ${forged} ${forged}`]);
+    expect(r.exitCode, r.stderr.toString()).toBe(0);
+    const out = await waitFor("the arp-spoof event", async () => {
+      const o = await events("security.arp-spoof", "a1");
+      return o.includes(forged) ? o : undefined;
+    }, 30_000);
+    expect(out).toMatch(/security\.arp-spoof\s+a1\s+host1\s+\d+ ARP frame\(s\) with a forged sender; senders in the last window: /);
+    const m = await scrapeAgent(0);
+    expect(sampleValue(m, "noid_agent_security_detections_total", { kind: "arp-spoof" })).toBeGreaterThanOrEqual(1);
+    // The guards dropped those frames (and said so separately).
+    expect(sampleValue(m, "noid_agent_guard_drops_total", { vm: id.a1!, kind: "arpip" })).toBeGreaterThanOrEqual(2);
+  });
+
+  it("a VM accepting connections on a port it did not declare is reported, with the port and the peer", async () => {
+    const r = await alice.exec("a2", ["sh", "-c", "timeout 30 busybox nc -l -p 7777 </dev/null >/dev/null 2>&1 &"]);
+    expect(r.exitCode).toBe(0);
+    await waitFor("a1 to connect to a2:7777", async () => ((await alice.exec("a1", ["busybox", "nc", "-w", "2", ip.a2!, "7777"])).exitCode === 0 ? true : undefined), 30_000);
+    const out = await waitFor("the undeclared-listener event", async () => {
+      const o = await events("security.undeclared-listener", "a2");
+      return o.includes("7777") ? o : undefined;
+    }, 30_000);
+    expect(out).toContain(`port(s) 7777; peers: ${ip.a1}`);
+    expect(sampleValue(await scrapeAgent(1), "noid_agent_security_detections_total", { kind: "undeclared-listener" })).toBeGreaterThanOrEqual(1);
+  });
+
+  it("a VM trying many ports of one address in a short window is a port scan", async () => {
+    // 80 ports (the default threshold is 64), each a SYN answered by a RST.
+    const scan = `for p in $(seq 1 80); do busybox nc -w 1 ${ip.a2} $p </dev/null >/dev/null 2>&1; done; true`;
+    expect((await alice.exec("a1", ["sh", "-c", scan])).exitCode).toBe(0);
+    const out = await waitFor("the port-scan event", async () => {
+      const o = await events("security.port-scan", "a1");
+      return o.includes(`of ${ip.a2}`) ? o : undefined;
+    }, 30_000);
+    expect(out).toMatch(/\d+ distinct ports of \S+ tried in the window \(threshold 64\)/);
+    expect(sampleValue(await scrapeAgent(0), "noid_agent_security_detections_total", { kind: "port-scan" })).toBeGreaterThanOrEqual(1);
+  });
+
+  it("every Grafana panel's query selects series of the cluster's real scrapes", async () => {
+    // An authentication failure, so the auth panels have their series.
+    await expect(cluster.client("0".repeat(64)).listVms()).rejects.toBeInstanceOf(NoidApiError);
+    const parts = [await scrape(coordMetrics), await scrapeAgent(0), await scrapeAgent(1)];
+    const all: Exposition = { samples: parts.flatMap((p) => p.samples), types: new Map(parts.flatMap((p) => [...p.types])) };
+    const file = fileURLToPath(new URL("../../deploy/grafana/noid.json", import.meta.url));
+    const dash = JSON.parse(readFileSync(file, "utf8")) as { panels: Array<{ type: string; title: string; targets?: Array<{ expr: string }> }> };
+    const missing: string[] = [];
+    for (const p of dash.panels.filter((x) => x.type !== "row")) {
+      for (const t of p.targets ?? []) for (const s of selectors(t.expr)) if (!selects(all, s)) missing.push(`${p.title}: ${s.name}${JSON.stringify(s.matchers)}`);
+    }
+    expect(missing).toEqual([]);
+  });
+});
