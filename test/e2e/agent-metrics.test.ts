@@ -22,6 +22,8 @@ import { VmPhase } from "../../gen/noid/v1/vm.js";
 import { silentLogger } from "../../common/logger.js";
 import { applyHostMesh } from "../../mesh/apply.js";
 import { applyGuards, readGuardCounters } from "../../mesh/guards-apply.js";
+import { applyMonitor, readMonitor } from "../../agent/network/monitor-apply.js";
+import type { MonitorSpec } from "../../agent/network/monitor-rules.js";
 import type { GuardSpec } from "../../mesh/guards.js";
 import { type WgKeyPair, generateKeyPair } from "../../mesh/keys.js";
 import { createMountNs, removeMountNsDir } from "../../mesh/mountns.js";
@@ -171,6 +173,31 @@ describe("agent metrics", () => {
     const after = await scrape(server.address);
     expect(sampleValue(after, "noid_agent_guard_drops_total", { vm: vmId, kind: "ip" })).toBeGreaterThanOrEqual(2);
     expect(sampleValue(after, "noid_agent_guard_drops_total", { vm: vmId, kind: "dhcp" })).toBe(0);
+  });
+
+  it("splits a VM's traffic into private and egress from the monitor table's counters", async () => {
+    const spec: MonitorSpec = {
+      windowSeconds: 60,
+      setSize: 1024,
+      vms: [{ vmId, port: hostPort(vmId), mac: desired.spec.net.mac, ip: VM_IP, networkId: "n0", vni: 1201, cidr: "10.202.0.0/24", listen: [] }],
+    };
+    await applyMonitor(spec, { runner: run, netns: h1() });
+    metrics.setMonitorReader(() => readMonitor(spec, { runner: run, netns: h1() }));
+    const sel = (scope: string, direction: string) => ({ vm: vmId, network: "n0", scope, direction });
+    const before = await scrape(server.address);
+    expect(sampleValue(before, "noid_agent_security_detections_total", { kind: "arp-spoof" })).toBe(0);
+    // Out of the network: the host's own lab address, through the VM's gateway.
+    await raw.exec(vmId, ["ip", "route", "replace", "default", "via", "10.202.0.1"]);
+    await until(async () => (await raw.exec(vmId, pingArgv(lab.hosts[0]!.address, { count: 3, waitS: 1 }))).exitCode === 0, "the VM to reach outside its network");
+    const mid = await scrape(server.address);
+    expect(sampleValue(mid, "noid_agent_vm_traffic_packets_total", sel("egress", "sent"))).toBeGreaterThanOrEqual(3);
+    expect(sampleValue(mid, "noid_agent_vm_traffic_bytes_total", sel("egress", "received"))).toBeGreaterThanOrEqual(3 * 84);
+    expect(sampleValue(mid, "noid_agent_network_traffic_packets_total", { network: "n0", scope: "egress", direction: "sent" })).toBeGreaterThanOrEqual(3);
+    const priv0 = sampleValue(mid, "noid_agent_vm_traffic_packets_total", sel("private", "sent")) ?? 0;
+    await until(async () => (await raw.exec(vmId, pingArgv("10.202.0.1", { count: 3, waitS: 1 }))).exitCode === 0, "the VM to reach its gateway");
+    const after = await scrape(server.address);
+    expect(sampleValue(after, "noid_agent_vm_traffic_packets_total", sel("private", "sent"))).toBeGreaterThanOrEqual(priv0 + 3);
+    expect(after.types.get("noid_agent_vm_traffic_bytes_total")).toBe("counter");
   });
 
   it("shows WireGuard peers and the age of their latest handshake", async () => {
