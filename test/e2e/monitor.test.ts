@@ -145,6 +145,26 @@ describe("network monitoring on the local cluster", () => {
     expect(sampleValue(await scrapeAgent(1), "noid_agent_security_detections_total", { kind: "undeclared-listener" })).toBeGreaterThanOrEqual(1);
   });
 
+  it("a VM running a DHCP server is reported with the clients it answered; its offers never reach them", { timeout: 120_000 }, async () => {
+    const dir = `/tmp/noid-e2e-${prefix}-udhcpd`;
+    const net = ip.a2!.replace(/\.\d+$/, "");
+    const conf = `start ${net}.200\nend ${net}.210\ninterface eth0\nlease_file ${dir}/leases\npidfile ${dir}/pid\n`;
+    const serve = `mkdir -p ${dir} && touch ${dir}/leases && printf '${conf}' > ${dir}/conf && (timeout 40 busybox udhcpd -f ${dir}/conf; rm -rf ${dir}) </dev/null >/dev/null 2>&1 &`;
+    expect((await alice.exec("a2", ["sh", "-c", serve])).exitCode).toBe(0);
+    // a3, next to a2 on host2, asks (again while no event came); only its host's server may
+    // answer it (-s /bin/true: nothing in a3 changes).
+    await alice.createVm("a3", { vcpus: 1, memoryMb: 128, host: "host2" });
+    await alice.waitForVm("a3", (v) => v.status?.phase === VmPhase.VM_PHASE_RUNNING, { timeoutMs: 60_000 });
+    const out = await waitFor("the rogue-dhcp event", async () => {
+      const ask = await alice.exec("a3", ["sh", "-c", "timeout 15 busybox udhcpc -i eth0 -n -q -t 3 -T 1 -s /bin/true 2>&1; true"]);
+      expect(ask.stdout.toString()).not.toContain(`server ${ip.a2}`);
+      const o = await events("security.rogue-dhcp", "a2");
+      return o.includes("DHCP reply") ? o : undefined;
+    }, 40_000);
+    expect(out).toMatch(/\d+ DHCP reply\(ies\) sent \(the VM runs a DHCP server\); to clients: /);
+    expect(sampleValue(await scrapeAgent(1), "noid_agent_security_detections_total", { kind: "rogue-dhcp" })).toBeGreaterThanOrEqual(1);
+  });
+
   it("a VM trying many ports of one address in a short window is a port scan", async () => {
     // 80 ports (the default threshold is 64), each a SYN answered by a RST.
     const scan = `for p in $(seq 1 80); do busybox nc -w 1 ${ip.a2} $p </dev/null >/dev/null 2>&1; done; true`;
