@@ -5,7 +5,7 @@
 // `noidctl events` and as detection counters; every Grafana panel's query selects series
 // that the coordinator's and the agents' real /metrics have.
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -146,23 +146,34 @@ describe("network monitoring on the local cluster", () => {
   });
 
   it("a VM running a DHCP server is reported with the clients it answered; its offers never reach them", { timeout: 120_000 }, async () => {
+    // a3, next to a2 on host2, is the client.
+    await alice.createVm("a3", { vcpus: 1, memoryMb: 128, host: "host2" });
+    const a3 = await alice.waitForVm("a3", (v) => v.status?.phase === VmPhase.VM_PHASE_RUNNING, { timeoutMs: 60_000 });
+    // Sandbox VMs share the host's filesystem: the server's files live here, removed below.
     const dir = `/tmp/noid-e2e-${prefix}-udhcpd`;
     const net = ip.a2!.replace(/\.\d+$/, "");
     const conf = `start ${net}.200\nend ${net}.210\ninterface eth0\nlease_file ${dir}/leases\npidfile ${dir}/pid\n`;
-    const serve = `mkdir -p ${dir} && touch ${dir}/leases && printf '${conf}' > ${dir}/conf && (timeout 40 busybox udhcpd -f ${dir}/conf; rm -rf ${dir}) </dev/null >/dev/null 2>&1 &`;
-    expect((await alice.exec("a2", ["sh", "-c", serve])).exitCode).toBe(0);
-    // a3, next to a2 on host2, asks (again while no event came); only its host's server may
-    // answer it (-s /bin/true: nothing in a3 changes).
-    await alice.createVm("a3", { vcpus: 1, memoryMb: 128, host: "host2" });
-    await alice.waitForVm("a3", (v) => v.status?.phase === VmPhase.VM_PHASE_RUNNING, { timeoutMs: 60_000 });
-    const out = await waitFor("the rogue-dhcp event", async () => {
-      const ask = await alice.exec("a3", ["sh", "-c", "timeout 15 busybox udhcpc -i eth0 -n -q -t 3 -T 1 -s /bin/true 2>&1; true"]);
-      expect(ask.stdout.toString()).not.toContain(`server ${ip.a2}`);
-      const o = await events("security.rogue-dhcp", "a2");
-      return o.includes("DHCP reply") ? o : undefined;
-    }, 40_000);
-    expect(out).toMatch(/\d+ DHCP reply\(ies\) sent \(the VM runs a DHCP server\); to clients: /);
-    expect(sampleValue(await scrapeAgent(1), "noid_agent_security_detections_total", { kind: "rogue-dhcp" })).toBeGreaterThanOrEqual(1);
+    const serve = `mkdir -p ${dir} && touch ${dir}/leases && printf '${conf}' > ${dir}/conf && (timeout 40 busybox udhcpd -f ${dir}/conf </dev/null >/dev/null 2>&1 &)`;
+    try {
+      expect((await alice.exec("a2", ["sh", "-c", serve])).exitCode).toBe(0);
+      // a3 asks (again while no event came); -s /bin/true: nothing in a3 changes.
+      const answers: string[] = [];
+      const out = await waitFor("the rogue-dhcp event", async () => {
+        answers.push((await alice.exec("a3", ["sh", "-c", "timeout 15 busybox udhcpc -i eth0 -n -q -t 3 -T 1 -s /bin/true 2>&1; true"])).stdout.toString());
+        const o = await events("security.rogue-dhcp", "a2");
+        return o.includes("DHCP reply") ? o : undefined;
+      }, 40_000);
+      expect(out).toMatch(/\d+ DHCP reply\(ies\) sent \(the VM runs a DHCP server\); to clients: /);
+      // Only a3's host's server answered it: the guards dropped a2's offers.
+      expect(answers.join("")).toContain(`lease of ${a3.status!.ip.split("/")[0]} obtained from ${a3.status!.gateway}`);
+      expect(answers.join("")).not.toContain(`server ${ip.a2}`);
+      const m = await scrapeAgent(1);
+      expect(sampleValue(m, "noid_agent_security_detections_total", { kind: "rogue-dhcp" })).toBeGreaterThanOrEqual(1);
+      expect(sampleValue(m, "noid_agent_guard_drops_total", { vm: id.a2!, kind: "dhcp" })).toBeGreaterThanOrEqual(1);
+    } finally {
+      await alice.exec("a2", ["sh", "-c", `kill $(cat ${dir}/pid) 2>/dev/null; true`]).catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("a VM trying many ports of one address in a short window is a port scan", async () => {

@@ -16,6 +16,8 @@ import { LISTEN_LABEL, declaredListen } from "../../common/listen-label.js";
 import { parseAgentConfig } from "../../agent/config.js";
 import { normalizeVmSpec } from "../../coordinator/validate.js";
 import type { VmAttachment } from "../../agent/network/view.js";
+import { AgentMetrics } from "../../agent/metrics.js";
+import { parseExposition, sampleValue } from "../helpers/exposition.js";
 
 const spec: MonitorSpec = {
   windowSeconds: 60,
@@ -267,5 +269,30 @@ describe("agent.toml [monitor]", () => {
     expect(() => parseAgentConfig({ ...base, monitor: { scan_ports: 1 } })).toThrow(/monitor\.scan_ports/);
     expect(() => parseAgentConfig({ ...base, monitor: { sacn_ports: 10 } })).toThrow(/monitor/);
     expect(() => parseAgentConfig({ ...base, monitor: { scan_hosts: 5000, set_size: 1000 } })).toThrow(/set_size/);
+  });
+});
+
+describe("monitor metrics", () => {
+  it("exposes per-VM and per-network traffic by scope and direction, and detections by kind (all kinds from 0)", async () => {
+    const m = new AgentMetrics({ defaultMetrics: false });
+    const r = reading({ traffic: { tx_private: { packets: 5, bytes: 500 }, tx_egress: { packets: 2, bytes: 200 }, rx_private: { packets: 4, bytes: 400 }, rx_egress: { packets: 1, bytes: 100 } } });
+    m.setMonitorReader(async () => ({ vms: [r], networks: [{ networkId: "net1", scope: "egress", direction: "sent", packets: 9, bytes: 900 }] }));
+    m.detected("arp-spoof");
+    const e = parseExposition(await m.registry.metrics());
+    expect(sampleValue(e, "noid_agent_vm_traffic_bytes_total", { vm: "vm-a1", network: "net1", scope: "private", direction: "sent" })).toBe(500);
+    expect(sampleValue(e, "noid_agent_vm_traffic_packets_total", { vm: "vm-a1", network: "net1", scope: "egress", direction: "received" })).toBe(1);
+    expect(sampleValue(e, "noid_agent_network_traffic_bytes_total", { network: "net1", scope: "egress", direction: "sent" })).toBe(900);
+    expect(sampleValue(e, "noid_agent_security_detections_total", { kind: "arp-spoof" })).toBe(1);
+    expect(sampleValue(e, "noid_agent_security_detections_total", { kind: "port-scan" })).toBe(0);
+    expect(e.types.get("noid_agent_vm_traffic_bytes_total")).toBe("counter");
+  });
+
+  it("counts a failing monitor read instead of failing the scrape", async () => {
+    const m = new AgentMetrics({ defaultMetrics: false });
+    m.setMonitorReader(() => Promise.reject(new Error("nft: no such table")));
+    await m.registry.metrics();
+    const e = parseExposition(await m.registry.metrics());
+    expect(sampleValue(e, "noid_agent_metrics_read_errors_total", { source: "monitor" })).toBeGreaterThanOrEqual(1);
+    expect(sampleValue(e, "noid_agent_vm_traffic_bytes_total")).toBeUndefined();
   });
 });
