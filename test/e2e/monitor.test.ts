@@ -1,9 +1,9 @@
 // Privileged, the whole system as the demo runs it (deploy/cluster.ts: built coordinator,
 // real agents in two namespace hosts, sandbox VMs, an "outside" namespace on the underlay):
 // per-VM byte counters split private (the tenant's peers, here on the other host) and egress
-// (NAT to outside); a forged ARP from a VM, an undeclared listener and a port scan show up in
-// `noidctl events` and as detection counters; every Grafana panel's query selects series
-// that the coordinator's and the agents' real /metrics have.
+// (NAT to outside); a forged ARP, a DHCP server, an undeclared listener, a port scan and an
+// address scan from VMs show up in `noidctl events` and as detection counters; every
+// Grafana panel's query selects series that the coordinator's and the agents' real /metrics have.
 import { randomBytes } from "node:crypto";
 import { readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
@@ -186,6 +186,18 @@ describe("network monitoring on the local cluster", () => {
     }, 30_000);
     expect(out).toMatch(/\d+ distinct ports of \S+ tried in the window \(threshold 64\)/);
     expect(sampleValue(await scrapeAgent(0), "noid_agent_security_detections_total", { kind: "port-scan" })).toBeGreaterThanOrEqual(1);
+  });
+
+  it("a VM trying many addresses in a short window is an address scan", async () => {
+    // 40 addresses outside the network (the default threshold is 32), tried at once.
+    const sweep = `for i in $(seq 1 40); do busybox nc -w 1 198.18.0.$i 80 </dev/null >/dev/null 2>&1 & done; wait; true`;
+    expect((await alice.exec("a1", ["sh", "-c", sweep])).exitCode).toBe(0);
+    const out = await waitFor("the host-scan event", async () => {
+      const o = await events("security.host-scan", "a1");
+      return o.includes("198.18.0.") ? o : undefined;
+    }, 30_000);
+    expect(out).toMatch(/\d+ distinct addresses tried in the window \(threshold 32\): /);
+    expect(sampleValue(await scrapeAgent(0), "noid_agent_security_detections_total", { kind: "host-scan" })).toBeGreaterThanOrEqual(1);
   });
 
   it("every Grafana panel's query selects series of the cluster's real scrapes", async () => {
