@@ -3,7 +3,10 @@
 // bridges, FDB), then the VM port guards (mesh/guards-apply.ts), one pass at a time.
 // A failed pass is retried with backoff; every `resyncMs` a pass runs anyway and repairs
 // drift (reported as a security event). Guard drop counters are polled and reported as
-// security events (security.ts aggregates them).
+// security events (security.ts aggregates them). With `monitor`, the pass also applies the
+// watch-only table `bridge noid_monitor` (monitor-rules.ts) and the poll feeds its readings to
+// the behaviour detector (monitor-detect.ts): ARP spoofing, DHCP servers, scans, undeclared
+// listeners become security events too.
 import { writeFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "../../common/logger.js";
