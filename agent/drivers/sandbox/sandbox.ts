@@ -28,8 +28,8 @@ import type {
   VmCreateSpec,
   VmRuntime,
 } from "../driver.js";
-import { type CgroupProbe, createVmCgroup, joinCgroup, probeCgroup, removeCgroup } from "./cgroup.js";
-import { cgroupName, cpuMax, hostPort, memoryMax, vmNetns } from "./names.js";
+import { type LimitsProbe, applyCgroupPlan, cgroupPlan, inCgroupArgv, joinCgroups, killCgroups, probeLimits, removeCgroups } from "./cgroup.js";
+import { cgroupName, hostPort, vmNetns } from "./names.js";
 import { RecordStore, type SandboxRecord } from "./records.js";
 
 export interface SandboxOptions {
@@ -39,9 +39,12 @@ export interface SandboxOptions {
   nsPrefix: string;
   /** The netns that plays the host; default: the agent's own. */
   netns?: string;
+  /** Where cgroup hierarchies are mounted (v2, or v1 per controller); default /sys/fs/cgroup. */
   cgroupRoot?: string;
-  /** Parent cgroup (relative to cgroupRoot) of all VMs of this agent. */
+  /** Parent cgroup (relative to each hierarchy's mount) of all VMs of this agent. */
   cgroupParent?: string;
+  /** Most processes a VM may have at once (pids.max; default 1024). */
+  pidsMax?: number;
   runner?: Runner;
   spawner?: Spawner;
 }
@@ -53,17 +56,15 @@ export class SandboxDriver implements HypervisorDriver {
   private readonly records: RecordStore;
   private readonly run: Runner;
   private readonly spawn: Spawner;
-  private readonly cgroupRoot: string;
   private readonly cgroupParent: string;
-  private readonly cgroup: CgroupProbe;
+  private readonly cgroup: LimitsProbe;
 
   constructor(private readonly opts: SandboxOptions) {
     this.records = new RecordStore(join(opts.stateDir, "sandbox"));
     this.run = opts.runner ?? defaultRun;
     this.spawn = opts.spawner ?? spawnDetached;
-    this.cgroupRoot = opts.cgroupRoot ?? "/sys/fs/cgroup";
     this.cgroupParent = opts.cgroupParent ?? `noid-${opts.nsPrefix}`;
-    this.cgroup = probeCgroup(this.cgroupRoot);
+    this.cgroup = probeLimits(opts.cgroupRoot ?? "/sys/fs/cgroup");
   }
 
   capabilities(): Capabilities {
@@ -111,11 +112,8 @@ export class SandboxDriver implements HypervisorDriver {
       }
       if (spec.net.bridge) await this.host(["ip", "link", "set", port, "master", spec.net.bridge]);
       await this.host(["ip", "link", "set", port, "up"]);
-      if (this.cgroup.ok && rec.cgroup === undefined) {
-        rec.cgroup = createVmCgroup(this.cgroupRoot, this.cgroupParent, cgroupName(spec.id), {
-          cpuMax: cpuMax(spec.vcpus),
-          memoryMax: memoryMax(spec.memoryMb),
-        });
+      if (this.cgroup.ok && rec.cgroups === undefined) {
+        rec.cgroups = applyCgroupPlan(this.cgroupPlan(spec));
         this.records.put(rec);
       }
     } catch (e) {
@@ -145,13 +143,15 @@ export class SandboxDriver implements HypervisorDriver {
     }
     rec.init = ref;
     this.records.put(rec);
-    if (rec.cgroup) joinCgroup(rec.cgroup, pid);
+    if (rec.cgroups) joinCgroups(rec.cgroups, pid);
     return this.runtime(rec);
   }
 
   async stop(id: string): Promise<VmRuntime> {
     const rec = this.mustGet(id);
     if (rec.init) await killProcess(rec.init);
+    // A stopped VM runs nothing: commands started with exec go too.
+    if (rec.cgroups) await killCgroups(rec.cgroups);
     delete rec.init;
     this.records.put(rec);
     return this.runtime(rec);
@@ -167,7 +167,10 @@ export class SandboxDriver implements HypervisorDriver {
       if (existsSync(netnsPath(ns))) await this.run(["ip", "netns", "del", ns]);
       // Deleting the netns deletes eth0 and with it the peer; this covers a half-made pair.
       await this.host(["ip", "link", "del", port], true);
-      if (rec?.cgroup) removeCgroup(rec.cgroup);
+      // Also from the names alone, for a record lost before its cgroups were noted.
+      const cgroups = rec?.cgroups ?? (this.cgroup.ok ? this.cgroupPlan({ id }).dirs : []);
+      await killCgroups(cgroups);
+      await removeCgroups(cgroups);
     } catch (e) {
       throw during(`destroying sandbox VM ${id}`, e);
     }
@@ -199,7 +202,7 @@ export class SandboxDriver implements HypervisorDriver {
   async exec(id: string, argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
     const rec = this.mustGet(id);
     // The agent's own environment (its token among it) never reaches a tenant's command.
-    return this.run(argv, {
+    return this.run(this.inVm(rec, argv, opts.env), {
       netns: rec.netns,
       allowFail: true,
       cleanEnv: true,
@@ -211,7 +214,18 @@ export class SandboxDriver implements HypervisorDriver {
   async execStream(id: string, argv: string[], opts: SpawnExecOptions = {}): Promise<ExecProcess> {
     const rec = this.mustGet(id);
     // As exec(): the agent's environment never reaches a tenant's command.
-    return spawnAttached(argv, { netns: rec.netns, cleanEnv: true, ...(opts.env ? { env: opts.env } : {}), stdin: opts.stdin ?? false });
+    return spawnAttached(this.inVm(rec, argv, opts.env), { netns: rec.netns, cleanEnv: true, ...(opts.env ? { env: opts.env } : {}), stdin: opts.stdin ?? false });
+  }
+
+  private cgroupPlan(spec: Pick<VmCreateSpec, "id"> & Partial<VmCreateSpec>) {
+    if (!this.cgroup.ok) throw new NoidError("INTERNAL", "no cgroup layout");
+    const limits = { vcpus: spec.vcpus ?? 1, memoryMb: spec.memoryMb ?? 1, pidsMax: this.opts.pidsMax ?? 1024 };
+    return cgroupPlan(this.cgroup.layout, this.cgroupParent, cgroupName(spec.id), limits);
+  }
+
+  /** A command in the VM runs in the VM's cgroups, bound by its limits. */
+  private inVm(rec: SandboxRecord, argv: string[], env?: Record<string, string>): string[] {
+    return rec.cgroups?.length ? inCgroupArgv(rec.cgroups, argv, env?.PWD !== undefined) : argv;
   }
 
   private mustGet(id: string): SandboxRecord {
