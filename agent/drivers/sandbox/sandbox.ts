@@ -7,7 +7,7 @@
 // carry the per-agent `nsPrefix`, so agents of one lab never collide.
 import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { NoidError, during, notFound } from "../../../common/errors.js";
+import { NoidError, during, notFound, precondition } from "../../../common/errors.js";
 import {
   type Runner,
   type Spawner,
@@ -50,6 +50,7 @@ export interface SandboxOptions {
 }
 
 const netnsPath = (name: string): string => `/run/netns/${name}`;
+const EXEC_TIMEOUT_MS = 30_000;
 
 export class SandboxDriver implements HypervisorDriver {
   readonly name = "sandbox";
@@ -199,20 +200,28 @@ export class SandboxDriver implements HypervisorDriver {
     return adopted;
   }
 
+  /**
+   * Output comes back verbatim; a command killed by a signal (the OOM killer's SIGKILL) exits
+   * 128+N as a shell reports it; at the timeout the command's process group is killed.
+   */
   async exec(id: string, argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
-    const rec = this.mustGet(id);
-    // The agent's own environment (its token among it) never reaches a tenant's command.
-    return this.run(this.inVm(rec, argv, opts.env), {
-      netns: rec.netns,
-      allowFail: true,
-      cleanEnv: true,
-      ...(opts.env ? { env: opts.env } : {}),
-      ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
-    });
+    const p = await this.execStream(id, argv, opts.env ? { env: opts.env } : {});
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    p.onStdout((b) => out.push(b));
+    p.onStderr((b) => err.push(b));
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      p.kill("KILL");
+    }, opts.timeoutMs ?? EXEC_TIMEOUT_MS);
+    const { exitCode } = await p.exited.finally(() => clearTimeout(timer));
+    const res = { stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") };
+    return timedOut ? { ...res, exitCode: -1, timedOut: true } : { ...res, exitCode };
   }
 
   async execStream(id: string, argv: string[], opts: SpawnExecOptions = {}): Promise<ExecProcess> {
-    const rec = this.mustGet(id);
+    const rec = this.mustRun(id);
     // As exec(): the agent's environment never reaches a tenant's command.
     return spawnAttached(this.inVm(rec, argv, opts.env), { netns: rec.netns, cleanEnv: true, ...(opts.env ? { env: opts.env } : {}), stdin: opts.stdin ?? false });
   }
@@ -226,6 +235,14 @@ export class SandboxDriver implements HypervisorDriver {
   /** A command in the VM runs in the VM's cgroups, bound by its limits. */
   private inVm(rec: SandboxRecord, argv: string[], env?: Record<string, string>): string[] {
     return rec.cgroups?.length ? inCgroupArgv(rec.cgroups, argv, env?.PWD !== undefined) : argv;
+  }
+
+  /** Commands run only in a running VM (as in a real one): a stopped VM's netns is still there, but it runs nothing. */
+  private mustRun(id: string): SandboxRecord {
+    const rec = this.mustGet(id);
+    const { state } = this.runtime(rec);
+    if (state !== "running") throw precondition(`exec in sandbox VM ${id}: the VM is ${state}`);
+    return rec;
   }
 
   private mustGet(id: string): SandboxRecord {
