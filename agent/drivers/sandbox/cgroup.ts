@@ -139,11 +139,14 @@ export function cgroupPlan(layout: CgroupLayout, parent: string, name: string, l
 /**
  * argv that joins the VM's cgroups before it execs `argv`: the commands a client runs in the
  * VM are bound by the VM's limits like its init. A join that fails ends with exit 125 and the
- * shell's message on stderr. The shell's own PWD is not passed on unless the caller set one.
+ * shell's message on stderr. The wrapper's shell sets PWD to its working directory: that is
+ * removed again, or replaced by `pwd` when the caller's environment had one.
  */
-export function inCgroupArgv(dirs: readonly string[], argv: readonly string[], keepPwd = false): string[] {
-  const script = `n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; ${keepPwd ? "" : "unset PWD; "}exec "$@"`;
-  return ["/bin/sh", "-c", script, "sh", String(dirs.length), ...dirs.map((d) => join(d, "cgroup.procs")), ...argv];
+export function inCgroupArgv(dirs: readonly string[], argv: readonly string[], pwd?: string): string[] {
+  const script = `n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; ${
+    pwd === undefined ? "unset PWD" : 'PWD=$1; export PWD; shift'
+  }; exec "$@"`;
+  return ["/bin/sh", "-c", script, "sh", String(dirs.length), ...dirs.map((d) => join(d, "cgroup.procs")), ...(pwd === undefined ? [] : [pwd]), ...argv];
 }
 
 // ---- I/O ----

@@ -234,7 +234,7 @@ export class SandboxDriver implements HypervisorDriver {
 
   /** A command in the VM runs in the VM's cgroups, bound by its limits. */
   private inVm(rec: SandboxRecord, argv: string[], env?: Record<string, string>): string[] {
-    return rec.cgroups?.length ? inCgroupArgv(rec.cgroups, argv, env?.PWD !== undefined) : argv;
+    return rec.cgroups?.length ? inCgroupArgv(rec.cgroups, argv, env?.PWD) : argv;
   }
 
   /** Commands run only in a running VM (as in a real one): a stopped VM's netns is still there, but it runs nothing. */
