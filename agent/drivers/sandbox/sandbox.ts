@@ -28,7 +28,7 @@ import type {
   VmCreateSpec,
   VmRuntime,
 } from "../driver.js";
-import { type LimitsProbe, applyCgroupPlan, cgroupPlan, inCgroupArgv, joinCgroups, killCgroups, probeLimits, removeCgroups } from "./cgroup.js";
+import { type LimitsProbe, applyCgroupPlan, describeLayout, cgroupPlan, inCgroupArgv, joinCgroups, killCgroups, probeLimits, removeCgroups } from "./cgroup.js";
 import { cgroupName, hostPort, vmNetns } from "./names.js";
 import { RecordStore, type SandboxRecord } from "./records.js";
 
@@ -76,6 +76,11 @@ export class SandboxDriver implements HypervisorDriver {
       resourceLimits: this.cgroup.ok,
       ...(this.cgroup.ok ? {} : { limitsReason: this.cgroup.reason }),
     };
+  }
+
+  /** How limits are enforced here (cgroup v2, or the v1 fallback), for the agent's log. */
+  limitsMechanism(): string | undefined {
+    return this.cgroup.ok ? describeLayout(this.cgroup.layout) : undefined;
   }
 
   /** Runs in the host netns (the agent's own unless `netns` was given). */
