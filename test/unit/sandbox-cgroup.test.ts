@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { run } from "../../common/run.js";
-import { cgroupPlan, chooseLayout, inCgroupArgv, parseCgroupMounts } from "../../agent/drivers/sandbox/cgroup.js";
+import { PWD_CARRIER, cgroupPlan, chooseLayout, inCgroupArgv, parseCgroupMounts } from "../../agent/drivers/sandbox/cgroup.js";
 
 // This development machine: cgroup v1 controllers, and a cgroup2 mount with none of them.
 const hybrid = `31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -115,7 +115,8 @@ describe("the exec wrapper", () => {
       const env = await run(inCgroupArgv(dirs, ["env"]), { cleanEnv: true, env: { ONLY: "this" } });
       expect(env.stdout.split("\n").sort()).toEqual(["LC_ALL=C", "ONLY=this", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]);
       // A PWD the caller set is kept.
-      expect((await run(inCgroupArgv(dirs, ["env"], "/"), { cleanEnv: true, env: { PWD: "/" } })).stdout.split("\n")).toContain("PWD=/");
+      const kept = await run(inCgroupArgv(dirs, ["env"], true), { cleanEnv: true, env: { PWD: "/", [PWD_CARRIER]: "/" } });
+      expect(kept.stdout.split("\n").sort()).toEqual(["LC_ALL=C", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PWD=/"]);
       // A join that fails: exit 125 and the shell's message, the command never runs.
       const failed = await run(inCgroupArgv(["/nonexistent-cgroup"], ["echo", "ran"]), { allowFail: true, cleanEnv: true });
       expect(failed.exitCode).toBe(125);

@@ -136,17 +136,20 @@ export function cgroupPlan(layout: CgroupLayout, parent: string, name: string, l
   };
 }
 
+/** The variable that carries a caller's PWD past the wrapper's shell (which resets PWD). */
+export const PWD_CARRIER = "NOID_EXEC_PWD";
+
 /**
  * argv that joins the VM's cgroups before it execs `argv`: the commands a client runs in the
  * VM are bound by the VM's limits like its init. A join that fails ends with exit 125 and the
  * shell's message on stderr. The wrapper's shell sets PWD to its working directory: that is
- * removed again, or replaced by `pwd` when the caller's environment had one.
+ * removed again or, with `keepPwd`, replaced by the caller's PWD passed in the environment as
+ * PWD_CARRIER (never in argv: environment values may be secrets).
  */
-export function inCgroupArgv(dirs: readonly string[], argv: readonly string[], pwd?: string): string[] {
-  const script = `n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; ${
-    pwd === undefined ? "unset PWD" : 'PWD=$1; export PWD; shift'
-  }; exec "$@"`;
-  return ["/bin/sh", "-c", script, "sh", String(dirs.length), ...dirs.map((d) => join(d, "cgroup.procs")), ...(pwd === undefined ? [] : [pwd]), ...argv];
+export function inCgroupArgv(dirs: readonly string[], argv: readonly string[], keepPwd = false): string[] {
+  const pwd = keepPwd ? `PWD=$${PWD_CARRIER}; export PWD; unset ${PWD_CARRIER}` : "unset PWD";
+  const script = `n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; ${pwd}; exec "$@"`;
+  return ["/bin/sh", "-c", script, "sh", String(dirs.length), ...dirs.map((d) => join(d, "cgroup.procs")), ...argv];
 }
 
 // ---- I/O ----

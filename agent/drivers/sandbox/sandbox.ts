@@ -28,7 +28,7 @@ import type {
   VmCreateSpec,
   VmRuntime,
 } from "../driver.js";
-import { type LimitsProbe, applyCgroupPlan, describeLayout, cgroupPlan, inCgroupArgv, joinCgroups, killCgroups, probeLimits, removeCgroups } from "./cgroup.js";
+import { PWD_CARRIER, type LimitsProbe, applyCgroupPlan, describeLayout, cgroupPlan, inCgroupArgv, joinCgroups, killCgroups, probeLimits, removeCgroups } from "./cgroup.js";
 import { cgroupName, hostPort, vmNetns } from "./names.js";
 import { RecordStore, type SandboxRecord } from "./records.js";
 
@@ -228,7 +228,8 @@ export class SandboxDriver implements HypervisorDriver {
   async execStream(id: string, argv: string[], opts: SpawnExecOptions = {}): Promise<ExecProcess> {
     const rec = this.mustRun(id);
     // As exec(): the agent's environment never reaches a tenant's command.
-    return spawnAttached(this.inVm(rec, argv, opts.env), { netns: rec.netns, cleanEnv: true, ...(opts.env ? { env: opts.env } : {}), stdin: opts.stdin ?? false });
+    const cmd = this.inVm(rec, argv, opts.env);
+    return spawnAttached(cmd.argv, { netns: rec.netns, cleanEnv: true, ...(cmd.env ? { env: cmd.env } : {}), stdin: opts.stdin ?? false });
   }
 
   private cgroupPlan(spec: Pick<VmCreateSpec, "id"> & Partial<VmCreateSpec>) {
@@ -237,9 +238,11 @@ export class SandboxDriver implements HypervisorDriver {
     return cgroupPlan(this.cgroup.layout, this.cgroupParent, cgroupName(spec.id), limits);
   }
 
-  /** A command in the VM runs in the VM's cgroups, bound by its limits. */
-  private inVm(rec: SandboxRecord, argv: string[], env?: Record<string, string>): string[] {
-    return rec.cgroups?.length ? inCgroupArgv(rec.cgroups, argv, env?.PWD) : argv;
+  /** A command in the VM runs in the VM's cgroups, bound by its limits: the argv and environment to spawn. */
+  private inVm(rec: SandboxRecord, argv: string[], env?: Record<string, string>): { argv: string[]; env?: Record<string, string> } {
+    if (!rec.cgroups?.length) return { argv, ...(env ? { env } : {}) };
+    const pwd = env?.PWD;
+    return { argv: inCgroupArgv(rec.cgroups, argv, pwd !== undefined), ...(env ? { env: pwd !== undefined ? { ...env, [PWD_CARRIER]: pwd } : env } : {}) };
   }
 
   /** Commands run only in a running VM (as in a real one): a stopped VM's netns is still there, but it runs nothing. */
