@@ -2,7 +2,7 @@
 // netns, as when the agent runs inside the cluster lab. Lifecycle, recover, exec, limits and
 // cleanup are the driver contract's (test/e2e/sandbox-contract.test.ts).
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -72,6 +72,19 @@ describe("sandbox driver (what the contract does not cover: its network plumbing
     expect((await run(["ip", "-n", h1, "link", "show", "dev", port], { allowFail: true })).exitCode).not.toBe(0);
     expect(readdirSync(join(stateDir, "sandbox"))).toEqual([]);
     expect((await labLeftovers(prefix)).filter((l) => l.includes("-vm-"))).toEqual([]);
+  });
+
+  it("destroying the lab removes the cgroups of VMs nobody destroyed (an agent killed with its host)", async () => {
+    const d = driver();
+    const left = { ...spec, id: `vm-left-${randomBytes(4).toString("hex")}`, net: { mac: "02:00:00:ab:cd:14", ip: "" } };
+    await d.create(left);
+    await d.start(left.id);
+    await d.exec(left.id, ["sh", "-c", "sleep 60 > /dev/null 2>&1 &"]);
+    const cgroups = (await labLeftovers(prefix)).filter((l) => l.startsWith("cgroup "));
+    expect(cgroups.length).toBeGreaterThan(0);
+    await destroyLab(prefix);
+    expect(await labLeftovers(prefix)).toEqual([]);
+    for (const c of cgroups) expect(existsSync(c.slice("cgroup ".length))).toBe(false);
   });
 
   it("refuses unsupported operations by capability name", async () => {

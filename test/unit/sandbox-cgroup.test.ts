@@ -1,12 +1,12 @@
 // The sandbox driver's cgroup choices, as pure functions: which hierarchy (v2, or the v1
 // fallback), which files get which values, and the exec wrapper that joins a VM's cgroups.
 // The kernel side is proven by the driver contract (test/e2e/sandbox-contract.test.ts).
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { run } from "../../common/run.js";
-import { PWD_CARRIER, cgroupPlan, chooseLayout, inCgroupArgv, parseCgroupMounts } from "../../agent/drivers/sandbox/cgroup.js";
+import { PWD_CARRIER, agentCgroupDirs, cgroupPlan, chooseLayout, inCgroupArgv, parseCgroupMounts, removeCgroupTree } from "../../agent/drivers/sandbox/cgroup.js";
 
 // This development machine: cgroup v1 controllers, and a cgroup2 mount with none of them.
 const hybrid = `31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -124,6 +124,24 @@ describe("the exec wrapper", () => {
       expect(failed.stderr).toContain("/nonexistent-cgroup/cgroup.procs");
     } finally {
       for (const d of dirs) rmSync(d, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("lab teardown of agents' cgroups", () => {
+  it("finds the parent cgroups of the matching agents in every hierarchy, and removes them with their VMs' cgroups", async () => {
+    const root = mkdtempSync(join(tmpdir(), "noid-cgroot-"));
+    try {
+      for (const d of ["cpu/noid-lab1-h1/vm-a", "memory/noid-lab1-h1/vm-a", "memory/noid-lab1-h2", "cpu/noid-other-h1/vm-b", "cpu/unrelated"]) mkdirSync(join(root, d), { recursive: true });
+      const mountinfo = [`32 31 0:29 / ${root}/cpu rw - cgroup cgroup rw,cpu`, `35 31 0:32 / ${root}/memory rw - cgroup cgroup rw,memory`].join("\n");
+      const mine = agentCgroupDirs((p) => p.startsWith("lab1-"), root, mountinfo);
+      expect(mine.sort()).toEqual([join(root, "cpu/noid-lab1-h1"), join(root, "memory/noid-lab1-h1"), join(root, "memory/noid-lab1-h2")]);
+      for (const d of mine) await removeCgroupTree(d);
+      expect(agentCgroupDirs((p) => p.startsWith("lab1-"), root, mountinfo)).toEqual([]);
+      expect(existsSync(join(root, "cpu/noid-other-h1/vm-b"))).toBe(true);
+      expect(existsSync(join(root, "cpu/unrelated"))).toBe(true);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
     }
   });
 });

@@ -4,7 +4,7 @@
 //
 // Pure parts (mount parsing, choosing a layout, the files to write, the exec wrapper) are
 // separate from the few functions that touch /sys/fs/cgroup.
-import { accessSync, constants, mkdirSync, readFileSync, rmdirSync, statfsSync, writeFileSync } from "node:fs";
+import { accessSync, constants, mkdirSync, readFileSync, readdirSync, rmdirSync, statfsSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { NoidError } from "../../../common/errors.js";
 
@@ -264,4 +264,39 @@ async function removeDir(d: string): Promise<void> {
       await new Promise((r) => setTimeout(r, 20));
     }
   }
+}
+
+/** The parent cgroups of agents (`noid-<nsPrefix>`, one per hierarchy) whose nsPrefix `match`es: for lab teardown. */
+export function agentCgroupDirs(match: (nsPrefix: string) => boolean, root = "/sys/fs/cgroup", mountinfo?: string): string[] {
+  let text = mountinfo;
+  try {
+    text ??= readFileSync("/proc/self/mountinfo", "utf8");
+  } catch {
+    return [];
+  }
+  const out: string[] = [];
+  for (const m of parseCgroupMounts(text).filter((m) => under(root, m.mountPoint))) {
+    try {
+      for (const e of readdirSync(m.mountPoint, { withFileTypes: true })) {
+        if (e.isDirectory() && e.name.startsWith("noid-") && match(e.name.slice(5))) out.push(join(m.mountPoint, e.name));
+      }
+    } catch {
+      /* unreadable hierarchy: nothing of ours there */
+    }
+  }
+  return out;
+}
+
+/** Kills what runs in an agent's parent cgroup and its VMs' cgroups, then removes them all. */
+export async function removeCgroupTree(dir: string): Promise<void> {
+  let children: string[] = [];
+  try {
+    children = readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => join(dir, e.name));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
+    throw e;
+  }
+  for (const c of children) await removeCgroupTree(c);
+  await killCgroups([dir]);
+  await removeDir(dir);
 }
