@@ -7,7 +7,7 @@
 // vanished disk dropped), bad input (missing kernel/image), and exec's transport (exit status,
 // env, timeout over the vsock handshake). What it cannot: real commands in a guest (stderr,
 // 127) and resource limits (the jailer's cgroups; this machine has no cgroup2 controllers and
-// no jailer); those cases are listed as skipped with the reason.
+// no jailer); those cases are not run, and the suite name lists them.
 import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
