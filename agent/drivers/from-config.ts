@@ -71,6 +71,7 @@ async function build(c: AgentConfig, name: DriverName, logger: Logger, check: bo
       const d = new SandboxDriver({ stateDir: c.stateDir, nsPrefix: c.nsPrefix });
       const caps = d.capabilities();
       if (!caps.resourceLimits) logger.warn({ reason: caps.limitsReason }, "sandbox VMs run without cgroup limits");
+      else logger.info({ limits: d.limitsMechanism() }, "sandbox VM limits");
       return d;
     }
     case "qemu": {

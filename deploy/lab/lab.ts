@@ -1,6 +1,7 @@
 // The cluster lab: N "hosts" as network namespaces on one underlay bridge, as in
 // shared/reference/netns-lab.sh. The bridge in the root namespace has no IP address,
 // so the root namespace takes no part and no lab address leaves the machine.
+import { agentCgroupDirs, removeCgroupTree } from "../../agent/drivers/sandbox/cgroup.js";
 import { alreadyExists, during } from "../../common/errors.js";
 import {
   type ProcessRef,
@@ -174,6 +175,8 @@ export async function destroyLab(prefix: string, opts: { runner?: Runner } = {})
     if (!(await listLinks(run)).some((l) => ownedBy(prefix, l))) break;
     await new Promise((r) => setTimeout(r, 100));
   }
+  // Sandbox VMs' cgroups (their processes were killed with the namespaces above).
+  for (const dir of agentCgroupDirs((nsPrefix) => ownedBy(prefix, nsPrefix))) await removeCgroupTree(dir);
   removeLabDir(prefix);
 }
 
@@ -185,5 +188,6 @@ export async function labLeftovers(prefix: string, opts: { runner?: Runner } = {
     ...(await listLinks(run)).filter((l) => ownedBy(prefix, l)).map((l) => `link ${l}`),
   ];
   if (readLabState(prefix) !== undefined) left.push(`state ${labDir(prefix)}`);
+  for (const dir of agentCgroupDirs((nsPrefix) => ownedBy(prefix, nsPrefix))) left.push(`cgroup ${dir}`);
   return left;
 }

@@ -1,6 +1,7 @@
 // Privileged: the QEMU driver with real microVMs (TCG when KVM does not work here) booting
 // the project's own guest (deploy/guest/build.sh). The driver's "host" is a netns this test
-// creates, with a bridge the VMs' TAPs plug into.
+// creates, with a bridge the VMs' TAPs plug into. Lifecycle, exec, recover, a dying QEMU,
+// limits, bad input and cleanup are the driver contract's (test/e2e/qemu-contract.test.ts).
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -30,7 +31,7 @@ const mkSpec = (name: string, vcpus: number, mac: string, ip: string): VmCreateS
 const a = mkSpec("a", 1, "02:00:00:5a:00:0a", "10.201.0.10");
 const b = mkSpec("b", 2, "02:00:00:5a:00:0b", "10.201.0.11");
 
-const driver = (): QemuDriver => new QemuDriver({ stateDir, guestDir, netns, accel: "auto", bootTimeoutMs: 60_000 });
+const driver = (): QemuDriver => new QemuDriver({ stateDir, guestDir, netns, accel: "auto", bootTimeoutMs: 120_000 });
 const record = (id: string): QemuRecord => {
   const dir = join(stateDir, "qemu", "records");
   for (const f of readdirSync(dir)) {
@@ -60,29 +61,13 @@ afterAll(async () => {
   rmSync(stateDir, { recursive: true, force: true });
 });
 
-describe("qemu driver", () => {
-  it("refuses to create a VM without a guest kernel or with an unknown image, saying why", async () => {
-    const empty = mkdtempSync(`/tmp/nq-${tag}-empty-`);
-    try {
-      const d = new QemuDriver({ stateDir: join(empty, "state"), guestDir: empty, netns });
-      await expect(d.create({ ...a, id: `vm-x-${tag}` })).rejects.toMatchObject({ code: "FAILED_PRECONDITION", message: expect.stringMatching(/vmlinuz is missing/) });
-      await expect(driver().create({ ...a, id: `vm-y-${tag}`, image: "no-such-image" })).rejects.toMatchObject({
-        code: "FAILED_PRECONDITION",
-        message: expect.stringMatching(/image "no-such-image" not found/),
-      });
-      await expect(driver().create({ ...a, id: `vm-z-${tag}`, image: "../../etc/passwd" })).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
-    } finally {
-      rmSync(empty, { recursive: true, force: true });
-    }
-  });
-
-  it("boots VMs with their own disks, runs commands through the guest agent, survives a driver restart and leaves nothing behind", async () => {
+describe("qemu driver (what the contract does not cover)", () => {
+  it("gives each VM its own copy-on-write disk and a TAP on the bridge; the disks stay apart, persist across a restart, and the guests reach each other", async () => {
     const d1 = driver();
     expect(d1.capabilities()).toMatchObject({ exec: true, checkpoint: true, restore: true, resourceLimits: true });
 
     // Create: a TAP on the bridge and a copy-on-write overlay per VM.
     for (const s of [a, b]) expect((await d1.create(s)).state).toBe("stopped");
-    expect((await d1.create(a)).state).toBe("stopped"); // idempotent
     const [ra, rb] = [record(a.id), record(b.id)];
     expect(ra.paths.overlay).not.toBe(rb.paths.overlay);
     for (const r of [ra, rb]) {
@@ -91,39 +76,18 @@ describe("qemu driver", () => {
       expect(info["backing-filename"]).toBe(join(guestDir, "rootfs.ext4"));
       const link = JSON.parse((await run(["ip", "-n", netns, "-j", "link", "show", "dev", r.tap])).stdout) as { master?: string }[];
       expect(link[0]?.master).toBe("br0");
-      expect(r.tap.length).toBeLessThanOrEqual(15);
     }
 
     // Start both at once; start() returns once each guest agent answers.
     const started = await Promise.all([d1.start(a.id), d1.start(b.id)]);
     expect(started.map((v) => v.state)).toEqual(["running", "running"]);
     refs.push(record(a.id).qemu!, record(b.id).qemu!);
-
-    const uname = await d1.exec(a.id, ["uname", "-a"]);
-    expect(uname.exitCode, uname.stderr).toBe(0);
-    expect(uname.stdout).toMatch(/^Linux /);
-    for (const s of [a, b]) {
-      const cpus = await d1.exec(s.id, ["sh", "-c", "cat /proc/cpuinfo | grep -c processor"]);
-      expect(cpus.stdout.trim()).toBe(String(s.vcpus));
-      const mac = await d1.exec(s.id, ["cat", "/sys/class/net/eth0/address"]);
-      expect(mac.stdout.trim()).toBe(s.net.mac);
-    }
-    const mem = await d1.exec(a.id, ["sh", "-c", "grep MemTotal /proc/meminfo"]);
-    const memKb = Number(/(\d+)/.exec(mem.stdout)?.[1]);
-    expect(memKb).toBeGreaterThan(100 * 1024);
-    expect(memKb).toBeLessThanOrEqual(192 * 1024);
-
-    // Environment, exit codes and stderr come back separately; the agent's env is not inherited.
-    const env = await d1.exec(a.id, ["sh", "-c", 'echo "$GREETING"; echo oops >&2; env | grep -c NOID_ ; exit 3'], { env: { GREETING: "hi there" } });
-    expect(env).toMatchObject({ stdout: "hi there\n0\n", stderr: "oops\n", exitCode: 3 });
-    expect((await d1.exec(a.id, ["no-such-command"])).exitCode).toBe(127);
-    const slow = await d1.exec(a.id, ["sleep", "30"], { timeoutMs: 500 });
-    expect(slow.timedOut).toBe(true);
+    expect((await d1.exec(a.id, ["uname", "-a"])).stdout).toMatch(/^Linux /);
+    for (const s of [a, b]) expect((await d1.exec(s.id, ["cat", "/sys/class/net/eth0/address"])).stdout.trim()).toBe(s.net.mac);
 
     // Separate root disks: a file written in A is not in B, and not in the base image.
     expect((await d1.exec(a.id, ["sh", "-c", "echo mine > /root/marker && sync"])).exitCode).toBe(0);
     expect((await d1.exec(b.id, ["test", "-e", "/root/marker"])).exitCode).toBe(1);
-    expect((await d1.exec(a.id, ["cat", "/root/marker"])).stdout).toBe("mine\n");
     expect((await d1.exec(a.id, ["sh", "-c", "grep ' / ' /proc/mounts"])).stdout).toMatch(/^\/dev\/vda \/ ext4/);
 
     // The network: the guest has its address from the kernel command line and answers on the bridge.
@@ -131,46 +95,26 @@ describe("qemu driver", () => {
     const ping = await run(pingArgv("10.201.0.11", { waitS: 5 }), { netns, allowFail: true });
     expect(ping.exitCode, ping.stdout + ping.stderr).toBe(0);
 
-    // An agent restart: a new driver over the same state dir adopts the running QEMUs.
-    const d2 = driver();
-    const recovered = await d2.recover();
-    expect(recovered.map((v) => [v.id, v.state]).sort()).toEqual([[a.id, "running"], [b.id, "running"]].sort());
-    expect(record(a.id).qemu).toEqual(refs[0]);
-    expect((await d2.exec(a.id, ["cat", "/root/marker"])).stdout).toBe("mine\n");
-
     // Pause and resume over QMP.
-    await d2.pause(a.id);
-    expect((await d2.inspect(a.id))?.reason).toBe("paused");
-    await d2.resume(a.id);
-    expect((await d2.inspect(a.id))?.reason).toBe("");
+    await d1.pause(a.id);
+    expect((await d1.inspect(a.id))?.reason).toBe("paused");
+    await d1.resume(a.id);
+    expect((await d1.inspect(a.id))?.reason).toBe("");
 
-    // A QEMU that dies is noticed, with a reason.
-    process.kill(refs[1]!.pid, "SIGKILL");
-    for (let i = 0; i < 100 && isAlive(refs[1]!); i++) await new Promise((r) => setTimeout(r, 20));
-    const dead = await d2.inspect(b.id);
-    expect(dead?.state).toBe("failed");
-    expect(dead?.reason).toMatch(/qemu process \d+ exited/);
-
-    // Stop is graceful (the guest powers off), and the disk survives until destroy.
-    expect((await d2.stop(a.id)).state).toBe("stopped");
+    // Stop is graceful (the guest powers off), and the disk survives until destroy: started
+    // again, A boots from the same overlay and what it wrote is still there.
+    expect((await d1.stop(a.id)).state).toBe("stopped");
     expect(isAlive(refs[0]!)).toBe(false);
     expect(existsSync(ra.paths.overlay)).toBe(true);
-    // Started again, it boots from the same overlay: what it wrote is still there.
-    expect((await d2.start(a.id)).state).toBe("running");
+    expect((await d1.start(a.id)).state).toBe("running");
     refs.push(record(a.id).qemu!);
-    expect((await d2.exec(a.id, ["cat", "/root/marker"])).stdout).toBe("mine\n");
+    expect((await d1.exec(a.id, ["cat", "/root/marker"])).stdout).toBe("mine\n");
 
-    for (const s of [a, b]) {
-      await d2.destroy(s.id);
-      await d2.destroy(s.id); // idempotent
-      expect(await d2.inspect(s.id)).toBeUndefined();
-      expect(await linkExists(tapName(s.id))).toBe(false);
-    }
+    for (const s of [a, b]) await d1.destroy(s.id);
     expect(refs.some(isAlive)).toBe(false);
     expect(existsSync(ra.paths.dir) || existsSync(rb.paths.dir)).toBe(false);
-    expect(readdirSync(join(stateDir, "qemu", "records"))).toEqual([]);
-    expect(readdirSync(join(stateDir, "qemu", "vms"))).toEqual([]);
-  }, 240_000); // TCG boots of two guests, twice: minutes when other guests boot alongside
+    for (const s of [a, b]) expect(await linkExists(tapName(s.id))).toBe(false);
+  }, 300_000); // TCG boots of two guests, and one again: minutes when other guests boot alongside
 
   it("reports a guest that cannot boot as failed, with the console's reason, and cleans it up", async () => {
     // A real kernel with an initramfs that is not one: it panics, and panic=-1 with -no-reboot ends QEMU.

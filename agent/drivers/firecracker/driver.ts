@@ -289,7 +289,8 @@ export class FirecrackerDriver implements HypervisorDriver {
   /**
    * Adopts VMs whose Firecracker still runs and answers on its socket (the paused flag is
    * re-read from the API); one that runs but does not answer is killed and reported stopped;
-   * a VM whose jail is gone is cleaned up and not returned.
+   * one whose process died while nobody watched is reported failed; a VM whose jail is gone
+   * is cleaned up and not returned.
    */
   async recover(): Promise<VmRuntime[]> {
     const adopted: VmRuntime[] = [];
@@ -305,10 +306,8 @@ export class FirecrackerDriver implements HypervisorDriver {
         } catch {
           await this.killVmm(rec);
         }
-      } else if (rec.process) {
-        delete rec.process;
-        delete rec.paused;
       }
+      // A process that died stays recorded: the VM is reported failed (runtime()), not stopped.
       this.records.put(rec);
       adopted.push(this.runtime(rec));
     }
@@ -469,7 +468,8 @@ export class FirecrackerDriver implements HypervisorDriver {
     const base = { id: rec.spec.id, driver: this.name, spec: rec.spec, hostPort: rec.hostPort };
     if (!existsSync(rec.layout.rootfs.host)) return { ...base, state: "failed", reason: `disk ${rec.layout.rootfs.host} is gone` };
     if (!rec.process) return { ...base, state: "stopped", reason: "" };
-    if (!isAlive(rec.process)) return { ...base, state: "stopped", reason: `firecracker process ${rec.process.pid} exited` };
+    // Not stopped by us (stop() and failed starts forget the process): a crash.
+    if (!isAlive(rec.process)) return { ...base, state: "failed", reason: `firecracker process ${rec.process.pid} exited` };
     return { ...base, state: "running", reason: rec.paused ? "paused" : "" };
   }
 }

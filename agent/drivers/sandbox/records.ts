@@ -10,8 +10,8 @@ export interface SandboxRecord {
   spec: VmCreateSpec;
   netns: string;
   hostPort: string;
-  /** Absolute cgroup directory, when limits are enforced. */
-  cgroup?: string;
+  /** The VM's cgroup directories (one for v2, one per controller hierarchy for v1), when limits are enforced. */
+  cgroups?: string[];
   /** The VM's init process while it runs. */
   init?: ProcessRef;
 }
@@ -27,7 +27,7 @@ export class RecordStore {
 
   get(id: string): SandboxRecord | undefined {
     try {
-      return JSON.parse(readFileSync(this.file(id), "utf8")) as SandboxRecord;
+      return upgrade(JSON.parse(readFileSync(this.file(id), "utf8")) as SandboxRecord & { cgroup?: string });
     } catch {
       return undefined;
     }
@@ -48,11 +48,17 @@ export class RecordStore {
       .filter((f) => f.endsWith(".json"))
       .map((f) => {
         try {
-          return JSON.parse(readFileSync(join(this.dir, f), "utf8")) as SandboxRecord;
+          return upgrade(JSON.parse(readFileSync(join(this.dir, f), "utf8")) as SandboxRecord & { cgroup?: string });
         } catch {
           return undefined;
         }
       })
       .filter((r): r is SandboxRecord => r !== undefined);
   }
+}
+
+/** Records of earlier versions name one cgroup v2 directory as `cgroup`. */
+function upgrade(r: SandboxRecord & { cgroup?: string }): SandboxRecord {
+  const { cgroup, ...rest } = r;
+  return cgroup !== undefined && rest.cgroups === undefined ? { ...rest, cgroups: [cgroup] } : rest;
 }

@@ -7,7 +7,7 @@
 // carry the per-agent `nsPrefix`, so agents of one lab never collide.
 import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { NoidError, during, notFound } from "../../../common/errors.js";
+import { NoidError, during, notFound, precondition } from "../../../common/errors.js";
 import {
   type Runner,
   type Spawner,
@@ -28,8 +28,8 @@ import type {
   VmCreateSpec,
   VmRuntime,
 } from "../driver.js";
-import { type CgroupProbe, createVmCgroup, joinCgroup, probeCgroup, removeCgroup } from "./cgroup.js";
-import { cgroupName, cpuMax, hostPort, memoryMax, vmNetns } from "./names.js";
+import { PWD_CARRIER, type LimitsProbe, applyCgroupPlan, describeLayout, cgroupPlan, inCgroupArgv, joinCgroups, killCgroups, probeLimits, removeCgroups } from "./cgroup.js";
+import { cgroupName, hostPort, vmNetns } from "./names.js";
 import { RecordStore, type SandboxRecord } from "./records.js";
 
 export interface SandboxOptions {
@@ -39,31 +39,33 @@ export interface SandboxOptions {
   nsPrefix: string;
   /** The netns that plays the host; default: the agent's own. */
   netns?: string;
+  /** Where cgroup hierarchies are mounted (v2, or v1 per controller); default /sys/fs/cgroup. */
   cgroupRoot?: string;
-  /** Parent cgroup (relative to cgroupRoot) of all VMs of this agent. */
+  /** Parent cgroup (relative to each hierarchy's mount) of all VMs of this agent. */
   cgroupParent?: string;
+  /** Most processes a VM may have at once (pids.max; default 1024). */
+  pidsMax?: number;
   runner?: Runner;
   spawner?: Spawner;
 }
 
 const netnsPath = (name: string): string => `/run/netns/${name}`;
+const EXEC_TIMEOUT_MS = 30_000;
 
 export class SandboxDriver implements HypervisorDriver {
   readonly name = "sandbox";
   private readonly records: RecordStore;
   private readonly run: Runner;
   private readonly spawn: Spawner;
-  private readonly cgroupRoot: string;
   private readonly cgroupParent: string;
-  private readonly cgroup: CgroupProbe;
+  private readonly cgroup: LimitsProbe;
 
   constructor(private readonly opts: SandboxOptions) {
     this.records = new RecordStore(join(opts.stateDir, "sandbox"));
     this.run = opts.runner ?? defaultRun;
     this.spawn = opts.spawner ?? spawnDetached;
-    this.cgroupRoot = opts.cgroupRoot ?? "/sys/fs/cgroup";
     this.cgroupParent = opts.cgroupParent ?? `noid-${opts.nsPrefix}`;
-    this.cgroup = probeCgroup(this.cgroupRoot);
+    this.cgroup = probeLimits(opts.cgroupRoot ?? "/sys/fs/cgroup");
   }
 
   capabilities(): Capabilities {
@@ -74,6 +76,11 @@ export class SandboxDriver implements HypervisorDriver {
       resourceLimits: this.cgroup.ok,
       ...(this.cgroup.ok ? {} : { limitsReason: this.cgroup.reason }),
     };
+  }
+
+  /** How limits are enforced here (cgroup v2, or the v1 fallback), for the agent's log. */
+  limitsMechanism(): string | undefined {
+    return this.cgroup.ok ? describeLayout(this.cgroup.layout) : undefined;
   }
 
   /** Runs in the host netns (the agent's own unless `netns` was given). */
@@ -111,11 +118,8 @@ export class SandboxDriver implements HypervisorDriver {
       }
       if (spec.net.bridge) await this.host(["ip", "link", "set", port, "master", spec.net.bridge]);
       await this.host(["ip", "link", "set", port, "up"]);
-      if (this.cgroup.ok && rec.cgroup === undefined) {
-        rec.cgroup = createVmCgroup(this.cgroupRoot, this.cgroupParent, cgroupName(spec.id), {
-          cpuMax: cpuMax(spec.vcpus),
-          memoryMax: memoryMax(spec.memoryMb),
-        });
+      if (this.cgroup.ok && rec.cgroups === undefined) {
+        rec.cgroups = applyCgroupPlan(this.cgroupPlan(spec));
         this.records.put(rec);
       }
     } catch (e) {
@@ -145,13 +149,15 @@ export class SandboxDriver implements HypervisorDriver {
     }
     rec.init = ref;
     this.records.put(rec);
-    if (rec.cgroup) joinCgroup(rec.cgroup, pid);
+    if (rec.cgroups) joinCgroups(rec.cgroups, pid);
     return this.runtime(rec);
   }
 
   async stop(id: string): Promise<VmRuntime> {
     const rec = this.mustGet(id);
     if (rec.init) await killProcess(rec.init);
+    // A stopped VM runs nothing: commands started with exec go too.
+    if (rec.cgroups) await killCgroups(rec.cgroups);
     delete rec.init;
     this.records.put(rec);
     return this.runtime(rec);
@@ -167,7 +173,10 @@ export class SandboxDriver implements HypervisorDriver {
       if (existsSync(netnsPath(ns))) await this.run(["ip", "netns", "del", ns]);
       // Deleting the netns deletes eth0 and with it the peer; this covers a half-made pair.
       await this.host(["ip", "link", "del", port], true);
-      if (rec?.cgroup) removeCgroup(rec.cgroup);
+      // Also from the names alone, for a record lost before its cgroups were noted.
+      const cgroups = rec?.cgroups ?? (this.cgroup.ok ? this.cgroupPlan({ id }).dirs : []);
+      await killCgroups(cgroups);
+      await removeCgroups(cgroups);
     } catch (e) {
       throw during(`destroying sandbox VM ${id}`, e);
     }
@@ -196,22 +205,52 @@ export class SandboxDriver implements HypervisorDriver {
     return adopted;
   }
 
+  /**
+   * Output comes back verbatim; a command killed by a signal (the OOM killer's SIGKILL) exits
+   * 128+N as a shell reports it; at the timeout the command's process group is killed.
+   */
   async exec(id: string, argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
-    const rec = this.mustGet(id);
-    // The agent's own environment (its token among it) never reaches a tenant's command.
-    return this.run(argv, {
-      netns: rec.netns,
-      allowFail: true,
-      cleanEnv: true,
-      ...(opts.env ? { env: opts.env } : {}),
-      ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
-    });
+    const p = await this.execStream(id, argv, opts.env ? { env: opts.env } : {});
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    p.onStdout((b) => out.push(b));
+    p.onStderr((b) => err.push(b));
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      p.kill("KILL");
+    }, opts.timeoutMs ?? EXEC_TIMEOUT_MS);
+    const { exitCode } = await p.exited.finally(() => clearTimeout(timer));
+    const res = { stdout: Buffer.concat(out).toString("utf8"), stderr: Buffer.concat(err).toString("utf8") };
+    return timedOut ? { ...res, exitCode: -1, timedOut: true } : { ...res, exitCode };
   }
 
   async execStream(id: string, argv: string[], opts: SpawnExecOptions = {}): Promise<ExecProcess> {
-    const rec = this.mustGet(id);
+    const rec = this.mustRun(id);
     // As exec(): the agent's environment never reaches a tenant's command.
-    return spawnAttached(argv, { netns: rec.netns, cleanEnv: true, ...(opts.env ? { env: opts.env } : {}), stdin: opts.stdin ?? false });
+    const cmd = this.inVm(rec, argv, opts.env);
+    return spawnAttached(cmd.argv, { netns: rec.netns, cleanEnv: true, ...(cmd.env ? { env: cmd.env } : {}), stdin: opts.stdin ?? false });
+  }
+
+  private cgroupPlan(spec: Pick<VmCreateSpec, "id"> & Partial<VmCreateSpec>) {
+    if (!this.cgroup.ok) throw new NoidError("INTERNAL", "no cgroup layout");
+    const limits = { vcpus: spec.vcpus ?? 1, memoryMb: spec.memoryMb ?? 1, pidsMax: this.opts.pidsMax ?? 1024 };
+    return cgroupPlan(this.cgroup.layout, this.cgroupParent, cgroupName(spec.id), limits);
+  }
+
+  /** A command in the VM runs in the VM's cgroups, bound by its limits: the argv and environment to spawn. */
+  private inVm(rec: SandboxRecord, argv: string[], env?: Record<string, string>): { argv: string[]; env?: Record<string, string> } {
+    if (!rec.cgroups?.length) return { argv, ...(env ? { env } : {}) };
+    const pwd = env?.PWD;
+    return { argv: inCgroupArgv(rec.cgroups, argv, pwd !== undefined), ...(env ? { env: pwd !== undefined ? { ...env, [PWD_CARRIER]: pwd } : env } : {}) };
+  }
+
+  /** Commands run only in a running VM (as in a real one): a stopped VM's netns is still there, but it runs nothing. */
+  private mustRun(id: string): SandboxRecord {
+    const rec = this.mustGet(id);
+    const { state } = this.runtime(rec);
+    if (state !== "running") throw precondition(`exec in sandbox VM ${id}: the VM is ${state}`);
+    return rec;
   }
 
   private mustGet(id: string): SandboxRecord {
