@@ -26,6 +26,7 @@ import { AuditChainStore } from "./auth/audit-chain-store.js";
 import { AuthGuard } from "./auth/guard.js";
 import { AuditThrottle, AuthFailureCounter, FailureLimiter } from "./auth/rate-limit.js";
 import { UserRepo } from "./users/user-repo.js";
+import { loadOrCreateSecretBox } from "./users/secret-box.js";
 import { userService } from "./services/user-service.js";
 import { UserServiceService } from "../gen/noid/v1/user.js";
 import { ClusterState } from "./state/cluster.js";
@@ -200,6 +201,8 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
   try {
     const tokens = new TokenStore(store, clock, cfg.auth.token_rotation_overlap_seconds);
     const adminTokenFile = await bootstrapAdmin(tokens, cfg.state_dir, logger);
+    // Seals TOTP secrets in etcd; replicas share the key file like admin.token (deploy/ha.md).
+    const secretBox = loadOrCreateSecretBox(cfg.state_dir, (path) => logger.info({ path }, "secrets key created"));
     const audit = new AuditLog(store, clock, cfg.logging.audit);
     const events = new EventLog({
       store,
@@ -247,7 +250,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     server.addService(AuditServiceService, auditService({ ...base, audit }));
     server.addService(
       UserServiceService,
-      userService({ ...base, users: new UserRepo(store, clock), tokens, guard, clock, sessionTtlSeconds: cfg.auth.session_ttl_seconds, totpIssuer: cfg.auth.totp_issuer }),
+      userService({ ...base, users: new UserRepo(store, clock, secretBox), tokens, guard, clock, sessionTtlSeconds: cfg.auth.session_ttl_seconds, totpIssuer: cfg.auth.totp_issuer }),
     );
     server.addService(
       AgentServiceService,
