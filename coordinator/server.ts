@@ -242,7 +242,9 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const security = new SecurityAudit(writeAudit, clock);
     cleanups.push(async () => security.stop());
     const server = new grpc.Server({ "grpc.keepalive_time_ms": 20_000, "grpc.keepalive_timeout_ms": 10_000, "grpc.keepalive_permit_without_calls": 1 });
-    server.addService(VmServiceService, vmService({ ...base, repo: vms, cluster, limits: () => cfg.limits }));
+    const users = new UserRepo(store, clock, secretBox);
+    const sshKeysOf = async (user: string) => (await users.listSshKeys(user)).map((k) => k.publicKey);
+    server.addService(VmServiceService, vmService({ ...base, repo: vms, cluster, limits: () => cfg.limits, sshKeysOf }));
     server.addService(MeshServiceService, meshService({ ...base, cluster, meshPrefixLen: meshCidr.prefix }));
     server.addService(HostServiceService, hostService({ ...base, hosts, cluster, store, clock, audit: writeAudit, hostSessions, ...(pki ? { pki } : {}) }));
     server.addService(NetworkServiceService, networkService({ ...base, networks }));
@@ -250,7 +252,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     server.addService(AuditServiceService, auditService({ ...base, audit }));
     server.addService(
       UserServiceService,
-      userService({ ...base, users: new UserRepo(store, clock, secretBox), tokens, guard, clock, sessionTtlSeconds: cfg.auth.session_ttl_seconds, totpIssuer: cfg.auth.totp_issuer }),
+      userService({ ...base, users, tokens, guard, clock, sessionTtlSeconds: cfg.auth.session_ttl_seconds, totpIssuer: cfg.auth.totp_issuer }),
     );
     server.addService(
       AgentServiceService,

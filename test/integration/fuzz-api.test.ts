@@ -24,7 +24,7 @@ import { SimAgent } from "../helpers/sim-agent.js";
 
 const SEED = Number(process.env.FUZZ_SEED ?? Date.now() % 2 ** 31);
 /** Generated requests per RPC and caller; server streams get fewer (each may run to its deadline). */
-const PER_CALLER = 30;
+const PER_CALLER = 24;
 const PER_CALLER_STREAM = 4;
 const UNARY_DEADLINE_MS = 8000;
 const STREAM_DEADLINE_MS = 1500;
@@ -40,6 +40,7 @@ interface Outcome {
   details: string;
   /** Decoded OK responses (unary: one; streams: up to a few). */
   responses: unknown[];
+  ms: number;
 }
 
 /** Stack frames, source paths or internals in a status message. */
@@ -124,12 +125,14 @@ describe("bad input: fuzzing every RPC of a real coordinator", () => {
     let live: string[] = [];
     const refreshLive = async () => {
       const s = new Set<string>();
-      for (const kv of (await c.handle.store.list("")).kvs) for (const seg of kv.key.split("/")) if (seg && seg.length <= 64) s.add(seg);
-      for (const t of Object.values(tokens)) if (t) s.add(t.slice(0, 12));
+      // Not the fuzzing callers' own tokens: revoking them would turn the rest of the run into UNAUTHENTICATED.
+      for (const kv of (await c.handle.store.list("")).kvs) {
+        if (!kv.key.startsWith("tokens/")) for (const seg of kv.key.split("/")) if (seg && seg.length <= 64) s.add(seg);
+      }
       live = [...s];
     };
     await refreshLive();
-    const pools = { live: () => live, extra: ["vm-1", "net-1", "host-a", "bob", "fuzz-user", "fuzz-reader"] };
+    const pools = { live: () => live, extra: ["vm-1", "net-1", "host-a", "bob"] };
 
     const work: { rpc: FuzzRpc; caller: Caller; json: unknown }[] = [];
     for (const rpc of rpcs) {
@@ -163,7 +166,9 @@ describe("bad input: fuzzing every RPC of a real coordinator", () => {
         unencodable++; // e.g. an out-of-range enum the generated encoder refuses: no client can send it
         return;
       }
+      const t1 = Date.now();
       const r = await call(client, w.rpc, body, tokens[w.caller]);
+      const ms = Date.now() - t1;
       sent++;
       if (sent % 500 === 0) await refreshLive();
       outcomes.push({
@@ -172,6 +177,7 @@ describe("bad input: fuzzing every RPC of a real coordinator", () => {
         request: w.json,
         code: r.code,
         details: r.details,
+        ms,
         responses: r.responses.map((b) => {
           try {
             return w.rpc.decodeResponse(b);
@@ -187,9 +193,11 @@ describe("bad input: fuzzing every RPC of a real coordinator", () => {
     const byCode = new Map<string, number>();
     for (const o of outcomes) byCode.set(grpc.status[o.code] ?? String(o.code), (byCode.get(grpc.status[o.code] ?? String(o.code)) ?? 0) + 1);
     const okPaths = new Set(outcomes.filter((o) => o.code === 0).map((o) => o.rpc.path));
+    const slow = outcomes.filter((o) => !o.rpc.responseStream && !o.rpc.requestStream).sort((a, b) => b.ms - a.ms).slice(0, 5);
+    console.log(`fuzz: slowest unary calls: ${slow.map((o) => `${o.rpc.method} ${o.ms}ms ${grpc.status[o.code]}`).join(", ")}`);
     if (process.env.FUZZ_VERBOSE) {
       const per = new Map<string, string>();
-      for (const o of outcomes) per.set(o.rpc.path, (per.get(o.rpc.path) ?? "") + " " + (grpc.status[o.code] ?? o.code).slice(0, 6));
+      for (const o of outcomes) per.set(o.rpc.path, (per.get(o.rpc.path) ?? "") + " " + String(grpc.status[o.code] ?? o.code).slice(0, 6));
       for (const [p, cs] of [...per].sort()) console.log(p, JSON.stringify(Object.fromEntries(cs.trim().split(" ").reduce((m, x) => m.set(x, (m.get(x) ?? 0) + 1), new Map<string, number>()))));
     }
     console.log(
@@ -226,7 +234,15 @@ describe("bad input: fuzzing every RPC of a real coordinator", () => {
     const after = (await c.handle.store.list("")).kvs;
     const accepted = new Set<string>();
     for (const o of outcomes) if (o.code === 0) strings(o.responses, accepted);
-    const findings: KeyspaceFinding[] = checkKeyspace(after, { before, accepted, acceptedPaths: okPaths });
+    // CreateVm keeps a VM that no host can take yet and says so with RESOURCE_EXHAUSTED (by design: it is placed later).
+    const owners: Record<Caller, string> = { admin: "admin", user: "fuzz-user", readonly: "fuzz-reader", anonymous: "", "bad-token": "" };
+    const keptVms = new Set(
+      outcomes
+        .filter((o) => o.rpc.method === "CreateVm" && o.code === grpc.status.RESOURCE_EXHAUSTED && o.details.includes("kept PENDING"))
+        .map((o) => `${owners[o.caller]}/${String((o.request as { name?: unknown }).name)}`),
+    );
+    if (keptVms.size) okPaths.add("/noid.v1.VmService/CreateVm(kept)");
+    const findings: KeyspaceFinding[] = checkKeyspace(after, { before, accepted, acceptedPaths: okPaths, keptVms });
     expect(findings.slice(0, 20), `${findings.length} problems in the keyspace`).toEqual([]);
     const created = after.filter((kv) => !before.has(kv.key));
     console.log(

@@ -5,7 +5,7 @@
 // The driver's "host" is the netns the agent runs in (or `netns` from the options, which
 // lets a test drive a lab host from outside). VM namespaces are machine-wide names and
 // carry the per-agent `nsPrefix`, so agents of one lab never collide.
-import { existsSync, statSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { NoidError, during, notFound } from "../../../common/errors.js";
 import {
@@ -29,7 +29,11 @@ import type {
   VmRuntime,
 } from "../driver.js";
 import { type CgroupProbe, createVmCgroup, joinCgroup, probeCgroup, removeCgroup } from "./cgroup.js";
-import { cgroupName, cpuMax, hostPort, memoryMax, vmNetns } from "./names.js";
+import { cgroupName, cpuMax, hostPort, memoryMax, shortId, vmNetns } from "./names.js";
+import { authorizedKeysFile } from "../ssh-keys.js";
+
+/** The variable that tells a command run in a sandbox VM where its owner's SSH keys are. */
+export const SANDBOX_KEYS_ENV = "AUTHORIZED_KEYS_FILE";
 import { RecordStore, type SandboxRecord } from "./records.js";
 
 export interface SandboxOptions {
@@ -111,6 +115,7 @@ export class SandboxDriver implements HypervisorDriver {
       }
       if (spec.net.bridge) await this.host(["ip", "link", "set", port, "master", spec.net.bridge]);
       await this.host(["ip", "link", "set", port, "up"]);
+      this.writeAuthorizedKeys(spec);
       if (this.cgroup.ok && rec.cgroup === undefined) {
         rec.cgroup = createVmCgroup(this.cgroupRoot, this.cgroupParent, cgroupName(spec.id), {
           cpuMax: cpuMax(spec.vcpus),
@@ -122,6 +127,28 @@ export class SandboxDriver implements HypervisorDriver {
       throw during(`creating sandbox VM ${spec.id} (netns ${ns}, port ${port})`, e);
     }
     return this.runtime(rec);
+  }
+
+  /**
+   * A sandbox VM has no root filesystem of its own (its commands see the host's), so its
+   * owner's keys go to a file in the VM's state dir, <stateDir>/sandbox/<short id>/authorized_keys
+   * (0600), whose path commands run in the VM get as $AUTHORIZED_KEYS_FILE.
+   */
+  authorizedKeysPath(id: string): string {
+    return join(this.opts.stateDir, "sandbox", shortId(id), "authorized_keys");
+  }
+
+  private writeAuthorizedKeys(spec: VmCreateSpec): void {
+    const file = this.authorizedKeysPath(spec.id);
+    mkdirSync(join(file, ".."), { recursive: true, mode: 0o700 });
+    writeFileSync(`${file}.tmp`, authorizedKeysFile(spec.sshAuthorizedKeys ?? []), { mode: 0o600 });
+    chmodSync(`${file}.tmp`, 0o600);
+    renameSync(`${file}.tmp`, file);
+  }
+
+  /** What a command in the VM runs with: only what it is given, plus where its keys are. */
+  private execEnv(id: string, env: Record<string, string> | undefined): Record<string, string> {
+    return { [SANDBOX_KEYS_ENV]: this.authorizedKeysPath(id), ...env };
   }
 
   async start(id: string): Promise<VmRuntime> {
@@ -168,6 +195,7 @@ export class SandboxDriver implements HypervisorDriver {
       // Deleting the netns deletes eth0 and with it the peer; this covers a half-made pair.
       await this.host(["ip", "link", "del", port], true);
       if (rec?.cgroup) removeCgroup(rec.cgroup);
+      rmSync(join(this.authorizedKeysPath(id), ".."), { recursive: true, force: true });
     } catch (e) {
       throw during(`destroying sandbox VM ${id}`, e);
     }
@@ -203,7 +231,7 @@ export class SandboxDriver implements HypervisorDriver {
       netns: rec.netns,
       allowFail: true,
       cleanEnv: true,
-      ...(opts.env ? { env: opts.env } : {}),
+      env: this.execEnv(id, opts.env),
       ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}),
     });
   }
@@ -211,7 +239,7 @@ export class SandboxDriver implements HypervisorDriver {
   async execStream(id: string, argv: string[], opts: SpawnExecOptions = {}): Promise<ExecProcess> {
     const rec = this.mustGet(id);
     // As exec(): the agent's environment never reaches a tenant's command.
-    return spawnAttached(argv, { netns: rec.netns, cleanEnv: true, ...(opts.env ? { env: opts.env } : {}), stdin: opts.stdin ?? false });
+    return spawnAttached(argv, { netns: rec.netns, cleanEnv: true, env: this.execEnv(id, opts.env), stdin: opts.stdin ?? false });
   }
 
   private mustGet(id: string): SandboxRecord {
