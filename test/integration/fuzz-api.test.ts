@@ -26,7 +26,9 @@ const SEED = Number(process.env.FUZZ_SEED ?? Date.now() % 2 ** 31);
 /** Generated requests per RPC and caller; server streams get fewer (each may run to its deadline). */
 const PER_CALLER = 24;
 const PER_CALLER_STREAM = 4;
-const UNARY_DEADLINE_MS = 8000;
+// Generous: creates queue in one lane per coordinator (vm-repo.ts), and a burst of them on a
+// loaded 2-core machine takes seconds; a call that hangs never answers at all.
+const UNARY_DEADLINE_MS = 20_000;
 const STREAM_DEADLINE_MS = 1500;
 const CONCURRENCY = 24;
 
@@ -99,8 +101,10 @@ describe("bad input: fuzzing every RPC of a real coordinator", () => {
     c = await startTestCoordinator({ auth: { max_failures_per_minute: 10_000, failure_audit_per_minute: 10_000 } });
     tokens.admin = c.adminToken;
     const admin = c.client();
-    tokens.user = (await admin.createToken({ name: "fuzz-user", role: Role.ROLE_USER })).secret;
-    tokens.readonly = (await admin.createToken({ name: "fuzz-reader", role: Role.ROLE_READ_ONLY })).secret;
+    // Token names the fuzz never generates (user names it does: they are in the keyspace), so an
+    // admin's RevokeToken cannot end the run's own sessions.
+    tokens.user = (await admin.createToken({ name: "tok-u-7f3a", user: "fuzz-user", role: Role.ROLE_USER })).secret;
+    tokens.readonly = (await admin.createToken({ name: "tok-r-7f3a", user: "fuzz-reader", role: Role.ROLE_READ_ONLY })).secret;
     agent = new SimAgent({ address: c.address, token: c.adminToken, name: "host-a", autoRun: true, drivers: ["sandbox", "qemu", "firecracker"] });
     await agent.register();
     await agent.connect();
