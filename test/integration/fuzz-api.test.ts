@@ -10,7 +10,7 @@
 // Reproduce a run with FUZZ_SEED=<seed printed by the test>.
 import * as http2 from "node:http2";
 import { connect as netConnect } from "node:net";
-import { randomBytes } from "node:crypto";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -136,7 +136,11 @@ describe("bad input: fuzzing every RPC of a real coordinator", () => {
       live = [...s];
     };
     await refreshLive();
-    const pools = { live: () => live, extra: ["vm-1", "net-1", "host-a", "bob"] };
+    // Values that pass validation where the fuzz alone rarely gets there: a real key, unused CIDRs.
+    const der = generateKeyPairSync("ed25519").publicKey.export({ format: "der", type: "spki" });
+    const sshStr = (b: Buffer) => Buffer.concat([Buffer.from([0, 0, 0, b.length]), b]);
+    const sshKey = `ssh-ed25519 ${Buffer.concat([sshStr(Buffer.from("ssh-ed25519")), sshStr(der.subarray(der.length - 32))]).toString("base64")} fuzz`;
+    const pools = { live: () => live, extra: ["vm-1", "net-1", "host-a", "bob", sshKey, "10.77.0.0/24", "192.168.50.0/24", "172.20.0.0/20"] };
 
     const work: { rpc: FuzzRpc; caller: Caller; json: unknown }[] = [];
     for (const rpc of rpcs) {
