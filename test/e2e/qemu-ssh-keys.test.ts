@@ -27,6 +27,7 @@ describe("SSH keys in a QEMU guest", () => {
   const phase = async (name: string, p: VmPhase, timeoutMs: number): Promise<Vm> =>
     waitFor(`${name} ${VmPhase[p]}`, async () => {
       const v = await alice.getVm(name);
+      if (v.status?.phase === VmPhase.VM_PHASE_FAILED) throw new Error(`${name} FAILED: ${v.status.reason}`);
       return v.status?.phase === p ? v : undefined;
     }, timeoutMs);
   const keysInGuest = async () => {
