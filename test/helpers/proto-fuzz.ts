@@ -265,6 +265,40 @@ export function messageArb(desc: DescMessage, pools: StringPools, depth = 4): fc
   return fc.tuple(rec, ...oneofs).map(([r, ...os]) => Object.assign({}, r, ...os) as Record<string, unknown>);
 }
 
+/** Every path to a leaf (or an object/array) of a JSON value. */
+function paths(v: unknown, at: (string | number)[] = []): (string | number)[][] {
+  const out: (string | number)[][] = at.length ? [at] : [];
+  if (Array.isArray(v)) v.forEach((x, i) => out.push(...paths(x, [...at, i])));
+  else if (v && typeof v === "object") for (const [k, x] of Object.entries(v)) out.push(...paths(x, [...at, k]));
+  return out;
+}
+
+function setAt(v: unknown, path: (string | number)[], value: unknown): unknown {
+  if (path.length === 0) return value;
+  const [head, ...rest] = path;
+  const copy: Record<string | number, unknown> = Array.isArray(v) ? [...v] : { ...(v as Record<string, unknown>) };
+  if (rest.length === 0 && value === undefined) {
+    if (Array.isArray(copy)) (copy as unknown[]).splice(head as number, 1);
+    else delete copy[head!];
+  } else copy[head!] = setAt(copy[head!], rest, value);
+  return copy;
+}
+
+/**
+ * `json` (an accepted request) with one field replaced: a nasty string, an extreme number,
+ * a value of another type, or nothing. Past the checks the original passed, the next ones run.
+ */
+export function mutationArb(json: unknown, pools: StringPools): fc.Arbitrary<unknown> {
+  const ps = paths(json);
+  if (ps.length === 0) return fc.constant(json);
+  const replacement = fc.oneof(
+    stringArb(pools),
+    fc.constantFrom(0, -1, 2 ** 31 - 1, 2 ** 32 - 1, Number.MAX_SAFE_INTEGER, "", true, [], {}, null),
+    fc.constant(undefined),
+  );
+  return fc.tuple(fc.constantFrom(...ps), replacement).map(([p, v]) => setAt(json, p, v));
+}
+
 /** A gRPC message frame: compressed flag, big-endian length, payload. */
 export function grpcFrame(payload: Buffer, opts: { compressed?: boolean; length?: number } = {}): Buffer {
   const h = Buffer.alloc(5);

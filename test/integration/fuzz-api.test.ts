@@ -18,7 +18,7 @@ import { Role } from "../../gen/noid/v1/auth.js";
 import { isDnsLabel } from "../../common/names.js";
 import { keys, netKeys } from "../../coordinator/state/keys.js";
 import { checkKeyspace, type KeyspaceFinding } from "../helpers/keyspace.js";
-import { loadRpcs, malformedBodies, messageArb, randomBodyArb, type FuzzRpc } from "../helpers/proto-fuzz.js";
+import { loadRpcs, malformedBodies, messageArb, mutationArb, randomBodyArb, type FuzzRpc } from "../helpers/proto-fuzz.js";
 import { startTestCoordinator, type TestCluster } from "../helpers/coordinator.js";
 import { SimAgent } from "../helpers/sim-agent.js";
 
@@ -31,6 +31,7 @@ const PER_CALLER_STREAM = 4;
 const UNARY_DEADLINE_MS = 20_000;
 const STREAM_DEADLINE_MS = 1500;
 const CONCURRENCY = 24;
+const MUTANTS_PER_ACCEPTED = 3;
 
 type Caller = "admin" | "user" | "readonly" | "anonymous" | "bad-token";
 
@@ -165,8 +166,7 @@ describe("bad input: fuzzing every RPC of a real coordinator", () => {
     const t0 = Date.now();
     let sent = 0;
     let unencodable = 0;
-    await pool(order, CONCURRENCY, async (i) => {
-      const w = work[i]!;
+    const send = async (w: { rpc: FuzzRpc; caller: Caller; json: unknown }): Promise<void> => {
       let body: Buffer;
       try {
         body = w.rpc.encode(w.json);
@@ -194,7 +194,16 @@ describe("bad input: fuzzing every RPC of a real coordinator", () => {
           }
         }),
       });
-    });
+    };
+    await pool(order, CONCURRENCY, (i) => send(work[i]!));
+    // Second round, deeper: each accepted request again with one field broken (a nasty value,
+    // another type, or dropped), so validation past the first check is exercised too.
+    const accepted1 = outcomes.filter((o) => o.code === 0 && !o.rpc.requestStream && !o.rpc.responseStream && JSON.stringify(o.request) !== "{}");
+    const mutants = accepted1.flatMap((o, i) =>
+      fc.sample(mutationArb(o.request, pools), { numRuns: MUTANTS_PER_ACCEPTED, seed: SEED + i }).map((json) => ({ rpc: o.rpc, caller: o.caller, json })),
+    );
+    await pool(mutants, CONCURRENCY, send);
+    console.log(`fuzz: ${mutants.length} mutants of ${accepted1.length} accepted requests`);
     client.close();
     const secs = (Date.now() - t0) / 1000;
 
