@@ -275,12 +275,16 @@ function paths(v: unknown, at: (string | number)[] = []): (string | number)[][] 
 
 function setAt(v: unknown, path: (string | number)[], value: unknown): unknown {
   if (path.length === 0) return value;
-  const [head, ...rest] = path;
-  const copy: Record<string | number, unknown> = Array.isArray(v) ? [...v] : { ...(v as Record<string, unknown>) };
-  if (rest.length === 0 && value === undefined) {
-    if (Array.isArray(copy)) (copy as unknown[]).splice(head as number, 1);
-    else delete copy[head!];
-  } else copy[head!] = setAt(copy[head!], rest, value);
+  const [head, ...rest] = path as [string | number, ...(string | number)[]];
+  if (Array.isArray(v)) {
+    const copy: unknown[] = [...v];
+    if (rest.length === 0 && value === undefined) copy.splice(Number(head), 1);
+    else copy[Number(head)] = setAt(copy[Number(head)], rest, value);
+    return copy;
+  }
+  const copy: Record<string, unknown> = { ...(v as Record<string, unknown>) };
+  if (rest.length === 0 && value === undefined) delete copy[String(head)];
+  else copy[String(head)] = setAt(copy[String(head)], rest, value);
   return copy;
 }
 
