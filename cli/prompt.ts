@@ -61,7 +61,8 @@ export function promptLine(input: PromptInput, out: (s: string) => void, questio
       const s = typeof d === "string" ? d : d.toString("utf8");
       const before = state.text;
       state = promptKeys(state, s);
-      if (opts.echo && !state.done && !state.cancelled) {
+      // Echo also when the chunk ends the line (a paste, or a fast terminal: "123456\r" in one read).
+      if (opts.echo && !state.cancelled) {
         // Echo what was added; a deletion is shown as backspace-space-backspace.
         if (state.text.startsWith(before)) out(state.text.slice(before.length));
         else out("\b \b".repeat([...before].length - [...state.text].length));

@@ -70,6 +70,15 @@ describe("promptLine", () => {
     expect(shown).toBe("Code: 12\b \b3\n");
   });
 
+  it("echoes a line that arrives in one chunk with its Enter (a paste)", async () => {
+    const tty = new FakeTty();
+    let shown = "";
+    const p = promptLine(tty, (s) => void (shown += s), "Code: ", { echo: true });
+    tty.emit("data", Buffer.from("123456\r"));
+    expect(await p).toBe("123456");
+    expect(shown).toBe("Code: 123456\n");
+  });
+
   it("Ctrl-C rejects and still restores the terminal", async () => {
     const tty = new FakeTty();
     const p = promptLine(tty, () => {}, "Password: ", { echo: false });
