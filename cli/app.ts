@@ -14,6 +14,8 @@ export interface Io {
   readStdin: () => Promise<string>;
   /** stdout is a terminal: colours and progress lines are fine. */
   isTTY: boolean;
+  /** Reads one line typed on the terminal (stdin is a TTY), without echo unless asked; absent when stdin is not a terminal. */
+  prompt?: (question: string, opts: { echo: boolean }) => Promise<string>;
   /** Asks a yes/no question on the terminal; absent when there is none to ask on. */
   confirm?: (question: string) => Promise<boolean>;
   cwd: string;

@@ -1,5 +1,6 @@
 // noidctl's composition root: the only module that touches process.*.
 import { run } from "./program.js";
+import { promptLine } from "./prompt.js";
 
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
@@ -50,6 +51,7 @@ process.exitCode = await run(process.argv.slice(2), {
     readStdin,
     isTTY: process.stdout.isTTY === true,
     ...(process.stderr.isTTY ? { confirm } : {}),
+    ...(process.stdin.isTTY ? { prompt: (q: string, o: { echo: boolean }) => promptLine(process.stdin, (s) => void process.stderr.write(s), q, o) } : {}),
     cwd: process.cwd(),
     stdinStream: process.stdin,
     onInterrupt: (f) => {

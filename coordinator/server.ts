@@ -26,6 +26,7 @@ import { AuditChainStore } from "./auth/audit-chain-store.js";
 import { AuthGuard } from "./auth/guard.js";
 import { AuditThrottle, AuthFailureCounter, FailureLimiter } from "./auth/rate-limit.js";
 import { UserRepo } from "./users/user-repo.js";
+import { loadOrCreateSecretBox } from "./users/secret-box.js";
 import { userService } from "./services/user-service.js";
 import { UserServiceService } from "../gen/noid/v1/user.js";
 import { ClusterState } from "./state/cluster.js";
@@ -200,6 +201,8 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
   try {
     const tokens = new TokenStore(store, clock, cfg.auth.token_rotation_overlap_seconds);
     const adminTokenFile = await bootstrapAdmin(tokens, cfg.state_dir, logger);
+    // Seals TOTP secrets in etcd; replicas share the key file like admin.token (deploy/ha.md).
+    const secretBox = loadOrCreateSecretBox(cfg.state_dir, (path) => logger.info({ path }, "secrets key created"));
     const audit = new AuditLog(store, clock, cfg.logging.audit);
     const events = new EventLog({
       store,
@@ -239,7 +242,9 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const security = new SecurityAudit(writeAudit, clock);
     cleanups.push(async () => security.stop());
     const server = new grpc.Server({ "grpc.keepalive_time_ms": 20_000, "grpc.keepalive_timeout_ms": 10_000, "grpc.keepalive_permit_without_calls": 1 });
-    server.addService(VmServiceService, vmService({ ...base, repo: vms, cluster, limits: () => cfg.limits }));
+    const users = new UserRepo(store, clock, secretBox);
+    const sshKeysOf = async (user: string) => (await users.listSshKeys(user)).map((k) => k.publicKey);
+    server.addService(VmServiceService, vmService({ ...base, repo: vms, cluster, limits: () => cfg.limits, sshKeysOf }));
     server.addService(MeshServiceService, meshService({ ...base, cluster, meshPrefixLen: meshCidr.prefix }));
     server.addService(HostServiceService, hostService({ ...base, hosts, cluster, store, clock, audit: writeAudit, hostSessions, ...(pki ? { pki } : {}) }));
     server.addService(NetworkServiceService, networkService({ ...base, networks }));
@@ -247,7 +252,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     server.addService(AuditServiceService, auditService({ ...base, audit }));
     server.addService(
       UserServiceService,
-      userService({ ...base, users: new UserRepo(store, clock), tokens, guard, clock, sessionTtlSeconds: cfg.auth.session_ttl_seconds, totpIssuer: cfg.auth.totp_issuer }),
+      userService({ ...base, users, tokens, guard, clock, sessionTtlSeconds: cfg.auth.session_ttl_seconds, totpIssuer: cfg.auth.totp_issuer }),
     );
     server.addService(
       AgentServiceService,

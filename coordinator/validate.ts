@@ -23,6 +23,7 @@ export function normalizeVmSpec(spec: VmSpec | undefined): VmSpec {
     antiAffinityGroup: spec?.antiAffinityGroup ?? "",
     network: spec?.network ?? "",
     networkGroup: spec?.networkGroup ?? "",
+    sshAuthorizedKeys: spec?.sshAuthorizedKeys ?? [],
   };
   if (s.memoryMb < 32) throw invalid("spec.memory_mb", `must be at least 32 (got ${s.memoryMb})`);
   if (s.driver !== "" && !(DRIVERS as readonly string[]).includes(s.driver)) {

@@ -26,6 +26,11 @@ export interface VmCreateSpec {
   diskGb: number;
   image: string;
   net: VmNetSpec;
+  /**
+   * The owner's SSH public keys (authorized_keys lines) as the coordinator snapshotted them
+   * at create; each driver hands them to the guest its own way (ssh-keys.ts). Absent: none.
+   */
+  sshAuthorizedKeys?: string[];
 }
 
 export type VmRunState = "running" | "stopped" | "failed";

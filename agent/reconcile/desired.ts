@@ -51,6 +51,7 @@ export function desiredFromVm(vm: Vm, defaultPrefixLen = 24): DesiredVm {
         ...(st?.networkId ? { networkId: st.networkId } : {}),
         ...(st?.gateway ? { gateway: st.gateway } : {}),
       },
+      ...(spec?.sshAuthorizedKeys.length ? { sshAuthorizedKeys: [...spec.sshAuthorizedKeys] } : {}),
     },
   };
 }

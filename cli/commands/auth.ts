@@ -34,6 +34,16 @@ export function loginSecrets(o: { totp?: string }, stdin: string): { password: s
   return { password, totpCode };
 }
 
+/** Password and TOTP code: asked on the terminal (no echo for the password), else read from stdin. */
+export async function readLoginSecrets(app: Pick<App, "io">, o: { totp?: string }): Promise<{ password: string; totpCode: string }> {
+  const ask = app.io.prompt;
+  if (!ask) return loginSecrets(o, await app.io.readStdin());
+  const password = await ask("Password: ", { echo: false });
+  if (password === "") throw new UsageError("no password given");
+  const code = o.totp ?? (await ask("TOTP code (Enter if none is enrolled): ", { echo: true }));
+  return loginSecrets({ totp: code }, password);
+}
+
 /**
  * Pure: whether a fetched CA may be pinned. With --ca-fingerprint it must
  * match; without, a human must have said yes (trust on first use).
@@ -134,8 +144,10 @@ Examples:
     .addHelpText(
       "after",
       `
-The password is read from standard input (first line), never from a flag; on
-a terminal type it and then the TOTP code, each followed by Enter, then Ctrl-D.
+The password is never a flag. On a terminal noidctl asks for it (nothing is
+shown while typing) and then for the TOTP code unless --totp gives it; otherwise
+it reads the password from the first line of standard input and the TOTP code
+from the second.
 The global --server, --context, --insecure and --ca-file choose the context.
 
 Examples:
@@ -143,8 +155,7 @@ Examples:
   printf '%s\\n%s\\n' "$PW" "$CODE" | noidctl login admin --server noid.example.com:7654`,
     )
     .action(async (user: string, o: { totp?: string }) => {
-      if (app.io.isTTY) app.note("password, then TOTP code (if enrolled), one per line; end with Ctrl-D:");
-      const { password, totpCode } = loginSecrets(o, await app.io.readStdin());
+      const { password, totpCode } = await readLoginSecrets(app, o);
       const cfg = app.config();
       const flags = app.flags;
       const name = flags.context ?? cfg.current_context ?? "default";

@@ -155,6 +155,7 @@ export function userService(d: UserServiceDeps): UserServiceServer {
       dummy ??= dummyHash();
       const ok = await verifyPassword(cur?.record.passwordHash ?? (await dummy), req.password);
       if (!cur || !ok) return fail("bad_password");
+      if (cur.sealError) throw cur.sealError;
       const rec = cur.record;
       let step = rec.totpLastStep;
       if (rec.totpSecret) {
@@ -167,7 +168,7 @@ export function userService(d: UserServiceDeps): UserServiceServer {
       }
       const key = userKeys.user(name);
       const ops: Op[] = [auditPut({ event: "user.login", user: name, vm: "", host: "", success: true, detail: `session for ${name} (${roleName(rec.role)})`, peer: ctx.peer }, d.clock.now())];
-      if (step !== rec.totpLastStep) ops.push({ type: "put", key, value: enc(UserRecord, { ...rec, totpLastStep: step }) });
+      if (step !== rec.totpLastStep) ops.push({ type: "put", key, value: d.users.encode({ ...rec, totpLastStep: step }) });
       try {
         const { secret, record } = await d.tokens.create({
           name: `session-${name}-${randomBytes(4).toString("hex")}`,

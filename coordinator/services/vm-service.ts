@@ -25,6 +25,8 @@ export interface VmServiceDeps extends HandlerDeps {
   repo: VmRepo;
   cluster: ClusterState;
   limits: () => Limits;
+  /** The owner's SSH public keys (authorized_keys lines), snapshotted into each VM it creates. */
+  sshKeysOf?: (user: string) => Promise<string[]>;
 }
 
 export function vmService(d: VmServiceDeps): VmServiceServer {
@@ -41,8 +43,12 @@ export function vmService(d: VmServiceDeps): VmServiceServer {
       allow(ctx.principal, "vm.create");
       const name = checkName("name", req.name);
       const spec = normalizeVmSpec(req.spec);
+      if (spec.sshAuthorizedKeys.length > 0) {
+        throw invalid("spec.ssh_authorized_keys", "is filled by the coordinator from the owner's SSH keys (noidctl ssh-key add); leave it empty");
+      }
       if (spec.host !== "" && !d.cluster.hostByName(spec.host)) throw invalid("spec.host", `no host named "${spec.host}"`);
-      const created = await d.repo.create(ctx.principal.user, name, spec, d.limits(), { peer: ctx.peer });
+      spec.sshAuthorizedKeys = (await d.sshKeysOf?.(ctx.principal.user)) ?? [];
+      const created = await d.repo.create(ctx.principal.user, name, spec, d.limits(), { peer: ctx.peer }, { signal: ctx.signal });
       // The VM is kept either way; tell the caller now if nothing can take it.
       const hosts = d.cluster.hostViews();
       const ask = requestOf(created.vm);

@@ -82,7 +82,7 @@ export class VmRepo {
     spec: VmSpec,
     limits: Limits,
     audit: { peer: string },
-    opts: { desired?: VmDesiredState; detail?: string } = {},
+    opts: { desired?: VmDesiredState; detail?: string; signal?: AbortSignal } = {},
   ): Promise<StoredVm> {
     // Every create compares the cluster-wide counter: with N creates in flight, N-1
     // of each round lose and read everything again (measured: 1.6 creates/s at 200
@@ -101,8 +101,11 @@ export class VmRepo {
     spec: VmSpec,
     limits: Limits,
     audit: { peer: string },
-    opts: { desired?: VmDesiredState; detail?: string },
+    opts: { desired?: VmDesiredState; detail?: string; signal?: AbortSignal },
   ): Promise<StoredVm> {
+    // A caller that gave up while queued (deadline, cancel) has been told the create failed:
+    // creating the VM now would leave one nobody asked for.
+    if (opts.signal?.aborted) throw new NoidError("DEADLINE_EXCEEDED", `creating VM "${name}": the call ended (deadline or cancel) before it was its turn; nothing was created`);
     const ask = { vcpus: spec.vcpus, memoryMb: spec.memoryMb, diskGb: spec.diskGb };
     checkVmLimits(limits, ask);
     const nameKey = keys.vmName(owner, name);
@@ -147,6 +150,9 @@ export class VmRepo {
           ...net?.status,
         },
       };
+      if (opts.signal?.aborted) {
+        throw new NoidError("DEADLINE_EXCEEDED", `creating VM "${name}": the call ended (deadline or cancel); nothing was created`);
+      }
       const r = await this.d.store.txn(
         [
           { key: nameKey, target: "create", op: "==", value: 0 },

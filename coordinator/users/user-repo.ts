@@ -6,6 +6,7 @@ import { NoidError, alreadyExists, notFound } from "../../common/errors.js";
 import type { Op, Store } from "../store/store.js";
 import { dec, enc } from "../state/codec.js";
 import { auditPut, type AuditInput } from "../audit-log.js";
+import { SecretBox } from "./secret-box.js";
 
 export const userKeys = {
   user: (name: string) => `users/${name}`,
@@ -22,6 +23,12 @@ export interface Clock {
 export interface StoredUser {
   record: UserRecord;
   modRevision: number;
+  /**
+   * Why the record's TOTP secrets could not be opened (another replica's key): the record
+   * then carries none, so it must not be written back (that would drop 2FA). Login checks it
+   * after the password, so it tells nothing to someone who does not know the password.
+   */
+  sealError?: NoidError;
 }
 
 /** Bounds what one user can make the coordinator store and hand to VMs. */
@@ -29,38 +36,81 @@ export const MAX_SSH_KEYS = 32;
 
 export type AuditFields = Pick<AuditInput, "user" | "peer" | "detail" | "event">;
 
+/**
+ * Records in memory carry TOTP secrets in plaintext; in etcd they are sealed
+ * (secret-box.ts). Every write goes through encode(); get() opens what it reads
+ * and reseals a record still holding a plaintext secret (from before
+ * encryption) on the spot.
+ */
 export class UserRepo {
   constructor(
     private readonly store: Store,
     private readonly clock: Clock,
+    private readonly box: SecretBox,
   ) {}
 
   private audit(a: AuditFields): Op {
     return auditPut({ ...a, vm: "", host: "", success: true }, this.clock.now());
   }
 
+  /** The bytes stored for `record`: its TOTP secrets sealed, bound to the user and the field. */
+  encode(record: UserRecord): Uint8Array {
+    return enc(UserRecord, {
+      ...record,
+      totpSecret: this.box.seal(record.totpSecret, `users/${record.name}/totp_secret`),
+      totpPendingSecret: this.box.seal(record.totpPendingSecret, `users/${record.name}/totp_pending_secret`),
+    });
+  }
+
+  private decode(bytes: Uint8Array): { record: UserRecord; plaintextAtRest: boolean; sealError?: NoidError } {
+    const r = dec(UserRecord, bytes);
+    const plain = [r.totpSecret, r.totpPendingSecret].some((s) => s !== "" && !SecretBox.isSealed(s));
+    try {
+      return {
+        record: {
+          ...r,
+          totpSecret: this.box.open(r.totpSecret, `users/${r.name}/totp_secret`),
+          totpPendingSecret: this.box.open(r.totpPendingSecret, `users/${r.name}/totp_pending_secret`),
+        },
+        plaintextAtRest: plain,
+      };
+    } catch (e) {
+      const err = e instanceof NoidError ? e : new NoidError("INTERNAL", `opening the TOTP secret of ${r.name}`, { cause: e });
+      return { record: { ...r, totpSecret: "", totpPendingSecret: "" }, plaintextAtRest: false, sealError: err };
+    }
+  }
+
   async get(name: string): Promise<StoredUser | undefined> {
-    const kv = await this.store.get(userKeys.user(name));
-    return kv ? { record: dec(UserRecord, kv.value), modRevision: kv.modRevision } : undefined;
+    const key = userKeys.user(name);
+    const kv = await this.store.get(key);
+    if (!kv) return undefined;
+    const { record, plaintextAtRest, sealError } = this.decode(kv.value);
+    if (sealError) return { record, modRevision: kv.modRevision, sealError };
+    if (!plaintextAtRest) return { record, modRevision: kv.modRevision };
+    // Migrate: seal the plaintext secret now, if nobody changed the record meanwhile.
+    const r = await this.store.txn([{ key, target: "mod", op: "==", value: kv.modRevision }], [{ type: "put", key, value: this.encode(record) }]);
+    if (!r.succeeded) return this.get(name);
+    return { record, modRevision: r.revision };
   }
 
   async list(): Promise<UserRecord[]> {
     const r = await this.store.list(userKeys.usersPrefix);
-    return r.kvs.map((kv) => dec(UserRecord, kv.value));
+    return r.kvs.map((kv) => this.decode(kv.value).record);
   }
 
   async create(record: UserRecord, audit: AuditFields): Promise<void> {
     const key = userKeys.user(record.name);
-    const r = await this.store.txn([{ key, target: "create", op: "==", value: 0 }], [{ type: "put", key, value: enc(UserRecord, record) }, this.audit(audit)]);
+    const r = await this.store.txn([{ key, target: "create", op: "==", value: 0 }], [{ type: "put", key, value: this.encode(record) }, this.audit(audit)]);
     if (!r.succeeded) throw alreadyExists(`user "${record.name}"`);
   }
 
   /** Writes `next` if the record is still the one read; CONFLICT otherwise (the caller read stale data). */
   async update(cur: StoredUser, next: UserRecord, audit: AuditFields | undefined, extraOps: Op[] = []): Promise<void> {
+    if (cur.sealError) throw cur.sealError;
     const key = userKeys.user(cur.record.name);
     const r = await this.store.txn(
       [{ key, target: "mod", op: "==", value: cur.modRevision }],
-      [{ type: "put", key, value: enc(UserRecord, next) }, ...extraOps, ...(audit ? [this.audit(audit)] : [])],
+      [{ type: "put", key, value: this.encode(next) }, ...extraOps, ...(audit ? [this.audit(audit)] : [])],
     );
     if (!r.succeeded) throw new NoidError("CONFLICT", `user "${cur.record.name}" changed concurrently; retry`);
   }

@@ -101,7 +101,7 @@ async function startReplicas(n: number): Promise<{ procs: Proc[]; token: string;
   });
   for (let i = 0; i < n; i++) {
     const dir = mkdtempSync(join(tmpdir(), "noid-hap-"));
-    if (i > 0) copyFileSync(join(procs[0]!.dir, "admin.token"), join(dir, "admin.token"));
+    if (i > 0) for (const f of ["admin.token", "secrets.key"]) copyFileSync(join(procs[0]!.dir, f), join(dir, f));
     procs.push(await startProc(dir, prefix));
   }
   const token = readFileSync(join(procs[0]!.dir, "admin.token"), "utf8").trim();

@@ -47,14 +47,14 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-/** Starts n coordinators on one etcd prefix; the first one's admin token is copied to the others (as an operator would). */
+/** Starts n coordinators on one etcd prefix; the first one's admin token and secrets key are copied to the others (as an operator would). */
 async function startReplicas(n: number): Promise<Replicas> {
   const prefix = `/ha${Math.random().toString(16).slice(2, 8)}/`;
   const dirs = Array.from({ length: n }, () => mkdtempSync(join(tmpdir(), "noid-ha-")));
   const handles: (CoordinatorHandle | undefined)[] = [];
   const clients: NoidClient[] = [];
   for (const [i, dir] of dirs.entries()) {
-    if (i > 0) copyFileSync(join(dirs[0]!, "admin.token"), join(dir, "admin.token"));
+    if (i > 0) for (const f of ["admin.token", "secrets.key"]) copyFileSync(join(dirs[0]!, f), join(dir, f));
     const config = resolveConfig({
       server: { listen: "127.0.0.1:0", insecure: true },
       state_dir: dir,

@@ -6,6 +6,7 @@
 // boot-source, drives, network interfaces, vsock, MMDS config (it names interfaces, which
 // must exist by then) and contents, and InstanceStart last.
 import type { VmCreateSpec, VmNetSpec } from "../driver.js";
+import { authorizedKeysFile } from "../ssh-keys.js";
 import type { ApiCall, Drive, MmdsConfig, NetworkInterface, RateLimiter, SnapshotLoadParams } from "./api-types.js";
 import type { ChrootLayout } from "./jailer.js";
 
@@ -70,6 +71,8 @@ export function mmdsContents(spec: VmCreateSpec): Record<string, unknown> {
         ...(spec.net.ip ? { ipv4: { address: spec.net.ip, prefix_len: spec.net.prefixLen ?? 24 } } : {}),
         ...(spec.net.mtu ? { mtu: spec.net.mtu } : {}),
       },
+      // The owner's SSH public keys, for the guest's init to write to authorized_keys.
+      ...(spec.sshAuthorizedKeys?.length ? { ssh_authorized_keys: authorizedKeysFile(spec.sshAuthorizedKeys).trimEnd().split("\n") } : {}),
     },
   };
 }

@@ -24,6 +24,7 @@ import { type Accel, chooseAccel, incomingArgv, kvmProbeArgv, migrateUri, overla
 import { gatewayFor } from "./cmdline.js";
 import { exitReason, readTail } from "./failure.js";
 import { GuestChannel } from "./guest-channel.js";
+import { guestInstallCommand } from "../ssh-keys.js";
 import { imageCandidates, overlaySize, parseImageInfo } from "./image.js";
 import { MAX_SOCKET_PATH, tapName, vmPaths } from "./names.js";
 import { qmpCommand, queryStatus } from "./qmp.js";
@@ -150,7 +151,25 @@ export class QemuDriver implements HypervisorDriver {
     if (!ref) return this.fail(rec, `qemu process ${pid} exited at once: ${readTail(rec.paths.qemuLog, 1000).trim()}`);
     if (incoming) await this.waitIncoming(rec, ref);
     await this.waitReady(rec, ref);
+    await this.installAuthorizedKeys(rec, ref);
     return this.runtime(rec);
+  }
+
+  /**
+   * The owner's SSH keys (snapshotted at create) go to /root/.ssh/authorized_keys through the
+   * guest agent on every boot, so the file is right even if the guest changed it or the disk
+   * came from a checkpoint of another VM. A VM without keys is left alone. The guest image
+   * (deploy/guest/build.sh) has no sshd: the file is there for images that bring one.
+   */
+  private async installAuthorizedKeys(rec: QemuRecord, ref: ProcessRef): Promise<void> {
+    const keys = rec.spec.sshAuthorizedKeys ?? [];
+    if (keys.length === 0) return;
+    const { argv, env } = guestInstallCommand(keys);
+    const r = await new GuestChannel(rec.paths.agentSocket).exec(argv, env, 15_000).catch((e: unknown) => ({ exitCode: -1, stdout: "", stderr: String(e) }));
+    if (r.exitCode !== 0) {
+      await killProcess(ref).catch(() => undefined);
+      await this.fail(rec, `installing the owner's SSH keys in the guest failed: ${r.stderr.trim().slice(0, 300)}`);
+    }
   }
 
   /** Polls the guest agent until it answers; QEMU dying or the deadline passing fails the start. */

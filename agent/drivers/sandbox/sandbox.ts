@@ -5,7 +5,7 @@
 // The driver's "host" is the netns the agent runs in (or `netns` from the options, which
 // lets a test drive a lab host from outside). VM namespaces are machine-wide names and
 // carry the per-agent `nsPrefix`, so agents of one lab never collide.
-import { existsSync, statSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { NoidError, during, notFound, precondition } from "../../../common/errors.js";
 import {
@@ -29,7 +29,11 @@ import type {
   VmRuntime,
 } from "../driver.js";
 import { PWD_CARRIER, type LimitsProbe, applyCgroupPlan, describeLayout, cgroupPlan, inCgroupArgv, joinCgroups, killCgroups, probeLimits, removeCgroups } from "./cgroup.js";
-import { cgroupName, hostPort, vmNetns } from "./names.js";
+import { cgroupName, hostPort, shortId, vmNetns } from "./names.js";
+import { authorizedKeysFile } from "../ssh-keys.js";
+
+/** The variable that tells a command run in a sandbox VM where its owner's SSH keys are. */
+export const SANDBOX_KEYS_ENV = "AUTHORIZED_KEYS_FILE";
 import { RecordStore, type SandboxRecord } from "./records.js";
 
 export interface SandboxOptions {
@@ -118,6 +122,7 @@ export class SandboxDriver implements HypervisorDriver {
       }
       if (spec.net.bridge) await this.host(["ip", "link", "set", port, "master", spec.net.bridge]);
       await this.host(["ip", "link", "set", port, "up"]);
+      this.writeAuthorizedKeys(spec);
       if (this.cgroup.ok && rec.cgroups === undefined) {
         rec.cgroups = applyCgroupPlan(this.cgroupPlan(spec));
         this.records.put(rec);
@@ -126,6 +131,28 @@ export class SandboxDriver implements HypervisorDriver {
       throw during(`creating sandbox VM ${spec.id} (netns ${ns}, port ${port})`, e);
     }
     return this.runtime(rec);
+  }
+
+  /**
+   * A sandbox VM has no root filesystem of its own (its commands see the host's), so its
+   * owner's keys go to a file in the VM's state dir, <stateDir>/sandbox/<short id>/authorized_keys
+   * (0600), whose path commands run in the VM get as $AUTHORIZED_KEYS_FILE.
+   */
+  authorizedKeysPath(id: string): string {
+    return join(this.opts.stateDir, "sandbox", shortId(id), "authorized_keys");
+  }
+
+  private writeAuthorizedKeys(spec: VmCreateSpec): void {
+    const file = this.authorizedKeysPath(spec.id);
+    mkdirSync(join(file, ".."), { recursive: true, mode: 0o700 });
+    writeFileSync(`${file}.tmp`, authorizedKeysFile(spec.sshAuthorizedKeys ?? []), { mode: 0o600 });
+    chmodSync(`${file}.tmp`, 0o600);
+    renameSync(`${file}.tmp`, file);
+  }
+
+  /** What a command in the VM runs with: only what it is given, plus where its keys are. */
+  private execEnv(id: string, env: Record<string, string> | undefined): Record<string, string> {
+    return { [SANDBOX_KEYS_ENV]: this.authorizedKeysPath(id), ...env };
   }
 
   async start(id: string): Promise<VmRuntime> {
@@ -177,6 +204,7 @@ export class SandboxDriver implements HypervisorDriver {
       const cgroups = rec?.cgroups ?? (this.cgroup.ok ? this.cgroupPlan({ id }).dirs : []);
       await killCgroups(cgroups);
       await removeCgroups(cgroups);
+      rmSync(join(this.authorizedKeysPath(id), ".."), { recursive: true, force: true });
     } catch (e) {
       throw during(`destroying sandbox VM ${id}`, e);
     }
@@ -228,7 +256,7 @@ export class SandboxDriver implements HypervisorDriver {
   async execStream(id: string, argv: string[], opts: SpawnExecOptions = {}): Promise<ExecProcess> {
     const rec = this.mustRun(id);
     // As exec(): the agent's environment never reaches a tenant's command.
-    const cmd = this.inVm(rec, argv, opts.env);
+    const cmd = this.inVm(rec, argv, this.execEnv(id, opts.env));
     return spawnAttached(cmd.argv, { netns: rec.netns, cleanEnv: true, ...(cmd.env ? { env: cmd.env } : {}), stdin: opts.stdin ?? false });
   }
 
