@@ -40,6 +40,8 @@ import { MeshController } from "./network/controller.js";
 import { applyEgress, detectUplink } from "./network/egress-apply.js";
 import { DhcpServers, dhcpNetworksOf } from "./network/dhcp.js";
 import { describeEgressAction, egressNetworkOf } from "./network/egress.js";
+import { PortsController } from "./network/ports.js";
+import type { PortReport } from "../gen/noid/v1/port.js";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -152,6 +154,18 @@ export async function main(argv: string[]): Promise<void> {
   const egressHost = { runner: run };
   const dhcp = new DhcpServers({ stateDir: config.stateDir, logger: logger.child({ component: "dhcp" }) });
   let uplink: string | undefined = config.uplink || undefined;
+  // Exposed ports (DNAT to VMs) and, on an ingress host, HTTP routes: one report of both.
+  const portReport: PortReport = { applied: [], error: "", ingress: false, routes: [], ingressError: "" };
+  const portsLog = logger.child({ component: "ports" });
+  const ports = new PortsController({
+    wgIfname: config.wgInterface,
+    uplink: async () => (uplink ??= await detectUplink(egressHost, config.address || undefined)),
+    onSecurity: (e) => {
+      if (!session?.security(e)) portsLog.warn({ event: e }, "security event not sent: no session");
+    },
+    onApplied: (applied, error) => session?.reportPorts({ ...Object.assign(portReport, { applied, error }) }),
+    logger: portsLog,
+  });
   // Scrape-time reads and the mesh's port list use the raw drivers: neither is a driver operation.
   const rawDrivers: HypervisorDriver[] = [];
   const mesh = new MeshController({
@@ -178,6 +192,8 @@ export async function main(argv: string[]): Promise<void> {
         egressHost,
       );
       if (actions.length) meshLog.info({ egress: actions.map(describeEgressAction) }, "egress applied");
+      // Exposed ports need the networks' slots, which egress has just set.
+      ports.setView(view);
       // DHCP answers only the reservations of this host's VMs, per network bridge.
       const dhcpChanges = await dhcp.apply(dhcpNetworksOf(view));
       if (dhcpChanges.length) meshLog.info({ dhcp: dhcpChanges }, "dhcp applied");
@@ -253,6 +269,7 @@ export async function main(argv: string[]): Promise<void> {
     onState: (s) => logger.debug({ state: s }, "session state"),
     exec: new ExecRunner(async (vmId) => (await drivers.find(vmId))?.driver, logger.child({ component: "exec" })),
     checkpoint: checkpoints,
+    ports,
   });
 
   const posture = new PostureReporter({
@@ -265,6 +282,7 @@ export async function main(argv: string[]): Promise<void> {
   posture.start();
 
   mesh.start();
+  ports.start();
   await loop.start();
   session.start();
   logger.info({ coordinator: config.coordinator, stateDir: config.stateDir, drivers: drivers.names }, "agent started");
@@ -282,6 +300,7 @@ export async function main(argv: string[]): Promise<void> {
   await session.stop();
   await loop.stop();
   await mesh.stop();
+  await ports.stop();
   await metricsServer?.close();
   client.close();
 }

@@ -32,6 +32,8 @@ export interface ClusterOptions {
   coordinatorArgs?: string[];
   /** Drivers every agent runs, the default first (default: the agent's own default, sandbox). */
   drivers?: string[];
+  /** Extra flags of host i's agent (0-based), e.g. ["--ingress"]. */
+  agentArgs?: (i: number) => string[];
 }
 
 export interface LocalCluster {
@@ -199,6 +201,7 @@ export async function startLocalCluster(o: ClusterOptions): Promise<LocalCluster
           // Lab hosts share one /run: each needs its own wireguard-go socket name.
           "--wg-interface",
           `${o.prefix}wg${i + 1}`,
+          ...(o.agentArgs?.(i) ?? []),
         ],
         { logFile: join(o.dir, `agent-${h.name}.log`) },
       );
