@@ -41,6 +41,7 @@ import { applyEgress, detectUplink } from "./network/egress-apply.js";
 import { DhcpServers, dhcpNetworksOf } from "./network/dhcp.js";
 import { describeEgressAction, egressNetworkOf } from "./network/egress.js";
 import { PortsController } from "./network/ports.js";
+import { NginxIngress } from "./ingress/nginx.js";
 import type { PortReport } from "../gen/noid/v1/port.js";
 
 export const AGENT_VERSION = "0.1.0";
@@ -68,6 +69,8 @@ interface Flags {
   wgInterface?: string;
   wgPort?: string;
   uplinkMtu?: string;
+  ingress?: boolean;
+  ingressPort?: string;
 }
 
 const int = (field: string, v: string | undefined): number | undefined => {
@@ -102,6 +105,8 @@ export function flagsToLayer(f: Flags): Record<string, unknown> {
     wg_interface: f.wgInterface,
     wg_port: int("wg_port", f.wgPort),
     uplink_mtu: int("uplink_mtu", f.uplinkMtu),
+    ingress: f.ingress,
+    ingress_port: int("ingress_port", f.ingressPort),
     capacity: { vcpus: int("vcpus", f.vcpus), memory_mb: int("memory_mb", f.memoryMb), disk_gb: int("disk_gb", f.diskGb) },
     ...(f.label?.length ? { labels } : {}),
     ...(f.drivers !== undefined ? { drivers: f.drivers.split(",").map((d) => d.trim()).filter(Boolean) } : {}),
@@ -133,6 +138,8 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     .option("--wg-interface <name>", "WireGuard interface (default wg-noid)")
     .option("--wg-port <port>", "WireGuard listen port (default 51820)")
     .option("--uplink-mtu <n>", "MTU of the underlay uplink (default 1500)")
+    .option("--ingress", "run the HTTP ingress (nginx) for HTTP routes")
+    .option("--ingress-port <port>", "port of the HTTP ingress (default 80)")
     .exitOverride()
     .parse(argv, { from: "user" });
   const flags = program.opts<Flags>();
@@ -166,6 +173,29 @@ export async function main(argv: string[]): Promise<void> {
     onApplied: (applied, error) => session?.reportPorts({ ...Object.assign(portReport, { applied, error }) }),
     logger: portsLog,
   });
+  const ingress = config.ingress.enabled
+    ? new NginxIngress({
+        prefix: join(config.stateDir, "ingress"),
+        listen: `${config.address || "*"}:${config.ingress.port}`,
+        binary: config.ingress.binary,
+        logger: logger.child({ component: "ingress" }),
+      })
+    : undefined;
+  if (ingress) {
+    await ingress.start();
+    portReport.ingress = true;
+  }
+  // The session's port snapshots: DNATs for the ports controller, routes for the ingress.
+  const portSink = {
+    setSnapshot(s: Parameters<PortsController["setSnapshot"]>[0]): void {
+      ports.setSnapshot(s);
+      if (!ingress) return;
+      void ingress.setRoutes(s.routes).then((st) => {
+        if (JSON.stringify([st.routes, st.error]) === JSON.stringify([portReport.routes, portReport.ingressError])) return;
+        session?.reportPorts({ ...Object.assign(portReport, { routes: st.routes, ingressError: st.error }) });
+      });
+    },
+  };
   // Scrape-time reads and the mesh's port list use the raw drivers: neither is a driver operation.
   const rawDrivers: HypervisorDriver[] = [];
   const mesh = new MeshController({
@@ -269,7 +299,7 @@ export async function main(argv: string[]): Promise<void> {
     onState: (s) => logger.debug({ state: s }, "session state"),
     exec: new ExecRunner(async (vmId) => (await drivers.find(vmId))?.driver, logger.child({ component: "exec" })),
     checkpoint: checkpoints,
-    ports,
+    ports: portSink,
   });
 
   const posture = new PostureReporter({
@@ -301,6 +331,7 @@ export async function main(argv: string[]): Promise<void> {
   await loop.stop();
   await mesh.stop();
   await ports.stop();
+  ingress?.stop();
   await metricsServer?.close();
   client.close();
 }

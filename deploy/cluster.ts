@@ -98,6 +98,7 @@ export async function stopLocalCluster(dir: string, prefix: string): Promise<str
     const dhcpDir = join(dir, d, "dhcp");
     const records = [
       join(dir, d, "wireguard-go.json"),
+      join(dir, d, "ingress", "nginx.json"),
       ...(existsSync(dhcpDir) ? readdirSync(dhcpDir).filter((f) => f.endsWith(".json")).map((f) => join(dhcpDir, f)) : []),
     ];
     for (const f of records) {

@@ -258,7 +258,8 @@ class AgentSession implements ExecChannel {
   private unsubMesh?: () => void;
   private unsubPorts?: () => void;
   private portsTimer?: NodeJS.Timeout;
-  private lastPorts = "";
+  /** The last port snapshot sent (encoded); an empty one is sent too (it is "", so start elsewhere). */
+  private lastPorts: string | undefined;
   private meshTimer?: NodeJS.Timeout;
   private lastMesh = "";
   private lease?: Lease;

@@ -3,6 +3,8 @@
 // VMs on host 1 share an address (the same default CIDR); each runs a tiny server started
 // through exec. The outside reaches them only through exposed ports of host 1's address.
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { run } from "../../common/run.js";
 import { startLocalCluster, waitFor, type LocalCluster } from "../../deploy/cluster.js";
@@ -12,6 +14,8 @@ import { Role, VmPhase, isNoidApiError, type NoidClient, type Vm } from "../../s
 
 const prefix = `pt${randomBytes(3).toString("hex").slice(0, 5)}`;
 const VM_PORT = 7000;
+const HTTP_PORT = 7001;
+const LONG_NAME = `${["a".repeat(60), "b".repeat(60), "c".repeat(60), "d".repeat(60)].join(".")}.test`; // a DNS name nginx cannot hash
 
 let cluster: LocalCluster;
 let admin: NoidClient;
@@ -20,6 +24,7 @@ let B: NoidClient;
 const vms = new Map<string, Vm>();
 
 const h1 = () => cluster.lab.hosts[0]!;
+const h2 = () => cluster.lab.hosts[1]!;
 const out = () => cluster.lab.outside!;
 
 /** One TCP exchange from the outside: what the server said ("" = no connection). */
@@ -33,6 +38,15 @@ async function udpFromOutside(port: number): Promise<string> {
   const js = `const s=require("dgram").createSocket("udp4");s.on("message",(m)=>{process.stdout.write(String(m));process.exit(0)});s.send("hi",${port},"${h1().address}");setTimeout(()=>process.exit(1),2000)`;
   const r = await run([process.execPath, "-e", js], { netns: out().netns, allowFail: true, timeoutMs: 10_000 });
   return r.exitCode === 0 ? r.stdout.trim() : "";
+}
+
+/** An HTTP request from the outside to the ingress host with this Host header: "STATUS BODY" ("" = no answer). */
+async function httpFromOutside(hostHeader: string): Promise<string> {
+  const argv = ["curl", "-s", "-m", "3", "-H", `Host: ${hostHeader}`, "-w", " %{http_code}", `http://${h2().address}/`];
+  const r = await run(argv, { netns: out().netns, allowFail: true, timeoutMs: 10_000 });
+  if (r.exitCode !== 0) return "";
+  const i = r.stdout.lastIndexOf(" ");
+  return `${r.stdout.slice(i + 1)} ${r.stdout.slice(0, i)}`.trim();
 }
 
 /** Positive reachability is awaited (bounded): rules and handshakes take a while under load. */
@@ -55,12 +69,14 @@ async function codeOf(p: Promise<unknown>): Promise<string> {
 async function serve(c: NoidClient, vm: string): Promise<void> {
   const tcp = `setsid busybox nc -ll -p ${VM_PORT} -e /bin/echo ${vm} >/dev/null 2>&1 </dev/null &`;
   const udp = `setsid ${process.execPath} -e 'const s=require("dgram").createSocket("udp4");s.on("message",(m,r)=>s.send("${vm}",r.port,r.address));s.bind(${VM_PORT})' >/dev/null 2>&1 </dev/null &`;
-  const r = await c.exec(vm, ["sh", "-c", `${tcp} ${udp}`]);
+  const http = `setsid ${process.execPath} -e 'require("http").createServer((q,s)=>s.end("${vm} says hi to "+q.headers.host)).listen(${HTTP_PORT})' >/dev/null 2>&1 </dev/null &`;
+  const r = await c.exec(vm, ["sh", "-c", `${tcp} ${udp} ${http}`]);
   expect(r.exitCode, r.stderr.toString()).toBe(0);
 }
 
 beforeAll(async () => {
-  cluster = await startLocalCluster({ prefix, dir: `/run/noid-e2e-${prefix}`, hosts: 2, outside: true });
+  // Host 2 is the HTTP ingress (nginx); the VMs run on host 1: requests cross the mesh.
+  cluster = await startLocalCluster({ prefix, dir: `/run/noid-e2e-${prefix}`, hosts: 2, outside: true, agentArgs: (i) => (i === 1 ? ["--ingress"] : []) });
   admin = cluster.client();
   A = cluster.client((await admin.createToken({ name: `pa${prefix}`, role: Role.ROLE_USER, user: "alice" })).secret);
   B = cluster.client((await admin.createToken({ name: `pb${prefix}`, role: Role.ROLE_USER, user: "bob" })).secret);
@@ -150,5 +166,47 @@ describe("L4 port exposure", () => {
     await waitFor("its rules removed", async () => (!(await nftPorts()).includes("dnat") ? true : undefined), 30_000);
     expect(await tcpFromOutside(8081)).toBe("");
     // The user's count went back too: bob may expose as many as before (limit 10).
+  });
+});
+
+describe("HTTP ingress", () => {
+  const agentLog = () => readFileSync(join(cluster.dir, "agent-h2.log"), "utf8");
+  const nginxPid = () => (JSON.parse(readFileSync(join(cluster.dir, "agent-h2", "ingress", "nginx.json"), "utf8")) as { pid: number }).pid;
+
+  it("routes a hostname at the ingress host to the VM over the mesh", async () => {
+    expect((await admin.getHost("host2")).ingress).toBe(true);
+    expect(await httpFromOutside("app.example.test")).toMatch(/^404/); // no route yet
+    const r = await A.exposeHttp("web", "app.example.test", { port: HTTP_PORT });
+    expect(r).toMatchObject({ hostname: "app.example.test", vmName: "web", hostName: "host1", vmPort: HTTP_PORT });
+    await eventually("the route answered", async () => (await httpFromOutside("app.example.test")) === "200 web says hi to app.example.test");
+    await waitFor("the route reported applied", async () => ((await A.listPorts()).routes[0]?.state === "applied" ? true : undefined), 30_000);
+    expect((await A.listPorts()).routes.map((x) => [x.hostname, x.ingress])).toEqual([["app.example.test", [h2().address]]]);
+    // The VM side is reachable only over the mesh: its port is closed on host 1's underlay.
+    expect(await tcpFromOutside(r.meshPort)).toBe("");
+  });
+
+  it("puts nginx's access log into the agent's log (component ingress)", async () => {
+    await waitFor("the access line in the agent log", async () => {
+      const line = agentLog().split("\n").find((l) => l.includes('"component":"ingress"') && l.includes('"host":"app.example.test"') && l.includes('"status":200'));
+      return line ? true : undefined;
+    }, 20_000);
+  });
+
+  it("keeps the running configuration when a new one fails nginx -t, and reports why", async () => {
+    const pid = nginxPid();
+    await A.exposeHttp("web", LONG_NAME, { port: HTTP_PORT });
+    await waitFor("the refusal reported", async () => {
+      const route = (await A.listPorts()).routes.find((x) => x.hostname === LONG_NAME);
+      return route?.state.startsWith("error:") ? route.state : undefined;
+    }, 30_000).then((state) => expect(state).toMatch(/server_names_hash/));
+    expect(await httpFromOutside("app.example.test")).toBe("200 web says hi to app.example.test");
+    expect(nginxPid()).toBe(pid);
+    await A.unexposeHttp("web", LONG_NAME);
+  });
+
+  it("lists routes with the ports, and unexpose removes the route", async () => {
+    await A.unexposeHttp("web", "app.example.test");
+    await eventually("the route gone", async () => (await httpFromOutside("app.example.test")).startsWith("404"), 30_000);
+    expect((await A.listPorts()).routes).toEqual([]);
   });
 });
