@@ -204,6 +204,18 @@ describe("HTTP ingress", () => {
     await A.unexposeHttp("web", LONG_NAME);
   });
 
+  it("reaches a VM on the ingress host itself (nginx connects to its own mesh address)", async () => {
+    await A.createVm("near", { vcpus: 1, memoryMb: 64, host: "host2" });
+    await A.waitForVm("near", (v) => v.status?.phase === VmPhase.VM_PHASE_RUNNING, { timeoutMs: 90_000 });
+    await serve(A, "near");
+    await A.exposeHttp("near", "near.example.test", { port: HTTP_PORT });
+    await eventually("the local route answered", async () => (await httpFromOutside("near.example.test")) === "200 near says hi to near.example.test");
+    expect(await httpFromOutside("app.example.test")).toBe("200 web says hi to app.example.test");
+    await A.destroyVm("near"); // its route goes with it
+    await eventually("the local route gone", async () => (await httpFromOutside("near.example.test")).startsWith("404"), 60_000);
+    expect((await A.listPorts()).routes.map((r) => r.hostname)).toEqual(["app.example.test"]);
+  });
+
   it("lists routes with the ports, and unexpose removes the route", async () => {
     await A.unexposeHttp("web", "app.example.test");
     await eventually("the route gone", async () => (await httpFromOutside("app.example.test")).startsWith("404"), 30_000);
