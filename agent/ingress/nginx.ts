@@ -4,7 +4,8 @@
 // exactly it. A new route set is written to nginx.conf.new and checked with `nginx -t`;
 // only a configuration that passes replaces nginx.conf and is loaded with SIGHUP (graceful:
 // old workers finish their requests). One that fails is not loaded: the running
-// configuration keeps serving and the error is reported. The access log (JSON lines) is
+// configuration keeps serving, new routes that pass the check on their own are added to it,
+// and the error names the routes left out. The access log (JSON lines) is
 // tailed into the agent's own log (component "ingress"), which is what reaches the central logs.
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, chownSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -128,25 +129,43 @@ export class NginxIngress {
       this.state = { ...this.state, error: "nginx is not running" };
       return this.current;
     }
+    let chosen: readonly IngressRoute[] = routes;
+    let error = "";
+    try {
+      await this.check(renderNginx(this.settings, routes));
+    } catch (e) {
+      // Not loaded. What runs keeps running; of the routes it does not serve yet, those that
+      // pass the check one by one are added, the others are named in the error.
+      const whole = e instanceof Error ? e.message : String(e);
+      const kept = routes.filter((r) => this.state.routes.includes(r.hostname));
+      const refused: string[] = [];
+      for (const r of routes.filter((x) => !this.state.routes.includes(x.hostname))) {
+        try {
+          await this.check(renderNginx(this.settings, [...kept, r]));
+          kept.push(r);
+        } catch {
+          refused.push(r.hostname);
+        }
+      }
+      chosen = kept;
+      error = refused.length > 0 ? `${whole} (routes left out: ${refused.join(", ")})` : whole;
+      if (error !== this.state.error) this.o.logger.warn({ err: error }, "new ingress configuration refused; the running one keeps serving");
+    }
     let text: string;
     try {
-      text = renderNginx(this.settings, routes);
-      if (text === this.applied) {
-        this.state = { ...this.state, error: "" };
-        return this.current;
-      }
-      await this.check(text);
+      text = renderNginx(this.settings, chosen);
+      if (text !== this.applied) await this.check(text);
     } catch (e) {
-      const error = e instanceof Error ? e.message : String(e);
-      if (error !== this.state.error) this.o.logger.warn({ err: error, routes: routes.map((r) => r.hostname) }, "new ingress configuration refused; the running one keeps serving");
-      this.state = { ...this.state, error };
+      this.state = { ...this.state, error: e instanceof Error ? e.message : String(e) };
       return this.current;
     }
-    renameSync(`${this.conf}.new`, this.conf);
-    process.kill(this.ref.pid, "SIGHUP");
-    this.applied = text;
-    this.state = { routes: routes.map((r) => r.hostname).sort(), error: "" };
-    this.o.logger.info({ routes: this.state.routes }, "ingress configuration loaded (graceful reload)");
+    if (text !== this.applied) {
+      renameSync(`${this.conf}.new`, this.conf);
+      process.kill(this.ref.pid, "SIGHUP");
+      this.applied = text;
+      this.o.logger.info({ routes: chosen.map((r) => r.hostname).sort() }, "ingress configuration loaded (graceful reload)");
+    }
+    this.state = { routes: chosen.map((r) => r.hostname).sort(), error };
     return this.current;
   }
 

@@ -71,7 +71,8 @@ export function portService(d: PortServiceDeps): PortServiceServer {
       routes: routes.map((r) => {
         const vmSide = st.get(r.hostId)?.applied.includes(`mesh/${r.meshPort}`) ?? false;
         const serving = ingressHosts.filter((h) => st.get(h.id)?.routes.includes(r.hostname));
-        const ingressErr = ingressHosts.map((h) => st.get(h.id)?.ingressError).find((e) => e);
+        // An ingress names the routes its nginx refused (see agent/ingress/nginx.ts).
+        const ingressErr = ingressHosts.map((h) => st.get(h.id)?.ingressError).find((e) => e?.includes(r.hostname));
         let state = vmSide && serving.length > 0 ? "applied" : stateOf(st.get(r.hostId), false);
         if (state === "pending" && ingressHosts.length === 0) state = "pending: no ingress host";
         else if (state === "pending" && ingressErr) state = `error: ${ingressErr}`;

@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { run } from "../../common/run.js";
+import { killProcess, run } from "../../common/run.js";
 import { startLocalCluster, waitFor, type LocalCluster } from "../../deploy/cluster.js";
 import { labLeftovers } from "../../deploy/lab/lab.js";
 import { PORTS_TABLE } from "../../agent/network/ports-ruleset.js";
@@ -201,7 +201,27 @@ describe("HTTP ingress", () => {
     }, 30_000).then((state) => expect(state).toMatch(/server_names_hash/));
     expect(await httpFromOutside("app.example.test")).toBe("200 web says hi to app.example.test");
     expect(nginxPid()).toBe(pid);
+    // A good route added meanwhile is served; the refused one still is not.
+    await A.exposeHttp("web", "ok.example.test", { port: HTTP_PORT });
+    await eventually("the good route answered", async () => (await httpFromOutside("ok.example.test")) === "200 web says hi to ok.example.test");
+    expect((await A.listPorts()).routes.map((r) => `${r.hostname.slice(0, 10)} ${r.state.split(":")[0]}`).sort()).toEqual([
+      "aaaaaaaaaa error",
+      "app.exampl applied",
+      "ok.example applied",
+    ]);
+    expect(await httpFromOutside(LONG_NAME)).toMatch(/^404/);
     await A.unexposeHttp("web", LONG_NAME);
+    await A.unexposeHttp("web", "ok.example.test");
+  });
+
+  it("keeps serving across an agent restart (the new agent adopts nginx)", async () => {
+    const pid = nginxPid();
+    await killProcess(cluster.agents[1]!, 10_000);
+    expect(await httpFromOutside("app.example.test")).toBe("200 web says hi to app.example.test"); // no agent: nginx serves on
+    await cluster.startAgent(1);
+    await waitFor("the agent adopting nginx", async () => (agentLog().includes('"msg":"nginx adopted"') ? true : undefined), 60_000);
+    expect(nginxPid()).toBe(pid);
+    await eventually("served after the restart", async () => (await httpFromOutside("app.example.test")) === "200 web says hi to app.example.test");
   });
 
   it("reaches a VM on the ingress host itself (nginx connects to its own mesh address)", async () => {
