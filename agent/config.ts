@@ -142,6 +142,12 @@ export const agentConfigSchema = z
       .strict()
       .prefault({})
       .refine((m) => m.scan_ports <= m.set_size && m.scan_hosts <= m.set_size, "scan_ports and scan_hosts must not exceed set_size"),
+    /** Run the HTTP ingress: nginx proxying every HTTP route (noidctl expose --http) to its VM over the mesh. */
+    ingress: z.boolean().default(false),
+    /** Port the ingress listens on, at the host's address. */
+    ingress_port: z.number().int().min(1).max(65535).default(80),
+    /** The nginx binary (Debian's). */
+    nginx_binary: z.string().min(1).default("/usr/sbin/nginx"),
     /** Prometheus /metrics over HTTP on this host:port; "" (the default) serves none. */
     metrics_listen: z
       .string()
@@ -206,6 +212,7 @@ export const agentConfigSchema = z
     wgInterface: c.wg_interface,
     wgPort: c.wg_port,
     uplinkMtu: c.uplink_mtu,
+    ingress: { enabled: c.ingress, port: c.ingress_port, binary: c.nginx_binary },
   }));
 
 export type AgentConfig = z.output<typeof agentConfigSchema>;

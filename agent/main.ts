@@ -41,6 +41,9 @@ import { applyEgress, detectUplink } from "./network/egress-apply.js";
 import { DhcpServers, dhcpNetworksOf } from "./network/dhcp.js";
 import { describeEgressAction, egressNetworkOf } from "./network/egress.js";
 import { declaredListen } from "../common/listen-label.js";
+import { PortsController } from "./network/ports.js";
+import { NginxIngress } from "./ingress/nginx.js";
+import type { PortReport } from "../gen/noid/v1/port.js";
 
 export const AGENT_VERSION = "0.1.0";
 
@@ -67,6 +70,8 @@ interface Flags {
   wgInterface?: string;
   wgPort?: string;
   uplinkMtu?: string;
+  ingress?: boolean;
+  ingressPort?: string;
 }
 
 const int = (field: string, v: string | undefined): number | undefined => {
@@ -101,6 +106,8 @@ export function flagsToLayer(f: Flags): Record<string, unknown> {
     wg_interface: f.wgInterface,
     wg_port: int("wg_port", f.wgPort),
     uplink_mtu: int("uplink_mtu", f.uplinkMtu),
+    ingress: f.ingress,
+    ingress_port: int("ingress_port", f.ingressPort),
     capacity: { vcpus: int("vcpus", f.vcpus), memory_mb: int("memory_mb", f.memoryMb), disk_gb: int("disk_gb", f.diskGb) },
     ...(f.label?.length ? { labels } : {}),
     ...(f.drivers !== undefined ? { drivers: f.drivers.split(",").map((d) => d.trim()).filter(Boolean) } : {}),
@@ -132,6 +139,8 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     .option("--wg-interface <name>", "WireGuard interface (default wg-noid)")
     .option("--wg-port <port>", "WireGuard listen port (default 51820)")
     .option("--uplink-mtu <n>", "MTU of the underlay uplink (default 1500)")
+    .option("--ingress", "run the HTTP ingress (nginx) for HTTP routes")
+    .option("--ingress-port <port>", "port of the HTTP ingress (default 80)")
     .exitOverride()
     .parse(argv, { from: "user" });
   const flags = program.opts<Flags>();
@@ -153,6 +162,43 @@ export async function main(argv: string[]): Promise<void> {
   const egressHost = { runner: run };
   const dhcp = new DhcpServers({ stateDir: config.stateDir, logger: logger.child({ component: "dhcp" }) });
   let uplink: string | undefined = config.uplink || undefined;
+  // Exposed ports (DNAT to VMs) and, on an ingress host, HTTP routes: one report of both.
+  const portReport: PortReport = { applied: [], error: "", ingress: false, routes: [], ingressError: "" };
+  const portsLog = logger.child({ component: "ports" });
+  const ports = new PortsController({
+    wgIfname: config.wgInterface,
+    uplink: async () => (uplink ??= await detectUplink(egressHost, config.address || undefined)),
+    onSecurity: (e) => {
+      if (!session?.security(e)) portsLog.warn({ event: e }, "security event not sent: no session");
+    },
+    onApplied: (applied, error) => session?.reportPorts({ ...Object.assign(portReport, { applied, error }) }),
+    logger: portsLog,
+  });
+  const ingress = config.ingress.enabled
+    ? new NginxIngress({
+        prefix: join(config.stateDir, "ingress"),
+        listen: `${config.address || "*"}:${config.ingress.port}`,
+        binary: config.ingress.binary,
+        logger: logger.child({ component: "ingress" }),
+      })
+    : undefined;
+  if (ingress) {
+    await ingress.start();
+    portReport.ingress = true;
+  }
+  // The session's port snapshots: DNATs for the ports controller, routes for the ingress.
+  const portSink = {
+    setSnapshot(s: Parameters<PortsController["setSnapshot"]>[0]): void {
+      ports.setSnapshot(s);
+      // Exposed ports are declared listeners: the monitor table follows them.
+      if (config.monitor.enabled) void mesh.sync().catch(() => undefined);
+      if (!ingress) return;
+      void ingress.setRoutes(s.routes).then((st) => {
+        if (JSON.stringify([st.routes, st.error]) === JSON.stringify([portReport.routes, portReport.ingressError])) return;
+        session?.reportPorts({ ...Object.assign(portReport, { routes: st.routes, ingressError: st.error }) });
+      });
+    },
+  };
   // Scrape-time reads and the mesh's port list use the raw drivers: neither is a driver operation.
   const rawDrivers: HypervisorDriver[] = [];
   // The loop is made after the mesh controller; the monitor asks it for VM labels later.
@@ -171,7 +217,12 @@ export async function main(argv: string[]): Promise<void> {
       ? {
           monitor: {
             ...config.monitor,
-            listen: (vmId: string) => declaredListen(loopRef?.desiredVm(vmId)?.labels),
+            // Declared: the label's ports and the VM's exposed TCP ports.
+            listen: (vmId: string) => {
+              const declared = declaredListen(loopRef?.desiredVm(vmId)?.labels);
+              if (declared === "any") return declared;
+              return [...new Set([...declared, ...ports.exposedTcpPorts(vmId)])].sort((a, b) => a - b);
+            },
             onDetection: (d) => metrics.detected(d.kind),
           },
         }
@@ -190,6 +241,8 @@ export async function main(argv: string[]): Promise<void> {
         egressHost,
       );
       if (actions.length) meshLog.info({ egress: actions.map(describeEgressAction) }, "egress applied");
+      // Exposed ports need the networks' slots, which egress has just set.
+      ports.setView(view);
       // DHCP answers only the reservations of this host's VMs, per network bridge.
       const dhcpChanges = await dhcp.apply(dhcpNetworksOf(view));
       if (dhcpChanges.length) meshLog.info({ dhcp: dhcpChanges }, "dhcp applied");
@@ -268,6 +321,7 @@ export async function main(argv: string[]): Promise<void> {
     onState: (s) => logger.debug({ state: s }, "session state"),
     exec: new ExecRunner(async (vmId) => (await drivers.find(vmId))?.driver, logger.child({ component: "exec" })),
     checkpoint: checkpoints,
+    ports: portSink,
   });
 
   const posture = new PostureReporter({
@@ -280,6 +334,7 @@ export async function main(argv: string[]): Promise<void> {
   posture.start();
 
   mesh.start();
+  ports.start();
   await loop.start();
   session.start();
   logger.info({ coordinator: config.coordinator, stateDir: config.stateDir, drivers: drivers.names }, "agent started");
@@ -297,6 +352,8 @@ export async function main(argv: string[]): Promise<void> {
   await session.stop();
   await loop.stop();
   await mesh.stop();
+  await ports.stop();
+  ingress?.stop();
   await metricsServer?.close();
   client.close();
 }

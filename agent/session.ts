@@ -24,6 +24,7 @@ import {
   type VmStatusReport,
 } from "../gen/noid/v1/agent.js";
 import type { HostPosture } from "../gen/noid/v1/host.js";
+import type { PortReport, PortSnapshot } from "../gen/noid/v1/port.js";
 import { type BackoffPolicy, DEFAULT_BACKOFF, backoffDelay } from "./backoff.js";
 import { desiredFromVm } from "./reconcile/desired.js";
 import type { DesiredVm } from "./reconcile/types.js";
@@ -61,6 +62,8 @@ export interface AgentSessionOptions {
     cancel(execId: string): void;
     input?(i: AgentExecInput): void;
   };
+  /** Receives the ports this host DNATs and the HTTP routes (absent: ignored). */
+  ports?: { setSnapshot(s: PortSnapshot): void };
   /** Saves and restores checkpoints (absent: they are refused). */
   checkpoint?: { run(cmd: AgentCheckpointCommand, send: (r: AgentCheckpointResult) => void): void };
 }
@@ -75,6 +78,7 @@ export class AgentSession {
   private lastAcked = 0;
   private id: string | undefined;
   private condition: HostCondition | undefined;
+  private portReport: PortReport | undefined;
 
   constructor(private readonly opts: AgentSessionOptions) {}
 
@@ -115,6 +119,12 @@ export class AgentSession {
   setCondition(c: HostCondition): void {
     this.condition = c;
     if (this.state === "streaming") this.write({ kind: { $case: "hostCondition", value: c } });
+  }
+
+  /** What the host applied of its ports: sent now if the stream is up, and again after every reconnect. */
+  reportPorts(r: PortReport): void {
+    this.portReport = r;
+    if (this.state === "streaming") this.write({ kind: { $case: "portReport", value: r } });
   }
 
   /** Sends a security event if the stream is up; otherwise it is dropped (and logged by the caller). */
@@ -196,6 +206,7 @@ export class AgentSession {
     this.setState("streaming");
     this.write({ kind: { $case: "hello", value: { hostId: reg.hostId } } });
     if (this.condition) this.write({ kind: { $case: "hostCondition", value: this.condition } });
+    if (this.portReport) this.write({ kind: { $case: "portReport", value: this.portReport } });
 
     const everyMs = reg.heartbeatIntervalMs || (this.opts.defaultHeartbeatMs ?? 5000);
     this.sequence = 0;
@@ -261,6 +272,9 @@ export class AgentSession {
         break;
       case "mesh":
         if (this.id) this.opts.mesh?.setSnapshot(k.value, this.id);
+        break;
+      case "ports":
+        this.opts.ports?.setSnapshot(k.value);
         break;
       case "checkpoint": {
         const send = (r: AgentCheckpointResult) => this.write({ kind: { $case: "checkpointResult", value: r } });

@@ -15,6 +15,7 @@ import { registerExecCommand } from "./commands/exec.js";
 import { registerCheckpointCommands } from "./commands/checkpoint.js";
 import { registerUserCommands } from "./commands/user.js";
 import { registerSshKeyCommands } from "./commands/ssh-key.js";
+import { registerPortCommands } from "./commands/ports.js";
 import { describeError } from "./errors.js";
 import { OUTPUT_FORMATS } from "./render.js";
 import type { GlobalFlags } from "./settings.js";
@@ -61,6 +62,7 @@ Examples:
   registerEventsCommand(program, app);
   registerUserCommands(program, app);
   registerSshKeyCommands(program, app);
+  registerPortCommands(program, app);
   return { program, app };
 }
 

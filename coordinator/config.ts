@@ -49,9 +49,11 @@ export const CoordinatorConfigSchema = z
         max_vcpus_per_vm: z.number().int().min(1).default(8),
         max_memory_per_vm: z.number().int().min(16).default(16384),
         max_disk_per_vm: z.number().int().min(1).default(512),
+        /** Exposed ports plus HTTP routes a user may hold (noidctl expose). */
+        max_exposed_ports_per_user: z.number().int().min(0).default(10),
       })
       .strict()
-      .default({ max_vms_per_user: 10, max_total_vms: 100, max_vcpus_per_vm: 8, max_memory_per_vm: 16384, max_disk_per_vm: 512 }),
+      .default({ max_vms_per_user: 10, max_total_vms: 100, max_vcpus_per_vm: 8, max_memory_per_vm: 16384, max_disk_per_vm: 512, max_exposed_ports_per_user: 10 }),
     scheduler: z
       .object({
         policy: z.enum(["spread", "binpack"]).default("spread"),

@@ -43,3 +43,10 @@ export function addToQuota(q: QuotaRecord, ask: Ask, sign: 1 | -1): QuotaRecord 
     memoryMb: clamp(q.memoryMb + sign * ask.memoryMb),
   };
 }
+
+/** Exposed ports and HTTP routes of one user (noidctl expose). */
+export function checkPortLimit(limits: Limits, user: string, held: number): void {
+  if (held + 1 > limits.max_exposed_ports_per_user) {
+    throw exhausted(`max_exposed_ports_per_user: user ${user} already exposes ${held} of ${limits.max_exposed_ports_per_user} ports and routes`);
+  }
+}

@@ -64,13 +64,17 @@ import { MeshServiceService } from "../gen/noid/v1/mesh.js";
 import { meshService } from "./services/mesh-service.js";
 import { checkpointService } from "./services/checkpoint-service.js";
 import { LeaderElector, type LeaderStatus } from "./ha/leader.js";
+import { PortServiceService } from "../gen/noid/v1/port.js";
+import { portService } from "./services/port-service.js";
+import { PortRepo } from "./ports/port-repo.js";
+import { PortFeed } from "./ports/port-feed.js";
 import { nodeIdOf } from "./ha/node-id.js";
 
 export const ADMIN_TOKEN_FILE = "admin.token";
 const BOOTSTRAP_TOKEN_NAME = "bootstrap-admin";
 /** gRPC health service name that is SERVING only on the leader replica. */
 export const LEADER_HEALTH_SERVICE = "noid.v1.Leader";
-const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService", "noid.v1.CheckpointService", "noid.v1.EventService", "noid.v1.MeshService"];
+const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService", "noid.v1.CheckpointService", "noid.v1.EventService", "noid.v1.MeshService", "noid.v1.PortService"];
 
 export interface CoordinatorHandle {
   /** TCP port actually bound (useful with listen ":0"). */
@@ -231,9 +235,13 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const netSettings = cfg.networks;
     const networks = new NetworkRepo({ store, clock, settings: netSettings, auditKey });
     const vmNetworks = new VmNetworks({ store, clock, repo: networks, graceSeconds: netSettings.ip_reuse_grace_seconds, logger: logger.child({ component: "ipam" }) });
-    const vms = new VmRepo({ store, clock, newId: newVmId, auditKey, network: vmNetworks });
+    const portRepo = new PortRepo({ store, clock, auditKey });
+    const vms = new VmRepo({ store, clock, newId: newVmId, auditKey, network: vmNetworks, ports: portRepo });
     const meshCidr = parseMeshCidr(cfg.mesh.cidr);
     const hosts = new HostRepo(store, clock, meshCidr);
+    const portFeed = new PortFeed({ store, cluster, hosts, clock, logger: logger.child({ component: "ports" }) });
+    await portFeed.start();
+    cleanups.push(() => portFeed.stop());
     const base: HandlerDeps = { auth: guard, logger: logger.child({ component: "api" }), onCall: metrics.onCall };
 
     const sessions = new SessionRegistry();
@@ -272,11 +280,13 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         audit: writeAudit,
         ...(pki ? { pki } : {}),
         security,
+        ports: portFeed,
       }),
     );
     server.addService(ExecServiceService, execService({ ...base, repo: vms, sessions, audit: writeAudit }));
     server.addService(CheckpointServiceService, checkpointService({ ...base, repo: vms, store, sessions, limits: () => cfg.limits, audit: writeAudit, clock }));
     server.addService(EventServiceService, eventService({ ...base, events }));
+    server.addService(PortServiceService, portService({ ...base, repo: vms, ports: portRepo, store, cluster, limits: () => cfg.limits }));
     const health = new HealthImplementation({
       "": "SERVING",
       ...Object.fromEntries(PUBLIC_SERVICES.map((s) => [s, "SERVING" as const])),
@@ -285,7 +295,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     health.addToServer(server);
     const root = protoRoot();
     const pkg = protoLoader.loadSync(
-      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto", "noid/v1/user.proto", "noid/v1/event.proto", "noid/v1/checkpoint.proto", "noid/v1/mesh.proto"],
+      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto", "noid/v1/user.proto", "noid/v1/event.proto", "noid/v1/checkpoint.proto", "noid/v1/mesh.proto", "noid/v1/port.proto"],
       { includeDirs: [root] },
     );
     new ReflectionService({ ...pkg, ...protoLoader.loadSync(healthProtoPath) }).addToServer(server);

@@ -34,6 +34,8 @@ export interface ClusterOptions {
   drivers?: string[];
   /** Each agent serves /metrics on <its lab address>:<port> (reachable from inside the lab namespaces). */
   agentMetricsPort?: number;
+  /** Extra flags of host i's agent (0-based), e.g. ["--ingress"]. */
+  agentArgs?: (i: number) => string[];
 }
 
 export interface LocalCluster {
@@ -98,6 +100,7 @@ export async function stopLocalCluster(dir: string, prefix: string): Promise<str
     const dhcpDir = join(dir, d, "dhcp");
     const records = [
       join(dir, d, "wireguard-go.json"),
+      join(dir, d, "ingress", "nginx.json"),
       ...(existsSync(dhcpDir) ? readdirSync(dhcpDir).filter((f) => f.endsWith(".json")).map((f) => join(dhcpDir, f)) : []),
     ];
     for (const f of records) {
@@ -202,6 +205,7 @@ export async function startLocalCluster(o: ClusterOptions): Promise<LocalCluster
           // Lab hosts share one /run: each needs its own wireguard-go socket name.
           "--wg-interface",
           `${o.prefix}wg${i + 1}`,
+          ...(o.agentArgs?.(i) ?? []),
         ],
         { logFile: join(o.dir, `agent-${h.name}.log`) },
       );

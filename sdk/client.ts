@@ -20,6 +20,7 @@ import { VmSpec, type Vm, type VmServiceClient, type WatchVmsResponse, VmEventTy
 import type { ExecResponse, ExecServiceClient } from "../gen/noid/v1/exec.js";
 import type { Event, EventServiceClient } from "../gen/noid/v1/event.js";
 import type { Checkpoint, CheckpointServiceClient } from "../gen/noid/v1/checkpoint.js";
+import type { HttpRoute, ListPortsResponse, PortMapping, PortServiceClient } from "../gen/noid/v1/port.js";
 import { NoidApiError, toApiError, type CallKind } from "./errors.js";
 import { withRetry, type RetryDeps, type RetryPolicy } from "./retry.js";
 import { iterateStream } from "./watch.js";
@@ -42,6 +43,7 @@ export interface ServiceClients {
   event: EventServiceClient;
   checkpoint: CheckpointServiceClient;
   mesh: MeshServiceClient;
+  port: PortServiceClient;
 }
 
 export interface EventFilterOpts {
@@ -174,6 +176,45 @@ export class NoidClient {
     const req = { vm, name: checkpoint, owner: opts.owner ?? "", key: Buffer.from(opts.key ?? []), asName: opts.as ?? "", force: opts.force ?? false };
     const res = await this.#unary("RestoreCheckpoint", "mutation", this.#c.checkpoint.restoreCheckpoint.bind(this.#c.checkpoint), req, { retries: 0, deadlineMs: opts.deadlineMs ?? 600_000 });
     return need(res, "vm", "RestoreCheckpoint");
+  }
+
+  // ---- Ports ----
+
+  /**
+   * Exposes a VM's port on its host: `spec` is "HOST:VM/PROTO" ("8080:80/tcp", checked by the
+   * server: ranges are refused) or the parts. Host ports below 1024 need an admin.
+   */
+  async exposePort(vm: string, spec: string | { hostPort: number; vmPort?: number; protocol?: "tcp" | "udp" }, opts: OwnerOpt = {}): Promise<PortMapping> {
+    const req =
+      typeof spec === "string"
+        ? { vm, owner: opts.owner ?? "", spec, hostPort: 0, vmPort: 0, protocol: "", httpHost: "" }
+        : { vm, owner: opts.owner ?? "", spec: "", hostPort: spec.hostPort, vmPort: spec.vmPort ?? spec.hostPort, protocol: spec.protocol ?? "tcp", httpHost: "" };
+    return need(await this.#unary("ExposePort", "mutation", this.#c.port.exposePort.bind(this.#c.port), req, { retries: 0 }), "port", "ExposePort");
+  }
+
+  /** Routes HTTP requests for `hostname` at the ingress hosts to the VM's `port` (default 80). */
+  async exposeHttp(vm: string, hostname: string, opts: OwnerOpt & { port?: number } = {}): Promise<HttpRoute> {
+    const req = { vm, owner: opts.owner ?? "", spec: "", hostPort: 0, vmPort: opts.port ?? 80, protocol: "", httpHost: hostname };
+    return need(await this.#unary("ExposePort", "mutation", this.#c.port.exposePort.bind(this.#c.port), req, { retries: 0 }), "route", "ExposePort");
+  }
+
+  /** Removes an exposed port: "8080/tcp" (or "8080") or the parts. */
+  async unexposePort(vm: string, spec: string | { hostPort: number; protocol?: "tcp" | "udp" }, opts: OwnerOpt = {}): Promise<void> {
+    const req =
+      typeof spec === "string"
+        ? { vm, owner: opts.owner ?? "", spec, hostPort: 0, protocol: "", httpHost: "" }
+        : { vm, owner: opts.owner ?? "", spec: "", hostPort: spec.hostPort, protocol: spec.protocol ?? "tcp", httpHost: "" };
+    await this.#unary("UnexposePort", "mutation", this.#c.port.unexposePort.bind(this.#c.port), req, { retries: 0 });
+  }
+
+  async unexposeHttp(vm: string, hostname: string, opts: OwnerOpt = {}): Promise<void> {
+    const req = { vm, owner: opts.owner ?? "", spec: "", hostPort: 0, protocol: "", httpHost: hostname };
+    await this.#unary("UnexposePort", "mutation", this.#c.port.unexposePort.bind(this.#c.port), req, { retries: 0 });
+  }
+
+  /** Exposed ports and HTTP routes: of one VM, or all of the caller's (admins: everyone's, or `owner`'s). */
+  async listPorts(opts: OwnerOpt & { vm?: string } = {}): Promise<ListPortsResponse> {
+    return this.#unary("ListPorts", "read", this.#c.port.listPorts.bind(this.#c.port), { vm: opts.vm ?? "", owner: opts.owner ?? "" });
   }
 
   async stopVm(ref: VmRef, opts: OwnerOpt = {}): Promise<Vm> {

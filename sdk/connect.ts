@@ -9,6 +9,7 @@ import { NetworkServiceClient } from "../gen/noid/v1/network.js";
 import { VmServiceClient } from "../gen/noid/v1/vm.js";
 import { ExecServiceClient } from "../gen/noid/v1/exec.js";
 import { CheckpointServiceClient } from "../gen/noid/v1/checkpoint.js";
+import { PortServiceClient } from "../gen/noid/v1/port.js";
 import { UserServiceClient } from "../gen/noid/v1/user.js";
 import { channelSpec, type TlsOptions } from "./channel.js";
 import { NoidClient } from "./client.js";
@@ -62,6 +63,7 @@ export function connect(opts: ConnectOptions): NoidClient {
       user: new UserServiceClient(spec.target, spec.credentials, shared),
       event: new EventServiceClient(spec.target, spec.credentials, shared),
       mesh: new MeshServiceClient(spec.target, spec.credentials, shared),
+      port: new PortServiceClient(spec.target, spec.credentials, shared),
     },
     {
       ...(opts.token ? { token: opts.token } : {}),

@@ -83,10 +83,13 @@ function tableModel(spec: EgressSpec, nets: readonly PlacedNetwork[]): { chains:
   add("forward", "inbound-replies", `oifname "vmnet*" ct state established,related accept`, ["vmnet*"]);
   add("forward", "inbound-hook", `oifname "vmnet*" jump inbound`, ["vmnet*", "inbound"]);
   drop("forward", "inbound-drop", `oifname "vmnet*"`, "inbound", undefined, ["vmnet*"]);
+  // Replies of exposed ports (agent/network/ports-ruleset.ts DNATs them) go back wherever the
+  // connection came from: the uplink, or the WireGuard interface for HTTP routes.
+  add("forward", "exposed-replies", `iifname "vmnet*" ct direction reply ct status dnat accept`, ["vmnet*"]);
   each((n, i) => add("forward", `${n.bridge} egress`, `${i} oifname "${up}" meta nfproto ipv4 jump egress_${n.vni}`, [n.bridge, up, `egress_${n.vni}`]));
   drop("forward", "egress-drop", `iifname "vmnet*"`, "egress", undefined, ["vmnet*"]);
 
-  // Port exposure (a later issue) DNATs in its own table; such connections pass here.
+  // Port exposure DNATs in its own table (ports-ruleset.ts); only such connections pass here.
   add("inbound", "exposed", "ct status dnat accept");
 
   for (const n of nets) {
@@ -145,7 +148,7 @@ export function renderEgress(
 
 
 /** Every string and number in an nft JSON expression; prefixes as "a.b.c.d/n", addresses also as "/32". */
-function exprValues(e: unknown, out = new Set<string>()): Set<string> {
+export function exprValues(e: unknown, out = new Set<string>()): Set<string> {
   if (typeof e === "string") {
     out.add(e);
     if (ipaddr.IPv4.isValidFourPartDecimal(e)) out.add(`${e}/32`);

@@ -1,7 +1,9 @@
 // Who may do what: the Noid security model's role table, as one pure function.
 //
 // | Role      | Create | Destroy/Start/Stop | Exec/Checkpoint | List/Get          |
-// (exec: "vm.exec"; checkpoint: "vm.checkpoint", "vm.restore"; listing checkpoints is a read)
+// (exec: "vm.exec"; checkpoint: "vm.checkpoint", "vm.restore"; listing checkpoints is a read;
+// ports: "port.expose"/"port.unexpose" like exec, "port.list" a read; host ports below 1024
+// are admin only, checked in the port service)
 // | admin     | yes    | any VM             | any VM          | all               |
 // | user      | yes    | own only           | own only        | own only          |
 // | read-only | no     | no                 | no              | yes (own only)    |
@@ -27,6 +29,9 @@ export type Action =
   | "vm.checkpoint"
   | "vm.checkpoint.list"
   | "vm.restore"
+  | "port.expose"
+  | "port.unexpose"
+  | "port.list"
   | "host.list"
   | "host.get"
   | "host.mesh"
@@ -73,6 +78,7 @@ const READS: ReadonlySet<Action> = new Set([
   "vm.list",
   "vm.watch",
   "vm.checkpoint.list",
+  "port.list",
   "host.list",
   "host.get",
   "network.get",
@@ -98,6 +104,8 @@ const USER_WRITES: ReadonlySet<Action> = new Set([
   "vm.exec",
   "vm.checkpoint",
   "vm.restore",
+  "port.expose",
+  "port.unexpose",
   "vm.destroy",
   "vm.start",
   "vm.stop",
@@ -164,6 +172,9 @@ export const METHOD_ACTIONS: Readonly<Record<string, Action | typeof ANONYMOUS>>
   "/noid.v1.CheckpointService/CreateCheckpoint": "vm.checkpoint",
   "/noid.v1.CheckpointService/ListCheckpoints": "vm.checkpoint.list",
   "/noid.v1.CheckpointService/RestoreCheckpoint": "vm.restore",
+  "/noid.v1.PortService/ExposePort": "port.expose",
+  "/noid.v1.PortService/UnexposePort": "port.unexpose",
+  "/noid.v1.PortService/ListPorts": "port.list",
   "/noid.v1.HostService/ListHosts": "host.list",
   "/noid.v1.HostService/GetHost": "host.get",
   "/noid.v1.MeshService/GetHostMesh": "host.mesh",

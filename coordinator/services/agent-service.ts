@@ -41,6 +41,8 @@ import { HOST_OU, checkCsr, type ClusterCa } from "../pki/ca.js";
 import type { HostIdentities } from "../pki/host-identity.js";
 import { type SecurityAudit, checkSecurityEvent } from "../security-events.js";
 import { MeshHealth } from "../mesh/health.js";
+import { PortSnapshot } from "../../gen/noid/v1/port.js";
+import type { PortFeed } from "../ports/port-feed.js";
 
 export interface AgentServiceDeps extends HandlerDeps {
   store: Store;
@@ -60,6 +62,8 @@ export interface AgentServiceDeps extends HandlerDeps {
   audit?: (e: { event: string; user: string; vm: string; host: string; success: boolean; detail: string; peer: string }) => Promise<void>;
   /** Records agents' security events in the audit log (absent: they are only logged). */
   security?: SecurityAudit;
+  /** Port snapshots to agents and their reports (absent: no port exposure). */
+  ports?: PortFeed;
 }
 
 /**
@@ -252,6 +256,10 @@ class AgentSession implements ExecChannel {
   private readonly execs = new Map<string, (o: AgentExecOutput) => void>();
   private readonly checkpoints = new Map<string, (r: AgentCheckpointResult) => void>();
   private unsubMesh?: () => void;
+  private unsubPorts?: () => void;
+  private portsTimer?: NodeJS.Timeout;
+  /** The last port snapshot sent (encoded); an empty one is sent too (it is "", so start elsewhere). */
+  private lastPorts: string | undefined;
   private meshTimer?: NodeJS.Timeout;
   private lastMesh = "";
   private lease?: Lease;
@@ -316,7 +324,9 @@ class AgentSession implements ExecChannel {
     this.untrack?.();
     this.unsub?.();
     this.unsubMesh?.();
+    this.unsubPorts?.();
     if (this.meshTimer) clearTimeout(this.meshTimer);
+    if (this.portsTimer) clearTimeout(this.portsTimer);
     if (this.hostId) this.d.sessions.delete(this.hostId, this);
     if (this.hostId) void this.health.update(this.hostId, undefined).catch((err) => this.log.warn({ err }, "clearing host condition failed"));
     for (const [execId, f] of this.execs) f({ execId, output: undefined, error: "the host's agent disconnected" });
@@ -387,6 +397,10 @@ class AgentSession implements ExecChannel {
     if (k.$case === "posture") {
       validatePosture(k.value, "posture");
       await this.d.hosts.setPosture(this.hostId, k.value);
+      return;
+    }
+    if (k.$case === "portReport") {
+      await this.d.ports?.report(this.hostId, k.value);
       return;
     }
     if (k.$case === "hostCondition") {
@@ -482,6 +496,26 @@ class AgentSession implements ExecChannel {
         this.sendMesh();
       }, MESH_COALESCE_MS);
     });
+    // Ports: the same way (its own snapshot, sent whole when it changes).
+    if (this.d.ports) {
+      this.sendPorts();
+      this.unsubPorts = this.d.ports.onChange(() => {
+        if (this.portsTimer || this.closed) return;
+        this.portsTimer = setTimeout(() => {
+          this.portsTimer = undefined;
+          this.sendPorts();
+        }, MESH_COALESCE_MS);
+      });
+    }
+  }
+
+  private sendPorts(): void {
+    if (this.closed || !this.d.ports) return;
+    const snap = this.d.ports.snapshotFor(this.hostId);
+    const key = Buffer.from(PortSnapshot.encode(snap).finish()).toString("base64");
+    if (key === this.lastPorts) return;
+    this.lastPorts = key;
+    this.send({ kind: { $case: "ports", value: snap } });
   }
 
   private sendMesh(): void {

@@ -80,6 +80,7 @@ export class HostRepo {
         meshIp,
         posture: req.posture ? { ...req.posture, checkedAt: now } : undefined,
         degradedReason: prev?.host.degradedReason ?? "",
+        ingress: prev?.host.ingress ?? false,
       };
       const r = await this.store.txn(
         [
@@ -106,6 +107,19 @@ export class HostRepo {
       const cur = await this.get(id);
       if (!cur) throw notFound(`host ${id}`);
       const next: Host = { ...cur.host, posture: { ...posture, checkedAt: this.clock.now() } };
+      const r = await this.store.txn([unchanged(keys.host(id), cur)], [{ type: "put", key: keys.host(id), value: enc(Host, next) }]);
+      if (r.succeeded) return;
+    }
+    throw new NoidError("UNAVAILABLE", `updating host ${id}: too much contention, retry`);
+  }
+
+  /** Records whether the host runs an HTTP ingress (its agent's port report says so). */
+  async setIngress(id: string, ingress: boolean): Promise<void> {
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const cur = await this.get(id);
+      if (!cur) throw notFound(`host ${id}`);
+      if (cur.host.ingress === ingress) return;
+      const next: Host = { ...cur.host, ingress };
       const r = await this.store.txn([unchanged(keys.host(id), cur)], [{ type: "put", key: keys.host(id), value: enc(Host, next) }]);
       if (r.succeeded) return;
     }

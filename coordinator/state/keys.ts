@@ -69,3 +69,25 @@ export const netKeys = {
   /** -> VM id (raw); MACs are cluster-unique. */
   mac: (mac: string) => `macs/${mac}`,
 } as const;
+
+// Port exposure (coordinator/ports). Values are protobuf records (port.proto) except where
+// noted as raw.
+export const portKeys = {
+  /** PortMapping; the host port is taken while the key exists. */
+  port: (hostId: string, protocol: string, hostPort: number) => `ports/${hostId}/${protocol}/${hostPort}`,
+  portsPrefix: "ports/",
+  portsOfHost: (hostId: string) => `ports/${hostId}/`,
+  /** -> hostname (raw): a port of the host's WireGuard side taken by an HTTP route. */
+  meshPort: (hostId: string, port: number) => `meshports/${hostId}/${port}`,
+  meshPortsOfHost: (hostId: string) => `meshports/${hostId}/`,
+  /** HttpRoute, unique per hostname across the cluster. */
+  route: (hostname: string) => `routes/${hostname}`,
+  routesPrefix: "routes/",
+  /** VmPortsRecord: every key above a VM holds (released with the VM). */
+  vmPorts: (vmId: string) => `vmports/${vmId}`,
+  /** PortCountRecord: the user's exposures (ports and routes), for the limit. */
+  count: (user: string) => `portcount/${user}`,
+  /** PortStatusRecord: what the host's agent last reported. */
+  status: (hostId: string) => `portstatus/${hostId}`,
+  statusPrefix: "portstatus/",
+} as const;

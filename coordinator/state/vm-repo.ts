@@ -44,6 +44,8 @@ export interface VmRepoDeps {
   auditKey: (at: Date) => string;
   /** Reserves a VM's address and MAC in its create transaction and releases them in its remove transaction. */
   network?: VmNetworkPort;
+  /** Releases a VM's exposed ports and HTTP routes in its remove transaction (coordinator/ports). */
+  ports?: { release(vm: Vm): Promise<{ compares: Compare[]; ops: Op[] }> };
 }
 
 export interface StoredVm {
@@ -244,6 +246,11 @@ export class VmRepo {
     }
     if (this.d.network) {
       const rel = await this.d.network.release(vm);
+      compares.push(...rel.compares);
+      ops.push(...rel.ops);
+    }
+    if (this.d.ports) {
+      const rel = await this.d.ports.release(vm);
       compares.push(...rel.compares);
       ops.push(...rel.ops);
     }

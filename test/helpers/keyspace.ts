@@ -99,6 +99,13 @@ export const COLLECTIONS: Record<string, Collection> = {
   alloc: { segs: ["id"] },
   assign: { segs: ["id", "id"] },
   checkpoints: { segs: ["id", "name"], creators: ["CreateCheckpoint"] },
+  // Port exposure and HTTP routes (coordinator/state/keys.ts portKeys).
+  ports: { segs: ["id", "name", "any"], creators: ["ExposePort"] },
+  meshports: { segs: ["id", "any"], creators: ["ExposePort"] },
+  routes: { segs: ["any"], creators: ["ExposePort"] },
+  vmports: { segs: ["id"], creators: ["ExposePort"] },
+  portcount: { segs: ["name"], creators: ["ExposePort"] },
+  portstatus: { segs: ["id"], creators: ["Session"] },
   audit: { segs: "any" },
   auditchain: { segs: "any" },
   events: { segs: "any" },

@@ -9,7 +9,7 @@ import { auditKey } from "../../coordinator/audit-log.js";
 import { normalizeVmSpec } from "../../coordinator/validate.js";
 import type { Store } from "../../coordinator/store/store.js";
 
-const limits = { max_vms_per_user: 10, max_total_vms: 100, max_vcpus_per_vm: 8, max_memory_per_vm: 16384, max_disk_per_vm: 512 };
+const limits = { max_vms_per_user: 10, max_total_vms: 100, max_vcpus_per_vm: 8, max_memory_per_vm: 16384, max_disk_per_vm: 512, max_exposed_ports_per_user: 10 };
 
 function repo(store: Store): VmRepo {
   let n = 0;
