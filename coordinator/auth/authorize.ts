@@ -1,7 +1,9 @@
 // Who may do what: the Noid security model's role table, as one pure function.
 //
 // | Role      | Create | Destroy/Start/Stop | Exec/Checkpoint | List/Get          |
-// (exec: "vm.exec"; checkpoint: "vm.checkpoint", "vm.restore"; listing checkpoints is a read)
+// (exec: "vm.exec"; checkpoint: "vm.checkpoint", "vm.restore"; listing checkpoints is a read;
+// pause/resume/restart and the interactive console count as start/stop; a VM's logs are a
+// read; a host's agent logs are admin only)
 // | admin     | yes    | any VM             | any VM          | all               |
 // | user      | yes    | own only           | own only        | own only          |
 // | read-only | no     | no                 | no              | yes (own only)    |
@@ -27,6 +29,12 @@ export type Action =
   | "vm.checkpoint"
   | "vm.checkpoint.list"
   | "vm.restore"
+  | "vm.pause"
+  | "vm.resume"
+  | "vm.restart"
+  | "vm.console"
+  | "vm.logs"
+  | "host.logs"
   | "host.list"
   | "host.get"
   | "host.mesh"
@@ -73,6 +81,7 @@ const READS: ReadonlySet<Action> = new Set([
   "vm.list",
   "vm.watch",
   "vm.checkpoint.list",
+  "vm.logs",
   "host.list",
   "host.get",
   "network.get",
@@ -101,6 +110,10 @@ const USER_WRITES: ReadonlySet<Action> = new Set([
   "vm.destroy",
   "vm.start",
   "vm.stop",
+  "vm.pause",
+  "vm.resume",
+  "vm.restart",
+  "vm.console",
   "network.create",
   "network.delete",
   "token.revoke",
@@ -160,6 +173,12 @@ export const METHOD_ACTIONS: Readonly<Record<string, Action | typeof ANONYMOUS>>
   "/noid.v1.VmService/StartVm": "vm.start",
   "/noid.v1.VmService/StopVm": "vm.stop",
   "/noid.v1.VmService/WatchVms": "vm.watch",
+  "/noid.v1.VmService/PauseVm": "vm.pause",
+  "/noid.v1.VmService/ResumeVm": "vm.resume",
+  "/noid.v1.VmService/RestartVm": "vm.restart",
+  "/noid.v1.ConsoleService/Console": "vm.console",
+  "/noid.v1.ConsoleService/VmLogs": "vm.logs",
+  "/noid.v1.ConsoleService/HostLogs": "host.logs",
   "/noid.v1.ExecService/Exec": "vm.exec",
   "/noid.v1.CheckpointService/CreateCheckpoint": "vm.checkpoint",
   "/noid.v1.CheckpointService/ListCheckpoints": "vm.checkpoint.list",

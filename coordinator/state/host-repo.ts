@@ -2,7 +2,7 @@
 // hostnames/<name> -> id, alive/<id> bound to the agent's lease.
 import { randomBytes } from "node:crypto";
 import type { RegisterHostRequest } from "../../gen/noid/v1/agent.js";
-import { Host, type HostPosture, HostState } from "../../gen/noid/v1/host.js";
+import { type DriverCapabilities, Host, type HostPosture, HostState } from "../../gen/noid/v1/host.js";
 import { NoidError, notFound } from "../../common/errors.js";
 import type { Compare, Lease, Store } from "../store/store.js";
 import { keys, lastSegment } from "./keys.js";
@@ -80,6 +80,7 @@ export class HostRepo {
         meshIp,
         posture: req.posture ? { ...req.posture, checkedAt: now } : undefined,
         degradedReason: prev?.host.degradedReason ?? "",
+        driverCapabilities: prev?.host.driverCapabilities ?? [],
       };
       const r = await this.store.txn(
         [
@@ -106,6 +107,19 @@ export class HostRepo {
       const cur = await this.get(id);
       if (!cur) throw notFound(`host ${id}`);
       const next: Host = { ...cur.host, posture: { ...posture, checkedAt: this.clock.now() } };
+      const r = await this.store.txn([unchanged(keys.host(id), cur)], [{ type: "put", key: keys.host(id), value: enc(Host, next) }]);
+      if (r.succeeded) return;
+    }
+    throw new NoidError("UNAVAILABLE", `updating host ${id}: too much contention, retry`);
+  }
+
+  /** What each driver of the host can do, as its agent reported it after hello. */
+  async setCapabilities(id: string, caps: DriverCapabilities[]): Promise<void> {
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const cur = await this.get(id);
+      if (!cur) throw notFound(`host ${id}`);
+      if (JSON.stringify(cur.host.driverCapabilities) === JSON.stringify(caps)) return;
+      const next: Host = { ...cur.host, driverCapabilities: caps };
       const r = await this.store.txn([unchanged(keys.host(id), cur)], [{ type: "put", key: keys.host(id), value: enc(Host, next) }]);
       if (r.succeeded) return;
     }

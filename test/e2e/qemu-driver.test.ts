@@ -139,9 +139,9 @@ describe("qemu driver", () => {
     expect((await d2.exec(a.id, ["cat", "/root/marker"])).stdout).toBe("mine\n");
 
     // Pause and resume over QMP.
-    await d2.pause(a.id);
-    expect((await d2.inspect(a.id))?.reason).toBe("paused");
-    await d2.resume(a.id);
+    expect((await d2.pause(a.id)).state).toBe("paused");
+    expect((await d2.inspect(a.id))?.state).toBe("paused");
+    expect((await d2.resume(a.id)).state).toBe("running");
     expect((await d2.inspect(a.id))?.reason).toBe("");
 
     // A QEMU that dies is noticed, with a reason.

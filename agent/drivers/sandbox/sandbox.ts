@@ -5,9 +5,9 @@
 // The driver's "host" is the netns the agent runs in (or `netns` from the options, which
 // lets a test drive a lab host from outside). VM namespaces are machine-wide names and
 // carry the per-agent `nsPrefix`, so agents of one lab never collide.
-import { existsSync, statSync } from "node:fs";
+import { appendFileSync, existsSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { NoidError, during, notFound } from "../../../common/errors.js";
+import { NoidError, during, notFound, precondition } from "../../../common/errors.js";
 import {
   type Runner,
   type Spawner,
@@ -29,6 +29,7 @@ import type {
   VmRuntime,
 } from "../driver.js";
 import { type CgroupProbe, createVmCgroup, joinCgroup, probeCgroup, removeCgroup } from "./cgroup.js";
+import { type Freezer, type FreezerProbe, ensureV1Freezer, freeze, isFrozen, probeFreezerV1, removeV1Freezer, thaw } from "./freezer.js";
 import { cgroupName, cpuMax, hostPort, memoryMax, vmNetns } from "./names.js";
 import { RecordStore, type SandboxRecord } from "./records.js";
 
@@ -42,6 +43,8 @@ export interface SandboxOptions {
   cgroupRoot?: string;
   /** Parent cgroup (relative to cgroupRoot) of all VMs of this agent. */
   cgroupParent?: string;
+  /** The cgroup v1 freezer hierarchy pause uses when the VM has no v2 cgroup (default /sys/fs/cgroup/freezer). */
+  freezerRoot?: string;
   runner?: Runner;
   spawner?: Spawner;
 }
@@ -56,6 +59,8 @@ export class SandboxDriver implements HypervisorDriver {
   private readonly cgroupRoot: string;
   private readonly cgroupParent: string;
   private readonly cgroup: CgroupProbe;
+  private readonly freezerRoot: string;
+  private readonly freezerV1: FreezerProbe;
 
   constructor(private readonly opts: SandboxOptions) {
     this.records = new RecordStore(join(opts.stateDir, "sandbox"));
@@ -64,6 +69,8 @@ export class SandboxDriver implements HypervisorDriver {
     this.cgroupRoot = opts.cgroupRoot ?? "/sys/fs/cgroup";
     this.cgroupParent = opts.cgroupParent ?? `noid-${opts.nsPrefix}`;
     this.cgroup = probeCgroup(this.cgroupRoot);
+    this.freezerRoot = opts.freezerRoot ?? "/sys/fs/cgroup/freezer";
+    this.freezerV1 = probeFreezerV1(this.freezerRoot);
   }
 
   capabilities(): Capabilities {
@@ -73,6 +80,11 @@ export class SandboxDriver implements HypervisorDriver {
       restore: false,
       resourceLimits: this.cgroup.ok,
       ...(this.cgroup.ok ? {} : { limitsReason: this.cgroup.reason }),
+      // v2 cgroups (with limits) have cgroup.freeze; otherwise the v1 freezer is needed.
+      pause: this.cgroup.ok || this.freezerV1.ok,
+      ...(this.cgroup.ok || this.freezerV1.ok ? {} : { pauseReason: this.freezerV1.ok ? "" : this.freezerV1.reason }),
+      console: false,
+      logs: true,
     };
   }
 
@@ -130,7 +142,8 @@ export class SandboxDriver implements HypervisorDriver {
       throw new NoidError("FAILED_PRECONDITION", `starting sandbox VM ${id}: netns ${rec.netns} is gone`);
     }
     if (rec.init && isAlive(rec.init)) return this.runtime(rec);
-    const pid = await this.spawn(["sleep", "infinity"], { netns: rec.netns });
+    const log = this.logFile(id);
+    const pid = await this.spawn(["sleep", "infinity"], { netns: rec.netns, logFile: log });
     const ref = processRef(pid);
     if (!ref) throw new NoidError("INTERNAL", `starting sandbox VM ${id}: init ${pid} exited at once`);
     // The PID is `ip netns exec`'s until it has entered the namespace and exec'd init: observed
@@ -146,12 +159,17 @@ export class SandboxDriver implements HypervisorDriver {
     rec.init = ref;
     this.records.put(rec);
     if (rec.cgroup) joinCgroup(rec.cgroup, pid);
+    appendFileSync(log, `${new Date().toISOString()} noid-sandbox: init ${pid} started in netns ${rec.netns}\n`);
     return this.runtime(rec);
   }
 
   async stop(id: string): Promise<VmRuntime> {
     const rec = this.mustGet(id);
+    // A frozen process dies only once thawed.
+    const f = this.freezerOf(rec);
+    if (f) thaw(f);
     if (rec.init) await killProcess(rec.init);
+    if (rec.init && existsSync(this.logFile(id))) appendFileSync(this.logFile(id), `${new Date().toISOString()} noid-sandbox: init ${rec.init.pid} stopped\n`);
     delete rec.init;
     this.records.put(rec);
     return this.runtime(rec);
@@ -159,6 +177,8 @@ export class SandboxDriver implements HypervisorDriver {
 
   async destroy(id: string): Promise<void> {
     const rec = this.records.get(id);
+    const f = rec ? this.freezerOf(rec) : undefined;
+    if (f) thaw(f);
     if (rec?.init) await killProcess(rec.init);
     // Names derive from the id, so this also cleans up after a lost record.
     const ns = rec?.netns ?? vmNetns(this.opts.nsPrefix, id);
@@ -168,6 +188,8 @@ export class SandboxDriver implements HypervisorDriver {
       // Deleting the netns deletes eth0 and with it the peer; this covers a half-made pair.
       await this.host(["ip", "link", "del", port], true);
       if (rec?.cgroup) removeCgroup(rec.cgroup);
+      if (f) removeV1Freezer(f);
+      rmSync(this.logFile(id), { force: true });
     } catch (e) {
       throw during(`destroying sandbox VM ${id}`, e);
     }
@@ -214,6 +236,50 @@ export class SandboxDriver implements HypervisorDriver {
     return spawnAttached(argv, { netns: rec.netns, cleanEnv: true, ...(opts.env ? { env: opts.env } : {}), stdin: opts.stdin ?? false });
   }
 
+  /** Freezes every process of the VM (see freezer.ts for why the freezer). */
+  async pause(id: string): Promise<VmRuntime> {
+    const rec = this.mustGet(id);
+    const now = this.runtime(rec);
+    if (now.state === "paused") return now;
+    if (now.state !== "running") throw precondition(`pausing sandbox VM ${id}: the VM is ${now.state}`);
+    let f = this.freezerOf(rec);
+    if (!f) {
+      if (!this.freezerV1.ok) throw new NoidError("FAILED_PRECONDITION", `driver sandbox does not support pause: ${this.freezerV1.reason}`);
+      f = ensureV1Freezer(this.freezerRoot, this.cgroupParent, cgroupName(id));
+      rec.freezer = f.dir;
+      this.records.put(rec);
+    }
+    try {
+      await freeze(f, netnsPath(rec.netns));
+    } catch (e) {
+      thaw(f);
+      throw during(`pausing sandbox VM ${id}`, e);
+    }
+    return this.runtime(rec);
+  }
+
+  async resume(id: string): Promise<VmRuntime> {
+    const rec = this.mustGet(id);
+    const f = this.freezerOf(rec);
+    if (f) thaw(f);
+    return this.runtime(rec);
+  }
+
+  async logPath(id: string): Promise<string> {
+    this.mustGet(id);
+    return this.logFile(id);
+  }
+
+  private logFile(id: string): string {
+    return join(this.opts.stateDir, "sandbox", `${cgroupName(id)}.log`);
+  }
+
+  /** The VM's v2 cgroup when it has one (cgroup.freeze), else its v1 freezer once made. */
+  private freezerOf(rec: SandboxRecord): Freezer | undefined {
+    if (rec.cgroup) return { kind: "v2", dir: rec.cgroup };
+    return rec.freezer ? { kind: "v1", dir: rec.freezer } : undefined;
+  }
+
   private mustGet(id: string): SandboxRecord {
     const rec = this.records.get(id);
     if (!rec) throw notFound(`sandbox VM ${id}`);
@@ -228,6 +294,8 @@ export class SandboxDriver implements HypervisorDriver {
     if (!isAlive(rec.init) || !inNetns(rec.init.pid, rec.netns)) {
       return { ...base, state: "failed", reason: `init process ${rec.init.pid} exited` };
     }
+    const f = this.freezerOf(rec);
+    if (f && isFrozen(f)) return { ...base, state: "paused", reason: "" };
     return { ...base, state: "running", reason: "" };
   }
 }
