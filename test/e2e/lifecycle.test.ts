@@ -171,6 +171,14 @@ describe("pause, resume, restart, console and logs through coordinator and agent
     expect(last.out.trim().split("\n")).toHaveLength(1);
     expect(last.out).toMatch(/init \d+ started/);
     expect((await cluster.client().listAuditEvents({ vm: "box" })).map((e) => e.event)).toContain("vm.restart");
+
+    // Destroyed, the VM's freezer cgroup goes with it (and the agent's parent with its last VM).
+    const freezer = sandboxRecord(box.id)!.freezer!;
+    expect(existsSync(freezer)).toBe(true);
+    await alice.destroyVm("box");
+    await waitFor("box gone", async () => ((await alice.listVms()).some((v) => v.name === "box") ? undefined : true), 60_000);
+    expect(existsSync(freezer)).toBe(false);
+    expect(existsSync(join(freezer, ".."))).toBe(false);
   }, 120_000);
 
   it("noidctl logs --host: the agent's recent JSON log lines, for admins only", async () => {
