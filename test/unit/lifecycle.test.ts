@@ -9,7 +9,8 @@ import type { VmRuntime } from "../../agent/drivers/driver.js";
 import { capabilityNames } from "../../agent/drivers/driver.js";
 import type { DesiredVm } from "../../agent/reconcile/types.js";
 import { tailStart } from "../../agent/log-tail.js";
-import { LogRing } from "../../common/log-ring.js";
+import { LogRing, teeDestination } from "../../common/log-ring.js";
+import { createLogger } from "../../common/logger.js";
 import { parseTail, splitDetach } from "../../cli/commands/lifecycle.js";
 import { parseFrozen } from "../../agent/drivers/sandbox/freezer.js";
 
@@ -119,6 +120,18 @@ describe("log tails, the log ring and the console's detach key", () => {
     const small = new LogRing(100, 10);
     small.write("12345678\nabcdefgh\n");
     expect(small.lines()).toEqual(["abcdefgh"]);
+  });
+
+  it("keeps what pino printed: secrets are already redacted", () => {
+    const ring = new LogRing();
+    const other: string[] = [];
+    const log = createLogger({ name: "agent", destination: teeDestination(ring, { write: (s: string) => void other.push(s) }) });
+    log.child({ component: "exec" }).info({ token: "s3cret-token", env: { API_KEY: "s3cret-env" }, vm: "v1" }, "exec");
+    const lines = ring.lines();
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0]!)).toMatchObject({ component: "exec", vm: "v1", token: "[redacted]", env: "[redacted]", msg: "exec" });
+    expect(lines[0]).not.toMatch(/s3cret/);
+    expect(other.join("")).toBe(`${lines[0]}\n`);
   });
 
   it("detaches on Ctrl-] and sends what came before it", () => {
