@@ -14,6 +14,8 @@ import { FirecrackerDriver, type FirecrackerOptions } from "../../agent/drivers/
 import { jailIdFor } from "../../agent/drivers/firecracker/jailer.js";
 import { hostPortName, vmNetnsName } from "../../agent/drivers/firecracker/netns.js";
 import { FakeFirecracker, type FakeJailerSpawner, fakeJailerSpawner } from "../helpers/fake-firecracker.js";
+import { FirecrackerRecords } from "../../agent/drivers/firecracker/records.js";
+import { vsockExec } from "../../agent/drivers/firecracker/vsock.js";
 
 const tag = randomBytes(3).toString("hex");
 const nsPrefix = `fc${tag}`;
@@ -169,11 +171,19 @@ describe("firecracker driver against the fake API", () => {
     // Pausing a paused microVM is allowed by Firecracker (it stays paused).
     expect(await d.pause(spec.id)).toMatchObject({ state: "paused" });
     await expect(d.exec(spec.id, ["true"])).rejects.toThrow(/paused/);
+    // The fake's guest is frozen too: its agent answers only after the resume.
+    const rec = new FirecrackerRecords(join(dir, "state", "firecracker", "records")).get(spec.id)!;
+    const held = vsockExec(rec.layout.vsock.host, ["echo", "late"], { timeoutMs: 10_000 });
+    let answered = false;
+    void held.then(() => (answered = true));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(answered).toBe(false);
     // An agent restart: the state is read back from Firecracker, not resumed.
     expect(await driver().recover()).toEqual([expect.objectContaining({ id: spec.id, state: "paused" })]);
     expect(jail(0).fake.state).toBe("Paused");
     expect(await d.resume(spec.id)).toMatchObject({ state: "running", reason: "" });
     expect(jail(0).fake.state).toBe("Running");
+    expect(await held).toMatchObject({ stdout: "echo late", exitCode: 0 });
     expect(jail(0).fake.calls.slice(before).filter((c) => c.method === "PATCH").map((c) => [c.path, c.body])).toEqual([
       ["/vm", { state: "Paused" }],
       ["/vm", { state: "Paused" }],
