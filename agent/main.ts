@@ -10,6 +10,10 @@ import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { CommanderError, Command } from "commander";
 import { ExecRunner } from "./exec.js";
+import { StreamRunner } from "./streams.js";
+import { LogRing, teeDestination } from "../common/log-ring.js";
+import { capabilityNames } from "./drivers/driver.js";
+import { pino } from "pino";
 import { CheckpointRunner } from "./checkpoint/runner.js";
 import { credentials } from "@grpc/grpc-js";
 import { createLogger } from "../common/logger.js";
@@ -153,7 +157,9 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
 
 export async function main(argv: string[]): Promise<void> {
   const { config, token } = loadConfig(argv);
-  const logger = createLogger({ name: "agent", level: config.logLevel }).child({ host: config.name });
+  // The recent lines stay in memory too, for `noidctl logs --host` (redacted by pino first).
+  const logRing = new LogRing();
+  const logger = createLogger({ name: "agent", level: config.logLevel, destination: teeDestination(pino.destination(2), logRing) }).child({ host: config.name });
   // The WireGuard key is made once and kept (0600) in the state dir; only its public half leaves the host.
   const wgKey = loadOrCreateKey(join(config.stateDir, "wireguard.key"));
   let session: AgentSession | undefined;
@@ -322,6 +328,8 @@ export async function main(argv: string[]): Promise<void> {
     exec: new ExecRunner(async (vmId) => (await drivers.find(vmId))?.driver, logger.child({ component: "exec" })),
     checkpoint: checkpoints,
     ports: portSink,
+    streams: new StreamRunner({ driverFor: async (vmId) => (await drivers.find(vmId))?.driver, hostLogs: (n) => logRing.lines(n), logger: logger.child({ component: "streams" }) }),
+    capabilities: () => drivers.names.map((name) => ({ driver: name, capabilities: capabilityNames(drivers.must(name).capabilities()) })),
   });
 
   const posture = new PostureReporter({

@@ -413,5 +413,10 @@ export function instrumentDriver(d: HypervisorDriver, m: Pick<AgentMetrics, "tim
   if (d.loadState) out.loadState = (id, dir, from) => t("load_state", () => d.loadState!(id, dir, from));
   if (d.checkpoint) out.checkpoint = (id: string, name: string) => t("checkpoint", () => d.checkpoint!(id, name));
   if (d.restore) out.restore = (id: string, name: string) => t("restore", () => d.restore!(id, name));
+  if (d.pause) out.pause = (id: string) => t("pause", () => d.pause!(id));
+  if (d.resume) out.resume = (id: string) => t("resume", () => d.resume!(id));
+  // Attaching is timed; the console's lifetime is the user's.
+  if (d.console) out.console = (id: string) => t("console", () => d.console!(id));
+  if (d.logPath) out.logPath = (id: string) => d.logPath!(id);
   return out;
 }

@@ -22,8 +22,11 @@ import {
   type AgentCheckpointCommand,
   type AgentCheckpointResult,
   type VmStatusReport,
+  type AgentStreamOpen,
+  type AgentStreamInput,
+  type AgentStreamOutput,
 } from "../gen/noid/v1/agent.js";
-import type { HostPosture } from "../gen/noid/v1/host.js";
+import type { DriverCapabilities, HostPosture } from "../gen/noid/v1/host.js";
 import type { PortReport, PortSnapshot } from "../gen/noid/v1/port.js";
 import { type BackoffPolicy, DEFAULT_BACKOFF, backoffDelay } from "./backoff.js";
 import { desiredFromVm } from "./reconcile/desired.js";
@@ -66,6 +69,10 @@ export interface AgentSessionOptions {
   ports?: { setSnapshot(s: PortSnapshot): void };
   /** Saves and restores checkpoints (absent: they are refused). */
   checkpoint?: { run(cmd: AgentCheckpointCommand, send: (r: AgentCheckpointResult) => void): void };
+  /** Console, VM log and host log streams (absent: they are refused). */
+  streams?: { run(cmd: AgentStreamOpen, send: (o: AgentStreamOutput) => void): void; input(i: AgentStreamInput): void };
+  /** What the host's drivers can do, sent after every hello. */
+  capabilities?: () => DriverCapabilities[];
 }
 
 export class AgentSession {
@@ -207,6 +214,7 @@ export class AgentSession {
     this.write({ kind: { $case: "hello", value: { hostId: reg.hostId } } });
     if (this.condition) this.write({ kind: { $case: "hostCondition", value: this.condition } });
     if (this.portReport) this.write({ kind: { $case: "portReport", value: this.portReport } });
+    if (this.opts.capabilities) this.write({ kind: { $case: "capabilities", value: { drivers: this.opts.capabilities() } } });
 
     const everyMs = reg.heartbeatIntervalMs || (this.opts.defaultHeartbeatMs ?? 5000);
     this.sequence = 0;
@@ -275,6 +283,15 @@ export class AgentSession {
         break;
       case "ports":
         this.opts.ports?.setSnapshot(k.value);
+        break;
+      case "streamOpen": {
+        const send = (o: AgentStreamOutput) => this.write({ kind: { $case: "streamOutput", value: o } });
+        if (this.opts.streams) this.opts.streams.run(k.value, send);
+        else send({ streamId: k.value.streamId, data: Buffer.alloc(0), end: true, error: "this agent does not run streams", errorCode: "FAILED_PRECONDITION" });
+        break;
+      }
+      case "streamInput":
+        this.opts.streams?.input(k.value);
         break;
       case "checkpoint": {
         const send = (r: AgentCheckpointResult) => this.write({ kind: { $case: "checkpointResult", value: r } });

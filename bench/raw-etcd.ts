@@ -27,6 +27,7 @@ export function sampleVm(i: number): Uint8Array {
       networkId: "fedcba9876543210",
       networkCidr: "10.0.0.0/24",
       gateway: "10.0.0.1",
+      restartPending: false,
     },
   }).finish();
 }

@@ -23,6 +23,8 @@ export interface Io {
   stdinStream?: AsyncIterable<Buffer | string>;
   /** While registered, Ctrl-C calls `f` instead of ending noidctl; returns the unregister function. */
   onInterrupt?: (f: () => void) => () => void;
+  /** Puts the terminal on stdin in raw mode (console) and back; absent when stdin is no terminal. */
+  rawMode?: (on: boolean) => void;
 }
 
 export interface AppDeps {

@@ -58,6 +58,7 @@ process.exitCode = await run(process.argv.slice(2), {
       interruptHandlers.add(f);
       return () => interruptHandlers.delete(f);
     },
+    ...(process.stdin.isTTY ? { rawMode: (on: boolean) => void process.stdin.setRawMode(on) } : {}),
   },
   signal: ac.signal,
 });

@@ -13,6 +13,7 @@ import { registerTokenCommands } from "./commands/token.js";
 import { registerVmCommands } from "./commands/vm.js";
 import { registerExecCommand } from "./commands/exec.js";
 import { registerCheckpointCommands } from "./commands/checkpoint.js";
+import { registerLifecycleCommands } from "./commands/lifecycle.js";
 import { registerUserCommands } from "./commands/user.js";
 import { registerSshKeyCommands } from "./commands/ssh-key.js";
 import { registerPortCommands } from "./commands/ports.js";
@@ -52,6 +53,7 @@ Examples:
   registerVmCommands(program, app);
   registerExecCommand(program, app);
   registerCheckpointCommands(program, app);
+  registerLifecycleCommands(program, app);
   registerHostCommands(program, app);
   registerNetworkCommands(program, app);
   registerMeshCommands(program, app);

@@ -44,6 +44,8 @@ import { auditService } from "./services/audit-service.js";
 import { SecurityAudit } from "./security-events.js";
 import { agentService } from "./services/agent-service.js";
 import { execService } from "./services/exec-service.js";
+import { consoleService } from "./services/console-service.js";
+import { ConsoleServiceService } from "../gen/noid/v1/console.js";
 import { SessionRegistry } from "./agents/registry.js";
 import { ExecServiceService } from "../gen/noid/v1/exec.js";
 import { hostname } from "node:os";
@@ -74,7 +76,7 @@ export const ADMIN_TOKEN_FILE = "admin.token";
 const BOOTSTRAP_TOKEN_NAME = "bootstrap-admin";
 /** gRPC health service name that is SERVING only on the leader replica. */
 export const LEADER_HEALTH_SERVICE = "noid.v1.Leader";
-const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService", "noid.v1.CheckpointService", "noid.v1.EventService", "noid.v1.MeshService", "noid.v1.PortService"];
+const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService", "noid.v1.CheckpointService", "noid.v1.EventService", "noid.v1.MeshService", "noid.v1.PortService", "noid.v1.ConsoleService"];
 
 export interface CoordinatorHandle {
   /** TCP port actually bound (useful with listen ":0"). */
@@ -284,6 +286,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
       }),
     );
     server.addService(ExecServiceService, execService({ ...base, repo: vms, sessions, audit: writeAudit }));
+    server.addService(ConsoleServiceService, consoleService({ ...base, repo: vms, cluster, sessions, audit: writeAudit }));
     server.addService(CheckpointServiceService, checkpointService({ ...base, repo: vms, store, sessions, limits: () => cfg.limits, audit: writeAudit, clock }));
     server.addService(EventServiceService, eventService({ ...base, events }));
     server.addService(PortServiceService, portService({ ...base, repo: vms, ports: portRepo, store, cluster, limits: () => cfg.limits }));
@@ -295,7 +298,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     health.addToServer(server);
     const root = protoRoot();
     const pkg = protoLoader.loadSync(
-      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto", "noid/v1/user.proto", "noid/v1/event.proto", "noid/v1/checkpoint.proto", "noid/v1/mesh.proto", "noid/v1/port.proto"],
+      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto", "noid/v1/user.proto", "noid/v1/event.proto", "noid/v1/checkpoint.proto", "noid/v1/mesh.proto", "noid/v1/port.proto", "noid/v1/console.proto"],
       { includeDirs: [root] },
     );
     new ReflectionService({ ...pkg, ...protoLoader.loadSync(healthProtoPath) }).addToServer(server);

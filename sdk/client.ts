@@ -21,6 +21,7 @@ import type { ExecResponse, ExecServiceClient } from "../gen/noid/v1/exec.js";
 import type { Event, EventServiceClient } from "../gen/noid/v1/event.js";
 import type { Checkpoint, CheckpointServiceClient } from "../gen/noid/v1/checkpoint.js";
 import type { HttpRoute, ListPortsResponse, PortMapping, PortServiceClient } from "../gen/noid/v1/port.js";
+import type { ConsoleResponse, ConsoleServiceClient } from "../gen/noid/v1/console.js";
 import { NoidApiError, toApiError, type CallKind } from "./errors.js";
 import { withRetry, type RetryDeps, type RetryPolicy } from "./retry.js";
 import { iterateStream } from "./watch.js";
@@ -44,6 +45,17 @@ export interface ServiceClients {
   checkpoint: CheckpointServiceClient;
   mesh: MeshServiceClient;
   port: PortServiceClient;
+  console: ConsoleServiceClient;
+}
+
+/** An attached serial console (console()). */
+export interface ConsoleSession {
+  /** Sends bytes to the console, as typed. */
+  write(chunk: string | Buffer): void;
+  /** Detaches (the VM runs on). */
+  close(): void;
+  /** Resolves when the console closed (detached, or the VM stopped); rejects with why it could not attach. */
+  readonly closed: Promise<void>;
 }
 
 export interface EventFilterOpts {
@@ -150,6 +162,69 @@ export class NoidClient {
   async startVm(ref: VmRef, opts: OwnerOpt = {}): Promise<Vm> {
     const req = { ...vmRef(ref), owner: opts.owner ?? "" };
     return need(await this.#unary("StartVm", "mutation", this.#c.vm.startVm.bind(this.#c.vm), req), "vm", "StartVm");
+  }
+
+  /** Freezes a running VM (its driver must have the pause capability); the VM shows PAUSED once its host did it. */
+  async pauseVm(ref: VmRef, opts: OwnerOpt = {}): Promise<Vm> {
+    const req = { ...vmRef(ref), owner: opts.owner ?? "" };
+    return need(await this.#unary("PauseVm", "mutation", this.#c.vm.pauseVm.bind(this.#c.vm), req), "vm", "PauseVm");
+  }
+
+  /** Continues a paused VM. */
+  async resumeVm(ref: VmRef, opts: OwnerOpt = {}): Promise<Vm> {
+    const req = { ...vmRef(ref), owner: opts.owner ?? "" };
+    return need(await this.#unary("ResumeVm", "mutation", this.#c.vm.resumeVm.bind(this.#c.vm), req), "vm", "ResumeVm");
+  }
+
+  /** Stops a running or paused VM and starts it again; the VM has restart_pending set until its host stopped it. */
+  async restartVm(ref: VmRef, opts: OwnerOpt = {}): Promise<Vm> {
+    const req = { ...vmRef(ref), owner: opts.owner ?? "" };
+    return need(await this.#unary("RestartVm", "mutation", this.#c.vm.restartVm.bind(this.#c.vm), req), "vm", "RestartVm");
+  }
+
+  // ---- Console and logs ----
+
+  /** Attaches to the VM's serial console; `onData` receives what the guest prints. Not retried. */
+  console(ref: VmRef, onData: (chunk: Buffer) => void, opts: OwnerOpt = {}): ConsoleSession {
+    const call = this.#c.console.console(this.#metadata(), {});
+    let ended = false;
+    const closed = new Promise<void>((resolve, reject) => {
+      call.on("data", (r: ConsoleResponse) => onData(Buffer.from(r.output)));
+      call.on("error", (e: ServiceError) => (ended && e.code === 1 ? resolve() : reject(toApiError(e, "mutation", "Console"))));
+      call.on("end", () => resolve());
+    });
+    closed.catch(() => undefined);
+    closed.then(
+      () => (ended = true),
+      () => (ended = true),
+    );
+    call.write({ kind: { $case: "start", value: { ...vmRef(ref), owner: opts.owner ?? "" } } });
+    return {
+      write: (chunk) => {
+        if (!ended) call.write({ kind: { $case: "input", value: typeof chunk === "string" ? Buffer.from(chunk) : chunk } });
+      },
+      close: () => {
+        if (ended) return;
+        ended = true;
+        call.end();
+      },
+      closed,
+    };
+  }
+
+  /** The VM's console log: the last `tail` lines (all when 0), then with `follow` what is appended, until `signal` aborts. */
+  async *vmLogs(ref: VmRef, opts: OwnerOpt & { tail?: number; follow?: boolean; signal?: AbortSignal } = {}): AsyncIterable<Buffer> {
+    const req = { ...vmRef(ref), owner: opts.owner ?? "", tail: opts.tail ?? 0, follow: opts.follow ?? false };
+    const deadline = opts.follow ? {} : { deadline: Date.now() + this.#s.deadlineMs };
+    for await (const r of iterateStream(() => this.#c.console.vmLogs(req, this.#metadata(), deadline), "VmLogs", opts.signal)) {
+      yield Buffer.from(r.data);
+    }
+  }
+
+  /** A host agent's recent log lines, oldest first (admins). */
+  async hostLogs(host: string, opts: { tail?: number } = {}): Promise<string[]> {
+    const req = { host, tail: opts.tail ?? 0 };
+    return (await this.#unary("HostLogs", "read", this.#c.console.hostLogs.bind(this.#c.console), req)).lines;
   }
 
   // ---- Checkpoints ----

@@ -1,5 +1,6 @@
 // connect(): the one way to get a NoidClient. All five service clients share a
 // single channel (one HTTP/2 connection to the coordinator).
+import { ConsoleServiceClient } from "../gen/noid/v1/console.js";
 import { MeshServiceClient } from "../gen/noid/v1/mesh.js";
 import { AuditServiceClient } from "../gen/noid/v1/audit.js";
 import { EventServiceClient } from "../gen/noid/v1/event.js";
@@ -64,6 +65,7 @@ export function connect(opts: ConnectOptions): NoidClient {
       event: new EventServiceClient(spec.target, spec.credentials, shared),
       mesh: new MeshServiceClient(spec.target, spec.credentials, shared),
       port: new PortServiceClient(spec.target, spec.credentials, shared),
+      console: new ConsoleServiceClient(spec.target, spec.credentials, shared),
     },
     {
       ...(opts.token ? { token: opts.token } : {}),

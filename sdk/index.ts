@@ -1,6 +1,6 @@
 // Public surface of the Noid SDK.
 export { connect, DEFAULT_DEADLINE_MS, DEFAULT_PORT, type ConnectOptions } from "./connect.js";
-export { NoidClient, type OwnerOpt, type VmRef, type ExecOpts, type ExecResult, type SpawnOpts, type ExecSession, type ExecSignalName, type EventFilterOpts } from "./client.js";
+export { NoidClient, type OwnerOpt, type VmRef, type ExecOpts, type ExecResult, type SpawnOpts, type ExecSession, type ExecSignalName, type EventFilterOpts, type ConsoleSession } from "./client.js";
 export {
   NoidApiError,
   isNoidApiError,

@@ -67,7 +67,7 @@ export class CheckpointRunner {
     if (!ID.test(cmd.checkpointId)) throw new NoidError("INVALID_ARGUMENT", "bad checkpoint id");
     const key = cmd.key.length ? parseKey(cmd.key) : undefined;
     const { driver, vm } = await this.driverOf(cmd.vmId, "checkpoint");
-    if (vm.state !== "running") throw precondition(`VM ${cmd.vmId} is not running (${vm.state})`);
+    if (vm.state !== "running" && vm.state !== "paused") throw precondition(`VM ${cmd.vmId} is not running (${vm.state})`);
     const file = this.fileOf(cmd.vmId, cmd.checkpointId);
     if (existsSync(file)) throw new NoidError("ALREADY_EXISTS", `checkpoint ${cmd.checkpointId} exists on this host`);
     const work = `${file}.work`;

@@ -33,7 +33,8 @@ export interface VmCreateSpec {
   sshAuthorizedKeys?: string[];
 }
 
-export type VmRunState = "running" | "stopped" | "failed";
+/** "paused": in memory, frozen (pause()); resume() makes it "running" again. */
+export type VmRunState = "running" | "paused" | "stopped" | "failed";
 
 /** What a driver observes about one VM it manages. */
 export interface VmRuntime {
@@ -54,6 +55,28 @@ export interface Capabilities {
   /** cpu.max / memory.max are enforced. When false, `limitsReason` says why. */
   resourceLimits: boolean;
   limitsReason?: string;
+  /** pause() and resume(). When false, `pauseReason` may say why. */
+  pause?: boolean;
+  pauseReason?: string;
+  /** console(): the VM's serial console, both ways. */
+  console?: boolean;
+  /** logPath(): the VM's console log (serial output, init output). */
+  logs?: boolean;
+}
+
+/** The capability names a host reports to the coordinator (those that are true). */
+export function capabilityNames(c: Capabilities): string[] {
+  const names: (keyof Capabilities)[] = ["exec", "checkpoint", "restore", "resourceLimits", "pause", "console", "logs"];
+  return names.filter((n) => c[n] === true);
+}
+
+/** An attached serial console: bytes from the guest, bytes to it. */
+export interface ConsoleStream {
+  onData(f: (b: Buffer) => void): void;
+  /** Called once when the console closed (the VM stopped, or close()). */
+  onClose(f: (err?: Error) => void): void;
+  write(b: Buffer): void;
+  close(): void;
 }
 
 export interface ExecResult {
@@ -122,6 +145,14 @@ export interface HypervisorDriver {
    * the guest is given the VM's MAC and address. Requires capabilities().restore.
    */
   loadState?(id: string, dir: string, from: VmNetSpec): Promise<VmRuntime>;
+  /** Freezes a running VM in memory (vCPUs or processes); requires capabilities().pause. Idempotent. */
+  pause?(id: string): Promise<VmRuntime>;
+  /** Continues a paused VM; requires capabilities().pause. Idempotent. */
+  resume?(id: string): Promise<VmRuntime>;
+  /** Attaches to the VM's serial console; requires capabilities().console. */
+  console?(id: string): Promise<ConsoleStream>;
+  /** The file the VM's console output goes to; requires capabilities().logs. */
+  logPath?(id: string): Promise<string>;
 }
 
 /** One file of a saved VM state: a section name and where it is. */

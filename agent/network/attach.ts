@@ -33,6 +33,10 @@ export class NetworkedDriver implements HypervisorDriver {
   loadState?: HypervisorDriver["loadState"];
   checkpoint?: (id: string, name: string) => Promise<void>;
   restore?: (id: string, name: string) => Promise<VmRuntime>;
+  pause?: HypervisorDriver["pause"];
+  resume?: HypervisorDriver["resume"];
+  console?: HypervisorDriver["console"];
+  logPath?: HypervisorDriver["logPath"];
 
   constructor(
     private readonly inner: HypervisorDriver,
@@ -46,6 +50,10 @@ export class NetworkedDriver implements HypervisorDriver {
     if (inner.loadState) this.loadState = (id, dir, from) => inner.loadState!(id, dir, from);
     if (inner.checkpoint) this.checkpoint = (id, n) => inner.checkpoint!(id, n);
     if (inner.restore) this.restore = (id, n) => inner.restore!(id, n);
+    if (inner.pause) this.pause = (id) => inner.pause!(id);
+    if (inner.resume) this.resume = (id) => inner.resume!(id);
+    if (inner.console) this.console = (id) => inner.console!(id);
+    if (inner.logPath) this.logPath = (id) => inner.logPath!(id);
   }
 
   capabilities(): Capabilities {

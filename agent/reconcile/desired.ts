@@ -20,6 +20,8 @@ function desiredState(s: VmDesiredState): DesiredRunState {
       return "stopped";
     case VmDesiredState.VM_DESIRED_STATE_DELETED:
       return "deleted";
+    case VmDesiredState.VM_DESIRED_STATE_PAUSED:
+      return "paused";
     default:
       // UNSPECIFIED is treated as RUNNING: a VM is created to run.
       return "running";

@@ -190,7 +190,8 @@ export class ReconcileLoop {
     for (let round = 1; round <= maxRounds; round++) {
       const desired = [...(this.desired?.values() ?? [])];
       const observed = await this.opts.drivers.list();
-      const actions = plan(desired, observed, this.reported, { drivers: this.opts.drivers.names, failed: this.failedNow() }).filter((a) =>
+      const canPause = (name: string) => this.opts.drivers.get(name)?.capabilities().pause === true;
+      const actions = plan(desired, observed, this.reported, { drivers: this.opts.drivers.names, failed: this.failedNow(), canPause }).filter((a) =>
         this.mayAct(a.vmId),
       );
       if (actions.length === 0) {
@@ -269,6 +270,14 @@ export class ReconcileLoop {
           this.transition(a.vmId, VmPhase.VM_PHASE_STOPPING, o);
           await d!.stop(a.vmId);
           break;
+        case "pause":
+          if (!d!.pause) throw new NoidError("FAILED_PRECONDITION", `driver ${d!.name} does not support pause`);
+          await d!.pause(a.vmId);
+          break;
+        case "resume":
+          if (!d!.resume) throw new NoidError("FAILED_PRECONDITION", `driver ${d!.name} does not support pause`);
+          await d!.resume(a.vmId);
+          break;
         case "destroy":
           if (a.reason === "failed") {
             // Said first: the coordinator releases the VM's place as soon as it hears it.
@@ -294,6 +303,14 @@ export class ReconcileLoop {
       const transient = e instanceof NoidError && e.code === "UNAVAILABLE";
       if (transient && (a.kind === "create" || a.kind === "start")) {
         this.backOff(a.vmId);
+        return;
+      }
+      // A pause or resume that failed leaves the VM as it was (running or paused), never
+      // destroyed: it is reported with the reason and tried again later.
+      if (a.kind === "pause" || a.kind === "resume") {
+        this.backOff(a.vmId);
+        const phase = o?.state === "paused" ? VmPhase.VM_PHASE_PAUSED : VmPhase.VM_PHASE_RUNNING;
+        this.transition(a.vmId, phase, o, `${a.kind}: ${reason}`);
         return;
       }
       if (a.kind === "create" || a.kind === "start" || a.kind === "stop") {

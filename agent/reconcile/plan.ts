@@ -11,6 +11,12 @@
 // action threw, or its process died) has what is left of it on the host destroyed and is
 // reported FAILED with the reason, and is not tried again until its desired state changes.
 // The coordinator releases its place on the host when it hears FAILED.
+//
+// Pause is a desired state like the others: a VM desired PAUSED is paused when seen running
+// (and started first when seen stopped); one desired RUNNING is resumed when seen paused. A
+// VM seen paused after an agent restart is left paused when that is what is desired. A
+// driver without the pause capability gets no pause action: the VM is reported RUNNING with
+// the reason (the coordinator refuses such a pause up front, so this is a safety net).
 import type { VmStatusReport } from "../../gen/noid/v1/agent.js";
 import { VmPhase } from "../../gen/noid/v1/vm.js";
 import type { VmCreateSpec, VmRuntime } from "../drivers/driver.js";
@@ -22,6 +28,8 @@ export type Action =
   | { kind: "create"; vmId: string; driver: string; spec: VmCreateSpec }
   | { kind: "start"; vmId: string; driver: string }
   | { kind: "stop"; vmId: string; driver: string }
+  | { kind: "pause"; vmId: string; driver: string }
+  | { kind: "resume"; vmId: string; driver: string }
   /** `observedReason` says why a failed VM's remains are removed. */
   | { kind: "destroy"; vmId: string; driver: string; reason: DestroyReason; observedReason?: string }
   | { kind: "report"; vmId: string; status: VmStatusReport };
@@ -31,6 +39,8 @@ export interface PlanContext {
   drivers?: readonly string[];
   /** VMs given up on under their current desired state, with the reason (see the header). */
   failed?: ReadonlyMap<string, string>;
+  /** Whether a driver can pause (absent: every driver can). */
+  canPause?: (driver: string) => boolean;
 }
 
 /** Why a VM cannot be created here because of its driver, or undefined when it can. */
@@ -40,7 +50,7 @@ export function driverProblem(name: string, drivers: readonly string[] | undefin
 }
 
 /** Order within one round: free resources first, report last. */
-const ORDER: Record<Action["kind"], number> = { destroy: 0, stop: 1, create: 2, start: 3, report: 4 };
+const ORDER: Record<Action["kind"], number> = { destroy: 0, stop: 1, pause: 1, create: 2, start: 3, resume: 3, report: 4 };
 
 function status(vmId: string, phase: VmPhase, o: VmRuntime | undefined, extra: Partial<VmStatusReport> = {}): VmStatusReport {
   return {
@@ -85,9 +95,19 @@ function step(d: DesiredVm, o: VmRuntime | undefined, ctx: PlanContext): Action 
   }
   if (o.state === "failed") return { kind: "destroy", vmId: id, driver: o.driver, reason: "failed", observedReason: o.reason };
   if (d.state === "running") {
-    return o.state === "running" ? status(id, VmPhase.VM_PHASE_RUNNING, o) : { kind: "start", vmId: id, driver: o.driver };
+    if (o.state === "running") return status(id, VmPhase.VM_PHASE_RUNNING, o);
+    if (o.state === "paused") return { kind: "resume", vmId: id, driver: o.driver };
+    return { kind: "start", vmId: id, driver: o.driver };
   }
-  return o.state === "running" ? { kind: "stop", vmId: id, driver: o.driver } : status(id, VmPhase.VM_PHASE_STOPPED, o);
+  if (d.state === "paused") {
+    if (o.state === "paused") return status(id, VmPhase.VM_PHASE_PAUSED, o);
+    if (o.state === "stopped") return { kind: "start", vmId: id, driver: o.driver };
+    if (ctx.canPause && !ctx.canPause(o.driver)) {
+      return status(id, VmPhase.VM_PHASE_RUNNING, o, { reason: `driver ${o.driver} does not support pause` });
+    }
+    return { kind: "pause", vmId: id, driver: o.driver };
+  }
+  return o.state === "running" || o.state === "paused" ? { kind: "stop", vmId: id, driver: o.driver } : status(id, VmPhase.VM_PHASE_STOPPED, o);
 }
 
 /**

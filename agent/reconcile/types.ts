@@ -1,7 +1,8 @@
 // What the coordinator wants on this host, in the agent's own terms (no proto types in the plan's input).
 import type { VmCreateSpec } from "../drivers/driver.js";
 
-export type DesiredRunState = "running" | "stopped" | "deleted";
+/** "paused": kept in memory, frozen (drivers with the pause capability). */
+export type DesiredRunState = "running" | "paused" | "stopped" | "deleted";
 
 export interface DesiredVm {
   id: string;

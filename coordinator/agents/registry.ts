@@ -1,6 +1,20 @@
 // The agent sessions this coordinator holds, by host id, so that requests
 // that need a host (exec) can reach it through its session.
-import type { AgentCheckpointCommand, AgentCheckpointResult, AgentExecCommand, AgentExecInput, AgentExecOutput } from "../../gen/noid/v1/agent.js";
+import type {
+  AgentCheckpointCommand,
+  AgentCheckpointResult,
+  AgentExecCommand,
+  AgentExecInput,
+  AgentExecOutput,
+  AgentStreamInput,
+  AgentStreamOpen,
+  AgentStreamOutput,
+} from "../../gen/noid/v1/agent.js";
+
+export interface StreamHandle {
+  /** Forwards console input, or closes the stream (the client went away). */
+  input(kind: NonNullable<AgentStreamInput["kind"]>): void;
+}
 
 export interface ExecHandle {
   /** Stops the command (the client went away). */
@@ -14,6 +28,8 @@ export interface ExecChannel {
   exec(cmd: AgentExecCommand, onOutput: (o: AgentExecOutput) => void): ExecHandle;
   /** Sends a checkpoint command; resolves with the agent's result (an error result when the session ends first). */
   checkpoint(cmd: AgentCheckpointCommand): Promise<AgentCheckpointResult>;
+  /** Opens a console or log stream; `onOutput` receives its bytes and its end (an error end when the session ends first). */
+  stream(open: AgentStreamOpen, onOutput: (o: AgentStreamOutput) => void): StreamHandle;
 }
 
 export class SessionRegistry {

@@ -4,6 +4,8 @@
 // (exec: "vm.exec"; checkpoint: "vm.checkpoint", "vm.restore"; listing checkpoints is a read;
 // ports: "port.expose"/"port.unexpose" like exec, "port.list" a read; host ports below 1024
 // are admin only, checked in the port service)
+// pause/resume/restart and the interactive console count as start/stop; a VM's logs are a
+// read; a host's agent logs are admin only)
 // | admin     | yes    | any VM             | any VM          | all               |
 // | user      | yes    | own only           | own only        | own only          |
 // | read-only | no     | no                 | no              | yes (own only)    |
@@ -32,6 +34,12 @@ export type Action =
   | "port.expose"
   | "port.unexpose"
   | "port.list"
+  | "vm.pause"
+  | "vm.resume"
+  | "vm.restart"
+  | "vm.console"
+  | "vm.logs"
+  | "host.logs"
   | "host.list"
   | "host.get"
   | "host.mesh"
@@ -79,6 +87,7 @@ const READS: ReadonlySet<Action> = new Set([
   "vm.watch",
   "vm.checkpoint.list",
   "port.list",
+  "vm.logs",
   "host.list",
   "host.get",
   "network.get",
@@ -109,6 +118,10 @@ const USER_WRITES: ReadonlySet<Action> = new Set([
   "vm.destroy",
   "vm.start",
   "vm.stop",
+  "vm.pause",
+  "vm.resume",
+  "vm.restart",
+  "vm.console",
   "network.create",
   "network.delete",
   "token.revoke",
@@ -168,6 +181,12 @@ export const METHOD_ACTIONS: Readonly<Record<string, Action | typeof ANONYMOUS>>
   "/noid.v1.VmService/StartVm": "vm.start",
   "/noid.v1.VmService/StopVm": "vm.stop",
   "/noid.v1.VmService/WatchVms": "vm.watch",
+  "/noid.v1.VmService/PauseVm": "vm.pause",
+  "/noid.v1.VmService/ResumeVm": "vm.resume",
+  "/noid.v1.VmService/RestartVm": "vm.restart",
+  "/noid.v1.ConsoleService/Console": "vm.console",
+  "/noid.v1.ConsoleService/VmLogs": "vm.logs",
+  "/noid.v1.ConsoleService/HostLogs": "host.logs",
   "/noid.v1.ExecService/Exec": "vm.exec",
   "/noid.v1.CheckpointService/CreateCheckpoint": "vm.checkpoint",
   "/noid.v1.CheckpointService/ListCheckpoints": "vm.checkpoint.list",

@@ -11,6 +11,8 @@ import type {
   AgentCheckpointCommand,
   AgentCheckpointResult,
   AgentServiceServer,
+  AgentStreamOpen,
+  AgentStreamOutput,
   JoinHostRequest,
   JoinHostResponse,
   RegisterHostRequest,
@@ -34,7 +36,7 @@ import type { Lease, Store } from "../store/store.js";
 import type { Principal } from "../auth/authorize.js";
 import { DRIVERS } from "../validate.js";
 import { keys } from "../state/keys.js";
-import type { ExecChannel, ExecHandle, SessionRegistry } from "../agents/registry.js";
+import type { ExecChannel, ExecHandle, SessionRegistry, StreamHandle } from "../agents/registry.js";
 import type { AuthGuard } from "../auth/guard.js";
 import { AuthFailure } from "../auth/tokens.js";
 import { HOST_OU, checkCsr, type ClusterCa } from "../pki/ca.js";
@@ -255,6 +257,7 @@ class AgentSession implements ExecChannel {
   private hostId = "";
   private readonly execs = new Map<string, (o: AgentExecOutput) => void>();
   private readonly checkpoints = new Map<string, (r: AgentCheckpointResult) => void>();
+  private readonly streams = new Map<string, (o: AgentStreamOutput) => void>();
   private unsubMesh?: () => void;
   private unsubPorts?: () => void;
   private portsTimer?: NodeJS.Timeout;
@@ -333,6 +336,24 @@ class AgentSession implements ExecChannel {
     this.execs.clear();
     for (const [opId, f] of this.checkpoints) f(disconnected(opId));
     this.checkpoints.clear();
+    for (const [streamId, f] of this.streams) f({ streamId, data: Buffer.alloc(0), end: true, error: "the host's agent disconnected", errorCode: "UNAVAILABLE" });
+    this.streams.clear();
+  }
+
+  stream(open: AgentStreamOpen, onOutput: (o: AgentStreamOutput) => void): StreamHandle {
+    if (this.closed) {
+      onOutput({ streamId: open.streamId, data: Buffer.alloc(0), end: true, error: "the host's agent disconnected", errorCode: "UNAVAILABLE" });
+      return { input: () => undefined };
+    }
+    this.streams.set(open.streamId, onOutput);
+    this.send({ kind: { $case: "streamOpen", value: open } });
+    return {
+      input: (kind) => {
+        if (!this.streams.has(open.streamId)) return;
+        if (kind.$case === "close") this.streams.delete(open.streamId);
+        this.send({ kind: { $case: "streamInput", value: { streamId: open.streamId, kind } } });
+      },
+    };
   }
 
   checkpoint(cmd: AgentCheckpointCommand): Promise<AgentCheckpointResult> {
@@ -386,6 +407,21 @@ class AgentSession implements ExecChannel {
       const o = k.value.output?.kind;
       if (k.value.error || o?.$case === "exit") this.execs.delete(k.value.execId);
       f(k.value);
+      return;
+    }
+    if (k.$case === "streamOutput") {
+      const f = this.streams.get(k.value.streamId);
+      if (!f) return;
+      if (k.value.end) this.streams.delete(k.value.streamId);
+      f(k.value);
+      return;
+    }
+    if (k.$case === "capabilities") {
+      const caps = k.value.drivers
+        .filter((c) => (DRIVERS as readonly string[]).includes(c.driver))
+        .slice(0, 16)
+        .map((c) => ({ driver: c.driver, capabilities: c.capabilities.filter((n) => /^[a-zA-Z]{1,32}$/.test(n)).slice(0, 32) }));
+      await this.d.hosts.setCapabilities(this.hostId, caps);
       return;
     }
     if (k.$case === "checkpointResult") {

@@ -1,4 +1,4 @@
-// VmService: create, get, list, destroy, start, stop, watch.
+// VmService: create, get, list, destroy, start, stop, watch, pause, resume, restart.
 import {
   VmDesiredState,
   VmEventType,
@@ -8,7 +8,7 @@ import {
   type CreateVmResponse,
   type WatchVmsResponse,
 } from "../../gen/noid/v1/vm.js";
-import { denied, exhausted, invalid, notFound } from "../../common/errors.js";
+import { NoidError, denied, exhausted, invalid, notFound } from "../../common/errors.js";
 import { checkName } from "../../common/names.js";
 import type { Action, Principal } from "../auth/authorize.js";
 import { allow, ownerFor, resolveVm } from "./resolve-vm.js";
@@ -20,6 +20,7 @@ import type { Limits } from "../limits.js";
 import { filterHosts, unplacedReason } from "../scheduler/index.js";
 import { requestOf } from "../controllers/placement.js";
 import { Role } from "../../gen/noid/v1/auth.js";
+import { missingCapability } from "../lifecycle/lifecycle.js";
 
 export interface VmServiceDeps extends HandlerDeps {
   repo: VmRepo;
@@ -88,6 +89,25 @@ export function vmService(d: VmServiceDeps): VmServiceServer {
     stopVm: unary(d, "StopVm", async (req, ctx) => {
       const vm = await resolve(req, ctx, "vm.stop");
       return { vm: await d.repo.setDesired(vm.id, VmDesiredState.VM_DESIRED_STATE_STOPPED, ctx.principal.user, ctx.peer) };
+    }),
+
+    pauseVm: unary(d, "PauseVm", async (req, ctx) => {
+      const vm = await resolve(req, ctx, "vm.pause");
+      const check = (v: Vm) => {
+        const why = missingCapability(v, d.cluster.hostById(v.status?.hostId ?? ""), "pause");
+        if (why) throw new NoidError("FAILED_PRECONDITION", `pausing VM "${v.name}": ${why}`);
+      };
+      return { vm: await d.repo.lifecycle(vm.id, "pause", ctx.principal.user, ctx.peer, check) };
+    }),
+
+    resumeVm: unary(d, "ResumeVm", async (req, ctx) => {
+      const vm = await resolve(req, ctx, "vm.resume");
+      return { vm: await d.repo.lifecycle(vm.id, "resume", ctx.principal.user, ctx.peer) };
+    }),
+
+    restartVm: unary(d, "RestartVm", async (req, ctx) => {
+      const vm = await resolve(req, ctx, "vm.restart");
+      return { vm: await d.repo.lifecycle(vm.id, "restart", ctx.principal.user, ctx.peer) };
     }),
 
     watchVms: serverStream(d, "WatchVms", async (req, ctx, send) => {

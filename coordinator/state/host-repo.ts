@@ -2,7 +2,7 @@
 // hostnames/<name> -> id, alive/<id> bound to the agent's lease.
 import { randomBytes } from "node:crypto";
 import type { RegisterHostRequest } from "../../gen/noid/v1/agent.js";
-import { Host, type HostPosture, HostState } from "../../gen/noid/v1/host.js";
+import { type DriverCapabilities, Host, type HostPosture, HostState } from "../../gen/noid/v1/host.js";
 import { NoidError, notFound } from "../../common/errors.js";
 import type { Compare, Lease, Store } from "../store/store.js";
 import { keys, lastSegment } from "./keys.js";
@@ -81,6 +81,7 @@ export class HostRepo {
         posture: req.posture ? { ...req.posture, checkedAt: now } : undefined,
         degradedReason: prev?.host.degradedReason ?? "",
         ingress: prev?.host.ingress ?? false,
+        driverCapabilities: prev?.host.driverCapabilities ?? [],
       };
       const r = await this.store.txn(
         [
@@ -120,6 +121,19 @@ export class HostRepo {
       if (!cur) throw notFound(`host ${id}`);
       if (cur.host.ingress === ingress) return;
       const next: Host = { ...cur.host, ingress };
+      const r = await this.store.txn([unchanged(keys.host(id), cur)], [{ type: "put", key: keys.host(id), value: enc(Host, next) }]);
+      if (r.succeeded) return;
+    }
+    throw new NoidError("UNAVAILABLE", `updating host ${id}: too much contention, retry`);
+  }
+
+  /** What each driver of the host can do, as its agent reported it after hello. */
+  async setCapabilities(id: string, caps: DriverCapabilities[]): Promise<void> {
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const cur = await this.get(id);
+      if (!cur) throw notFound(`host ${id}`);
+      if (JSON.stringify(cur.host.driverCapabilities) === JSON.stringify(caps)) return;
+      const next: Host = { ...cur.host, driverCapabilities: caps };
       const r = await this.store.txn([unchanged(keys.host(id), cur)], [{ type: "put", key: keys.host(id), value: enc(Host, next) }]);
       if (r.succeeded) return;
     }

@@ -11,6 +11,7 @@ import { keys } from "./keys.js";
 import { dec, enc } from "./codec.js";
 import { addToQuota, checkCountLimits, checkVmLimits, type Limits } from "../limits.js";
 import type { NetworkReservation, VmNetworkPort } from "../networks/vm-network.js";
+import { type LifecycleOp, afterReport, decide } from "../lifecycle/lifecycle.js";
 
 export interface Clock {
   now(): Date;
@@ -149,6 +150,7 @@ export class VmRepo {
           networkId: "",
           networkCidr: "",
           gateway: "",
+          restartPending: false,
           ...net?.status,
         },
       };
@@ -308,12 +310,43 @@ export class VmRepo {
         desiredState: desired,
         ...(revive && st ? { status: { ...st, phase: VmPhase.VM_PHASE_PENDING, reason: "", updatedAt: this.d.clock.now() } } : {}),
       };
+      // An explicit start or stop replaces a restart in progress.
+      if (next.status?.restartPending) next.status = { ...next.status, restartPending: false };
       const event = desired === VmDesiredState.VM_DESIRED_STATE_RUNNING ? "vm.start" : "vm.stop";
       const r = await this.d.store.txn(
         [unchanged(keys.vm(id), cur)],
         [
           { type: "put", key: keys.vm(id), value: enc(Vm, next) },
           this.auditOp({ event, user: actor, vm: cur.vm.name, host: cur.vm.status?.hostName ?? "", success: true, detail: "", peer }),
+        ],
+      );
+      if (r.succeeded) return next;
+      await backoff(attempt);
+    }
+    throw new NoidError("UNAVAILABLE", `updating VM ${id}: too much contention, retry`);
+  }
+
+  /**
+   * Pause, resume or restart (coordinator/lifecycle): the rule decides from the VM as read,
+   * the write is one transaction with its audit event that holds only if the VM did not
+   * change meanwhile. A refusal is FAILED_PRECONDITION and changes nothing. `check` runs on
+   * the VM as read (the driver's capability) before anything is written.
+   */
+  async lifecycle(id: string, op: LifecycleOp, actor: string, peer: string, check?: (vm: Vm) => void): Promise<Vm> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const cur = await this.get(id);
+      if (!cur) throw notFound(`VM ${id}`);
+      const d = decide(op, cur.vm);
+      if (d.kind === "refuse") throw new NoidError("FAILED_PRECONDITION", d.reason);
+      if (d.kind === "noop") return cur.vm;
+      check?.(cur.vm);
+      const st = cur.vm.status!;
+      const next: Vm = { ...cur.vm, desiredState: d.desired, status: { ...st, restartPending: d.restartPending, updatedAt: this.d.clock.now() } };
+      const r = await this.d.store.txn(
+        [unchanged(keys.vm(id), cur)],
+        [
+          { type: "put", key: keys.vm(id), value: enc(Vm, next) },
+          this.auditOp({ event: `vm.${op}`, user: actor, vm: cur.vm.name, host: st.hostName, success: true, detail: "", peer }),
         ],
       );
       if (r.succeeded) return next;
@@ -347,8 +380,14 @@ export class VmRepo {
         await backoff(attempt);
         continue;
       }
-      if (st.phase === phase && st.reason === report.reason && st.ip === ip && st.mac === mac) return;
-      const next: Vm = { ...cur.vm, status: { ...st, phase, reason: report.reason, ip, mac, updatedAt: this.d.clock.now() } };
+      // A restart in progress continues once the VM is reported stopped.
+      const restart = afterReport(cur.vm, phase);
+      if (!restart && st.phase === phase && st.reason === report.reason && st.ip === ip && st.mac === mac) return;
+      const next: Vm = {
+        ...cur.vm,
+        ...(restart ? { desiredState: restart.desired } : {}),
+        status: { ...st, phase, reason: report.reason, ip, mac, updatedAt: this.d.clock.now(), ...(restart ? { restartPending: false } : {}) },
+      };
       const r = await this.d.store.txn([unchanged(keys.vm(cur.vm.id), cur)], [{ type: "put", key: keys.vm(cur.vm.id), value: enc(Vm, next) }]);
       if (r.succeeded) return;
       await backoff(attempt);

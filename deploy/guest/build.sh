@@ -85,6 +85,7 @@ make_tree() {
   cat >"$t/etc/inittab" <<'EOF'
 ::sysinit:/etc/init.d/rcS
 ::respawn:/sbin/noid-agent
+ttyS0::respawn:/bin/cttyhack /bin/sh
 ::shutdown:/bin/sync
 ::shutdown:/bin/umount -a -r
 EOF

@@ -96,9 +96,9 @@ describe("qemu driver (what the contract does not cover)", () => {
     expect(ping.exitCode, ping.stdout + ping.stderr).toBe(0);
 
     // Pause and resume over QMP.
-    await d1.pause(a.id);
-    expect((await d1.inspect(a.id))?.reason).toBe("paused");
-    await d1.resume(a.id);
+    expect((await d1.pause(a.id)).state).toBe("paused");
+    expect((await d1.inspect(a.id))?.state).toBe("paused");
+    expect((await d1.resume(a.id)).state).toBe("running");
     expect((await d1.inspect(a.id))?.reason).toBe("");
 
     // Stop is graceful (the guest powers off), and the disk survives until destroy: started

@@ -185,6 +185,8 @@ export class FakeFirecracker {
   mmds: unknown;
   private server?: Server;
   private vsockServer?: NetServer;
+  /** Guest-agent answers held while the microVM is paused (its vCPUs run nothing). */
+  private frozen: (() => void)[] = [];
 
   constructor(private readonly opts: FakeOptions) {}
 
@@ -349,6 +351,8 @@ export class FakeFirecracker {
         const b = this.check(body, SHAPES.Vm, "Vm");
         if (this.state !== "Running" && this.state !== "Paused") refuse(`the microVM is not booted (state: ${this.state})`);
         this.state = b.state === "Paused" ? "Paused" : "Running";
+        // Resumed vCPUs answer what reached the guest while it was paused.
+        if (this.state === "Running") for (const f of this.frozen.splice(0)) f();
         return ok;
       }
       case "PUT /snapshot/create": {
@@ -441,7 +445,10 @@ export class FakeFirecracker {
             const { argv, env } = JSON.parse(line) as { argv: string[]; env?: Record<string, string> };
             if (argv[0] === "sleep") continue; // never answers: for timeouts
             const stdout = argv[0] === "env" ? Object.entries(env ?? {}).map(([k, v]) => `${k}=${v}`).join("\n") : argv.join(" ");
-            sock.write(`${JSON.stringify({ stdout, stderr: "", exitCode: argv[0] === "false" ? 1 : 0 })}\n`);
+            const answer = () => void sock.write(`${JSON.stringify({ stdout, stderr: "", exitCode: argv[0] === "false" ? 1 : 0 })}\n`);
+            // A paused guest runs nothing: its agent answers only once resumed.
+            if (this.state === "Paused") this.frozen.push(answer);
+            else answer();
           }
         }
       });

@@ -14,6 +14,8 @@ import { FirecrackerDriver, type FirecrackerOptions } from "../../agent/drivers/
 import { jailIdFor } from "../../agent/drivers/firecracker/jailer.js";
 import { hostPortName, vmNetnsName } from "../../agent/drivers/firecracker/netns.js";
 import { FakeFirecracker, type FakeJailerSpawner, fakeJailerSpawner } from "../helpers/fake-firecracker.js";
+import { FirecrackerRecords } from "../../agent/drivers/firecracker/records.js";
+import { vsockExec } from "../../agent/drivers/firecracker/vsock.js";
 
 const tag = randomBytes(3).toString("hex");
 const nsPrefix = `fc${tag}`;
@@ -160,13 +162,33 @@ describe("firecracker driver against the fake API", () => {
     expect(await d.exec(spec.id, ["sleep", "9"], { timeoutMs: 200 })).toEqual({ stdout: "", stderr: "", exitCode: -1, timedOut: true });
   });
 
-  it("pauses and resumes", async () => {
+  it("pauses and resumes (PATCH /vm), and a restarted agent finds it paused", async () => {
     const d = driver();
-    expect(await d.pause(spec.id)).toMatchObject({ state: "running", reason: "paused" });
+    expect(d.capabilities().pause).toBe(true);
+    const before = jail(0).fake.calls.length;
+    expect(await d.pause(spec.id)).toMatchObject({ state: "paused", reason: "" });
     expect(jail(0).fake.state).toBe("Paused");
+    // Pausing a paused microVM is allowed by Firecracker (it stays paused).
+    expect(await d.pause(spec.id)).toMatchObject({ state: "paused" });
     await expect(d.exec(spec.id, ["true"])).rejects.toThrow(/paused/);
+    // The fake's guest is frozen too: its agent answers only after the resume.
+    const rec = new FirecrackerRecords(join(dir, "state", "firecracker", "records")).get(spec.id)!;
+    const held = vsockExec(rec.layout.vsock.host, ["echo", "late"], { timeoutMs: 10_000 });
+    let answered = false;
+    void held.then(() => (answered = true));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(answered).toBe(false);
+    // An agent restart: the state is read back from Firecracker, not resumed.
+    expect(await driver().recover()).toEqual([expect.objectContaining({ id: spec.id, state: "paused" })]);
+    expect(jail(0).fake.state).toBe("Paused");
     expect(await d.resume(spec.id)).toMatchObject({ state: "running", reason: "" });
     expect(jail(0).fake.state).toBe("Running");
+    expect(await held).toMatchObject({ stdout: "echo late", exitCode: 0 });
+    expect(jail(0).fake.calls.slice(before).filter((c) => c.method === "PATCH").map((c) => [c.path, c.body])).toEqual([
+      ["/vm", { state: "Paused" }],
+      ["/vm", { state: "Paused" }],
+      ["/vm", { state: "Resumed" }],
+    ]);
   });
 
   it("checkpoints: pauses, snapshots, copies the disk, resumes", async () => {
@@ -282,6 +304,7 @@ describe("the fake enforces the documented API", () => {
 
   it("enforces the state rules", async () => {
     expect((await refused(api.setVmState("Paused"))).faultMessage).toMatch(/not booted/);
+    expect((await refused(api.send({ method: "PATCH", path: "/vm", body: { state: "Frozen" } }))).faultMessage).toMatch(/Vm.state/);
     expect((await refused(api.createSnapshot({ snapshot_path: "/s", mem_file_path: "/m" }))).faultMessage).toMatch(/paused/);
     expect((await refused(api.action("InstanceStart"))).faultMessage).toMatch(/without a boot source/);
     expect((await refused(api.putMmdsConfig({ version: "V2", network_interfaces: ["eth0"] }))).faultMessage).toMatch(/"eth0" is not configured/);

@@ -62,11 +62,14 @@ const vmImpl: VmServiceServer = {
   destroyVm: (call, cb) => cb(null, { vm: sample(call.request.name, VmPhase.VM_PHASE_DESTROYING) }),
   startVm: (_c, cb) => cb({ code: status.UNIMPLEMENTED }),
   stopVm: (_c, cb) => cb({ code: status.UNIMPLEMENTED }),
+  pauseVm: (_c, cb) => cb({ code: status.UNIMPLEMENTED }),
+  resumeVm: (_c, cb) => cb({ code: status.UNIMPLEMENTED }),
+  restartVm: (_c, cb) => cb({ code: status.UNIMPLEMENTED }),
   watchVms: (call) => {
     const name = call.request.name || "web";
     call.write({ type: VmEventType.VM_EVENT_TYPE_SNAPSHOT, vm: sample(name, VmPhase.VM_PHASE_PENDING) });
     setTimeout(() => {
-      if (!call.cancelled) call.write({ type: VmEventType.VM_EVENT_TYPE_PUT, vm: { ...sample(name, VmPhase.VM_PHASE_RUNNING), status: { phase: VmPhase.VM_PHASE_RUNNING, hostName: "hv-1", ip: "10.0.0.5", hostId: "", reason: "", mac: "", updatedAt: undefined, networkId: "", networkCidr: "", gateway: "" } } });
+      if (!call.cancelled) call.write({ type: VmEventType.VM_EVENT_TYPE_PUT, vm: { ...sample(name, VmPhase.VM_PHASE_RUNNING), status: { phase: VmPhase.VM_PHASE_RUNNING, hostName: "hv-1", ip: "10.0.0.5", hostId: "", reason: "", mac: "", updatedAt: undefined, networkId: "", networkCidr: "", gateway: "", restartPending: false } } });
     }, 30);
   },
 };

@@ -5,7 +5,7 @@ import type { HypervisorDriver } from "../../agent/drivers/driver.js";
 import { instrumentDriver, AgentMetrics } from "../../agent/metrics.js";
 import { NetworkedDriver } from "../../agent/network/attach.js";
 
-const OPTIONAL = ["exec", "execStream", "checkpoint", "restore", "saveState", "loadState"] as const;
+const OPTIONAL = ["exec", "execStream", "checkpoint", "restore", "saveState", "loadState", "pause", "resume", "console", "logPath"] as const;
 
 function fullDriver(calls: string[]): HypervisorDriver {
   const op = (name: string) => async () => {

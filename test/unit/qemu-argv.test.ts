@@ -47,7 +47,11 @@ describe("qemuArgv", () => {
     expect(values(argv, "-drive")).toEqual([`id=root,file=${paths.overlay},format=qcow2,if=none,cache=writeback`]);
     expect(values(argv, "-netdev")).toEqual([`tap,id=net0,ifname=${tapName(spec.id)},script=no,downscript=no`]);
     expect(values(argv, "-qmp")).toEqual([`unix:${paths.qmpSocket},server=on,wait=off`]);
-    expect(values(argv, "-chardev")).toEqual([`file,id=con,path=${paths.serialLog}`, `socket,id=ga,path=${paths.agentSocket},server=on,wait=off`]);
+    // The serial console is a socket (noidctl console) that also logs to serial.log (noidctl logs).
+    expect(values(argv, "-chardev")).toEqual([
+      `socket,id=con,path=${paths.consoleSocket},server=on,wait=off,logfile=${paths.serialLog}`,
+      `socket,id=ga,path=${paths.agentSocket},server=on,wait=off`,
+    ]);
     expect(values(argv, "-serial")).toEqual(["chardev:con"]);
   });
 

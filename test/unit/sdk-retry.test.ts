@@ -60,6 +60,9 @@ const impl: VmServiceServer = {
   destroyVm: (_call, cb) => cb({ code: status.UNIMPLEMENTED }),
   startVm: (_call, cb) => cb({ code: status.UNIMPLEMENTED }),
   stopVm: (_call, cb) => cb({ code: status.UNIMPLEMENTED }),
+  pauseVm: (_call, cb) => cb({ code: status.UNIMPLEMENTED }),
+  resumeVm: (_call, cb) => cb({ code: status.UNIMPLEMENTED }),
+  restartVm: (_call, cb) => cb({ code: status.UNIMPLEMENTED }),
   watchVms: (call) => {
     let t = 0;
     for (const ev of state.watchEvents) {

@@ -116,6 +116,8 @@ export class FirecrackerDriver implements HypervisorDriver {
       exec: true,
       checkpoint: true,
       restore: true,
+      // PATCH /vm {state: Paused|Resumed}; the state is Firecracker's own, re-read by recover().
+      pause: true,
       resourceLimits: this.cgroup.ok,
       ...(this.cgroup.ok ? {} : { limitsReason: this.cgroup.reason }),
     };
@@ -463,14 +465,14 @@ export class FirecrackerDriver implements HypervisorDriver {
     return rec;
   }
 
-  /** Observed state: the recorded Firecracker process must be alive. A paused VM is running, with reason "paused". */
+  /** Observed state: the recorded Firecracker process must be alive; paused when its vCPUs are (PATCH /vm Paused). */
   private runtime(rec: FirecrackerRecord): VmRuntime {
     const base = { id: rec.spec.id, driver: this.name, spec: rec.spec, hostPort: rec.hostPort };
     if (!existsSync(rec.layout.rootfs.host)) return { ...base, state: "failed", reason: `disk ${rec.layout.rootfs.host} is gone` };
     if (!rec.process) return { ...base, state: "stopped", reason: "" };
     // Not stopped by us (stop() and failed starts forget the process): a crash.
     if (!isAlive(rec.process)) return { ...base, state: "failed", reason: `firecracker process ${rec.process.pid} exited` };
-    return { ...base, state: "running", reason: rec.paused ? "paused" : "" };
+    return rec.paused ? { ...base, state: "paused", reason: "" } : { ...base, state: "running", reason: "" };
   }
 }
 

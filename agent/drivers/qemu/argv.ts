@@ -1,7 +1,8 @@
 // The QEMU command line, pure: a spec and its paths in, argv out. microvm exposes devices
 // over virtio-mmio only (hence the *-device variants); vCPU and memory limits are QEMU's own
-// -smp and -m. The serial console goes to a file (boot log, failure reasons); exec and
-// control never use it: QMP and the guest agent have their own unix sockets.
+// -smp and -m. The serial console is a unix socket (noidctl console attaches there) that
+// also writes everything the guest prints to a file (boot log, failure reasons, noidctl
+// logs); exec and control never use it: QMP and the guest agent have their own sockets.
 import type { VmCreateSpec } from "../driver.js";
 import { kernelCmdline } from "./cmdline.js";
 import type { VmPaths } from "./names.js";
@@ -37,7 +38,8 @@ export function qemuArgv(spec: VmCreateSpec, paths: VmPaths, boot: QemuBoot): st
     "-kernel", boot.kernel,
     "-initrd", boot.initrd,
     "-append", kernelCmdline(spec.net, { rootDevice: "/dev/vda" }),
-    "-chardev", `file,id=con,path=${e(paths.serialLog)}`,
+    // Unconnected, QEMU drops the output (the guest never blocks) but still logs it.
+    "-chardev", `socket,id=con,path=${e(paths.consoleSocket)},server=on,wait=off,logfile=${e(paths.serialLog)}`,
     "-serial", "chardev:con",
     "-qmp", `unix:${e(paths.qmpSocket)},server=on,wait=off`,
     "-drive", `id=root,file=${e(paths.overlay)},format=qcow2,if=none,cache=writeback`,

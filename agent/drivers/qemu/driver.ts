@@ -19,7 +19,8 @@ import {
   run as defaultRun,
   spawnDetached,
 } from "../../../common/run.js";
-import type { Capabilities, ExecOptions, ExecResult, HypervisorDriver, StateFile, VmCreateSpec, VmNetSpec, VmRuntime } from "../driver.js";
+import { connectConsole } from "../console-socket.js";
+import type { Capabilities, ConsoleStream, ExecOptions, ExecResult, HypervisorDriver, StateFile, VmCreateSpec, VmNetSpec, VmRuntime } from "../driver.js";
 import { type Accel, chooseAccel, incomingArgv, kvmProbeArgv, migrateUri, overlayArgv, qemuArgv } from "./argv.js";
 import { gatewayFor } from "./cmdline.js";
 import { exitReason, readTail } from "./failure.js";
@@ -61,6 +62,8 @@ export class QemuDriver implements HypervisorDriver {
   private readonly run: Runner;
   private readonly spawn: Spawner;
   private accel: Accel | undefined;
+  /** VMs with a console attached (QEMU's console socket takes one client). */
+  private readonly consoles = new Set<string>();
 
   constructor(private readonly opts: QemuOptions) {
     this.records = new QemuRecords(join(opts.stateDir, "qemu", "records"));
@@ -71,7 +74,7 @@ export class QemuDriver implements HypervisorDriver {
 
   capabilities(): Capabilities {
     // -smp and -m are hard limits: the guest sees exactly that many vCPUs and that much RAM.
-    return { exec: true, checkpoint: true, restore: true, resourceLimits: true };
+    return { exec: true, checkpoint: true, restore: true, resourceLimits: true, pause: true, console: true, logs: true };
   }
 
   private get kernel(): string {
@@ -93,7 +96,7 @@ export class QemuDriver implements HypervisorDriver {
     const base = candidates.find((c) => existsSync(c));
     if (!base) throw precondition(`creating qemu VM ${spec.id}: image ${JSON.stringify(spec.image || "default")} not found (looked for ${candidates.join(", ")})`);
     const paths = vmPaths(this.vmsDir, spec.id);
-    const longest = [paths.qmpSocket, paths.agentSocket].find((p) => p.length > MAX_SOCKET_PATH);
+    const longest = [paths.qmpSocket, paths.agentSocket, paths.consoleSocket].find((p) => p.length > MAX_SOCKET_PATH);
     if (longest) throw precondition(`creating qemu VM ${spec.id}: socket path ${longest} is longer than ${MAX_SOCKET_PATH} bytes; use a shorter state dir`);
 
     const tap = tapName(spec.id);
@@ -136,7 +139,7 @@ export class QemuDriver implements HypervisorDriver {
     }
     const accel = await this.chooseAccel();
     // Stale sockets from an earlier run would make QEMU fail to listen.
-    for (const s of [rec.paths.qmpSocket, rec.paths.agentSocket]) rmSync(s, { force: true });
+    for (const s of [rec.paths.qmpSocket, rec.paths.agentSocket, rec.paths.consoleSocket]) rmSync(s, { force: true });
     rmSync(rec.paths.qemuLog, { force: true });
     const argv = [
       ...qemuArgv(rec.spec, rec.paths, { kernel: this.kernel, initrd: this.initrd, accel, tap: rec.tap, ...(this.opts.qemuBinary ? { binary: this.opts.qemuBinary } : {}) }),
@@ -394,13 +397,40 @@ export class QemuDriver implements HypervisorDriver {
     return vm;
   }
 
-  /** Freezes the vCPUs (QMP stop); the VM keeps its memory and devices. */
-  async pause(id: string): Promise<void> {
-    await qmpCommand(this.mustGet(id).paths.qmpSocket, "stop");
+  /** Freezes the vCPUs (QMP stop); the VM keeps its memory and devices, and QEMU keeps the run state across agent restarts. */
+  async pause(id: string): Promise<VmRuntime> {
+    const rec = this.mustGet(id);
+    if (!rec.qemu || !this.isOurs(rec, rec.qemu)) throw precondition(`pausing qemu VM ${id}: the VM is not running`);
+    await qmpCommand(rec.paths.qmpSocket, "stop").catch((e: unknown) => Promise.reject(during(`pausing qemu VM ${id}`, e)));
+    return this.runtime(rec);
   }
 
-  async resume(id: string): Promise<void> {
-    await qmpCommand(this.mustGet(id).paths.qmpSocket, "cont");
+  async resume(id: string): Promise<VmRuntime> {
+    const rec = this.mustGet(id);
+    if (!rec.qemu || !this.isOurs(rec, rec.qemu)) throw precondition(`resuming qemu VM ${id}: the VM is not running`);
+    await qmpCommand(rec.paths.qmpSocket, "cont").catch((e: unknown) => Promise.reject(during(`resuming qemu VM ${id}`, e)));
+    return this.runtime(rec);
+  }
+
+  /**
+   * Connects to the serial console socket. QEMU serves one client at a time (a second
+   * connection would wait unseen), so a second console on the same VM is refused here.
+   */
+  async console(id: string): Promise<ConsoleStream> {
+    const rec = this.mustGet(id);
+    if (!rec.qemu || !this.isOurs(rec, rec.qemu)) throw precondition(`console of qemu VM ${id}: the VM is not running`);
+    if (this.consoles.has(id)) throw precondition(`console of qemu VM ${id}: another console is attached`);
+    this.consoles.add(id);
+    try {
+      return await connectConsole(rec.paths.consoleSocket, () => this.consoles.delete(id));
+    } catch (e) {
+      this.consoles.delete(id);
+      throw during(`console of qemu VM ${id}`, e);
+    }
+  }
+
+  async logPath(id: string): Promise<string> {
+    return this.mustGet(id).paths.serialLog;
   }
 
   private async chooseAccel(): Promise<Accel> {
@@ -447,6 +477,8 @@ export class QemuDriver implements HypervisorDriver {
       if (["internal-error", "guest-panicked", "shutdown", "io-error"].includes(st.status)) {
         return { ...base, state: "failed", reason: `qemu run state ${st.status}` };
       }
+      // "paused" is a user's pause (QMP stop); migration states and the like stay "running".
+      if (st.status === "paused") return { ...base, state: "paused", reason: "" };
       return { ...base, state: "running", reason: st.status === "running" ? "" : st.status };
     } catch (e) {
       return { ...base, state: "running", reason: `QMP unreachable: ${e instanceof Error ? e.message : String(e)}` };

@@ -12,6 +12,8 @@ export interface VmPaths {
   overlay: string;
   qmpSocket: string;
   agentSocket: string;
+  /** The serial console (a socket chardev that also writes serialLog). */
+  consoleSocket: string;
   serialLog: string;
   /** QEMU's own stdout/stderr: where its error messages go. */
   qemuLog: string;
@@ -27,6 +29,7 @@ export function vmPaths(vmsDir: string, vmId: string): VmPaths {
     overlay: join(dir, "root.qcow2"),
     qmpSocket: join(dir, "qmp.sock"),
     agentSocket: join(dir, "agent.sock"),
+    consoleSocket: join(dir, "console.sock"),
     serialLog: join(dir, "serial.log"),
     qemuLog: join(dir, "qemu.log"),
   };

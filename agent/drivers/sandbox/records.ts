@@ -14,6 +14,8 @@ export interface SandboxRecord {
   cgroups?: string[];
   /** The VM's init process while it runs. */
   init?: ProcessRef;
+  /** The v1 freezer cgroup directory, once the VM was paused (see freezer.ts). */
+  freezer?: string;
 }
 
 export class RecordStore {

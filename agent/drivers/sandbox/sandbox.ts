@@ -5,7 +5,7 @@
 // The driver's "host" is the netns the agent runs in (or `netns` from the options, which
 // lets a test drive a lab host from outside). VM namespaces are machine-wide names and
 // carry the per-agent `nsPrefix`, so agents of one lab never collide.
-import { chmodSync, existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { appendFileSync, chmodSync, existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { NoidError, during, notFound, precondition } from "../../../common/errors.js";
 import {
@@ -34,6 +34,7 @@ import { authorizedKeysFile } from "../ssh-keys.js";
 
 /** The variable that tells a command run in a sandbox VM where its owner's SSH keys are. */
 export const SANDBOX_KEYS_ENV = "AUTHORIZED_KEYS_FILE";
+import { type Freezer, type FreezerProbe, ensureV1Freezer, freeze, isFrozen, probeFreezerV1, removeV1Freezer, thaw } from "./freezer.js";
 import { RecordStore, type SandboxRecord } from "./records.js";
 
 export interface SandboxOptions {
@@ -49,6 +50,8 @@ export interface SandboxOptions {
   cgroupParent?: string;
   /** Most processes a VM may have at once (pids.max; default 1024). */
   pidsMax?: number;
+  /** The cgroup v1 freezer hierarchy pause uses when the VM has no v2 cgroup (default /sys/fs/cgroup/freezer). */
+  freezerRoot?: string;
   runner?: Runner;
   spawner?: Spawner;
 }
@@ -63,6 +66,8 @@ export class SandboxDriver implements HypervisorDriver {
   private readonly spawn: Spawner;
   private readonly cgroupParent: string;
   private readonly cgroup: LimitsProbe;
+  private readonly freezerRoot: string;
+  private readonly freezerV1: FreezerProbe;
 
   constructor(private readonly opts: SandboxOptions) {
     this.records = new RecordStore(join(opts.stateDir, "sandbox"));
@@ -70,6 +75,8 @@ export class SandboxDriver implements HypervisorDriver {
     this.spawn = opts.spawner ?? spawnDetached;
     this.cgroupParent = opts.cgroupParent ?? `noid-${opts.nsPrefix}`;
     this.cgroup = probeLimits(opts.cgroupRoot ?? "/sys/fs/cgroup");
+    this.freezerRoot = opts.freezerRoot ?? "/sys/fs/cgroup/freezer";
+    this.freezerV1 = probeFreezerV1(this.freezerRoot);
   }
 
   capabilities(): Capabilities {
@@ -79,6 +86,11 @@ export class SandboxDriver implements HypervisorDriver {
       restore: false,
       resourceLimits: this.cgroup.ok,
       ...(this.cgroup.ok ? {} : { limitsReason: this.cgroup.reason }),
+      // v2 cgroups (with limits) have cgroup.freeze; otherwise the v1 freezer is needed.
+      pause: this.cgroup.ok || this.freezerV1.ok,
+      ...(this.cgroup.ok || this.freezerV1.ok ? {} : { pauseReason: this.freezerV1.ok ? "" : this.freezerV1.reason }),
+      console: false,
+      logs: true,
     };
   }
 
@@ -161,7 +173,8 @@ export class SandboxDriver implements HypervisorDriver {
       throw new NoidError("FAILED_PRECONDITION", `starting sandbox VM ${id}: netns ${rec.netns} is gone`);
     }
     if (rec.init && isAlive(rec.init)) return this.runtime(rec);
-    const pid = await this.spawn(["sleep", "infinity"], { netns: rec.netns });
+    const log = this.logFile(id);
+    const pid = await this.spawn(["sleep", "infinity"], { netns: rec.netns, logFile: log });
     const ref = processRef(pid);
     if (!ref) throw new NoidError("INTERNAL", `starting sandbox VM ${id}: init ${pid} exited at once`);
     // The PID is `ip netns exec`'s until it has entered the namespace and exec'd init: observed
@@ -177,12 +190,17 @@ export class SandboxDriver implements HypervisorDriver {
     rec.init = ref;
     this.records.put(rec);
     if (rec.cgroups) joinCgroups(rec.cgroups, pid);
+    appendFileSync(log, `${new Date().toISOString()} noid-sandbox: init ${pid} started in netns ${rec.netns}\n`);
     return this.runtime(rec);
   }
 
   async stop(id: string): Promise<VmRuntime> {
     const rec = this.mustGet(id);
+    // A frozen process dies only once thawed.
+    const f = this.freezerOf(rec);
+    if (f) thaw(f);
     if (rec.init) await killProcess(rec.init);
+    if (rec.init && existsSync(this.logFile(id))) appendFileSync(this.logFile(id), `${new Date().toISOString()} noid-sandbox: init ${rec.init.pid} stopped\n`);
     // A stopped VM runs nothing: commands started with exec go too.
     if (rec.cgroups) await killCgroups(rec.cgroups);
     delete rec.init;
@@ -192,6 +210,8 @@ export class SandboxDriver implements HypervisorDriver {
 
   async destroy(id: string): Promise<void> {
     const rec = this.records.get(id);
+    const f = rec ? this.freezerOf(rec) : undefined;
+    if (f) thaw(f);
     if (rec?.init) await killProcess(rec.init);
     // Names derive from the id, so this also cleans up after a lost record.
     const ns = rec?.netns ?? vmNetns(this.opts.nsPrefix, id);
@@ -205,6 +225,8 @@ export class SandboxDriver implements HypervisorDriver {
       await killCgroups(cgroups);
       await removeCgroups(cgroups);
       rmSync(join(this.authorizedKeysPath(id), ".."), { recursive: true, force: true });
+      if (f) removeV1Freezer(f);
+      rmSync(this.logFile(id), { force: true });
     } catch (e) {
       throw during(`destroying sandbox VM ${id}`, e);
     }
@@ -281,6 +303,50 @@ export class SandboxDriver implements HypervisorDriver {
     return rec;
   }
 
+  /** Freezes every process of the VM (see freezer.ts for why the freezer). */
+  async pause(id: string): Promise<VmRuntime> {
+    const rec = this.mustGet(id);
+    const now = this.runtime(rec);
+    if (now.state === "paused") return now;
+    if (now.state !== "running") throw precondition(`pausing sandbox VM ${id}: the VM is ${now.state}`);
+    let f = this.freezerOf(rec);
+    if (!f) {
+      if (!this.freezerV1.ok) throw new NoidError("FAILED_PRECONDITION", `driver sandbox does not support pause: ${this.freezerV1.reason}`);
+      f = ensureV1Freezer(this.freezerRoot, this.cgroupParent, cgroupName(id));
+      rec.freezer = f.dir;
+      this.records.put(rec);
+    }
+    try {
+      await freeze(f, netnsPath(rec.netns));
+    } catch (e) {
+      thaw(f);
+      throw during(`pausing sandbox VM ${id}`, e);
+    }
+    return this.runtime(rec);
+  }
+
+  async resume(id: string): Promise<VmRuntime> {
+    const rec = this.mustGet(id);
+    const f = this.freezerOf(rec);
+    if (f) thaw(f);
+    return this.runtime(rec);
+  }
+
+  async logPath(id: string): Promise<string> {
+    this.mustGet(id);
+    return this.logFile(id);
+  }
+
+  private logFile(id: string): string {
+    return join(this.opts.stateDir, "sandbox", `${cgroupName(id)}.log`);
+  }
+
+  /** The VM's v2 cgroup when it has one (cgroup.freeze), else its v1 freezer once made. */
+  private freezerOf(rec: SandboxRecord): Freezer | undefined {
+    if (this.cgroup.ok && this.cgroup.layout.version === 2 && rec.cgroups?.[0]) return { kind: "v2", dir: rec.cgroups[0] };
+    return rec.freezer ? { kind: "v1", dir: rec.freezer } : undefined;
+  }
+
   private mustGet(id: string): SandboxRecord {
     const rec = this.records.get(id);
     if (!rec) throw notFound(`sandbox VM ${id}`);
@@ -295,6 +361,8 @@ export class SandboxDriver implements HypervisorDriver {
     if (!isAlive(rec.init) || !inNetns(rec.init.pid, rec.netns)) {
       return { ...base, state: "failed", reason: `init process ${rec.init.pid} exited` };
     }
+    const f = this.freezerOf(rec);
+    if (f && isFrozen(f)) return { ...base, state: "paused", reason: "" };
     return { ...base, state: "running", reason: "" };
   }
 }
