@@ -27,6 +27,8 @@ export function sampleVm(i: number): Uint8Array {
       networkId: "fedcba9876543210",
       networkCidr: "10.0.0.0/24",
       gateway: "10.0.0.1",
+      migrationId: "",
+      migrationSha256: "",
     },
   }).finish();
 }

@@ -13,6 +13,7 @@ import { registerTokenCommands } from "./commands/token.js";
 import { registerVmCommands } from "./commands/vm.js";
 import { registerExecCommand } from "./commands/exec.js";
 import { registerCheckpointCommands } from "./commands/checkpoint.js";
+import { registerMigrateCommand } from "./commands/migrate.js";
 import { registerUserCommands } from "./commands/user.js";
 import { registerSshKeyCommands } from "./commands/ssh-key.js";
 import { describeError } from "./errors.js";
@@ -51,6 +52,7 @@ Examples:
   registerVmCommands(program, app);
   registerExecCommand(program, app);
   registerCheckpointCommands(program, app);
+  registerMigrateCommand(program, app);
   registerHostCommands(program, app);
   registerNetworkCommands(program, app);
   registerMeshCommands(program, app);

@@ -62,6 +62,8 @@ import { CheckpointServiceService } from "../gen/noid/v1/checkpoint.js";
 import { MeshServiceService } from "../gen/noid/v1/mesh.js";
 import { meshService } from "./services/mesh-service.js";
 import { checkpointService } from "./services/checkpoint-service.js";
+import { MigrationServiceService } from "../gen/noid/v1/migration.js";
+import { migrationService } from "./services/migration-service.js";
 import { LeaderElector, type LeaderStatus } from "./ha/leader.js";
 import { nodeIdOf } from "./ha/node-id.js";
 
@@ -69,7 +71,7 @@ export const ADMIN_TOKEN_FILE = "admin.token";
 const BOOTSTRAP_TOKEN_NAME = "bootstrap-admin";
 /** gRPC health service name that is SERVING only on the leader replica. */
 export const LEADER_HEALTH_SERVICE = "noid.v1.Leader";
-const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService", "noid.v1.CheckpointService", "noid.v1.EventService", "noid.v1.MeshService"];
+const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService", "noid.v1.CheckpointService", "noid.v1.EventService", "noid.v1.MeshService", "noid.v1.MigrationService"];
 
 export interface CoordinatorHandle {
   /** TCP port actually bound (useful with listen ":0"). */
@@ -271,6 +273,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     );
     server.addService(ExecServiceService, execService({ ...base, repo: vms, sessions, audit: writeAudit }));
     server.addService(CheckpointServiceService, checkpointService({ ...base, repo: vms, store, sessions, limits: () => cfg.limits, audit: writeAudit, clock }));
+    server.addService(MigrationServiceService, migrationService({ ...base, repo: vms, cluster, sessions, audit: writeAudit, clock }));
     server.addService(EventServiceService, eventService({ ...base, events }));
     const health = new HealthImplementation({
       "": "SERVING",
@@ -280,7 +283,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     health.addToServer(server);
     const root = protoRoot();
     const pkg = protoLoader.loadSync(
-      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto", "noid/v1/user.proto", "noid/v1/event.proto", "noid/v1/checkpoint.proto", "noid/v1/mesh.proto"],
+      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto", "noid/v1/user.proto", "noid/v1/event.proto", "noid/v1/checkpoint.proto", "noid/v1/mesh.proto", "noid/v1/migration.proto"],
       { includeDirs: [root] },
     );
     new ReflectionService({ ...pkg, ...protoLoader.loadSync(healthProtoPath) }).addToServer(server);

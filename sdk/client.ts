@@ -20,6 +20,7 @@ import { VmSpec, type Vm, type VmServiceClient, type WatchVmsResponse, VmEventTy
 import type { ExecResponse, ExecServiceClient } from "../gen/noid/v1/exec.js";
 import type { Event, EventServiceClient } from "../gen/noid/v1/event.js";
 import type { Checkpoint, CheckpointServiceClient } from "../gen/noid/v1/checkpoint.js";
+import type { MigrateVmResponse, MigrationServiceClient } from "../gen/noid/v1/migration.js";
 import { NoidApiError, toApiError, type CallKind } from "./errors.js";
 import { withRetry, type RetryDeps, type RetryPolicy } from "./retry.js";
 import { iterateStream } from "./watch.js";
@@ -42,6 +43,7 @@ export interface ServiceClients {
   event: EventServiceClient;
   checkpoint: CheckpointServiceClient;
   mesh: MeshServiceClient;
+  migration: MigrationServiceClient;
 }
 
 export interface EventFilterOpts {
@@ -174,6 +176,17 @@ export class NoidClient {
     const req = { vm, name: checkpoint, owner: opts.owner ?? "", key: Buffer.from(opts.key ?? []), asName: opts.as ?? "", force: opts.force ?? false };
     const res = await this.#unary("RestoreCheckpoint", "mutation", this.#c.checkpoint.restoreCheckpoint.bind(this.#c.checkpoint), req, { retries: 0, deadlineMs: opts.deadlineMs ?? 600_000 });
     return need(res, "vm", "RestoreCheckpoint");
+  }
+
+  /**
+   * Moves a running VM to host `toHost` with its MAC, address and state (memory and disk):
+   * it is paused, its state crosses the mesh, and it runs on from where it was. A failure
+   * before the switch leaves it running where it was. Own deadline (default 10 minutes),
+   * never retried.
+   */
+  async migrateVm(vm: string, toHost: string, opts: OwnerOpt & { deadlineMs?: number } = {}): Promise<MigrateVmResponse> {
+    const req = { vm, toHost, owner: opts.owner ?? "" };
+    return this.#unary("MigrateVm", "mutation", this.#c.migration.migrateVm.bind(this.#c.migration), req, { retries: 0, deadlineMs: opts.deadlineMs ?? 600_000 });
   }
 
   async stopVm(ref: VmRef, opts: OwnerOpt = {}): Promise<Vm> {

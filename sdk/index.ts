@@ -23,4 +23,5 @@ export { Token, Role, CreateTokenResponse, RotateTokenResponse, WhoAmIResponse }
 export { AuditEvent, VerifyAuditChainResponse } from "../gen/noid/v1/audit.js";
 export { Event } from "../gen/noid/v1/event.js";
 export { Checkpoint } from "../gen/noid/v1/checkpoint.js";
+export { MigrateVmResponse } from "../gen/noid/v1/migration.js";
 export { User, SshKey, LoginResponse, EnrollTotpResponse } from "../gen/noid/v1/user.js";

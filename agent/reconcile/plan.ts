@@ -14,13 +14,15 @@
 import type { VmStatusReport } from "../../gen/noid/v1/agent.js";
 import { VmPhase } from "../../gen/noid/v1/vm.js";
 import type { VmCreateSpec, VmRuntime } from "../drivers/driver.js";
-import type { DesiredVm } from "./types.js";
+import type { DesiredVm, IncomingMigration } from "./types.js";
 
 export type DestroyReason = "deleted" | "orphan" | "failed";
 
 export type Action =
   | { kind: "create"; vmId: string; driver: string; spec: VmCreateSpec }
   | { kind: "start"; vmId: string; driver: string }
+  /** Instead of start, for a VM that moves here: run it from the migration's transferred state. */
+  | { kind: "restore"; vmId: string; driver: string; incoming: IncomingMigration }
   | { kind: "stop"; vmId: string; driver: string }
   /** `observedReason` says why a failed VM's remains are removed. */
   | { kind: "destroy"; vmId: string; driver: string; reason: DestroyReason; observedReason?: string }
@@ -40,7 +42,7 @@ export function driverProblem(name: string, drivers: readonly string[] | undefin
 }
 
 /** Order within one round: free resources first, report last. */
-const ORDER: Record<Action["kind"], number> = { destroy: 0, stop: 1, create: 2, start: 3, report: 4 };
+const ORDER: Record<Action["kind"], number> = { destroy: 0, stop: 1, create: 2, start: 3, restore: 3, report: 4 };
 
 function status(vmId: string, phase: VmPhase, o: VmRuntime | undefined, extra: Partial<VmStatusReport> = {}): VmStatusReport {
   return {
@@ -85,7 +87,8 @@ function step(d: DesiredVm, o: VmRuntime | undefined, ctx: PlanContext): Action 
   }
   if (o.state === "failed") return { kind: "destroy", vmId: id, driver: o.driver, reason: "failed", observedReason: o.reason };
   if (d.state === "running") {
-    return o.state === "running" ? status(id, VmPhase.VM_PHASE_RUNNING, o) : { kind: "start", vmId: id, driver: o.driver };
+    if (o.state === "running") return status(id, VmPhase.VM_PHASE_RUNNING, o);
+    return d.incoming ? { kind: "restore", vmId: id, driver: o.driver, incoming: d.incoming } : { kind: "start", vmId: id, driver: o.driver };
   }
   return o.state === "running" ? { kind: "stop", vmId: id, driver: o.driver } : status(id, VmPhase.VM_PHASE_STOPPED, o);
 }

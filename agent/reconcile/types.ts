@@ -9,4 +9,11 @@ export interface DesiredVm {
   /** The driver the VM asks for; "" means the agent's default (its first) driver. */
   driver: string;
   spec: VmCreateSpec;
+  /** The VM moves here: it runs from this migration's transferred state instead of booting. */
+  incoming?: IncomingMigration;
+}
+
+export interface IncomingMigration {
+  migrationId: string;
+  sha256: string;
 }

@@ -1,5 +1,6 @@
 // The agent sessions this coordinator holds, by host id, so that requests
 // that need a host (exec) can reach it through its session.
+import type { AgentMigrationCommand, AgentMigrationResult } from "../../gen/noid/v1/migration.js";
 import type { AgentCheckpointCommand, AgentCheckpointResult, AgentExecCommand, AgentExecInput, AgentExecOutput } from "../../gen/noid/v1/agent.js";
 
 export interface ExecHandle {
@@ -14,6 +15,8 @@ export interface ExecChannel {
   exec(cmd: AgentExecCommand, onOutput: (o: AgentExecOutput) => void): ExecHandle;
   /** Sends a checkpoint command; resolves with the agent's result (an error result when the session ends first). */
   checkpoint(cmd: AgentCheckpointCommand): Promise<AgentCheckpointResult>;
+  /** Sends a migration step; resolves with the agent's result (an error result when the session ends first). */
+  migration(cmd: AgentMigrationCommand): Promise<AgentMigrationResult>;
 }
 
 export class SessionRegistry {

@@ -1,7 +1,8 @@
 // Who may do what: the Noid security model's role table, as one pure function.
 //
 // | Role      | Create | Destroy/Start/Stop | Exec/Checkpoint | List/Get          |
-// (exec: "vm.exec"; checkpoint: "vm.checkpoint", "vm.restore"; listing checkpoints is a read)
+// (exec: "vm.exec"; checkpoint: "vm.checkpoint", "vm.restore"; listing checkpoints is a read;
+// migrate: "vm.migrate", the owner may move a VM to a host like they may pin it to one)
 // | admin     | yes    | any VM             | any VM          | all               |
 // | user      | yes    | own only           | own only        | own only          |
 // | read-only | no     | no                 | no              | yes (own only)    |
@@ -27,6 +28,7 @@ export type Action =
   | "vm.checkpoint"
   | "vm.checkpoint.list"
   | "vm.restore"
+  | "vm.migrate"
   | "host.list"
   | "host.get"
   | "host.mesh"
@@ -98,6 +100,7 @@ const USER_WRITES: ReadonlySet<Action> = new Set([
   "vm.exec",
   "vm.checkpoint",
   "vm.restore",
+  "vm.migrate",
   "vm.destroy",
   "vm.start",
   "vm.stop",
@@ -164,6 +167,7 @@ export const METHOD_ACTIONS: Readonly<Record<string, Action | typeof ANONYMOUS>>
   "/noid.v1.CheckpointService/CreateCheckpoint": "vm.checkpoint",
   "/noid.v1.CheckpointService/ListCheckpoints": "vm.checkpoint.list",
   "/noid.v1.CheckpointService/RestoreCheckpoint": "vm.restore",
+  "/noid.v1.MigrationService/MigrateVm": "vm.migrate",
   "/noid.v1.HostService/ListHosts": "host.list",
   "/noid.v1.HostService/GetHost": "host.get",
   "/noid.v1.MeshService/GetHostMesh": "host.mesh",

@@ -21,6 +21,7 @@ import type {
   SessionResponse,
 } from "../../gen/noid/v1/agent.js";
 import { Role } from "../../gen/noid/v1/auth.js";
+import type { AgentMigrationCommand, AgentMigrationResult } from "../../gen/noid/v1/migration.js";
 import type { HostPosture } from "../../gen/noid/v1/host.js";
 import type { Vm } from "../../gen/noid/v1/vm.js";
 import { NoidError, denied, invalid, precondition } from "../../common/errors.js";
@@ -251,6 +252,7 @@ class AgentSession implements ExecChannel {
   private hostId = "";
   private readonly execs = new Map<string, (o: AgentExecOutput) => void>();
   private readonly checkpoints = new Map<string, (r: AgentCheckpointResult) => void>();
+  private readonly migrations = new Map<string, (r: AgentMigrationResult) => void>();
   private unsubMesh?: () => void;
   private meshTimer?: NodeJS.Timeout;
   private lastMesh = "";
@@ -323,6 +325,8 @@ class AgentSession implements ExecChannel {
     this.execs.clear();
     for (const [opId, f] of this.checkpoints) f(disconnected(opId));
     this.checkpoints.clear();
+    for (const [opId, f] of this.migrations) f({ ...disconnected(opId), url: "" });
+    this.migrations.clear();
   }
 
   checkpoint(cmd: AgentCheckpointCommand): Promise<AgentCheckpointResult> {
@@ -330,6 +334,14 @@ class AgentSession implements ExecChannel {
     return new Promise((resolve) => {
       this.checkpoints.set(cmd.opId, resolve);
       this.send({ kind: { $case: "checkpoint", value: cmd } });
+    });
+  }
+
+  migration(cmd: AgentMigrationCommand): Promise<AgentMigrationResult> {
+    if (this.closed) return Promise.resolve({ ...disconnected(cmd.opId), url: "" });
+    return new Promise((resolve) => {
+      this.migrations.set(cmd.opId, resolve);
+      this.send({ kind: { $case: "migration", value: cmd } });
     });
   }
 
@@ -381,6 +393,12 @@ class AgentSession implements ExecChannel {
     if (k.$case === "checkpointResult") {
       const f = this.checkpoints.get(k.value.opId);
       this.checkpoints.delete(k.value.opId);
+      f?.(k.value);
+      return;
+    }
+    if (k.$case === "migrationResult") {
+      const f = this.migrations.get(k.value.opId);
+      this.migrations.delete(k.value.opId);
       f?.(k.value);
       return;
     }

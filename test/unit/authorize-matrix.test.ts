@@ -24,6 +24,7 @@ const EXPECTED: Record<string, Row> = {
   "/noid.v1.CheckpointService/CreateCheckpoint": ["yy", "yn", "nn"],
   "/noid.v1.CheckpointService/ListCheckpoints": ["yy", "yn", "yn"],
   "/noid.v1.CheckpointService/RestoreCheckpoint": ["yy", "yn", "nn"],
+  "/noid.v1.MigrationService/MigrateVm": ["yy", "yn", "nn"],
   "/noid.v1.HostService/ListHosts": ["yy", "yn", "yn"],
   "/noid.v1.HostService/GetHost": ["yy", "yn", "yn"],
   "/noid.v1.MeshService/GetHostMesh": ["yy", "nn", "nn"],
