@@ -389,7 +389,7 @@ export class QemuDriver implements HypervisorDriver {
     let last: unknown;
     for (let i = 0; i < 3; i++) {
       try {
-        return await ch.exec(["sh", "-c", script], {}, 15_000);
+        return await ch.exec(["sh", "-c", script], {}, 20_000);
       } catch (e) {
         last = e;
         if (!(e instanceof NoidError) || (e.code !== "DEADLINE_EXCEEDED" && e.code !== "UNAVAILABLE")) break;
