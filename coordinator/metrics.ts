@@ -26,6 +26,7 @@ export const PHASES = [
   VmPhase.VM_PHASE_FAILED,
   VmPhase.VM_PHASE_DESTROYING,
   VmPhase.VM_PHASE_UNKNOWN,
+  VmPhase.VM_PHASE_MIGRATING,
 ].map(phaseName);
 
 /** Pure: VMs per phase name, every known phase present. */
