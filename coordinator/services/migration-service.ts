@@ -160,6 +160,8 @@ export function migrationService(d: MigrationServiceDeps): MigrationServiceServe
         });
         const t0 = Date.now();
         const ex = await src.migration(cmd(MigrationStep.MIGRATION_STEP_EXPORT));
+        const tSaved = Date.now();
+        let tFetched = tSaved;
         if (ex.error) {
           await audit(ctx, vm.name, target!.name, `from ${source!.name}: ${ex.error}; the VM runs on there`);
           throw agentError(ex, `saving VM "${vm.name}" on ${source!.name} for the migration (it runs on there)`);
@@ -169,6 +171,7 @@ export function migrationService(d: MigrationServiceDeps): MigrationServiceServe
           if (!target!.drivers.includes(ex.driver)) throw precondition(`host ${target!.name} does not run driver ${ex.driver}`);
           const im = await dst.migration(cmd(MigrationStep.MIGRATION_STEP_IMPORT, { url: ex.url, sizeBytes: ex.sizeBytes, sha256: ex.sha256 }));
           if (im.error) throw agentError(im, `transferring VM "${vm.name}"'s state from ${source!.name} to ${target!.name}`);
+          tFetched = Date.now();
           if (ctx.signal.aborted) throw new NoidError("UNAVAILABLE", "the call was cancelled before the switch");
           moved = await d.repo.moveTo(
             vm.id,
@@ -191,8 +194,14 @@ export function migrationService(d: MigrationServiceDeps): MigrationServiceServe
         // The VM is the target's now: the source lets go of its copy and file.
         await src.migration(cmd(MigrationStep.MIGRATION_STEP_FINISH)).catch(() => undefined);
         try {
+          const tSwitched = Date.now();
           const arrived = await arrival(moved, target!, ctx.signal);
-          return { vm: arrived, fromHost: source!.name, transferredBytes: ex.sizeBytes, pausedMs: Date.now() - t0 };
+          const end = Date.now();
+          d.logger.info(
+            { vm: vm.id, from: source!.name, to: target!.name, bytes: ex.sizeBytes, saveMs: tSaved - t0, transferMs: tFetched - tSaved, switchMs: tSwitched - tFetched, restoreMs: end - tSwitched },
+            "VM migrated",
+          );
+          return { vm: arrived, fromHost: source!.name, transferredBytes: ex.sizeBytes, pausedMs: end - t0 };
         } catch (e) {
           await audit(ctx, vm.name, target!.name, `after the switch from ${source!.name}: ${e instanceof Error ? e.message : String(e)}`);
           throw e;

@@ -168,7 +168,8 @@ describe("migration of a running QEMU VM across hosts over the mesh", () => {
     const seqs = [...log.matchAll(/icmp_seq=(\d+)/g)].map((m) => Number(m[1]));
     const answered = new Set([...log.matchAll(/bytes from .*icmp_seq=(\d+)/g)].map((m) => Number(m[1])));
     const sent = Math.max(...seqs);
-    console.log(`migration: ${sent} pings sent, ${sent - answered.size} lost during the move; noidctl: ${moved.out.split("\n")[0]}`);
+    const steps = readFileSync(join(dir, "coordinator.log"), "utf8").split("\n").find((l) => l.includes('"VM migrated"')) ?? "";
+    console.log(`migration: ${sent} pings sent, ${sent - answered.size} lost during the move; noidctl: ${moved.out.split("\n")[0]}; steps: ${steps.replace(/.*"bytes"/, '"bytes"').slice(0, 200)}`);
     expect(answered.has(sent) || answered.has(sent - 1)).toBe(true);
 
     // Same guest: memory (tmpfs file, process, boot id), MAC and address.
