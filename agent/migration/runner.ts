@@ -186,6 +186,9 @@ export class MigrationRunner {
     rmSync(staged, { force: true });
     rmSync(`${staged}.part`, { force: true });
     if (ex?.migrationId !== migrationId) return {};
+    // After a failed target the coordinator gives the VM back to this host first; its word
+    // may reach this agent's reconciler a moment after this command.
+    for (let i = 0; i < 50 && !this.o.wants(vmId); i++) await new Promise((r) => setTimeout(r, 200));
     this.end(vmId, ex);
     if (!this.o.wants(vmId)) throw precondition(`VM ${vmId} is no longer assigned to this host: not resuming it here`);
     await ex.driver.continueSaved!(vmId);
@@ -228,8 +231,9 @@ export class MigrationRunner {
       await readContainer(file, join(work, "state"));
       await driver.loadState(vm.id, join(work, "state"), { mac: vm.spec.net.mac, ip: vm.spec.net.ip });
       this.o.logger.info({ vmId: vm.id, migration: incoming.migrationId }, "migrated VM runs here");
-      rmSync(file, { force: true });
     } finally {
+      // Used once: the VM runs from it, or failed here (and goes back to its source).
+      rmSync(file, { force: true });
       rmSync(work, { recursive: true, force: true });
     }
   }

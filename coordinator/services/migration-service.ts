@@ -115,17 +115,19 @@ export function migrationService(d: MigrationServiceDeps): MigrationServiceServe
     await d.audit({ event: "vm.migrate", user: ctx.principal.user, vm, host, success: false, detail: detail.slice(0, 512), peer: ctx.peer });
   }
 
-  /** After the switch: until the VM runs on the target (FAILED there ends it). */
-  async function arrival(vm: Vm, target: HostView, signal: AbortSignal): Promise<Vm> {
+  /** After the switch: until the VM runs on the target, or the target failed it (`failed`). */
+  async function arrival(vm: Vm, target: HostView, signal: AbortSignal): Promise<{ vm: Vm } | { failed: string }> {
+    // Not bounded by the client's deadline: the source's paused copy waits for this answer.
     const end = Date.now() + (d.arriveMs ?? 180_000);
     let last: Vm | undefined;
-    while (Date.now() < end && !signal.aborted) {
+    while (Date.now() < end) {
       last = (await d.repo.get(vm.id))?.vm;
       if (!last) throw precondition(`VM "${vm.name}" was destroyed while it moved`);
       const st = last.status!;
-      if (st.phase === VmPhase.VM_PHASE_FAILED) throw precondition(`VM "${vm.name}" moved to ${target.name} but failed there: ${st.reason}`);
-      if (st.hostId === target.id && st.phase === VmPhase.VM_PHASE_RUNNING) return last;
-      await new Promise((r) => setTimeout(r, 200));
+      if (st.phase === VmPhase.VM_PHASE_FAILED) return { failed: st.reason };
+      if (st.hostId === target.id && st.phase === VmPhase.VM_PHASE_RUNNING) return { vm: last };
+      if (st.hostId !== target.id) throw precondition(`VM "${vm.name}" left ${target.name} while it moved there`);
+      await new Promise((r) => setTimeout(r, signal.aborted ? 1000 : 200));
     }
     throw new NoidError("DEADLINE_EXCEEDED", `VM "${vm.name}" is assigned to ${target.name} but does not run there yet (${phaseName(last?.status?.phase)})`);
   }
@@ -191,11 +193,24 @@ export function migrationService(d: MigrationServiceDeps): MigrationServiceServe
           if (e instanceof NoidError) throw new NoidError(e.code, `${e.message} (${where})`, { cause: e });
           throw e;
         }
-        // The VM is the target's now: the source lets go of its copy and file.
-        await src.migration(cmd(MigrationStep.MIGRATION_STEP_FINISH)).catch(() => undefined);
+        // The VM is the target's now. The source keeps its paused copy until the target runs
+        // it: if the target fails it, the VM goes back and runs on at the source.
+        const finish = () => src.migration(cmd(MigrationStep.MIGRATION_STEP_FINISH)).catch(() => undefined);
         try {
           const tSwitched = Date.now();
-          const arrived = await arrival(moved, target!, ctx.signal);
+          const got = await arrival(moved, target!, ctx.signal);
+          if ("failed" in got) {
+            const back = await d.repo.returnTo(vm.id, source!, target!, { actor: ctx.principal.user, peer: ctx.peer }).catch((e: unknown) => e as Error);
+            if (back instanceof Error) {
+              await finish();
+              throw precondition(`VM "${vm.name}" moved to ${target!.name} but failed there: ${got.failed} (${back.message})`);
+            }
+            const ab = await src.migration(cmd(MigrationStep.MIGRATION_STEP_ABORT));
+            if (ab.error) throw new NoidError("INTERNAL", `VM "${vm.name}" failed on ${target!.name} (${got.failed}) and could not be resumed on ${source!.name}: ${ab.error}`);
+            throw precondition(`VM "${vm.name}" failed on ${target!.name} after the move (${got.failed}); it runs on at ${source!.name}`);
+          }
+          await finish();
+          const arrived = got.vm;
           const end = Date.now();
           d.logger.info(
             { vm: vm.id, from: source!.name, to: target!.name, bytes: ex.sizeBytes, saveMs: tSaved - t0, transferMs: tFetched - tSaved, switchMs: tSwitched - tFetched, restoreMs: end - tSwitched },
@@ -203,6 +218,7 @@ export function migrationService(d: MigrationServiceDeps): MigrationServiceServe
           );
           return { vm: arrived, fromHost: source!.name, transferredBytes: ex.sizeBytes, pausedMs: end - t0 };
         } catch (e) {
+          if (e instanceof NoidError && e.code === "DEADLINE_EXCEEDED") await finish();
           await audit(ctx, vm.name, target!.name, `after the switch from ${source!.name}: ${e instanceof Error ? e.message : String(e)}`);
           throw e;
         }

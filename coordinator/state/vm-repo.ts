@@ -343,6 +343,59 @@ export class VmRepo {
     throw new NoidError("UNAVAILABLE", `moving VM ${id}: too much contention, retry`);
   }
 
+  /**
+   * After a switch whose target failed the VM (it reported FAILED, which unassigned it): the
+   * VM goes back to its source, where its paused copy waits, in one transaction (status
+   * RUNNING there, placement, the source's allocation, a failed "vm.migrate" audit event).
+   * The source's share is given back even if the source filled up meanwhile: the VM runs
+   * there already, and losing it would be worse than a host over its capacity for a while.
+   */
+  async returnTo(
+    id: string,
+    source: { id: string; name: string },
+    target: { name: string },
+    audit: { actor: string; peer: string },
+  ): Promise<Vm> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const cur = await this.get(id);
+      if (!cur) throw notFound(`VM ${id}`);
+      const vm = cur.vm;
+      const st = vm.status!;
+      if (st.hostId !== "" || st.phase !== VmPhase.VM_PHASE_FAILED || vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED) {
+        throw new NoidError("FAILED_PRECONDITION", `VM "${vm.name}" changed after its migration failed; not taking it back to ${source.name}`);
+      }
+      const allocKv = await this.d.store.get(keys.alloc(source.id));
+      const spec = vm.spec!;
+      const why = st.reason;
+      const next: Vm = {
+        ...vm,
+        spec: spec.host === target.name ? { ...spec, host: source.name } : spec,
+        status: {
+          ...st,
+          phase: VmPhase.VM_PHASE_RUNNING,
+          hostId: source.id,
+          hostName: source.name,
+          reason: `moving to ${target.name} failed (${why}); runs on at ${source.name}`.slice(0, 1000),
+          updatedAt: this.d.clock.now(),
+          migrationId: "",
+          migrationSha256: "",
+        },
+      };
+      const r = await this.d.store.txn(
+        [unchanged(keys.vm(id), cur), unchanged(keys.alloc(source.id), allocKv)],
+        [
+          { type: "put", key: keys.vm(id), value: enc(Vm, next) },
+          { type: "put", key: keys.assign(source.id, id), value: Buffer.from(id) },
+          { type: "put", key: keys.alloc(source.id), value: enc(AllocationRecord, addAlloc(allocKv ? dec(AllocationRecord, allocKv.value) : undefined, vm)) },
+          this.auditOp({ event: "vm.migrate", user: audit.actor, vm: vm.name, host: target.name, success: false, detail: `failed on ${target.name}: ${why}; back on ${source.name}`.slice(0, 512), peer: audit.peer }),
+        ],
+      );
+      if (r.succeeded) return next;
+      await backoff(attempt);
+    }
+    throw new NoidError("UNAVAILABLE", `returning VM ${id} to ${source.name}: too much contention`);
+  }
+
   /** The agent confirmed the VM is gone from its host. */
   async finalizeDestroy(id: string, hostId: string): Promise<void> {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {

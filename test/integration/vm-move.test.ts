@@ -70,5 +70,24 @@ describe("VmRepo.moveTo (the migration switch)", () => {
     expect((await repo.get(created.id))!.vm.status).toMatchObject({ phase: VmPhase.VM_PHASE_MIGRATING, migrationId: "0011223344556677" });
     await repo.reportStatus(B.id, { vmId: created.id, phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "" });
     expect((await repo.get(created.id))!.vm.status).toMatchObject({ phase: VmPhase.VM_PHASE_RUNNING, hostName: "host2", migrationId: "", migrationSha256: "", ip: "10.0.0.5/24" });
+
+    // Back to host1 and again to host2, where the restore fails this time: the VM goes back
+    // to host1 (its paused copy), one transaction; refused once the VM changed.
+    await expect(repo.returnTo(created.id, A, B, { actor: "alice", peer: "t" })).rejects.toMatchObject({ code: "FAILED_PRECONDITION" });
+    await repo.moveTo(created.id, B, A, { id: "2222222222222222", sha256: "", driver: "qemu" }, () => undefined, { actor: "alice", peer: "t", detail: "" });
+    await repo.reportStatus(A.id, { vmId: created.id, phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "" });
+    await repo.moveTo(created.id, A, B, { id: "3333333333333333", sha256: "", driver: "qemu" }, () => undefined, { actor: "alice", peer: "t", detail: "" });
+    await repo.reportStatus(B.id, { vmId: created.id, phase: VmPhase.VM_PHASE_FAILED, reason: "restore: checksum mismatch", ip: "", mac: "" });
+    expect((await repo.get(created.id))!.vm.status).toMatchObject({ phase: VmPhase.VM_PHASE_FAILED, hostId: "", migrationId: "" });
+    const back = await repo.returnTo(created.id, A, B, { actor: "alice", peer: "t" });
+    expect((await repo.get(created.id))!.vm).toEqual(back);
+    expect(back.status).toMatchObject({ phase: VmPhase.VM_PHASE_RUNNING, hostId: A.id, hostName: "host1", ip: "10.0.0.5/24", reason: expect.stringMatching(/checksum mismatch.*runs on at host1/) });
+    expect(back.spec?.host).toBe("host1");
+    expect(await store.get(keys.assign(A.id, created.id))).toBeDefined();
+    expect(await store.get(keys.assign(B.id, created.id))).toBeUndefined();
+    expect(dec(AllocationRecord, (await store.get(keys.alloc(A.id)))!.value)).toMatchObject({ vmCount: 1, allocated: { memoryMb: 256 } });
+    expect(dec(AllocationRecord, (await store.get(keys.alloc(B.id)))!.value)).toMatchObject({ vmCount: 0, allocated: { memoryMb: 0 } });
+    const failedAudit = (await store.list("audit/")).kvs.map((kv) => dec(AuditEvent, kv.value)).filter((e) => e.event === "vm.migrate" && !e.success);
+    expect(failedAudit).toMatchObject([{ vm: "web", host: "host2", detail: expect.stringMatching(/back on host1/) }]);
   });
 });
