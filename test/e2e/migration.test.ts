@@ -47,6 +47,22 @@ describe("migration of a running QEMU VM across hosts over the mesh", () => {
       const v = await alice.getVm(name);
       return v.status?.phase === p ? v : undefined;
     }, timeoutMs);
+  /**
+   * Setup, not the behaviour under test: a QEMU guest booting under TCG on this loaded machine
+   * may miss its boot timeout (FAILED); it is started again, three tries at most.
+   */
+  const booted = async (name: string): Promise<Vm> => {
+    for (let i = 0; ; i++) {
+      const v = await waitFor(`${name} running or failed`, async () => {
+        const x = await alice.getVm(name);
+        return x.status?.phase === VmPhase.VM_PHASE_RUNNING || x.status?.phase === VmPhase.VM_PHASE_FAILED ? x : undefined;
+      }, BOOT_MS);
+      if (v.status?.phase === VmPhase.VM_PHASE_RUNNING) return v;
+      if (i === 2 || !/did not answer within/.test(v.status?.reason ?? "")) throw new Error(`${name} failed: ${v.status?.reason}`);
+      console.log(`${name} missed its boot timeout under load; starting it again`);
+      await alice.startVm(name);
+    }
+  };
   const sh = async (vm: string, script: string): Promise<string> => {
     const r = await alice.exec(vm, ["sh", "-c", script]);
     expect(r.exitCode, r.stderr.toString()).toBe(0);
@@ -79,7 +95,7 @@ describe("migration of a running QEMU VM across hosts over the mesh", () => {
     const peer = await alice.createVm("peer", { vcpus: 1, memoryMb: 128, driver: "sandbox", host: "host3" });
     const mig = await alice.createVm("mig", { vcpus: 1, memoryMb: 192, driver: "qemu", host: "host1" });
     await phase("peer", VmPhase.VM_PHASE_RUNNING, 60_000);
-    const before = await phase("mig", VmPhase.VM_PHASE_RUNNING, BOOT_MS);
+    const before = await booted("mig");
     const rec1 = recordOf(1, mig.id)!;
     qemuPids.push(rec1.qemu!);
     peerNs = vmNetns(`${prefix}-${cluster.lab.hosts[2]!.name}`, peer.id);
@@ -197,5 +213,5 @@ describe("migration of a running QEMU VM across hosts over the mesh", () => {
     await alice.destroyVm("peer");
     await alice.destroyVm("idle");
     await waitFor("VMs gone", async () => ((await alice.listVms()).length === 0 ? true : undefined), 90_000);
-  }, 2 * BOOT_MS + 400_000);
+  }, 4 * BOOT_MS + 400_000);
 });
