@@ -214,6 +214,7 @@ export async function main(argv: string[]): Promise<void> {
     drivers,
     hold: loop,
     wants: (id) => loop.wants(id),
+    desiredOf: (id) => loop.desiredOf(id),
     // Served on the mesh address only (WireGuard), never on the underlay.
     server: new TransferServer({ host: () => mesh.selfMeshIp(), port: MIGRATION_PORT, logger: migrationLog }),
     logger: migrationLog,

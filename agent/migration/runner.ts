@@ -34,6 +34,8 @@ export interface MigrationRunnerOptions {
   hold: VmHold;
   /** Whether the coordinator still wants the VM on this host. */
   wants: (vmId: string) => boolean;
+  /** What the coordinator wants of the VM here (its create spec), if anything. */
+  desiredOf?: (vmId: string) => DesiredVm | undefined;
   server: TransferServer;
   logger: Logger;
   /** How long an export waits for its finish or abort before it ends itself (default 10 min). */
@@ -188,9 +190,17 @@ export class MigrationRunner {
     if (ex?.migrationId !== migrationId) return {};
     // After a failed target the coordinator gives the VM back to this host first; its word
     // may reach this agent's reconciler a moment after this command.
+    const cameBack = !this.o.wants(vmId);
     for (let i = 0; i < 50 && !this.o.wants(vmId); i++) await new Promise((r) => setTimeout(r, 200));
-    this.end(vmId, ex);
-    if (!this.o.wants(vmId)) throw precondition(`VM ${vmId} is no longer assigned to this host: not resuming it here`);
+    try {
+      if (!this.o.wants(vmId)) throw precondition(`VM ${vmId} is no longer assigned to this host: not resuming it here`);
+      // While it was assigned elsewhere this host may have dropped its network (bridge,
+      // guards): create again (idempotent) puts its port back before it runs on.
+      const d = this.o.desiredOf?.(vmId);
+      if (cameBack && d) await ex.driver.create(d.spec);
+    } finally {
+      this.end(vmId, ex);
+    }
     await ex.driver.continueSaved!(vmId);
     this.o.logger.info({ vmId, migration: migrationId }, "migration aborted; the VM runs on here");
     return {};

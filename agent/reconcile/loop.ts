@@ -113,6 +113,11 @@ export class ReconcileLoop {
     return this.desired?.has(vmId) ?? false;
   }
 
+  /** What the coordinator wants of the VM here, if anything. */
+  desiredOf(vmId: string): DesiredVm | undefined {
+    return this.desired?.get(vmId);
+  }
+
   /** The last status sent for every VM, to resend after a reconnect. */
   lastReports(): VmStatusReport[] {
     return [...this.reported.values()];

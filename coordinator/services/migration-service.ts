@@ -200,6 +200,8 @@ export function migrationService(d: MigrationServiceDeps): MigrationServiceServe
           const tSwitched = Date.now();
           const got = await arrival(moved, target!, ctx.signal);
           if ("failed" in got) {
+            // The target drops what it fetched, if its restore did not get to use it.
+            await dst.migration(cmd(MigrationStep.MIGRATION_STEP_ABORT)).catch(() => undefined);
             const back = await d.repo.returnTo(vm.id, source!, target!, { actor: ctx.principal.user, peer: ctx.peer }).catch((e: unknown) => e as Error);
             if (back instanceof Error) {
               await finish();

@@ -4,16 +4,16 @@
 // from host2 with its memory intact (a file in a tmpfs, a process, its boot id), host1 has
 // nothing of it left, and the lost pings are printed. Bad input changes nothing, and a
 // transfer that cannot happen (the source's transfer port blocked) leaves the VM running on
-// its host.
+// its host, and a target that fails the VM after the switch sends it back to its source.
 import { randomBytes } from "node:crypto";
-import { existsSync, readFileSync, readdirSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { waitFor, type LocalCluster } from "../../deploy/cluster.js";
 import { isAlive, killProcess, processRef, run, spawnDetached, type ProcessRef } from "../../common/run.js";
 import { pingArgv } from "../../deploy/lab/probe.js";
 import { vmNetns } from "../../agent/drivers/sandbox/names.js";
-import { tapName } from "../../agent/drivers/qemu/names.js";
+import { tapName, vmPaths } from "../../agent/drivers/qemu/names.js";
 import type { QemuRecord } from "../../agent/drivers/qemu/records.js";
 import { MIGRATION_PORT } from "../../agent/migration/transfer.js";
 import { startQemuCluster, type QemuCluster } from "../helpers/qemu-cluster.js";
@@ -157,6 +157,21 @@ describe("migration of a running QEMU VM across hosts over the mesh", () => {
     expect(readdirSync(join(agentDir(1), "migrations", mig.id))).toEqual([]);
     expect(existsSync(join(agentDir(2), "migrations", mig.id)) ? readdirSync(join(agentDir(2), "migrations", mig.id)) : []).toEqual([]);
 
+    // A target that fails the VM after the switch (its VM directory is taken by a file, so
+    // creating the VM there fails): the VM goes back to host1, where its paused copy resumes.
+    const blocker = vmPaths(join(agentDir(2), "qemu", "vms"), mig.id).dir;
+    mkdirSync(dirname(blocker), { recursive: true });
+    writeFileSync(blocker, "not a directory");
+    const bounced = await ctl(["migrate", "mig", "--to", "host2"]);
+    expect(bounced.code, bounced.out).not.toBe(0);
+    expect(bounced.out).toMatch(/failed on host2 after the move.*it runs on at host1/s);
+    await waitFor("the VM answers on host1 after coming back", async () => ((await pingOnce(ip)) ? true : undefined), 60_000);
+    expect(await sh("mig", `cat /mnt/mem/mark; kill -0 ${pid} && echo alive; cat /proc/sys/kernel/random/boot_id`)).toBe(`${mark}\nalive\n${bootId}`);
+    expect((await alice.getVm("mig")).status).toMatchObject({ phase: VmPhase.VM_PHASE_RUNNING, hostName: "host1", ip: before.status!.ip, mac: before.status!.mac, migrationId: "" });
+    expect(recordOf(1, mig.id)!.qemu).toEqual(rec1.qemu);
+    await waitFor("host2 cleaned up after the failed VM", async () => (!recordOf(2, mig.id) && !existsSync(blocker) ? true : undefined), 60_000);
+    expect(existsSync(join(agentDir(2), "migrations", mig.id)) ? readdirSync(join(agentDir(2), "migrations", mig.id)) : []).toEqual([]);
+
     // The move, with the peer pinging all along (five a second, each with its timestamp).
     const pingLog = join(dir, "ping.log");
     const pinger = processRef(await spawnDetached(["ping", "-n", "-D", "-O", "-i", "0.2", ip], { netns: peerNs, logFile: pingLog }))!;
@@ -208,6 +223,7 @@ describe("migration of a running QEMU VM across hosts over the mesh", () => {
     // Audited: the failed attempt and the move.
     const events = (await admin.listAuditEvents({ user: "alice" })).filter((e) => e.event === "vm.migrate");
     expect(events.map((e) => `${e.vm}:${e.host}:${e.success}`)).toEqual(expect.arrayContaining(["mig:host2:false", "mig:host2:true"]));
+    expect(events.some((e) => !e.success && /back on host1/.test(e.detail))).toBe(true);
 
     await alice.destroyVm("mig");
     await alice.destroyVm("peer");
