@@ -190,14 +190,13 @@ export class MigrationRunner {
     if (ex?.migrationId !== migrationId) return {};
     // After a failed target the coordinator gives the VM back to this host first; its word
     // may reach this agent's reconciler a moment after this command.
-    const cameBack = !this.o.wants(vmId);
     for (let i = 0; i < 50 && !this.o.wants(vmId); i++) await new Promise((r) => setTimeout(r, 200));
     try {
       if (!this.o.wants(vmId)) throw precondition(`VM ${vmId} is no longer assigned to this host: not resuming it here`);
-      // While it was assigned elsewhere this host may have dropped its network (bridge,
-      // guards): create again (idempotent) puts its port back before it runs on.
+      // If it was assigned elsewhere for a while, this host may have dropped its network
+      // (bridge, guards): create again (idempotent) puts its port back before it runs on.
       const d = this.o.desiredOf?.(vmId);
-      if (cameBack && d) await ex.driver.create(d.spec);
+      if (d) await ex.driver.create(d.spec);
     } finally {
       this.end(vmId, ex);
     }
