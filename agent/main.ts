@@ -15,6 +15,8 @@ import { LogRing, teeDestination } from "../common/log-ring.js";
 import { capabilityNames } from "./drivers/driver.js";
 import { pino } from "pino";
 import { CheckpointRunner } from "./checkpoint/runner.js";
+import { MigrationRunner } from "./migration/runner.js";
+import { MIGRATION_PORT, TransferServer } from "./migration/transfer.js";
 import { credentials } from "@grpc/grpc-js";
 import { createLogger } from "../common/logger.js";
 import { invalid } from "../common/errors.js";
@@ -262,18 +264,33 @@ export async function main(argv: string[]): Promise<void> {
 
   // The loop reports through the session; the session feeds the loop. Tie the knot late.
   let checkpoints: CheckpointRunner | undefined;
+  let migrations: MigrationRunner | undefined;
   const loop = new ReconcileLoop({
     drivers,
     logger: logger.child({ component: "reconcile" }),
     onStatus: (r) => {
       // A destroyed VM's checkpoints go with it (their records go in the same etcd transaction as the VM's).
-      if (r.destroyed) checkpoints?.forget(r.vmId);
+      // A VM that moved to another host keeps them: their records name this host.
+      if (r.destroyed && !migrations?.movedAway(r.vmId)) checkpoints?.forget(r.vmId);
+      if (r.destroyed) migrations?.forget(r.vmId);
       session?.report(r);
     },
     observer: metrics.reconcile,
+    restore: (a, vm) => migrations!.restoreIncoming(vm, drivers.must(a.driver), a.incoming),
   });
   loopRef = loop;
   checkpoints = new CheckpointRunner(config.stateDir, drivers, loop, logger.child({ component: "checkpoint" }));
+  const migrationLog = logger.child({ component: "migration" });
+  migrations = new MigrationRunner({
+    stateDir: config.stateDir,
+    drivers,
+    hold: loop,
+    wants: (id) => loop.wants(id),
+    desiredOf: (id) => loop.desiredOf(id),
+    // Served on the mesh address only (WireGuard), never on the underlay.
+    server: new TransferServer({ host: () => mesh.selfMeshIp(), port: MIGRATION_PORT, logger: migrationLog }),
+    logger: migrationLog,
+  });
   let identity: HostIdentity | undefined;
   let client: AgentServiceClient;
   if (config.insecure) {
@@ -330,6 +347,7 @@ export async function main(argv: string[]): Promise<void> {
     ports: portSink,
     streams: new StreamRunner({ driverFor: async (vmId) => (await drivers.find(vmId))?.driver, hostLogs: (n) => logRing.lines(n), logger: logger.child({ component: "streams" }) }),
     capabilities: () => drivers.names.map((name) => ({ driver: name, capabilities: capabilityNames(drivers.must(name).capabilities()) })),
+    migration: migrations,
   });
 
   const posture = new PostureReporter({

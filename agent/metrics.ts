@@ -409,7 +409,9 @@ export function instrumentDriver(d: HypervisorDriver, m: Pick<AgentMetrics, "tim
   if (d.exec) out.exec = (id: string, argv: string[], opts?: ExecOptions) => t("exec", () => d.exec!(id, argv, opts));
   // A streaming exec is timed until it has started; its run time is the tenant's, not the driver's.
   if (d.execStream) out.execStream = (id, argv, opts) => t("exec_stream", () => d.execStream!(id, argv, opts));
-  if (d.saveState) out.saveState = (id, dir) => t("save_state", () => d.saveState!(id, dir));
+  if (d.saveState) out.saveState = (id, dir, o) => t("save_state", () => d.saveState!(id, dir, o));
+  if (d.continueSaved) out.continueSaved = (id) => t("continue_saved", () => d.continueSaved!(id));
+  if (d.announce) out.announce = (id) => t("announce", () => d.announce!(id));
   if (d.loadState) out.loadState = (id, dir, from) => t("load_state", () => d.loadState!(id, dir, from));
   if (d.checkpoint) out.checkpoint = (id: string, name: string) => t("checkpoint", () => d.checkpoint!(id, name));
   if (d.restore) out.restore = (id: string, name: string) => t("restore", () => d.restore!(id, name));

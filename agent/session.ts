@@ -28,6 +28,7 @@ import {
 } from "../gen/noid/v1/agent.js";
 import type { DriverCapabilities, HostPosture } from "../gen/noid/v1/host.js";
 import type { PortReport, PortSnapshot } from "../gen/noid/v1/port.js";
+import type { AgentMigrationCommand, AgentMigrationResult } from "../gen/noid/v1/migration.js";
 import { type BackoffPolicy, DEFAULT_BACKOFF, backoffDelay } from "./backoff.js";
 import { desiredFromVm } from "./reconcile/desired.js";
 import type { DesiredVm } from "./reconcile/types.js";
@@ -73,6 +74,8 @@ export interface AgentSessionOptions {
   streams?: { run(cmd: AgentStreamOpen, send: (o: AgentStreamOutput) => void): void; input(i: AgentStreamInput): void };
   /** What the host's drivers can do, sent after every hello. */
   capabilities?: () => DriverCapabilities[];
+  /** Runs migration steps (absent: they are refused). */
+  migration?: { run(cmd: AgentMigrationCommand, send: (r: AgentMigrationResult) => void): void };
 }
 
 export class AgentSession {
@@ -297,6 +300,12 @@ export class AgentSession {
         const send = (r: AgentCheckpointResult) => this.write({ kind: { $case: "checkpointResult", value: r } });
         if (this.opts.checkpoint) this.opts.checkpoint.run(k.value, send);
         else send({ opId: k.value.opId, error: "this agent does not run checkpoints", errorCode: "FAILED_PRECONDITION", driver: "", sizeBytes: 0, sha256: "" });
+        break;
+      }
+      case "migration": {
+        const send = (r: AgentMigrationResult) => this.write({ kind: { $case: "migrationResult", value: r } });
+        if (this.opts.migration) this.opts.migration.run(k.value, send);
+        else send({ opId: k.value.opId, error: "this agent does not run migrations", errorCode: "FAILED_PRECONDITION", url: "", sizeBytes: 0, sha256: "", driver: "" });
         break;
       }
     }

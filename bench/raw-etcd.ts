@@ -28,6 +28,8 @@ export function sampleVm(i: number): Uint8Array {
       networkCidr: "10.0.0.0/24",
       gateway: "10.0.0.1",
       restartPending: false,
+      migrationId: "",
+      migrationSha256: "",
     },
   }).finish();
 }

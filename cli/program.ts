@@ -14,6 +14,7 @@ import { registerVmCommands } from "./commands/vm.js";
 import { registerExecCommand } from "./commands/exec.js";
 import { registerCheckpointCommands } from "./commands/checkpoint.js";
 import { registerLifecycleCommands } from "./commands/lifecycle.js";
+import { registerMigrateCommand } from "./commands/migrate.js";
 import { registerUserCommands } from "./commands/user.js";
 import { registerSshKeyCommands } from "./commands/ssh-key.js";
 import { registerPortCommands } from "./commands/ports.js";
@@ -54,6 +55,7 @@ Examples:
   registerExecCommand(program, app);
   registerCheckpointCommands(program, app);
   registerLifecycleCommands(program, app);
+  registerMigrateCommand(program, app);
   registerHostCommands(program, app);
   registerNetworkCommands(program, app);
   registerMeshCommands(program, app);

@@ -27,6 +27,7 @@ export const PHASES = [
   VmPhase.VM_PHASE_DESTROYING,
   VmPhase.VM_PHASE_UNKNOWN,
   VmPhase.VM_PHASE_PAUSED,
+  VmPhase.VM_PHASE_MIGRATING,
 ].map(phaseName);
 
 /** Pure: VMs per phase name, every known phase present. */

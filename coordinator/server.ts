@@ -65,6 +65,8 @@ import { CheckpointServiceService } from "../gen/noid/v1/checkpoint.js";
 import { MeshServiceService } from "../gen/noid/v1/mesh.js";
 import { meshService } from "./services/mesh-service.js";
 import { checkpointService } from "./services/checkpoint-service.js";
+import { MigrationServiceService } from "../gen/noid/v1/migration.js";
+import { migrationService } from "./services/migration-service.js";
 import { LeaderElector, type LeaderStatus } from "./ha/leader.js";
 import { PortServiceService } from "../gen/noid/v1/port.js";
 import { portService } from "./services/port-service.js";
@@ -76,7 +78,7 @@ export const ADMIN_TOKEN_FILE = "admin.token";
 const BOOTSTRAP_TOKEN_NAME = "bootstrap-admin";
 /** gRPC health service name that is SERVING only on the leader replica. */
 export const LEADER_HEALTH_SERVICE = "noid.v1.Leader";
-const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService", "noid.v1.CheckpointService", "noid.v1.EventService", "noid.v1.MeshService", "noid.v1.PortService", "noid.v1.ConsoleService"];
+const PUBLIC_SERVICES = ["noid.v1.VmService", "noid.v1.HostService", "noid.v1.NetworkService", "noid.v1.AuthService", "noid.v1.AuditService", "noid.v1.AgentService", "noid.v1.ExecService", "noid.v1.UserService", "noid.v1.CheckpointService", "noid.v1.EventService", "noid.v1.MeshService", "noid.v1.PortService", "noid.v1.ConsoleService", "noid.v1.MigrationService"];
 
 export interface CoordinatorHandle {
   /** TCP port actually bound (useful with listen ":0"). */
@@ -288,6 +290,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     server.addService(ExecServiceService, execService({ ...base, repo: vms, sessions, audit: writeAudit }));
     server.addService(ConsoleServiceService, consoleService({ ...base, repo: vms, cluster, sessions, audit: writeAudit }));
     server.addService(CheckpointServiceService, checkpointService({ ...base, repo: vms, store, sessions, limits: () => cfg.limits, audit: writeAudit, clock }));
+    server.addService(MigrationServiceService, migrationService({ ...base, repo: vms, cluster, sessions, audit: writeAudit, clock }));
     server.addService(EventServiceService, eventService({ ...base, events }));
     server.addService(PortServiceService, portService({ ...base, repo: vms, ports: portRepo, store, cluster, limits: () => cfg.limits }));
     const health = new HealthImplementation({
@@ -298,7 +301,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     health.addToServer(server);
     const root = protoRoot();
     const pkg = protoLoader.loadSync(
-      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto", "noid/v1/user.proto", "noid/v1/event.proto", "noid/v1/checkpoint.proto", "noid/v1/mesh.proto", "noid/v1/port.proto", "noid/v1/console.proto"],
+      ["noid/v1/vm.proto", "noid/v1/host.proto", "noid/v1/network.proto", "noid/v1/auth.proto", "noid/v1/audit.proto", "noid/v1/agent.proto", "noid/v1/exec.proto", "noid/v1/user.proto", "noid/v1/event.proto", "noid/v1/checkpoint.proto", "noid/v1/mesh.proto", "noid/v1/port.proto", "noid/v1/console.proto", "noid/v1/migration.proto"],
       { includeDirs: [root] },
     );
     new ReflectionService({ ...pkg, ...protoLoader.loadSync(healthProtoPath) }).addToServer(server);

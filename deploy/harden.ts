@@ -12,6 +12,7 @@
 //             port, VXLAN only inside the mesh interface, DHCP from tenant bridges, extra --tcp/--udp.
 //             Kept in /etc/noid/host-firewall.nft, included from /etc/nftables.conf, loaded now.
 // It never flushes the whole ruleset: the agent's own tables (guards, egress) are left alone.
+import { MIGRATION_PORT } from "../agent/migration/transfer.js";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -88,6 +89,8 @@ export function renderFirewall(o: HardenOptions): string {
     ...(pol.tcp.length ? [`    tcp dport { ${pol.tcp.join(", ")} } accept`] : []),
     `    udp dport { ${pol.udp.join(", ")} } accept`,
     `    iifname "${o.wgInterface}" udp dport 4789 accept`,
+    // VM migrations: the source agent serves the VM's state to the target on its mesh address.
+    `    iifname "${o.wgInterface}" tcp dport ${MIGRATION_PORT} accept`,
     `    iifname "vmnet*" udp dport 67 accept`,
     `  }`,
     `}`,

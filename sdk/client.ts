@@ -22,6 +22,7 @@ import type { Event, EventServiceClient } from "../gen/noid/v1/event.js";
 import type { Checkpoint, CheckpointServiceClient } from "../gen/noid/v1/checkpoint.js";
 import type { HttpRoute, ListPortsResponse, PortMapping, PortServiceClient } from "../gen/noid/v1/port.js";
 import type { ConsoleResponse, ConsoleServiceClient } from "../gen/noid/v1/console.js";
+import type { MigrateVmResponse, MigrationServiceClient } from "../gen/noid/v1/migration.js";
 import { NoidApiError, toApiError, type CallKind } from "./errors.js";
 import { withRetry, type RetryDeps, type RetryPolicy } from "./retry.js";
 import { iterateStream } from "./watch.js";
@@ -44,6 +45,7 @@ export interface ServiceClients {
   event: EventServiceClient;
   checkpoint: CheckpointServiceClient;
   mesh: MeshServiceClient;
+  migration: MigrationServiceClient;
   port: PortServiceClient;
   console: ConsoleServiceClient;
 }
@@ -290,6 +292,17 @@ export class NoidClient {
   /** Exposed ports and HTTP routes: of one VM, or all of the caller's (admins: everyone's, or `owner`'s). */
   async listPorts(opts: OwnerOpt & { vm?: string } = {}): Promise<ListPortsResponse> {
     return this.#unary("ListPorts", "read", this.#c.port.listPorts.bind(this.#c.port), { vm: opts.vm ?? "", owner: opts.owner ?? "" });
+  }
+
+  /**
+   * Moves a running VM to host `toHost` with its MAC, address and state (memory and disk):
+   * it is paused, its state crosses the mesh, and it runs on from where it was. A failure
+   * before the switch leaves it running where it was. Own deadline (default 10 minutes),
+   * never retried.
+   */
+  async migrateVm(vm: string, toHost: string, opts: OwnerOpt & { deadlineMs?: number } = {}): Promise<MigrateVmResponse> {
+    const req = { vm, toHost, owner: opts.owner ?? "" };
+    return this.#unary("MigrateVm", "mutation", this.#c.migration.migrateVm.bind(this.#c.migration), req, { retries: 0, deadlineMs: opts.deadlineMs ?? 600_000 });
   }
 
   async stopVm(ref: VmRef, opts: OwnerOpt = {}): Promise<Vm> {

@@ -11,6 +11,7 @@ import { VmServiceClient } from "../gen/noid/v1/vm.js";
 import { ExecServiceClient } from "../gen/noid/v1/exec.js";
 import { CheckpointServiceClient } from "../gen/noid/v1/checkpoint.js";
 import { PortServiceClient } from "../gen/noid/v1/port.js";
+import { MigrationServiceClient } from "../gen/noid/v1/migration.js";
 import { UserServiceClient } from "../gen/noid/v1/user.js";
 import { channelSpec, type TlsOptions } from "./channel.js";
 import { NoidClient } from "./client.js";
@@ -61,6 +62,7 @@ export function connect(opts: ConnectOptions): NoidClient {
       audit: new AuditServiceClient(spec.target, spec.credentials, shared),
       exec: new ExecServiceClient(spec.target, spec.credentials, shared),
       checkpoint: new CheckpointServiceClient(spec.target, spec.credentials, shared),
+      migration: new MigrationServiceClient(spec.target, spec.credentials, shared),
       user: new UserServiceClient(spec.target, spec.credentials, shared),
       event: new EventServiceClient(spec.target, spec.credentials, shared),
       mesh: new MeshServiceClient(spec.target, spec.credentials, shared),

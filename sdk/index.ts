@@ -24,4 +24,5 @@ export { AuditEvent, VerifyAuditChainResponse } from "../gen/noid/v1/audit.js";
 export { Event } from "../gen/noid/v1/event.js";
 export { Checkpoint } from "../gen/noid/v1/checkpoint.js";
 export { PortMapping, HttpRoute, ListPortsResponse } from "../gen/noid/v1/port.js";
+export { MigrateVmResponse } from "../gen/noid/v1/migration.js";
 export { User, SshKey, LoginResponse, EnrollTotpResponse } from "../gen/noid/v1/user.js";

@@ -114,6 +114,11 @@ export interface ExecOptions {
   timeoutMs?: number;
 }
 
+export interface SaveStateOptions {
+  /** The VM stays paused after the save (a migration: it must not run on and diverge). */
+  keepPaused?: boolean;
+}
+
 export interface HypervisorDriver {
   readonly name: string;
   capabilities(): Capabilities;
@@ -138,7 +143,11 @@ export interface HypervisorDriver {
    * VM is paused); the VM runs on afterwards. The agent packs, encrypts and records them
    * (agent/checkpoint). Requires capabilities().checkpoint.
    */
-  saveState?(id: string, dir: string): Promise<StateFile[]>;
+  saveState?(id: string, dir: string, opts?: SaveStateOptions): Promise<StateFile[]>;
+  /** Runs a VM saved with `keepPaused` on (a migration that did not happen). */
+  continueSaved?(id: string): Promise<void>;
+  /** Announces the VM's MAC on its network (gratuitous RARP/ARP), after it moved hosts. */
+  announce?(id: string): Promise<void>;
   /**
    * Replaces the VM's state with files saveState wrote (in `dir`) and runs it. `from` is the
    * network identity the state was saved with: when it differs from the VM's own (a clone),

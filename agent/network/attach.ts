@@ -31,6 +31,8 @@ export class NetworkedDriver implements HypervisorDriver {
   execStream?: HypervisorDriver["execStream"];
   saveState?: HypervisorDriver["saveState"];
   loadState?: HypervisorDriver["loadState"];
+  continueSaved?: HypervisorDriver["continueSaved"];
+  announce?: HypervisorDriver["announce"];
   checkpoint?: (id: string, name: string) => Promise<void>;
   restore?: (id: string, name: string) => Promise<VmRuntime>;
   pause?: HypervisorDriver["pause"];
@@ -46,8 +48,16 @@ export class NetworkedDriver implements HypervisorDriver {
     this.name = inner.name;
     if (inner.exec) this.exec = (id, argv, o) => inner.exec!(id, argv, o);
     if (inner.execStream) this.execStream = (id, argv, o) => inner.execStream!(id, argv, o);
-    if (inner.saveState) this.saveState = (id, dir) => inner.saveState!(id, dir);
-    if (inner.loadState) this.loadState = (id, dir, from) => inner.loadState!(id, dir, from);
+    if (inner.saveState) this.saveState = (id, dir, o) => inner.saveState!(id, dir, o);
+    if (inner.continueSaved) this.continueSaved = (id) => inner.continueSaved!(id);
+    if (inner.announce) this.announce = (id) => inner.announce!(id);
+    // A restored VM starts running like a started one: its port guards first.
+    if (inner.loadState)
+      this.loadState = async (id, dir, from) => {
+        if (!this.mesh.guarded(id)) await this.mesh.syncGuards();
+        if (!this.mesh.guarded(id)) throw new NoidError("UNAVAILABLE", `restoring VM ${id}: its port guards are not in place yet`);
+        return inner.loadState!(id, dir, from);
+      };
     if (inner.checkpoint) this.checkpoint = (id, n) => inner.checkpoint!(id, n);
     if (inner.restore) this.restore = (id, n) => inner.restore!(id, n);
     if (inner.pause) this.pause = (id) => inner.pause!(id);

@@ -155,6 +155,11 @@ export class MeshController {
     void this.sync().catch(() => undefined);
   }
 
+  /** This host's address inside the WireGuard mesh, once the coordinator sent a view. */
+  selfMeshIp(): string | undefined {
+    return this.snapshot?.members.find((m) => m.hostId === this.selfId)?.meshIp || undefined;
+  }
+
   /** Consecutive failed passes and the last error (for a degraded report). */
   health(): { failures: number; lastError?: string } {
     return { failures: this.failures, ...(this.lastError ? { lastError: this.lastError } : {}) };

@@ -40,6 +40,7 @@ export function desiredFromVm(vm: Vm, defaultPrefixLen = 24): DesiredVm {
     id: vm.id,
     state: desiredState(vm.desiredState),
     driver: spec?.driver ?? "",
+    ...(st?.migrationId ? { incoming: { migrationId: st.migrationId, sha256: st.migrationSha256 } } : {}),
     spec: {
       id: vm.id,
       vcpus: spec?.vcpus ?? 1,

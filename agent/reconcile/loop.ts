@@ -34,6 +34,8 @@ export interface ReconcileLoopOptions {
   retryMs?: number;
   maxRetryMs?: number;
   now?: () => number;
+  /** Runs a VM that moved here from its migration's transferred state (absent: such a VM fails). */
+  restore?: (a: Extract<Action, { kind: "restore" }>, vm: DesiredVm) => Promise<void>;
   /** Metrics hook: each pass's duration and result (undefined when it threw), each failed action. */
   observer?: { pass(ms: number, result: PassResult | undefined): void; actionFailed(action: Action["kind"]): void };
 }
@@ -104,6 +106,16 @@ export class ReconcileLoop {
     // The coordinator unassigns a FAILED VM; if it comes back, it is tried afresh.
     this.givenUp.delete(vmId);
     this.kick();
+  }
+
+  /** Whether the coordinator wants the VM on this host (it has not moved away or been removed). */
+  wants(vmId: string): boolean {
+    return this.desired?.has(vmId) ?? false;
+  }
+
+  /** What the coordinator wants of the VM here, if anything. */
+  desiredOf(vmId: string): DesiredVm | undefined {
+    return this.desired?.get(vmId);
   }
 
   /** What the coordinator wants for VM `vmId` on this host, if it is assigned here. */
@@ -201,7 +213,7 @@ export class ReconcileLoop {
       const byId = new Map(observed.map((o) => [o.id, o]));
       for (const a of actions) {
         applied.push(a);
-        if (a.kind === "start") this.inFlight(a.vmId, this.apply(a, byId.get(a.vmId)));
+        if (a.kind === "start" || a.kind === "restore") this.inFlight(a.vmId, this.apply(a, byId.get(a.vmId)));
         else await this.apply(a, byId.get(a.vmId));
       }
     }
@@ -266,6 +278,12 @@ export class ReconcileLoop {
         case "start":
           await d!.start(a.vmId);
           break;
+        case "restore": {
+          const vm = this.desired?.get(a.vmId);
+          if (!this.opts.restore || !vm) throw new NoidError("FAILED_PRECONDITION", "this agent cannot restore a migrated VM");
+          await this.opts.restore(a, vm);
+          break;
+        }
         case "stop":
           this.transition(a.vmId, VmPhase.VM_PHASE_STOPPING, o);
           await d!.stop(a.vmId);
@@ -301,7 +319,7 @@ export class ReconcileLoop {
       // UNAVAILABLE: something the VM needs is not ready yet (its network's mesh view, a
       // driver's daemon). Retried with backoff; the VM keeps its phase and its host.
       const transient = e instanceof NoidError && e.code === "UNAVAILABLE";
-      if (transient && (a.kind === "create" || a.kind === "start")) {
+      if (transient && (a.kind === "create" || a.kind === "start" || a.kind === "restore")) {
         this.backOff(a.vmId);
         return;
       }
@@ -313,7 +331,7 @@ export class ReconcileLoop {
         this.transition(a.vmId, phase, o, `${a.kind}: ${reason}`);
         return;
       }
-      if (a.kind === "create" || a.kind === "start" || a.kind === "stop") {
+      if (a.kind === "create" || a.kind === "start" || a.kind === "restore" || a.kind === "stop") {
         const why = `${a.kind}: ${reason}`;
         this.giveUp(a.vmId, why);
         this.transition(a.vmId, VmPhase.VM_PHASE_FAILED, o, why);

@@ -20,13 +20,15 @@
 import type { VmStatusReport } from "../../gen/noid/v1/agent.js";
 import { VmPhase } from "../../gen/noid/v1/vm.js";
 import type { VmCreateSpec, VmRuntime } from "../drivers/driver.js";
-import type { DesiredVm } from "./types.js";
+import type { DesiredVm, IncomingMigration } from "./types.js";
 
 export type DestroyReason = "deleted" | "orphan" | "failed";
 
 export type Action =
   | { kind: "create"; vmId: string; driver: string; spec: VmCreateSpec }
   | { kind: "start"; vmId: string; driver: string }
+  /** Instead of start, for a VM that moves here: run it from the migration's transferred state. */
+  | { kind: "restore"; vmId: string; driver: string; incoming: IncomingMigration }
   | { kind: "stop"; vmId: string; driver: string }
   | { kind: "pause"; vmId: string; driver: string }
   | { kind: "resume"; vmId: string; driver: string }
@@ -50,7 +52,7 @@ export function driverProblem(name: string, drivers: readonly string[] | undefin
 }
 
 /** Order within one round: free resources first, report last. */
-const ORDER: Record<Action["kind"], number> = { destroy: 0, stop: 1, pause: 1, create: 2, start: 3, resume: 3, report: 4 };
+const ORDER: Record<Action["kind"], number> = { destroy: 0, stop: 1, pause: 1, create: 2, start: 3, resume: 3, restore: 3, report: 4 };
 
 function status(vmId: string, phase: VmPhase, o: VmRuntime | undefined, extra: Partial<VmStatusReport> = {}): VmStatusReport {
   return {
@@ -96,6 +98,7 @@ function step(d: DesiredVm, o: VmRuntime | undefined, ctx: PlanContext): Action 
   if (o.state === "failed") return { kind: "destroy", vmId: id, driver: o.driver, reason: "failed", observedReason: o.reason };
   if (d.state === "running") {
     if (o.state === "running") return status(id, VmPhase.VM_PHASE_RUNNING, o);
+    if (d.incoming) return { kind: "restore", vmId: id, driver: o.driver, incoming: d.incoming };
     if (o.state === "paused") return { kind: "resume", vmId: id, driver: o.driver };
     return { kind: "start", vmId: id, driver: o.driver };
   }

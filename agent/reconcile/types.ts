@@ -12,4 +12,11 @@ export interface DesiredVm {
   spec: VmCreateSpec;
   /** The VM's own labels (VmSpec.labels), when it has any: e.g. its declared listening ports. */
   labels?: Record<string, string>;
+  /** The VM moves here: it runs from this migration's transferred state instead of booting. */
+  incoming?: IncomingMigration;
+}
+
+export interface IncomingMigration {
+  migrationId: string;
+  sha256: string;
 }

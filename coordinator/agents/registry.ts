@@ -1,5 +1,6 @@
 // The agent sessions this coordinator holds, by host id, so that requests
 // that need a host (exec) can reach it through its session.
+import type { AgentMigrationCommand, AgentMigrationResult } from "../../gen/noid/v1/migration.js";
 import type {
   AgentCheckpointCommand,
   AgentCheckpointResult,
@@ -30,6 +31,8 @@ export interface ExecChannel {
   checkpoint(cmd: AgentCheckpointCommand): Promise<AgentCheckpointResult>;
   /** Opens a console or log stream; `onOutput` receives its bytes and its end (an error end when the session ends first). */
   stream(open: AgentStreamOpen, onOutput: (o: AgentStreamOutput) => void): StreamHandle;
+  /** Sends a migration step; resolves with the agent's result (an error result when the session ends first). */
+  migration(cmd: AgentMigrationCommand): Promise<AgentMigrationResult>;
 }
 
 export class SessionRegistry {

@@ -6,6 +6,7 @@
 // are admin only, checked in the port service)
 // pause/resume/restart and the interactive console count as start/stop; a VM's logs are a
 // read; a host's agent logs are admin only)
+// migrate: "vm.migrate", the owner may move a VM to a host like they may pin it to one)
 // | admin     | yes    | any VM             | any VM          | all               |
 // | user      | yes    | own only           | own only        | own only          |
 // | read-only | no     | no                 | no              | yes (own only)    |
@@ -40,6 +41,7 @@ export type Action =
   | "vm.console"
   | "vm.logs"
   | "host.logs"
+  | "vm.migrate"
   | "host.list"
   | "host.get"
   | "host.mesh"
@@ -115,6 +117,7 @@ const USER_WRITES: ReadonlySet<Action> = new Set([
   "vm.restore",
   "port.expose",
   "port.unexpose",
+  "vm.migrate",
   "vm.destroy",
   "vm.start",
   "vm.stop",
@@ -194,6 +197,7 @@ export const METHOD_ACTIONS: Readonly<Record<string, Action | typeof ANONYMOUS>>
   "/noid.v1.PortService/ExposePort": "port.expose",
   "/noid.v1.PortService/UnexposePort": "port.unexpose",
   "/noid.v1.PortService/ListPorts": "port.list",
+  "/noid.v1.MigrationService/MigrateVm": "vm.migrate",
   "/noid.v1.HostService/ListHosts": "host.list",
   "/noid.v1.HostService/GetHost": "host.get",
   "/noid.v1.MeshService/GetHostMesh": "host.mesh",

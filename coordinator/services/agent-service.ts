@@ -23,6 +23,7 @@ import type {
   SessionResponse,
 } from "../../gen/noid/v1/agent.js";
 import { Role } from "../../gen/noid/v1/auth.js";
+import type { AgentMigrationCommand, AgentMigrationResult } from "../../gen/noid/v1/migration.js";
 import type { HostPosture } from "../../gen/noid/v1/host.js";
 import type { Vm } from "../../gen/noid/v1/vm.js";
 import { NoidError, denied, invalid, precondition } from "../../common/errors.js";
@@ -258,6 +259,7 @@ class AgentSession implements ExecChannel {
   private readonly execs = new Map<string, (o: AgentExecOutput) => void>();
   private readonly checkpoints = new Map<string, (r: AgentCheckpointResult) => void>();
   private readonly streams = new Map<string, (o: AgentStreamOutput) => void>();
+  private readonly migrations = new Map<string, (r: AgentMigrationResult) => void>();
   private unsubMesh?: () => void;
   private unsubPorts?: () => void;
   private portsTimer?: NodeJS.Timeout;
@@ -336,6 +338,8 @@ class AgentSession implements ExecChannel {
     this.execs.clear();
     for (const [opId, f] of this.checkpoints) f(disconnected(opId));
     this.checkpoints.clear();
+    for (const [opId, f] of this.migrations) f({ ...disconnected(opId), url: "" });
+    this.migrations.clear();
     for (const [streamId, f] of this.streams) f({ streamId, data: Buffer.alloc(0), end: true, error: "the host's agent disconnected", errorCode: "UNAVAILABLE" });
     this.streams.clear();
   }
@@ -361,6 +365,14 @@ class AgentSession implements ExecChannel {
     return new Promise((resolve) => {
       this.checkpoints.set(cmd.opId, resolve);
       this.send({ kind: { $case: "checkpoint", value: cmd } });
+    });
+  }
+
+  migration(cmd: AgentMigrationCommand): Promise<AgentMigrationResult> {
+    if (this.closed) return Promise.resolve({ ...disconnected(cmd.opId), url: "" });
+    return new Promise((resolve) => {
+      this.migrations.set(cmd.opId, resolve);
+      this.send({ kind: { $case: "migration", value: cmd } });
     });
   }
 
@@ -427,6 +439,12 @@ class AgentSession implements ExecChannel {
     if (k.$case === "checkpointResult") {
       const f = this.checkpoints.get(k.value.opId);
       this.checkpoints.delete(k.value.opId);
+      f?.(k.value);
+      return;
+    }
+    if (k.$case === "migrationResult") {
+      const f = this.migrations.get(k.value.opId);
+      this.migrations.delete(k.value.opId);
       f?.(k.value);
       return;
     }

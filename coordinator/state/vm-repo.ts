@@ -151,6 +151,8 @@ export class VmRepo {
           networkCidr: "",
           gateway: "",
           restartPending: false,
+          migrationId: "",
+          migrationSha256: "",
           ...net?.status,
         },
       };
@@ -268,7 +270,18 @@ export class VmRepo {
     const allocKv = await this.d.store.get(keys.alloc(hostId));
     const next: Vm = {
       ...vm,
-      status: { ...st, phase: VmPhase.VM_PHASE_FAILED, reason: `on host ${st.hostName}: ${reason}`, ip, mac, hostId: "", hostName: "", updatedAt: this.d.clock.now() },
+      status: {
+        ...st,
+        phase: VmPhase.VM_PHASE_FAILED,
+        reason: `on host ${st.hostName}: ${reason}`,
+        ip,
+        mac,
+        hostId: "",
+        hostName: "",
+        updatedAt: this.d.clock.now(),
+        migrationId: "",
+        migrationSha256: "",
+      },
     };
     const ops: Op[] = [
       { type: "put", key: keys.vm(vm.id), value: enc(Vm, next) },
@@ -277,6 +290,125 @@ export class VmRepo {
     ];
     const r = await this.d.store.txn([unchanged(keys.vm(vm.id), cur), unchanged(keys.alloc(hostId), allocKv)], ops);
     return r.succeeded;
+  }
+
+  /**
+   * The switch of a migration, one transaction: the VM's status names the target host (phase
+   * MIGRATING, with the migration whose state the target restores it from), its placement
+   * index and its share of both hosts' allocations move, a pin to the source follows it, and
+   * the audit event is written. Holds only if the VM and both allocations are as read, the VM
+   * still runs on the source and is not being destroyed, and `fits` accepts the target's
+   * allocation as read (else that error is thrown and nothing changed).
+   */
+  async moveTo(
+    id: string,
+    from: { id: string; name: string },
+    to: { id: string; name: string },
+    migration: { id: string; sha256: string; driver: string },
+    fits: (vm: Vm, targetAlloc: AllocationRecord | undefined) => void,
+    audit: { actor: string; peer: string; detail: string },
+  ): Promise<Vm> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const cur = await this.get(id);
+      if (!cur) throw notFound(`VM ${id}`);
+      const vm = cur.vm;
+      const st = vm.status!;
+      if (st.hostId !== from.id) throw new NoidError("FAILED_PRECONDITION", `VM "${vm.name}" is no longer on host ${from.name}`);
+      if (vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED) throw new NoidError("FAILED_PRECONDITION", `VM "${vm.name}" is being destroyed`);
+      if (st.phase !== VmPhase.VM_PHASE_RUNNING) throw new NoidError("FAILED_PRECONDITION", `VM "${vm.name}" is no longer running`);
+      const [fromKv, toKv] = await Promise.all([this.d.store.get(keys.alloc(from.id)), this.d.store.get(keys.alloc(to.id))]);
+      const toAlloc = toKv ? dec(AllocationRecord, toKv.value) : undefined;
+      fits(vm, toAlloc);
+      const spec = vm.spec!;
+      const next: Vm = {
+        ...vm,
+        // A pin follows the VM; so does its driver, made explicit (hosts' defaults differ).
+        spec: { ...spec, host: spec.host === from.name ? to.name : spec.host, driver: spec.driver || migration.driver },
+        status: {
+          ...st,
+          phase: VmPhase.VM_PHASE_MIGRATING,
+          hostId: to.id,
+          hostName: to.name,
+          reason: `moving from ${from.name}`,
+          updatedAt: this.d.clock.now(),
+          migrationId: migration.id,
+          migrationSha256: migration.sha256,
+        },
+      };
+      const ops: Op[] = [
+        { type: "put", key: keys.vm(id), value: enc(Vm, next) },
+        { type: "delete", key: keys.assign(from.id, id) },
+        { type: "put", key: keys.assign(to.id, id), value: Buffer.from(id) },
+        { type: "put", key: keys.alloc(to.id), value: enc(AllocationRecord, addAlloc(toAlloc, vm)) },
+        this.auditOp({ event: "vm.migrate", user: audit.actor, vm: vm.name, host: to.name, success: true, detail: audit.detail, peer: audit.peer }),
+      ];
+      if (fromKv) ops.push({ type: "put", key: keys.alloc(from.id), value: enc(AllocationRecord, releaseAlloc(dec(AllocationRecord, fromKv.value), vm)) });
+      const r = await this.d.store.txn(
+        [
+          unchanged(keys.vm(id), cur),
+          unchanged(keys.alloc(from.id), fromKv),
+          unchanged(keys.alloc(to.id), toKv),
+          { key: keys.host(to.id), target: "create", op: ">", value: 0 },
+        ],
+        ops,
+      );
+      if (r.succeeded) return next;
+      await backoff(attempt);
+    }
+    throw new NoidError("UNAVAILABLE", `moving VM ${id}: too much contention, retry`);
+  }
+
+  /**
+   * After a switch whose target failed the VM (it reported FAILED, which unassigned it): the
+   * VM goes back to its source, where its paused copy waits, in one transaction (status
+   * RUNNING there, placement, the source's allocation, a failed "vm.migrate" audit event).
+   * The source's share is given back even if the source filled up meanwhile: the VM runs
+   * there already, and losing it would be worse than a host over its capacity for a while.
+   */
+  async returnTo(
+    id: string,
+    source: { id: string; name: string },
+    target: { name: string },
+    audit: { actor: string; peer: string },
+  ): Promise<Vm> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const cur = await this.get(id);
+      if (!cur) throw notFound(`VM ${id}`);
+      const vm = cur.vm;
+      const st = vm.status!;
+      if (st.hostId !== "" || st.phase !== VmPhase.VM_PHASE_FAILED || vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED) {
+        throw new NoidError("FAILED_PRECONDITION", `VM "${vm.name}" changed after its migration failed; not taking it back to ${source.name}`);
+      }
+      const allocKv = await this.d.store.get(keys.alloc(source.id));
+      const spec = vm.spec!;
+      const why = st.reason;
+      const next: Vm = {
+        ...vm,
+        spec: spec.host === target.name ? { ...spec, host: source.name } : spec,
+        status: {
+          ...st,
+          phase: VmPhase.VM_PHASE_RUNNING,
+          hostId: source.id,
+          hostName: source.name,
+          reason: `moving to ${target.name} failed (${why}); runs on at ${source.name}`.slice(0, 1000),
+          updatedAt: this.d.clock.now(),
+          migrationId: "",
+          migrationSha256: "",
+        },
+      };
+      const r = await this.d.store.txn(
+        [unchanged(keys.vm(id), cur), unchanged(keys.alloc(source.id), allocKv)],
+        [
+          { type: "put", key: keys.vm(id), value: enc(Vm, next) },
+          { type: "put", key: keys.assign(source.id, id), value: Buffer.from(id) },
+          { type: "put", key: keys.alloc(source.id), value: enc(AllocationRecord, addAlloc(allocKv ? dec(AllocationRecord, allocKv.value) : undefined, vm)) },
+          this.auditOp({ event: "vm.migrate", user: audit.actor, vm: vm.name, host: target.name, success: false, detail: `failed on ${target.name}: ${why}; back on ${source.name}`.slice(0, 512), peer: audit.peer }),
+        ],
+      );
+      if (r.succeeded) return next;
+      await backoff(attempt);
+    }
+    throw new NoidError("UNAVAILABLE", `returning VM ${id} to ${source.name}: too much contention`);
   }
 
   /** The agent confirmed the VM is gone from its host. */
@@ -369,8 +501,11 @@ export class VmRepo {
       if (!st || st.hostId !== hostId) {
         throw new NoidError("PERMISSION_DENIED", `VM ${report.vmId} is not assigned to host ${hostId}`);
       }
-      // A VM being destroyed keeps showing DESTROYING until the agent confirms.
-      const phase = cur.vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED ? VmPhase.VM_PHASE_DESTROYING : report.phase;
+      // A VM being destroyed keeps showing DESTROYING until the agent confirms; one moving
+      // here shows MIGRATING until it runs (or failed).
+      const arriving = st.migrationId !== "" && (report.phase === VmPhase.VM_PHASE_CREATING || report.phase === VmPhase.VM_PHASE_STOPPED);
+      const phase =
+        cur.vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED ? VmPhase.VM_PHASE_DESTROYING : arriving ? VmPhase.VM_PHASE_MIGRATING : report.phase;
       // An address and MAC the coordinator reserved (IPAM) are the VM's; an
       // agent's report does not move them (the release must find them again).
       const ip = st.networkId ? st.ip : report.ip || st.ip;
@@ -383,10 +518,12 @@ export class VmRepo {
       // A restart in progress continues once the VM is reported stopped.
       const restart = afterReport(cur.vm, phase);
       if (!restart && st.phase === phase && st.reason === report.reason && st.ip === ip && st.mac === mac) return;
+      // A migrated VM that runs no longer needs its migration's state.
+      const arrived = phase === VmPhase.VM_PHASE_RUNNING ? { migrationId: "", migrationSha256: "" } : {};
       const next: Vm = {
         ...cur.vm,
         ...(restart ? { desiredState: restart.desired } : {}),
-        status: { ...st, phase, reason: report.reason, ip, mac, updatedAt: this.d.clock.now(), ...(restart ? { restartPending: false } : {}) },
+        status: { ...st, phase, reason: report.reason, ip, mac, updatedAt: this.d.clock.now(), ...(restart ? { restartPending: false } : {}), ...arrived },
       };
       const r = await this.d.store.txn([unchanged(keys.vm(cur.vm.id), cur)], [{ type: "put", key: keys.vm(cur.vm.id), value: enc(Vm, next) }]);
       if (r.succeeded) return;

@@ -1,4 +1,4 @@
-// A one-host local cluster that offers the sandbox and qemu drivers, with the project's guest
+// A local cluster (one host unless asked for more) that offers the sandbox and qemu drivers, with the project's guest
 // built, and a tenant "alice": what the QEMU end-to-end tests start from.
 import { join } from "node:path";
 import { expect } from "vitest";
@@ -17,13 +17,13 @@ export interface QemuCluster {
   stop(): Promise<void>;
 }
 
-/** `qemuPids`: the test pushes the QEMU processes it sees; stop() checks they are all gone. */
-export async function startQemuCluster(prefix: string, memoryMb: number, qemuPids: ProcessRef[]): Promise<QemuCluster> {
+/** `qemuPids`: the test pushes the QEMU processes it sees; stop() checks they are all gone. `hosts`: 1 by default. */
+export async function startQemuCluster(prefix: string, memoryMb: number, qemuPids: ProcessRef[], opts: { hosts?: number } = {}): Promise<QemuCluster> {
   await run(["bash", join(repoRoot, "deploy/guest/build.sh")], { timeoutMs: 300_000 });
   const cluster = await startLocalCluster({
     prefix,
     dir: `/run/noid-e2e-${prefix}`,
-    hosts: 1,
+    hosts: opts.hosts ?? 1,
     drivers: ["sandbox", "qemu"],
     capacity: { vcpus: 4, memoryMb, diskGb: 20 },
   });

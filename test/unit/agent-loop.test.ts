@@ -92,6 +92,30 @@ describe("agent reconcile loop", () => {
     expect(again).toMatchObject({ converged: true, applied: [] });
   });
 
+  it("a VM that moves here is created, then restored by the restore hook instead of started; a failed restore is FAILED", async () => {
+    const driver = new FakeDriver();
+    const reports: VmStatusReport[] = [];
+    const restored: string[] = [];
+    const loop = new ReconcileLoop({
+      drivers: new DriverSet([driver]),
+      onStatus: (r) => reports.push(r),
+      logger: silentLogger(),
+      restore: async (a, vm) => {
+        restored.push(`${a.vmId} ${a.incoming.migrationId} ${vm.spec.net.mac}`);
+        if (a.incoming.migrationId === "bad") throw new NoidError("FAILED_PRECONDITION", "checksum mismatch");
+        driver.vms.get(a.vmId)!.state = "running";
+      },
+    });
+    loop.setDesired([{ ...want("m", "running"), incoming: { migrationId: "0123456789abcdef", sha256: "" } }, { ...want("x", "running"), incoming: { migrationId: "bad", sha256: "" } }]);
+    await loop.idle();
+    expect(driver.calls.filter((c) => c.startsWith("start"))).toEqual([]);
+    expect(restored.sort()).toEqual(["m 0123456789abcdef 02:00:00:00:00:0a", "x bad 02:00:00:00:00:0a"]);
+    const phasesOf = (id: string) => reports.filter((r) => r.vmId === id).map((r) => VmPhase[r.phase].replace("VM_PHASE_", ""));
+    expect(phasesOf("m")).toEqual(["CREATING", "RUNNING"]);
+    expect(phasesOf("x")).toEqual(["CREATING", "FAILED"]);
+    expect(reports.find((r) => r.vmId === "x" && r.phase === VmPhase.VM_PHASE_FAILED)?.reason).toMatch(/restore: checksum mismatch/);
+  });
+
   it("does nothing before the first desired set, then destroys orphans", async () => {
     const { driver, loop, phases } = setup();
     await driver.create(spec("old"));

@@ -33,6 +33,7 @@ const EXPECTED: Record<string, Row> = {
   "/noid.v1.PortService/ExposePort": ["yy", "yn", "nn"],
   "/noid.v1.PortService/UnexposePort": ["yy", "yn", "nn"],
   "/noid.v1.PortService/ListPorts": ["yy", "yn", "yn"],
+  "/noid.v1.MigrationService/MigrateVm": ["yy", "yn", "nn"],
   "/noid.v1.HostService/ListHosts": ["yy", "yn", "yn"],
   "/noid.v1.HostService/GetHost": ["yy", "yn", "yn"],
   "/noid.v1.MeshService/GetHostMesh": ["yy", "nn", "nn"],

@@ -69,7 +69,7 @@ const vmImpl: VmServiceServer = {
     const name = call.request.name || "web";
     call.write({ type: VmEventType.VM_EVENT_TYPE_SNAPSHOT, vm: sample(name, VmPhase.VM_PHASE_PENDING) });
     setTimeout(() => {
-      if (!call.cancelled) call.write({ type: VmEventType.VM_EVENT_TYPE_PUT, vm: { ...sample(name, VmPhase.VM_PHASE_RUNNING), status: { phase: VmPhase.VM_PHASE_RUNNING, hostName: "hv-1", ip: "10.0.0.5", hostId: "", reason: "", mac: "", updatedAt: undefined, networkId: "", networkCidr: "", gateway: "", restartPending: false } } });
+      if (!call.cancelled) call.write({ type: VmEventType.VM_EVENT_TYPE_PUT, vm: { ...sample(name, VmPhase.VM_PHASE_RUNNING), status: { phase: VmPhase.VM_PHASE_RUNNING, hostName: "hv-1", ip: "10.0.0.5", hostId: "", reason: "", mac: "", updatedAt: undefined, networkId: "", networkCidr: "", gateway: "", restartPending: false, migrationId: "", migrationSha256: "" } } });
     }, 30);
   },
 };

@@ -5,7 +5,7 @@ import type { HypervisorDriver } from "../../agent/drivers/driver.js";
 import { instrumentDriver, AgentMetrics } from "../../agent/metrics.js";
 import { NetworkedDriver } from "../../agent/network/attach.js";
 
-const OPTIONAL = ["exec", "execStream", "checkpoint", "restore", "saveState", "loadState", "pause", "resume", "console", "logPath"] as const;
+const OPTIONAL = ["exec", "execStream", "checkpoint", "restore", "saveState", "loadState", "continueSaved", "announce", "pause", "resume", "console", "logPath"] as const;
 
 function fullDriver(calls: string[]): HypervisorDriver {
   const op = (name: string) => async () => {
@@ -30,6 +30,13 @@ describe("driver decorators", () => {
       await w[m]!("vm-1", [], {});
     }
     expect(calls).toEqual([...OPTIONAL]);
+  });
+  it("saveState's options reach the driver through both (a migration keeps the VM paused)", async () => {
+    const seen: unknown[] = [];
+    const d = fullDriver([]);
+    d.saveState = async (_id, _dir, o) => (seen.push(o), []);
+    await instrumentDriver(new NetworkedDriver(d, mesh), new AgentMetrics()).saveState!("vm-1", "/x", { keepPaused: true });
+    expect(seen).toEqual([{ keepPaused: true }]);
   });
   it("a driver without an optional operation does not gain one", () => {
     const bare = fullDriver([]) as unknown as Record<string, unknown>;

@@ -20,7 +20,7 @@ import {
   spawnDetached,
 } from "../../../common/run.js";
 import { connectConsole } from "../console-socket.js";
-import type { Capabilities, ConsoleStream, ExecOptions, ExecResult, HypervisorDriver, StateFile, VmCreateSpec, VmNetSpec, VmRuntime } from "../driver.js";
+import type { Capabilities, ConsoleStream, ExecOptions, ExecResult, HypervisorDriver, SaveStateOptions, StateFile, VmCreateSpec, VmNetSpec, VmRuntime } from "../driver.js";
 import { type Accel, chooseAccel, incomingArgv, kvmProbeArgv, migrateUri, overlayArgv, qemuArgv } from "./argv.js";
 import { gatewayFor } from "./cmdline.js";
 import { exitReason, readTail } from "./failure.js";
@@ -314,9 +314,10 @@ export class QemuDriver implements HypervisorDriver {
    * The guest's request buffers are cleared first (see GuestChannel.scrub); then
    * QMP stop, then the whole machine state (RAM, devices) migrated into `<dir>/memory`; at the
    * end of a migration QEMU flushes and lets go of the disk, so the overlay copied now agrees
-   * with the memory. Then QMP cont: the VM runs on (unless it was paused before).
+   * with the memory. Then QMP cont: the VM runs on (unless it was paused before, or
+   * `keepPaused` asks it to stay paused: a migration, continueSaved() if it does not happen).
    */
-  async saveState(id: string, dir: string): Promise<StateFile[]> {
+  async saveState(id: string, dir: string, opts: SaveStateOptions = {}): Promise<StateFile[]> {
     const rec = this.mustGet(id);
     if (!rec.qemu || !this.isOurs(rec, rec.qemu)) throw precondition(`checkpointing qemu VM ${id}: the VM is not running`);
     const qmp = rec.paths.qmpSocket;
@@ -336,9 +337,11 @@ export class QemuDriver implements HypervisorDriver {
       await this.waitMigration(qmp, "saving");
       copyFileSync(rec.paths.overlay, disk);
     } catch (e) {
+      // Kept paused only for a state that was saved: a failed save runs on.
+      if (opts.keepPaused && !wasPaused) await qmpCommand(qmp, "cont").catch(() => undefined);
       throw during(`checkpointing qemu VM ${id}`, e);
     } finally {
-      if (!wasPaused) await qmpCommand(qmp, "cont").catch(() => undefined);
+      if (!wasPaused && !opts.keepPaused) await qmpCommand(qmp, "cont").catch(() => undefined);
     }
     return [
       { name: "memory", path: memory },
@@ -389,12 +392,51 @@ export class QemuDriver implements HypervisorDriver {
           ]
         : []),
     ].join(" && ");
-    const r = await ch.exec(["sh", "-c", script], {}, 30_000);
+    const r = await this.execAfterRestore(id, ch, script);
     if (r.exitCode !== 0) {
       if (rec.qemu) await killProcess(rec.qemu).catch(() => undefined);
       throw new NoidError("INTERNAL", `restoring qemu VM ${id}: giving the guest its network identity failed: ${r.stderr.trim()}`);
     }
+    await this.announce(id).catch(() => undefined);
     return vm;
+  }
+
+  /**
+   * The first command after an incoming migration, idempotent, tried up to three times on a
+   * fresh connection each: a guest that missed the virtio-serial "host connected" event
+   * (QEMU sends it as a control message when a client connects; a guest busy after the
+   * restore can see a stale state) blocks its reply until the host connects again.
+   */
+  private async execAfterRestore(id: string, ch: GuestChannel, script: string): Promise<ExecResult> {
+    let last: unknown;
+    for (let i = 0; i < 3; i++) {
+      try {
+        return await ch.exec(["sh", "-c", script], {}, 20_000);
+      } catch (e) {
+        last = e;
+        if (!(e instanceof NoidError) || (e.code !== "DEADLINE_EXCEEDED" && e.code !== "UNAVAILABLE")) break;
+      }
+    }
+    const rec = this.mustGet(id);
+    if (rec.qemu) await killProcess(rec.qemu).catch(() => undefined);
+    throw during(`restoring qemu VM ${id}: the guest agent did not run the first command after the restore`, last);
+  }
+
+  /** A VM saved with keepPaused runs on from where it was (the migration did not happen). */
+  async continueSaved(id: string): Promise<void> {
+    const rec = this.mustGet(id);
+    if (!rec.qemu || !this.isOurs(rec, rec.qemu)) throw precondition(`resuming qemu VM ${id}: the VM is not running`);
+    await qmpCommand(rec.paths.qmpSocket, "cont");
+  }
+
+  /**
+   * Gratuitous announcements of the VM's MAC (QEMU's self-announce: RARP frames from the
+   * guest's MAC, several rounds a growing step apart), so bridges and switches on the way
+   * learn where the VM is now; sent after a restore, when the VM may have moved hosts.
+   */
+  async announce(id: string): Promise<void> {
+    const rec = this.mustGet(id);
+    await qmpCommand(rec.paths.qmpSocket, "announce-self", { initial: 50, max: 1000, rounds: 8, step: 150 });
   }
 
   /** Freezes the vCPUs (QMP stop); the VM keeps its memory and devices, and QEMU keeps the run state across agent restarts. */
