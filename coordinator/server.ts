@@ -290,7 +290,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     server.addService(ExecServiceService, execService({ ...base, repo: vms, sessions, audit: writeAudit }));
     server.addService(ConsoleServiceService, consoleService({ ...base, repo: vms, cluster, sessions, audit: writeAudit }));
     server.addService(CheckpointServiceService, checkpointService({ ...base, repo: vms, store, sessions, limits: () => cfg.limits, audit: writeAudit, clock }));
-    server.addService(MigrationServiceService, migrationService({ ...base, repo: vms, cluster, sessions, audit: writeAudit, clock }));
+    server.addService(MigrationServiceService, migrationService({ ...base, repo: vms, cluster, sessions, audit: writeAudit, clock, ports: portRepo }));
     server.addService(EventServiceService, eventService({ ...base, events }));
     server.addService(PortServiceService, portService({ ...base, repo: vms, ports: portRepo, store, cluster, limits: () => cfg.limits }));
     const health = new HealthImplementation({

@@ -219,6 +219,11 @@ export class PortRepo {
   }
 
   /** For VmRepo's remove transaction: everything the VM holds goes, and the owner's count drops. */
+  /** The port and route keys a VM holds (empty: it exposes nothing). */
+  async heldBy(vmId: string): Promise<string[]> {
+    return keysOf(await this.d.store.get(portKeys.vmPorts(vmId))).filter(counted);
+  }
+
   async release(vm: Vm): Promise<{ compares: Compare[]; ops: Op[] }> {
     const [listKv, countKv] = await Promise.all([this.d.store.get(portKeys.vmPorts(vm.id)), this.d.store.get(portKeys.count(vm.owner))]);
     if (!listKv) return { compares: [unchanged(portKeys.vmPorts(vm.id), undefined)], ops: [] };

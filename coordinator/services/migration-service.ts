@@ -37,6 +37,8 @@ export interface MigrationServiceDeps extends HandlerDeps {
   clock: { now(): Date };
   /** How long the target may take to run the VM after the switch (default 180 s). */
   arriveMs?: number;
+  /** Exposed ports and HTTP routes: they are recorded per host and do not follow a VM yet. */
+  ports?: { heldBy(vmId: string): Promise<string[]> };
 }
 
 const phaseName = (p: VmPhase | undefined): string => VmPhase[p ?? 0]?.replace("VM_PHASE_", "") ?? "unknown";
@@ -143,6 +145,10 @@ export function migrationService(d: MigrationServiceDeps): MigrationServiceServe
       const problem = migrationProblem(vm, source, target, toHost);
       if (problem) throw problem;
       if (active.has(vm.id)) throw precondition(`VM "${vm.name}" is already being migrated`);
+      const held = (await d.ports?.heldBy(vm.id)) ?? [];
+      if (held.length > 0) {
+        throw precondition(`VM "${vm.name}" has ${held.length} exposed port(s) or HTTP route(s) on ${source!.name}; unexpose them before migrating (they do not follow a VM to another host yet)`);
+      }
       const src = channel(source!, "source");
       const dst = channel(target!, "target");
       active.add(vm.id);
