@@ -9,4 +9,6 @@ export interface DesiredVm {
   /** The driver the VM asks for; "" means the agent's default (its first) driver. */
   driver: string;
   spec: VmCreateSpec;
+  /** Host-loss policy as the coordinator resolved it: with reschedule, the agent stops the VM itself once it has not renewed its lease for `graceMs` (fencing). */
+  hostLoss?: { reschedule: boolean; graceMs: number };
 }

@@ -33,7 +33,8 @@ import type { VmRepo } from "../state/vm-repo.js";
 import type { Lease, Store } from "../store/store.js";
 import type { Principal } from "../auth/authorize.js";
 import { DRIVERS } from "../validate.js";
-import { keys } from "../state/keys.js";
+import { keys, lastSegment } from "../state/keys.js";
+import { type HostLossDefaults, withEffectiveHostLoss } from "../controllers/host-loss.js";
 import type { ExecChannel, ExecHandle, SessionRegistry } from "../agents/registry.js";
 import type { AuthGuard } from "../auth/guard.js";
 import { AuthFailure } from "../auth/tokens.js";
@@ -60,7 +61,11 @@ export interface AgentServiceDeps extends HandlerDeps {
   audit?: (e: { event: string; user: string; vm: string; host: string; success: boolean; detail: string; peer: string }) => Promise<void>;
   /** Records agents' security events in the audit log (absent: they are only logged). */
   security?: SecurityAudit;
+  /** The cluster's host-loss defaults: agents get each VM with its effective policy (they fence by it). Default keep, 60 s. */
+  hostLoss?: HostLossDefaults;
 }
+
+const DEFAULT_HOST_LOSS: HostLossDefaults = { policy: "keep", graceSeconds: 60 };
 
 /**
  * Who an agent is. Over TLS it is the host named by its client certificate
@@ -262,6 +267,8 @@ class AgentSession implements ExecChannel {
   private readonly log: Logger;
   private identity?: AgentIdentity;
   private untrack?: () => void;
+  /** Deltas held back while a snapshot is being read (undefined: send at once). */
+  private deltas?: SessionResponse[];
   /** VMs this session was told about: a report for one that moved away since is stale, not an intrusion. */
   private readonly known = new Set<string>();
 
@@ -363,9 +370,13 @@ class AgentSession implements ExecChannel {
       try {
         await this.lease!.keepAliveOnce();
       } catch {
-        // The lease expired while we were away: take a new one.
+        // The lease expired while we were away: take a new one. Meanwhile the host was
+        // unreachable: its VMs were marked UNKNOWN and some may have moved. A new snapshot
+        // tells the agent which are still its own and makes it report their state again.
         this.lease = await this.d.store.grantLease(this.d.leaseTtlSeconds);
         await this.d.hosts.markAlive(this.hostId, this.lease);
+        this.deltas ??= [];
+        this.sendSnapshot(await this.currentVms());
       }
       this.send({ kind: { $case: "heartbeatAck", value: { sequence: k.value.sequence } } });
       return;
@@ -432,6 +443,8 @@ class AgentSession implements ExecChannel {
       // session was never told about is an attempt on another host's VM.
       const assignedTo = this.d.cluster.vms.get(keys.vm(r.vmId))?.value.status?.hostId;
       if (assignedTo !== undefined && assignedTo !== this.hostId && !this.known.has(r.vmId)) {
+        // A host back from a loss removes what was rescheduled away and says so: nothing to apply.
+        if (r.destroyed) return;
         throw denied(`VM ${r.vmId} is not assigned to this host`);
       }
       if (r.destroyed) await this.d.vms.finalizeDestroy(r.vmId, this.hostId);
@@ -459,20 +472,19 @@ class AgentSession implements ExecChannel {
     await this.d.hosts.markAlive(hostId, this.lease);
     this.log.info({ host: host.host.name, hostId }, "session started");
     this.d.sessions.set(hostId, this);
-    // Subscribe before the snapshot so nothing falls between them; the agent
-    // treats a VM it already has as an update.
+    // Subscribe before the snapshot so nothing falls between them (deltas wait
+    // until the snapshot is out); the agent treats a VM it already has as an update.
+    this.deltas = [];
     this.unsub = this.d.cluster.vms.onChange((ch) => {
       const now = ch.type === "put" ? ch.entry.value : undefined;
       const before = ch.prev?.value;
       const mine = (v?: Vm) => v?.status?.hostId === hostId;
       if (now && mine(now)) {
         this.known.add(now.id);
-        this.send({ kind: { $case: "vm", value: now } });
-      } else if (mine(before)) this.send({ kind: { $case: "vmRemoved", value: { vmId: before!.id } } });
+        this.sendDelta({ kind: { $case: "vm", value: withEffectiveHostLoss(now, this.hostLoss) } });
+      } else if (mine(before)) this.sendDelta({ kind: { $case: "vmRemoved", value: { vmId: before!.id } } });
     });
-    const vms = this.d.cluster.vmsOnHost(hostId);
-    for (const vm of vms) this.known.add(vm.id);
-    this.send({ kind: { $case: "snapshot", value: { vms } } });
+    this.sendSnapshot(await this.currentVms());
     // The mesh view: sent now and again whenever it changes (coalesced; only when different).
     this.sendMesh();
     this.unsubMesh = this.d.cluster.onMeshChange(() => {
@@ -482,6 +494,36 @@ class AgentSession implements ExecChannel {
         this.sendMesh();
       }, MESH_COALESCE_MS);
     });
+  }
+
+  private get hostLoss(): HostLossDefaults {
+    return this.d.hostLoss ?? DEFAULT_HOST_LOSS;
+  }
+
+  /**
+   * The host's VMs as of now: the informer's copy, less any VM whose assignment
+   * etcd does not hold. Read after the host's liveness key was written, this
+   * never includes a VM the host-loss controller rescheduled before (its
+   * transaction requires the key absent), even when the informer lags; one
+   * assigned after the read arrives as a delta (held back until the snapshot).
+   */
+  private async currentVms(): Promise<Vm[]> {
+    const assigned = new Set((await this.d.store.list(keys.assignPrefix(this.hostId))).kvs.map((kv) => lastSegment(kv.key)));
+    return this.d.cluster.vmsOnHost(this.hostId).filter((v) => assigned.has(v.id));
+  }
+
+  /** Sends the snapshot, then the deltas held back while it was being read. */
+  private sendSnapshot(vms: Vm[]): void {
+    for (const vm of vms) this.known.add(vm.id);
+    this.send({ kind: { $case: "snapshot", value: { vms: vms.map((v) => withEffectiveHostLoss(v, this.hostLoss)) } } });
+    const held = this.deltas ?? [];
+    this.deltas = undefined;
+    for (const m of held) this.send(m);
+  }
+
+  private sendDelta(m: SessionResponse): void {
+    if (this.deltas) this.deltas.push(m);
+    else this.send(m);
   }
 
   private sendMesh(): void {

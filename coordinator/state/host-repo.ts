@@ -80,6 +80,8 @@ export class HostRepo {
         meshIp,
         posture: req.posture ? { ...req.posture, checkedAt: now } : undefined,
         degradedReason: prev?.host.degradedReason ?? "",
+        // Kept: the leader's host-loss controller clears it once the host holds a lease again.
+        unreachableSince: prev?.host.unreachableSince,
       };
       const r = await this.store.txn(
         [
@@ -159,7 +161,7 @@ export class HostRepo {
   }
 
   /** Marks the host alive for as long as `lease` lives. */
-  async markAlive(id: string, lease: Lease): Promise<void> {
-    await this.store.put(keys.alive(id), Buffer.from(String(this.clock.now().getTime())), { lease: lease.id });
+  async markAlive(id: string, lease: Lease): Promise<number> {
+    return this.store.put(keys.alive(id), Buffer.from(String(this.clock.now().getTime())), { lease: lease.id });
   }
 }
