@@ -1,12 +1,12 @@
-// A throwaway three-member etcd cluster on loopback for HA tests: free ports,
-// data under one temp dir, auto-compaction on. Members can be stopped and
+// A throwaway etcd cluster on loopback (three members by default) for HA tests and the chaos
+// suite: free ports, data under one temp dir, auto-compaction on. Members can be stopped and
 // started again one by one (same ports, same data) to test quorum loss.
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, openSync, closeSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { etcdEnv, pickFreePort } from "../../coordinator/etcd/embedded.js";
+import { etcdEnv, pickFreePort } from "../coordinator/etcd/embedded.js";
 
 export interface EtcdMember {
   name: string;
