@@ -3,7 +3,7 @@
 // Config in NOID_CHAOS_AGENT (JSON); tells the parent over IPC which VMs run.
 import { join } from "node:path";
 import { credentials } from "@grpc/grpc-js";
-import { silentLogger } from "../common/logger.js";
+import { createLogger } from "../common/logger.js";
 import { AgentServiceClient } from "../gen/noid/v1/agent.js";
 import { DriverSet } from "../agent/drivers/driver-set.js";
 import { ReconcileLoop } from "../agent/reconcile/loop.js";
@@ -24,7 +24,7 @@ export interface ChaosAgentConfig {
 
 async function main(): Promise<void> {
   const c = JSON.parse(process.env.NOID_CHAOS_AGENT ?? "{}") as ChaosAgentConfig;
-  const logger = silentLogger();
+  const logger = createLogger({ name: c.name, level: process.env.NOID_CHAOS_LOG_LEVEL ?? "warn" });
   const send = (running: string[]) => process.send?.({ type: "running", running });
   const driver = new MemoryDriver("sandbox", join(c.dir, "vms.json"), send);
   const drivers = new DriverSet([driver]);

@@ -36,6 +36,8 @@ export interface ChaosTimings {
 
 export const TIMINGS: ChaosTimings = { leaderLeaseSeconds: 2, agentLeaseSeconds: 2, heartbeatMs: 400, graceSeconds: 4 };
 
+const SETPRIV = ["/usr/bin/setpriv", "/bin/setpriv"].find((p) => existsSync(p));
+
 export const HOST_CAPACITY = { vcpus: 8, memoryMb: 8192, diskGb: 100 };
 
 /** A TCP relay: cut() drops every connection and stops listening; restore() listens again on the same port. */
@@ -209,7 +211,10 @@ export async function startChaosCluster(o: { hosts: number; coordinators?: numbe
       const cfg = join(c.dir, "coordinator.toml");
       writeFileSync(cfg, coordinatorConfig(c, etcd.endpoints, prefix, t) + "\n");
       const fd = openSync(join(c.dir, "coordinator.log"), "a");
-      const child = spawn(process.execPath, [mainJs, "--config", cfg], { stdio: ["ignore", fd, fd] });
+      // With setpriv, a coordinator dies with the suite even when the suite is killed.
+      const argv = [process.execPath, mainJs, "--config", cfg];
+      const [cmd, args] = SETPRIV ? [SETPRIV, ["--pdeathsig", "KILL", "--", ...argv]] : [argv[0]!, argv.slice(1)];
+      const child = spawn(cmd, args, { stdio: ["ignore", fd, fd] });
       closeSync(fd);
       c.child = child;
       c.paused = false;
@@ -283,12 +288,13 @@ export async function startChaosCluster(o: { hosts: number; coordinators?: numbe
     for (let i = 0; i < (o.coordinators ?? 3); i++) {
       const dir = join(base, `coordinator-${i}`);
       mkdirSync(dir, { recursive: true, mode: 0o700 });
-      // One admin token for all: the first replica creates it, the others find it in etcd.
-      if (i > 0) copyFileSync(join(coords[0]!.dir, "admin.token"), join(dir, "admin.token"));
       coords.push({ index: i, port: await pickFreePort(), dir, paused: false });
-      await cluster.startCoordinator(i);
-      if (i === 0) token = readFileSync(join(dir, "admin.token"), "utf8").trim();
     }
+    // One admin token for all: the first replica creates it, the others (started together) find it in etcd.
+    await cluster.startCoordinator(0);
+    token = readFileSync(join(coords[0]!.dir, "admin.token"), "utf8").trim();
+    for (const c of coords.slice(1)) copyFileSync(join(coords[0]!.dir, "admin.token"), join(c.dir, "admin.token"));
+    await Promise.all(coords.slice(1).map((c) => cluster.startCoordinator(c.index)));
     log(`coordinators: ${coords.map((c) => c.port).join(", ")}`);
     for (let i = 0; i < o.hosts; i++) {
       const dir = join(base, `host-${i}`);

@@ -264,6 +264,10 @@ class AgentSession implements ExecChannel {
   private closed = false;
   /** Reports are applied one at a time, in the order the agent sent them. */
   private work: Promise<void> = Promise.resolve();
+  /** hello is done: heartbeats go beside the reports from now on. */
+  private started = false;
+  /** Heartbeats, one at a time, beside the reports. */
+  private beats: Promise<void> = Promise.resolve();
   private readonly log: Logger;
   private identity?: AgentIdentity;
   private untrack?: () => void;
@@ -299,6 +303,13 @@ class AgentSession implements ExecChannel {
       return;
     }
     this.call.on("data", (m: SessionRequest) => {
+      // Heartbeats renew the host's lease: they do not queue behind status reports (with etcd
+      // slow, a burst of reports would let the lease expire and the host look lost).
+      if (m.kind?.$case === "heartbeat" && this.started) {
+        const seq = m.kind.value.sequence;
+        this.beats = this.beats.then(() => this.heartbeat(seq)).catch((e) => this.fail(e));
+        return;
+      }
       this.work = this.work.then(() => this.onMessage(m)).catch((e) => this.fail(e));
     });
     const end = () => {
@@ -362,25 +373,7 @@ class AgentSession implements ExecChannel {
     if (!k) throw invalid("kind", "empty session message");
     if (k.$case === "hello") return this.hello(k.value.hostId);
     if (!this.hostId) throw new NoidError("FAILED_PRECONDITION", "send hello first");
-    if (k.$case === "heartbeat") {
-      // A certificate revoked (host removed, maybe through another coordinator) ends the session.
-      if (this.identity?.kind === "cert" && (await this.d.pki!.ids.isRevoked(this.identity.serial))) {
-        throw new AuthFailure("bad_host_cert", "host certificate is revoked");
-      }
-      try {
-        await this.lease!.keepAliveOnce();
-      } catch {
-        // The lease expired while we were away: take a new one. Meanwhile the host was
-        // unreachable: its VMs were marked UNKNOWN and some may have moved. A new snapshot
-        // tells the agent which are still its own and makes it report their state again.
-        this.lease = await this.d.store.grantLease(this.d.leaseTtlSeconds);
-        await this.d.hosts.markAlive(this.hostId, this.lease);
-        this.deltas ??= [];
-        this.sendSnapshot(await this.currentVms());
-      }
-      this.send({ kind: { $case: "heartbeatAck", value: { sequence: k.value.sequence } } });
-      return;
-    }
+    if (k.$case === "heartbeat") return this.heartbeat(k.value.sequence);
     if (k.$case === "execOutput") {
       const f = this.execs.get(k.value.execId);
       if (!f) return;
@@ -460,6 +453,25 @@ class AgentSession implements ExecChannel {
     }
   }
 
+  private async heartbeat(sequence: number): Promise<void> {
+    // A certificate revoked (host removed, maybe through another coordinator) ends the session.
+    if (this.identity?.kind === "cert" && (await this.d.pki!.ids.isRevoked(this.identity.serial))) {
+      throw new AuthFailure("bad_host_cert", "host certificate is revoked");
+    }
+    try {
+      await this.lease!.keepAliveOnce();
+    } catch {
+      // The lease expired while we were away: take a new one. Meanwhile the host was
+      // unreachable: its VMs were marked UNKNOWN and some may have moved. A new snapshot
+      // tells the agent which are still its own and makes it report their state again.
+      this.lease = await this.d.store.grantLease(this.d.leaseTtlSeconds);
+      await this.d.hosts.markAlive(this.hostId, this.lease);
+      this.deltas ??= [];
+      this.sendSnapshot(await this.currentVms());
+    }
+    this.send({ kind: { $case: "heartbeatAck", value: { sequence } } });
+  }
+
   private async hello(hostId: string): Promise<void> {
     if (this.hostId) throw new NoidError("FAILED_PRECONDITION", "hello sent twice");
     if (!/^[0-9a-f]{16}$/.test(hostId)) throw invalid("hello.host_id", "is not a host id");
@@ -485,6 +497,7 @@ class AgentSession implements ExecChannel {
       } else if (mine(before)) this.sendDelta({ kind: { $case: "vmRemoved", value: { vmId: before!.id } } });
     });
     this.sendSnapshot(await this.currentVms());
+    this.started = true;
     // The mesh view: sent now and again whenever it changes (coalesced; only when different).
     this.sendMesh();
     this.unsubMesh = this.d.cluster.onMeshChange(() => {
