@@ -182,7 +182,10 @@ export async function startChaosCluster(o: { hosts: number; coordinators?: numbe
   const mainJs = join(root, "dist", "coordinator", "main.js");
   const agentJs = join(root, "dist", "chaos", "agent-proc.js");
   for (const f of [mainJs, agentJs]) if (!existsSync(f)) throw new Error(`chaos: ${f} is missing; run npm run build`);
-  const etcd = await startTestEtcdCluster(3);
+  const etcd = await startTestEtcdCluster(3).catch((e: unknown) => {
+    rmSync(base, { recursive: true, force: true });
+    throw e;
+  });
   log(`etcd: 3 members (${etcd.endpoints.join(", ")})`);
   const coords: CoordProc[] = [];
   const hosts: HostProc[] = [];
@@ -280,7 +283,9 @@ export async function startChaosCluster(o: { hosts: number; coordinators?: numbe
       }
       for (const c of coords) await cluster.killCoordinator(c.index).catch(() => undefined);
       await etcd.stop();
-      rmSync(base, { recursive: true, force: true });
+      // NOID_CHAOS_KEEP=1 keeps the logs (coordinator-*/coordinator.log, host-*/agent.log).
+      if (process.env.NOID_CHAOS_KEEP) log(`kept ${base}`);
+      else rmSync(base, { recursive: true, force: true });
     },
   };
 

@@ -71,6 +71,14 @@ class Storm {
     private readonly maxLive: number,
   ) {}
 
+  /**
+   * VMs that live through the whole run (the storm's own live a few seconds, mostly
+   * destroyed before a lost host's grace ends): half keep, half reschedule.
+   */
+  async residents(n: number): Promise<void> {
+    for (let i = 0; i < n; i++) await this.create(this.clients[0]!, { resident: true, reschedule: i % 2 === 0 });
+  }
+
   start(): void {
     this.done = this.clients.map((c) => this.worker(c));
   }
@@ -89,9 +97,9 @@ class Storm {
     }
   }
 
-  private async create(c: NoidClient): Promise<void> {
-    const name = `r${this.run}-${++this.seq}`;
-    const reschedule = this.rand() < 0.5;
+  private async create(c: NoidClient, o: { resident?: boolean; reschedule?: boolean } = {}): Promise<void> {
+    const name = `r${this.run}-${o.resident ? "res" : ""}${++this.seq}`;
+    const reschedule = o.reschedule ?? this.rand() < 0.5;
     const rec: CallRecord = { op: "create", name, start: Date.now(), end: 0, ok: false };
     this.calls.push(rec);
     try {
@@ -105,7 +113,7 @@ class Storm {
       rec.ip = vm.status?.ip ?? "";
       rec.networkId = vm.status?.networkId ?? "";
       this.sizes[vm.id] = VM_SIZE;
-      this.live.set(vm.id, name);
+      if (!o.resident) this.live.set(vm.id, name);
     } catch (e) {
       rec.error = e instanceof Error ? e.message : String(e);
     } finally {
@@ -277,7 +285,9 @@ async function inject(c: ChaosCluster, store: Store, scenario: Scenario, rand: (
     }
     case "underlay-cut": {
       const i = Math.floor(rand() * c.hosts.length);
-      const down = between(500, (t.agentLeaseSeconds + t.graceSeconds) * 1000 + 3000);
+      // Half the time shorter than lease + grace (the VMs stay), half longer (reschedule-policy VMs move, fenced first).
+      const lost = (t.agentLeaseSeconds + t.graceSeconds) * 1000;
+      const down = rand() < 0.5 ? between(500, lost - 500) : between(lost + 1000, lost + 4000);
       await Promise.all(c.hosts[i]!.relays.map((r) => r.cut()));
       await sleep(down);
       return { detail: `cut ${c.hosts[i]!.name} off for ${down} ms`, heal: async () => void (await Promise.all(c.hosts[i]!.relays.map((r) => r.restore()))) };
@@ -300,6 +310,7 @@ async function oneRun(c: ChaosCluster, store: Store, scenario: Scenario, run: nu
   const sampler = new Sampler(store);
   await sampler.start();
   const storm = new Storm(clients, run, rand, c.timings.graceSeconds, Math.floor((c.hosts.length * HOST_CAPACITY.vcpus) / 2));
+  await storm.residents(6);
   storm.start();
   await sleep(o.stormMs * (0.2 + rand() * 0.3));
   const fault = await inject(c, store, scenario, rand, sampler);
