@@ -58,7 +58,9 @@ const VM_SIZE: Resources = { vcpus: 1, memoryMb: 64 };
 class Storm {
   readonly calls: CallRecord[] = [];
   readonly sizes: Record<string, Resources> = {};
-  private readonly live = new Map<string, string>(); // id -> name
+  /** Names the storm may destroy, with the id when the create was acknowledged. A create that
+   * failed may still have made the VM (e.g. RESOURCE_EXHAUSTED keeps it PENDING): it is destroyed by name. */
+  private readonly live = new Map<string, string | undefined>();
   private stopped = false;
   private seq = 0;
   private done: Promise<void>[] = [];
@@ -113,23 +115,25 @@ class Storm {
       rec.ip = vm.status?.ip ?? "";
       rec.networkId = vm.status?.networkId ?? "";
       this.sizes[vm.id] = VM_SIZE;
-      if (!o.resident) this.live.set(vm.id, name);
+      if (!o.resident) this.live.set(name, vm.id);
     } catch (e) {
       rec.error = e instanceof Error ? e.message : String(e);
+      this.live.set(name, undefined);
     } finally {
       rec.end = Date.now();
     }
   }
 
   private async destroy(c: NoidClient): Promise<void> {
-    const ids = [...this.live.keys()];
-    const id = ids[Math.floor(this.rand() * ids.length)]!;
-    const name = this.live.get(id)!;
-    this.live.delete(id);
-    const rec: CallRecord = { op: "destroy", name, vmId: id, start: Date.now(), end: 0, ok: false };
+    const names = [...this.live.keys()];
+    const name = names[Math.floor(this.rand() * names.length)]!;
+    const id = this.live.get(name);
+    this.live.delete(name);
+    const rec: CallRecord = { op: "destroy", name, ...(id ? { vmId: id } : {}), start: Date.now(), end: 0, ok: false };
     this.calls.push(rec);
     try {
-      await c.destroyVm({ id });
+      const vm = await c.destroyVm(id ? { id } : name);
+      rec.vmId = vm.id;
       rec.ok = true;
     } catch (e) {
       rec.error = e instanceof Error ? e.message : String(e);
@@ -346,6 +350,13 @@ export async function runChaos(o: ChaosOptions): Promise<RunResult[]> {
   const c = await startChaosCluster({ hosts: o.hosts, log: o.log });
   const store = await createEtcdStore({ endpoints: c.etcd.endpoints, prefix: c.prefix });
   const results: RunResult[] = [];
+  // Interrupted: remove the cluster (processes, data) before leaving.
+  const interrupted = (sig: NodeJS.Signals) => {
+    o.log(`${sig}: stopping the cluster`);
+    void c.stop().finally(() => process.exit(130));
+  };
+  process.once("SIGINT", interrupted);
+  process.once("SIGTERM", interrupted);
   try {
     let run = 0;
     for (let r = 0; r < o.repeats; r++) {
@@ -362,6 +373,8 @@ export async function runChaos(o: ChaosOptions): Promise<RunResult[]> {
       }
     }
   } finally {
+    process.off("SIGINT", interrupted);
+    process.off("SIGTERM", interrupted);
     await store.close();
     await c.stop();
   }
