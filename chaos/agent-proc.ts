@@ -20,6 +20,8 @@ export interface ChaosAgentConfig {
   token: string;
   dir: string;
   capacity: { vcpus: number; memoryMb: number; diskGb: number };
+  /** Sabotage (to see the checker catch VMs run twice): no fencing. */
+  noFencing?: boolean;
 }
 
 async function main(): Promise<void> {
@@ -54,7 +56,7 @@ async function main(): Promise<void> {
   await loop.start();
   session.start();
   const s = session;
-  new Fence({ loop, lastRenewedAt: () => s.lastRenewedAt, logger, everyMs: 100 }).start();
+  if (!c.noFencing) new Fence({ loop, lastRenewedAt: () => s.lastRenewedAt, logger, everyMs: 100 }).start();
   process.on("disconnect", () => process.exit(0));
   process.send?.({ type: "ready" });
 }

@@ -174,7 +174,7 @@ async function until<T>(what: string, f: () => Promise<T | undefined>, timeoutMs
   }
 }
 
-export async function startChaosCluster(o: { hosts: number; coordinators?: number; timings?: ChaosTimings; log?: (s: string) => void }): Promise<ChaosCluster> {
+export async function startChaosCluster(o: { hosts: number; coordinators?: number; timings?: ChaosTimings; log?: (s: string) => void; noFencing?: boolean }): Promise<ChaosCluster> {
   const t = o.timings ?? TIMINGS;
   const log = o.log ?? (() => undefined);
   const base = mkdtempSync(join(tmpdir(), "noid-chaos-"));
@@ -242,7 +242,7 @@ export async function startChaosCluster(o: { hosts: number; coordinators?: numbe
     async startHost(i) {
       const h = hosts[i]!;
       if (h.child && h.child.exitCode === null && h.child.signalCode === null) return;
-      const cfg: ChaosAgentConfig = { name: h.name, addresses: h.relays.map((r) => r.address), token, dir: h.dir, capacity: HOST_CAPACITY };
+      const cfg: ChaosAgentConfig = { name: h.name, addresses: h.relays.map((r) => r.address), token, dir: h.dir, capacity: HOST_CAPACITY, noFencing: o.noFencing ?? false };
       const fd = openSync(join(h.dir, "agent.log"), "a");
       const child = fork(agentJs, [], { env: { ...process.env, NOID_CHAOS_AGENT: JSON.stringify(cfg) }, stdio: ["ignore", fd, fd, "ipc"] });
       closeSync(fd);

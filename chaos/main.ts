@@ -17,8 +17,9 @@ async function main(): Promise<number> {
     .option("--seed <n>", "random seed (default: time); printed so a run can be replayed")
     .option("--storm-ms <n>", "storm length around each fault (default 6000 quick, 10000 full)")
     .option("--hosts <n>", "simulated hosts", "3")
+    .option("--no-fencing", "sabotage: hosts do not stop their VMs when lost (the checker must report VMs run twice)")
     .parse();
-  const o = cmd.opts<{ quick?: boolean; repeats?: string; only?: string; seed?: string; stormMs?: string; hosts: string }>();
+  const o = cmd.opts<{ quick?: boolean; repeats?: string; only?: string; seed?: string; stormMs?: string; hosts: string; fencing: boolean }>();
   const scenarios = (o.only ? o.only.split(",") : [...SCENARIOS]) as Scenario[];
   for (const s of scenarios) if (!(SCENARIOS as readonly string[]).includes(s)) throw new Error(`unknown scenario "${s}" (known: ${SCENARIOS.join(", ")})`);
   const seed = o.seed ? Number(o.seed) : Date.now() % 2 ** 31;
@@ -32,6 +33,7 @@ async function main(): Promise<number> {
     hosts: Number(o.hosts),
     seed,
     log,
+    noFencing: !o.fencing,
   });
   const s = summarize(results);
   process.stdout.write(s.text + "\n");

@@ -23,6 +23,8 @@ export interface ChaosOptions {
   hosts: number;
   seed: number;
   log: (s: string) => void;
+  /** Sabotage: hosts do not fence (the checker must then find VMs run twice after long cuts). */
+  noFencing?: boolean;
 }
 
 export interface RunResult {
@@ -347,7 +349,7 @@ async function oneRun(c: ChaosCluster, store: Store, scenario: Scenario, run: nu
 
 export async function runChaos(o: ChaosOptions): Promise<RunResult[]> {
   const rand = rng(o.seed);
-  const c = await startChaosCluster({ hosts: o.hosts, log: o.log });
+  const c = await startChaosCluster({ hosts: o.hosts, log: o.log, noFencing: o.noFencing ?? false });
   const store = await createEtcdStore({ endpoints: c.etcd.endpoints, prefix: c.prefix });
   const results: RunResult[] = [];
   // Interrupted: remove the cluster (processes, data) before leaving.
