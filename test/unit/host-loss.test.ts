@@ -101,3 +101,13 @@ describe("vmsToFence", () => {
     expect(vmsToFence(desired, undefined, T0 + 60_000)).toEqual([]);
   });
 });
+
+describe("spec.host_loss validation", () => {
+  it("an unknown policy or a grace over a day is INVALID_ARGUMENT naming the field; unset stays unset", async () => {
+    const { normalizeVmSpec } = await import("../../coordinator/validate.js");
+    expect(() => normalizeVmSpec({ ...vm("a", "").spec!, hostLoss: { policy: 7 as HostLossPolicy, graceSeconds: 0 } })).toThrow(/spec\.host_loss\.policy/);
+    expect(() => normalizeVmSpec({ ...vm("a", "").spec!, hostLoss: { policy: HostLossPolicy.HOST_LOSS_POLICY_RESCHEDULE, graceSeconds: 86_401 } })).toThrow(/spec\.host_loss\.grace_seconds/);
+    expect(normalizeVmSpec({ ...vm("a", "").spec!, hostLoss: undefined }).hostLoss).toBeUndefined();
+    expect(normalizeVmSpec({ ...vm("a", "").spec!, hostLoss: { policy: HostLossPolicy.HOST_LOSS_POLICY_KEEP, graceSeconds: 30 } }).hostLoss?.graceSeconds).toBe(30);
+  });
+});
