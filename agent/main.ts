@@ -33,6 +33,7 @@ import {
 import { readAgentEnv } from "./env.js";
 import { driversFromConfig } from "./drivers/from-config.js";
 import { ReconcileLoop } from "./reconcile/loop.js";
+import { Fence } from "./reconcile/fence.js";
 import { PostureReporter } from "./posture/reporter.js";
 import { run } from "../common/run.js";
 import type { HypervisorDriver } from "./drivers/driver.js";
@@ -363,6 +364,9 @@ export async function main(argv: string[]): Promise<void> {
   ports.start();
   await loop.start();
   session.start();
+  const s = session;
+  const fence = new Fence({ loop, lastRenewedAt: () => s.lastRenewedAt, logger: logger.child({ component: "fence" }) });
+  fence.start();
   logger.info({ coordinator: config.coordinator, stateDir: config.stateDir, drivers: drivers.names }, "agent started");
 
   await new Promise<void>((resolve) => {
@@ -374,6 +378,7 @@ export async function main(argv: string[]): Promise<void> {
     process.once("SIGINT", () => shutdown("SIGINT"));
   });
   posture.stop();
+  fence.stop();
   identity?.stop();
   await session.stop();
   await loop.stop();

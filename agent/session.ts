@@ -89,11 +89,17 @@ export class AgentSession {
   private id: string | undefined;
   private condition: HostCondition | undefined;
   private portReport: PortReport | undefined;
+  private renewedAt: number | undefined;
 
   constructor(private readonly opts: AgentSessionOptions) {}
 
   get hostId(): string | undefined {
     return this.id;
+  }
+
+  /** When the coordinator last proved this host's lease renewed (a heartbeat ack or a snapshot), ms; undefined before. */
+  get lastRenewedAt(): number | undefined {
+    return this.renewedAt;
   }
 
   get currentState(): SessionState {
@@ -253,6 +259,7 @@ export class AgentSession {
     this.attempt = 0;
     switch (k.$case) {
       case "snapshot": {
+        this.renewedAt = Date.now();
         this.opts.sink.setDesired(k.value.vms.map((vm) => desiredFromVm(vm)));
         // The coordinator may have lost what we said before the break: say it again,
         // for the VMs still ours (reporting one that moved away would be refused).
@@ -268,6 +275,7 @@ export class AgentSession {
         break;
       case "heartbeatAck":
         this.lastAcked = Math.max(this.lastAcked, k.value.sequence);
+        this.renewedAt = Date.now();
         break;
       case "exec": {
         const send = (o: AgentExecOutput) => this.write({ kind: { $case: "execOutput", value: o } });

@@ -13,7 +13,7 @@ export function sampleVm(i: number): Uint8Array {
     id: (0x1000000000000000n + BigInt(i)).toString(16),
     name: `bench-vm-${i}`,
     owner: "tenant0",
-    spec: { vcpus: 1, memoryMb: 128, diskGb: 1, driver: "sandbox", image: "", labels: {}, hostSelector: {}, host: "", antiAffinityGroup: "", network: "", networkGroup: "", sshAuthorizedKeys: [] },
+    spec: { vcpus: 1, memoryMb: 128, diskGb: 1, driver: "sandbox", image: "", labels: {}, hostSelector: {}, host: "", antiAffinityGroup: "", network: "", networkGroup: "", sshAuthorizedKeys: [], hostLoss: undefined },
     desiredState: VmDesiredState.VM_DESIRED_STATE_RUNNING,
     createdAt: now,
     status: {

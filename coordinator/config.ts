@@ -80,6 +80,15 @@ export const CoordinatorConfigSchema = z
       })
       .strict()
       .default({ leader_lease_seconds: 5, node_id: "" }),
+    host_loss: z
+      .object({
+        /** What happens to the VMs of a host whose agent's lease expired, for VMs that do not say (spec.host_loss). */
+        policy: z.enum(["keep", "reschedule"]).default("keep"),
+        /** How long a host stays lost before its reschedule-policy VMs move (and before its agent stops them). */
+        grace_seconds: z.number().int().min(1).max(86_400).default(60),
+      })
+      .strict()
+      .default({ policy: "keep", grace_seconds: 60 }),
     networks: NetworkSettingsSchema.default(NETWORK_SETTINGS_DEFAULTS),
     mesh: z
       .object({

@@ -33,6 +33,7 @@ import { ClusterState } from "./state/cluster.js";
 import { HostRepo, parseMeshCidr } from "./state/host-repo.js";
 import { VmRepo, newVmId, type Clock } from "./state/vm-repo.js";
 import { PlacementController, type PlacementStats } from "./controllers/placement.js";
+import { HostLossController } from "./controllers/host-loss.js";
 import type { HandlerDeps } from "./grpc/handler.js";
 import { vmService } from "./services/vm-service.js";
 import { hostService } from "./services/host-service.js";
@@ -248,6 +249,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     cleanups.push(() => portFeed.stop());
     const base: HandlerDeps = { auth: guard, logger: logger.child({ component: "api" }), onCall: metrics.onCall };
 
+    const hostLoss = { policy: cfg.host_loss.policy, graceSeconds: cfg.host_loss.grace_seconds };
     const sessions = new SessionRegistry();
     const hostSessions = new HostSessions();
     const pki = clusterPki ? { ca: clusterPki.ca, ids: new HostIdentities(store, clock, clusterPki.ca, cfg.agents.cert_ttl_seconds) } : undefined;
@@ -285,6 +287,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         ...(pki ? { pki } : {}),
         security,
         ports: portFeed,
+        hostLoss,
       }),
     );
     server.addService(ExecServiceService, execService({ ...base, repo: vms, sessions, audit: writeAudit }));
@@ -330,6 +333,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
 
     // Only the leader runs controllers; their writes go through a store fenced by its term.
     let placement: PlacementController | undefined;
+    let hostLossCtl: HostLossController | undefined;
     const pastTerms: PlacementStats = { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 };
     let maintenance: NodeJS.Timeout | undefined;
     const elector = new LeaderElector({
@@ -341,6 +345,8 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         health.setStatus(LEADER_HEALTH_SERVICE, "SERVING");
         placement = new PlacementController({ store: fenced, cluster, policy: cfg.scheduler.policy, logger: logger.child({ component: "placement" }), clock });
         placement.start();
+        hostLossCtl = new HostLossController({ store: fenced, cluster, defaults: hostLoss, logger: logger.child({ component: "host-loss" }), clock });
+        hostLossCtl.start();
         // Compaction keeps transactions fast; trimming keeps the audit log bounded.
         const leaderAudit = new AuditLog(fenced, clock, cfg.logging.audit);
         const leaderTokens = new TokenStore(fenced, clock, cfg.auth.token_rotation_overlap_seconds);
@@ -362,7 +368,9 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         const p = placement;
         if (p) for (const k of ["attempts", "placed", "conflicts", "unplaceable"] as const) pastTerms[k] += p.stats[k];
         placement = undefined;
-        await p?.stop();
+        const h = hostLossCtl;
+        hostLossCtl = undefined;
+        await Promise.all([p?.stop(), h?.stop()]);
       },
     });
     await elector.start();
@@ -382,6 +390,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
       await elector.stop();
       clearInterval(maintenance);
       await placement?.stop();
+      await hostLossCtl?.stop();
     });
 
     // Health follows etcd: NOT_SERVING while the store cannot answer.

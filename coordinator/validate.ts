@@ -3,9 +3,12 @@
 import { invalid } from "../common/errors.js";
 import { checkLabels, checkName } from "../common/names.js";
 import { declaredListen } from "../common/listen-label.js";
-import type { VmSpec } from "../gen/noid/v1/vm.js";
+import { HostLossPolicy, type VmSpec } from "../gen/noid/v1/vm.js";
 
 export const DRIVERS = ["sandbox", "qemu", "firecracker"] as const;
+
+/** A day: a VM whose host is lost longer than that is rescheduled at the latest then (with the reschedule policy). */
+export const MAX_HOST_LOSS_GRACE_SECONDS = 86_400;
 
 export const VM_DEFAULTS = { vcpus: 1, memoryMb: 512, diskGb: 1 } as const;
 
@@ -24,6 +27,7 @@ export function normalizeVmSpec(spec: VmSpec | undefined): VmSpec {
     network: spec?.network ?? "",
     networkGroup: spec?.networkGroup ?? "",
     sshAuthorizedKeys: spec?.sshAuthorizedKeys ?? [],
+    hostLoss: spec?.hostLoss,
   };
   if (s.memoryMb < 32) throw invalid("spec.memory_mb", `must be at least 32 (got ${s.memoryMb})`);
   if (s.driver !== "" && !(DRIVERS as readonly string[]).includes(s.driver)) {
@@ -39,6 +43,14 @@ export function normalizeVmSpec(spec: VmSpec | undefined): VmSpec {
   if (s.antiAffinityGroup !== "") checkName("spec.anti_affinity_group", s.antiAffinityGroup);
   if (s.network !== "" && s.network !== "isolated") checkName("spec.network", s.network);
   if (s.networkGroup !== "") checkName("spec.network_group", s.networkGroup);
+  if (s.hostLoss) {
+    if (!(s.hostLoss.policy in HostLossPolicy) || s.hostLoss.policy === HostLossPolicy.UNRECOGNIZED) {
+      throw invalid("spec.host_loss.policy", `unknown policy ${s.hostLoss.policy}`);
+    }
+    if (s.hostLoss.graceSeconds > MAX_HOST_LOSS_GRACE_SECONDS) {
+      throw invalid("spec.host_loss.grace_seconds", `must be at most ${MAX_HOST_LOSS_GRACE_SECONDS} (got ${s.hostLoss.graceSeconds})`);
+    }
+  }
   return s;
 }
 

@@ -36,6 +36,8 @@ export interface ClusterOptions {
   agentMetricsPort?: number;
   /** Extra flags of host i's agent (0-based), e.g. ["--ingress"]. */
   agentArgs?: (i: number) => string[];
+  /** What agent i dials (default: the coordinator's unix socket); tests put a relay in between to cut a host off. */
+  agentCoordinator?: (i: number, socket: string) => string;
 }
 
 export interface LocalCluster {
@@ -55,6 +57,10 @@ export interface LocalCluster {
   client(token?: string): NoidClient;
   /** Starts (or restarts) the agent of host i (0-based). */
   startAgent(i: number): Promise<ProcessRef>;
+  /** Stops the coordinator (SIGTERM; its embedded etcd with it); agents and VMs keep running. */
+  stopCoordinator(): Promise<void>;
+  /** Starts the coordinator again on the same state (after stopCoordinator) and waits until it answers. */
+  startCoordinator(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -121,23 +127,27 @@ export async function startLocalCluster(o: ClusterOptions): Promise<LocalCluster
   const tokenFile = join(stateDir, "admin.token");
   const caFile = join(stateDir, "pki", "ca.crt");
   const clients: NoidClient[] = [];
-  const pid = await spawnDetached(
-    [
-      process.execPath,
-      join(repoRoot, "dist/coordinator/main.js"),
-      "--listen",
-      o.listen ?? "127.0.0.1:0",
-      "--unix-socket",
-      socket,
-      "--state-dir",
-      stateDir,
-      ...(o.coordinatorArgs ?? []),
-    ],
-    { logFile: join(o.dir, "coordinator.log") },
-  );
-  const coordinator = processRef(pid);
-  if (!coordinator) throw new Error(`the coordinator exited at once; see ${join(o.dir, "coordinator.log")}`);
-  writeFileSync(stateFile(o.dir), JSON.stringify({ coordinator, prefix: o.prefix } satisfies ClusterState));
+  const spawnCoordinator = async (): Promise<ProcessRef> => {
+    const pid = await spawnDetached(
+      [
+        process.execPath,
+        join(repoRoot, "dist/coordinator/main.js"),
+        "--listen",
+        o.listen ?? "127.0.0.1:0",
+        "--unix-socket",
+        socket,
+        "--state-dir",
+        stateDir,
+        ...(o.coordinatorArgs ?? []),
+      ],
+      { logFile: join(o.dir, "coordinator.log") },
+    );
+    const ref = processRef(pid);
+    if (!ref) throw new Error(`the coordinator exited at once; see ${join(o.dir, "coordinator.log")}`);
+    writeFileSync(stateFile(o.dir), JSON.stringify({ coordinator: ref, prefix: o.prefix } satisfies ClusterState));
+    return ref;
+  };
+  let coordinator = await spawnCoordinator();
   let lab: Lab | undefined;
   try {
     await waitFor(
@@ -179,7 +189,7 @@ export async function startLocalCluster(o: ClusterOptions): Promise<LocalCluster
           process.execPath,
           join(repoRoot, "dist/agent/main.js"),
           "--coordinator",
-          address,
+          o.agentCoordinator ? o.agentCoordinator(i, socket) : address,
           "--ca-file",
           caFile,
           "--join-token-file",
@@ -226,12 +236,22 @@ export async function startLocalCluster(o: ClusterOptions): Promise<LocalCluster
       adminToken,
       adminTokenFile: tokenFile,
       caFile,
-      coordinator,
+      get coordinator() {
+        return coordinator;
+      },
       lab: theLab,
       agents,
       hostNames,
       client,
       startAgent,
+      async stopCoordinator() {
+        if (isAlive(coordinator)) await killProcess(coordinator, 10_000);
+      },
+      async startCoordinator() {
+        if (isAlive(coordinator)) return;
+        coordinator = await spawnCoordinator();
+        await waitFor("the coordinator to answer again", () => admin.whoAmI(), 60_000);
+      },
       async stop() {
         clients.forEach((c) => c.close());
         await stopLocalCluster(o.dir, o.prefix);

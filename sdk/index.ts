@@ -16,7 +16,7 @@ export { parseAddress, readCaFile, type TlsOptions } from "./channel.js";
 export { fetchServerCa, fingerprintOf, normalizeFingerprint, type FetchedCa } from "./pin.js";
 export { isSettled, phaseName, phaseOf } from "./phase.js";
 // The generated message types the client returns, so integrators need one import.
-export { Vm, VmSpec, VmStatus, VmPhase, VmEventType, VmDesiredState, WatchVmsResponse } from "../gen/noid/v1/vm.js";
+export { Vm, VmSpec, VmStatus, VmPhase, VmEventType, VmDesiredState, WatchVmsResponse, HostLoss, HostLossPolicy } from "../gen/noid/v1/vm.js";
 export { Host, HostState, HostPosture, PostureCheck, Resources, DrainHostResponse, CreateJoinTokenResponse, RemoveHostResponse } from "../gen/noid/v1/host.js";
 export { Network } from "../gen/noid/v1/network.js";
 export { Token, Role, CreateTokenResponse, RotateTokenResponse, WhoAmIResponse } from "../gen/noid/v1/auth.js";

@@ -1,6 +1,6 @@
 // Translates the coordinator's Vm messages into DesiredVm. Pure.
 import { createHash } from "node:crypto";
-import { Vm, VmDesiredState } from "../../gen/noid/v1/vm.js";
+import { HostLossPolicy, Vm, VmDesiredState } from "../../gen/noid/v1/vm.js";
 import type { DesiredRunState, DesiredVm } from "./types.js";
 
 /**
@@ -35,8 +35,12 @@ export function desiredFromVm(vm: Vm, defaultPrefixLen = 24): DesiredVm {
   const st = vm.status;
   const netLen = st?.networkCidr ? Number(st.networkCidr.split("/")[1]) : undefined;
   const labels = spec?.labels ?? {};
+  const hl = spec?.hostLoss;
   return {
     ...(Object.keys(labels).length ? { labels } : {}),
+    ...(hl && hl.graceSeconds > 0
+      ? { hostLoss: { reschedule: hl.policy === HostLossPolicy.HOST_LOSS_POLICY_RESCHEDULE, graceMs: hl.graceSeconds * 1000 } }
+      : {}),
     id: vm.id,
     state: desiredState(vm.desiredState),
     driver: spec?.driver ?? "",

@@ -55,6 +55,8 @@ interface Failure {
 
 export class ReconcileLoop {
   private desired: Map<string, DesiredVm> | undefined;
+  /** VMs stopped by fencing (see fence.ts): planned as "stopped" until the coordinator's next snapshot. */
+  private readonly fenced = new Set<string>();
   private readonly reported = new Map<string, VmStatusReport>();
   private readonly failures = new Map<string, Failure>();
   /** VMs given up on: the desired state they failed under, and why. */
@@ -92,6 +94,8 @@ export class ReconcileLoop {
   /** Replaces the whole desired set (a snapshot from the coordinator). */
   setDesired(vms: readonly DesiredVm[]): void {
     this.desired = new Map(vms.map((v) => [v.id, v]));
+    // A snapshot comes right after the coordinator renewed this host's lease: what it lists is still ours.
+    this.fenced.clear();
     this.kick();
   }
 
@@ -106,6 +110,25 @@ export class ReconcileLoop {
     // The coordinator unassigns a FAILED VM; if it comes back, it is tried afresh.
     this.givenUp.delete(vmId);
     this.kick();
+  }
+
+  /** The desired set as last received (empty before the first snapshot). */
+  desiredVms(): DesiredVm[] {
+    return [...(this.desired?.values() ?? [])];
+  }
+
+  /** Stops these VMs (and keeps them stopped) until the next snapshot; kicks a pass when that is news. */
+  fence(vmIds: readonly string[]): void {
+    const news = vmIds.filter((id) => !this.fenced.has(id));
+    if (news.length === 0) return;
+    for (const id of news) this.fenced.add(id);
+    this.opts.logger.warn({ vms: news }, "fencing: lease not renewed within the VMs' host-loss grace; stopping them");
+    this.kick();
+  }
+
+  /** VMs currently fenced. */
+  fencedVms(): string[] {
+    return [...this.fenced];
   }
 
   /** Whether the coordinator wants the VM on this host (it has not moved away or been removed). */
@@ -200,7 +223,7 @@ export class ReconcileLoop {
     const applied: Action[] = [];
     const maxRounds = this.opts.maxRounds ?? 8;
     for (let round = 1; round <= maxRounds; round++) {
-      const desired = [...(this.desired?.values() ?? [])];
+      const desired = [...(this.desired?.values() ?? [])].map((d) => (this.fenced.has(d.id) && d.state === "running" ? { ...d, state: "stopped" as const } : d));
       const observed = await this.opts.drivers.list();
       const canPause = (name: string) => this.opts.drivers.get(name)?.capabilities().pause === true;
       const actions = plan(desired, observed, this.reported, { drivers: this.opts.drivers.names, failed: this.failedNow(), canPause }).filter((a) =>

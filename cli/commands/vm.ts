@@ -1,6 +1,6 @@
 // VM commands: create, list, info, destroy, start, stop.
 import type { Command } from "commander";
-import { isSettled, phaseName, phaseOf, Role, VmEventType, VmPhase, type VmSpec, type WatchVmsResponse } from "../../sdk/index.js";
+import { HostLossPolicy, isSettled, phaseName, phaseOf, Role, VmEventType, VmPhase, type VmSpec, type WatchVmsResponse } from "../../sdk/index.js";
 import type { App } from "../app.js";
 import { parseKeyValues, parsePositiveInt, UsageError } from "../parse.js";
 import type { View } from "../render.js";
@@ -23,6 +23,12 @@ export function specFromFlags(o: CreateFlags): Partial<VmSpec> {
   if (o.network) spec.network = o.network;
   if (o.networkGroup) spec.networkGroup = o.networkGroup;
   if (o.antiAffinity) spec.antiAffinityGroup = o.antiAffinity;
+  if (o.onHostLoss !== undefined || o.hostLossGrace !== undefined) {
+    const policies: Record<string, HostLossPolicy> = { keep: HostLossPolicy.HOST_LOSS_POLICY_KEEP, reschedule: HostLossPolicy.HOST_LOSS_POLICY_RESCHEDULE };
+    const policy = o.onHostLoss === undefined ? HostLossPolicy.HOST_LOSS_POLICY_UNSPECIFIED : policies[o.onHostLoss];
+    if (policy === undefined) throw new UsageError(`--on-host-loss must be keep or reschedule (got "${o.onHostLoss}")`);
+    spec.hostLoss = { policy, graceSeconds: o.hostLossGrace === undefined ? 0 : parsePositiveInt("--host-loss-grace", o.hostLossGrace) };
+  }
   return spec;
 }
 
@@ -38,6 +44,8 @@ export interface CreateFlags {
   network?: string;
   networkGroup?: string;
   antiAffinity?: string;
+  onHostLoss?: string;
+  hostLossGrace?: string;
   wait?: boolean;
   waitTimeout: string;
 }
@@ -74,6 +82,8 @@ export function registerVmCommands(program: Command, app: App): void {
     .option("--network <network>", "tenant network (default: yours)")
     .option("--network-group <group>", "only reach VMs of this group")
     .option("--anti-affinity <group>", "spread VMs of this group over distinct hosts")
+    .option("--on-host-loss <policy>", "keep (stay UNKNOWN until the host returns) or reschedule (elsewhere after the grace); default: the cluster's")
+    .option("--host-loss-grace <seconds>", "seconds a lost host waits before rescheduling (default: the cluster's)")
     .option("--wait", "wait until the VM is RUNNING, STOPPED or FAILED")
     .option("--wait-timeout <seconds>", "how long --wait waits", "300")
     .addHelpText(

@@ -36,7 +36,8 @@ import type { VmRepo } from "../state/vm-repo.js";
 import type { Lease, Store } from "../store/store.js";
 import type { Principal } from "../auth/authorize.js";
 import { DRIVERS } from "../validate.js";
-import { keys } from "../state/keys.js";
+import { keys, lastSegment } from "../state/keys.js";
+import { type HostLossDefaults, withEffectiveHostLoss } from "../controllers/host-loss.js";
 import type { ExecChannel, ExecHandle, SessionRegistry, StreamHandle } from "../agents/registry.js";
 import type { AuthGuard } from "../auth/guard.js";
 import { AuthFailure } from "../auth/tokens.js";
@@ -67,7 +68,11 @@ export interface AgentServiceDeps extends HandlerDeps {
   security?: SecurityAudit;
   /** Port snapshots to agents and their reports (absent: no port exposure). */
   ports?: PortFeed;
+  /** The cluster's host-loss defaults: agents get each VM with its effective policy (they fence by it). Default keep, 60 s. */
+  hostLoss?: HostLossDefaults;
 }
+
+const DEFAULT_HOST_LOSS: HostLossDefaults = { policy: "keep", graceSeconds: 60 };
 
 /**
  * Who an agent is. Over TLS it is the host named by its client certificate
@@ -272,9 +277,15 @@ class AgentSession implements ExecChannel {
   private closed = false;
   /** Reports are applied one at a time, in the order the agent sent them. */
   private work: Promise<void> = Promise.resolve();
+  /** hello is done: heartbeats go beside the reports from now on. */
+  private started = false;
+  /** Heartbeats, one at a time, beside the reports. */
+  private beats: Promise<void> = Promise.resolve();
   private readonly log: Logger;
   private identity?: AgentIdentity;
   private untrack?: () => void;
+  /** Deltas held back while a snapshot is being read (undefined: send at once). */
+  private deltas?: SessionResponse[];
   /** VMs this session was told about: a report for one that moved away since is stale, not an intrusion. */
   private readonly known = new Set<string>();
 
@@ -305,6 +316,13 @@ class AgentSession implements ExecChannel {
       return;
     }
     this.call.on("data", (m: SessionRequest) => {
+      // Heartbeats renew the host's lease: they do not queue behind status reports (with etcd
+      // slow, a burst of reports would let the lease expire and the host look lost).
+      if (m.kind?.$case === "heartbeat" && this.started) {
+        const seq = m.kind.value.sequence;
+        this.beats = this.beats.then(() => this.heartbeat(seq)).catch((e) => this.fail(e));
+        return;
+      }
       this.work = this.work.then(() => this.onMessage(m)).catch((e) => this.fail(e));
     });
     const end = () => {
@@ -398,21 +416,7 @@ class AgentSession implements ExecChannel {
     if (!k) throw invalid("kind", "empty session message");
     if (k.$case === "hello") return this.hello(k.value.hostId);
     if (!this.hostId) throw new NoidError("FAILED_PRECONDITION", "send hello first");
-    if (k.$case === "heartbeat") {
-      // A certificate revoked (host removed, maybe through another coordinator) ends the session.
-      if (this.identity?.kind === "cert" && (await this.d.pki!.ids.isRevoked(this.identity.serial))) {
-        throw new AuthFailure("bad_host_cert", "host certificate is revoked");
-      }
-      try {
-        await this.lease!.keepAliveOnce();
-      } catch {
-        // The lease expired while we were away: take a new one.
-        this.lease = await this.d.store.grantLease(this.d.leaseTtlSeconds);
-        await this.d.hosts.markAlive(this.hostId, this.lease);
-      }
-      this.send({ kind: { $case: "heartbeatAck", value: { sequence: k.value.sequence } } });
-      return;
-    }
+    if (k.$case === "heartbeat") return this.heartbeat(k.value.sequence);
     if (k.$case === "execOutput") {
       const f = this.execs.get(k.value.execId);
       if (!f) return;
@@ -500,6 +504,8 @@ class AgentSession implements ExecChannel {
       // session was never told about is an attempt on another host's VM.
       const assignedTo = this.d.cluster.vms.get(keys.vm(r.vmId))?.value.status?.hostId;
       if (assignedTo !== undefined && assignedTo !== this.hostId && !this.known.has(r.vmId)) {
+        // A host back from a loss removes what was rescheduled away and says so: nothing to apply.
+        if (r.destroyed) return;
         throw denied(`VM ${r.vmId} is not assigned to this host`);
       }
       if (r.destroyed) await this.d.vms.finalizeDestroy(r.vmId, this.hostId);
@@ -515,6 +521,25 @@ class AgentSession implements ExecChannel {
     }
   }
 
+  private async heartbeat(sequence: number): Promise<void> {
+    // A certificate revoked (host removed, maybe through another coordinator) ends the session.
+    if (this.identity?.kind === "cert" && (await this.d.pki!.ids.isRevoked(this.identity.serial))) {
+      throw new AuthFailure("bad_host_cert", "host certificate is revoked");
+    }
+    try {
+      await this.lease!.keepAliveOnce();
+    } catch {
+      // The lease expired while we were away: take a new one. Meanwhile the host was
+      // unreachable: its VMs were marked UNKNOWN and some may have moved. A new snapshot
+      // tells the agent which are still its own and makes it report their state again.
+      this.lease = await this.d.store.grantLease(this.d.leaseTtlSeconds);
+      await this.d.hosts.markAlive(this.hostId, this.lease);
+      this.deltas ??= [];
+      this.sendSnapshot(await this.currentVms());
+    }
+    this.send({ kind: { $case: "heartbeatAck", value: { sequence } } });
+  }
+
   private async hello(hostId: string): Promise<void> {
     if (this.hostId) throw new NoidError("FAILED_PRECONDITION", "hello sent twice");
     if (!/^[0-9a-f]{16}$/.test(hostId)) throw invalid("hello.host_id", "is not a host id");
@@ -527,20 +552,20 @@ class AgentSession implements ExecChannel {
     await this.d.hosts.markAlive(hostId, this.lease);
     this.log.info({ host: host.host.name, hostId }, "session started");
     this.d.sessions.set(hostId, this);
-    // Subscribe before the snapshot so nothing falls between them; the agent
-    // treats a VM it already has as an update.
+    // Subscribe before the snapshot so nothing falls between them (deltas wait
+    // until the snapshot is out); the agent treats a VM it already has as an update.
+    this.deltas = [];
     this.unsub = this.d.cluster.vms.onChange((ch) => {
       const now = ch.type === "put" ? ch.entry.value : undefined;
       const before = ch.prev?.value;
       const mine = (v?: Vm) => v?.status?.hostId === hostId;
       if (now && mine(now)) {
         this.known.add(now.id);
-        this.send({ kind: { $case: "vm", value: now } });
-      } else if (mine(before)) this.send({ kind: { $case: "vmRemoved", value: { vmId: before!.id } } });
+        this.sendDelta({ kind: { $case: "vm", value: withEffectiveHostLoss(now, this.hostLoss) } });
+      } else if (mine(before)) this.sendDelta({ kind: { $case: "vmRemoved", value: { vmId: before!.id } } });
     });
-    const vms = this.d.cluster.vmsOnHost(hostId);
-    for (const vm of vms) this.known.add(vm.id);
-    this.send({ kind: { $case: "snapshot", value: { vms } } });
+    this.sendSnapshot(await this.currentVms());
+    this.started = true;
     // The mesh view: sent now and again whenever it changes (coalesced; only when different).
     this.sendMesh();
     this.unsubMesh = this.d.cluster.onMeshChange(() => {
@@ -570,6 +595,36 @@ class AgentSession implements ExecChannel {
     if (key === this.lastPorts) return;
     this.lastPorts = key;
     this.send({ kind: { $case: "ports", value: snap } });
+  }
+
+  private get hostLoss(): HostLossDefaults {
+    return this.d.hostLoss ?? DEFAULT_HOST_LOSS;
+  }
+
+  /**
+   * The host's VMs as of now: the informer's copy, less any VM whose assignment
+   * etcd does not hold. Read after the host's liveness key was written, this
+   * never includes a VM the host-loss controller rescheduled before (its
+   * transaction requires the key absent), even when the informer lags; one
+   * assigned after the read arrives as a delta (held back until the snapshot).
+   */
+  private async currentVms(): Promise<Vm[]> {
+    const assigned = new Set((await this.d.store.list(keys.assignPrefix(this.hostId))).kvs.map((kv) => lastSegment(kv.key)));
+    return this.d.cluster.vmsOnHost(this.hostId).filter((v) => assigned.has(v.id));
+  }
+
+  /** Sends the snapshot, then the deltas held back while it was being read. */
+  private sendSnapshot(vms: Vm[]): void {
+    for (const vm of vms) this.known.add(vm.id);
+    this.send({ kind: { $case: "snapshot", value: { vms: vms.map((v) => withEffectiveHostLoss(v, this.hostLoss)) } } });
+    const held = this.deltas ?? [];
+    this.deltas = undefined;
+    for (const m of held) this.send(m);
+  }
+
+  private sendDelta(m: SessionResponse): void {
+    if (this.deltas) this.deltas.push(m);
+    else this.send(m);
   }
 
   private sendMesh(): void {

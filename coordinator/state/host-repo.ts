@@ -82,6 +82,8 @@ export class HostRepo {
         degradedReason: prev?.host.degradedReason ?? "",
         ingress: prev?.host.ingress ?? false,
         driverCapabilities: prev?.host.driverCapabilities ?? [],
+        // Kept: the leader's host-loss controller clears it once the host holds a lease again.
+        unreachableSince: prev?.host.unreachableSince,
       };
       const r = await this.store.txn(
         [
@@ -187,7 +189,7 @@ export class HostRepo {
   }
 
   /** Marks the host alive for as long as `lease` lives. */
-  async markAlive(id: string, lease: Lease): Promise<void> {
-    await this.store.put(keys.alive(id), Buffer.from(String(this.clock.now().getTime())), { lease: lease.id });
+  async markAlive(id: string, lease: Lease): Promise<number> {
+    return this.store.put(keys.alive(id), Buffer.from(String(this.clock.now().getTime())), { lease: lease.id });
   }
 }

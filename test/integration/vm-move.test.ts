@@ -32,7 +32,7 @@ describe("VmRepo.moveTo (the migration switch)", () => {
   it("moves host, placement and allocations in one transaction; MIGRATING until the target reports it running", async () => {
     const repo = new VmRepo({ store, clock: { now: () => new Date() }, newId: newVmId, auditKey: () => `a${String(++seq).padStart(6, "0")}` });
     const limits = { max_vms_per_user: 10, max_total_vms: 100, max_vcpus_per_vm: 8, max_memory_per_vm: 16384, max_disk_per_vm: 512, max_exposed_ports_per_user: 10 };
-    const { vm: created } = await repo.create("alice", "web", { vcpus: 1, memoryMb: 256, diskGb: 2, driver: "", image: "", labels: {}, hostSelector: {}, host: "host1", antiAffinityGroup: "", network: "", networkGroup: "", sshAuthorizedKeys: [] }, limits, { peer: "t" });
+    const { vm: created } = await repo.create("alice", "web", { vcpus: 1, memoryMb: 256, diskGb: 2, driver: "", image: "", labels: {}, hostSelector: {}, host: "host1", antiAffinityGroup: "", network: "", networkGroup: "", sshAuthorizedKeys: [], hostLoss: undefined }, limits, { peer: "t" });
     // Placed and running on host1.
     const running: Vm = { ...created, status: { ...created.status!, hostId: A.id, hostName: A.name, phase: VmPhase.VM_PHASE_RUNNING, ip: "10.0.0.5/24", mac: "02:00:00:00:00:05" } };
     await store.txn([], [

@@ -361,3 +361,24 @@ describe("agent reconcile loop", () => {
     expect(phases("a")).toEqual(["CREATING", "STOPPED", "RUNNING"]);
   });
 });
+
+describe("fencing in the reconcile loop", () => {
+  it("a fenced VM is stopped and kept stopped through deltas; the next snapshot (lease renewed) starts it again", async () => {
+    const { driver, loop, phases } = setup();
+    loop.setDesired([want("a", "running"), want("b", "running")]);
+    await loop.idle();
+    loop.fence(["a"]);
+    await loop.idle();
+    expect(driver.vms.get("a")?.state).toBe("stopped");
+    expect(driver.vms.get("b")?.state).toBe("running");
+    expect(loop.fencedVms()).toEqual(["a"]);
+    loop.upsert(want("a", "running"));
+    await loop.idle();
+    expect(driver.vms.get("a")?.state).toBe("stopped");
+    loop.setDesired([want("a", "running"), want("b", "running")]);
+    await loop.idle();
+    expect(driver.vms.get("a")?.state).toBe("running");
+    expect(loop.fencedVms()).toEqual([]);
+    expect(phases("a")).toEqual(["CREATING", "RUNNING", "STOPPING", "STOPPED", "RUNNING"]);
+  });
+});

@@ -164,8 +164,8 @@ describe("declared listening ports (label noid.dev/listen)", () => {
   });
 
   it("is checked when a VM is created", () => {
-    expect(() => normalizeVmSpec({ vcpus: 1, memoryMb: 128, diskGb: 1, driver: "", image: "", labels: { [LISTEN_LABEL]: "ssh" }, hostSelector: {}, host: "", antiAffinityGroup: "", network: "", networkGroup: "", sshAuthorizedKeys: [] })).toThrow(/listen/);
-    expect(normalizeVmSpec({ vcpus: 1, memoryMb: 128, diskGb: 1, driver: "", image: "", labels: { [LISTEN_LABEL]: "22_80" }, hostSelector: {}, host: "", antiAffinityGroup: "", network: "", networkGroup: "", sshAuthorizedKeys: [] }).labels).toEqual({ [LISTEN_LABEL]: "22_80" });
+    expect(() => normalizeVmSpec({ vcpus: 1, memoryMb: 128, diskGb: 1, driver: "", image: "", labels: { [LISTEN_LABEL]: "ssh" }, hostSelector: {}, host: "", antiAffinityGroup: "", network: "", networkGroup: "", sshAuthorizedKeys: [], hostLoss: undefined })).toThrow(/listen/);
+    expect(normalizeVmSpec({ vcpus: 1, memoryMb: 128, diskGb: 1, driver: "", image: "", labels: { [LISTEN_LABEL]: "22_80" }, hostSelector: {}, host: "", antiAffinityGroup: "", network: "", networkGroup: "", sshAuthorizedKeys: [], hostLoss: undefined }).labels).toEqual({ [LISTEN_LABEL]: "22_80" });
   });
 });
 

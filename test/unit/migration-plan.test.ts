@@ -30,7 +30,7 @@ const vm = (o: { phase?: VmPhase; desired?: VmDesiredState; driver?: string; hos
   id: "abcdef0123456789",
   name: "web",
   owner: "alice",
-  spec: { vcpus: 1, memoryMb: 512, diskGb: 2, driver: o.driver ?? "qemu", image: "", labels: {}, hostSelector: {}, host: o.host ?? "host1", antiAffinityGroup: "", network: "", networkGroup: "", sshAuthorizedKeys: [] },
+  spec: { vcpus: 1, memoryMb: 512, diskGb: 2, driver: o.driver ?? "qemu", image: "", labels: {}, hostSelector: {}, host: o.host ?? "host1", antiAffinityGroup: "", network: "", networkGroup: "", sshAuthorizedKeys: [], hostLoss: undefined },
   desiredState: o.desired ?? VmDesiredState.VM_DESIRED_STATE_RUNNING,
   createdAt: undefined,
   status: {

@@ -1,0 +1,105 @@
+// The chaos judge must be able to fail: each invariant broken on purpose is reported, and a clean history is not.
+import { describe, expect, it } from "vitest";
+import { checkHistory, countByKind, type ChaosHistory } from "../../chaos/check.js";
+import { movedVms } from "../../chaos/run.js";
+import { summarize } from "../../chaos/summary.js";
+
+const SIZE = { vcpus: 1, memoryMb: 64 };
+const vm = (id: string, host: string, ip: string) => ({ id, name: `n-${id}`, hostId: host, ip, networkId: "net1", resources: SIZE });
+
+function clean(): ChaosHistory {
+  return {
+    calls: [
+      { op: "create", name: "n-a", vmId: "a", start: 0, end: 10, ok: true, ip: "10.0.0.2", networkId: "net1" },
+      { op: "create", name: "n-b", vmId: "b", start: 5, end: 15, ok: true, ip: "10.0.0.3", networkId: "net1" },
+      { op: "create", name: "n-x", start: 6, end: 16, ok: false, error: "UNAVAILABLE" },
+      { op: "create", name: "n-c", vmId: "c", start: 20, end: 30, ok: true, ip: "10.0.0.4", networkId: "net1" },
+      { op: "destroy", name: "n-c", vmId: "c", start: 40, end: 50, ok: true },
+      // c's address given again after c was being destroyed: allowed.
+      { op: "create", name: "n-d", vmId: "d", start: 60, end: 70, ok: true, ip: "10.0.0.4", networkId: "net1" },
+    ],
+    running: [
+      { at: 20, host: "h1", running: ["a"] },
+      { at: 25, host: "h2", running: ["b"] },
+      { at: 30, host: "h1", running: [] },
+      // a moved to h2 after h1 stopped it.
+      { at: 35, host: "h2", running: ["a", "b"] },
+      { at: 80, host: "h1", running: ["d"] },
+    ],
+    allocs: [{ at: 20, host: "h1", allocated: { vcpus: 2, memoryMb: 128 } }],
+    final: {
+      vms: [vm("a", "h2", "10.0.0.2"), vm("b", "h2", "10.0.0.3"), vm("d", "h1", "10.0.0.4")],
+      assignments: [
+        { host: "h2", vmId: "a" },
+        { host: "h2", vmId: "b" },
+        { host: "h1", vmId: "d" },
+      ],
+      capacity: { h1: { vcpus: 2, memoryMb: 1024 }, h2: { vcpus: 2, memoryMb: 1024 } },
+    },
+    sizes: { a: SIZE, b: SIZE, c: SIZE, d: SIZE },
+  };
+}
+
+describe("chaos checker", () => {
+  it("finds nothing wrong in a clean history (unacknowledged creates and moves one after the other are fine)", () => {
+    expect(checkHistory(clean())).toEqual([]);
+    expect(movedVms(clean().running)).toBe(1);
+  });
+
+  it("reports an acknowledged VM that is gone", () => {
+    const h = clean();
+    h.final.vms = h.final.vms.filter((v) => v.id !== "b");
+    h.final.assignments = h.final.assignments.filter((a) => a.vmId !== "b");
+    const v = checkHistory(h);
+    expect(v.map((x) => x.kind)).toEqual(["lost"]);
+    expect(v[0]!.detail).toContain("n-b");
+  });
+
+  it("reports an acknowledged destroy that did not stick", () => {
+    const h = clean();
+    h.final.vms.push(vm("c", "h1", "10.0.0.9"));
+    expect(checkHistory(h).map((x) => x.kind)).toEqual(["resurrected"]);
+  });
+
+  it("reports a VM running on two hosts at once, and one assigned twice", () => {
+    const h = clean();
+    h.running.splice(2, 1); // h1 never stopped a before h2 ran it
+    expect(checkHistory(h).map((x) => x.kind)).toEqual(["two-hosts"]);
+    const g = clean();
+    g.final.assignments.push({ host: "h1", vmId: "b" });
+    expect(checkHistory(g).map((x) => x.kind)).toEqual(["two-hosts"]);
+  });
+
+  it("reports an address held twice: in the final state, and given again while its holder lived", () => {
+    const h = clean();
+    h.final.vms[1] = { ...h.final.vms[1]!, ip: "10.0.0.2" };
+    expect(checkHistory(h).map((x) => x.kind)).toEqual(["ip-twice"]);
+    const g = clean();
+    g.calls.push({ op: "create", name: "n-e", vmId: "e", start: 90, end: 95, ok: true, ip: "10.0.0.2", networkId: "net1" });
+    g.calls.push({ op: "destroy", name: "n-e", vmId: "e", start: 96, end: 97, ok: true });
+    expect(checkHistory(g).map((x) => x.kind)).toEqual(["ip-twice"]);
+  });
+
+  it("reports capacity exceeded in a sampled allocation or in what a host ran", () => {
+    const h = clean();
+    h.allocs.push({ at: 50, host: "h2", allocated: { vcpus: 3, memoryMb: 192 } });
+    expect(checkHistory(h).map((x) => x.kind)).toEqual(["over-capacity"]);
+    const g = clean();
+    g.running.push({ at: 90, host: "h1", running: ["c", "d", "x1"] });
+    g.sizes.x1 = { vcpus: 1, memoryMb: 64 };
+    expect(checkHistory(g).map((x) => x.kind)).toEqual(["over-capacity"]);
+  });
+
+  it("the summary's last line counts runs, faults and violations", () => {
+    const h = clean();
+    h.final.vms = [];
+    const violations = checkHistory(h);
+    expect(countByKind(violations).lost).toBe(3);
+    const s = summarize([
+      { scenario: "agent-kill", faults: 1, calls: 6, acked: 5, violations, moved: 0, settleMs: 10, detail: "" },
+      { scenario: "leader-kill", faults: 1, calls: 6, acked: 5, violations: [], moved: 0, settleMs: 10, failoverMs: 1200, detail: "" },
+    ]);
+    expect(s.last).toBe("chaos: 2 runs, 2 faults, 3 violations");
+    expect(s.text).toContain("failover");
+  });
+});
