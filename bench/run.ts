@@ -518,7 +518,8 @@ async function coordinatorRss(etcd: BenchEtcd, s: BenchSizes, o: BenchOptions, l
     const id = (0x2000000000000000n + BigInt(i)).toString(16);
     hostIds.push(id);
     const meshIp = `100.64.${(i >> 8) & 255}.${i & 255}`;
-    const h: Host = {
+    // fromPartial: every field a Host has, whatever is added to it later.
+    const h: Host = Host.fromPartial({
       id,
       name: `rss-${i}`,
       address: `10.1.${(i >> 8) & 255}.${i & 255}`,
@@ -536,7 +537,7 @@ async function coordinatorRss(etcd: BenchEtcd, s: BenchSizes, o: BenchOptions, l
       lastSeenAt: now,
       meshIp,
       posture: undefined,
-    } as Host;
+    });
     await add(keys.host(id), Host.encode(h).finish());
     await add(keys.hostName(h.name), Buffer.from(id));
     await add(keys.meshIp(meshIp), Buffer.from(id));

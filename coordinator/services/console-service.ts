@@ -77,6 +77,8 @@ export function consoleService(d: ConsoleServiceDeps): ConsoleServiceServer {
         const vm = await resolveVm(d.repo, { name: s.name, id: s.id, owner: s.owner }, principal, "vm.console");
         const ch = channelFor(vm, "console", true);
         await d.audit({ event: "vm.console", user: principal.user, vm: vm.name, host: vm.status!.hostName, success: true, detail: "", peer: call.getPeer() });
+        // The client went away (or detached) while this was checked: open nothing.
+        if (finished) return;
         const id = streamId();
         const h = ch.stream({ streamId: id, kind: AgentStreamKind.AGENT_STREAM_KIND_CONSOLE, vmId: vm.id, tail: 0, follow: false }, (o) => {
           if (finished) return;
@@ -89,12 +91,15 @@ export function consoleService(d: ConsoleServiceDeps): ConsoleServiceServer {
       };
 
       let started = false;
+      // Authentication and the VM lookup of the start message; the end of the client's side
+      // waits for it, so a refused start ends with its status, never OK.
+      let starting: Promise<void> | undefined;
       call.on("data", (m: ConsoleRequest) => {
         const k = m.kind;
         if (!started) {
           started = true;
           if (k?.$case !== "start") return finish(invalid("kind", "the first message must be start"));
-          start(k.value).catch((e: unknown) => finish(e));
+          starting = start(k.value).catch((e: unknown) => finish(e));
           return;
         }
         if (finished || !k) return;
@@ -106,7 +111,7 @@ export function consoleService(d: ConsoleServiceDeps): ConsoleServiceServer {
       // The client closed its side (detached): the console is closed too.
       call.on("end", () => {
         if (!started) finish(invalid("kind", "the stream ended before start"));
-        else finish();
+        else void (starting ?? Promise.resolve()).then(() => finish());
       });
     },
 

@@ -125,12 +125,12 @@ describe("migration of a running QEMU VM across hosts over the mesh", () => {
     const filler = await alice.createVm("filler", { vcpus: 1, memoryMb: 4000, driver: "sandbox", host: "host2" });
     await phase("filler", VmPhase.VM_PHASE_RUNNING, 60_000);
     await expect(alice.migrateVm("mig", "host2")).rejects.toMatchObject({ code: "RESOURCE_EXHAUSTED", message: expect.stringMatching(/no room/) });
+    await alice.destroyVm("filler");
+    await waitFor("filler gone", async () => ((await alice.listVms()).some((v) => v.name === "filler") ? undefined : true), 60_000);
     // Exposed ports do not follow a VM yet: refused until they are unexposed.
     await alice.exposePort("mig", "18080:80/tcp");
     await expect(alice.migrateVm("mig", "host2")).rejects.toMatchObject({ code: "FAILED_PRECONDITION", message: expect.stringMatching(/exposed port/) });
     await alice.unexposePort("mig", "18080/tcp");
-    await alice.destroyVm("filler");
-    await waitFor("filler gone", async () => ((await alice.listVms()).some((v) => v.name === "filler") ? undefined : true), 60_000);
     // A driver without snapshots: refused by the source's agent before anything changed.
     await expect(alice.migrateVm("peer", "host2")).rejects.toMatchObject({
       code: "FAILED_PRECONDITION",
