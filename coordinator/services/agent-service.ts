@@ -4,7 +4,6 @@
 import type { ServerDuplexStream, ServerUnaryCall, handleUnaryCall, sendUnaryData } from "@grpc/grpc-js";
 import type { PeerCertificate } from "node:tls";
 import type { Logger } from "pino";
-import { MeshSnapshot } from "../../gen/noid/v1/agent.js";
 import type {
   AgentExecCommand,
   AgentExecOutput,
@@ -186,8 +185,6 @@ export function validatePosture(p: HostPosture, field: string): void {
   if (p.ok !== p.checks.every((c) => c.ok || c.optional)) throw invalid(`${field}.ok`, "does not match the checks");
 }
 
-/** Changes that arrive within this window reach an agent as one mesh snapshot. */
-const MESH_COALESCE_MS = 20;
 
 export function agentService(d: AgentServiceDeps): AgentServiceServer {
   const registerHost: handleUnaryCall<RegisterHostRequest, RegisterHostResponse> = agentUnary(d, "RegisterHost", async (req, ctx) => {
@@ -252,7 +249,6 @@ class AgentSession implements ExecChannel {
   private readonly execs = new Map<string, (o: AgentExecOutput) => void>();
   private readonly checkpoints = new Map<string, (r: AgentCheckpointResult) => void>();
   private unsubMesh?: () => void;
-  private meshTimer?: NodeJS.Timeout;
   private lastMesh = "";
   private lease?: Lease;
   private unsub?: () => void;
@@ -316,7 +312,6 @@ class AgentSession implements ExecChannel {
     this.untrack?.();
     this.unsub?.();
     this.unsubMesh?.();
-    if (this.meshTimer) clearTimeout(this.meshTimer);
     if (this.hostId) this.d.sessions.delete(this.hostId, this);
     if (this.hostId) void this.health.update(this.hostId, undefined).catch((err) => this.log.warn({ err }, "clearing host condition failed"));
     for (const [execId, f] of this.execs) f({ execId, output: undefined, error: "the host's agent disconnected" });
@@ -473,21 +468,15 @@ class AgentSession implements ExecChannel {
     const vms = this.d.cluster.vmsOnHost(hostId);
     for (const vm of vms) this.known.add(vm.id);
     this.send({ kind: { $case: "snapshot", value: { vms } } });
-    // The mesh view: sent now and again whenever it changes (coalesced; only when different).
+    // The mesh view: sent now and again whenever it changes (the cluster
+    // coalesces changes for all sessions; sent only when different).
     this.sendMesh();
-    this.unsubMesh = this.d.cluster.onMeshChange(() => {
-      if (this.meshTimer || this.closed) return;
-      this.meshTimer = setTimeout(() => {
-        this.meshTimer = undefined;
-        this.sendMesh();
-      }, MESH_COALESCE_MS);
-    });
+    this.unsubMesh = this.d.cluster.onMeshChange(() => this.sendMesh());
   }
 
   private sendMesh(): void {
     if (this.closed) return;
-    const mesh = this.d.cluster.meshFor(this.hostId, this.d.meshPrefixLen);
-    const key = Buffer.from(MeshSnapshot.encode(mesh).finish()).toString("base64");
+    const { snapshot: mesh, key } = this.d.cluster.meshWithKey(this.hostId, this.d.meshPrefixLen);
     if (key === this.lastMesh) return;
     this.lastMesh = key;
     this.send({ kind: { $case: "mesh", value: mesh } });
