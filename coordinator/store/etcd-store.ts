@@ -26,6 +26,9 @@ import * as grpc from "@grpc/grpc-js";
 import { randomInt } from "node:crypto";
 import { NoidError } from "../../common/errors.js";
 import type { Compare, KeyValue, Lease, ListResult, Op, Store, TxnResult, WatchEvent, Watcher, WatchOptions } from "./store.js";
+import { installEtcdWatchGuard } from "./etcd3-watch-guard.js";
+
+installEtcdWatchGuard();
 
 export interface EtcdStoreOptions {
   endpoints: string[];
