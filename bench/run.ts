@@ -11,6 +11,7 @@ import { keys } from "../coordinator/state/keys.js";
 import { connect, isNoidApiError, type NoidClient } from "../sdk/index.js";
 import * as grpc from "@grpc/grpc-js";
 import { startBenchCoordinator, startBenchEtcd, type BenchCoordinator, type BenchEtcd } from "./cluster.js";
+import { dataplaneFigures, measureDataplane } from "./dataplane.js";
 import { placementShapedTxns, sampleAlloc, sampleVm, watchDelivery } from "./raw-etcd.js";
 import { SimFleet, wgKey, type SimHost } from "./sim-agents.js";
 import { figure, percentile, pool, sleep, sustainedRate, until, type Figure } from "./stats.js";
@@ -33,6 +34,8 @@ export interface BenchSizes {
   /** Seconds of each throughput measurement (raw etcd, gRPC). */
   measureSeconds: number;
   grpcInFlight: number;
+  /** Seconds of each iperf3 run of the data-plane figure (0: skip it). */
+  dataplaneSeconds: number;
 }
 
 // Sizes are bounded by what the coordinator does today: creates go through a
@@ -48,6 +51,7 @@ export const QUICK: BenchSizes = {
   rssVms: 10_000,
   measureSeconds: 2,
   grpcInFlight: 100,
+  dataplaneSeconds: 2,
 };
 
 export const FULL: BenchSizes = {
@@ -61,6 +65,7 @@ export const FULL: BenchSizes = {
   rssVms: 100_000,
   measureSeconds: 5,
   grpcInFlight: 100,
+  dataplaneSeconds: 5,
 };
 
 export interface BenchOptions {
@@ -160,6 +165,9 @@ export async function runBench(o: BenchOptions): Promise<Figure[]> {
     await coord.stop();
     coord = undefined;
     if (want("coordinator_rss")) figs.push(...(await coordinatorRss(etcd, s, o, log)));
+    if (want("dataplane") && s.dataplaneSeconds > 0) {
+      figs.push(...dataplaneFigures(await measureDataplane({ seconds: s.dataplaneSeconds, log }), s.dataplaneSeconds));
+    }
     return figs;
   } finally {
     ctx?.close();

@@ -180,6 +180,7 @@ export class PlacementController {
 
   private async pass(): Promise<void> {
     this.running = true;
+    const started = performance.now();
     let retry = false;
     try {
       retry = await this.placePending();
@@ -191,7 +192,10 @@ export class PlacementController {
     }
     if (this.again || retry) {
       this.again = false;
-      this.kick(retry ? 100 : 0);
+      // A pass over a large backlog is expensive (every pending VM against
+      // every host): the next one waits as long as this one took (at most
+      // 1 s), so a stream of creates cannot keep the process busy placing.
+      this.kick(retry ? 100 : Math.min(1000, Math.round(performance.now() - started)));
     }
   }
 
