@@ -87,16 +87,20 @@ function memberOf(host: Host): MeshMember {
 
 const byName = (a: MeshMember, b: MeshMember) => a.name.localeCompare(b.name);
 
+function membersKey(members: MeshMember[]): string {
+  const h = createHash("sha1");
+  for (const m of members) h.update(MeshMember.encode(m).finish());
+  return h.digest("base64");
+}
+
 export function buildMeshView(inp: Omit<MeshInputs, "meshPrefixLen">): MeshView {
   const live = inp.hosts.filter(({ host, alive }) => alive && host.meshIp !== "").map(({ host }) => memberOf(host)).sort(byName);
-  const h = createHash("sha1");
-  for (const m of live) h.update(MeshMember.encode(m).finish());
   return {
     byHost: vmsByHostAndNetwork(inp.vms),
     networks: new Map(inp.networks.map((n) => [n.id, n])),
     live,
     liveIds: new Set(live.map((m) => m.hostId)),
-    liveKey: h.digest("base64"),
+    liveKey: membersKey(live),
     hostsById: new Map(inp.hosts.map(({ host }) => [host.id, host])),
     parts: new Map(),
   };
@@ -105,15 +109,15 @@ export function buildMeshView(inp: Omit<MeshInputs, "meshPrefixLen">): MeshView 
 /** The snapshot for host `self` from a view, and a key equal exactly when two snapshots of the same prefix length are. */
 export function meshSnapshotFromView(self: string, v: MeshView, meshPrefixLen: number): { snapshot: MeshSnapshot; key: string } {
   let base = v.live;
-  let selfKey = "";
+  let baseKey = v.liveKey;
   const selfHost = v.hostsById.get(self);
   if (!v.liveIds.has(self) && selfHost && selfHost.meshIp !== "") {
     // A host not (yet) seen alive still sees itself.
     base = [...v.live, memberOf(selfHost)].sort(byName);
-    selfKey = Buffer.from(MeshMember.encode(memberOf(selfHost)).finish()).toString("base64");
+    baseKey = membersKey(base);
   }
   const mine = new Set([...(v.byHost.get(self)?.keys() ?? [])].filter((id) => v.networks.has(id)));
-  const h = createHash("sha1").update(`${meshPrefixLen}|${v.liveKey}|${selfKey}`);
+  const h = createHash("sha1").update(`${meshPrefixLen}|${baseKey}`);
   if (mine.size === 0) return { snapshot: { members: base, meshPrefixLen }, key: h.digest("base64") };
   const members = base.map((m) => {
     const nets = [...(v.byHost.get(m.hostId)?.entries() ?? [])]
