@@ -252,6 +252,16 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number): Prom
   const names = Array.from({ length: n }, (_, i) => `l-${i}`);
   const sched: number[] = [];
   const errors: string[] = [];
+  // Which keys the writes touch, by their first segment (vms, assign, alloc, ...), for the log.
+  const byPrefix = new Map<string, number>();
+  const spy = await ctx.etcd.client
+    .watch()
+    .prefix("/noid/v1/")
+    .create();
+  spy.on("put", (kv) => {
+    const seg = kv.key.toString().slice("/noid/v1/".length).split("/")[0] ?? "";
+    byPrefix.set(seg, (byPrefix.get(seg) ?? 0) + 1);
+  });
   const rev0 = await ctx.etcd.revision();
   const m0 = await ctx.etcd.metrics();
   const t0 = performance.now() + 20;
@@ -277,6 +287,7 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number): Prom
   await sleep(300); // let the last writes land before counting them
   const rev1 = await ctx.etcd.revision();
   const m1 = await ctx.etcd.metrics();
+  await spy.cancel();
   const idx = new Map(names.map((x, i) => [x, i]));
   const assigned = ok.map((x) => fleet.times.assigned.get(x)! - sched[idx.get(x)!]!);
   const running = ok.map((x) => fleet.times.running.get(x)! - sched[idx.get(x)!]!);
@@ -284,7 +295,7 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number): Prom
   const changes = 3 * ok.length; // created, assigned, RUNNING
   const puts = (m1.etcd_mvcc_put_total ?? 0) - (m0.etcd_mvcc_put_total ?? 0);
   ctx.log(
-    `latency: ${n} creates (${errors.length} failed) at ${s.createRate}/s: assigned p50 ${percentile(assigned, 50).toFixed(1)} p99 ${percentile(assigned, 99).toFixed(1)} ms; RUNNING p50 ${percentile(running, 50).toFixed(1)} p99 ${percentile(running, 99).toFixed(1)} ms; ${writes} etcd write txns, ${puts} keys put`,
+    `latency: ${n} creates (${errors.length} failed) at ${s.createRate}/s: assigned p50 ${percentile(assigned, 50).toFixed(1)} p99 ${percentile(assigned, 99).toFixed(1)} ms; RUNNING p50 ${percentile(running, 50).toFixed(1)} p99 ${percentile(running, 99).toFixed(1)} ms; ${writes} etcd write txns, ${puts} keys put (${[...byPrefix].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(", ")})`,
   );
   const sizes = await ctx.etcd.client.getAll().prefix("/noid/v1/vms/").buffers();
   const vmBytes = Object.values(sizes).reduce((a, b) => a + b.length, 0) / Math.max(1, Object.keys(sizes).length);

@@ -153,7 +153,7 @@ export class ClusterState {
    * network records, liveness, and the VM fields a snapshot shows (host,
    * network, address; not phase or timestamps). Coalesced for all
    * subscribers together: one call each per burst, at least MESH_COALESCE_MS
-   * after the first change and never sooner than twice the time the last
+   * after the first change and never sooner than the time the last
    * round of calls took, so a large mesh cannot keep the process busy.
    */
   onMeshChange(f: () => void): () => void {
@@ -200,7 +200,7 @@ export class ClusterState {
       this.meshTimer = undefined;
       const t = performance.now();
       for (const f of [...this.meshSubs]) f();
-      this.meshNextAt = Date.now() + 2 * (performance.now() - t);
+      this.meshNextAt = Date.now() + (performance.now() - t);
     }, delay);
   }
 
