@@ -10,7 +10,7 @@ import { Vm, VmDesiredState, VmPhase } from "../../gen/noid/v1/vm.js";
 import type { Compare, Op, Store } from "../store/store.js";
 import type { Entry } from "../state/informer.js";
 import { scheduleBatch } from "../scheduler/index.js";
-import type { Policy, VmRequest } from "../scheduler/types.js";
+import type { Decision, Policy, VmRequest } from "../scheduler/types.js";
 import type { ClusterState } from "../state/cluster.js";
 import { keys } from "../state/keys.js";
 import { enc } from "../state/codec.js";
@@ -52,6 +52,9 @@ export interface PlacementStats {
 export const MAX_TXN_OPS = 100;
 /** Placement transactions in flight at once (they touch disjoint keys). */
 const COMMIT_CONCURRENCY = 4;
+/** VMs decided per pass, and between two yields to the event loop. */
+const PASS_MAX_VMS = 2000;
+const SLICE_VMS = 100;
 
 export interface PlacementItem {
   entry: { value: Vm; modRevision: number };
@@ -208,12 +211,27 @@ export class PlacementController {
    */
   async placePending(): Promise<boolean> {
     const c = this.d.cluster;
-    const pending = c.vms
+    const waiting = c.vms
       .values()
       .filter((e) => isUnplaced(e.value))
       .sort((a, b) => a.createRevision - b.createRevision);
-    if (pending.length === 0) return false;
-    const { decisions } = scheduleBatch(c.hostViews(), pending.map((e) => requestOf(e.value)), this.d.policy);
+    if (waiting.length === 0) return false;
+    // At most PASS_MAX_VMS per pass (the rest next pass), decided SLICE_VMS at
+    // a time with a yield between: one scheduleBatch over thousands of VMs
+    // and hosts blocks the event loop for seconds, and the etcd calls and
+    // sessions of the whole coordinator wait behind it. Deciding slice after
+    // slice on the views the previous slice left is the same as one batch.
+    const pending = waiting.slice(0, PASS_MAX_VMS);
+    if (waiting.length > pending.length) this.again = true;
+    let views = c.hostViews();
+    const decisions: Decision[] = [];
+    for (let i = 0; i < pending.length; i += SLICE_VMS) {
+      if (i > 0) await new Promise((r) => setImmediate(r));
+      if (this.stopped) return false;
+      const r = scheduleBatch(views, pending.slice(i, i + SLICE_VMS).map((e) => requestOf(e.value)), this.d.policy);
+      decisions.push(...r.decisions);
+      views = r.hosts;
+    }
     const items: PlacementItem[] = [];
     const unplaceable: { entry: Entry<Vm>; reason: string }[] = [];
     for (const [i, decision] of decisions.entries()) {

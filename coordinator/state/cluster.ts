@@ -16,6 +16,8 @@ import { dec } from "./codec.js";
 
 /** The least delay between a mesh-relevant change and the hosts' snapshots being recomputed. */
 const MESH_COALESCE_MS = 20;
+/** Sessions handed their new snapshot between two yields to the event loop. */
+const MESH_SLICE = 50;
 
 export class ClusterState {
   readonly vms: Informer<Vm>;
@@ -146,6 +148,9 @@ export class ClusterState {
   private readonly meshSubs = new Set<() => void>();
   private meshTimer?: NodeJS.Timeout;
   private meshNextAt = 0;
+  /** A change arrived while a round was running. */
+  private meshDirty = false;
+  private meshRunning = false;
   private meshUnwatch?: () => void;
 
   /**
@@ -194,13 +199,32 @@ export class ClusterState {
   }
 
   private meshChanged(): void {
-    if (this.meshTimer) return;
+    if (this.meshTimer) {
+      // Already scheduled: that round sees this change, unless it is running now.
+      if (this.meshRunning) this.meshDirty = true;
+      return;
+    }
     const delay = Math.max(MESH_COALESCE_MS, this.meshNextAt - Date.now());
     this.meshTimer = setTimeout(() => {
-      this.meshTimer = undefined;
-      const t = performance.now();
-      for (const f of [...this.meshSubs]) f();
-      this.meshNextAt = Date.now() + (performance.now() - t);
+      void (async () => {
+        this.meshRunning = true;
+        const t = performance.now();
+        // In slices, yielding between them: with a thousand sessions one
+        // round takes long, and etcd answers and heartbeats must get through.
+        const subs = [...this.meshSubs];
+        for (let i = 0; i < subs.length; i += MESH_SLICE) {
+          if (i > 0) await new Promise((r) => setImmediate(r));
+          for (const f of subs.slice(i, i + MESH_SLICE)) if (this.meshSubs.has(f)) f();
+        }
+        this.meshNextAt = Date.now() + (performance.now() - t);
+        // Changes during the round scheduled nothing (the timer was still set): run one more.
+        this.meshRunning = false;
+        this.meshTimer = undefined;
+        if (this.meshDirty) {
+          this.meshDirty = false;
+          this.meshChanged();
+        }
+      })();
     }, delay);
   }
 
