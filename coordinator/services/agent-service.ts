@@ -250,6 +250,8 @@ class AgentSession implements ExecChannel {
   private readonly checkpoints = new Map<string, (r: AgentCheckpointResult) => void>();
   private unsubMesh?: () => void;
   private lastMesh = "";
+  private meshInFlight = false;
+  private meshAgain = false;
   private lease?: Lease;
   private unsub?: () => void;
   private closed = false;
@@ -474,12 +476,29 @@ class AgentSession implements ExecChannel {
     this.unsubMesh = this.d.cluster.onMeshChange(() => this.sendMesh());
   }
 
+  /**
+   * Sends the host's mesh view if it changed. At most one snapshot is on its
+   * way per session (until the stream took it); changes meanwhile are sent
+   * as one, the latest, after it: a slow host gets fewer snapshots instead
+   * of a growing queue of outdated ones in the coordinator's memory.
+   */
   private sendMesh(): void {
     if (this.closed) return;
+    if (this.meshInFlight) {
+      this.meshAgain = true;
+      return;
+    }
     const { snapshot: mesh, key } = this.d.cluster.meshWithKey(this.hostId, this.d.meshPrefixLen);
     if (key === this.lastMesh) return;
     this.lastMesh = key;
-    this.send({ kind: { $case: "mesh", value: mesh } });
+    this.meshInFlight = true;
+    this.call.write({ kind: { $case: "mesh", value: mesh } }, () => {
+      this.meshInFlight = false;
+      if (this.meshAgain) {
+        this.meshAgain = false;
+        this.sendMesh();
+      }
+    });
   }
 }
 
