@@ -15,8 +15,8 @@
 // - A response for a watcher it does not know (for whatever reason) throws
 //   the same way.
 //
-// The guard: a stream the manager has cancelled is dead, nothing it emits
-// afterwards reaches the manager; and a response for an unknown watcher is
+// The guard: a stream the manager has cancelled is dead: its responses no
+// longer reach the manager, nor its error once a newer stream replaced it; and a response for an unknown watcher is
 // dropped and counted instead of thrown (watchers that were re-attached
 // resume from their last revision, so nothing is lost).
 import { WatchManager } from "etcd3/lib/watch.js";
@@ -40,8 +40,14 @@ export const watchGuardStats = { droppedResponses: 0, deadStreamEvents: 0 };
 
 let installed = false;
 
-/** Wraps a watch stream so nothing it emits after cancel() reaches the listeners. */
-export function deadAfterCancel<S extends StreamLike>(stream: S): S {
+/**
+ * Wraps a watch stream: after cancel() its responses reach no listener, and
+ * its error/end only while it is still the manager's current stream (the
+ * manager relies on that CANCELLED error to go idle after it closed its last
+ * watcher; once it has opened a new stream, the old one's error would tear
+ * the new one down).
+ */
+export function deadAfterCancel<S extends StreamLike>(stream: S, isCurrent: () => boolean = () => false): S {
   let dead = false;
   const on = stream.on.bind(stream);
   const cancel = stream.cancel.bind(stream);
@@ -51,7 +57,7 @@ export function deadAfterCancel<S extends StreamLike>(stream: S): S {
   };
   stream.on = (event: string, fn: (...args: unknown[]) => void) =>
     on(event, (...args: unknown[]) => {
-      if (dead) {
+      if (dead && (event === "data" || !isCurrent())) {
         watchGuardStats.deadStreamEvents++;
         return;
       }
@@ -70,7 +76,7 @@ export function installEtcdWatchGuard(): void {
       this.noidGuardedClient = true;
       const client = this.client;
       const watch = client.watch.bind(client);
-      client.watch = () => watch().then((s) => deadAfterCancel(s));
+      client.watch = () => watch().then((s) => deadAfterCancel(s, () => (this as unknown as { stream?: unknown }).stream === s));
     }
     establish.call(this);
   };

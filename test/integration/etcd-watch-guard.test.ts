@@ -72,10 +72,11 @@ describe("etcd3 watch guard", () => {
     }
   });
 
-  it("a cancelled stream's later events reach no listener", () => {
+  it("a cancelled stream's later responses reach no listener, its error only while it is still current", () => {
     const s = Object.assign(new EventEmitter(), { cancel: () => undefined });
     const got: unknown[] = [];
-    deadAfterCancel(s as never as { on: EventEmitter["on"]; cancel(): void } & EventEmitter);
+    let current = false;
+    deadAfterCancel(s as never as { on: EventEmitter["on"]; cancel(): void } & EventEmitter, () => current);
     s.on("data", (x) => got.push(x));
     s.on("error", (e) => got.push(e));
     s.emit("data", 1);
@@ -83,5 +84,10 @@ describe("etcd3 watch guard", () => {
     s.emit("data", 2);
     s.emit("error", new Error("CANCELLED"));
     expect(got).toEqual([1]);
+    current = true;
+    const err = new Error("CANCELLED, still current");
+    s.emit("error", err);
+    s.emit("data", 3);
+    expect(got).toEqual([1, err]);
   });
 });
