@@ -54,12 +54,15 @@ export const QUICK: BenchSizes = {
   dataplaneSeconds: 2,
 };
 
+// Full: what completes in under 10 minutes on the loaded 2-core machine
+// (BENCHMARKS.md). 1,000 hosts open their sessions too slowly there (see the
+// findings): `--hosts 1000` runs it anyway.
 export const FULL: BenchSizes = {
-  hosts: 1000,
-  placementVms: 2000,
+  hosts: 500,
+  placementVms: 1500,
   createRate: 200,
-  createSeconds: 5,
-  meshHosts: 1000,
+  createSeconds: 2.5,
+  meshHosts: 500,
   meshEvents: 5,
   rssHosts: 10_000,
   rssVms: 100_000,
