@@ -12,7 +12,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 async function main(): Promise<void> {
   const cmd = new Command("bench")
     .option("--quick", "small sizes (under 2 minutes)")
-    .option("--only <figures>", "comma-separated: placement_throughput,create_latency,grpc_unary_qps,mesh_convergence,coordinator_rss")
+    .option("--only <figures>", "comma-separated: placement_throughput,create_latency,grpc_unary_qps,mesh_convergence,coordinator_rss,dataplane")
     .option("--out <file>", "results file", join(root, "bench", "results.json"))
     .option("--fsync", "let etcd fsync (default: --unsafe-no-fsync, as the tests; a shared disk's fsync would be all we measure)")
     .option("--vms <n>", "VMs of the placement figure (default: 2000 quick, 10000 full)")

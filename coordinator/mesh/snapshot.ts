@@ -2,7 +2,8 @@
 // state: every live host is a WireGuard peer; of the tenant networks, a host
 // learns only those it carries itself, with the VMs every other host has in
 // them (for VXLAN FDB entries and guards).
-import type { MeshMember, MeshNetwork, MeshSnapshot } from "../../gen/noid/v1/agent.js";
+import { createHash } from "node:crypto";
+import { MeshMember, MeshNetwork, type MeshSnapshot } from "../../gen/noid/v1/agent.js";
 import type { Host } from "../../gen/noid/v1/host.js";
 import type { Network } from "../../gen/noid/v1/network.js";
 import { VmDesiredState, type Vm } from "../../gen/noid/v1/vm.js";
@@ -52,23 +53,102 @@ export function meshNetwork(n: Network, vms: Vm[]): MeshNetwork {
 
 /** The snapshot for host `self`: live hosts as members, networks limited to those `self` carries. */
 export function meshSnapshotFor(self: string, inp: MeshInputs): MeshSnapshot {
-  const byHost = vmsByHostAndNetwork(inp.vms);
-  const networks = new Map(inp.networks.map((n) => [n.id, n]));
-  const mine = new Set(byHost.get(self)?.keys() ?? []);
-  const members: MeshMember[] = inp.hosts
-    .filter(({ host, alive }) => (alive || host.id === self) && host.meshIp !== "")
-    .map(({ host }) => ({
-      hostId: host.id,
-      name: host.name,
-      address: host.address,
-      wireguardPublicKey: host.wireguardPublicKey,
-      wireguardPort: host.wireguardPort,
-      meshIp: host.meshIp,
-      networks: [...(byHost.get(host.id)?.entries() ?? [])]
-        .filter(([netId]) => mine.has(netId) && networks.has(netId))
-        .map(([netId, vms]) => meshNetwork(networks.get(netId)!, vms))
-        .sort((a, b) => a.vni - b.vni),
-    }))
-    .sort((a, b) => a.name.localeCompare(b.name));
-  return { members, meshPrefixLen: inp.meshPrefixLen };
+  return meshSnapshotFromView(self, buildMeshView(inp), inp.meshPrefixLen).snapshot;
+}
+
+/**
+ * What every host's snapshot is made of, computed once for a state of the
+ * cluster; meshSnapshotFromView then adds what is particular to one host.
+ */
+export interface MeshView {
+  byHost: Map<string, Map<string, Vm[]>>;
+  networks: Map<string, Network>;
+  /** Members (without networks) of the live hosts that have a mesh address, sorted by name. */
+  live: MeshMember[];
+  liveIds: Set<string>;
+  /** Hash of `live`. */
+  liveKey: string;
+  hostsById: Map<string, Host>;
+  /** Memo: "<hostId>/<networkId>" -> that host's part of the network, and its hash. */
+  parts: Map<string, { net: MeshNetwork; key: string }>;
+}
+
+function memberOf(host: Host): MeshMember {
+  return {
+    hostId: host.id,
+    name: host.name,
+    address: host.address,
+    wireguardPublicKey: host.wireguardPublicKey,
+    wireguardPort: host.wireguardPort,
+    meshIp: host.meshIp,
+    networks: [],
+  };
+}
+
+const byName = (a: MeshMember, b: MeshMember) => a.name.localeCompare(b.name);
+
+function membersKey(members: MeshMember[]): string {
+  const h = createHash("sha1");
+  for (const m of members) h.update(MeshMember.encode(m).finish());
+  return h.digest("base64");
+}
+
+export function buildMeshView(inp: Omit<MeshInputs, "meshPrefixLen">): MeshView {
+  const live = inp.hosts.filter(({ host, alive }) => alive && host.meshIp !== "").map(({ host }) => memberOf(host)).sort(byName);
+  return {
+    byHost: vmsByHostAndNetwork(inp.vms),
+    networks: new Map(inp.networks.map((n) => [n.id, n])),
+    live,
+    liveIds: new Set(live.map((m) => m.hostId)),
+    liveKey: membersKey(live),
+    hostsById: new Map(inp.hosts.map(({ host }) => [host.id, host])),
+    parts: new Map(),
+  };
+}
+
+/** The snapshot for host `self` from a view, and a key equal exactly when two snapshots of the same prefix length are. */
+export function meshSnapshotFromView(self: string, v: MeshView, meshPrefixLen: number): { snapshot: MeshSnapshot; key: string } {
+  let base = v.live;
+  let baseKey = v.liveKey;
+  const selfHost = v.hostsById.get(self);
+  if (!v.liveIds.has(self) && selfHost && selfHost.meshIp !== "") {
+    // A host not (yet) seen alive still sees itself.
+    base = [...v.live, memberOf(selfHost)].sort(byName);
+    baseKey = membersKey(base);
+  }
+  const mine = new Set([...(v.byHost.get(self)?.keys() ?? [])].filter((id) => v.networks.has(id)));
+  const h = createHash("sha1").update(`${meshPrefixLen}|${baseKey}`);
+  if (mine.size === 0) return { snapshot: { members: base, meshPrefixLen }, key: h.digest("base64") };
+  const members = base.map((m) => {
+    const nets = [...(v.byHost.get(m.hostId)?.entries() ?? [])]
+      .filter(([netId]) => mine.has(netId))
+      .map(([netId, vms]) => {
+        const id = `${m.hostId}/${netId}`;
+        let part = v.parts.get(id);
+        if (!part) {
+          const net = meshNetwork(v.networks.get(netId)!, vms);
+          part = { net, key: createHash("sha1").update(MeshNetwork.encode(net).finish()).digest("base64") };
+          v.parts.set(id, part);
+        }
+        return part;
+      })
+      .sort((a, b) => a.net.vni - b.net.vni);
+    if (nets.length === 0) return m;
+    h.update(`|${m.hostId}`);
+    for (const p of nets) h.update(`:${p.key}`);
+    return { ...m, networks: nets.map((p) => p.net) };
+  });
+  return { snapshot: { members, meshPrefixLen }, key: h.digest("base64") };
+}
+
+/** The fields of a host record a mesh snapshot shows. */
+export function hostMeshKey(h: Host): string {
+  return JSON.stringify([h.id, h.name, h.address, h.wireguardPublicKey, h.wireguardPort, h.meshIp]);
+}
+
+/** The fields of a VM a mesh snapshot shows ("" when it shows none of it). */
+export function vmMeshKey(vm: Vm): string {
+  const st = vm.status;
+  if (!st?.hostId || !st.networkId || !st.mac || vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED) return "";
+  return JSON.stringify([st.hostId, st.networkId, st.mac, st.ip, vm.spec?.networkGroup ?? "", vm.spec?.network === "isolated"]);
 }

@@ -4,7 +4,6 @@
 import type { ServerDuplexStream, ServerUnaryCall, handleUnaryCall, sendUnaryData } from "@grpc/grpc-js";
 import type { PeerCertificate } from "node:tls";
 import type { Logger } from "pino";
-import { MeshSnapshot } from "../../gen/noid/v1/agent.js";
 import type {
   AgentExecCommand,
   AgentExecOutput,
@@ -71,6 +70,9 @@ export interface AgentServiceDeps extends HandlerDeps {
   /** The cluster's host-loss defaults: agents get each VM with its effective policy (they fence by it). Default keep, 60 s. */
   hostLoss?: HostLossDefaults;
 }
+
+/** Port changes within this window go to an agent as one snapshot. */
+const PORTS_COALESCE_MS = 20;
 
 const DEFAULT_HOST_LOSS: HostLossDefaults = { policy: "keep", graceSeconds: 60 };
 
@@ -198,8 +200,6 @@ export function validatePosture(p: HostPosture, field: string): void {
   if (p.ok !== p.checks.every((c) => c.ok || c.optional)) throw invalid(`${field}.ok`, "does not match the checks");
 }
 
-/** Changes that arrive within this window reach an agent as one mesh snapshot. */
-const MESH_COALESCE_MS = 20;
 
 export function agentService(d: AgentServiceDeps): AgentServiceServer {
   const registerHost: handleUnaryCall<RegisterHostRequest, RegisterHostResponse> = agentUnary(d, "RegisterHost", async (req, ctx) => {
@@ -270,8 +270,9 @@ class AgentSession implements ExecChannel {
   private portsTimer?: NodeJS.Timeout;
   /** The last port snapshot sent (encoded); an empty one is sent too (it is "", so start elsewhere). */
   private lastPorts: string | undefined;
-  private meshTimer?: NodeJS.Timeout;
   private lastMesh = "";
+  private meshInFlight = false;
+  private meshAgain = false;
   private lease?: Lease;
   private unsub?: () => void;
   private closed = false;
@@ -348,7 +349,6 @@ class AgentSession implements ExecChannel {
     this.unsub?.();
     this.unsubMesh?.();
     this.unsubPorts?.();
-    if (this.meshTimer) clearTimeout(this.meshTimer);
     if (this.portsTimer) clearTimeout(this.portsTimer);
     if (this.hostId) this.d.sessions.delete(this.hostId, this);
     if (this.hostId) void this.health.update(this.hostId, undefined).catch((err) => this.log.warn({ err }, "clearing host condition failed"));
@@ -566,15 +566,10 @@ class AgentSession implements ExecChannel {
     });
     this.sendSnapshot(await this.currentVms());
     this.started = true;
-    // The mesh view: sent now and again whenever it changes (coalesced; only when different).
+    // The mesh view: sent now and again whenever it changes (the cluster
+    // coalesces changes for all sessions; sent only when different).
     this.sendMesh();
-    this.unsubMesh = this.d.cluster.onMeshChange(() => {
-      if (this.meshTimer || this.closed) return;
-      this.meshTimer = setTimeout(() => {
-        this.meshTimer = undefined;
-        this.sendMesh();
-      }, MESH_COALESCE_MS);
-    });
+    this.unsubMesh = this.d.cluster.onMeshChange(() => this.sendMesh());
     // Ports: the same way (its own snapshot, sent whole when it changes).
     if (this.d.ports) {
       this.sendPorts();
@@ -583,7 +578,7 @@ class AgentSession implements ExecChannel {
         this.portsTimer = setTimeout(() => {
           this.portsTimer = undefined;
           this.sendPorts();
-        }, MESH_COALESCE_MS);
+        }, PORTS_COALESCE_MS);
       });
     }
   }
@@ -627,13 +622,29 @@ class AgentSession implements ExecChannel {
     else this.send(m);
   }
 
+  /**
+   * Sends the host's mesh view if it changed. At most one snapshot is on its
+   * way per session (until the stream took it); changes meanwhile are sent
+   * as one, the latest, after it: a slow host gets fewer snapshots instead
+   * of a growing queue of outdated ones in the coordinator's memory.
+   */
   private sendMesh(): void {
     if (this.closed) return;
-    const mesh = this.d.cluster.meshFor(this.hostId, this.d.meshPrefixLen);
-    const key = Buffer.from(MeshSnapshot.encode(mesh).finish()).toString("base64");
+    if (this.meshInFlight) {
+      this.meshAgain = true;
+      return;
+    }
+    const { snapshot: mesh, key } = this.d.cluster.meshWithKey(this.hostId, this.d.meshPrefixLen);
     if (key === this.lastMesh) return;
     this.lastMesh = key;
-    this.send({ kind: { $case: "mesh", value: mesh } });
+    this.meshInFlight = true;
+    this.call.write({ kind: { $case: "mesh", value: mesh } }, () => {
+      this.meshInFlight = false;
+      if (this.meshAgain) {
+        this.meshAgain = false;
+        this.sendMesh();
+      }
+    });
   }
 }
 

@@ -11,8 +11,13 @@ import { Informer } from "./informer.js";
 import { keys, lastSegment, netKeys } from "./keys.js";
 import { Network } from "../../gen/noid/v1/network.js";
 import type { MeshSnapshot } from "../../gen/noid/v1/agent.js";
-import { meshSnapshotFor } from "../mesh/snapshot.js";
+import { buildMeshView, hostMeshKey, meshSnapshotFromView, vmMeshKey, type MeshView } from "../mesh/snapshot.js";
 import { dec } from "./codec.js";
+
+/** The least delay between a mesh-relevant change and the hosts' snapshots being recomputed. */
+const MESH_COALESCE_MS = 20;
+/** Sessions handed their new snapshot between two yields to the event loop. */
+const MESH_SLICE = 50;
 
 export class ClusterState {
   readonly vms: Informer<Vm>;
@@ -110,18 +115,117 @@ export class ClusterState {
 
   /** What host `hostId` must know of the mesh now. */
   meshFor(hostId: string, meshPrefixLen: number): MeshSnapshot {
-    return meshSnapshotFor(hostId, {
+    return this.meshWithKey(hostId, meshPrefixLen).snapshot;
+  }
+
+  /**
+   * The mesh view of `hostId` and a short key that is equal exactly when the
+   * view is (for "send only when different"). The parts every host shares
+   * (members, the VMs of each host by network) are computed once per state
+   * of the informers, not once per host: a burst of changes costs one pass
+   * over the cluster plus, per host, only the networks it carries.
+   */
+  meshWithKey(hostId: string, meshPrefixLen: number): { snapshot: MeshSnapshot; key: string } {
+    const view = this.meshView();
+    return meshSnapshotFromView(hostId, view, meshPrefixLen);
+  }
+
+  private meshCache?: { version: string; view: MeshView };
+
+  private meshView(): MeshView {
+    const version = `${this.hosts.revision}/${this.alive.revision}/${this.networks.revision}/${this.vms.revision}/${this.resyncs}`;
+    if (this.meshCache?.version === version) return this.meshCache.view;
+    const view = buildMeshView({
       hosts: this.hosts.values().map((e) => ({ host: e.value, alive: this.isAlive(e.value.id) })),
       vms: this.vms.values().map((e) => e.value),
       networks: this.networks.values().map((e) => e.value),
-      meshPrefixLen,
     });
+    this.meshCache = { version, view };
+    return view;
   }
 
-  /** Calls `f` after any change that can alter a host's mesh view. */
+  private resyncs = 0;
+  private readonly meshSubs = new Set<() => void>();
+  private meshTimer?: NodeJS.Timeout;
+  private meshNextAt = 0;
+  /** A change arrived while a round was running. */
+  private meshDirty = false;
+  private meshRunning = false;
+  private meshUnwatch?: () => void;
+
+  /**
+   * Calls `f` after changes that can alter a host's mesh view: host and
+   * network records, liveness, and the VM fields a snapshot shows (host,
+   * network, address; not phase or timestamps). Coalesced for all
+   * subscribers together: one call each per burst, at least MESH_COALESCE_MS
+   * after the first change and never sooner than the time the last
+   * round of calls took, so a large mesh cannot keep the process busy.
+   */
   onMeshChange(f: () => void): () => void {
-    const offs = [this.hosts.onChange(f), this.alive.onChange(f), this.networks.onChange(f), this.vms.onChange(f)];
-    return () => offs.forEach((o) => o());
+    this.meshSubs.add(f);
+    if (!this.meshUnwatch) {
+      const bump = () => this.meshChanged();
+      const offs = [
+        this.hosts.onChange((c) => {
+          if (c.type === "delete" || !c.prev || hostMeshKey(c.prev.value) !== hostMeshKey(c.entry.value)) bump();
+        }),
+        this.alive.onChange((c) => {
+          if (c.type === "delete" || !c.prev) bump();
+        }),
+        this.networks.onChange(bump),
+        this.vms.onChange((c) => {
+          const before = c.prev ? vmMeshKey(c.prev.value) : "";
+          const now = c.type === "put" ? vmMeshKey(c.entry.value) : "";
+          if (before !== now) bump();
+        }),
+        ...[this.hosts, this.alive, this.networks, this.vms].map((i) =>
+          i.onResync(() => {
+            this.resyncs++;
+            bump();
+          }),
+        ),
+      ];
+      this.meshUnwatch = () => offs.forEach((o) => o());
+    }
+    return () => {
+      this.meshSubs.delete(f);
+      if (this.meshSubs.size === 0) {
+        this.meshUnwatch?.();
+        this.meshUnwatch = undefined;
+        if (this.meshTimer) clearTimeout(this.meshTimer);
+        this.meshTimer = undefined;
+      }
+    };
+  }
+
+  private meshChanged(): void {
+    if (this.meshTimer) {
+      // Already scheduled: that round sees this change, unless it is running now.
+      if (this.meshRunning) this.meshDirty = true;
+      return;
+    }
+    const delay = Math.max(MESH_COALESCE_MS, this.meshNextAt - Date.now());
+    this.meshTimer = setTimeout(() => {
+      void (async () => {
+        this.meshRunning = true;
+        const t = performance.now();
+        // In slices, yielding between them: with a thousand sessions one
+        // round takes long, and etcd answers and heartbeats must get through.
+        const subs = [...this.meshSubs];
+        for (let i = 0; i < subs.length; i += MESH_SLICE) {
+          if (i > 0) await new Promise((r) => setImmediate(r));
+          for (const f of subs.slice(i, i + MESH_SLICE)) if (this.meshSubs.has(f)) f();
+        }
+        this.meshNextAt = Date.now() + (performance.now() - t);
+        // Changes during the round scheduled nothing (the timer was still set): run one more.
+        this.meshRunning = false;
+        this.meshTimer = undefined;
+        if (this.meshDirty) {
+          this.meshDirty = false;
+          this.meshChanged();
+        }
+      })();
+    }, delay);
   }
 
   vmEntry(id: string) {

@@ -25,13 +25,32 @@ export class HostRepo {
     private readonly meshCidr: Cidr = parseMeshCidr("100.64.0.0/16"),
   ) {}
 
-  /** The lowest mesh address no host holds (the first usable one is .1). */
-  private async freeMeshIp(): Promise<string> {
+  /** Mesh addresses picked by registrations of this process that have not committed yet. */
+  private readonly reserved = new Set<string>();
+
+  /**
+   * The lowest mesh address no host holds and no registration in flight here
+   * has picked (the first usable one is .1), reserved until `release`. So
+   * concurrent registrations through one coordinator never pick the same
+   * address; after a lost race (another coordinator took it), `skip` more
+   * free addresses are passed over at random, so two racers part ways.
+   */
+  private async freeMeshIp(skip: number): Promise<string> {
     const used = new Set((await this.store.list(keys.meshIpsPrefix)).kvs.map((kv) => lastSegment(kv.key)));
     const size = 2 ** (32 - this.meshCidr.prefix);
+    let pass = skip > 0 ? Math.floor(Math.random() * (skip + 1)) : 0;
+    let fallback: string | undefined;
     for (let i = 1; i < size - 1; i++) {
       const ip = intToIp(this.meshCidr.base + i);
-      if (!used.has(ip)) return ip;
+      if (used.has(ip) || this.reserved.has(ip)) continue;
+      fallback ??= ip;
+      if (pass-- > 0) continue;
+      this.reserved.add(ip);
+      return ip;
+    }
+    if (fallback) {
+      this.reserved.add(fallback);
+      return fallback;
     }
     throw new NoidError("RESOURCE_EXHAUSTED", `the mesh range ${formatCidr(this.meshCidr)} has no free address for another host`);
   }
@@ -59,7 +78,8 @@ export class HostRepo {
       const nameKv = await this.store.get(keys.hostName(req.name));
       const id = nameKv ? Buffer.from(nameKv.value).toString("utf8") : randomBytes(8).toString("hex");
       const prev = nameKv ? await this.get(id) : undefined;
-      const meshIp = prev?.host.meshIp || (await this.freeMeshIp());
+      const kept = prev?.host.meshIp ?? "";
+      const meshIp = kept || (await this.freeMeshIp(attempt));
       const now = this.clock.now();
       const host: Host = {
         id,
@@ -85,20 +105,24 @@ export class HostRepo {
         // Kept: the leader's host-loss controller clears it once the host holds a lease again.
         unreachableSince: prev?.host.unreachableSince,
       };
-      const r = await this.store.txn(
-        [
-          ...also,
-          unchanged(keys.hostName(req.name), nameKv),
-          unchanged(keys.host(id), prev),
-          // A new mesh address must still be free; a kept one is ours already.
-          ...(prev?.host.meshIp ? [] : [{ key: keys.meshIp(meshIp), target: "create" as const, op: "==" as const, value: 0 }]),
-        ],
-        [
-          { type: "put", key: keys.host(id), value: enc(Host, host) },
-          { type: "put", key: keys.hostName(req.name), value: Buffer.from(id) },
-          { type: "put", key: keys.meshIp(meshIp), value: Buffer.from(id) },
-        ],
-      );
+      const r = await this.store
+        .txn(
+          [
+            ...also,
+            unchanged(keys.hostName(req.name), nameKv),
+            unchanged(keys.host(id), prev),
+            // A new mesh address must still be free; a kept one is ours already.
+            ...(kept ? [] : [{ key: keys.meshIp(meshIp), target: "create" as const, op: "==" as const, value: 0 }]),
+          ],
+          [
+            { type: "put", key: keys.host(id), value: enc(Host, host) },
+            { type: "put", key: keys.hostName(req.name), value: Buffer.from(id) },
+            { type: "put", key: keys.meshIp(meshIp), value: Buffer.from(id) },
+          ],
+        )
+        .finally(() => {
+          if (!kept) this.reserved.delete(meshIp);
+        });
       if (r.succeeded) return host;
     }
     throw new NoidError("UNAVAILABLE", `registering host "${req.name}": too much contention, retry`);

@@ -26,6 +26,9 @@ import * as grpc from "@grpc/grpc-js";
 import { randomInt } from "node:crypto";
 import { NoidError } from "../../common/errors.js";
 import type { Compare, KeyValue, Lease, ListResult, Op, Store, TxnResult, WatchEvent, Watcher, WatchOptions } from "./store.js";
+import { installEtcdWatchGuard } from "./etcd3-watch-guard.js";
+
+installEtcdWatchGuard();
 
 export interface EtcdStoreOptions {
   endpoints: string[];
@@ -457,6 +460,9 @@ export async function createEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore
       "grpc.max_reconnect_backoff_ms": 1000,
       "grpc.keepalive_time_ms": 10_000,
       "grpc.keepalive_timeout_ms": 5_000,
+      // Informers list whole prefixes: 100,000 VM records are ~24 MB, over
+      // gRPC's default 4 MB receive limit (found by the benchmark).
+      "grpc.max_receive_message_length": 512 * 1024 * 1024,
       // grpc-js reads interceptors from the client options etcd3 passes through.
       interceptors: [requireLeader],
     } as IOptions["grpcOptions"],

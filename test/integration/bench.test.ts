@@ -20,6 +20,7 @@ const TINY: BenchSizes = {
   rssVms: 20,
   measureSeconds: 0.3,
   grpcInFlight: 4,
+  dataplaneSeconds: 1,
 };
 
 const dir = mkdtempSync(join(tmpdir(), "noid-bench-test-"));
@@ -51,6 +52,10 @@ describe("bench harness", () => {
       "grpc_unary_qps",
       "mesh_convergence_p99_ms",
       "coordinator_rss_mb_20_vms",
+      "dataplane_vxlan_ratio",
+      "dataplane_wg_ratio",
+      "dataplane_vxlan_over_wg_ratio",
+      "dataplane_vxlan_over_wg_rtt_ms",
     ]) {
       expect(names).toContain(n);
     }

@@ -1,0 +1,144 @@
+// Batched placement on a real etcd: the placement controller commits several
+// VMs per transaction, and still never places a VM twice nor over-commits a
+// host, also when two controllers race on the same cluster (as a deposed and
+// a new leader could for a moment).
+import { randomUUID } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { silentLogger } from "../../common/logger.js";
+import { PlacementController } from "../../coordinator/controllers/placement.js";
+import { ClusterState } from "../../coordinator/state/cluster.js";
+import { keys } from "../../coordinator/state/keys.js";
+import { createEtcdStore, type EtcdStore } from "../../coordinator/store/index.js";
+import { Host } from "../../gen/noid/v1/host.js";
+import { AllocationRecord } from "../../gen/noid/v1/records.js";
+import { Vm, VmPhase } from "../../gen/noid/v1/vm.js";
+import { startTestEtcd, type TestEtcd } from "../helpers/etcd.js";
+
+let etcd: TestEtcd;
+const clock = { now: () => new Date() };
+
+beforeAll(async () => {
+  etcd = await startTestEtcd();
+});
+afterAll(async () => {
+  await etcd?.stop();
+});
+
+async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 30_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function seed(store: EtcdStore, hosts: number, vcpusEach: number): Promise<string[]> {
+  const ids: string[] = [];
+  for (let i = 0; i < hosts; i++) {
+    const id = `h${String(i).padStart(15, "0")}`;
+    ids.push(id);
+    const host = Host.fromPartial({ id, name: `host-${i}`, drivers: ["sandbox"], capacity: { vcpus: vcpusEach, memoryMb: 1 << 20, diskGb: 1 << 20 } });
+    await store.put(keys.host(id), Host.encode(host).finish());
+    await store.put(keys.hostName(host.name), Buffer.from(id));
+    await store.put(keys.alive(id), Buffer.from("1"));
+  }
+  return ids;
+}
+
+async function addVms(store: EtcdStore, n: number, tag: string): Promise<void> {
+  for (let i = 0; i < n; i++) {
+    const vm = Vm.fromPartial({
+      id: `${tag}${i}`,
+      name: `${tag}${i}`,
+      owner: "t1",
+      spec: { vcpus: 1, memoryMb: 64, diskGb: 1, driver: "", network: "isolated" },
+      status: { phase: VmPhase.VM_PHASE_PENDING },
+    });
+    await store.put(keys.vm(vm.id), Vm.encode(vm).finish());
+  }
+}
+
+/** Every VM on at most one host, with exactly one assignment key; allocations add up and fit. */
+async function checkInvariants(store: EtcdStore, hostIds: string[], vcpusEach: number): Promise<{ placed: number; unplaced: number }> {
+  const vms = (await store.list(keys.vmsPrefix)).kvs.map((kv) => Vm.decode(kv.value));
+  const assigned = new Map<string, string[]>();
+  for (const h of hostIds) {
+    for (const kv of (await store.list(keys.assignPrefix(h))).kvs) {
+      const vmId = Buffer.from(kv.value).toString();
+      assigned.set(vmId, [...(assigned.get(vmId) ?? []), h]);
+    }
+  }
+  let placed = 0;
+  for (const vm of vms) {
+    const hs = assigned.get(vm.id) ?? [];
+    if (vm.status?.hostId) {
+      placed++;
+      expect(hs).toEqual([vm.status.hostId]);
+    } else expect(hs).toEqual([]);
+  }
+  for (const h of hostIds) {
+    const kv = await store.get(keys.alloc(h));
+    const onHost = vms.filter((v) => v.status?.hostId === h).length;
+    const rec = kv ? AllocationRecord.decode(kv.value) : undefined;
+    expect(rec?.vmCount ?? 0).toBe(onHost);
+    expect(rec?.allocated?.vcpus ?? 0).toBe(onHost);
+    expect(onHost).toBeLessThanOrEqual(vcpusEach);
+  }
+  return { placed, unplaced: vms.length - placed };
+}
+
+describe("batched placement on real etcd", () => {
+  it("places a backlog in far fewer transactions than VMs, each VM once, no host over capacity", async () => {
+    const store = await createEtcdStore({ endpoints: etcd.endpoints, prefix: `/pb-${randomUUID()}/` });
+    const cluster = new ClusterState(store, silentLogger());
+    let ctl: PlacementController | undefined;
+    try {
+      const hostIds = await seed(store, 20, 8);
+      await addVms(store, 150, "a");
+      await cluster.start();
+      const rev0 = await store.revision();
+      ctl = new PlacementController({ store, cluster, policy: "spread", logger: silentLogger(), clock });
+      ctl.start();
+      await until(() => ctl!.stats.placed === 150, "150 placements");
+      const writes = (await store.revision()) - rev0;
+      const r = await checkInvariants(store, hostIds, 8);
+      expect(r).toEqual({ placed: 150, unplaced: 0 });
+      expect(ctl.stats.txns).toBeLessThan(20);
+      expect(writes).toBeLessThan(20);
+      expect(ctl.stats.conflicts).toBe(0);
+    } finally {
+      await ctl?.stop();
+      await cluster.stop();
+      await store.close();
+    }
+  });
+
+  it("two controllers racing: no VM placed twice, capacity never exceeded, the overflow stays unplaced", async () => {
+    const prefix = `/pb-${randomUUID()}/`;
+    const stores = await Promise.all([0, 1].map(() => createEtcdStore({ endpoints: etcd.endpoints, prefix })));
+    const clusters = stores.map((s) => new ClusterState(s, silentLogger()));
+    const ctls: PlacementController[] = [];
+    try {
+      // 12 hosts x 5 vCPUs = 60 slots for 90 VMs of 1 vCPU; small transactions so they interleave.
+      const hostIds = await seed(stores[0]!, 12, 5);
+      await Promise.all(clusters.map((c) => c.start()));
+      for (const [i, c] of clusters.entries()) {
+        const ctl = new PlacementController({ store: stores[i]!, cluster: c, policy: i === 0 ? "spread" : "binpack", logger: silentLogger(), clock, maxTxnOps: 7 });
+        ctl.start();
+        ctls.push(ctl);
+      }
+      await Promise.all([addVms(stores[0]!, 45, "x"), addVms(stores[1]!, 45, "y")]);
+      await until(() => ctls[0]!.stats.placed + ctls[1]!.stats.placed === 60, "all 60 slots taken");
+      await new Promise((r) => setTimeout(r, 500));
+      expect(ctls[0]!.stats.placed + ctls[1]!.stats.placed).toBe(60);
+      const r = await checkInvariants(stores[0]!, hostIds, 5);
+      expect(r).toEqual({ placed: 60, unplaced: 30 });
+      const vms = (await stores[0]!.list(keys.vmsPrefix)).kvs.map((kv) => Vm.decode(kv.value));
+      for (const vm of vms.filter((v) => !v.status?.hostId)) expect(vm.status?.reason).toMatch(/no host/);
+    } finally {
+      for (const c of ctls) await c.stop();
+      for (const c of clusters) await c.stop();
+      for (const s of stores) await s.close();
+    }
+  });
+});

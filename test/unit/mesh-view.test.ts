@@ -1,0 +1,86 @@
+// The shared mesh view (coordinator/mesh/snapshot.ts): what every session
+// sends is computed once per cluster state; per host only its networks are
+// added. Properties: the key says "same" exactly when the snapshots encode the
+// same, for any two hosts and any two cluster states; and which VM and host
+// changes count as mesh changes (hostMeshKey / vmMeshKey) never misses one
+// that changes a snapshot.
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import { buildMeshView, hostMeshKey, meshSnapshotFromView, vmMeshKey, type MeshInputs } from "../../coordinator/mesh/snapshot.js";
+import { MeshSnapshot } from "../../gen/noid/v1/agent.js";
+import { Host } from "../../gen/noid/v1/host.js";
+import { Network } from "../../gen/noid/v1/network.js";
+import { Vm, VmDesiredState, VmPhase } from "../../gen/noid/v1/vm.js";
+
+const HOSTS = ["1", "2", "3", "4"];
+const NETS = [
+  Network.fromPartial({ id: "a", name: "a", owner: "a", cidr: "10.0.0.0/24", vni: 5000, gateway: "10.0.0.1" }),
+  Network.fromPartial({ id: "b", name: "b", owner: "b", cidr: "10.0.1.0/24", vni: 5001, gateway: "10.0.1.1" }),
+];
+
+const hostArb = (id: string) =>
+  fc.record({ alive: fc.boolean(), meshIp: fc.constantFrom("", `100.64.0.${id}`), key: fc.constantFrom("k1", "k2"), address: fc.constantFrom("10.99.0.1", `10.99.0.${id}`) }).map((h) => ({
+    alive: h.alive,
+    host: Host.fromPartial({ id, name: `h${id}`, address: h.address, meshIp: h.meshIp, wireguardPublicKey: h.key, wireguardPort: 51820 }),
+  }));
+
+const vmArb = (i: number) =>
+  fc
+    .record({
+      hostId: fc.constantFrom("", ...HOSTS),
+      networkId: fc.constantFrom("", "a", "b", "gone"),
+      mac: fc.constantFrom("", `02:00:00:00:00:${i}`),
+      ip: fc.constantFrom(`10.0.0.${i}`, `10.0.0.${i + 50}`),
+      deleted: fc.boolean(),
+      phase: fc.constantFrom(VmPhase.VM_PHASE_PENDING, VmPhase.VM_PHASE_RUNNING),
+      group: fc.constantFrom("", "g"),
+    })
+    .map((v) =>
+      Vm.fromPartial({
+        id: `vm${i}`,
+        name: `vm${i}`,
+        owner: "o",
+        desiredState: v.deleted ? VmDesiredState.VM_DESIRED_STATE_DELETED : VmDesiredState.VM_DESIRED_STATE_RUNNING,
+        spec: { vcpus: 1, memoryMb: 64, networkGroup: v.group },
+        status: { hostId: v.hostId, networkId: v.networkId, mac: v.mac, ip: v.ip, phase: v.phase },
+      }),
+    );
+
+const inputsArb: fc.Arbitrary<MeshInputs> = fc.record({
+  hosts: fc.tuple(...HOSTS.map(hostArb)),
+  vms: fc.tuple(...Array.from({ length: 6 }, (_, i) => vmArb(i))),
+  networks: fc.subarray(NETS),
+  meshPrefixLen: fc.constant(16),
+});
+
+const enc = (s: MeshSnapshot) => Buffer.from(MeshSnapshot.encode(s).finish()).toString("base64");
+
+describe("mesh view", () => {
+  it("the key is equal exactly when the snapshot is, across hosts and cluster states", () => {
+    fc.assert(
+      fc.property(inputsArb, inputsArb, fc.constantFrom(...HOSTS), fc.constantFrom(...HOSTS), (x, y, hx, hy) => {
+        const a = meshSnapshotFromView(hx, buildMeshView(x), 16);
+        const b = meshSnapshotFromView(hy, buildMeshView(y), 16);
+        expect(a.key === b.key).toBe(enc(a.snapshot) === enc(b.snapshot));
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it("a change the mesh keys call irrelevant leaves every host's snapshot as it was", () => {
+    fc.assert(
+      fc.property(inputsArb, fc.nat(5), fc.nat(3), vmArb(0), hostArb("1"), (inp, vi, hi, newVm, newHost) => {
+        // Replace one VM (same id) and one host (same id) with random versions.
+        const vm = { ...newVm, id: inp.vms[vi]!.id, name: inp.vms[vi]!.name };
+        const host = { alive: inp.hosts[hi]!.alive, host: { ...newHost.host, id: inp.hosts[hi]!.host.id, name: inp.hosts[hi]!.host.name } };
+        const next: MeshInputs = { ...inp, vms: inp.vms.map((v, i) => (i === vi ? vm : v)), hosts: inp.hosts.map((h, i) => (i === hi ? host : h)) };
+        const relevant = vmMeshKey(inp.vms[vi]!) !== vmMeshKey(vm) || hostMeshKey(inp.hosts[hi]!.host) !== hostMeshKey(host.host);
+        if (relevant) return;
+        const before = buildMeshView(inp);
+        const after = buildMeshView(next);
+        for (const h of HOSTS) expect(enc(meshSnapshotFromView(h, after, 16).snapshot)).toBe(enc(meshSnapshotFromView(h, before, 16).snapshot));
+      }),
+      { numRuns: 500 },
+    );
+  });
+});
