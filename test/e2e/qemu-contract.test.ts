@@ -30,7 +30,25 @@ const record = (id: string): QemuRecord | undefined => {
     return undefined;
   }
 };
-const driver = (): QemuDriver => new QemuDriver({ stateDir, guestDir, netns, accel: "auto", bootTimeoutMs: 120_000 });
+/**
+ * Under TCG on this loaded 2-core machine a guest kernel sometimes panics while booting (two
+ * full `npm test` runs: "Fatal exception in interrupt", "Attempted to kill init"; never when
+ * this file runs alone, even beside CPU burners). That is the emulator, not the driver's
+ * contract: a boot that ends in a guest kernel panic is tried once more, and said so. Any other
+ * start failure, or a second panic, fails the test.
+ */
+class TcgTolerantQemu extends QemuDriver {
+  override async start(id: string) {
+    try {
+      return await super.start(id);
+    } catch (e) {
+      if (!/Kernel panic/.test(String(e))) throw e;
+      console.warn(`qemu contract: guest kernel panicked while booting ${id} under TCG; booting it once more: ${String(e).slice(0, 300)}`);
+      return super.start(id);
+    }
+  }
+}
+const driver = (): QemuDriver => new TcgTolerantQemu({ stateDir, guestDir, netns, accel: "auto", bootTimeoutMs: 120_000 });
 
 beforeAll(async () => {
   await run(["bash", join(repo, "deploy/guest/build.sh")], { timeoutMs: 300_000 });
