@@ -148,6 +148,8 @@ export const agentConfigSchema = z
     ingress_port: z.number().int().min(1).max(65535).default(80),
     /** The nginx binary (Debian's). */
     nginx_binary: z.string().min(1).default("/usr/sbin/nginx"),
+    /** How often the agent sends its NAT/firewall usage counters to the coordinator. */
+    usage_interval_seconds: z.number().int().min(1).max(3600).default(30),
     /** Prometheus /metrics over HTTP on this host:port; "" (the default) serves none. */
     metrics_listen: z
       .string()
@@ -209,6 +211,7 @@ export const agentConfigSchema = z
       thresholds: { scanPorts: c.monitor.scan_ports, scanHosts: c.monitor.scan_hosts, eventIntervalMs: c.monitor.event_interval_seconds * 1000 },
     },
     metricsListen: c.metrics_listen,
+    usageIntervalMs: c.usage_interval_seconds * 1000,
     wgInterface: c.wg_interface,
     wgPort: c.wg_port,
     uplinkMtu: c.uplink_mtu,

@@ -48,6 +48,7 @@ import { applyEgress, detectUplink } from "./network/egress-apply.js";
 import { DhcpServers, dhcpNetworksOf } from "./network/dhcp.js";
 import { describeEgressAction, egressNetworkOf } from "./network/egress.js";
 import { declaredListen } from "../common/listen-label.js";
+import { UsageReporter } from "./usage.js";
 import { PortsController } from "./network/ports.js";
 import { NginxIngress } from "./ingress/nginx.js";
 import type { PortReport } from "../gen/noid/v1/port.js";
@@ -74,6 +75,7 @@ interface Flags {
   insecure?: boolean;
   logLevel?: string;
   metricsListen?: string;
+  usageInterval?: string;
   wgInterface?: string;
   wgPort?: string;
   uplinkMtu?: string;
@@ -110,6 +112,7 @@ export function flagsToLayer(f: Flags): Record<string, unknown> {
     insecure: f.insecure,
     log_level: f.logLevel,
     metrics_listen: f.metricsListen,
+    usage_interval_seconds: int("usage_interval_seconds", f.usageInterval),
     wg_interface: f.wgInterface,
     wg_port: int("wg_port", f.wgPort),
     uplink_mtu: int("uplink_mtu", f.uplinkMtu),
@@ -143,6 +146,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     .option("--insecure", "plaintext gRPC with a bearer token (development only; a warning is logged)")
     .option("--log-level <level>")
     .option("--metrics-listen <host:port>", "serve Prometheus metrics at http://<host:port>/metrics (default: off)")
+    .option("--usage-interval <seconds>", "send NAT/firewall usage counters to the coordinator this often (default 30)")
     .option("--wg-interface <name>", "WireGuard interface (default wg-noid)")
     .option("--wg-port <port>", "WireGuard listen port (default 51820)")
     .option("--uplink-mtu <n>", "MTU of the underlay uplink (default 1500)")
@@ -359,6 +363,8 @@ export async function main(argv: string[]): Promise<void> {
   });
   session.reportPosture(await posture.check());
   posture.start();
+  const usage = new UsageReporter({ registry: metrics.registry, intervalMs: config.usageIntervalMs, send: (u) => session?.reportUsage(u), logger: logger.child({ component: "usage" }) });
+  usage.start();
 
   mesh.start();
   ports.start();
@@ -378,6 +384,7 @@ export async function main(argv: string[]): Promise<void> {
     process.once("SIGINT", () => shutdown("SIGINT"));
   });
   posture.stop();
+  usage.stop();
   fence.stop();
   identity?.stop();
   await session.stop();

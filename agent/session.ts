@@ -26,7 +26,7 @@ import {
   type AgentStreamInput,
   type AgentStreamOutput,
 } from "../gen/noid/v1/agent.js";
-import type { DriverCapabilities, HostPosture } from "../gen/noid/v1/host.js";
+import type { DriverCapabilities, HostPosture, HostUsage } from "../gen/noid/v1/host.js";
 import type { PortReport, PortSnapshot } from "../gen/noid/v1/port.js";
 import type { AgentMigrationCommand, AgentMigrationResult } from "../gen/noid/v1/migration.js";
 import { type BackoffPolicy, DEFAULT_BACKOFF, backoffDelay } from "./backoff.js";
@@ -144,6 +144,12 @@ export class AgentSession {
   }
 
   /** Sends a security event if the stream is up; otherwise it is dropped (and logged by the caller). */
+  /** Sends the host's usage counters (dropped while no session streams: the next interval sends fresh ones). */
+  reportUsage(u: HostUsage): void {
+    if (this.state !== "streaming" || !this.id) return;
+    this.write({ kind: { $case: "usage", value: u } });
+  }
+
   security(e: Omit<SecurityEvent, "hostId">): boolean {
     if (this.state !== "streaming" || !this.id) return false;
     this.write({ kind: { $case: "securityEvent", value: { ...e, hostId: this.id } } });

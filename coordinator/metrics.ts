@@ -3,6 +3,7 @@
 // by hooks (API calls, etcd requests, events) are incremented as things
 // happen; gauges over cluster state (VMs by phase, hosts by state, quota use)
 // are computed at scrape time from the informers by pure functions.
+import { USAGE_LABELS, type HostUsageStore } from "./agents/usage-store.js";
 import { status as GrpcStatus } from "@grpc/grpc-js";
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { HostState, type Host } from "../gen/noid/v1/host.js";
@@ -86,6 +87,8 @@ export interface CoordinatorSources {
   limits: () => Limits;
   /** 1 while this coordinator leads (runs the scheduler and controllers). */
   isLeader: () => boolean;
+  /** Usage counters hosts' agents sent to this coordinator (absent: none exported). */
+  usage?: HostUsageStore;
 }
 
 const STORE_OPS = ["get", "list", "txn", "put", "delete", "watch", "lease_grant", "lease_ttl", "compact", "revision"] as const;
@@ -134,6 +137,23 @@ export class CoordinatorMetrics {
         if (!self.sources) return;
         this.reset();
         this.inc(self.sources.authFailures().lockouts);
+      },
+    });
+    new Gauge({
+      name: "noid_host_usage",
+      help: "What each host's NAT, firewall and guards carried and stopped, as its agent last sent it to this coordinator: the agent counter (metric: network_traffic_bytes_total, network_traffic_packets_total, guard_drops_total, security_detections_total) with its labels",
+      labelNames: ["host", "metric", ...USAGE_LABELS],
+      registers,
+      collect() {
+        this.reset();
+        const usage = self.sources?.usage;
+        if (!usage) return;
+        const names = new Map(self.sources!.cluster.hosts.values().map((e) => [e.value.id, e.value.name]));
+        for (const { hostId, sample } of usage.samples()) {
+          const labels: Record<string, string> = { host: names.get(hostId) ?? hostId, metric: sample.metric };
+          for (const l of USAGE_LABELS) labels[l] = sample.labels[l] ?? "";
+          this.set(labels, sample.value);
+        }
       },
     });
     new Gauge({

@@ -1,6 +1,7 @@
 // Builds and starts a coordinator from a validated config: etcd (embedded or
 // external), informers, services, controllers, gRPC server. main.ts only
 // parses config and calls this; tests call it directly on port 0.
+import { HostUsageStore } from "./agents/usage-store.js";
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -260,7 +261,8 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const sshKeysOf = async (user: string) => (await users.listSshKeys(user)).map((k) => k.publicKey);
     server.addService(VmServiceService, vmService({ ...base, repo: vms, cluster, limits: () => cfg.limits, sshKeysOf }));
     server.addService(MeshServiceService, meshService({ ...base, cluster, meshPrefixLen: meshCidr.prefix }));
-    server.addService(HostServiceService, hostService({ ...base, hosts, cluster, store, clock, audit: writeAudit, hostSessions, ...(pki ? { pki } : {}) }));
+    const hostUsage = new HostUsageStore();
+    server.addService(HostServiceService, hostService({ ...base, hosts, cluster, store, clock, audit: writeAudit, hostSessions, usage: hostUsage, ...(pki ? { pki } : {}) }));
     server.addService(NetworkServiceService, networkService({ ...base, networks }));
     server.addService(AuthServiceService, authService({ ...base, tokens, audit: writeAudit }));
     server.addService(AuditServiceService, auditService({ ...base, audit }));
@@ -283,6 +285,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         meshPrefixLen: meshCidr.prefix,
         guard,
         hostSessions,
+        usage: hostUsage,
         audit: writeAudit,
         ...(pki ? { pki } : {}),
         security,
@@ -379,7 +382,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
       const cur = placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 };
       return { attempts: pastTerms.attempts + cur.attempts, placed: pastTerms.placed + cur.placed, conflicts: pastTerms.conflicts + cur.conflicts, unplaceable: pastTerms.unplaceable + cur.unplaceable };
     };
-    metrics.attach({ cluster, placement: { get stats() { return placementTotals(); } }, authFailures: () => guard.failures(), limits: () => cfg.limits, isLeader: () => elector.status().isLeader });
+    metrics.attach({ cluster, placement: { get stats() { return placementTotals(); } }, authFailures: () => guard.failures(), limits: () => cfg.limits, isLeader: () => elector.status().isLeader, usage: hostUsage });
     let metricsServer: MetricsServer | undefined;
     if (cfg.server.metrics_listen) {
       metricsServer = await serveMetrics(metrics.registry, cfg.server.metrics_listen, (err) => logger.warn({ err }, "collecting metrics failed"));

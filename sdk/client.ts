@@ -14,7 +14,7 @@ import type {
   Token,
   WhoAmIResponse,
 } from "../gen/noid/v1/auth.js";
-import type { CreateJoinTokenResponse, DrainHostResponse, Host, HostServiceClient, RemoveHostResponse } from "../gen/noid/v1/host.js";
+import type { CreateJoinTokenResponse, DrainHostResponse, Host, HostServiceClient, HostUsage, RemoveHostResponse } from "../gen/noid/v1/host.js";
 import type { EgressPolicy, Network, NetworkServiceClient } from "../gen/noid/v1/network.js";
 import { VmSpec, type Vm, type VmServiceClient, type WatchVmsResponse, VmEventType } from "../gen/noid/v1/vm.js";
 import type { ExecResponse, ExecServiceClient } from "../gen/noid/v1/exec.js";
@@ -464,6 +464,11 @@ export class NoidClient {
 
   async getHost(name: string): Promise<Host> {
     return need(await this.#unary("GetHost", "read", this.#c.host.getHost.bind(this.#c.host), { name }), "host", "GetHost");
+  }
+
+  /** A host's NAT/firewall usage counters as its agent last sent them (admins; undefined when none arrived yet at the answering coordinator). */
+  async getHostUsage(name: string): Promise<HostUsage | undefined> {
+    return (await this.#unary("GetHost", "read", this.#c.host.getHost.bind(this.#c.host), { name })).usage;
   }
 
   async cordonHost(name: string): Promise<Host> {

@@ -17,7 +17,7 @@ export { fetchServerCa, fingerprintOf, normalizeFingerprint, type FetchedCa } fr
 export { isSettled, phaseName, phaseOf } from "./phase.js";
 // The generated message types the client returns, so integrators need one import.
 export { Vm, VmSpec, VmStatus, VmPhase, VmEventType, VmDesiredState, WatchVmsResponse, HostLoss, HostLossPolicy } from "../gen/noid/v1/vm.js";
-export { Host, HostState, HostPosture, PostureCheck, Resources, DrainHostResponse, CreateJoinTokenResponse, RemoveHostResponse } from "../gen/noid/v1/host.js";
+export { Host, HostState, HostPosture, HostUsage, UsageSample, PostureCheck, Resources, DrainHostResponse, CreateJoinTokenResponse, RemoveHostResponse } from "../gen/noid/v1/host.js";
 export { Network } from "../gen/noid/v1/network.js";
 export { Token, Role, CreateTokenResponse, RotateTokenResponse, WhoAmIResponse } from "../gen/noid/v1/auth.js";
 export { AuditEvent, VerifyAuditChainResponse } from "../gen/noid/v1/audit.js";

@@ -1,6 +1,6 @@
-// Host commands: hosts, host get|posture|cordon|uncordon|drain.
+// Host commands: hosts, host get|usage|posture|cordon|uncordon|drain.
 import type { Command } from "commander";
-import { HostPosture } from "../../sdk/index.js";
+import { HostPosture, HostUsage } from "../../sdk/index.js";
 import { hostView, postureSummary } from "../views.js";
 import type { App } from "../app.js";
 import { examples } from "../help.js";
@@ -27,6 +27,36 @@ export function registerHostCommands(program: Command, app: App): void {
     .argument("<name>", "host name")
     .addHelpText("after", examples("noidctl host get hv-1", "noidctl host get hv-1 -o yaml"))
     .action(async (name: string) => app.printOne(hostView, await app.client().getHost(name)));
+
+  host
+    .command("usage")
+    .description("show what a host's NAT, firewall and guards carried and stopped, as its agent last sent it (admins)")
+    .argument("<name>", "host name")
+    .addHelpText(
+      "after",
+      examples("noidctl host usage hv-1", "noidctl host usage hv-1 -o json") +
+        "\nTraffic is per tenant network on the host: scope private (to its peers) or egress (out through the host's NAT).",
+    )
+    .action(async (name: string) => {
+      const u = await app.client().getHostUsage(name);
+      if (app.structured) {
+        app.printOne({ columns: [], toJSON: () => (u ? HostUsage.toJSON(u) : null) }, u);
+        return;
+      }
+      if (!u || u.samples.length === 0) {
+        app.io.stdout(`host/${name}: no usage reported to this coordinator yet\n`);
+        return;
+      }
+      const lines = [`host/${name} usage${u.sentAt ? ` (sent ${u.sentAt.toISOString()})` : ""}:`];
+      const rows = u.samples
+        .filter((s) => s.value > 0 || s.metric.startsWith("network_traffic"))
+        .map((s) => [s.metric, Object.entries(s.labels).sort().map(([k, v]) => `${k}=${v}`).join(" "), String(s.value)]);
+      const w0 = Math.max(6, ...rows.map((r) => r[0]!.length));
+      const w1 = Math.max(6, ...rows.map((r) => r[1]!.length));
+      lines.push(`  ${"METRIC".padEnd(w0)}  ${"LABELS".padEnd(w1)}  VALUE`);
+      for (const r of rows) lines.push(`  ${r[0]!.padEnd(w0)}  ${r[1]!.padEnd(w1)}  ${r[2]}`);
+      app.io.stdout(lines.join("\n") + "\n");
+    });
 
   host
     .command("posture")

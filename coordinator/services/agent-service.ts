@@ -35,6 +35,7 @@ import type { VmRepo } from "../state/vm-repo.js";
 import type { Lease, Store } from "../store/store.js";
 import type { Principal } from "../auth/authorize.js";
 import { DRIVERS } from "../validate.js";
+import type { HostUsageStore } from "../agents/usage-store.js";
 import { keys, lastSegment } from "../state/keys.js";
 import { type HostLossDefaults, withEffectiveHostLoss } from "../controllers/host-loss.js";
 import type { ExecChannel, ExecHandle, SessionRegistry, StreamHandle } from "../agents/registry.js";
@@ -65,6 +66,8 @@ export interface AgentServiceDeps extends HandlerDeps {
   audit?: (e: { event: string; user: string; vm: string; host: string; success: boolean; detail: string; peer: string }) => Promise<void>;
   /** Records agents' security events in the audit log (absent: they are only logged). */
   security?: SecurityAudit;
+  /** Keeps the usage counters agents send (absent: they are dropped). */
+  usage?: HostUsageStore;
   /** Port snapshots to agents and their reports (absent: no port exposure). */
   ports?: PortFeed;
   /** The cluster's host-loss defaults: agents get each VM with its effective policy (they fence by it). Default keep, 60 s. */
@@ -455,6 +458,10 @@ class AgentSession implements ExecChannel {
     if (k.$case === "posture") {
       validatePosture(k.value, "posture");
       await this.d.hosts.setPosture(this.hostId, k.value);
+      return;
+    }
+    if (k.$case === "usage") {
+      this.d.usage?.set(this.hostId, k.value);
       return;
     }
     if (k.$case === "portReport") {

@@ -8,6 +8,8 @@ import { certFingerprint } from "../../common/x509.js";
 import type { ClusterCa } from "../pki/ca.js";
 import type { HostIdentities } from "../pki/host-identity.js";
 import type { HostSessions } from "./agent-service.js";
+import type { HostUsageStore } from "../agents/usage-store.js";
+import { Role } from "../../gen/noid/v1/auth.js";
 import { checkName } from "../../common/names.js";
 import { authorize, type Action, type Principal } from "../auth/authorize.js";
 import { unary, type HandlerDeps } from "../grpc/handler.js";
@@ -27,6 +29,8 @@ export interface HostServiceDeps extends HandlerDeps {
   /** Absent when the coordinator runs plaintext (--insecure). */
   pki?: { ca: ClusterCa; ids: HostIdentities };
   hostSessions: HostSessions;
+  /** The usage counters agents sent to this coordinator (GetHost shows them to admins). */
+  usage?: HostUsageStore;
 }
 
 function allow(p: Principal, action: Action): void {
@@ -68,7 +72,10 @@ export function hostService(d: HostServiceDeps): HostServiceServer {
     }),
     getHost: unary(d, "GetHost", async (req, ctx) => {
       allow(ctx.principal, "host.get");
-      return { host: find(req.name) };
+      const host = find(req.name);
+      // Usage names every tenant network on the host: admins only.
+      const usage = ctx.principal.role === Role.ROLE_ADMIN ? d.usage?.get(host.id) : undefined;
+      return { host, usage };
     }),
     cordonHost: unary(d, "CordonHost", async (req, ctx) => {
       allow(ctx.principal, "host.cordon");
@@ -139,6 +146,7 @@ export function hostService(d: HostServiceDeps): HostServiceServer {
         detail: `${revokedSerials.length} certificate(s) revoked`,
         peer: ctx.peer,
       });
+      d.usage?.forget(host.id);
       return { revokedSerials };
     }),
   };

@@ -13,7 +13,7 @@ import { startLocalCluster, waitFor, type LocalCluster } from "../../deploy/clus
 import { labLeftovers } from "../../deploy/lab/lab.js";
 import { pingArgv } from "../../deploy/lab/probe.js";
 import { run } from "../../common/run.js";
-import { Role, VmPhase, type NoidClient, NoidApiError } from "../../sdk/index.js";
+import { Role, VmPhase, type NoidClient, NoidApiError, type HostUsage } from "../../sdk/index.js";
 import { run as noidctl } from "../../cli/program.js";
 import { LISTEN_LABEL } from "../../common/listen-label.js";
 import { type Exposition, parseExposition, sampleValue, scrape } from "../helpers/exposition.js";
@@ -73,6 +73,8 @@ describe("network monitoring on the local cluster", () => {
       outside: true,
       agentMetricsPort: AGENT_METRICS_PORT,
       coordinatorArgs: ["--metrics-listen", coordMetrics],
+      // Usage counters reach the coordinator every 2 s (default 30 s).
+      agentArgs: () => ["--usage-interval", "2"],
     });
     const admin = cluster.client();
     alice = cluster.client((await admin.createToken({ name: "alice", role: Role.ROLE_USER })).secret);
@@ -115,6 +117,28 @@ describe("network monitoring on the local cluster", () => {
     expect(traffic(after, "a1", "egress", "received") - traffic(before, "a1", "egress", "received")).toBeGreaterThanOrEqual(COUNT * PACKET);
     expect(traffic(after, "a1", "private", "sent") - traffic(before, "a1", "private", "sent")).toBeLessThan(PACKET);
     expect(sampleValue(after, "noid_agent_network_traffic_bytes_total", { network: networkId, scope: "egress", direction: "sent" })).toBeGreaterThanOrEqual(COUNT * PACKET);
+  });
+
+  it("the hosts ship their NAT/firewall usage to the coordinator: noidctl host usage and noid_host_usage (admins only)", async () => {
+    // The egress ping of the test before has been counted by host1's agent; its next report carries it.
+    const egressSent = (u: HostUsage | undefined): number =>
+      u?.samples.find((s) => s.metric === "network_traffic_bytes_total" && s.labels.network === networkId && s.labels.scope === "egress" && s.labels.direction === "sent")?.value ?? 0;
+    const admin = cluster.client();
+    const usage = await waitFor("host1's usage with egress traffic", async () => {
+      const u = await admin.getHostUsage("host1");
+      return egressSent(u) >= COUNT * PACKET ? u : undefined;
+    }, 30_000);
+    expect(usage!.samples.some((s) => s.metric === "guard_drops_total")).toBe(true);
+    // The CLI shows it; a user (whose token cannot see other tenants' networks) gets none.
+    let out = "";
+    const io = { stdout: (x: string) => void (out += x), stderr: (x: string) => void (out += x), readStdin: async () => "", isTTY: false, cwd: "/" };
+    const env = { NOID_SERVER: cluster.address, NOID_TOKEN: cluster.adminToken, NOID_CA_FILE: cluster.caFile, NOID_CONFIG: "/nonexistent/config.toml" };
+    expect(await noidctl(["host", "usage", "host1"], { env, io }), out).toBe(0);
+    expect(out).toMatch(new RegExp(`network_traffic_bytes_total\\s+direction=sent network=${networkId} scope=egress\\s+\\d+`));
+    expect(await alice.getHostUsage("host1")).toBeUndefined();
+    // The coordinator exports it per host.
+    const m = await scrape(coordMetrics);
+    expect(sampleValue(m, "noid_host_usage", { host: "host1", metric: "network_traffic_bytes_total", network: networkId, scope: "egress", direction: "sent" })).toBeGreaterThanOrEqual(COUNT * PACKET);
   });
 
   it("a forged ARP from a VM is a security event in noidctl events and a counter", async () => {
