@@ -5,7 +5,7 @@ import type { HostUsage, UsageSample } from "../../gen/noid/v1/host.js";
 import { invalid } from "../../common/errors.js";
 
 /** The label names a usage sample may carry (those of the shipped agent metrics). */
-export const USAGE_LABELS = ["network", "scope", "direction", "kind"] as const;
+export const USAGE_LABELS = ["network", "scope", "direction", "vm", "kind"] as const;
 const METRICS = new Set(["network_traffic_bytes_total", "network_traffic_packets_total", "guard_drops_total", "security_detections_total"]);
 const MAX_SAMPLES = 10_000;
 

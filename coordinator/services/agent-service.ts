@@ -461,7 +461,12 @@ class AgentSession implements ExecChannel {
       return;
     }
     if (k.$case === "usage") {
-      this.d.usage?.set(this.hostId, k.value);
+      // A report the coordinator cannot take is dropped (the session and the host's VMs are worth more).
+      try {
+        this.d.usage?.set(this.hostId, k.value);
+      } catch (e) {
+        this.log.warn({ hostId: this.hostId, err: e instanceof Error ? e.message : String(e) }, "usage report refused");
+      }
       return;
     }
     if (k.$case === "portReport") {

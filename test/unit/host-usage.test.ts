@@ -10,15 +10,17 @@ describe("agent usage samples", () => {
   it("ships the traffic, guard and detection families with their labels, and nothing else", async () => {
     const registry = new Registry();
     const traffic = new Counter({ name: "noid_agent_network_traffic_bytes_total", help: "t", labelNames: ["network", "scope", "direction"], registers: [registry] });
-    const drops = new Counter({ name: "noid_agent_guard_drops_total", help: "d", labelNames: ["kind"], registers: [registry] });
+    const drops = new Counter({ name: "noid_agent_guard_drops_total", help: "d", labelNames: ["vm", "kind"], registers: [registry] });
     new Counter({ name: "noid_agent_reconcile_runs_total", help: "r", registers: [registry] }).inc(5);
     traffic.inc({ network: "n1", scope: "egress", direction: "sent" }, 1500);
-    drops.inc({ kind: "mac" }, 2);
+    drops.inc({ vm: "v1", kind: "mac" }, 2);
     const samples = usageSamples((await registry.getMetricsAsJSON()) as never);
     expect(samples).toEqual([
       { metric: "network_traffic_bytes_total", labels: { network: "n1", scope: "egress", direction: "sent" }, value: 1500 },
-      { metric: "guard_drops_total", labels: { kind: "mac" }, value: 2 },
+      { metric: "guard_drops_total", labels: { vm: "v1", kind: "mac" }, value: 2 },
     ]);
+    // Every label the agent's shipped families have is one the coordinator takes.
+    expect(checkUsage({ samples, sentAt: undefined }).samples).toHaveLength(2);
     const sent: HostUsage[] = [];
     await new UsageReporter({ registry, intervalMs: 60_000, send: (u) => sent.push(u), logger: { warn: () => undefined } }).report();
     expect(sent[0]!.samples).toEqual(samples);
