@@ -27,7 +27,9 @@ export interface ConsoleServiceDeps extends HandlerDeps {
 }
 
 /** Most lines a log request may ask for. */
-export const MAX_TAIL = 100_000;
+export /** How long HostLogs waits for the agent's whole answer (a bounded ring: it comes at once). */
+const HOST_LOGS_TIMEOUT_MS = 10_000;
+const MAX_TAIL = 100_000;
 
 const phaseName = (p: VmPhase | undefined): string => (VmPhase[p ?? 0] ?? "UNKNOWN").replace("VM_PHASE_", "");
 const streamId = (): string => randomBytes(8).toString("hex");
@@ -145,11 +147,24 @@ export function consoleService(d: ConsoleServiceDeps): ConsoleServiceServer {
       if (!ch) throw new NoidError("UNAVAILABLE", `host ${host.name} is not connected to this coordinator`);
       const chunks: Buffer[] = [];
       await new Promise<void>((resolve, reject) => {
+        let timer: NodeJS.Timeout | undefined;
+        let ended = false;
         const h = ch.stream({ streamId: streamId(), kind: AgentStreamKind.AGENT_STREAM_KIND_HOST_LOGS, vmId: "", tail: req.tail, follow: false }, (o) => {
           if (o.data.length) chunks.push(Buffer.from(o.data));
-          if (o.end) (o.error ? reject(agentError(o, `logs of host ${host.name}`)) : resolve());
+          if (o.end) {
+            ended = true;
+            clearTimeout(timer);
+            if (o.error) reject(agentError(o, `logs of host ${host.name}`));
+            else resolve();
+          }
         });
-        ctx.signal.addEventListener("abort", () => h.input({ $case: "close", value: true }), { once: true });
+        // An agent that never answers (one without log streams, or stuck) is an answer too.
+        if (ended) return;
+        timer = setTimeout(() => {
+          h.input({ $case: "close", value: true });
+          reject(new NoidError("UNAVAILABLE", `host ${host.name}'s agent did not send its logs within ${HOST_LOGS_TIMEOUT_MS / 1000} s`));
+        }, HOST_LOGS_TIMEOUT_MS);
+        ctx.signal.addEventListener("abort", () => (clearTimeout(timer), h.input({ $case: "close", value: true })), { once: true });
       });
       const lines = Buffer.concat(chunks).toString("utf8").split("\n").filter((l) => l !== "");
       return { lines };
