@@ -9,6 +9,7 @@
 //
 // plan (pure) -> apply (one transaction per action) -> the informers' change
 // kicks the next pass; a timer wakes the controller when a grace period ends.
+import { PassLoop } from "./pass-loop.js";
 import type { Logger } from "pino";
 import { Host } from "../../gen/noid/v1/host.js";
 import { AllocationRecord } from "../../gen/noid/v1/records.js";
@@ -106,17 +107,17 @@ export interface HostLossStats {
 }
 
 export class HostLossController {
-  private running = false;
-  private again = false;
-  private stopped = false;
-  private timer?: NodeJS.Timeout;
   private dueTimer?: NodeJS.Timeout;
   private readonly unsubs: (() => void)[] = [];
   readonly stats: HostLossStats = { markedUnknown: 0, rescheduled: 0, conflicts: 0 };
 
+  private readonly loop: PassLoop;
+
   constructor(
     private readonly d: { store: Store; cluster: ClusterState; defaults: HostLossDefaults; logger: Logger; clock: Clock },
-  ) {}
+  ) {
+    this.loop = new PassLoop({ pass: () => this.runOnce(), what: "host-loss", logger: d.logger, nextDelayMs: (retry) => (retry ? 200 : 0) });
+  }
 
   start(): void {
     const c = this.d.cluster;
@@ -133,41 +134,13 @@ export class HostLossController {
   }
 
   async stop(): Promise<void> {
-    this.stopped = true;
     this.unsubs.forEach((u) => u());
-    if (this.timer) clearTimeout(this.timer);
     if (this.dueTimer) clearTimeout(this.dueTimer);
-    while (this.running) await new Promise((r) => setTimeout(r, 10));
+    await this.loop.stop();
   }
 
   kick(delayMs = 0): void {
-    if (this.stopped) return;
-    if (this.running) {
-      this.again = true;
-      return;
-    }
-    if (this.timer) return;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      void this.pass();
-    }, delayMs);
-  }
-
-  private async pass(): Promise<void> {
-    this.running = true;
-    let retry = false;
-    try {
-      retry = await this.runOnce();
-    } catch (err) {
-      this.d.logger.warn({ err }, "host-loss pass failed");
-      retry = true;
-    } finally {
-      this.running = false;
-    }
-    if (this.again || retry) {
-      this.again = false;
-      this.kick(retry ? 200 : 0);
-    }
+    this.loop.kick(delayMs);
   }
 
   /** One observe -> plan -> apply round. Returns true if a transaction lost a race. */
@@ -178,12 +151,12 @@ export class HostLossController {
     const now = this.d.clock.now().getTime();
     const { actions, nextDueAt } = planHostLoss({ hosts, alive, vms: c.vms.values().map((e) => e.value), now, defaults: this.d.defaults });
     if (this.dueTimer) clearTimeout(this.dueTimer);
-    if (nextDueAt !== undefined && !this.stopped) {
+    if (nextDueAt !== undefined && !this.loop.stopped) {
       this.dueTimer = setTimeout(() => this.kick(), Math.max(0, nextDueAt - now) + 50);
     }
     let lost = false;
     for (const a of actions) {
-      if (this.stopped) break;
+      if (this.loop.stopped) break;
       if (!(await this.apply(a))) {
         this.stats.conflicts++;
         lost = true;

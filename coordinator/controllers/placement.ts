@@ -4,6 +4,7 @@
 // VMs go in one transaction (planPlacementTxns, pure), each host in at most
 // one transaction per pass, so the transactions of a pass are independent and
 // are committed a few at a time.
+import { PassLoop } from "./pass-loop.js";
 import type { Logger } from "pino";
 import { AllocationRecord } from "../../gen/noid/v1/records.js";
 import { Vm, VmDesiredState, VmPhase } from "../../gen/noid/v1/vm.js";
@@ -130,10 +131,7 @@ export function planPlacementTxns(
 }
 
 export class PlacementController {
-  private running = false;
-  private again = false;
-  private stopped = false;
-  private timer?: NodeJS.Timeout;
+  private readonly loop: PassLoop;
   private readonly unsubs: (() => void)[] = [];
   readonly stats: PlacementStats = { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0, txns: 0 };
   private readonly maxOps: number;
@@ -142,6 +140,15 @@ export class PlacementController {
     private readonly d: { store: Store; cluster: ClusterState; policy: Policy; logger: Logger; clock: Clock; maxTxnOps?: number },
   ) {
     this.maxOps = d.maxTxnOps ?? MAX_TXN_OPS;
+    // A pass over a large backlog is expensive (every pending VM against every host): the
+    // next one waits as long as this one took (at most 1 s), so a stream of creates cannot
+    // keep the process busy placing.
+    this.loop = new PassLoop({
+      pass: () => this.placePending(),
+      what: "placement",
+      logger: d.logger,
+      nextDelayMs: (retry, tookMs) => (retry ? 100 : Math.min(1000, Math.round(tookMs))),
+    });
   }
 
   start(): void {
@@ -161,45 +168,13 @@ export class PlacementController {
   }
 
   async stop(): Promise<void> {
-    this.stopped = true;
     this.unsubs.forEach((u) => u());
-    if (this.timer) clearTimeout(this.timer);
-    while (this.running) await new Promise((r) => setTimeout(r, 10));
+    await this.loop.stop();
   }
 
   /** Runs a pass soon; passes never overlap, and a kick during a pass runs one more. */
   kick(delayMs = 0): void {
-    if (this.stopped) return;
-    if (this.running) {
-      this.again = true;
-      return;
-    }
-    if (this.timer) return;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      void this.pass();
-    }, delayMs);
-  }
-
-  private async pass(): Promise<void> {
-    this.running = true;
-    const started = performance.now();
-    let retry = false;
-    try {
-      retry = await this.placePending();
-    } catch (err) {
-      this.d.logger.warn({ err }, "placement pass failed");
-      retry = true;
-    } finally {
-      this.running = false;
-    }
-    if (this.again || retry) {
-      this.again = false;
-      // A pass over a large backlog is expensive (every pending VM against
-      // every host): the next one waits as long as this one took (at most
-      // 1 s), so a stream of creates cannot keep the process busy placing.
-      this.kick(retry ? 100 : Math.min(1000, Math.round(performance.now() - started)));
-    }
+    this.loop.kick(delayMs);
   }
 
   /**
@@ -222,12 +197,12 @@ export class PlacementController {
     // sessions of the whole coordinator wait behind it. Deciding slice after
     // slice on the views the previous slice left is the same as one batch.
     const pending = waiting.slice(0, PASS_MAX_VMS);
-    if (waiting.length > pending.length) this.again = true;
+    if (waiting.length > pending.length) this.loop.again();
     let views = c.hostViews();
     const decisions: Decision[] = [];
     for (let i = 0; i < pending.length; i += SLICE_VMS) {
       if (i > 0) await new Promise((r) => setImmediate(r));
-      if (this.stopped) return false;
+      if (this.loop.stopped) return false;
       const r = scheduleBatch(views, pending.slice(i, i + SLICE_VMS).map((e) => requestOf(e.value)), this.d.policy);
       decisions.push(...r.decisions);
       views = r.hosts;
@@ -247,7 +222,7 @@ export class PlacementController {
     let committed = 0;
     let next = 0;
     const worker = async (): Promise<void> => {
-      while (!this.stopped && next < plan.txns.length) {
+      while (!this.loop.stopped && next < plan.txns.length) {
         const t = plan.txns[next++]!;
         this.stats.attempts += t.vmIds.length;
         const r = await this.d.store.txn(t.compares, t.ops);
@@ -265,7 +240,7 @@ export class PlacementController {
     };
     await Promise.all(Array.from({ length: Math.min(COMMIT_CONCURRENCY, plan.txns.length) }, worker));
     for (const u of unplaceable) {
-      if (this.stopped) break;
+      if (this.loop.stopped) break;
       this.stats.attempts++;
       this.stats.unplaceable++;
       await this.noteUnplaceable(u.entry, u.reason);
@@ -273,7 +248,7 @@ export class PlacementController {
     if (lostRace) committed = await this.d.store.revision();
     // The next pass must see this one's writes (else it decides the same VMs again and loses).
     if (committed > 0) await Promise.all([c.vms.waitFor(committed), c.alloc.waitFor(committed)]).catch(() => undefined);
-    if (plan.deferred > 0) this.again = true;
+    if (plan.deferred > 0) this.loop.again();
     return lostRace;
   }
 
