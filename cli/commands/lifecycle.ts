@@ -1,10 +1,9 @@
 // Lifecycle beyond start/stop: pause, resume, restart; the serial console; logs of a VM or
 // (admins) of a host's agent.
 import type { Command } from "commander";
-import { phaseName, phaseOf } from "../../sdk/index.js";
 import type { App } from "../app.js";
 import { UsageError } from "../parse.js";
-import { vmView } from "../views.js";
+import { registerVmActions } from "./vm.js";
 
 /** Ctrl-] detaches from a console, as telnet's escape. */
 export const DETACH_BYTE = 0x1d;
@@ -23,23 +22,11 @@ export function parseTail(v: string | undefined): number {
 }
 
 export function registerLifecycleCommands(program: Command, app: App): void {
-  const ops = [
+  registerVmActions(program, app, [
     ["pause", "freeze a running VM in memory (its driver must support pause)", "pauseVm", "pausing"],
     ["resume", "continue a paused VM", "resumeVm", "resuming"],
     ["restart", "stop a running or paused VM and start it again (same host, disk and address)", "restartVm", "restarting"],
-  ] as const;
-  for (const [cmd, description, method, doing] of ops) {
-    program
-      .command(cmd)
-      .description(description)
-      .argument("<name>", "VM name")
-      .option("--owner <user>", "another user's VM (admins)")
-      .addHelpText("after", `\nExamples:\n  noidctl ${cmd} web\n  noidctl ${cmd} web --owner alice`)
-      .action(async (name: string, o: { owner?: string }) => {
-        const vm = await app.client()[method](name, o.owner ? { owner: o.owner } : {});
-        app.printResult(`vm/${vm.name} ${doing} (${phaseName(phaseOf(vm))})`, vmView, vm);
-      });
-  }
+  ]);
 
   program
     .command("console")

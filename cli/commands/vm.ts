@@ -164,12 +164,19 @@ Examples:
       app.printOne(vmView, await app.client().getVm(name, o.owner ? { owner: o.owner } : {}));
     });
 
-  const lifecycle = [
+  registerVmActions(program, app, [
     ["destroy", "destroy a VM and free its resources", "destroyVm", "destroying"],
     ["start", "start a stopped VM", "startVm", "starting"],
     ["stop", "stop a running VM (keeps its disk)", "stopVm", "stopping"],
-  ] as const;
-  for (const [cmd, description, method, doing] of lifecycle) {
+  ]);
+}
+
+/** The SDK methods that act on one VM by name and return it. */
+type VmAction = "destroyVm" | "startVm" | "stopVm" | "pauseVm" | "resumeVm" | "restartVm";
+
+/** `noidctl <cmd> NAME [--owner U]` for each [cmd, description, SDK method, "-ing" word]: prints the VM's phase after the call. */
+export function registerVmActions(program: Command, app: App, ops: ReadonlyArray<readonly [string, string, VmAction, string]>): void {
+  for (const [cmd, description, method, doing] of ops) {
     program
       .command(cmd)
       .description(description)
