@@ -3,6 +3,7 @@
 import { describe, expect, it } from "vitest";
 import { Counter, Registry } from "prom-client";
 import { UsageReporter, usageSamples } from "../../agent/usage.js";
+import { AgentMetrics } from "../../agent/metrics.js";
 import { HostUsageStore, checkUsage } from "../../coordinator/agents/usage-store.js";
 import type { HostUsage } from "../../gen/noid/v1/host.js";
 
@@ -25,6 +26,23 @@ describe("agent usage samples", () => {
     await new UsageReporter({ registry, intervalMs: 60_000, send: (u) => sent.push(u), logger: { warn: () => undefined } }).report();
     expect(sent[0]!.samples).toEqual(samples);
     expect(sent[0]!.sentAt).toBeInstanceOf(Date);
+  });
+});
+
+describe("agent usage against the coordinator's checks", () => {
+  it("every sample the real agent registry ships is one the coordinator keeps", async () => {
+    const m = new AgentMetrics({ defaultMetrics: false });
+    m.setGuardReader(async () => [{ vm: "v1", kind: "mac", packets: 3, bytes: 180 }]);
+    m.setMonitorReader(async () => ({ vms: [], networks: [{ networkId: "n1", scope: "egress", direction: "sent", packets: 2, bytes: 3000 }] }));
+    m.detected("arp-spoof");
+    const sent: HostUsage[] = [];
+    await new UsageReporter({ registry: m.registry, intervalMs: 60_000, send: (u) => sent.push(u), logger: { warn: () => undefined } }).report();
+    const metrics = new Set(sent[0]!.samples.map((s) => s.metric));
+    expect(metrics).toEqual(new Set(["network_traffic_bytes_total", "network_traffic_packets_total", "guard_drops_total", "security_detections_total"]));
+    expect(sent[0]!.samples).toContainEqual({ metric: "network_traffic_bytes_total", labels: { network: "n1", scope: "egress", direction: "sent" }, value: 3000 });
+    const store = new HostUsageStore();
+    store.set("h1", sent[0]!);
+    expect([...store.samples()]).toHaveLength(sent[0]!.samples.length);
   });
 });
 
