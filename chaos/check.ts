@@ -70,8 +70,12 @@ export interface ChaosHistory {
   sizes: Record<string, Resources>;
 }
 
-/** "unsettled": the cluster did not converge after the fault healed (added by the runner). */
-export type ViolationKind = "lost" | "resurrected" | "two-hosts" | "ip-twice" | "over-capacity" | "unsettled";
+/**
+ * "unsettled": the cluster did not converge after the fault healed; "not-rescheduled": a
+ * reschedule-policy VM of a host lost well past its grace was still on that host at the end
+ * (both added by the runner).
+ */
+export type ViolationKind = "lost" | "resurrected" | "two-hosts" | "ip-twice" | "over-capacity" | "unsettled" | "not-rescheduled";
 
 export interface Violation {
   kind: ViolationKind;
@@ -154,7 +158,7 @@ export function checkHistory(h: ChaosHistory): Violation[] {
 
 /** Violations by kind (every kind present, zeros included), for the summary. */
 export function countByKind(vs: readonly Violation[]): Record<ViolationKind, number> {
-  const out: Record<ViolationKind, number> = { lost: 0, resurrected: 0, "two-hosts": 0, "ip-twice": 0, "over-capacity": 0, unsettled: 0 };
+  const out: Record<ViolationKind, number> = { lost: 0, resurrected: 0, "two-hosts": 0, "ip-twice": 0, "over-capacity": 0, unsettled: 0, "not-rescheduled": 0 };
   for (const v of vs) out[v.kind]++;
   return out;
 }

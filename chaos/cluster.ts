@@ -140,6 +140,12 @@ function coordinatorConfig(c: CoordProc, endpoints: string[], prefix: string, t:
     "[host_loss]",
     'policy = "keep"',
     `grace_seconds = ${t.graceSeconds}`,
+    // The storm makes and destroys hundreds of VMs a minute in one /24: with the
+    // default 300 s reuse grace it ran out of addresses after a few runs (every
+    // later create refused). A short grace keeps it going and makes addresses
+    // really get reused during a run, which the "no IP twice" check then covers.
+    "[networks]",
+    "ip_reuse_grace_seconds = 2",
     "[limits]",
     "max_vms_per_user = 10000",
     "max_total_vms = 10000",

@@ -39,6 +39,8 @@ export interface RunResult {
   moved: number;
   settleMs: number;
   detail: string;
+  /** Refused calls by message (trimmed), most frequent first: what the storm ran into. */
+  errors: [string, number][];
 }
 
 /** mulberry32: a small seeded generator, so a run can be replayed with --seed. */
@@ -83,6 +85,9 @@ class Storm {
     for (let i = 0; i < n; i++) await this.create(this.clients[0]!, { resident: true, reschedule: i % 2 === 0 });
   }
 
+  /** Ids of the acknowledged residents whose policy is reschedule. */
+  readonly movable = new Set<string>();
+
   start(): void {
     this.done = this.clients.map((c) => this.worker(c));
   }
@@ -104,6 +109,10 @@ class Storm {
   private async create(c: NoidClient, o: { resident?: boolean; reschedule?: boolean } = {}): Promise<void> {
     const name = `r${this.run}-${o.resident ? "res" : ""}${++this.seq}`;
     const reschedule = o.reschedule ?? this.rand() < 0.5;
+    // Residents spread over the hosts (one anti-affinity group per policy; without it the
+    // scheduler's network locality stacks them on one host), so whichever host a fault hits
+    // carries VMs of both policies.
+    const group = o.resident ? { antiAffinityGroup: `r${this.run}-${reschedule ? "move" : "keep"}` } : {};
     const rec: CallRecord = { op: "create", name, start: Date.now(), end: 0, ok: false };
     this.calls.push(rec);
     try {
@@ -111,8 +120,10 @@ class Storm {
         ...VM_SIZE,
         diskGb: 1,
         hostLoss: { policy: reschedule ? HostLossPolicy.HOST_LOSS_POLICY_RESCHEDULE : HostLossPolicy.HOST_LOSS_POLICY_KEEP, graceSeconds: this.graceSeconds },
+        ...group,
       });
       rec.ok = true;
+      if (o.resident && reschedule) this.movable.add(vm.id);
       rec.vmId = vm.id;
       rec.ip = vm.status?.ip ?? "";
       rec.networkId = vm.status?.networkId ?? "";
@@ -246,7 +257,15 @@ async function waitSettled(c: ChaosCluster, admin: NoidClient, timeoutMs: number
 }
 
 /** Injects one fault of `scenario` at a random moment of the storm and heals it; returns what it did. */
-async function inject(c: ChaosCluster, store: Store, scenario: Scenario, rand: () => number, sampler: Sampler): Promise<{ detail: string; failoverMs?: number; heal: () => Promise<void> }> {
+interface Injected {
+  detail: string;
+  failoverMs?: number;
+  heal: () => Promise<void>;
+  /** A host cut off long enough that its reschedule-policy VMs must have moved, and what it ran before. */
+  lostHost?: { name: string; ranBefore: string[] };
+}
+
+async function inject(c: ChaosCluster, store: Store, scenario: Scenario, rand: () => number, sampler: Sampler): Promise<Injected> {
   const t = c.timings;
   const between = (a: number, b: number) => Math.round(a + rand() * (b - a));
   switch (scenario) {
@@ -292,13 +311,45 @@ async function inject(c: ChaosCluster, store: Store, scenario: Scenario, rand: (
     case "underlay-cut": {
       const i = Math.floor(rand() * c.hosts.length);
       // Half the time shorter than lease + grace (the VMs stay), half longer (reschedule-policy VMs move, fenced first).
+      // A long cut outlasts lease + grace by at least 3 s: the reschedule is due about
+      // lease + grace after the cut, and the check below holds the cluster to it.
       const lost = (t.agentLeaseSeconds + t.graceSeconds) * 1000;
-      const down = rand() < 0.5 ? between(500, lost - 500) : between(lost + 1000, lost + 4000);
-      await Promise.all(c.hosts[i]!.relays.map((r) => r.cut()));
+      const long = rand() >= 0.5;
+      const down = long ? between(lost + 3000, lost + 5000) : between(500, lost - 500);
+      const h = c.hosts[i]!;
+      const ranBefore = [...h.running];
+      await Promise.all(h.relays.map((r) => r.cut()));
       await sleep(down);
-      return { detail: `cut ${c.hosts[i]!.name} off for ${down} ms`, heal: async () => void (await Promise.all(c.hosts[i]!.relays.map((r) => r.restore()))) };
+      return {
+        detail: `cut ${h.name} off for ${down} ms`,
+        heal: async () => void (await Promise.all(h.relays.map((r) => r.restore()))),
+        ...(long ? { lostHost: { name: h.name, ranBefore } } : {}),
+      };
     }
   }
+}
+
+/** Refused calls grouped by message (ids and names stripped so alike errors group), most frequent first. */
+export function topErrors(calls: readonly CallRecord[], n = 3): [string, number][] {
+  const by = new Map<string, number>();
+  for (const c of calls) {
+    if (c.ok || c.error === undefined) continue;
+    const m = `${c.op}: ${c.error.replace(/r\d+-(res)?\d+/g, "<vm>").replace(/[0-9a-f]{8}-[0-9a-f-]{27}/g, "<id>").slice(0, 160)}`;
+    by.set(m, (by.get(m) ?? 0) + 1);
+  }
+  return [...by.entries()].sort((a, b) => b[1] - a[1]).slice(0, n);
+}
+
+/**
+ * After a host was lost past lease + grace: every reschedule-policy resident it ran
+ * must end the run on another host (fenced there, placed elsewhere). Pure.
+ */
+export function notRescheduled(lostHost: Injected["lostHost"], movable: ReadonlySet<string>, final: FinalState): Violation[] {
+  if (!lostHost) return [];
+  const ran = new Set(lostHost.ranBefore);
+  return final.vms
+    .filter((v) => movable.has(v.id) && ran.has(v.id) && final.assignments.some((a) => a.vmId === v.id && a.host === lostHost.name))
+    .map((v) => ({ kind: "not-rescheduled" as const, detail: `VM ${v.name} (${v.id}, policy reschedule) is still on ${lostHost.name}, lost past its grace` }));
 }
 
 /** VMs seen running on more than one host over the run. */
@@ -331,6 +382,7 @@ async function oneRun(c: ChaosCluster, store: Store, scenario: Scenario, run: nu
   for (const v of final.vms) history.sizes[v.id] ??= v.resources;
   const violations = checkHistory(history);
   if (!settle.ok) violations.push({ kind: "unsettled", detail: `not settled within 90 s: ${settle.why}` });
+  violations.push(...notRescheduled(fault.lostHost, storm.movable, final));
   // Clean slate for the next run: destroy what is left and wait until it is gone.
   for (const v of await admin.listVms().catch(() => [])) await admin.destroyVm({ id: v.id }).catch(() => undefined);
   await waitSettled(c, admin, 60_000);
@@ -344,6 +396,7 @@ async function oneRun(c: ChaosCluster, store: Store, scenario: Scenario, run: nu
     moved: movedVms(running),
     settleMs: settle.ms,
     detail: fault.detail,
+    errors: topErrors(storm.calls),
   };
 }
 
@@ -372,6 +425,7 @@ export async function runChaos(o: ChaosOptions): Promise<RunResult[]> {
             `, ${res.violations.length} violations`,
         );
         for (const v of res.violations) o.log(`  VIOLATION ${v.kind}: ${v.detail}`);
+        for (const [m, n] of res.errors) o.log(`  refused ${n}x ${m}`);
       }
     }
   } finally {

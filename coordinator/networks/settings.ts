@@ -1,6 +1,5 @@
-// Network settings: one zod schema holding the defaults. It is meant to sit in
-// the coordinator config as the `networks` section; until it does,
-// `networkSettings(undefined)` gives the defaults.
+// Network settings: one zod schema holding the defaults, the coordinator
+// config's `networks` section; `networkSettings(undefined)` gives the defaults.
 import { z } from "zod";
 import { NoidError } from "../../common/errors.js";
 import { parseCidr } from "./cidr.js";

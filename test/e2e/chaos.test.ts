@@ -15,6 +15,6 @@ describe("chaos (short form)", () => {
     expect(results).toHaveLength(SCENARIOS.length);
     expect(results.flatMap((r) => r.violations)).toEqual([]);
     // The storm really ran through each fault.
-    for (const r of results) expect(r.acked, r.scenario).toBeGreaterThan(0);
+    for (const r of results) expect(r.acked, `${r.scenario}: every call refused: ${JSON.stringify(r.errors)}`).toBeGreaterThan(0);
   }, 420_000);
 });

@@ -1,7 +1,7 @@
 // The chaos judge must be able to fail: each invariant broken on purpose is reported, and a clean history is not.
 import { describe, expect, it } from "vitest";
 import { checkHistory, countByKind, type ChaosHistory } from "../../chaos/check.js";
-import { movedVms } from "../../chaos/run.js";
+import { movedVms, notRescheduled, topErrors } from "../../chaos/run.js";
 import { summarize } from "../../chaos/summary.js";
 
 const SIZE = { vcpus: 1, memoryMb: 64 };
@@ -90,14 +90,40 @@ describe("chaos checker", () => {
     expect(checkHistory(g).map((x) => x.kind)).toEqual(["over-capacity"]);
   });
 
+  it("reports a reschedule-policy VM still on a host lost past its grace, not one that moved or keeps", () => {
+    const h = clean();
+    // a and b ran on h2 before it was cut off; only a is reschedule-policy.
+    const lostHost = { name: "h2", ranBefore: ["a", "b"] };
+    const v = notRescheduled(lostHost, new Set(["a"]), h.final);
+    expect(v).toEqual([{ kind: "not-rescheduled", detail: expect.stringContaining("n-a") }]);
+    // a moved to h1: nothing to report; no long cut: nothing to check.
+    const moved = { ...h.final, assignments: [{ host: "h1", vmId: "a" }, { host: "h2", vmId: "b" }] };
+    expect(notRescheduled(lostHost, new Set(["a"]), moved)).toEqual([]);
+    expect(notRescheduled(undefined, new Set(["a"]), h.final)).toEqual([]);
+    expect(countByKind(v)["not-rescheduled"]).toBe(1);
+  });
+
+  it("groups refused calls by message with names and ids stripped, most frequent first", () => {
+    const calls = [
+      { op: "create" as const, name: "r1-5", start: 0, end: 1, ok: false, error: 'no free address for "r1-5"' },
+      { op: "create" as const, name: "r1-6", start: 0, end: 1, ok: false, error: 'no free address for "r1-6"' },
+      { op: "destroy" as const, name: "r1-res2", start: 0, end: 1, ok: false, error: 'VM "r1-res2" not found' },
+      { op: "create" as const, name: "r1-7", start: 0, end: 1, ok: true },
+    ];
+    expect(topErrors(calls)).toEqual([
+      ['create: no free address for "<vm>"', 2],
+      ['destroy: VM "<vm>" not found', 1],
+    ]);
+  });
+
   it("the summary's last line counts runs, faults and violations", () => {
     const h = clean();
     h.final.vms = [];
     const violations = checkHistory(h);
     expect(countByKind(violations).lost).toBe(3);
     const s = summarize([
-      { scenario: "agent-kill", faults: 1, calls: 6, acked: 5, violations, moved: 0, settleMs: 10, detail: "" },
-      { scenario: "leader-kill", faults: 1, calls: 6, acked: 5, violations: [], moved: 0, settleMs: 10, failoverMs: 1200, detail: "" },
+      { scenario: "agent-kill", faults: 1, calls: 6, acked: 5, violations, moved: 0, settleMs: 10, detail: "", errors: [] },
+      { scenario: "leader-kill", faults: 1, calls: 6, acked: 5, violations: [], moved: 0, settleMs: 10, failoverMs: 1200, detail: "", errors: [] },
     ]);
     expect(s.last).toBe("chaos: 2 runs, 2 faults, 3 violations");
     expect(s.text).toContain("failover");
