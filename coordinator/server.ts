@@ -233,9 +233,9 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const cluster = new ClusterState(store, logger.child({ component: "informer" }), { requirePosture: cfg.scheduler.require_posture });
     await cluster.start();
     cleanups.push(() => cluster.stop());
-    // Events from informer changes, and from auth.failure / security.* audit entries (a watch on audit/).
+    // Events from informer changes, and from auth.failure / security.* audit entries (a watch on audit/):
+    // followed by the leader only (started on election below).
     const recorder = new EventRecorder({ log: events, cluster, store, logger: logger.child({ component: "events" }) });
-    await recorder.start();
     cleanups.push(() => recorder.stop());
 
     const netSettings = cfg.networks;
@@ -350,6 +350,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         placement.start();
         hostLossCtl = new HostLossController({ store: fenced, cluster, defaults: hostLoss, logger: logger.child({ component: "host-loss" }), clock });
         hostLossCtl.start();
+        void recorder.start().catch((err: unknown) => logger.warn({ err }, "following events failed"));
         // Compaction keeps transactions fast; trimming keeps the audit log bounded.
         const leaderAudit = new AuditLog(fenced, clock, cfg.logging.audit);
         const leaderTokens = new TokenStore(fenced, clock, cfg.auth.token_rotation_overlap_seconds);
@@ -373,7 +374,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         placement = undefined;
         const h = hostLossCtl;
         hostLossCtl = undefined;
-        await Promise.all([p?.stop(), h?.stop()]);
+        await Promise.all([p?.stop(), h?.stop(), recorder.stop()]);
       },
     });
     await elector.start();

@@ -6,8 +6,13 @@
 // audit/, so they become events however they were written (AuditLog.write or
 // an auditPut inside another transaction) — with audit logging on.
 //
-// Every coordinator that runs a recorder writes events; with more than one
-// coordinator only the leader should (there is one coordinator today).
+// Only the leader follows (start/stop on election): every replica sees the
+// same informer changes and audit entries, and three replicas each writing
+// them made every event appear three times. Events of a failover's gap (the
+// seconds without a leader) are not recorded; the audit log is the complete
+// record. record() (an event only this replica knows of, e.g. from an agent
+// session it holds) writes on any replica. The log group-commits the writes
+// (EventLog.record).
 import type { Logger } from "pino";
 import { AuditEvent } from "../../gen/noid/v1/audit.js";
 import type { Store, Watcher } from "../store/store.js";
@@ -110,11 +115,17 @@ export class EventRecorder {
   private readonly offs: (() => void)[] = [];
   private auditWatch?: Watcher;
   private stopped = false;
+  /** Bumped by every start and stop: callbacks of an older following do nothing. */
+  private gen = 0;
 
   constructor(private readonly d: { log: EventLog; cluster: ClusterState; logger: Logger; store: Store }) {}
 
+  /** Follows the informers and the audit log (the leader does). Again after stop(): follows again. */
   async start(): Promise<void> {
-    await this.followAudit();
+    this.stopped = false;
+    const gen = ++this.gen;
+    await this.followAudit(gen);
+    if (this.stopped || gen !== this.gen) return;
     const c = this.d.cluster;
     const name = (id: string) => c.hosts.get(keys.host(id))?.value.name;
     this.offs.push(
@@ -124,26 +135,42 @@ export class EventRecorder {
     );
   }
 
+  /** Stops following (deposed, shutdown) and writes what is still pending. Idempotent. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.gen++;
     this.offs.splice(0).forEach((o) => o());
-    await this.auditWatch?.cancel().catch(() => undefined);
+    const w = this.auditWatch;
+    this.auditWatch = undefined;
+    await w?.cancel().catch(() => undefined);
+    // Events still waiting for their group write go out before the store closes (bounded: etcd may be down).
+    let t: NodeJS.Timeout | undefined;
+    await Promise.race([this.d.log.flush().catch(() => undefined), new Promise((r) => (t = setTimeout(r, 2000)))]);
+    clearTimeout(t);
   }
 
   /** Watches audit/ from now on; after a break (e.g. compaction) it resumes from the current revision. */
-  private async followAudit(): Promise<void> {
+  private async followAudit(gen = this.gen): Promise<void> {
+    if (this.stopped || gen !== this.gen) return;
     const rev = await this.d.store.revision();
-    this.auditWatch = await this.d.store.watch(keys.auditPrefix, {
+    const w = await this.d.store.watch(keys.auditPrefix, {
       fromRevision: rev + 1,
       onEvents: (evs) => {
+        if (gen !== this.gen) return;
         for (const e of evs) if (e.type === "put") this.fromAudit(dec(AuditEvent, e.kv.value));
       },
       onError: (err) => {
-        if (this.stopped) return;
+        if (this.stopped || gen !== this.gen) return;
         this.d.logger.warn({ err }, "audit watch broke; following again from now");
-        setTimeout(() => void this.followAudit().catch((e: unknown) => this.d.logger.warn({ err: e }, "following audit failed")), 1000).unref();
+        setTimeout(() => void this.followAudit(gen).catch((e: unknown) => this.d.logger.warn({ err: e }, "following audit failed")), 1000).unref();
       },
     });
+    // Stopped (or stopped and started again) while the watch was being set up: this one is stale.
+    if (this.stopped || gen !== this.gen) {
+      await w.cancel().catch(() => undefined);
+      return;
+    }
+    this.auditWatch = w;
   }
 
   /** Records the event an audit entry stands for (auth.failure, security.<kind>); others are ignored. */

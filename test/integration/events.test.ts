@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { run } from "../../cli/program.js";
 import { Role, NoidApiError, type Event, type NoidClient } from "../../sdk/index.js";
-import { EVENTS_PREFIX, EventLog } from "../../coordinator/events/event-log.js";
+import { EVENTS_PREFIX, EventLog, WRITE_BATCH } from "../../coordinator/events/event-log.js";
 import { createEtcdStore } from "../../coordinator/store/index.js";
 import { auditPut } from "../../coordinator/audit-log.js";
 import { SimAgent } from "../helpers/sim-agent.js";
@@ -204,6 +204,58 @@ describe("events", () => {
     agent.close();
     const ev = await eventually(async () => (await admin.listEvents({ kind: "host.unreachable", host: "hv-ev" }))[0], 15_000, "host.unreachable");
     expect(ev).toMatchObject({ severity: "warning", hostId: agent.hostId });
+  });
+});
+
+describe("event writes against real etcd", () => {
+  it("group-commits a burst: few transactions, every event stored once, listed in the order recorded", async () => {
+    const { endpoints, stop } = await startTestEtcd();
+    const store = await createEtcdStore({ endpoints, prefix: `/g${Math.random().toString(16).slice(2, 8)}/` });
+    try {
+      const log = new EventLog({ store, clock: { now: () => new Date(Date.parse("2026-01-01T00:00:00Z")) }, retention: { maxCount: 10_000, maxAgeMs: 0 } });
+      const before = await store.revision();
+      // 250 events in one burst, all in the same millisecond of the log's clock.
+      const written = await Promise.all(Array.from({ length: 250 }, (_, i) => log.record({ kind: "vm.phase", message: `b${i}` })));
+      expect(written.map((e) => e.message)).toEqual(Array.from({ length: 250 }, (_, i) => `b${i}`));
+      const txns = (await store.revision()) - before;
+      expect(txns).toBeGreaterThanOrEqual(Math.ceil(250 / WRITE_BATCH));
+      expect(txns).toBeLessThan(10);
+      expect(log.writes).toEqual({ txns, events: 250 });
+      const listed = await log.list({ limit: 1000 });
+      expect(listed.map((e) => e.message)).toEqual(Array.from({ length: 250 }, (_, i) => `b${249 - i}`)); // newest first
+      expect((await store.list(EVENTS_PREFIX)).kvs).toHaveLength(250);
+      // A lone event is written too (no burst to wait for), and flush() returns once it is.
+      const lone = log.record({ kind: "vm.phase", message: "alone" });
+      await log.flush();
+      expect((await lone).message).toBe("alone");
+      expect((await store.list(EVENTS_PREFIX)).kvs).toHaveLength(251);
+    } finally {
+      await store.close();
+      await stop();
+    }
+  });
+
+  it("a failed write rejects the events of that batch, and later events are written", async () => {
+    const { endpoints, stop } = await startTestEtcd();
+    const store = await createEtcdStore({ endpoints, prefix: `/f${Math.random().toString(16).slice(2, 8)}/` });
+    try {
+      let fail = true;
+      const flaky = new Proxy(store, {
+        get(t, k, recv) {
+          if (k === "txn" && fail) return async () => Promise.reject(new Error("etcd unavailable"));
+          const v = Reflect.get(t, k, recv) as unknown;
+          return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+        },
+      });
+      const log = new EventLog({ store: flaky, clock: { now: () => new Date() }, retention: { maxCount: 100, maxAgeMs: 0 } });
+      await expect(log.record({ kind: "vm.phase", message: "lost" })).rejects.toThrow(/etcd unavailable/);
+      fail = false;
+      await log.record({ kind: "vm.phase", message: "kept" });
+      expect((await log.list({ limit: 10 })).map((e) => e.message)).toEqual(["kept"]);
+    } finally {
+      await store.close();
+      await stop();
+    }
   });
 });
 

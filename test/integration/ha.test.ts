@@ -143,6 +143,24 @@ describe("several coordinators on one etcd cluster", () => {
       expect(await healthOf(h.address, "")).toBe("SERVING"); // every replica serves the API
       expect(h.placement === undefined).toBe(h !== leader);
     }
+    // Every replica sees every change, but only the leader records it: each event once.
+    const agent = new SimAgent({ address: r.addresses.join(","), token: r.token, name: "ha-ev", capacity: { vcpus: 4, memoryMb: 4096, diskGb: 100 }, autoRun: true });
+    cleanups.push(() => agent.close());
+    await agent.connect();
+    const client = r.client();
+    await client.createVm("ev1", { vcpus: 1, memoryMb: 64, diskGb: 1 });
+    await eventually(async () => (await client.getVm("ev1")).status?.phase === VmPhase.VM_PHASE_RUNNING, 15_000, "ev1 RUNNING");
+    const kinds = await eventually(
+      async () => {
+        const evs = await client.listEvents({ vm: "ev1" });
+        return evs.some((e) => e.message.endsWith("-> running")) ? evs.map((e) => e.kind).sort() : undefined;
+      },
+      10_000,
+      "ev1's events",
+    );
+    expect(kinds.filter((k) => k === "vm.created")).toHaveLength(1);
+    expect(kinds.filter((k) => k === "vm.scheduled")).toHaveLength(1);
+    expect(new Set((await client.listEvents({ host: "ha-ev", kind: "host.joined" })).map((e) => e.id)).size).toBe(1);
   }, 60_000);
 
   it("keeps placing VMs when the leader dies during a stream of creates, and agents move to a live replica", async () => {
