@@ -102,7 +102,7 @@ const TRIM_BATCH = 100;
 /** Events written in one transaction at most. */
 export const WRITE_BATCH = 100;
 /** A write starts at most this often (ms), so a burst of events shares transactions. */
-export const WRITE_LINGER_MS = 25;
+export const WRITE_LINGER_MS = 100;
 
 interface Pending {
   ev: Event;
