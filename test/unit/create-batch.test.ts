@@ -210,7 +210,7 @@ describe("planCreateTxn (group commit of creates)", () => {
                 ? view.total.modRevision
                 : o.key.startsWith("quota/")
                   ? view.quotas.get(o.key.slice("quota/".length))!.modRevision
-                  : [...view.nets.values()].find((n) => n instanceof NoidError ? false : netKeys.ipamState(n.id) === o.key)!.state.modRevision;
+                  : [...view.nets.values()].find((n): n is NetView => !(n instanceof NoidError) && netKeys.ipamState(n.id) === o.key)!.state.modRevision;
             expect(c).toEqual({ key: o.key, target: "mod", op: "==", value: read });
           } else {
             expect(c).toEqual({ key: o.key, target: "create", op: "==", value: 0 });
