@@ -23,6 +23,7 @@ import { createEtcdStore } from "./store/index.js";
 import { startEmbeddedEtcd, type EmbeddedEtcd } from "./etcd/embedded.js";
 import { TokenStore } from "./auth/tokens.js";
 import { AuditLog, auditKey } from "./audit-log.js";
+import { InformerNameIndex } from "./state/name-index.js";
 import { AuditChainStore } from "./auth/audit-chain-store.js";
 import { AuthGuard } from "./auth/guard.js";
 import { AuditThrottle, AuthFailureCounter, FailureLimiter } from "./auth/rate-limit.js";
@@ -242,7 +243,7 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const networks = new NetworkRepo({ store, clock, settings: netSettings, auditKey });
     const vmNetworks = new VmNetworks({ store, clock, repo: networks, graceSeconds: netSettings.ip_reuse_grace_seconds, logger: logger.child({ component: "ipam" }) });
     const portRepo = new PortRepo({ store, clock, auditKey });
-    const vms = new VmRepo({ store, clock, newId: newVmId, auditKey, network: vmNetworks, ports: portRepo });
+    const vms = new VmRepo({ store, clock, newId: newVmId, auditKey, network: vmNetworks, ports: portRepo, names: new InformerNameIndex(cluster.vms) });
     const meshCidr = parseMeshCidr(cfg.mesh.cidr);
     const hosts = new HostRepo(store, clock, meshCidr);
     const portFeed = new PortFeed({ store, cluster, hosts, clock, logger: logger.child({ component: "ports" }) });

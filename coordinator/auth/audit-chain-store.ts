@@ -8,7 +8,8 @@
 //
 // A failed transaction is retried here only when the head moved (another
 // audit write won); if the head is unchanged, the caller's own compares
-// failed and the caller sees { succeeded: false } as before.
+// failed and the caller sees { succeeded: false } as before. The head this
+// store last wrote is kept, so a process writing alone reads it only once.
 import { AuditEvent } from "../../gen/noid/v1/audit.js";
 import { AuditChainHead } from "../../gen/noid/v1/records.js";
 import { NoidError } from "../../common/errors.js";
@@ -83,22 +84,46 @@ export class AuditChainStore implements Store {
     return r.revision;
   }
 
+  /**
+   * The chain head as this store last wrote or read it. Only a guess: every transaction
+   * compares the head's revision, so a stale guess costs one failed attempt, after which
+   * the head is read. Saves a read per audited write while this process is the writer.
+   */
+  private head: { point: ChainPoint; modRevision: number } | undefined;
+
   async txn(compares: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {
     if (!success.some(isAuditPut)) return this.inner.txn(compares, success, failure);
     // Failure ops would also run when only the head moved: nobody needs them with audit events, so refuse.
     if (failure.length > 0) throw new NoidError("INTERNAL", "audit events cannot be written in a transaction with failure ops");
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const headKv = await this.inner.get(chainKeys.head);
-      const linked = linkOps(headOf(headKv), success);
-      const r = await this.inner.txn(
-        [...compares, { key: chainKeys.head, target: "mod", op: "==", value: headKv?.modRevision ?? 0 }],
-        [...linked.ops, { type: "put", key: chainKeys.head, value: enc(AuditChainHead, linked.head) }],
-      );
-      if (r.succeeded) return r;
-      const now = await this.inner.get(chainKeys.head);
-      if ((now?.modRevision ?? 0) === (headKv?.modRevision ?? 0)) return r;
+      const head = this.head ?? (await this.readHead());
+      const linked = linkOps(head.point, success);
+      let r: TxnResult;
+      try {
+        r = await this.inner.txn(
+          [...compares, { key: chainKeys.head, target: "mod", op: "==", value: head.modRevision }],
+          [...linked.ops, { type: "put", key: chainKeys.head, value: enc(AuditChainHead, linked.head) }],
+        );
+      } catch (e) {
+        this.head = undefined;
+        throw e;
+      }
+      if (r.succeeded) {
+        this.head = { point: linked.head, modRevision: r.revision };
+        return r;
+      }
+      const now = await this.readHead();
+      if (now.modRevision === head.modRevision) return r;
       await jitter(attempt);
     }
     throw new NoidError("UNAVAILABLE", "writing an audit event: the audit chain is too contended, retry");
+  }
+
+  private async readHead(): Promise<{ point: ChainPoint; modRevision: number }> {
+    this.head = undefined;
+    const kv = await this.inner.get(chainKeys.head);
+    const h = { point: headOf(kv), modRevision: kv?.modRevision ?? 0 };
+    this.head = h;
+    return h;
   }
 }

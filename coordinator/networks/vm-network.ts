@@ -1,6 +1,8 @@
 // A VM's place on its network: which network, which address, which MAC.
-// This returns the compares and ops to add to the VM's own create or remove
-// transaction (VmRepo), so the VM record and its address come and go together.
+// Creates read a network's address state here (snapshot) and the group
+// commit (coordinator/state/create-plan.ts) picks addresses and writes them in
+// the VMs' create transaction; release returns the compares and ops for a
+// VM's remove transaction. So the VM record and its address come and go together.
 //
 // spec.network:
 //   ""         -> the owner's "default" network (created on first use)
@@ -14,28 +16,24 @@ import type { Logger } from "pino";
 import { ReleasedAddressRecord, IpamStateRecord } from "../../gen/noid/v1/records.js";
 import type { Network } from "../../gen/noid/v1/network.js";
 import type { Vm } from "../../gen/noid/v1/vm.js";
-import { NoidError, exhausted, invalid } from "../../common/errors.js";
+import { NoidError, invalid } from "../../common/errors.js";
 import type { Compare, KeyValue, Op, Store } from "../store/store.js";
 import { netKeys } from "../state/keys.js";
 import { dec, enc } from "../state/codec.js";
 import { gatewayOf, intToIp, ipToInt, isIpv4, parseCidr } from "./cidr.js";
-import { allocate, expiredReleases, type Usage } from "./ipam.js";
-import { macForVm } from "./mac.js";
+import type { Usage } from "./ipam.js";
+import type { NetView } from "../state/create-plan.js";
 import type { Actor, Clock, NetworkRepo, StoredNetwork } from "./network-repo.js";
 import { DEFAULT_NETWORK, ISOLATED } from "./validate.js";
 
 /** What VmRepo adds to its transactions; implemented by VmNetworks. */
 export interface VmNetworkPort {
-  /** Throws INVALID_ARGUMENT (unknown network), RESOURCE_EXHAUSTED (no address), CONFLICT (retry). */
-  reserve(owner: string, specNetwork: string, vmId: string, actor: Actor): Promise<NetworkReservation>;
+  /** Throws INVALID_ARGUMENT (unknown network), RESOURCE_EXHAUSTED (no default network), CONFLICT (retry). */
+  snapshot(owner: string, specNetwork: string, actor: Actor): Promise<NetView>;
+  /** Address reuse grace (ms). */
+  readonly graceMs: number;
+  reportUsage(net: NetView, owner: string, usage: Usage): void;
   release(vm: Vm): Promise<{ compares: Compare[]; ops: Op[] }>;
-}
-
-export interface NetworkReservation {
-  compares: Compare[];
-  ops: Op[];
-  status: { ip: string; mac: string; networkId: string; networkCidr: string; gateway: string };
-  usage: Usage;
 }
 
 export interface VmNetworksDeps {
@@ -45,11 +43,8 @@ export interface VmNetworksDeps {
   graceSeconds: number;
   logger?: Logger;
   /** Address use after a reservation (a gauge; alert at Usage.nearlyFull). */
-  onUsage?: (network: Network, usage: Usage) => void;
+  onUsage?: (network: Pick<Network, "id" | "name" | "cidr">, usage: Usage) => void;
 }
-
-/** Forgetting old release records rides along on allocations, a few at a time. */
-const PRUNE_PER_ALLOCATION = 16;
 
 const text = (kv: KeyValue): string => Buffer.from(kv.value).toString("utf8");
 
@@ -67,54 +62,52 @@ export class VmNetworks implements VmNetworkPort {
     return n;
   }
 
-  async reserve(owner: string, specNetwork: string, vmId: string, actor: Actor): Promise<NetworkReservation> {
+  /**
+   * What a group of creates needs to give VMs addresses on the owner's network (VmRepo,
+   * coordinator/state/create-plan.ts decides). Throws INVALID_ARGUMENT (unknown network),
+   * RESOURCE_EXHAUSTED (no room for a default network), CONFLICT (being deleted: retry).
+   */
+  async snapshot(owner: string, specNetwork: string, actor: Actor): Promise<NetView> {
     const { network } = await this.resolve(owner, specNetwork, actor);
     const p = parseCidr(network.cidr);
     if (!p.ok) throw new NoidError("INTERNAL", `network ${network.id} has a bad CIDR: ${p.why}`);
-    // The state record first: any reservation or release after this read
-    // changes it and fails our compare, so the lists below cannot be staler
-    // than what the transaction will hold against.
-    const stateKv = await this.d.store.get(netKeys.ipamState(network.id));
-    if (!stateKv) throw new NoidError("CONFLICT", `network "${network.name}" is being deleted`);
-    const state = dec(IpamStateRecord, stateKv.value);
-    const [held, released] = await Promise.all([
-      this.d.store.list(netKeys.ipamPrefix(network.id)),
-      this.d.store.list(netKeys.releasedPrefix(network.id)),
-    ]);
-    const ipOf = (key: string) => key.slice(key.lastIndexOf("/") + 1);
-    const used = new Set(held.kvs.map((kv) => ipToInt(ipOf(kv.key))));
-    const releasedAt = new Map(released.kvs.map((kv) => [ipToInt(ipOf(kv.key)), dec(ReleasedAddressRecord, kv.value).releasedAt?.getTime() ?? 0]));
-    const nowMs = this.d.clock.now().getTime();
-    const graceMs = this.d.graceSeconds * 1000;
-    const a = allocate({ cidr: p.cidr, used, releasedAt, last: isIpv4(state.last) ? ipToInt(state.last) : undefined }, nowMs, graceMs);
-    if (!a.ok) {
-      this.d.onUsage?.(network, a.usage);
-      throw exhausted(`network "${network.name}" (${network.cidr}) of user ${owner}: ${a.reason}`);
+    for (let attempt = 0; ; attempt++) {
+      // The state record and the lists in parallel: every reservation and release changes
+      // the state record, and the transaction compares it, so lists read at a revision at
+      // or after the state's last change hold everything it counts (a later change fails
+      // the compare). Lists older than that are read again.
+      const [stateKv, held, released] = await Promise.all([
+        this.d.store.get(netKeys.ipamState(network.id)),
+        this.d.store.list(netKeys.ipamPrefix(network.id)),
+        this.d.store.list(netKeys.releasedPrefix(network.id)),
+      ]);
+      if (!stateKv) throw new NoidError("CONFLICT", `network "${network.name}" is being deleted`);
+      if (Math.min(held.revision, released.revision) < stateKv.modRevision) {
+        if (attempt < 5) continue;
+        throw new NoidError("CONFLICT", `network "${network.name}": its addresses keep changing while read`);
+      }
+      const ipOf = (key: string) => key.slice(key.lastIndexOf("/") + 1);
+      return {
+        id: network.id,
+        name: network.name,
+        cidrText: network.cidr,
+        cidr: p.cidr,
+        gateway: intToIp(gatewayOf(p.cidr)),
+        state: { record: dec(IpamStateRecord, stateKv.value), modRevision: stateKv.modRevision },
+        used: new Set(held.kvs.map((kv) => ipToInt(ipOf(kv.key)))),
+        releasedAt: new Map(released.kvs.map((kv) => [ipToInt(ipOf(kv.key)), dec(ReleasedAddressRecord, kv.value).releasedAt?.getTime() ?? 0])),
+      };
     }
-    const ip = intToIp(a.ip);
-    const mac = macForVm(vmId);
-    const prune = expiredReleases(releasedAt, nowMs, graceMs)
-      .filter((x) => x !== a.ip)
-      .slice(0, PRUNE_PER_ALLOCATION);
-    const ops: Op[] = [
-      { type: "put", key: netKeys.ipam(network.id, ip), value: Buffer.from(vmId) },
-      { type: "put", key: netKeys.ipamState(network.id), value: enc(IpamStateRecord, { used: used.size + 1, last: ip }) },
-      { type: "put", key: netKeys.mac(mac), value: Buffer.from(vmId) },
-      ...[a.ip, ...prune].filter((x) => releasedAt.has(x)).map((x): Op => ({ type: "delete", key: netKeys.released(network.id, intToIp(x)) })),
-    ];
-    this.d.onUsage?.(network, a.usage);
-    if (a.usage.nearlyFull) this.d.logger?.warn({ network: network.id, owner, ...a.usage }, "network is nearly out of addresses");
-    return {
-      compares: [
-        unchanged(netKeys.ipamState(network.id), stateKv),
-        { key: netKeys.ipam(network.id, ip), target: "create", op: "==", value: 0 },
-        // A MAC is a hash of the id: on the rare clash the VM gets a new id (VmRepo retries).
-        { key: netKeys.mac(mac), target: "create", op: "==", value: 0 },
-      ],
-      ops,
-      status: { ip, mac, networkId: network.id, networkCidr: network.cidr, gateway: intToIp(gatewayOf(p.cidr)) },
-      usage: a.usage,
-    };
+  }
+
+  get graceMs(): number {
+    return this.d.graceSeconds * 1000;
+  }
+
+  /** After a committed reservation: the usage gauge, and a warning when nearly full. */
+  reportUsage(net: NetView, owner: string, u: Usage): void {
+    this.d.onUsage?.({ id: net.id, name: net.name, cidr: net.cidrText }, u);
+    if (u.nearlyFull) this.d.logger?.warn({ network: net.id, owner, ...u }, "network is nearly out of addresses");
   }
 
   /** Gives the VM's address back (remembering when, for the reuse grace) and frees its MAC. */

@@ -5,12 +5,13 @@ import { randomBytes } from "node:crypto";
 import { AuditEvent } from "../../gen/noid/v1/audit.js";
 import { AllocationRecord, QuotaRecord } from "../../gen/noid/v1/records.js";
 import { Vm, VmDesiredState, VmPhase, type VmSpec } from "../../gen/noid/v1/vm.js";
-import { NoidError, alreadyExists, isNoidError, notFound } from "../../common/errors.js";
-import type { Compare, KeyValue, Op, Store } from "../store/store.js";
+import { NoidError, notFound } from "../../common/errors.js";
+import type { Compare, KeyValue, Op, Store, TxnResult } from "../store/store.js";
 import { keys } from "./keys.js";
 import { dec, enc } from "./codec.js";
-import { addToQuota, checkCountLimits, checkVmLimits, type Limits } from "../limits.js";
-import type { NetworkReservation, VmNetworkPort } from "../networks/vm-network.js";
+import { addToQuota, checkVmLimits, type Limits } from "../limits.js";
+import type { VmNetworkPort } from "../networks/vm-network.js";
+import { netSel, planCreateTxn, type Counter, type CreateAsk, type CreateView, type NetView } from "./create-plan.js";
 import { type LifecycleOp, afterReport, decide } from "../lifecycle/lifecycle.js";
 
 export interface Clock {
@@ -19,6 +20,37 @@ export interface Clock {
 
 const EMPTY_QUOTA: QuotaRecord = { vms: 0, vcpus: 0, memoryMb: 0 };
 const MAX_ATTEMPTS = 20;
+/** Creates taken from the queue per round (what does not fit in one transaction goes back). */
+const MAX_GROUP = 64;
+
+interface PendingCreate {
+  owner: string;
+  name: string;
+  spec: VmSpec;
+  limits: Limits;
+  peer: string;
+  opts: { desired?: VmDesiredState; detail?: string; signal?: AbortSignal };
+  attempts: number;
+  /** Its last transaction failed: read everything from etcd. */
+  fresh?: boolean;
+  resolve: (v: StoredVm) => void;
+  reject: (e: unknown) => void;
+}
+
+interface CreateCache {
+  total: Counter;
+  quotas: Map<string, Counter>;
+  nets: Map<string, NetView>;
+}
+
+function counterOf(kv: KeyValue | undefined): Counter {
+  return { record: quotaOf(kv), modRevision: kv?.modRevision ?? 0 };
+}
+
+/** Which VM names exist, as the informer sees them (may lag etcd either way). */
+export interface VmNameIndex {
+  has(owner: string, name: string): boolean;
+}
 
 export function newVmId(): string {
   return randomBytes(8).toString("hex");
@@ -47,6 +79,8 @@ export interface VmRepoDeps {
   network?: VmNetworkPort;
   /** Releases a VM's exposed ports and HTTP routes in its remove transaction (coordinator/ports). */
   ports?: { release(vm: Vm): Promise<{ compares: Compare[]; ops: Op[] }> };
+  /** Names the informer knows (coordinator/state/name-index.ts): creates read only those from etcd. */
+  names?: VmNameIndex;
 }
 
 export interface StoredVm {
@@ -78,6 +112,13 @@ export class VmRepo {
    * cluster total in one transaction that holds only if the name is free and
    * neither counter moved since it was read. With a network port, the VM's
    * address and MAC are reserved in the same transaction.
+   *
+   * Group commit: creates queue inside the coordinator, and the ones waiting
+   * when a round starts are decided together (coordinator/state/create-plan.ts)
+   * and written in one transaction, the shared counters once for the group.
+   * Every create compares the cluster-wide counter, so one transaction at a
+   * time per coordinator is all that can succeed anyway (measured: 1.6
+   * creates/s with 200 separate transactions in flight, bench/).
    */
   async create(
     owner: string,
@@ -87,107 +128,172 @@ export class VmRepo {
     audit: { peer: string },
     opts: { desired?: VmDesiredState; detail?: string; signal?: AbortSignal } = {},
   ): Promise<StoredVm> {
-    // Every create compares the cluster-wide counter: with N creates in flight, N-1
-    // of each round lose and read everything again (measured: 1.6 creates/s at 200
-    // in flight, bench/). Within this coordinator they queue instead; the
-    // transaction still guards against any other writer.
-    const run = this.createLane.then(() => this.createNow(owner, name, spec, limits, audit, opts));
-    this.createLane = run.catch(() => undefined);
-    return run;
+    checkVmLimits(limits, { vcpus: spec.vcpus, memoryMb: spec.memoryMb, diskGb: spec.diskGb });
+    return new Promise<StoredVm>((resolve, reject) => {
+      this.createQueue.push({ owner, name, spec, limits, peer: audit.peer, opts, attempts: 0, resolve, reject });
+      if (!this.creating) {
+        this.creating = true;
+        void this.drainCreates();
+      }
+    });
   }
 
-  private createLane: Promise<unknown> = Promise.resolve();
+  private createQueue: PendingCreate[] = [];
+  private creating = false;
+  /**
+   * The shared state as this coordinator last read or wrote it, kept while
+   * creates keep coming (dropped when the queue runs empty, when a create
+   * transaction fails, and on this repository's other writes of those keys).
+   * Never trusted: every transaction compares what it was planned from.
+   */
+  private createCache: CreateCache | undefined;
 
-  private async createNow(
-    owner: string,
-    name: string,
-    spec: VmSpec,
-    limits: Limits,
-    audit: { peer: string },
-    opts: { desired?: VmDesiredState; detail?: string; signal?: AbortSignal },
-  ): Promise<StoredVm> {
-    // A caller that gave up while queued (deadline, cancel) has been told the create failed:
-    // creating the VM now would leave one nobody asked for.
-    if (opts.signal?.aborted) throw new NoidError("DEADLINE_EXCEEDED", `creating VM "${name}": the call ended (deadline or cancel) before it was its turn; nothing was created`);
-    const ask = { vcpus: spec.vcpus, memoryMb: spec.memoryMb, diskGb: spec.diskGb };
-    checkVmLimits(limits, ask);
-    const nameKey = keys.vmName(owner, name);
-    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const [nameKv, userKv, totalKv] = await Promise.all([
-        this.d.store.get(nameKey),
-        this.d.store.get(keys.quota(owner)),
-        this.d.store.get(keys.total),
-      ]);
-      if (nameKv) throw alreadyExists(`VM "${name}" of user ${owner}`);
-      const userQ = quotaOf(userKv);
-      const totalQ = quotaOf(totalKv);
-      checkCountLimits(limits, owner, userQ, totalQ);
-      const id = this.d.newId();
-      let net: NetworkReservation | undefined;
-      try {
-        net = await this.d.network?.reserve(owner, spec.network, id, { user: owner, peer: audit.peer });
-      } catch (e) {
-        if (!isNoidError(e, "CONFLICT")) throw e;
-        await backoff(attempt);
-        continue;
+  private async drainCreates(): Promise<void> {
+    try {
+      while (this.createQueue.length > 0) {
+        const group = this.createQueue.splice(0, MAX_GROUP);
+        await this.createRound(group).catch((err: unknown) => {
+          // Reading failed (etcd unreachable): these creates fail as a single one did.
+          this.createCache = undefined;
+          for (const p of group) p.reject(err);
+        });
       }
-      const now = this.d.clock.now();
-      const vm: Vm = {
-        id,
-        name,
-        owner,
-        spec,
-        desiredState: opts.desired ?? VmDesiredState.VM_DESIRED_STATE_RUNNING,
-        createdAt: now,
-        status: {
-          phase: VmPhase.VM_PHASE_PENDING,
-          hostId: "",
-          hostName: "",
-          reason: "",
-          ip: "",
-          mac: "",
-          updatedAt: now,
-          networkId: "",
-          networkCidr: "",
-          gateway: "",
-          restartPending: false,
-          migrationId: "",
-          migrationSha256: "",
-          ...net?.status,
-        },
-      };
-      if (opts.signal?.aborted) {
-        throw new NoidError("DEADLINE_EXCEEDED", `creating VM "${name}": the call ended (deadline or cancel); nothing was created`);
-      }
-      const r = await this.d.store.txn(
-        [
-          { key: nameKey, target: "create", op: "==", value: 0 },
-          { key: keys.vm(vm.id), target: "create", op: "==", value: 0 },
-          unchanged(keys.quota(owner), userKv),
-          unchanged(keys.total, totalKv),
-          ...(net?.compares ?? []),
-        ],
-        [
-          { type: "put", key: keys.vm(vm.id), value: enc(Vm, vm) },
-          { type: "put", key: nameKey, value: Buffer.from(vm.id) },
-          { type: "put", key: keys.quota(owner), value: enc(QuotaRecord, addToQuota(userQ, ask, 1)) },
-          { type: "put", key: keys.total, value: enc(QuotaRecord, addToQuota(totalQ, ask, 1)) },
-          ...(net?.ops ?? []),
-          this.auditOp({
-            event: "vm.create",
-            user: owner,
-            vm: name,
-            host: "",
-            success: true,
-            detail: `${spec.vcpus} vCPU, ${spec.memoryMb} MB${net ? `, ${net.status.ip} on network ${net.status.networkId}` : ""}${opts.detail ? `, ${opts.detail}` : ""}`,
-            peer: audit.peer,
-          }),
-        ],
-      );
-      if (r.succeeded) return { vm, modRevision: r.revision };
-      await backoff(attempt);
+    } finally {
+      this.creating = false;
+      this.createCache = undefined;
     }
-    throw new NoidError("UNAVAILABLE", `creating VM "${name}": too much contention, retry`);
+  }
+
+  /** One round: read what is not cached, plan, write one transaction, answer or queue again. */
+  private async createRound(group: PendingCreate[]): Promise<void> {
+    const gone = (p: PendingCreate) => {
+      if (!p.opts.signal?.aborted) return false;
+      // A caller that gave up while queued (deadline, cancel) has been told the create failed:
+      // creating the VM now would leave one nobody asked for.
+      p.reject(new NoidError("DEADLINE_EXCEEDED", `creating VM "${p.name}": the call ended (deadline or cancel) before it was written; nothing was created`));
+      return true;
+    };
+    let live = group.filter((p) => !gone(p));
+    if (live.length === 0) return;
+    const view = await this.readCreateView(live);
+    live = live.filter((p) => !gone(p));
+    if (live.length === 0) return;
+    const now = this.d.clock.now();
+    const asks: CreateAsk[] = live.map((p, key) => ({
+      key,
+      owner: p.owner,
+      name: p.name,
+      spec: p.spec,
+      limits: p.limits,
+      peer: p.peer,
+      desired: p.opts.desired ?? VmDesiredState.VM_DESIRED_STATE_RUNNING,
+      detail: p.opts.detail ?? "",
+      id: this.d.newId(),
+      auditId: this.d.auditKey(now),
+      now,
+      net: this.d.network ? netSel(p.owner, p.spec.network) : undefined,
+    }));
+    const plan = planCreateTxn(asks, view);
+    const again: PendingCreate[] = [];
+    for (const d of plan.deferred) again.push(live[d]!);
+    for (const r of plan.rejected) {
+      const p = live[r.key]!;
+      // A network being deleted (or its addresses moving while read): read again next round.
+      if (r.error.code === "CONFLICT") {
+        this.createCache = undefined;
+        if (++p.attempts < MAX_ATTEMPTS) again.push(p);
+        else p.reject(new NoidError("UNAVAILABLE", `creating VM "${p.name}": ${r.error.message}; retry`));
+      } else p.reject(r.error);
+    }
+    if (plan.created.length > 0) {
+      let r: TxnResult;
+      try {
+        r = await this.d.store.txn(plan.compares, plan.ops);
+      } catch (err) {
+        this.createCache = undefined;
+        for (const c of plan.created) live[c.key]!.reject(err);
+        this.requeue(again);
+        return;
+      }
+      if (r.succeeded) {
+        this.createCache = {
+          total: { record: plan.after.total, modRevision: r.revision },
+          quotas: new Map([...view.quotas].map(([o, c]) => [o, plan.after.quotas.has(o) ? { record: plan.after.quotas.get(o)!, modRevision: r.revision } : c])),
+          nets: new Map([...view.nets].flatMap(([sel, n]): [string, NetView][] => {
+            if (n instanceof NoidError) return [];
+            const a = plan.after.nets.get(sel);
+            return [[sel, a ? { ...a, state: { ...a.state, modRevision: r.revision } } : n]];
+          })),
+        };
+        for (const c of plan.created) {
+          if (c.net) this.d.network?.reportUsage(c.net.network, c.vm.owner, c.net.usage);
+          live[c.key]!.resolve({ vm: c.vm, modRevision: r.revision });
+        }
+      } else {
+        // Someone else wrote a key the group read (another replica, a destroy) or took a
+        // name or address meanwhile: decide these again from fresh reads, names from etcd.
+        this.createCache = undefined;
+        let attempt = 0;
+        for (const c of plan.created) {
+          const p = live[c.key]!;
+          attempt = Math.max(attempt, p.attempts);
+          p.fresh = true;
+          if (++p.attempts < MAX_ATTEMPTS) again.push(p);
+          else p.reject(new NoidError("UNAVAILABLE", `creating VM "${p.name}": too much contention, retry`));
+        }
+        this.requeue(again);
+        await backoff(attempt);
+        return;
+      }
+    }
+    this.requeue(again);
+  }
+
+  /** Back to the front of the queue, in their order, ahead of newer creates. */
+  private requeue(ps: PendingCreate[]): void {
+    this.createQueue.unshift(...ps);
+  }
+
+  /** The view a round is planned from: cached shared state where there is one, the rest read now. */
+  private async readCreateView(group: PendingCreate[]): Promise<CreateView> {
+    const cache = this.createCache;
+    const owners = [...new Set(group.map((p) => p.owner))];
+    const nets = new Map<string, { owner: string; network: string; peer: string }>();
+    if (this.d.network) {
+      for (const p of group) {
+        const sel = netSel(p.owner, p.spec.network);
+        if (!nets.has(sel) && !cache?.nets.has(sel)) nets.set(sel, { owner: p.owner, network: p.spec.network, peer: p.peer });
+      }
+    }
+    // Names: the informer's index, when there is one, says which names may be taken (those
+    // are read from etcd, so a name freed a moment ago is not refused); a name it does not
+    // know is guarded by the transaction alone. After a failed round, every name is read.
+    const nameKeys = [...new Set(group.filter((p) => p.fresh || !this.d.names || this.d.names.has(p.owner, p.name)).map((p) => keys.vmName(p.owner, p.name)))];
+    const [total, quotas, netReads, names] = await Promise.all([
+      cache?.total ?? this.d.store.get(keys.total).then(counterOf),
+      Promise.all(owners.map(async (o): Promise<[string, Counter]> => [o, cache?.quotas.get(o) ?? counterOf(await this.d.store.get(keys.quota(o)))])),
+      Promise.all(
+        [...nets].map(async ([sel, n]): Promise<[string, NetView | NoidError]> => {
+          try {
+            return [sel, await this.d.network!.snapshot(n.owner, n.network, { user: n.owner, peer: n.peer })];
+          } catch (e) {
+            if (e instanceof NoidError) return [sel, e];
+            throw e;
+          }
+        }),
+      ),
+      Promise.all(nameKeys.map(async (k) => ((await this.d.store.get(k)) ? k : undefined))),
+    ]);
+    const netMap = new Map<string, NetView | NoidError>(cache ? [...cache.nets] : []);
+    for (const [sel, n] of netReads) netMap.set(sel, n);
+    return {
+      total,
+      quotas: new Map(quotas),
+      nets: netMap,
+      takenNames: new Set(names.filter((k): k is string => k !== undefined)),
+      nowMs: this.d.clock.now().getTime(),
+      graceMs: this.d.network?.graceMs ?? 0,
+    };
   }
 
   /**
@@ -259,6 +365,8 @@ export class VmRepo {
       ops.push(...rel.ops);
     }
     if (extra) ops.push(extra);
+    // The counters and addresses change: the creates' cached view of them is stale.
+    this.createCache = undefined;
     const r = await this.d.store.txn(compares, ops);
     return r.succeeded;
   }

@@ -86,7 +86,8 @@ describe("AuditChainStore and AuditLog", () => {
     for (let i = 0; i < 30; i++) await log.write(ev(i));
     expect(await log.trim(12)).toBe(18);
     expect(await log.verify()).toMatchObject({ ok: true, checked: 12, firstSeq: 19, lastSeq: 30 });
-    const kvs = (await raw.list(keys.auditPrefix)).kvs;
+    // In chain order: keys sort by time, and events written within one millisecond sort by their random part.
+    const kvs = (await raw.list(keys.auditPrefix)).kvs.sort((a, b) => (dec(AuditEvent, a.value).seq ?? 0) - (dec(AuditEvent, b.value).seq ?? 0));
     const victim = kvs[5]!;
     const e = dec(AuditEvent, victim.value);
     await raw.put(victim.key, enc(AuditEvent, { ...e, detail: "nothing happened" }));
