@@ -54,7 +54,7 @@ export interface PlacementStats {
  */
 export const MAX_TXN_OPS = 100;
 /** Placement transactions in flight at once (those in flight together touch disjoint keys). */
-const COMMIT_CONCURRENCY = 8;
+const COMMIT_CONCURRENCY = 4;
 /** VMs decided per pass, and between two yields to the event loop. */
 const PASS_MAX_VMS = 2000;
 const SLICE_VMS = 100;
