@@ -76,6 +76,10 @@ export interface BenchCoordinator {
   inline: boolean;
   /** Memory (after a GC when possible) and placement counters. */
   stats(): Promise<CoordStats>;
+  /** Profiles the coordinator from now until profileStop (a child only; inline, profile the bench process). */
+  profileStart(): Promise<void>;
+  /** Writes `<dir>/<name>.cpuprofile`; returns its path ("" inline). */
+  profileStop(dir: string, name: string): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -114,6 +118,8 @@ export async function startBenchCoordinator(o: CoordinatorOptions): Promise<Benc
         const mem = process.memoryUsage();
         return { rss: mem.rss, heapUsed: mem.heapUsed, placement: { ...(handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }) }, cpu: process.cpuUsage() };
       },
+      profileStart: async () => undefined,
+      profileStop: async () => "",
       async stop() {
         await handle.stop();
         rmSync(stateDir, { recursive: true, force: true });
@@ -138,11 +144,11 @@ export async function startBenchCoordinator(o: CoordinatorOptions): Promise<Benc
     });
     child.once("exit", (code) => reject(new Error(`bench coordinator exited (code ${code}) before it was ready`)));
   });
-  const ask = <T>(type: string): Promise<T> =>
+  const ask = <T>(type: string, extra: Record<string, string> = {}): Promise<T> =>
     new Promise((resolve) => {
       const id = ++seq;
       waiting.set(id, resolve as (m: unknown) => void);
-      child.send({ id, type });
+      child.send({ id, type, ...extra });
     });
   let r: { address: string; adminToken: string };
   try {
@@ -157,6 +163,8 @@ export async function startBenchCoordinator(o: CoordinatorOptions): Promise<Benc
     pid: child.pid!,
     inline: false,
     stats: () => ask<CoordStats>("stats"),
+    profileStart: () => ask<void>("profStart"),
+    profileStop: async (dir, name) => (await ask<{ file: string }>("profStop", { dir, name })).file,
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) {
         rmSync(stateDir, { recursive: true, force: true });

@@ -5,16 +5,23 @@ import { readFileSync } from "node:fs";
 import { silentLogger } from "../common/logger.js";
 import { resolveConfig } from "../coordinator/config.js";
 import { startCoordinator } from "../coordinator/server.js";
+import { WindowProfiler } from "./window-prof.js";
 
-type Request = { id: number; type: "stats" | "stop" };
+type Request = { id: number; type: "stats" | "stop" | "profStart" | "profStop"; dir?: string; name?: string };
 
 async function main(): Promise<void> {
   const config = resolveConfig(JSON.parse(process.env.NOID_BENCH_CONFIG ?? "{}") as Record<string, unknown>);
   const handle = await startCoordinator({ config, logger: silentLogger() });
   const adminToken = readFileSync(handle.adminTokenFile, "utf8").trim();
+  const prof = new WindowProfiler();
   process.on("message", (m: Request) => {
     void (async () => {
-      if (m.type === "stats") {
+      if (m.type === "profStart") {
+        await prof.start();
+        process.send!({ id: m.id });
+      } else if (m.type === "profStop") {
+        process.send!({ id: m.id, file: await prof.stop(m.dir!, m.name!) });
+      } else if (m.type === "stats") {
         (globalThis as { gc?: () => void }).gc?.();
         const mem = process.memoryUsage();
         process.send!({ id: m.id, rss: mem.rss, heapUsed: mem.heapUsed, placement: handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }, cpu: process.cpuUsage() });

@@ -19,8 +19,9 @@ async function main(): Promise<void> {
     .option("--hosts <n>", "simulated hosts of the main cluster")
     .option("--inline", "run the coordinator in this process (profile both with node --cpu-prof)")
     .option("--cpu-prof", "profile the coordinator (node --cpu-prof, into bench/prof/)")
+    .option("--prof-placement <dir>", "profile the bench process and the coordinator during the placement phase only (sessions opening until every VM assigned)")
     .parse();
-  const o = cmd.opts<{ quick?: boolean; only?: string; out: string; fsync?: boolean; cpuProf?: boolean; vms?: string; hosts?: string; inline?: boolean }>();
+  const o = cmd.opts<{ quick?: boolean; only?: string; out: string; fsync?: boolean; cpuProf?: boolean; vms?: string; hosts?: string; inline?: boolean; profPlacement?: string }>();
   const started = Date.now();
   const sizes = { ...(o.quick ? QUICK : FULL) };
   if (o.vms) sizes.placementVms = Number(o.vms);
@@ -33,6 +34,7 @@ async function main(): Promise<void> {
     inline: o.inline ?? false,
     log,
     ...(o.only ? { only: o.only.split(",") } : {}),
+    ...(o.profPlacement ? { profPlacementDir: o.profPlacement } : {}),
     ...(o.cpuProf ? { coordinatorExecArgv: ["--cpu-prof", `--cpu-prof-dir=${join(root, "bench", "prof")}`] } : {}),
   });
   writeResults(figs, o.out);

@@ -14,6 +14,7 @@ import { startBenchCoordinator, startBenchEtcd, type BenchCoordinator, type Benc
 import { dataplaneFigures, measureDataplane } from "./dataplane.js";
 import { placementShapedTxns, sampleAlloc, sampleVm, watchDelivery } from "./raw-etcd.js";
 import { SimFleet, wgKey, type SimHost } from "./sim-agents.js";
+import { WindowProfiler } from "./window-prof.js";
 import { figure, percentile, pool, sleep, sustainedRate, until, type Figure } from "./stats.js";
 
 export interface BenchSizes {
@@ -79,6 +80,8 @@ export interface BenchOptions {
   coordinatorExecArgv?: string[];
   /** Figures to run (default all). */
   only?: string[];
+  /** Profile the placement phase (sessions opening until every VM assigned) of the bench process and the coordinator into this directory. */
+  profPlacementDir?: string;
   log?: (line: string) => void;
 }
 
@@ -153,7 +156,7 @@ export async function runBench(o: BenchOptions): Promise<Figure[]> {
     const hosts = await fleet.registerNew(s.hosts);
     log(`${s.hosts} simulated hosts registered in ${((performance.now() - t) / 1000).toFixed(1)} s (${fleet.registerRetries} registrations turned away as contended, retried)`);
     // Figure 1 creates its backlog while no host is alive, then opens the sessions.
-    if (want("placement_throughput")) figs.push(...(await placementThroughput(ctx, s, raw.txnPerSec, serial.txnPerSec)));
+    if (want("placement_throughput")) figs.push(...(await placementThroughput(ctx, s, raw.txnPerSec, serial.txnPerSec, o.profPlacementDir)));
     else await fleet.connectAll(hosts);
     if (want("create_latency")) figs.push(...(await createLatency(ctx, s, serial.p99Ms)));
     if (want("grpc_unary_qps")) figs.push(...(await grpcUnary(ctx, s)));
@@ -191,7 +194,7 @@ async function createOne(c: NoidClient, name: string, acceptExhausted: boolean):
 }
 
 /** Figure 1: a backlog created through the API, placed when the hosts open. */
-async function placementThroughput(ctx: Ctx, s: BenchSizes, rawTxnPerSec: number, serialTxnPerSec: number): Promise<Figure[]> {
+async function placementThroughput(ctx: Ctx, s: BenchSizes, rawTxnPerSec: number, serialTxnPerSec: number, profDir?: string): Promise<Figure[]> {
   const { fleet } = ctx;
   const n = s.placementVms;
   const tenants = await ctx.tenantsFor(n);
@@ -208,17 +211,27 @@ async function placementThroughput(ctx: Ctx, s: BenchSizes, rawTxnPerSec: number
   const createRetries = ctx.apiRetries - retries0;
   ctx.log(`placement: ${n} VMs created through the API in ${createSecs.toFixed(1)} s (${(n / createSecs).toFixed(0)}/s, 8 in flight, ${createRetries} retried on contention), no host alive yet`);
   const before = await ctx.coord.stats();
+  const prof = profDir ? new WindowProfiler() : undefined;
+  if (prof) await Promise.all([prof.start(), ctx.coord.profileStart()]);
   const t0 = performance.now();
   await fleet.connectAll(fleet.hosts);
-  ctx.log(`placement: ${fleet.hosts.length} sessions open after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  const tOpen = performance.now();
+  const assignedAtOpen = names.filter((x) => fleet.times.assigned.has(x)).length;
+  ctx.log(`placement: ${fleet.hosts.length} sessions open after ${((tOpen - t0) / 1000).toFixed(1)} s (${assignedAtOpen} VMs assigned by then)`);
   await until(() => names.every((x) => fleet.times.assigned.has(x)), 300_000, "every VM assigned");
   const t1 = performance.now();
+  if (prof) {
+    const files = [await prof.stop(profDir!, "placement-bench"), await ctx.coord.profileStop(profDir!, "placement-coordinator")].filter((f) => f);
+    ctx.log(`placement: profiles of the placement phase in ${files.join(", ")}${ctx.coord.inline ? " (coordinator inline: in the bench profile)" : ""}`);
+  }
   const after = await ctx.coord.stats();
   const done = names.map((x) => fleet.times.assigned.get(x)!);
   const sustained = sustainedRate(done);
   const overall = n / ((t1 - t0) / 1000);
   const conflicts = after.placement.conflicts - before.placement.conflicts;
-  ctx.log(`placement: ${overall.toFixed(0)}/s from uncordon to last assignment, ${sustained.toFixed(0)}/s sustained; ${conflicts} lost races`);
+  const at = (q: number) => ((percentile(done, q) - t0) / 1000).toFixed(2);
+  const txns = (after.placement.txns ?? 0) - (before.placement.txns ?? 0);
+  ctx.log(`placement: ${overall.toFixed(0)}/s from the first session to the last assignment, ${sustained.toFixed(0)}/s sustained; assignments at 10/50/90%: ${at(10)}/${at(50)}/${at(90)} s after the first session; ${txns} transactions, ${conflicts} lost races`);
   // The backlog's RUNNING reports (and their events) must not land in the next figure's write count.
   await until(() => names.every((x) => fleet.times.running.has(x)), 300_000, "every VM RUNNING");
   await sleep(500);

@@ -1,16 +1,16 @@
 // The placement controller: whenever VMs wait or capacity changes, ask the
 // pure scheduler for decisions and commit them in transactions that fail if
 // any of their VMs or hosts' allocations moved since they were read. Several
-// VMs go in one transaction (planPlacementTxns, pure), each host in at most
-// one transaction per pass, so the transactions of a pass are independent and
-// are committed a few at a time.
+// VMs go in one transaction (planPlacementTxns, pure); a host with more VMs
+// than one transaction holds gets a chain of them, each sent once the one
+// before committed; the rest are independent and several are in flight.
 import { PassLoop } from "./pass-loop.js";
 import type { Logger } from "pino";
 import { AllocationRecord } from "../../gen/noid/v1/records.js";
 import { Vm, VmDesiredState, VmPhase } from "../../gen/noid/v1/vm.js";
 import type { Compare, Op, Store } from "../store/store.js";
 import type { Entry } from "../state/informer.js";
-import { scheduleBatch } from "../scheduler/index.js";
+import { BatchScheduler } from "../scheduler/index.js";
 import type { Decision, Policy, VmRequest } from "../scheduler/types.js";
 import type { ClusterState } from "../state/cluster.js";
 import { keys } from "../state/keys.js";
@@ -43,6 +43,8 @@ export interface PlacementStats {
   unplaceable: number;
   /** Placement transactions committed or tried (several VMs each). */
   txns?: number;
+  /** Passes that decided at least one VM. */
+  passes?: number;
 }
 
 /**
@@ -51,7 +53,7 @@ export interface PlacementStats {
  * (allocation unchanged, host exists) and 1 put, each VM 1 compare and 2 puts.
  */
 export const MAX_TXN_OPS = 100;
-/** Placement transactions in flight at once (they touch disjoint keys). */
+/** Placement transactions in flight at once (those in flight together touch disjoint keys). */
 const COMMIT_CONCURRENCY = 4;
 /** VMs decided per pass, and between two yields to the event loop. */
 const PASS_MAX_VMS = 2000;
@@ -70,70 +72,98 @@ export interface PlannedTxn {
   vmIds: string[];
   /** The hosts it touches, with their allocation as it writes it. */
   allocs: Map<string, AllocationRecord>;
+  /**
+   * Transactions (indices into the plan) that must have committed before
+   * this one is sent: they wrote the allocations this one compares against.
+   */
+  after: number[];
 }
 
 /**
- * Groups placement decisions into transactions. Pure. Each host appears in at
- * most one transaction, with all of its VMs of this pass up to what fits in
- * one (the rest are `deferred`: the next pass decides them again). Every
- * transaction compares each of its VMs and each host's allocation against the
- * revisions read, so it commits only if the capacity the scheduler saw is
- * still the capacity there is; the allocation it writes is the read one plus
- * its VMs. `items` in the order the scheduler decided them.
+ * Groups placement decisions into transactions. Pure. A host's VMs of this
+ * pass are cut into chunks that fit one transaction; its first chunk compares
+ * the host's allocation against the revision read, each later chunk compares
+ * the allocation's value against the exact bytes the chunk before it writes
+ * (and runs after it): so every chunk commits only if the allocation is
+ * still what the scheduler counted on, and a chunk whose predecessor failed
+ * is not sent (its VMs are decided again next pass). Every transaction also
+ * compares each of its VMs (unchanged since read) and that each host exists.
+ * Chunks of different hosts share a transaction while they fit, so the
+ * first chunks of a pass are few, independent transactions.
+ * `items` in the order the scheduler decided them.
  */
 export function planPlacementTxns(
   items: readonly PlacementItem[],
   allocOf: (hostId: string) => { record: AllocationRecord | undefined; modRevision: number },
   now: Date,
   maxOps = MAX_TXN_OPS,
-): { txns: PlannedTxn[]; deferred: number } {
-  const perHostMax = Math.max(1, Math.floor((maxOps - 1) / 2));
+): { txns: PlannedTxn[] } {
+  // Per host: 1 compare + 1 put for the allocation, 1 compare for its
+  // existence; per VM: 1 compare, 2 puts. Puts bind first (1 + 2n).
+  const perChunkMax = Math.max(1, Math.floor((maxOps - 1) / 2));
   const byHost = new Map<string, PlacementItem[]>();
-  let deferred = 0;
   for (const it of items) {
-    const list = byHost.get(it.hostId) ?? [];
-    if (list.length >= perHostMax) {
-      deferred++;
-      continue;
+    const list = byHost.get(it.hostId);
+    if (list) list.push(it);
+    else byHost.set(it.hostId, [it]);
+  }
+  // Chunk r of every host goes in round r; rounds are packed in order.
+  const rounds: { hostId: string; list: PlacementItem[] }[][] = [];
+  for (const [hostId, list] of byHost) {
+    for (let r = 0, i = 0; i < list.length; r++, i += perChunkMax) {
+      (rounds[r] ??= []).push({ hostId, list: list.slice(i, i + perChunkMax) });
     }
-    list.push(it);
-    byHost.set(it.hostId, list);
   }
   const txns: PlannedTxn[] = [];
-  let cur: PlannedTxn | undefined;
-  let curOps = 0;
-  for (const [hostId, list] of byHost) {
-    const need = 1 + 2 * list.length;
-    if (!cur || curOps + need > maxOps) {
-      cur = { compares: [], ops: [], vmIds: [], allocs: new Map() };
-      curOps = 0;
-      txns.push(cur);
+  /** Per host: its allocation as the last planned chunk writes it, those bytes, and that chunk's transaction. */
+  const last = new Map<string, { record: AllocationRecord | undefined; bytes?: Uint8Array; txn?: number }>();
+  for (const round of rounds) {
+    let cur: PlannedTxn | undefined;
+    let curOps = 0;
+    for (const { hostId, list } of round) {
+      const need = 1 + 2 * list.length;
+      if (!cur || curOps + need > maxOps) {
+        cur = { compares: [], ops: [], vmIds: [], allocs: new Map(), after: [] };
+        curOps = 0;
+        txns.push(cur);
+      }
+      curOps += need;
+      const prev = last.get(hostId);
+      let record: AllocationRecord | undefined;
+      if (!prev) {
+        const alloc = allocOf(hostId);
+        record = alloc.record;
+        cur.compares.push(unchanged(keys.alloc(hostId), alloc));
+      } else {
+        record = prev.record;
+        cur.compares.push({ key: keys.alloc(hostId), target: "value", op: "==", value: prev.bytes! });
+        if (!cur.after.includes(prev.txn!)) cur.after.push(prev.txn!);
+      }
+      cur.compares.push({ key: keys.host(hostId), target: "create", op: ">", value: 0 });
+      for (const { entry, hostName } of list) {
+        const vm = entry.value;
+        const placed: Vm = {
+          ...vm,
+          status: { ...vm.status!, phase: VmPhase.VM_PHASE_PENDING, hostId, hostName, reason: "", updatedAt: now },
+        };
+        record = addAlloc(record, vm);
+        cur.compares.push(unchanged(keys.vm(vm.id), entry));
+        cur.ops.push({ type: "put", key: keys.vm(vm.id), value: enc(Vm, placed) }, { type: "put", key: keys.assign(hostId, vm.id), value: Buffer.from(vm.id) });
+        cur.vmIds.push(vm.id);
+      }
+      const bytes = enc(AllocationRecord, record!);
+      cur.ops.push({ type: "put", key: keys.alloc(hostId), value: bytes });
+      cur.allocs.set(hostId, record!);
+      last.set(hostId, { record, bytes, txn: txns.length - 1 });
     }
-    curOps += need;
-    const alloc = allocOf(hostId);
-    let record = alloc.record;
-    cur.compares.push(unchanged(keys.alloc(hostId), alloc), { key: keys.host(hostId), target: "create", op: ">", value: 0 });
-    for (const { entry, hostName } of list) {
-      const vm = entry.value;
-      const placed: Vm = {
-        ...vm,
-        status: { ...vm.status!, phase: VmPhase.VM_PHASE_PENDING, hostId, hostName, reason: "", updatedAt: now },
-      };
-      record = addAlloc(record, vm);
-      cur.compares.push(unchanged(keys.vm(vm.id), entry));
-      cur.ops.push({ type: "put", key: keys.vm(vm.id), value: enc(Vm, placed) }, { type: "put", key: keys.assign(hostId, vm.id), value: Buffer.from(vm.id) });
-      cur.vmIds.push(vm.id);
-    }
-    cur.ops.push({ type: "put", key: keys.alloc(hostId), value: enc(AllocationRecord, record!) });
-    cur.allocs.set(hostId, record!);
   }
-  return { txns, deferred };
+  return { txns };
 }
 
 export class PlacementController {
   private readonly loop: PassLoop;
   private readonly unsubs: (() => void)[] = [];
-  readonly stats: PlacementStats = { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0, txns: 0 };
+  readonly stats: PlacementStats = { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0, txns: 0, passes: 0 };
   private readonly maxOps: number;
 
   constructor(
@@ -179,10 +209,9 @@ export class PlacementController {
 
   /**
    * One pass over every unplaced VM, oldest first: the pure scheduler decides
-   * them all, planPlacementTxns groups the decisions into transactions (each
-   * host in at most one, so they are independent) and those are committed a
-   * few at a time. Returns true if a commit lost a race or placements were
-   * left for the next pass.
+   * them all, planPlacementTxns groups the decisions into transactions (a
+   * host's later chunks after its earlier ones) and those are committed
+   * several at a time. Returns true if a commit lost a race.
    */
   async placePending(): Promise<boolean> {
     const c = this.d.cluster;
@@ -192,20 +221,19 @@ export class PlacementController {
       .sort((a, b) => a.createRevision - b.createRevision);
     if (waiting.length === 0) return false;
     // At most PASS_MAX_VMS per pass (the rest next pass), decided SLICE_VMS at
-    // a time with a yield between: one scheduleBatch over thousands of VMs
-    // and hosts blocks the event loop for seconds, and the etcd calls and
-    // sessions of the whole coordinator wait behind it. Deciding slice after
-    // slice on the views the previous slice left is the same as one batch.
+    // a time with a yield between, so the etcd calls and sessions of the whole
+    // coordinator do not wait behind a large batch. One BatchScheduler across
+    // the slices: the same decisions as one batch, the host views copied once.
     const pending = waiting.slice(0, PASS_MAX_VMS);
+    this.stats.passes = (this.stats.passes ?? 0) + 1;
     if (waiting.length > pending.length) this.loop.again();
-    let views = c.hostViews();
+    // One batch over the host views (copied once), fed SLICE_VMS at a time.
+    const batch = new BatchScheduler(c.hostViews(), this.d.policy);
     const decisions: Decision[] = [];
     for (let i = 0; i < pending.length; i += SLICE_VMS) {
       if (i > 0) await new Promise((r) => setImmediate(r));
       if (this.loop.stopped) return false;
-      const r = scheduleBatch(views, pending.slice(i, i + SLICE_VMS).map((e) => requestOf(e.value)), this.d.policy);
-      decisions.push(...r.decisions);
-      views = r.hosts;
+      for (const e of pending.slice(i, i + SLICE_VMS)) decisions.push(batch.decide(requestOf(e.value)));
     }
     const items: PlacementItem[] = [];
     const unplaceable: { entry: Entry<Vm>; reason: string }[] = [];
@@ -213,32 +241,13 @@ export class PlacementController {
       const entry = pending[i]!;
       if (!decision.placed) unplaceable.push({ entry, reason: decision.reason });
       else {
-        const host = c.hostById(decision.hostId);
+        const host = c.hosts.get(keys.host(decision.hostId))?.value;
         if (host) items.push({ entry, hostId: host.id, hostName: host.name });
       }
     }
     const plan = planPlacementTxns(items, (id) => c.allocationOf(id), this.d.clock.now(), this.maxOps);
-    let lostRace = false;
-    let committed = 0;
-    let next = 0;
-    const worker = async (): Promise<void> => {
-      while (!this.loop.stopped && next < plan.txns.length) {
-        const t = plan.txns[next++]!;
-        this.stats.attempts += t.vmIds.length;
-        const r = await this.d.store.txn(t.compares, t.ops);
-        this.stats.txns = (this.stats.txns ?? 0) + 1;
-        if (r.succeeded) {
-          this.stats.placed += t.vmIds.length;
-          committed = Math.max(committed, r.revision);
-        }
-        else {
-          // Someone else changed one of these VMs or hosts: decide them again with fresh state.
-          this.stats.conflicts++;
-          lostRace = true;
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(COMMIT_CONCURRENCY, plan.txns.length) }, worker));
+    const { committed: revs, lostRace } = await this.commit(plan.txns);
+    let committed = revs;
     for (const u of unplaceable) {
       if (this.loop.stopped) break;
       this.stats.attempts++;
@@ -248,8 +257,91 @@ export class PlacementController {
     if (lostRace) committed = await this.d.store.revision();
     // The next pass must see this one's writes (else it decides the same VMs again and loses).
     if (committed > 0) await Promise.all([c.vms.waitFor(committed), c.alloc.waitFor(committed)]).catch(() => undefined);
-    if (plan.deferred > 0) this.loop.again();
     return lostRace;
+  }
+
+  /**
+   * Commits a plan, COMMIT_CONCURRENCY transactions at a time, each once the
+   * ones it comes `after` committed; one whose predecessor failed is not sent
+   * (it would fail: the allocation it expects was never written). Returns the
+   * highest revision committed and whether any transaction lost a race.
+   */
+  private async commit(txns: PlannedTxn[]): Promise<{ committed: number; lostRace: boolean }> {
+    const state = txns.map(() => "waiting" as "waiting" | "sent" | "ok" | "failed");
+    let committed = 0;
+    let lostRace = false;
+    let error: unknown;
+    let wake: (() => void) | undefined;
+    const ready = (i: number): "yes" | "no" | "never" => {
+      for (const j of txns[i]!.after) {
+        if (state[j] === "failed") return "never";
+        if (state[j] !== "ok") return "no";
+      }
+      return "yes";
+    };
+    const nextTxn = (): number | "wait" | "done" => {
+      let open = false;
+      for (let i = 0; i < txns.length; i++) {
+        if (state[i] !== "waiting") {
+          if (state[i] === "sent") open = true;
+          continue;
+        }
+        const r = ready(i);
+        if (r === "yes") return i;
+        if (r === "never") {
+          state[i] = "failed";
+          lostRace = true;
+          continue;
+        }
+        open = true;
+      }
+      return open ? "wait" : "done";
+    };
+    const worker = async (): Promise<void> => {
+      for (;;) {
+        if (this.loop.stopped || error !== undefined) return;
+        const i = nextTxn();
+        if (i === "done") return;
+        if (i === "wait") {
+          await new Promise<void>((r) => {
+            const prev = wake;
+            wake = () => {
+              prev?.();
+              r();
+            };
+          });
+          continue;
+        }
+        const t = txns[i]!;
+        state[i] = "sent";
+        this.stats.attempts += t.vmIds.length;
+        try {
+          const r = await this.d.store.txn(t.compares, t.ops);
+          this.stats.txns = (this.stats.txns ?? 0) + 1;
+          if (r.succeeded) {
+            state[i] = "ok";
+            this.stats.placed += t.vmIds.length;
+            committed = Math.max(committed, r.revision);
+          } else {
+            // Someone else changed one of these VMs or hosts: decide them again with fresh state.
+            state[i] = "failed";
+            this.stats.conflicts++;
+            lostRace = true;
+          }
+        } catch (e) {
+          // The store call failed (etcd unavailable): send nothing more; the pass fails and is retried.
+          state[i] = "failed";
+          error ??= e;
+        } finally {
+          const w = wake;
+          wake = undefined;
+          w?.();
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(COMMIT_CONCURRENCY, txns.length) }, worker));
+    if (error !== undefined) throw error;
+    return { committed, lostRace };
   }
 
   private async noteUnplaceable(entry: { value: Vm; modRevision: number }, reason: string): Promise<void> {

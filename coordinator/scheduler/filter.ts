@@ -41,6 +41,24 @@ const PASSES: Record<FilterName, (host: HostView, vm: VmRequest) => boolean> = {
   disk: (h, vm) => free(h, "diskGb") >= vm.resources.diskGb,
 };
 
+/** Filters that look only at what a batch of placements does not change (not the free resources). */
+const STATIC_FILTERS = FILTER_NAMES.filter((n) => n !== "vcpus" && n !== "memory" && n !== "disk");
+
+/**
+ * True when the filters that do not depend on free resources (readiness,
+ * cordon, posture, pin, driver, labels) all pass. With `fitsResources`, the
+ * same answer as `rejectedBy(...) === undefined`.
+ */
+export function passesStatic(host: HostView, vm: VmRequest): boolean {
+  return STATIC_FILTERS.every((name) => PASSES[name](host, vm));
+}
+
+/** True when the host has the free vCPUs, memory and disk the VM asks for. */
+export function fitsResources(host: HostView, vm: VmRequest): boolean {
+  const r = vm.resources;
+  return free(host, "vcpus") >= r.vcpus && free(host, "memoryMb") >= r.memoryMb && free(host, "diskGb") >= r.diskGb;
+}
+
 /** The first filter that rejects the host, or undefined when it fits. */
 export function rejectedBy(host: HostView, vm: VmRequest): FilterName | undefined {
   return FILTER_NAMES.find((name) => !PASSES[name](host, vm));

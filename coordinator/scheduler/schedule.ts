@@ -1,7 +1,7 @@
 // Placement decisions as data: filter, score, pick. Pure and deterministic;
 // no I/O, no clock, no randomness. The coordinator writes the decisions (and
 // the allocation records built with applyPlacement/releasePlacement) to etcd.
-import { filterHosts, unplacedReason } from "./filter.js";
+import { filterHosts, fitsResources, passesStatic, unplacedReason } from "./filter.js";
 import { scoreHost } from "./score.js";
 import type { Decision, HostView, Policy, Res, VmRequest } from "./types.js";
 
@@ -99,6 +99,69 @@ export function scheduleOne(hosts: readonly HostView[], vm: VmRequest, policy: P
 }
 
 /**
+ * The hosts a VM's static filters (ready, cordon, posture, pin, driver,
+ * labels) let through depend only on its pin, driver and selector, and a
+ * batch never changes them: a batch computes them once per distinct
+ * requirement instead of running every filter for every VM and host.
+ */
+function requirementKey(vm: VmRequest): string {
+  const sel = Object.keys(vm.hostSelector)
+    .sort()
+    .map((k) => `${k}=${vm.hostSelector[k]}`)
+    .join("\u0000");
+  return `${vm.host}\u0001${vm.driver}\u0001${sel}`;
+}
+
+/**
+ * A batch in progress: the host views are copied once, then VMs are decided
+ * one at a time, each seeing the hosts as the earlier ones left them (the
+ * same decisions as scheduleOne + applyPlacement step by step). A VM costs
+ * one cheap pass over the hosts its static filters admit; only a VM that
+ * fits nowhere runs the full filters again, for the reason a user reads.
+ */
+export class BatchScheduler {
+  private readonly current: HostView[];
+  private readonly eligible = new Map<string, number[]>();
+
+  constructor(
+    hosts: readonly HostView[],
+    private readonly policy: Policy,
+  ) {
+    this.current = hosts.map(cloneHost);
+  }
+
+  /** The host views as the decisions so far left them (same order as given; not copies of the input). */
+  get hosts(): HostView[] {
+    return this.current;
+  }
+
+  decide(vm: VmRequest): Decision {
+    const key = requirementKey(vm);
+    let admitted = this.eligible.get(key);
+    if (admitted === undefined) {
+      admitted = [];
+      for (let i = 0; i < this.current.length; i++) if (passesStatic(this.current[i]!, vm)) admitted.push(i);
+      this.eligible.set(key, admitted);
+    }
+    let best = -1;
+    let bestScore = 0;
+    for (const i of admitted) {
+      const host = this.current[i]!;
+      if (!fitsResources(host, vm)) continue;
+      const score = scoreHost(host, vm, this.policy);
+      if (best < 0 || better({ host, score }, { host: this.current[best]!, score: bestScore })) {
+        best = i;
+        bestScore = score;
+      }
+    }
+    if (best < 0) return decide(this.current, vm, this.policy).decision;
+    const chosen = this.current[best]!;
+    this.current[best] = applyPlacement(chosen, vm);
+    return { vmId: vm.id, placed: true, hostId: chosen.id, score: bestScore };
+  }
+}
+
+/**
  * Places VMs one after another in the given order, each seeing the hosts as
  * the earlier placements left them. Returns one decision per VM (same order)
  * and the updated host views (fresh copies, same order as the input); inputs
@@ -109,13 +172,7 @@ export function scheduleBatch(
   vms: readonly VmRequest[],
   policy: Policy,
 ): { decisions: Decision[]; hosts: HostView[] } {
-  const current = hosts.map(cloneHost);
-  const decisions: Decision[] = [];
-  for (const vm of vms) {
-    const { decision, index } = decide(current, vm, policy);
-    decisions.push(decision);
-    const chosen = current[index];
-    if (chosen !== undefined) current[index] = applyPlacement(chosen, vm);
-  }
-  return { decisions, hosts: current };
+  const batch = new BatchScheduler(hosts, policy);
+  const decisions = vms.map((vm) => batch.decide(vm));
+  return { decisions, hosts: batch.hosts };
 }

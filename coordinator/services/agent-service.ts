@@ -30,6 +30,7 @@ import { checkLabels, checkName } from "../../common/names.js";
 import type { HandlerDeps } from "../grpc/handler.js";
 import { toServiceError } from "../grpc/status.js";
 import type { ClusterState } from "../state/cluster.js";
+import type { Change } from "../state/informer.js";
 import type { HostRepo } from "../state/host-repo.js";
 import type { VmRepo } from "../state/vm-repo.js";
 import type { Lease, Store } from "../store/store.js";
@@ -204,6 +205,37 @@ export function validatePosture(p: HostPosture, field: string): void {
 }
 
 
+/**
+ * VM changes by host, for the sessions: one listener on the VM informer
+ * hands each change to the sessions of the host the VM is on now and of the
+ * host it was on before, instead of every session looking at every change
+ * (with hundreds of sessions, a burst of placements was sessions x changes calls).
+ */
+export class VmChangesByHost {
+  private readonly subs = new Map<string, Set<(ch: Change<Vm>) => void>>();
+  private off?: () => void;
+
+  constructor(private readonly cluster: ClusterState) {}
+
+  subscribe(hostId: string, f: (ch: Change<Vm>) => void): () => void {
+    this.off ??= this.cluster.vms.onChange((ch) => this.dispatch(ch));
+    let set = this.subs.get(hostId);
+    if (!set) this.subs.set(hostId, (set = new Set()));
+    set.add(f);
+    return () => {
+      set.delete(f);
+      if (set.size === 0 && this.subs.get(hostId) === set) this.subs.delete(hostId);
+    };
+  }
+
+  private dispatch(ch: Change<Vm>): void {
+    const now = ch.type === "put" ? ch.entry.value.status?.hostId : undefined;
+    const before = ch.prev?.value.status?.hostId;
+    if (now) this.subs.get(now)?.forEach((f) => f(ch));
+    if (before && before !== now) this.subs.get(before)?.forEach((f) => f(ch));
+  }
+}
+
 export function agentService(d: AgentServiceDeps): AgentServiceServer {
   const registerHost: handleUnaryCall<RegisterHostRequest, RegisterHostResponse> = agentUnary(d, "RegisterHost", async (req, ctx) => {
     const id = await authenticateAgent(d, ctx.call);
@@ -228,8 +260,9 @@ export function agentService(d: AgentServiceDeps): AgentServiceServer {
     (id, reason) => d.hosts.setDegraded(id, reason),
     (id) => d.cluster.hostById(id)?.name ?? id,
   );
+  const vmChanges = new VmChangesByHost(d.cluster);
   const session = (call: ServerDuplexStream<SessionRequest, SessionResponse>) => {
-    const s = new AgentSession(d, call, health);
+    const s = new AgentSession(d, call, health, vmChanges);
     void s.run();
   };
 
@@ -297,6 +330,7 @@ class AgentSession implements ExecChannel {
     private readonly d: AgentServiceDeps,
     private readonly call: ServerDuplexStream<SessionRequest, SessionResponse>,
     private readonly health: MeshHealth,
+    private readonly vmChanges: VmChangesByHost,
   ) {
     this.log = d.logger.child({ component: "session", peer: call.getPeer() });
   }
@@ -567,7 +601,7 @@ class AgentSession implements ExecChannel {
     // Subscribe before the snapshot so nothing falls between them (deltas wait
     // until the snapshot is out); the agent treats a VM it already has as an update.
     this.deltas = [];
-    this.unsub = this.d.cluster.vms.onChange((ch) => {
+    this.unsub = this.vmChanges.subscribe(hostId, (ch) => {
       const now = ch.type === "put" ? ch.entry.value : undefined;
       const before = ch.prev?.value;
       const mine = (v?: Vm) => v?.status?.hostId === hostId;

@@ -113,6 +113,69 @@ describe("batched placement on real etcd", () => {
     }
   });
 
+  it("a host's VMs beyond one transaction are chained in one pass", async () => {
+    const store = await createEtcdStore({ endpoints: etcd.endpoints, prefix: `/pb-${randomUUID()}/` });
+    const cluster = new ClusterState(store, silentLogger());
+    let ctl: PlacementController | undefined;
+    try {
+      // One host; at most 3 VMs per transaction (7 operations): 30 VMs are a chain of 10.
+      const hostIds = await seed(store, 1, 40);
+      await addVms(store, 30, "c");
+      await cluster.start();
+      ctl = new PlacementController({ store, cluster, policy: "spread", logger: silentLogger(), clock, maxTxnOps: 7 });
+      ctl.start();
+      await until(() => ctl!.stats.placed === 30, "30 placements");
+      expect(await checkInvariants(store, hostIds, 40)).toEqual({ placed: 30, unplaced: 0 });
+      expect(ctl.stats).toMatchObject({ passes: 1, txns: 10, conflicts: 0 });
+    } finally {
+      await ctl?.stop();
+      await cluster.stop();
+      await store.close();
+    }
+  });
+
+  it("when a chain's first transaction loses a race, its later ones are not sent; the next pass places them", async () => {
+    const store = await createEtcdStore({ endpoints: etcd.endpoints, prefix: `/pb-${randomUUID()}/` });
+    const cluster = new ClusterState(store, silentLogger());
+    let ctl: PlacementController | undefined;
+    try {
+      const hostIds = await seed(store, 1, 40);
+      const hostId = hostIds[0]!;
+      await addVms(store, 12, "r");
+      await cluster.start();
+      // Another writer touches the host's allocation (same content, new revision) just before
+      // the first placement transaction reaches etcd.
+      let raced = false;
+      const racing = new Proxy(store, {
+        get(target, prop, receiver) {
+          if (prop === "txn") {
+            return async (...args: Parameters<EtcdStore["txn"]>) => {
+              if (!raced && args[1].some((o) => o.type === "put" && o.key.startsWith(keys.assignPrefix(hostId)))) {
+                raced = true;
+                const kv = await target.get(keys.alloc(hostId));
+                await target.put(keys.alloc(hostId), kv?.value ?? AllocationRecord.encode(AllocationRecord.fromPartial({})).finish());
+              }
+              return target.txn(...args);
+            };
+          }
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        },
+      });
+      ctl = new PlacementController({ store: racing, cluster, policy: "spread", logger: silentLogger(), clock, maxTxnOps: 7 });
+      ctl.start();
+      await until(() => ctl!.stats.placed === 12, "12 placements");
+      expect(raced).toBe(true);
+      expect(await checkInvariants(store, hostIds, 40)).toEqual({ placed: 12, unplaced: 0 });
+      // Pass 1: the first of 4 chained transactions fails and the other 3 are never sent; pass 2: 4 commit.
+      expect(ctl.stats).toMatchObject({ passes: 2, txns: 5, conflicts: 1, placed: 12 });
+    } finally {
+      await ctl?.stop();
+      await cluster.stop();
+      await store.close();
+    }
+  });
+
   it("two controllers racing: no VM placed twice, capacity never exceeded, the overflow stays unplaced", async () => {
     const prefix = `/pb-${randomUUID()}/`;
     const stores = await Promise.all([0, 1].map(() => createEtcdStore({ endpoints: etcd.endpoints, prefix })));

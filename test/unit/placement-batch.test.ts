@@ -1,8 +1,9 @@
 // Property tests for the pure part of batched placement (planPlacementTxns):
-// whatever the scheduler decided, the planned transactions place each VM at
-// most once, touch each host in at most one transaction, stay within etcd's
-// operation limit, guard every VM and allocation they read, and write
-// allocations that stay within capacity.
+// whatever the scheduler decided, the planned transactions place each VM
+// exactly once, stay within etcd's operation limit, guard every VM and
+// allocation they read (a host's first chunk by the revision read, each later
+// chunk by the exact allocation its predecessor writes, sent after it), and
+// write allocations that add up and stay within capacity.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { AllocationRecord } from "../../gen/noid/v1/records.js";
@@ -60,7 +61,7 @@ const caseArb = fc.record({
 });
 
 describe("planPlacementTxns", () => {
-  it("places each VM at most once, each host in one transaction, within the op limit, guarded, within capacity", () => {
+  it("places each VM once, chains a host's chunks, within the op limit, guarded, within capacity", () => {
     fc.assert(
       fc.property(caseArb, ({ hosts, vms, maxOps, policy }) => {
         const views = hosts.map((h) => h.view);
@@ -75,15 +76,18 @@ describe("planPlacementTxns", () => {
           const h = byHost.get(id)!;
           return { record: h.allocRev === 0 ? undefined : allocRecord(h.view), modRevision: h.allocRev };
         };
-        const { txns, deferred } = planPlacementTxns(items, allocOf, new Date(0), maxOps);
+        const { txns } = planPlacementTxns(items, allocOf, new Date(0), maxOps);
 
         const seenVm = new Set<string>();
-        const seenHost = new Set<string>();
         const planned = new Map<string, string>(); // vm -> host
-        for (const t of txns) {
+        /** Per host: the allocation its latest chunk writes (bytes, record) and that chunk's transaction. */
+        const lastChunk = new Map<string, { bytes: Uint8Array; rec: AllocationRecord; txn: number }>();
+        for (const [ti, t] of txns.entries()) {
           expect(t.ops.length).toBeLessThanOrEqual(maxOps);
           expect(t.compares.length).toBeLessThanOrEqual(maxOps);
           expect(t.vmIds.length).toBeGreaterThan(0);
+          // Sent only after transactions planned before it.
+          for (const j of t.after) expect(j).toBeLessThan(ti);
           for (const id of t.vmIds) {
             expect(seenVm.has(id)).toBe(false);
             seenVm.add(id);
@@ -98,29 +102,37 @@ describe("planPlacementTxns", () => {
             planned.set(id, entry.hostId);
           }
           for (const [hostId, rec] of t.allocs) {
-            expect(seenHost.has(hostId)).toBe(false);
-            seenHost.add(hostId);
-            expect(t.compares).toContainEqual({ key: keys.alloc(hostId), target: "mod", op: "==", value: byHost.get(hostId)!.allocRev });
+            const prev = lastChunk.get(hostId);
+            if (!prev) {
+              // A host's first chunk: its allocation unchanged since read.
+              expect(t.compares).toContainEqual({ key: keys.alloc(hostId), target: "mod", op: "==", value: byHost.get(hostId)!.allocRev });
+            } else {
+              // A later chunk: the allocation is exactly what the chunk before wrote, and that one goes first.
+              expect(t.compares).toContainEqual({ key: keys.alloc(hostId), target: "value", op: "==", value: prev.bytes });
+              expect(t.after).toContain(prev.txn);
+            }
+            expect(t.compares.filter((c) => c.key === keys.alloc(hostId))).toHaveLength(1);
             expect(t.compares).toContainEqual({ key: keys.host(hostId), target: "create", op: ">", value: 0 });
             const put = t.ops.find((o) => o.type === "put" && o.key === keys.alloc(hostId));
             expect(put?.type === "put" && AllocationRecord.decode(put.value)).toEqual(rec);
-            // Read allocation + exactly this transaction's VMs on that host, never over capacity.
+            // Read allocation + exactly this host's VMs of this and the earlier chunks, never over capacity.
             const h = byHost.get(hostId)!.view;
-            const mine = t.vmIds.filter((id) => planned.get(id) === hostId).map((id) => vms.find((v) => v.vm.id === id)!.vm.spec!);
+            const mine = [...planned].filter(([, host]) => host === hostId).map(([id]) => vms.find((v) => v.vm.id === id)!.vm.spec!);
             const base = h.allocated;
+            expect(rec.vmCount).toBe(h.vmCount + mine.length);
             expect(rec.allocated!.vcpus).toBe(base.vcpus + mine.reduce((s, x) => s + x.vcpus, 0));
             expect(rec.allocated!.memoryMb).toBe(base.memoryMb + mine.reduce((s, x) => s + x.memoryMb, 0));
             expect(rec.allocated!.vcpus).toBeLessThanOrEqual(h.capacity.vcpus);
             expect(rec.allocated!.memoryMb).toBeLessThanOrEqual(h.capacity.memoryMb);
+            lastChunk.set(hostId, { bytes: put!.type === "put" ? put!.value : new Uint8Array(), rec, txn: ti });
           }
         }
-        // Nothing lost: every placed decision is planned or deferred to the next pass.
-        expect(seenVm.size + deferred).toBe(items.length);
-        // What is deferred on a host is its latest VMs (oldest first keeps its turn).
-        for (const hostId of seenHost) {
+        // Nothing lost or left over: every placed decision is planned, on its host in the order decided.
+        expect(seenVm.size).toBe(items.length);
+        for (const hostId of lastChunk.keys()) {
           const order = items.filter((it) => it.hostId === hostId).map((it) => it.entry.value.id);
-          const kept = order.filter((id) => planned.has(id));
-          expect(kept).toEqual(order.slice(0, kept.length));
+          const inPlan = txns.flatMap((t) => t.vmIds).filter((id) => planned.get(id) === hostId);
+          expect(inPlan).toEqual(order);
         }
       }),
       { numRuns: 100 },
@@ -133,9 +145,23 @@ describe("planPlacementTxns", () => {
       hostId: `host${i % 500}`,
       hostName: `h${i % 500}`,
     }));
-    const { txns, deferred } = planPlacementTxns(items, () => ({ record: undefined, modRevision: 0 }), new Date(0));
-    expect(deferred).toBe(0);
+    const { txns } = planPlacementTxns(items, () => ({ record: undefined, modRevision: 0 }), new Date(0));
     expect(txns.reduce((s, t) => s + t.vmIds.length, 0)).toBe(1000);
     expect(txns.length).toBeLessThanOrEqual(Math.ceil((1000 * 2 + 500) / 100) + 1);
+    expect(txns.every((t) => t.after.length === 0)).toBe(true);
+  });
+
+  it("chains a host's VMs beyond one transaction instead of leaving them for the next pass", () => {
+    const items: PlacementItem[] = Array.from({ length: 200 }, (_, i) => ({
+      entry: { value: Vm.fromPartial({ id: `vm${i}`, owner: "t", spec: { vcpus: 1, memoryMb: 1, diskGb: 1 }, status: {} }), modRevision: i + 1 },
+      hostId: "host0",
+      hostName: "h0",
+    }));
+    const { txns } = planPlacementTxns(items, () => ({ record: undefined, modRevision: 0 }), new Date(0));
+    // 49 VMs per transaction (1 + 2 x 49 puts <= 100): 5 transactions, each after the one before.
+    expect(txns.map((t) => t.vmIds.length)).toEqual([49, 49, 49, 49, 4]);
+    expect(txns.map((t) => t.after)).toEqual([[], [0], [1], [2], [3]]);
+    expect(txns.flatMap((t) => t.vmIds)).toEqual(items.map((it) => it.entry.value.id));
+    expect(txns.at(-1)!.allocs.get("host0")?.vmCount).toBe(200);
   });
 });
