@@ -13,6 +13,7 @@ import {
   GRPCCancelledError,
   GRPCResourceExhastedError,
   ClientClosedError,
+  castGrpcError,
   type IKeyValue,
   type ICompare,
   type IRequestOp,
@@ -27,6 +28,7 @@ import { randomInt } from "node:crypto";
 import { NoidError } from "../../common/errors.js";
 import type { Compare, KeyValue, Lease, ListResult, Op, Store, TxnResult, WatchEvent, Watcher, WatchOptions } from "./store.js";
 import { installEtcdWatchGuard } from "./etcd3-watch-guard.js";
+import { LeaseKeeper, type KeepAliveStream, type LeaseKeeperStats } from "./lease-keeper.js";
 
 installEtcdWatchGuard();
 
@@ -87,6 +89,8 @@ export class EtcdStore implements Store {
   private closed = false;
   /** Open watches: close() cancels them, else etcd3 keeps trying to re-establish them forever. */
   private readonly watches = new Set<EtcdWatch>();
+  /** Every lease renewal of this client goes over one shared LeaseKeepAlive stream. */
+  private readonly keeper: LeaseKeeper;
 
   constructor(
     private readonly client: Etcd3,
@@ -95,6 +99,18 @@ export class EtcdStore implements Store {
     private readonly endpointCount = 1,
   ) {
     this.prefix = Buffer.from(prefix);
+    this.keeper = new LeaseKeeper({
+      open: () => this.client.leaseClient.leaseKeepAlive() as Promise<KeepAliveStream>,
+      timeoutMs,
+      // As call(): a few tries per member before the caller hears etcd is unavailable.
+      maxAttempts: 3 * endpointCount + 1,
+      mapError: (what, err) => mapEtcdError(what, err instanceof Error ? castGrpcError(err) : err),
+    });
+  }
+
+  /** Counters of the shared lease keepalive stream (streams opened, requests, answers...). */
+  leaseStats(): LeaseKeeperStats {
+    return { ...this.keeper.stats };
   }
 
   async get(key: string): Promise<KeyValue | undefined> {
@@ -198,6 +214,7 @@ export class EtcdStore implements Store {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.keeper.close();
     await Promise.all([...this.watches].map((w) => w.cancel()));
     this.client.close();
   }
@@ -217,19 +234,7 @@ export class EtcdStore implements Store {
   }
 
   private async keepAliveOnce(id: number): Promise<void> {
-    const res = await this.call(`keep lease ${id} alive`, async (o) => {
-      const stream = await this.client.leaseClient.leaseKeepAlive(o);
-      try {
-        return await new Promise<{ TTL: string }>((resolve, reject) => {
-          stream.on("data", resolve);
-          stream.on("error", reject);
-          stream.write({ ID: id });
-        });
-      } finally {
-        stream.end();
-      }
-    });
-    if (Number(res.TTL) <= 0) throw new NoidError("NOT_FOUND", `keep lease ${id} alive: lease not found (expired or revoked)`);
+    await this.keeper.renew(id); // NOT_FOUND once the lease has expired, UNAVAILABLE when etcd does not answer
   }
 
   /**
