@@ -105,6 +105,7 @@ export class EtcdStore implements Store {
       // As call(): a few tries per member before the caller hears etcd is unavailable.
       maxAttempts: 3 * endpointCount + 1,
       mapError: (what, err) => mapEtcdError(what, err instanceof Error ? castGrpcError(err) : err),
+      renewAlone: (id) => this.keepAliveAlone(id),
     });
   }
 
@@ -173,7 +174,9 @@ export class EtcdStore implements Store {
     for (let attempt = 0; ; attempt++) {
       const id = randomInt(1, 2 ** 48);
       try {
-        await this.call(`grant lease`, (o) => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: id }, o));
+        const at = Date.now();
+        const res = await this.call(`grant lease`, (o) => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: id }, o));
+        this.keeper.granted(id, Number(res.TTL) || ttlSeconds, at);
         return this.leaseHandle(id);
       } catch (err) {
         const e = err as NoidError;
@@ -224,6 +227,7 @@ export class EtcdStore implements Store {
       id,
       keepAliveOnce: () => this.keepAliveOnce(id),
       revoke: async () => {
+        this.keeper.forget(id);
         try {
           await this.call(`revoke lease ${id}`, (o) => this.client.leaseClient.leaseRevoke({ ID: id }, o));
         } catch (err) {
@@ -235,6 +239,25 @@ export class EtcdStore implements Store {
 
   private async keepAliveOnce(id: number): Promise<void> {
     await this.keeper.renew(id); // NOT_FOUND once the lease has expired, UNAVAILABLE when etcd does not answer
+  }
+
+  /** One renewal on a LeaseKeepAlive stream of its own (a lease that may have expired: see lease-keeper.ts). */
+  private async keepAliveAlone(id: string): Promise<number> {
+    const res = await this.call(`keep lease ${id} alive`, async (o) => {
+      const stream = await this.client.leaseClient.leaseKeepAlive(o);
+      try {
+        return await new Promise<{ TTL: string }>((resolve, reject) => {
+          stream.on("data", resolve);
+          stream.on("error", (e: Error) => reject(castGrpcError(e)));
+          stream.write({ ID: id });
+        });
+      } finally {
+        stream.end();
+      }
+    });
+    const ttl = Number(res.TTL);
+    if (ttl <= 0) throw new NoidError("NOT_FOUND", `keep lease ${id} alive: lease not found (expired or revoked)`);
+    return ttl;
   }
 
   /**

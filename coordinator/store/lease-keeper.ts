@@ -19,6 +19,15 @@
 // it (coalesced within a tick). Each lease stays its own lease: a host that
 // stops heartbeating still loses its lease on its own.
 //
+// One exception: etcd answers a renewal of a lease that has expired but is
+// not revoked yet only once the revocation is through (lessor.Renew waits
+// for it), and it answers a stream's requests one after another, so such a
+// renewal would hold up every renewal behind it on the shared stream. The
+// keeper knows how long each lease is good for (granted or last renewed at
+// t, for TTL seconds: good until t + TTL at least); a lease that may have
+// expired, or one it does not know, is renewed on a stream of its own, as
+// before.
+//
 // A stream that breaks (error, end, or no answer for the request timeout
 // while requests are outstanding: a frozen or half-dead connection) is
 // dropped and a new one opened; the renewals it had not answered are sent
@@ -47,6 +56,10 @@ export interface LeaseKeeperOptions {
   mapError: (what: string, err: unknown) => NoidError;
   /** Delay before reopening after `failures` consecutive stream failures; default 0, 100, 200, 400 ... 1000 ms. */
   backoffMs?: (failures: number) => number;
+  /** Renews once on a stream of its own (for a lease that may have expired); resolves with the TTL, rejects as renew() does. */
+  renewAlone: (id: string) => Promise<number>;
+  /** A lease within this of the end of its last known TTL is renewed alone; default 1000 ms. */
+  expiryMarginMs?: number;
 }
 
 export interface LeaseKeeperStats {
@@ -64,6 +77,8 @@ export interface LeaseKeeperStats {
   resent: number;
   /** Answers matching no outstanding request (dropped). */
   stray: number;
+  /** Renewals sent on a stream of their own (lease unknown or maybe expired). */
+  alone: number;
 }
 
 interface Waiter {
@@ -78,12 +93,17 @@ interface Batch {
   readonly waiters: Set<Waiter>;
   /** Streams this renewal was pending on when they failed. */
   failures: number;
+  /** When its request was last written (ms). */
+  sentAt: number;
 }
 
 export const defaultBackoffMs = (failures: number): number => (failures <= 1 ? 0 : Math.min(1000, 100 * 2 ** (failures - 2)));
 
 export class LeaseKeeper {
-  readonly stats: LeaseKeeperStats = { streamsOpened: 0, streamFailures: 0, requestsSent: 0, answers: 0, coalesced: 0, resent: 0, stray: 0 };
+  readonly stats: LeaseKeeperStats = { streamsOpened: 0, streamFailures: 0, requestsSent: 0, answers: 0, coalesced: 0, resent: 0, stray: 0, alone: 0 };
+  /** Per lease: until when it is surely alive (ms, local clock), from its grant or last renewal. */
+  private readonly goodUntil = new Map<string, number>();
+  private sweepAt = 1000;
   /** Renewals not written yet, one per lease. */
   private readonly unsent = new Map<string, Batch>();
   /** Written and not answered, per lease, oldest first. */
@@ -105,15 +125,46 @@ export class LeaseKeeper {
     this.backoffMs = o.backoffMs ?? defaultBackoffMs;
   }
 
+  /** Lease `id` was granted (or found alive) at `at` (ms, before the request was sent) for `ttlSeconds`. */
+  granted(id: number, ttlSeconds: number, at: number): void {
+    this.goodUntil.set(String(id), at + ttlSeconds * 1000);
+    if (this.goodUntil.size >= this.sweepAt) {
+      // Leases left to expire (ended sessions) are forgotten once long gone.
+      const old = Date.now() - 60_000;
+      for (const [k, until] of this.goodUntil) if (until < old) this.goodUntil.delete(k);
+      this.sweepAt = Math.max(1000, 2 * this.goodUntil.size);
+    }
+  }
+
+  /** Lease `id` was revoked. */
+  forget(id: number): void {
+    this.goodUntil.delete(String(id));
+  }
+
   /** Renews lease `id` once; resolves with the TTL etcd granted (seconds). */
   renew(id: number): Promise<number> {
     const key = String(id);
     const what = `keep lease ${key} alive`;
     if (this.closed) return Promise.reject(new NoidError("UNAVAILABLE", `etcd unavailable: ${what}: store is closed`));
+    const until = this.goodUntil.get(key);
+    const startedAt = Date.now();
+    if (until === undefined || startedAt >= until - (this.o.expiryMarginMs ?? 1000)) {
+      this.stats.alone++;
+      return this.o.renewAlone(key).then(
+        (ttl) => {
+          this.goodUntil.set(key, startedAt + ttl * 1000);
+          return ttl;
+        },
+        (err: unknown) => {
+          if (err instanceof NoidError && err.code === "NOT_FOUND") this.goodUntil.delete(key);
+          throw err;
+        },
+      );
+    }
     let batch = this.unsent.get(key);
     if (batch) this.stats.coalesced++;
     else {
-      batch = { id: key, waiters: new Set(), failures: 0 };
+      batch = { id: key, waiters: new Set(), failures: 0, sentAt: 0 };
       this.unsent.set(key, batch);
     }
     const b = batch;
@@ -174,6 +225,7 @@ export class LeaseKeeper {
         if (q) q.push(b);
         else this.sent.set(b.id, [b]);
         this.outstanding++;
+        b.sentAt = Date.now();
         s.write({ ID: b.id });
         this.stats.requestsSent++;
       }
@@ -227,8 +279,11 @@ export class LeaseKeeper {
     this.stats.answers++;
     this.progressAt = Date.now();
     this.failuresInRow = 0;
-    if (ttl > 0) settle(b, (w) => w.resolve(ttl));
-    else {
+    if (ttl > 0) {
+      this.goodUntil.set(id, b.sentAt + ttl * 1000);
+      settle(b, (w) => w.resolve(ttl));
+    } else {
+      this.goodUntil.delete(id);
       const err = new NoidError("NOT_FOUND", `keep lease ${id} alive: lease not found (expired or revoked)`);
       settle(b, (w) => w.reject(err));
     }

@@ -1,6 +1,7 @@
 // Lease renewals over one shared LeaseKeepAlive stream (coordinator/store/lease-keeper.ts),
 // against real etcd: many leases renewed concurrently use one stream, a lease
-// nobody renews still expires on its own, a broken connection is replaced and
+// nobody renews still expires on its own (and once past its TTL is renewed on
+// a stream of its own, not holding up the shared one), a broken connection is replaced and
 // the renewals it carried are answered on the next stream, and etcd down or
 // frozen answers UNAVAILABLE within the request timeout.
 import { randomUUID } from "node:crypto";
@@ -85,6 +86,7 @@ describe("lease renewals over one shared LeaseKeepAlive stream", () => {
     expect(after.requestsSent - before.requestsSent).toBe(600);
     expect(after.coalesced - before.coalesced).toBe(600);
     expect(after.answers - before.answers).toBe(600);
+    expect(after.alone).toBe(0);
     for (const l of leases.slice(0, 10)) expect(await store.leaseTimeToLive(l.id)).toBeGreaterThan(25);
     expect((await store.list("alive/")).kvs).toHaveLength(200);
     await Promise.all(leases.map((l) => l.revoke()));
@@ -99,7 +101,10 @@ describe("lease renewals over one shared LeaseKeepAlive stream", () => {
     try {
       await vi.waitFor(async () => expect(await store.get("mortal/dropped")).toBeUndefined(), { timeout: 15_000, interval: 100 });
       expect(await store.get("mortal/kept")).toBeDefined();
+      // Past its TTL: renewed on a stream of its own (etcd would hold the shared one until the revoke is through).
+      const alone = store.leaseStats().alone;
       await expect(dropped.keepAliveOnce()).rejects.toSatisfy((e) => isNoidError(e, "NOT_FOUND"));
+      expect(store.leaseStats().alone).toBe(alone + 1);
       await kept.keepAliveOnce();
       expect(await store.get("mortal/kept")).toBeDefined();
     } finally {
