@@ -40,6 +40,8 @@ export interface EtcdStoreOptions {
   /** Deadline of each request; default 5 s. */
   requestTimeoutMs?: number;
   tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
+  /** Lease renewals over one shared LeaseKeepAlive stream (default); false: a stream per renewal (bench/keepalive.ts compares). */
+  sharedKeepAlive?: boolean;
 }
 
 const DEFAULT_REQUEST_TIMEOUT_MS = 5000;
@@ -97,6 +99,7 @@ export class EtcdStore implements Store {
     prefix: string,
     private readonly timeoutMs: number,
     private readonly endpointCount = 1,
+    sharedKeepAlive = true,
   ) {
     this.prefix = Buffer.from(prefix);
     this.keeper = new LeaseKeeper({
@@ -106,6 +109,7 @@ export class EtcdStore implements Store {
       maxAttempts: 3 * endpointCount + 1,
       mapError: (what, err) => mapEtcdError(what, err instanceof Error ? castGrpcError(err) : err),
       renewAlone: (id) => this.keepAliveAlone(id),
+      shared: sharedKeepAlive,
     });
   }
 
@@ -507,7 +511,7 @@ export async function createEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore
       ...(opts.tls.cert ? { certChain: opts.tls.cert } : {}),
     };
   }
-  const store = new EtcdStore(new Etcd3(options), opts.prefix, timeoutMs, opts.endpoints.length);
+  const store = new EtcdStore(new Etcd3(options), opts.prefix, timeoutMs, opts.endpoints.length, opts.sharedKeepAlive ?? true);
   try {
     await store.revision(); // fail fast on a wrong endpoint instead of on the first real call
   } catch (err) {

@@ -60,6 +60,8 @@ export interface LeaseKeeperOptions {
   renewAlone: (id: string) => Promise<number>;
   /** A lease within this of the end of its last known TTL is renewed alone; default 1000 ms. */
   expiryMarginMs?: number;
+  /** false: every renewal on a stream of its own (the behaviour before the shared stream; for comparison). */
+  shared?: boolean;
 }
 
 export interface LeaseKeeperStats {
@@ -148,7 +150,7 @@ export class LeaseKeeper {
     if (this.closed) return Promise.reject(new NoidError("UNAVAILABLE", `etcd unavailable: ${what}: store is closed`));
     const until = this.goodUntil.get(key);
     const startedAt = Date.now();
-    if (until === undefined || startedAt >= until - (this.o.expiryMarginMs ?? 1000)) {
+    if (this.o.shared === false || until === undefined || startedAt >= until - (this.o.expiryMarginMs ?? 1000)) {
       this.stats.alone++;
       return this.o.renewAlone(key).then(
         (ttl) => {
