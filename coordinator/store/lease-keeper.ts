@@ -174,12 +174,13 @@ export class LeaseKeeper {
       const w: Waiter = {
         resolve,
         reject,
-        timer: setTimeout(() => {
-          b.waiters.delete(w);
+        // Judged after pending I/O: when a busy event loop gets to this timer, an answer may be waiting in the socket.
+        timer: setTimeout(() => setImmediate(() => {
+          if (!b.waiters.delete(w)) return; // answered meanwhile
           // Nobody left to tell: an unsent request need not go out (a sent one stays, its answer must still be matched).
           if (b.waiters.size === 0 && this.unsent.get(key) === b) this.unsent.delete(key);
           reject(new NoidError("UNAVAILABLE", `etcd unavailable: ${what}: no answer within ${this.o.timeoutMs} ms`));
-        }, this.o.timeoutMs),
+        }), this.o.timeoutMs),
       };
       b.waiters.add(w);
       this.scheduleFlush();
@@ -343,12 +344,17 @@ export class LeaseKeeper {
   private armStallTimer(): void {
     if (this.stallTimer || this.outstanding === 0) return;
     const wait = Math.max(1, this.progressAt + this.o.timeoutMs - Date.now());
+    const s = this.stream;
     this.stallTimer = setTimeout(() => {
-      this.stallTimer = undefined;
-      if (!this.stream || this.outstanding === 0) return;
-      if (Date.now() - this.progressAt >= this.o.timeoutMs) {
-        this.failed(new NoidError("UNAVAILABLE", `etcd unavailable: lease keepalive stream: no answer within ${this.o.timeoutMs} ms`));
-      } else this.armStallTimer();
+      // As for callers' timeouts: judged after pending I/O, so answers a busy event loop has not read yet count.
+      setImmediate(() => {
+        if (this.stream !== s) return; // replaced meanwhile (its own timer is armed)
+        this.stallTimer = undefined;
+        if (!this.stream || this.outstanding === 0) return;
+        if (Date.now() - this.progressAt >= this.o.timeoutMs) {
+          this.failed(new NoidError("UNAVAILABLE", `etcd unavailable: lease keepalive stream: no answer within ${this.o.timeoutMs} ms`));
+        } else this.armStallTimer();
+      });
     }, wait);
     this.stallTimer.unref();
   }
