@@ -126,6 +126,12 @@ class Ctx {
     }
     return this.tenants.slice(0, need);
   }
+  /** Hosts alive (alive/<id> keys: their leases not expired), sessions the coordinator ended, heartbeats acknowledged. */
+  async liveness(): Promise<string> {
+    const alive = await this.etcd.client.getAll().prefix(`/noid/v1/${keys.alivePrefix}`).count();
+    const f = this.fleet;
+    return `${alive} of ${f.hosts.length} hosts alive, ${f.sessionsBroken} sessions ended by the coordinator, heartbeats acked ${f.heartbeatAcks} of ${f.heartbeatsSent}`;
+  }
   close(): void {
     this.clients.forEach((c) => c.close());
   }
@@ -157,7 +163,11 @@ export async function runBench(o: BenchOptions): Promise<Figure[]> {
     log(`${s.hosts} simulated hosts registered in ${((performance.now() - t) / 1000).toFixed(1)} s (${fleet.registerRetries} registrations turned away as contended, retried)`);
     // Figure 1 creates its backlog while no host is alive, then opens the sessions.
     if (want("placement_throughput")) figs.push(...(await placementThroughput(ctx, s, raw.txnPerSec, serial.txnPerSec, o.profPlacementDir)));
-    else await fleet.connectAll(hosts);
+    else {
+      t = performance.now();
+      await fleet.connectAll(hosts);
+      log(`${hosts.length} sessions open after ${((performance.now() - t) / 1000).toFixed(1)} s; ${await ctx.liveness()}`);
+    }
     if (want("create_latency")) figs.push(...(await createLatency(ctx, s, serial.p99Ms)));
     if (want("grpc_unary_qps")) figs.push(...(await grpcUnary(ctx, s)));
     if (want("mesh_convergence")) {
@@ -217,7 +227,7 @@ async function placementThroughput(ctx: Ctx, s: BenchSizes, rawTxnPerSec: number
   await fleet.connectAll(fleet.hosts);
   const tOpen = performance.now();
   const assignedAtOpen = names.filter((x) => fleet.times.assigned.has(x)).length;
-  ctx.log(`placement: ${fleet.hosts.length} sessions open after ${((tOpen - t0) / 1000).toFixed(1)} s (${assignedAtOpen} VMs assigned by then)`);
+  ctx.log(`placement: ${fleet.hosts.length} sessions open after ${((tOpen - t0) / 1000).toFixed(1)} s (${assignedAtOpen} VMs assigned by then); ${await ctx.liveness()}`);
   await until(() => names.every((x) => fleet.times.assigned.has(x)), 300_000, "every VM assigned");
   const t1 = performance.now();
   if (prof) {
@@ -521,7 +531,7 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
   }
   const all = [...samples.join, ...samples.rotate, ...samples.leave];
   const p = (xs: number[]) => `p50 ${percentile(xs, 50).toFixed(0)} / p99 ${percentile(xs, 99).toFixed(0)} ms`;
-  ctx.log(`mesh: join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)}`);
+  ctx.log(`mesh: join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)}; at the end ${await ctx.liveness()}`);
   return [
     figure({
       name: "mesh_convergence_p99_ms",

@@ -107,6 +107,7 @@ export class SimHost {
     this.closed = false;
     const stream = this.client.session(this.fleet.md);
     this.stream = stream;
+    let open = false;
     const first = new Promise<void>((resolve, reject) => {
       stream.on("data", (m: Incoming) => {
         if ("mesh" in m) {
@@ -118,11 +119,15 @@ export class SimHost {
         const k = m.msg.kind;
         if (k?.$case === "snapshot") {
           for (const vm of k.value.vms) this.onVm(vm);
+          open = true;
           resolve();
         } else if (k?.$case === "vm") this.onVm(k.value);
+        else if (k?.$case === "heartbeatAck") this.fleet.heartbeatAcks++;
       });
       stream.on("error", (e: grpc.ServiceError) => {
-        if (!this.closed) reject(e);
+        if (this.closed) return;
+        if (open) this.fleet.sessionsBroken++;
+        reject(e);
       });
     });
     stream.write({ kind: { $case: "hello", value: { hostId: this.hostId } } });
@@ -130,7 +135,10 @@ export class SimHost {
     const every = this.fleet.heartbeatMs;
     setTimeout(() => {
       if (this.closed) return;
-      this.beat = setInterval(() => this.send({ kind: { $case: "heartbeat", value: { sequence: ++this.seq } } }), every);
+      this.beat = setInterval(() => {
+        this.fleet.heartbeatsSent++;
+        this.send({ kind: { $case: "heartbeat", value: { sequence: ++this.seq } } });
+      }, every);
     }, Math.random() * every).unref();
     return first;
   }
@@ -189,6 +197,11 @@ export class SimFleet {
   heartbeatMs = 2000;
   /** Registrations the coordinator turned away as contended (and the host retried). */
   registerRetries = 0;
+  /** Heartbeats sent and acknowledged (an ack means the coordinator renewed the host's lease). */
+  heartbeatsSent = 0;
+  heartbeatAcks = 0;
+  /** Sessions the coordinator ended after they had opened. */
+  sessionsBroken = 0;
   private readonly clients: InstanceType<typeof Client>[] = [];
 
   constructor(private readonly o: FleetOptions) {

@@ -14,7 +14,7 @@ import type { PlacementStats } from "./controllers/placement.js";
 import { EXHAUSTION_THRESHOLD, networkUsage } from "./networks/usage.js";
 import type { ClusterState } from "./state/cluster.js";
 import type { Change } from "./state/informer.js";
-import type { Compare, Op, Store, WatchOptions } from "./store/store.js";
+import type { Compare, Lease, Op, Store, WatchOptions } from "./store/store.js";
 import { phaseName } from "./events/recorder.js";
 
 /** Phases every scrape reports (zero included), so dashboards never see a gap. */
@@ -336,8 +336,14 @@ export class InstrumentedStore implements Store {
   watch(prefix: string, opts: WatchOptions) {
     return this.m.timeStore("watch", () => this.inner.watch(prefix, opts));
   }
-  grantLease(ttlSeconds: number) {
-    return this.m.timeStore("lease_grant", () => this.inner.grantLease(ttlSeconds));
+  async grantLease(ttlSeconds: number): Promise<Lease> {
+    const lease = await this.m.timeStore("lease_grant", () => this.inner.grantLease(ttlSeconds));
+    // Renewals (every heartbeat) are requests too, though etcd carries them on one shared stream.
+    return {
+      id: lease.id,
+      keepAliveOnce: () => this.m.timeStore("lease_keepalive", () => lease.keepAliveOnce()),
+      revoke: () => lease.revoke(),
+    };
   }
   leaseTimeToLive(id: number) {
     return this.m.timeStore("lease_ttl", () => this.inner.leaseTimeToLive(id));

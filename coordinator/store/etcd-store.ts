@@ -13,6 +13,7 @@ import {
   GRPCCancelledError,
   GRPCResourceExhastedError,
   ClientClosedError,
+  castGrpcError,
   type IKeyValue,
   type ICompare,
   type IRequestOp,
@@ -27,6 +28,7 @@ import { randomInt } from "node:crypto";
 import { NoidError } from "../../common/errors.js";
 import type { Compare, KeyValue, Lease, ListResult, Op, Store, TxnResult, WatchEvent, Watcher, WatchOptions } from "./store.js";
 import { installEtcdWatchGuard } from "./etcd3-watch-guard.js";
+import { LeaseKeeper, type KeepAliveStream, type LeaseKeeperStats } from "./lease-keeper.js";
 
 installEtcdWatchGuard();
 
@@ -38,6 +40,8 @@ export interface EtcdStoreOptions {
   /** Deadline of each request; default 5 s. */
   requestTimeoutMs?: number;
   tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
+  /** Lease renewals over one shared LeaseKeepAlive stream (default); false: a stream per renewal (bench/keepalive.ts compares). */
+  sharedKeepAlive?: boolean;
 }
 
 const DEFAULT_REQUEST_TIMEOUT_MS = 5000;
@@ -87,14 +91,31 @@ export class EtcdStore implements Store {
   private closed = false;
   /** Open watches: close() cancels them, else etcd3 keeps trying to re-establish them forever. */
   private readonly watches = new Set<EtcdWatch>();
+  /** Every lease renewal of this client goes over one shared LeaseKeepAlive stream. */
+  private readonly keeper: LeaseKeeper;
 
   constructor(
     private readonly client: Etcd3,
     prefix: string,
     private readonly timeoutMs: number,
     private readonly endpointCount = 1,
+    sharedKeepAlive = true,
   ) {
     this.prefix = Buffer.from(prefix);
+    this.keeper = new LeaseKeeper({
+      open: () => this.client.leaseClient.leaseKeepAlive() as Promise<KeepAliveStream>,
+      timeoutMs,
+      // As call(): a few tries per member before the caller hears etcd is unavailable.
+      maxAttempts: 3 * endpointCount + 1,
+      mapError: (what, err) => mapEtcdError(what, err instanceof Error ? castGrpcError(err) : err),
+      renewAlone: (id) => this.keepAliveAlone(id),
+      shared: sharedKeepAlive,
+    });
+  }
+
+  /** Counters of the shared lease keepalive stream (streams opened, requests, answers...). */
+  leaseStats(): LeaseKeeperStats {
+    return { ...this.keeper.stats };
   }
 
   async get(key: string): Promise<KeyValue | undefined> {
@@ -157,7 +178,9 @@ export class EtcdStore implements Store {
     for (let attempt = 0; ; attempt++) {
       const id = randomInt(1, 2 ** 48);
       try {
-        await this.call(`grant lease`, (o) => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: id }, o));
+        const at = Date.now();
+        const res = await this.call(`grant lease`, (o) => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: id }, o));
+        this.keeper.granted(id, Number(res.TTL) || ttlSeconds, at);
         return this.leaseHandle(id);
       } catch (err) {
         const e = err as NoidError;
@@ -198,6 +221,7 @@ export class EtcdStore implements Store {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.keeper.close();
     await Promise.all([...this.watches].map((w) => w.cancel()));
     this.client.close();
   }
@@ -207,6 +231,7 @@ export class EtcdStore implements Store {
       id,
       keepAliveOnce: () => this.keepAliveOnce(id),
       revoke: async () => {
+        this.keeper.forget(id);
         try {
           await this.call(`revoke lease ${id}`, (o) => this.client.leaseClient.leaseRevoke({ ID: id }, o));
         } catch (err) {
@@ -217,19 +242,26 @@ export class EtcdStore implements Store {
   }
 
   private async keepAliveOnce(id: number): Promise<void> {
+    await this.keeper.renew(id); // NOT_FOUND once the lease has expired, UNAVAILABLE when etcd does not answer
+  }
+
+  /** One renewal on a LeaseKeepAlive stream of its own (a lease that may have expired: see lease-keeper.ts). */
+  private async keepAliveAlone(id: string): Promise<number> {
     const res = await this.call(`keep lease ${id} alive`, async (o) => {
       const stream = await this.client.leaseClient.leaseKeepAlive(o);
       try {
         return await new Promise<{ TTL: string }>((resolve, reject) => {
           stream.on("data", resolve);
-          stream.on("error", reject);
+          stream.on("error", (e: Error) => reject(castGrpcError(e)));
           stream.write({ ID: id });
         });
       } finally {
         stream.end();
       }
     });
-    if (Number(res.TTL) <= 0) throw new NoidError("NOT_FOUND", `keep lease ${id} alive: lease not found (expired or revoked)`);
+    const ttl = Number(res.TTL);
+    if (ttl <= 0) throw new NoidError("NOT_FOUND", `keep lease ${id} alive: lease not found (expired or revoked)`);
+    return ttl;
   }
 
   /**
@@ -479,7 +511,7 @@ export async function createEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore
       ...(opts.tls.cert ? { certChain: opts.tls.cert } : {}),
     };
   }
-  const store = new EtcdStore(new Etcd3(options), opts.prefix, timeoutMs, opts.endpoints.length);
+  const store = new EtcdStore(new Etcd3(options), opts.prefix, timeoutMs, opts.endpoints.length, opts.sharedKeepAlive ?? true);
   try {
     await store.revision(); // fail fast on a wrong endpoint instead of on the first real call
   } catch (err) {

@@ -255,6 +255,20 @@ export function registerStoreContract(name: string, makeStore: () => Promise<Sto
       await lease.revoke(); // idempotent
     });
 
+    it("concurrent renewals of many leases (and of one lease twice) each answer for their own lease", async () => {
+      const leases = await Promise.all(Array.from({ length: 20 }, () => store.grantLease(30)));
+      const gone = leases[7]!;
+      await gone.revoke();
+      const results = await Promise.allSettled([...leases, leases[3]!, leases[3]!].map((l) => l.keepAliveOnce()));
+      results.forEach((r, i) => {
+        const l = [...leases, leases[3]!, leases[3]!][i]!;
+        if (l === gone) expect(r.status === "rejected" && isNoidError(r.reason, "NOT_FOUND"), `lease ${i}`).toBe(true);
+        else expect(r.status, `lease ${i}`).toBe("fulfilled");
+      });
+      for (const l of leases) if (l !== gone) expect(await store.leaseTimeToLive(l.id)).toBeGreaterThan(0);
+      await Promise.all(leases.map((l) => l.revoke()));
+    });
+
     it("revision() follows writes; a watch from a compacted revision reports onError", async () => {
       const r0 = await store.revision();
       const r1 = await store.put(`${p}a`, enc("1"));

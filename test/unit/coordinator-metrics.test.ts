@@ -64,9 +64,10 @@ describe("registry", () => {
     await store.txn([], [{ type: "delete", key: "a" }]);
     await store.list("");
     const lease = await store.grantLease(5);
+    await lease.keepAliveOnce();
     await lease.revoke();
     const e = parseExposition(await m.registry.metrics());
-    for (const op of ["put", "get", "txn", "list", "lease_grant"]) {
+    for (const op of ["put", "get", "txn", "list", "lease_grant", "lease_keepalive"]) {
       expect(sampleValue(e, "noid_etcd_request_duration_seconds_count", { op }), op).toBe(1);
     }
     // A failing request is timed and counted as an error.
