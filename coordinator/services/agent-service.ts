@@ -574,7 +574,14 @@ class AgentSession implements ExecChannel {
     }
     try {
       await this.lease!.keepAliveOnce();
-    } catch {
+    } catch (err) {
+      // etcd slow or unreachable: the lease may well be alive. No ack (the agent counts
+      // toward fencing from its last ack); the next heartbeat tries again. Taking a new
+      // lease and resending the snapshot here made an overloaded coordinator work harder.
+      if (!(err instanceof NoidError && err.code === "NOT_FOUND")) {
+        this.log.debug({ hostId: this.hostId, err }, "lease renewal failed; heartbeat not acknowledged");
+        return;
+      }
       // The lease expired while we were away: take a new one. Meanwhile the host was
       // unreachable: its VMs were marked UNKNOWN and some may have moved. A new snapshot
       // tells the agent which are still its own and makes it report their state again.

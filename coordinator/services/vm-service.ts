@@ -50,6 +50,9 @@ export function vmService(d: VmServiceDeps): VmServiceServer {
       if (spec.host !== "" && !d.cluster.hostByName(spec.host)) throw invalid("spec.host", `no host named "${spec.host}"`);
       spec.sshAuthorizedKeys = (await d.sshKeysOf?.(ctx.principal.user)) ?? [];
       const created = await d.repo.create(ctx.principal.user, name, spec, d.limits(), { peer: ctx.peer }, { signal: ctx.signal });
+      // Read your writes: a list or get on this replica right after the create shows the VM
+      // (they read the informer, which may be a watch event behind). Bounded: etcd may be slow.
+      await d.cluster.vms.waitFor(created.modRevision, 2000).catch(() => undefined);
       // The VM is kept either way; tell the caller now if nothing can take it.
       const hosts = d.cluster.hostViews();
       const ask = requestOf(created.vm);
