@@ -19,8 +19,9 @@ async function main(): Promise<void> {
     .option("--hosts <n>", "simulated hosts of the main cluster")
     .option("--inline", "run the coordinator in this process (profile both with node --cpu-prof)")
     .option("--cpu-prof", "profile the coordinator (node --cpu-prof, into bench/prof/)")
+    .option("--mesh-full", "simulated hosts take full mesh snapshots instead of deltas (as agents before deltas)")
     .parse();
-  const o = cmd.opts<{ quick?: boolean; only?: string; out: string; fsync?: boolean; cpuProf?: boolean; vms?: string; hosts?: string; inline?: boolean }>();
+  const o = cmd.opts<{ quick?: boolean; only?: string; out: string; fsync?: boolean; cpuProf?: boolean; vms?: string; hosts?: string; inline?: boolean; meshFull?: boolean }>();
   const started = Date.now();
   const sizes = { ...(o.quick ? QUICK : FULL) };
   if (o.vms) sizes.placementVms = Number(o.vms);
@@ -31,6 +32,7 @@ async function main(): Promise<void> {
     sizes,
     fsync: o.fsync ?? false,
     inline: o.inline ?? false,
+    meshFull: o.meshFull ?? false,
     log,
     ...(o.only ? { only: o.only.split(",") } : {}),
     ...(o.cpuProf ? { coordinatorExecArgv: ["--cpu-prof", `--cpu-prof-dir=${join(root, "bench", "prof")}`] } : {}),

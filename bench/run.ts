@@ -80,6 +80,8 @@ export interface BenchOptions {
   /** Figures to run (default all). */
   only?: string[];
   log?: (line: string) => void;
+  /** Simulated hosts take full mesh snapshots (not deltas). */
+  meshFull?: boolean;
 }
 
 /** VMs per tenant: each tenant's default network is a /24. */
@@ -147,7 +149,7 @@ export async function runBench(o: BenchOptions): Promise<Figure[]> {
     log(`raw etcd: ${raw.txnPerSec.toFixed(0)} placement-shaped txn/s at 64 in flight, ${serial.txnPerSec.toFixed(0)}/s serial (p99 ${serial.p99Ms.toFixed(1)} ms); watch p99 ${watch.p99Ms.toFixed(1)} ms`);
 
     coord = await startBenchCoordinator({ endpoints: etcd.endpoints, inline: o.inline, execArgv: o.coordinatorExecArgv });
-    fleet = new SimFleet({ address: coord.address, token: coord.adminToken, prefix: "sim" });
+    fleet = new SimFleet({ address: coord.address, token: coord.adminToken, prefix: "sim", meshDeltas: !(o.meshFull ?? false) });
     ctx = new Ctx(etcd, coord, fleet, log);
     let t = performance.now();
     const hosts = await fleet.registerNew(s.hosts);
@@ -434,14 +436,14 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
   const { fleet } = ctx;
   const samples: Record<"join" | "rotate" | "leave", number[]> = { join: [], rotate: [], leave: [] };
   // Every host but `except` must see a snapshot for which `ok` holds; resolves with the time of the last.
-  const converge = (ok: (raw: Buffer) => boolean, except: SimHost | undefined): Promise<number> => {
+  const converge = (ok: (hasKey: (key: string) => boolean) => boolean, except: SimHost | undefined): Promise<number> => {
     const rest = fleet.hosts.filter((h) => h !== except && !gone.has(h));
     let left = rest.length;
     let last = 0;
     return new Promise((resolve) => {
       for (const h of rest) {
-        h.meshProbes.add((raw, at) => {
-          if (!ok(raw)) return false;
+        h.meshProbes.add((hasKey, at) => {
+          if (!ok(hasKey)) return false;
           last = Math.max(last, at);
           if (--left === 0) resolve(last);
           return true;
@@ -456,8 +458,8 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
   for (let e = 0; e < s.meshEvents; e++) {
     // Join: a new host registers and opens its session.
     const h = fleet.add(`mesh-join-${e}`);
-    const key = Buffer.from(h.key);
-    const done = converge((raw) => raw.includes(key), h);
+    const key = h.key;
+    const done = converge((has) => has(key), h);
     const t0 = performance.now();
     await h.register();
     await h.connect();
@@ -465,8 +467,7 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
     // Rotate: an existing host registers again with a new WireGuard key.
     const r = fleet.hosts[e % fleet.hosts.length]!;
     const next = wgKey();
-    const nk = Buffer.from(next);
-    const done2 = converge((raw) => raw.includes(nk), r);
+    const done2 = converge((has) => has(next), r);
     const t1 = performance.now();
     r.key = next;
     await r.register();
@@ -483,8 +484,8 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
     // The leaving hosts get no snapshots once closed: only the others must converge.
     leaving.forEach((h) => gone.add(h));
     const waits = leaving.map((h) => {
-      const k = Buffer.from(h.key);
-      return converge((raw) => !raw.includes(k), h);
+      const k = h.key;
+      return converge((has) => !has(k), h);
     });
     const closedAt = performance.now();
     leaving.forEach((h) => h.close());
@@ -508,7 +509,8 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
   }
   const all = [...samples.join, ...samples.rotate, ...samples.leave];
   const p = (xs: number[]) => `p50 ${percentile(xs, 50).toFixed(0)} / p99 ${percentile(xs, 99).toFixed(0)} ms`;
-  ctx.log(`mesh: join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)}`);
+  const mode = fleet.meshDeltas ? `deltas (${fleet.meshResyncs} resyncs asked)` : "full snapshots";
+  ctx.log(`mesh: join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)}; hosts took ${mode}`);
   return [
     figure({
       name: "mesh_convergence_p99_ms",
@@ -519,7 +521,7 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
       target: 1000,
       targetOn: "value",
       direction: "max",
-      notes: `${fleet.hosts.length} hosts; until every other host got a snapshot with the change; join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)} (leave timed from lease expiry); anchors: Kilo resyncs every 30 s, Nebula 60 s`,
+      notes: `${fleet.hosts.length} hosts taking ${mode}; until every other host's view showed the change; join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)} (leave timed from lease expiry); anchors: Kilo resyncs every 30 s, Nebula 60 s`,
     }),
   ];
 }

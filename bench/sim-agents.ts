@@ -1,11 +1,15 @@
 // Bench-grade simulated agents: many hosts per process, sharing a few gRPC
 // connections, speaking the real AgentService protocol (register, one session
 // each, heartbeats at the interval the coordinator asks for, VM status
-// reports). Mesh snapshots are not decoded: a predicate looks at their bytes,
-// so thousands of hosts cost the bench process little.
+// reports). Hosts say they take mesh deltas (as the real agent does) and apply
+// them to their last view with the agent's code (common/mesh-delta.ts); with
+// `meshDeltas: false` they take full snapshots, which are not decoded: a
+// predicate looks at their bytes, so thousands of hosts cost the bench
+// process little.
 import { randomBytes } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
-import { AgentServiceService, SessionResponse, type SessionRequest } from "../gen/noid/v1/agent.js";
+import { AgentServiceService, SessionResponse, type MeshSnapshot, type MeshUpdate, type SessionRequest } from "../gen/noid/v1/agent.js";
+import { applyMeshDelta } from "../common/mesh-delta.js";
 import { VmDesiredState, VmPhase, type Vm } from "../gen/noid/v1/vm.js";
 
 /** First byte of a SessionResponse whose oneof is `mesh` (field 7, length-delimited). */
@@ -43,9 +47,16 @@ export interface VmTimes {
 export class SimHost {
   hostId = "";
   key = wgKey();
+  /** Mesh updates received (full snapshots and deltas). */
   meshSnapshots = 0;
-  /** Convergence probes: called with each mesh snapshot's bytes; a probe that returns true is removed. */
-  readonly meshProbes = new Set<(raw: Buffer, at: number) => boolean>();
+  /**
+   * Convergence probes: called after each mesh update with a test "does the
+   * view show this WireGuard key"; a probe that returns true is removed.
+   */
+  readonly meshProbes = new Set<(hasKey: (key: string) => boolean, at: number) => boolean>();
+  /** With deltas: the view so far and its version. */
+  private meshView?: { version: number; snapshot: MeshSnapshot };
+  private meshResyncing = false;
   private stream?: grpc.ClientDuplexStream<SessionRequest, Incoming>;
   private beat?: NodeJS.Timeout;
   private seq = 0;
@@ -112,10 +123,12 @@ export class SimHost {
         if ("mesh" in m) {
           this.meshSnapshots++;
           const at = performance.now();
-          for (const p of this.meshProbes) if (p(m.mesh, at)) this.meshProbes.delete(p);
+          const raw = m.mesh;
+          this.probe((key) => raw.includes(Buffer.from(key)), at);
           return;
         }
         const k = m.msg.kind;
+        if (k?.$case === "meshUpdate") return this.onMeshUpdate(k.value);
         if (k?.$case === "snapshot") {
           for (const vm of k.value.vms) this.onVm(vm);
           resolve();
@@ -125,7 +138,9 @@ export class SimHost {
         if (!this.closed) reject(e);
       });
     });
-    stream.write({ kind: { $case: "hello", value: { hostId: this.hostId } } });
+    this.meshView = undefined;
+    this.meshResyncing = false;
+    stream.write({ kind: { $case: "hello", value: { hostId: this.hostId, meshDeltas: this.fleet.meshDeltas } } });
     // Spread heartbeats over the interval so they do not arrive in bursts.
     const every = this.fleet.heartbeatMs;
     setTimeout(() => {
@@ -133,6 +148,37 @@ export class SimHost {
       this.beat = setInterval(() => this.send({ kind: { $case: "heartbeat", value: { sequence: ++this.seq } } }), every);
     }, Math.random() * every).unref();
     return first;
+  }
+
+  private probe(hasKey: (key: string) => boolean, at: number): void {
+    for (const p of this.meshProbes) if (p(hasKey, at)) this.meshProbes.delete(p);
+  }
+
+  /** As agent/session.ts does: apply a delta to the last view, or ask for a full one when it does not fit. */
+  private onMeshUpdate(u: MeshUpdate): void {
+    this.meshSnapshots++;
+    const at = performance.now();
+    let snapshot: MeshSnapshot;
+    if (u.kind?.$case === "full") {
+      snapshot = u.kind.value;
+      this.meshResyncing = false;
+    } else if (u.kind?.$case === "delta") {
+      if (this.meshResyncing) return;
+      const have = this.meshView;
+      try {
+        if (have?.version !== u.kind.value.baseVersion) throw new Error(`delta for ${u.kind.value.baseVersion}, have ${have?.version ?? "none"}`);
+        snapshot = applyMeshDelta(have.snapshot, u.kind.value);
+      } catch (e) {
+        this.fleet.meshResyncs++;
+        this.meshResyncing = true;
+        this.meshView = undefined;
+        this.send({ kind: { $case: "meshResync", value: { haveVersion: have?.version ?? 0, reason: String(e) } } });
+        return;
+      }
+    } else return;
+    this.meshView = { version: u.version, snapshot };
+    const members = snapshot.members;
+    this.probe((key) => members.some((m) => m.wireguardPublicKey === key), at);
   }
 
   send(m: SessionRequest): void {
@@ -178,6 +224,8 @@ export interface FleetOptions {
   hostsPerConnection?: number;
   autoRun?: boolean;
   prefix?: string;
+  /** Say Hello.mesh_deltas and apply the deltas (default true, as the agent); false: full snapshots. */
+  meshDeltas?: boolean;
 }
 
 /** Many simulated hosts in this process. */
@@ -189,11 +237,15 @@ export class SimFleet {
   heartbeatMs = 2000;
   /** Registrations the coordinator turned away as contended (and the host retried). */
   registerRetries = 0;
+  /** Mesh deltas that did not fit a host's view (it asked for a full snapshot). */
+  meshResyncs = 0;
+  readonly meshDeltas: boolean;
   private readonly clients: InstanceType<typeof Client>[] = [];
 
   constructor(private readonly o: FleetOptions) {
     this.md.set("authorization", `Bearer ${o.token}`);
     this.autoRun = o.autoRun ?? true;
+    this.meshDeltas = o.meshDeltas ?? true;
   }
 
   private clientFor(i: number): InstanceType<typeof Client> {
