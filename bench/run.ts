@@ -162,7 +162,7 @@ export async function runBench(o: BenchOptions): Promise<Figure[]> {
     if (want("mesh_convergence")) {
       t = performance.now();
       if (s.meshHosts > fleet.hosts.length) await fleet.grow(s.meshHosts - fleet.hosts.length);
-      log(`mesh: ${fleet.hosts.length} hosts in session (${((performance.now() - t) / 1000).toFixed(1)} s to add)`);
+      log(`mesh: ${fleet.hosts.length} hosts in session (${((performance.now() - t) / 1000).toFixed(1)} s to add; ${fleet.connectRetries} session opens retried after UNAVAILABLE)`);
       figs.push(...(await meshConvergence(ctx, s, watch.p99Ms)));
     }
     fleet.close();

@@ -113,8 +113,25 @@ export class SimHost {
     return this.key;
   }
 
-  /** Opens the session; resolves on the first desired-state snapshot. */
-  connect(): Promise<void> {
+  /**
+   * Opens the session; resolves on the first desired-state snapshot. Like an
+   * agent, opens it again when the coordinator says UNAVAILABLE (on this
+   * loaded machine its etcd calls in hello can time out).
+   */
+  async connect(): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.connectOnce();
+      } catch (e) {
+        if ((e as grpc.ServiceError).code !== grpc.status.UNAVAILABLE || attempt >= 10) throw e;
+        this.close();
+        this.fleet.connectRetries++;
+        await new Promise((r) => setTimeout(r, 100 + Math.random() * 200 * Math.min(attempt + 1, 10)));
+      }
+    }
+  }
+
+  private connectOnce(): Promise<void> {
     this.closed = false;
     const stream = this.client.session(this.fleet.md);
     this.stream = stream;
@@ -144,7 +161,7 @@ export class SimHost {
     // Spread heartbeats over the interval so they do not arrive in bursts.
     const every = this.fleet.heartbeatMs;
     setTimeout(() => {
-      if (this.closed) return;
+      if (this.closed || this.stream !== stream) return;
       this.beat = setInterval(() => this.send({ kind: { $case: "heartbeat", value: { sequence: ++this.seq } } }), every);
     }, Math.random() * every).unref();
     return first;
@@ -237,6 +254,8 @@ export class SimFleet {
   heartbeatMs = 2000;
   /** Registrations the coordinator turned away as contended (and the host retried). */
   registerRetries = 0;
+  /** Sessions opened again after UNAVAILABLE. */
+  connectRetries = 0;
   /** Mesh deltas that did not fit a host's view (it asked for a full snapshot). */
   meshResyncs = 0;
   readonly meshDeltas: boolean;
