@@ -453,7 +453,17 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
   };
   const gone = new Set<SimHost>();
   const timeout = (p: Promise<number>, what: string) =>
-    Promise.race([p, sleep(60_000).then(() => Promise.reject(new Error(`bench: mesh did not converge on a ${what} within 60 s`)))]);
+    Promise.race([
+      p,
+      sleep(60_000).then(() => {
+        const waiting = fleet.hosts.filter((h) => h.meshProbes.size > 0 && !gone.has(h));
+        const broken = waiting.filter((h) => h.sessionError !== undefined);
+        const why = broken[0]?.sessionError;
+        return Promise.reject(
+          new Error(`bench: mesh did not converge on a ${what} within 60 s (${waiting.length} hosts still waiting, ${broken.length} of them with a broken session${why ? `: ${why}` : ""}; ${fleet.meshResyncs} resyncs asked)`),
+        );
+      }),
+    ]);
 
   for (let e = 0; e < s.meshEvents; e++) {
     // Join: a new host registers and opens its session.

@@ -57,6 +57,8 @@ export class SimHost {
   /** With deltas: the view so far and its version. */
   private meshView?: { version: number; snapshot: MeshSnapshot };
   private meshResyncing = false;
+  /** Why the session broke (the bench does not reopen an established one). */
+  sessionError?: string;
   private stream?: grpc.ClientDuplexStream<SessionRequest, Incoming>;
   private beat?: NodeJS.Timeout;
   private seq = 0;
@@ -133,6 +135,7 @@ export class SimHost {
 
   private connectOnce(): Promise<void> {
     this.closed = false;
+    this.sessionError = undefined;
     const stream = this.client.session(this.fleet.md);
     this.stream = stream;
     const first = new Promise<void>((resolve, reject) => {
@@ -152,7 +155,9 @@ export class SimHost {
         } else if (k?.$case === "vm") this.onVm(k.value);
       });
       stream.on("error", (e: grpc.ServiceError) => {
-        if (!this.closed) reject(e);
+        if (this.closed) return;
+        if (this.stream === stream) this.sessionError = `${e.code}: ${e.details}`;
+        reject(e);
       });
     });
     this.meshView = undefined;

@@ -51,27 +51,56 @@ export function emptyDelta(d: MeshDelta): boolean {
 
 /**
  * Pairs the items of two keyed lists: `both` for a key in each, `added` for
- * one only in `b`, `removed` for one only in `a`. Walks in step while the keys
- * agree (the usual case: the same members in the same order), with a map only
- * for the rest.
+ * one only in `b`, `removed` for one only in `a`. Walks both in step while the
+ * keys agree or differ by one item added or removed (the usual cases: the
+ * same members; one joined or left), with a map only for what is left.
  */
 function pair<T>(a: readonly T[], b: readonly T[], key: (x: T) => string, both: (x: T, y: T) => void, added: (y: T) => void, removed: (x: T) => void): void {
-  const n = Math.min(a.length, b.length);
+  const add = new Map<string, T>();
+  const rem = new Map<string, T>();
   let i = 0;
-  for (; i < n && key(a[i]!) === key(b[i]!); i++) both(a[i]!, b[i]!);
-  if (i === a.length && i === b.length) return;
-  const rest = new Map<string, T>();
-  for (let j = i; j < a.length; j++) rest.set(key(a[j]!), a[j]!);
-  for (let j = i; j < b.length; j++) {
+  let j = 0;
+  while (i < a.length && j < b.length) {
+    const x = a[i]!;
     const y = b[j]!;
-    const x = rest.get(key(y));
+    const kx = key(x);
+    const ky = key(y);
+    if (kx === ky) {
+      both(x, y);
+      i++;
+      j++;
+    } else if (j + 1 < b.length && key(b[j + 1]!) === kx) {
+      add.set(ky, y);
+      j++;
+    } else if (i + 1 < a.length && key(a[i + 1]!) === ky) {
+      rem.set(kx, x);
+      i++;
+    } else break;
+  }
+  if (i < a.length || j < b.length) {
+    const rest = new Map<string, T>();
+    for (; i < a.length; i++) rest.set(key(a[i]!), a[i]!);
+    for (; j < b.length; j++) {
+      const y = b[j]!;
+      const x = rest.get(key(y));
+      if (x === undefined) add.set(key(y), y);
+      else {
+        rest.delete(key(y));
+        both(x, y);
+      }
+    }
+    for (const [k, x] of rest) rem.set(k, x);
+  }
+  // An item taken for added in one place and removed in another moved: it is in both.
+  for (const [k, y] of add) {
+    const x = rem.get(k);
     if (x === undefined) added(y);
     else {
-      rest.delete(key(y));
+      rem.delete(k);
       both(x, y);
     }
   }
-  for (const x of rest.values()) removed(x);
+  for (const x of rem.values()) removed(x);
 }
 
 function diffVms(a: readonly MeshVm[], b: readonly MeshVm[], networkId: string): MeshNetworkVmsDelta | undefined {

@@ -138,12 +138,14 @@ describe("mesh deltas", () => {
 
   it("a delta carries only the members, networks and VMs that changed", () => {
     fc.assert(
-      fc.property(snapArb, fc.nat(), fc.constantFrom("key", "vm", "leave"), (a, i, what) => {
+      fc.property(snapArb, fc.nat(), fc.constantFrom("key", "vm", "leave", "join", "rename"), (a, i, what) => {
         if (a.members.length === 0) return;
         const m = a.members[i % a.members.length]!;
         let b: MeshSnapshot;
         if (what === "key") b = { ...a, members: a.members.map((x) => (x === m ? { ...x, wireguardPublicKey: "rotated" } : x)) };
         else if (what === "leave") b = { ...a, members: a.members.filter((x) => x !== m) };
+        else if (what === "join") b = { ...a, members: [...a.members, { ...m, hostId: "joined", name: "beta2" }].sort(compareMembers) };
+        else if (what === "rename") b = { ...a, members: a.members.map((x) => (x === m ? { ...x, name: "zz-renamed" } : x)).sort(compareMembers) };
         else {
           if (m.networks.length === 0) return;
           const n = m.networks[0]!;
@@ -152,6 +154,8 @@ describe("mesh deltas", () => {
           b = { ...a, members: a.members.map((x) => (x === m ? { ...x, networks: x.networks.map((y) => (y === n ? n2 : y)) } : x)) };
         }
         const d = diffMesh(a, b);
+        if (what === "join") expect(d).toMatchObject({ upserted: [{ hostId: "joined" }], removedHostIds: [], networks: [] });
+        if (what === "rename") expect(d).toMatchObject({ upserted: [{ hostId: m.hostId, name: "zz-renamed" }], removedHostIds: [], networks: [] });
         if (what === "key") expect(d).toMatchObject({ upserted: [{ hostId: m.hostId, wireguardPublicKey: "rotated" }], removedHostIds: [], networks: [] });
         if (what === "leave") expect(d).toMatchObject({ upserted: [], removedHostIds: [m.hostId], networks: [] });
         if (what === "vm")
