@@ -519,7 +519,7 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
   }
   const all = [...samples.join, ...samples.rotate, ...samples.leave];
   const p = (xs: number[]) => `p50 ${percentile(xs, 50).toFixed(0)} / p99 ${percentile(xs, 99).toFixed(0)} ms`;
-  const mode = fleet.meshDeltas ? `deltas (${fleet.meshResyncs} resyncs asked)` : "full snapshots";
+  const mode = `${fleet.meshDeltas ? `deltas (${fleet.meshResyncs} resyncs asked)` : "full snapshots"}, ${fleet.sessionsReopened} broken sessions reopened`;
   ctx.log(`mesh: join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)}; hosts took ${mode}`);
   return [
     figure({

@@ -57,6 +57,8 @@ export class SimHost {
   /** With deltas: the view so far and its version. */
   private meshView?: { version: number; snapshot: MeshSnapshot };
   private meshResyncing = false;
+  /** close() was called: no reopening. */
+  private ended = false;
   /** Why the session broke (the bench does not reopen an established one). */
   sessionError?: string;
   private stream?: grpc.ClientDuplexStream<SessionRequest, Incoming>;
@@ -121,12 +123,14 @@ export class SimHost {
    * loaded machine its etcd calls in hello can time out).
    */
   async connect(): Promise<void> {
+    this.ended = false;
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.connectOnce();
       } catch (e) {
         if ((e as grpc.ServiceError).code !== grpc.status.UNAVAILABLE || attempt >= 10) throw e;
-        this.close();
+        this.teardown();
+        if (this.ended) throw e;
         this.fleet.connectRetries++;
         await new Promise((r) => setTimeout(r, 100 + Math.random() * 200 * Math.min(attempt + 1, 10)));
       }
@@ -138,6 +142,7 @@ export class SimHost {
     this.sessionError = undefined;
     const stream = this.client.session(this.fleet.md);
     this.stream = stream;
+    let established = false;
     const first = new Promise<void>((resolve, reject) => {
       stream.on("data", (m: Incoming) => {
         if ("mesh" in m) {
@@ -151,13 +156,23 @@ export class SimHost {
         if (k?.$case === "meshUpdate") return this.onMeshUpdate(k.value);
         if (k?.$case === "snapshot") {
           for (const vm of k.value.vms) this.onVm(vm);
+          established = true;
           resolve();
         } else if (k?.$case === "vm") this.onVm(k.value);
       });
       stream.on("error", (e: grpc.ServiceError) => {
-        if (this.closed) return;
-        if (this.stream === stream) this.sessionError = `${e.code}: ${e.details}`;
+        if (this.closed || this.stream !== stream) return;
+        this.sessionError = `${e.code}: ${e.details}`;
         reject(e);
+        // Established and broken (e.g. the coordinator's etcd calls timed out): like an
+        // agent, open it again; the new session starts with a full mesh snapshot.
+        if (established) {
+          this.fleet.sessionsReopened++;
+          this.teardown();
+          setTimeout(() => {
+            if (!this.ended) void this.connect().catch(() => undefined);
+          }, 200 + Math.random() * 300).unref();
+        }
       });
     });
     this.meshView = undefined;
@@ -230,6 +245,11 @@ export class SimHost {
 
   /** Ends the session (the host's lease then expires on the coordinator's side). */
   close(): void {
+    this.ended = true;
+    this.teardown();
+  }
+
+  private teardown(): void {
     this.closed = true;
     if (this.beat) clearInterval(this.beat);
     this.beat = undefined;
@@ -261,6 +281,8 @@ export class SimFleet {
   registerRetries = 0;
   /** Sessions opened again after UNAVAILABLE. */
   connectRetries = 0;
+  /** Established sessions that broke and were opened again. */
+  sessionsReopened = 0;
   /** Mesh deltas that did not fit a host's view (it asked for a full snapshot). */
   meshResyncs = 0;
   readonly meshDeltas: boolean;
