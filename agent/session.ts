@@ -25,7 +25,9 @@ import {
   type AgentStreamOpen,
   type AgentStreamInput,
   type AgentStreamOutput,
+  type MeshUpdate,
 } from "../gen/noid/v1/agent.js";
+import { applyMeshDelta } from "../common/mesh-delta.js";
 import type { DriverCapabilities, HostPosture, HostUsage } from "../gen/noid/v1/host.js";
 import type { PortReport, PortSnapshot } from "../gen/noid/v1/port.js";
 import type { AgentMigrationCommand, AgentMigrationResult } from "../gen/noid/v1/migration.js";
@@ -58,7 +60,10 @@ export interface AgentSessionOptions {
   /** Heartbeats without an ack before the stream is declared dead (default 3). */
   missedAcksLimit?: number;
   onState?: (s: SessionState) => void;
-  /** Receives the coordinator's mesh view (absent: ignored). */
+  /**
+   * Receives the coordinator's mesh view (absent: ignored), always whole: the session
+   * asks for deltas and applies them to the last view itself.
+   */
   mesh?: { setSnapshot(s: MeshSnapshot, hostId: string): void };
   /** Runs exec commands from the coordinator (absent: they are refused). */
   exec?: {
@@ -90,6 +95,10 @@ export class AgentSession {
   private condition: HostCondition | undefined;
   private portReport: PortReport | undefined;
   private renewedAt: number | undefined;
+  /** The mesh view of this stream so far and its version (deltas apply to it); reset per stream. */
+  private meshView: { version: number; snapshot: MeshSnapshot } | undefined;
+  /** A full mesh snapshot was asked for: deltas until it comes are dropped. */
+  private meshResyncing = false;
 
   constructor(private readonly opts: AgentSessionOptions) {}
 
@@ -226,7 +235,9 @@ export class AgentSession {
     const stream = this.current.session(this.metadata());
     this.stream = stream;
     this.setState("streaming");
-    this.write({ kind: { $case: "hello", value: { hostId: reg.hostId } } });
+    this.meshView = undefined;
+    this.meshResyncing = false;
+    this.write({ kind: { $case: "hello", value: { hostId: reg.hostId, meshDeltas: this.opts.mesh !== undefined } } });
     if (this.condition) this.write({ kind: { $case: "hostCondition", value: this.condition } });
     if (this.portReport) this.write({ kind: { $case: "portReport", value: this.portReport } });
     if (this.opts.capabilities) this.write({ kind: { $case: "capabilities", value: { drivers: this.opts.capabilities() } } });
@@ -296,7 +307,11 @@ export class AgentSession {
         this.opts.exec?.cancel(k.value.execId);
         break;
       case "mesh":
+        this.meshView = undefined;
         if (this.id) this.opts.mesh?.setSnapshot(k.value, this.id);
+        break;
+      case "meshUpdate":
+        this.meshUpdate(k.value);
         break;
       case "ports":
         this.opts.ports?.setSnapshot(k.value);
@@ -323,6 +338,31 @@ export class AgentSession {
         break;
       }
     }
+  }
+
+  /** A full mesh snapshot or a delta to the last one: the mesh sink gets the whole view either way. */
+  private meshUpdate(u: MeshUpdate): void {
+    let snapshot: MeshSnapshot;
+    if (u.kind?.$case === "full") {
+      snapshot = u.kind.value;
+      this.meshResyncing = false;
+    } else if (u.kind?.$case === "delta") {
+      if (this.meshResyncing) return;
+      const d = u.kind.value;
+      const have = this.meshView;
+      try {
+        if (!have || have.version !== d.baseVersion) throw new Error(`delta ${u.version} applies to version ${d.baseVersion}, this host holds ${have?.version ?? "none"}`);
+        snapshot = applyMeshDelta(have.snapshot, d);
+      } catch (e) {
+        this.opts.logger.warn({ err: errText(e) }, "mesh delta does not fit; asking for a full snapshot");
+        this.meshResyncing = true;
+        this.meshView = undefined;
+        this.write({ kind: { $case: "meshResync", value: { haveVersion: have?.version ?? 0, reason: errText(e).slice(0, 200) } } });
+        return;
+      }
+    } else return;
+    this.meshView = { version: u.version, snapshot };
+    if (this.id) this.opts.mesh?.setSnapshot(snapshot, this.id);
   }
 
   private write(req: SessionRequest): void {

@@ -20,8 +20,9 @@ async function main(): Promise<void> {
     .option("--inline", "run the coordinator in this process (profile both with node --cpu-prof)")
     .option("--cpu-prof", "profile the coordinator (node --cpu-prof, into bench/prof/)")
     .option("--prof-placement <dir>", "profile the bench process and the coordinator during the placement phase only (sessions opening until every VM assigned)")
+    .option("--mesh-full", "simulated hosts take full mesh snapshots instead of deltas (as agents before deltas)")
     .parse();
-  const o = cmd.opts<{ quick?: boolean; only?: string; out: string; fsync?: boolean; cpuProf?: boolean; vms?: string; hosts?: string; inline?: boolean; profPlacement?: string }>();
+  const o = cmd.opts<{ quick?: boolean; only?: string; out: string; fsync?: boolean; cpuProf?: boolean; vms?: string; hosts?: string; inline?: boolean; profPlacement?: string; meshFull?: boolean }>();
   const started = Date.now();
   const sizes = { ...(o.quick ? QUICK : FULL) };
   if (o.vms) sizes.placementVms = Number(o.vms);
@@ -32,6 +33,7 @@ async function main(): Promise<void> {
     sizes,
     fsync: o.fsync ?? false,
     inline: o.inline ?? false,
+    meshFull: o.meshFull ?? false,
     log,
     ...(o.only ? { only: o.only.split(",") } : {}),
     ...(o.profPlacement ? { profPlacementDir: o.profPlacement } : {}),

@@ -83,6 +83,8 @@ export interface BenchOptions {
   /** Profile the placement phase (sessions opening until every VM assigned) of the bench process and the coordinator into this directory. */
   profPlacementDir?: string;
   log?: (line: string) => void;
+  /** Simulated hosts take full mesh snapshots (not deltas). */
+  meshFull?: boolean;
 }
 
 /** VMs per tenant: each tenant's default network is a /24. */
@@ -156,7 +158,7 @@ export async function runBench(o: BenchOptions): Promise<Figure[]> {
     log(`raw etcd: ${raw.txnPerSec.toFixed(0)} placement-shaped txn/s at 64 in flight, ${serial.txnPerSec.toFixed(0)}/s serial (p99 ${serial.p99Ms.toFixed(1)} ms); watch p99 ${watch.p99Ms.toFixed(1)} ms`);
 
     coord = await startBenchCoordinator({ endpoints: etcd.endpoints, inline: o.inline, execArgv: o.coordinatorExecArgv });
-    fleet = new SimFleet({ address: coord.address, token: coord.adminToken, prefix: "sim" });
+    fleet = new SimFleet({ address: coord.address, token: coord.adminToken, prefix: "sim", meshDeltas: !(o.meshFull ?? false) });
     ctx = new Ctx(etcd, coord, fleet, log);
     let t = performance.now();
     const hosts = await fleet.registerNew(s.hosts);
@@ -173,7 +175,7 @@ export async function runBench(o: BenchOptions): Promise<Figure[]> {
     if (want("mesh_convergence")) {
       t = performance.now();
       if (s.meshHosts > fleet.hosts.length) await fleet.grow(s.meshHosts - fleet.hosts.length);
-      log(`mesh: ${fleet.hosts.length} hosts in session (${((performance.now() - t) / 1000).toFixed(1)} s to add)`);
+      log(`mesh: ${fleet.hosts.length} hosts in session (${((performance.now() - t) / 1000).toFixed(1)} s to add; ${fleet.connectRetries} session opens retried after UNAVAILABLE)`);
       figs.push(...(await meshConvergence(ctx, s, watch.p99Ms)));
     }
     fleet.close();
@@ -457,14 +459,14 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
   const { fleet } = ctx;
   const samples: Record<"join" | "rotate" | "leave", number[]> = { join: [], rotate: [], leave: [] };
   // Every host but `except` must see a snapshot for which `ok` holds; resolves with the time of the last.
-  const converge = (ok: (raw: Buffer) => boolean, except: SimHost | undefined): Promise<number> => {
+  const converge = (ok: (hasKey: (key: string) => boolean) => boolean, except: SimHost | undefined): Promise<number> => {
     const rest = fleet.hosts.filter((h) => h !== except && !gone.has(h));
     let left = rest.length;
     let last = 0;
     return new Promise((resolve) => {
       for (const h of rest) {
-        h.meshProbes.add((raw, at) => {
-          if (!ok(raw)) return false;
+        h.meshProbes.add((hasKey, at) => {
+          if (!ok(hasKey)) return false;
           last = Math.max(last, at);
           if (--left === 0) resolve(last);
           return true;
@@ -474,13 +476,23 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
   };
   const gone = new Set<SimHost>();
   const timeout = (p: Promise<number>, what: string) =>
-    Promise.race([p, sleep(60_000).then(() => Promise.reject(new Error(`bench: mesh did not converge on a ${what} within 60 s`)))]);
+    Promise.race([
+      p,
+      sleep(60_000).then(() => {
+        const waiting = fleet.hosts.filter((h) => h.meshProbes.size > 0 && !gone.has(h));
+        const broken = waiting.filter((h) => h.sessionError !== undefined);
+        const why = broken[0]?.sessionError;
+        return Promise.reject(
+          new Error(`bench: mesh did not converge on a ${what} within 60 s (${waiting.length} hosts still waiting, ${broken.length} of them with a broken session${why ? `: ${why}` : ""}; ${fleet.meshResyncs} resyncs asked)`),
+        );
+      }),
+    ]);
 
   for (let e = 0; e < s.meshEvents; e++) {
     // Join: a new host registers and opens its session.
     const h = fleet.add(`mesh-join-${e}`);
-    const key = Buffer.from(h.key);
-    const done = converge((raw) => raw.includes(key), h);
+    const key = h.key;
+    const done = converge((has) => has(key), h);
     const t0 = performance.now();
     await h.register();
     await h.connect();
@@ -488,8 +500,7 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
     // Rotate: an existing host registers again with a new WireGuard key.
     const r = fleet.hosts[e % fleet.hosts.length]!;
     const next = wgKey();
-    const nk = Buffer.from(next);
-    const done2 = converge((raw) => raw.includes(nk), r);
+    const done2 = converge((has) => has(next), r);
     const t1 = performance.now();
     r.key = next;
     await r.register();
@@ -506,8 +517,8 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
     // The leaving hosts get no snapshots once closed: only the others must converge.
     leaving.forEach((h) => gone.add(h));
     const waits = leaving.map((h) => {
-      const k = Buffer.from(h.key);
-      return converge((raw) => !raw.includes(k), h);
+      const k = h.key;
+      return converge((has) => !has(k), h);
     });
     const closedAt = performance.now();
     leaving.forEach((h) => h.close());
@@ -531,7 +542,8 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
   }
   const all = [...samples.join, ...samples.rotate, ...samples.leave];
   const p = (xs: number[]) => `p50 ${percentile(xs, 50).toFixed(0)} / p99 ${percentile(xs, 99).toFixed(0)} ms`;
-  ctx.log(`mesh: join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)}; at the end ${await ctx.liveness()}`);
+  const mode = `${fleet.meshDeltas ? `deltas (${fleet.meshResyncs} resyncs asked)` : "full snapshots"}, ${fleet.sessionsReopened} broken sessions reopened`;
+  ctx.log(`mesh: join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)}; hosts took ${mode}; at the end ${await ctx.liveness()}`);
   return [
     figure({
       name: "mesh_convergence_p99_ms",
@@ -542,7 +554,7 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
       target: 1000,
       targetOn: "value",
       direction: "max",
-      notes: `${fleet.hosts.length} hosts; until every other host got a snapshot with the change; join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)} (leave timed from lease expiry); anchors: Kilo resyncs every 30 s, Nebula 60 s`,
+      notes: `${fleet.hosts.length} hosts taking ${mode}; until every other host's view showed the change; join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)} (leave timed from lease expiry); anchors: Kilo resyncs every 30 s, Nebula 60 s`,
     }),
   ];
 }

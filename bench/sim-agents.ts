@@ -1,11 +1,15 @@
 // Bench-grade simulated agents: many hosts per process, sharing a few gRPC
 // connections, speaking the real AgentService protocol (register, one session
 // each, heartbeats at the interval the coordinator asks for, VM status
-// reports). Mesh snapshots are not decoded: a predicate looks at their bytes,
-// so thousands of hosts cost the bench process little.
+// reports). Hosts say they take mesh deltas (as the real agent does) and apply
+// them to their last view with the agent's code (common/mesh-delta.ts); with
+// `meshDeltas: false` they take full snapshots, which are not decoded: a
+// predicate looks at their bytes, so thousands of hosts cost the bench
+// process little.
 import { randomBytes } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
-import { AgentServiceService, SessionResponse, type SessionRequest } from "../gen/noid/v1/agent.js";
+import { AgentServiceService, SessionResponse, type MeshSnapshot, type MeshUpdate, type SessionRequest } from "../gen/noid/v1/agent.js";
+import { applyMeshDelta } from "../common/mesh-delta.js";
 import { VmDesiredState, VmPhase, type Vm } from "../gen/noid/v1/vm.js";
 
 /** First byte of a SessionResponse whose oneof is `mesh` (field 7, length-delimited). */
@@ -43,9 +47,20 @@ export interface VmTimes {
 export class SimHost {
   hostId = "";
   key = wgKey();
+  /** Mesh updates received (full snapshots and deltas). */
   meshSnapshots = 0;
-  /** Convergence probes: called with each mesh snapshot's bytes; a probe that returns true is removed. */
-  readonly meshProbes = new Set<(raw: Buffer, at: number) => boolean>();
+  /**
+   * Convergence probes: called after each mesh update with a test "does the
+   * view show this WireGuard key"; a probe that returns true is removed.
+   */
+  readonly meshProbes = new Set<(hasKey: (key: string) => boolean, at: number) => boolean>();
+  /** With deltas: the view so far and its version. */
+  private meshView?: { version: number; snapshot: MeshSnapshot };
+  private meshResyncing = false;
+  /** close() was called: no reopening. */
+  private ended = false;
+  /** Why the session broke (the bench does not reopen an established one). */
+  sessionError?: string;
   private stream?: grpc.ClientDuplexStream<SessionRequest, Incoming>;
   private beat?: NodeJS.Timeout;
   private seq = 0;
@@ -102,45 +117,110 @@ export class SimHost {
     return this.key;
   }
 
-  /** Opens the session; resolves on the first desired-state snapshot. */
-  connect(): Promise<void> {
+  /**
+   * Opens the session; resolves on the first desired-state snapshot. Like an
+   * agent, opens it again when the coordinator says UNAVAILABLE (on this
+   * loaded machine its etcd calls in hello can time out).
+   */
+  async connect(): Promise<void> {
+    this.ended = false;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.connectOnce();
+      } catch (e) {
+        if ((e as grpc.ServiceError).code !== grpc.status.UNAVAILABLE || attempt >= 10) throw e;
+        this.teardown();
+        if (this.ended) throw e;
+        this.fleet.connectRetries++;
+        await new Promise((r) => setTimeout(r, 100 + Math.random() * 200 * Math.min(attempt + 1, 10)));
+      }
+    }
+  }
+
+  private connectOnce(): Promise<void> {
     this.closed = false;
+    this.sessionError = undefined;
     const stream = this.client.session(this.fleet.md);
     this.stream = stream;
-    let open = false;
+    let established = false;
     const first = new Promise<void>((resolve, reject) => {
       stream.on("data", (m: Incoming) => {
         if ("mesh" in m) {
           this.meshSnapshots++;
           const at = performance.now();
-          for (const p of this.meshProbes) if (p(m.mesh, at)) this.meshProbes.delete(p);
+          const raw = m.mesh;
+          this.probe((key) => raw.includes(Buffer.from(key)), at);
           return;
         }
         const k = m.msg.kind;
+        if (k?.$case === "meshUpdate") return this.onMeshUpdate(k.value);
         if (k?.$case === "snapshot") {
           for (const vm of k.value.vms) this.onVm(vm);
-          open = true;
+          established = true;
           resolve();
         } else if (k?.$case === "vm") this.onVm(k.value);
         else if (k?.$case === "heartbeatAck") this.fleet.heartbeatAcks++;
       });
       stream.on("error", (e: grpc.ServiceError) => {
-        if (this.closed) return;
-        if (open) this.fleet.sessionsBroken++;
+        if (this.closed || this.stream !== stream) return;
+        if (established) this.fleet.sessionsBroken++;
+        this.sessionError = `${e.code}: ${e.details}`;
         reject(e);
+        // Established and broken (e.g. the coordinator's etcd calls timed out): like an
+        // agent, open it again; the new session starts with a full mesh snapshot.
+        if (established) {
+          this.fleet.sessionsReopened++;
+          this.teardown();
+          setTimeout(() => {
+            if (!this.ended) void this.connect().catch(() => undefined);
+          }, 200 + Math.random() * 300).unref();
+        }
       });
     });
-    stream.write({ kind: { $case: "hello", value: { hostId: this.hostId } } });
+    this.meshView = undefined;
+    this.meshResyncing = false;
+    stream.write({ kind: { $case: "hello", value: { hostId: this.hostId, meshDeltas: this.fleet.meshDeltas } } });
     // Spread heartbeats over the interval so they do not arrive in bursts.
     const every = this.fleet.heartbeatMs;
     setTimeout(() => {
-      if (this.closed) return;
+      if (this.closed || this.stream !== stream) return;
       this.beat = setInterval(() => {
         this.fleet.heartbeatsSent++;
         this.send({ kind: { $case: "heartbeat", value: { sequence: ++this.seq } } });
       }, every);
     }, Math.random() * every).unref();
     return first;
+  }
+
+  private probe(hasKey: (key: string) => boolean, at: number): void {
+    for (const p of this.meshProbes) if (p(hasKey, at)) this.meshProbes.delete(p);
+  }
+
+  /** As agent/session.ts does: apply a delta to the last view, or ask for a full one when it does not fit. */
+  private onMeshUpdate(u: MeshUpdate): void {
+    this.meshSnapshots++;
+    const at = performance.now();
+    let snapshot: MeshSnapshot;
+    if (u.kind?.$case === "full") {
+      snapshot = u.kind.value;
+      this.meshResyncing = false;
+    } else if (u.kind?.$case === "delta") {
+      if (this.meshResyncing) return;
+      const have = this.meshView;
+      try {
+        if (have?.version !== u.kind.value.baseVersion) throw new Error(`delta for ${u.kind.value.baseVersion}, have ${have?.version ?? "none"}`);
+        snapshot = applyMeshDelta(have.snapshot, u.kind.value);
+      } catch (e) {
+        this.fleet.meshResyncs++;
+        this.meshResyncing = true;
+        this.meshView = undefined;
+        this.send({ kind: { $case: "meshResync", value: { haveVersion: have?.version ?? 0, reason: String(e) } } });
+        return;
+      }
+    } else return;
+    this.meshView = { version: u.version, snapshot };
+    const members = snapshot.members;
+    this.probe((key) => members.some((m) => m.wireguardPublicKey === key), at);
   }
 
   send(m: SessionRequest): void {
@@ -170,6 +250,11 @@ export class SimHost {
 
   /** Ends the session (the host's lease then expires on the coordinator's side). */
   close(): void {
+    this.ended = true;
+    this.teardown();
+  }
+
+  private teardown(): void {
     this.closed = true;
     if (this.beat) clearInterval(this.beat);
     this.beat = undefined;
@@ -186,6 +271,8 @@ export interface FleetOptions {
   hostsPerConnection?: number;
   autoRun?: boolean;
   prefix?: string;
+  /** Say Hello.mesh_deltas and apply the deltas (default true, as the agent); false: full snapshots. */
+  meshDeltas?: boolean;
 }
 
 /** Many simulated hosts in this process. */
@@ -202,11 +289,19 @@ export class SimFleet {
   heartbeatAcks = 0;
   /** Sessions the coordinator ended after they had opened. */
   sessionsBroken = 0;
+  /** Sessions opened again after UNAVAILABLE. */
+  connectRetries = 0;
+  /** Established sessions that broke and were opened again. */
+  sessionsReopened = 0;
+  /** Mesh deltas that did not fit a host's view (it asked for a full snapshot). */
+  meshResyncs = 0;
+  readonly meshDeltas: boolean;
   private readonly clients: InstanceType<typeof Client>[] = [];
 
   constructor(private readonly o: FleetOptions) {
     this.md.set("authorization", `Bearer ${o.token}`);
     this.autoRun = o.autoRun ?? true;
+    this.meshDeltas = o.meshDeltas ?? true;
   }
 
   private clientFor(i: number): InstanceType<typeof Client> {

@@ -7,6 +7,7 @@ import { MeshMember, MeshNetwork, type MeshSnapshot } from "../../gen/noid/v1/ag
 import type { Host } from "../../gen/noid/v1/host.js";
 import type { Network } from "../../gen/noid/v1/network.js";
 import { VmDesiredState, type Vm } from "../../gen/noid/v1/vm.js";
+import { compareMembers, compareNetworks, compareVms } from "../../common/mesh-delta.js";
 
 export interface MeshInputs {
   /** Registered hosts with their liveness. */
@@ -47,7 +48,7 @@ export function meshNetwork(n: Network, vms: Vm[]): MeshNetwork {
         networkGroup: vm.spec?.networkGroup ?? "",
         isolated: vm.spec?.network === "isolated",
       }))
-      .sort((a, b) => a.vmId.localeCompare(b.vmId)),
+      .sort(compareVms),
   };
 }
 
@@ -85,7 +86,8 @@ function memberOf(host: Host): MeshMember {
   };
 }
 
-const byName = (a: MeshMember, b: MeshMember) => a.name.localeCompare(b.name);
+// The canonical order mesh deltas keep (common/mesh-delta.ts): by name.
+const byName = compareMembers;
 
 function membersKey(members: MeshMember[]): string {
   const h = createHash("sha1");
@@ -132,7 +134,7 @@ export function meshSnapshotFromView(self: string, v: MeshView, meshPrefixLen: n
         }
         return part;
       })
-      .sort((a, b) => a.net.vni - b.net.vni);
+      .sort((a, b) => compareNetworks(a.net, b.net));
     if (nets.length === 0) return m;
     h.update(`|${m.hostId}`);
     for (const p of nets) h.update(`:${p.key}`);

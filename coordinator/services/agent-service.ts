@@ -48,6 +48,8 @@ import { type SecurityAudit, checkSecurityEvent } from "../security-events.js";
 import { MeshHealth } from "../mesh/health.js";
 import { PortSnapshot } from "../../gen/noid/v1/port.js";
 import type { PortFeed } from "../ports/port-feed.js";
+import { diffMesh, emptyDelta } from "../../common/mesh-delta.js";
+import type { MeshSnapshot } from "../../gen/noid/v1/agent.js";
 
 export interface AgentServiceDeps extends HandlerDeps {
   store: Store;
@@ -309,6 +311,10 @@ class AgentSession implements ExecChannel {
   private lastMesh = "";
   private meshInFlight = false;
   private meshAgain = false;
+  /** The agent takes mesh deltas (Hello.mesh_deltas): then the last view sent and its version. */
+  private meshDeltas = false;
+  private meshSent?: MeshSnapshot;
+  private meshVersion = 0;
   private lease?: Lease;
   private unsub?: () => void;
   private closed = false;
@@ -451,7 +457,7 @@ class AgentSession implements ExecChannel {
   private async onMessage(m: SessionRequest): Promise<void> {
     const k = m.kind;
     if (!k) throw invalid("kind", "empty session message");
-    if (k.$case === "hello") return this.hello(k.value.hostId);
+    if (k.$case === "hello") return this.hello(k.value.hostId, k.value.meshDeltas);
     if (!this.hostId) throw new NoidError("FAILED_PRECONDITION", "send hello first");
     if (k.$case === "heartbeat") return this.heartbeat(k.value.sequence);
     if (k.$case === "execOutput") {
@@ -505,6 +511,14 @@ class AgentSession implements ExecChannel {
     }
     if (k.$case === "portReport") {
       await this.d.ports?.report(this.hostId, k.value);
+      return;
+    }
+    if (k.$case === "meshResync") {
+      // The agent could not apply a delta: the next update is a full snapshot.
+      this.log.warn({ hostId: this.hostId, have: k.value.haveVersion, sent: this.meshVersion, reason: k.value.reason.slice(0, 200) }, "mesh resync asked");
+      this.meshSent = undefined;
+      this.lastMesh = "";
+      this.sendMesh();
       return;
     }
     if (k.$case === "hostCondition") {
@@ -593,13 +607,14 @@ class AgentSession implements ExecChannel {
     this.send({ kind: { $case: "heartbeatAck", value: { sequence } } });
   }
 
-  private async hello(hostId: string): Promise<void> {
+  private async hello(hostId: string, meshDeltas: boolean): Promise<void> {
     if (this.hostId) throw new NoidError("FAILED_PRECONDITION", "hello sent twice");
     if (!/^[0-9a-f]{16}$/.test(hostId)) throw invalid("hello.host_id", "is not a host id");
     const host = await this.d.hosts.get(hostId);
     if (!host) throw new NoidError("NOT_FOUND", `host ${hostId} is not registered; register first`);
     mayActAs(this.identity!, host.host.name);
     this.hostId = hostId;
+    this.meshDeltas = meshDeltas;
     this.untrack = this.d.hostSessions.add(host.host.name, this);
     this.lease = await this.d.store.grantLease(this.d.leaseTtlSeconds);
     await this.d.hosts.markAlive(hostId, this.lease);
@@ -679,7 +694,10 @@ class AgentSession implements ExecChannel {
    * Sends the host's mesh view if it changed. At most one snapshot is on its
    * way per session (until the stream took it); changes meanwhile are sent
    * as one, the latest, after it: a slow host gets fewer snapshots instead
-   * of a growing queue of outdated ones in the coordinator's memory.
+   * of a growing queue of outdated ones in the coordinator's memory. An agent
+   * that takes deltas gets a full snapshot first (and after a resync), then
+   * only what changed since the last update sent (numbered, so it can tell
+   * a gap); others get the full snapshot every time.
    */
   private sendMesh(): void {
     if (this.closed) return;
@@ -690,8 +708,18 @@ class AgentSession implements ExecChannel {
     const { snapshot: mesh, key } = this.d.cluster.meshWithKey(this.hostId, this.d.meshPrefixLen);
     if (key === this.lastMesh) return;
     this.lastMesh = key;
+    let msg: SessionResponse;
+    if (!this.meshDeltas) msg = { kind: { $case: "mesh", value: mesh } };
+    else {
+      const base = this.meshSent;
+      const delta = base ? { ...diffMesh(base, mesh), baseVersion: this.meshVersion } : undefined;
+      if (delta && emptyDelta(delta) && delta.meshPrefixLen === base!.meshPrefixLen) return;
+      this.meshSent = mesh;
+      const version = ++this.meshVersion;
+      msg = { kind: { $case: "meshUpdate", value: { version, kind: delta ? { $case: "delta", value: delta } : { $case: "full", value: mesh } } } };
+    }
     this.meshInFlight = true;
-    this.call.write({ kind: { $case: "mesh", value: mesh } }, () => {
+    this.call.write(msg, () => {
       this.meshInFlight = false;
       if (this.meshAgain) {
         this.meshAgain = false;

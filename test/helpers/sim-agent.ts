@@ -2,7 +2,8 @@
 // session, heartbeats, status reports) but runs no VMs. With `autoRun` it
 // reports each assigned VM RUNNING and confirms destroys, as a real agent would.
 import * as grpc from "@grpc/grpc-js";
-import { AgentServiceClient, type MeshSnapshot, type SessionRequest, type SessionResponse } from "../../gen/noid/v1/agent.js";
+import { AgentServiceClient, type MeshSnapshot, type MeshUpdate, type SessionRequest, type SessionResponse } from "../../gen/noid/v1/agent.js";
+import { applyMeshDelta } from "../../common/mesh-delta.js";
 import type { HostPosture } from "../../gen/noid/v1/host.js";
 import { VmDesiredState, VmPhase, type Vm } from "../../gen/noid/v1/vm.js";
 import { coordinatorTarget } from "../../sdk/targets.js";
@@ -20,14 +21,22 @@ export interface SimAgentOptions {
   autoRun?: boolean;
   wireguardPublicKey?: string;
   posture?: HostPosture;
+  /** Say Hello.mesh_deltas and apply the deltas to `mesh` (default: take full snapshots). */
+  meshDeltas?: boolean;
 }
 
 export class SimAgent {
   hostId = "";
   readonly vms = new Map<string, Vm>();
   snapshots = 0;
-  /** The last mesh view the coordinator sent. */
+  /** The last mesh view the coordinator sent (with meshDeltas: the deltas applied to the last full one). */
   mesh?: MeshSnapshot;
+  /** With meshDeltas: every mesh update received on the current stream, in order. */
+  meshUpdates: MeshUpdate[] = [];
+  /** With meshDeltas: the version `mesh` is at (0: no view). */
+  meshVersion = 0;
+  /** With meshDeltas: why the first delta that did not fit `mesh` did not (a test must see it). */
+  meshError?: string;
   private client: AgentServiceClient;
   private stream?: grpc.ClientDuplexStream<SessionRequest, SessionResponse>;
   private beat?: NodeJS.Timeout;
@@ -100,7 +109,9 @@ export class SimAgent {
     };
     stream.on("error", lost);
     stream.on("end", lost);
-    stream.write({ kind: { $case: "hello", value: { hostId: this.hostId } } });
+    this.meshUpdates = [];
+    this.meshVersion = 0;
+    stream.write({ kind: { $case: "hello", value: { hostId: this.hostId, meshDeltas: this.o.meshDeltas ?? false } } });
     if (!this.beat) this.beat = setInterval(() => this.send({ kind: { $case: "heartbeat", value: { sequence: ++this.seq } } }), 500);
     await first;
   }
@@ -139,6 +150,32 @@ export class SimAgent {
     } else if (k.$case === "vm") this.onVm(k.value);
     else if (k.$case === "vmRemoved") this.vms.delete(k.value.vmId);
     else if (k.$case === "mesh") this.mesh = k.value;
+    else if (k.$case === "meshUpdate") this.onMeshUpdate(k.value);
+  }
+
+  /** Like the real agent (agent/session.ts), but a delta that does not fit is recorded in meshError (and not resynced). */
+  private onMeshUpdate(u: MeshUpdate): void {
+    this.meshUpdates.push(u);
+    try {
+      if (u.kind?.$case === "full") this.mesh = u.kind.value;
+      else if (u.kind?.$case === "delta") {
+        if (u.kind.value.baseVersion !== this.meshVersion || !this.mesh) throw new Error(`mesh delta ${u.version} applies to ${u.kind.value.baseVersion}, have ${this.meshVersion}`);
+        this.mesh = applyMeshDelta(this.mesh, u.kind.value);
+      }
+      this.meshVersion = u.version;
+    } catch (e) {
+      this.meshError ??= e instanceof Error ? e.message : String(e);
+    }
+  }
+
+  get name(): string {
+    return this.o.name;
+  }
+
+  /** Registers again with another WireGuard key (what an agent does on key rotation). */
+  async rotateKey(key: string): Promise<void> {
+    this.o.wireguardPublicKey = key;
+    await this.register();
   }
 
   private onVm(vm: Vm): void {

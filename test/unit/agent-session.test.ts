@@ -10,12 +10,15 @@ import {
   AgentServiceService,
   type RegisterHostRequest,
   type RegisterHostResponse,
+  type MeshMember,
+  type MeshSnapshot,
   type SessionRequest,
   type SessionResponse,
   type VmStatusReport,
 } from "../../gen/noid/v1/agent.js";
 import { Vm, VmDesiredState, VmPhase } from "../../gen/noid/v1/vm.js";
-import { AgentSession, type DesiredSink } from "../../agent/session.js";
+import { AgentSession, type AgentSessionOptions, type DesiredSink } from "../../agent/session.js";
+import { diffMesh } from "../../common/mesh-delta.js";
 import { backoffDelay } from "../../agent/backoff.js";
 import type { DesiredVm } from "../../agent/reconcile/types.js";
 
@@ -85,7 +88,7 @@ afterEach(async () => {
   cleanup = [];
 });
 
-async function setup(snapshot: Vm[]): Promise<{ coord: FakeCoordinator; sink: Sink; session: AgentSession; addr: string }> {
+async function setup(snapshot: Vm[], extra: Partial<AgentSessionOptions> = {}): Promise<{ coord: FakeCoordinator; sink: Sink; session: AgentSession; addr: string }> {
   const dir = mkdtempSync(join(tmpdir(), "noid-session-"));
   const addr = `unix:${join(dir, "coord.sock")}`;
   const coord = new FakeCoordinator(snapshot);
@@ -99,6 +102,7 @@ async function setup(snapshot: Vm[]): Promise<{ coord: FakeCoordinator; sink: Si
     sink,
     logger: silentLogger(),
     backoff: { initialMs: 10, maxMs: 50 },
+    ...extra,
   });
   cleanup.push(async () => {
     await session.stop();
@@ -116,7 +120,7 @@ describe("agent session client", () => {
     await until(() => sink.snapshots === 1, "snapshot");
     expect(coord.registrations[0]?.auth).toBe("Bearer s3cret");
     expect(coord.registrations[0]?.req).toMatchObject({ name: "h1", drivers: ["sandbox"], capacity: { vcpus: 4 } });
-    expect(coord.received[0]).toEqual({ kind: { $case: "hello", value: { hostId: "host-1" } } });
+    expect(coord.received[0]).toEqual({ kind: { $case: "hello", value: { hostId: "host-1", meshDeltas: false } } }); // no mesh sink: no deltas asked
     expect([...sink.desired.values()].map((d) => `${d.id}:${d.state}`)).toEqual(["a:running", "b:stopped"]);
     expect(session.hostId).toBe("host-1");
 
@@ -148,6 +152,39 @@ describe("agent session client", () => {
     await until(() => coord.count("vmStatus") === 3, "a's status resent");
     await new Promise((r) => setTimeout(r, 100));
     expect(coord.count("vmStatus")).toBe(3); // not b's: it is no longer ours
+  });
+
+  it("with a mesh sink: asks for deltas, applies them, asks for a full snapshot on a gap, starts over on a new stream", async () => {
+    const views: MeshSnapshot[] = [];
+    const { coord, session } = await setup([], { mesh: { setSnapshot: (s) => void views.push(s) } });
+    session.start();
+    await until(() => coord.streams.length === 1 && coord.count("hello") === 1, "hello");
+    expect(coord.received.find((m) => m.kind?.$case === "hello")?.kind?.value).toEqual({ hostId: "host-1", meshDeltas: true });
+    const member = (id: string, key: string): MeshMember => ({ hostId: id, name: `n${id}`, address: "10.99.0.1", wireguardPublicKey: key, wireguardPort: 51820, meshIp: `100.64.0.${id}`, networks: [] });
+    const s1: MeshSnapshot = { members: [member("1", "a"), member("2", "b")], meshPrefixLen: 16 };
+    const s2: MeshSnapshot = { members: [member("1", "a"), member("2", "c"), member("3", "d")], meshPrefixLen: 16 };
+    const s3: MeshSnapshot = { members: [member("1", "a"), member("3", "d")], meshPrefixLen: 16 };
+    const s = coord.streams[0]!;
+    s.write({ kind: { $case: "meshUpdate", value: { version: 1, kind: { $case: "full", value: s1 } } } });
+    s.write({ kind: { $case: "meshUpdate", value: { version: 2, kind: { $case: "delta", value: { ...diffMesh(s1, s2), baseVersion: 1 } } } } });
+    await until(() => views.length === 2, "two views");
+    expect(views).toEqual([s1, s2]);
+    // A gap (no version 3 here): the delta is not applied, a full snapshot is asked for once, later deltas wait for it.
+    s.write({ kind: { $case: "meshUpdate", value: { version: 4, kind: { $case: "delta", value: { ...diffMesh(s2, s3), baseVersion: 3 } } } } });
+    s.write({ kind: { $case: "meshUpdate", value: { version: 5, kind: { $case: "delta", value: { ...diffMesh(s3, s1), baseVersion: 4 } } } } });
+    await until(() => coord.count("meshResync") === 1, "resync asked");
+    expect(coord.received.find((m) => m.kind?.$case === "meshResync")?.kind?.value).toMatchObject({ haveVersion: 2 });
+    s.write({ kind: { $case: "meshUpdate", value: { version: 6, kind: { $case: "full", value: s3 } } } });
+    s.write({ kind: { $case: "meshUpdate", value: { version: 7, kind: { $case: "delta", value: { ...diffMesh(s3, s1), baseVersion: 6 } } } } });
+    await until(() => views.length === 4, "views after the resync");
+    expect(views.slice(2)).toEqual([s3, s1]);
+    expect(coord.count("meshResync")).toBe(1);
+    // A new stream starts from nothing: a delta before its full snapshot is a gap.
+    s.end();
+    await until(() => coord.streams.length === 2 && coord.count("hello") === 2, "second hello");
+    coord.streams[1]!.write({ kind: { $case: "meshUpdate", value: { version: 8, kind: { $case: "delta", value: { ...diffMesh(s1, s2), baseVersion: 7 } } } } });
+    await until(() => coord.count("meshResync") === 2, "resync on the new stream");
+    expect(views).toHaveLength(4);
   });
 
   it("declares the stream dead when heartbeats go unanswered", async () => {
