@@ -50,7 +50,8 @@ describe("coordinator metrics", () => {
     await eventually(async () => (await admin.getVm("m1")).status?.phase === VmPhase.VM_PHASE_RUNNING);
     const m = await eventually(async () => {
       const s = await scrape(addr);
-      return sampleValue(s, "noid_vms", { phase: "running" }) === 1 ? s : undefined;
+      // Events are group-written (up to 100 ms later): wait for the VM's first one too.
+      return sampleValue(s, "noid_vms", { phase: "running" }) === 1 && (sampleValue(s, "noid_events_recorded_total", { kind: "vm.created" }) ?? 0) >= 1 ? s : undefined;
     });
     expect(sampleValue(m, "noid_vms", { phase: "pending" })).toBe(0);
     expect(sampleValue(m, "noid_hosts", { state: "ready" })).toBe(1);
