@@ -161,7 +161,7 @@ describe("a broken LeaseKeepAlive stream", () => {
       () => undefined,
       (e: unknown) => e,
     )) as NoidError | undefined;
-    expect(err?.code).toBe("UNAVAILABLE");
+    expect(err?.code, `renewal answered; keeper stats ${JSON.stringify(store.leaseStats())}`).toBe("UNAVAILABLE");
     expect(Date.now() - t0).toBeLessThan(8000);
     relay.held = false;
     relay.cut(); // the held bytes are gone with the connection
