@@ -57,6 +57,23 @@ export async function startTestCoordinator(extra: ConfigLayer = {}): Promise<Tes
 }
 
 /** Polls until `f` returns a truthy value (time-boxed). */
+/**
+ * The store's revision once nothing is being written (three 150 ms looks in a row
+ * unchanged, at most about 6 s): events are group-written up to 100 ms after the
+ * change they describe, so a "wrote nothing" check must start after them.
+ */
+export async function quietRevision(h: Pick<CoordinatorHandle, "store" | "events">): Promise<number> {
+  let rev = await h.store.revision();
+  for (let quiet = 0, round = 0; quiet < 3 && round < 40; round++) {
+    await h.events.flush();
+    await new Promise((r) => setTimeout(r, 150));
+    const now = await h.store.revision();
+    quiet = now === rev ? quiet + 1 : 0;
+    rev = now;
+  }
+  return rev;
+}
+
 export async function eventually<T>(
   f: () => T | undefined | null | false | 0 | "" | Promise<T | undefined | null | false | 0 | "">,
   timeoutMs = 10_000,

@@ -4,7 +4,7 @@ import { statSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Role, VmPhase, type NoidClient, NoidApiError } from "../../sdk/index.js";
 import { SimAgent } from "../helpers/sim-agent.js";
-import { eventually, startTestCoordinator, type TestCluster } from "../helpers/coordinator.js";
+import { eventually, quietRevision, startTestCoordinator, type TestCluster } from "../helpers/coordinator.js";
 
 async function failure(p: Promise<unknown>): Promise<NoidApiError> {
   try {
@@ -61,15 +61,7 @@ describe("coordinator API", () => {
   });
 
   it("rejects bad input with INVALID_ARGUMENT naming the field and writes nothing", async () => {
-    // Earlier tests' events are group-written up to 100 ms later: start from a quiet store.
-    let before = await c.handle.store.revision();
-    for (let quiet = 0, round = 0; quiet < 3 && round < 40; round++) {
-      await c.handle.events.flush();
-      await new Promise((r) => setTimeout(r, 150));
-      const now = await c.handle.store.revision();
-      quiet = now === before ? quiet + 1 : 0;
-      before = now;
-    }
+    const before = await quietRevision(c.handle); // earlier tests' events land up to 100 ms late
     for (const [name, spec, field] of [
       ["Bad_Name", {}, "name"],
       ["", {}, "name"],
