@@ -336,8 +336,8 @@ export class InstrumentedStore implements Store {
   watch(prefix: string, opts: WatchOptions) {
     return this.m.timeStore("watch", () => this.inner.watch(prefix, opts));
   }
-  async grantLease(ttlSeconds: number): Promise<Lease> {
-    const lease = await this.m.timeStore("lease_grant", () => this.inner.grantLease(ttlSeconds));
+  async grantLease(ttlSeconds: number, opts?: { dedicated?: boolean }): Promise<Lease> {
+    const lease = await this.m.timeStore("lease_grant", () => this.inner.grantLease(ttlSeconds, opts));
     // Renewals (every heartbeat) are requests too, though etcd carries them on one shared stream.
     return {
       id: lease.id,

@@ -61,8 +61,8 @@ export class AuditChainStore implements Store {
   watch(...a: Parameters<Store["watch"]>) {
     return this.inner.watch(...a);
   }
-  grantLease(ttl: number) {
-    return this.inner.grantLease(ttl);
+  grantLease(ttl: number, opts?: { dedicated?: boolean }) {
+    return this.inner.grantLease(ttl, opts);
   }
   leaseTimeToLive(id: number) {
     return this.inner.leaseTimeToLive(id);

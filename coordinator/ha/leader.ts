@@ -180,7 +180,7 @@ export class LeaderElector {
     }
     if (!this.lease) {
       const startedAt = this.now();
-      this.lease = await store.grantLease(leaseSeconds);
+      this.lease = await store.grantLease(leaseSeconds, { dedicated: true });
       this.validUntil = startedAt + leaseSeconds * 1000;
     } else {
       // The lease we kept from a failed attempt may have expired meanwhile.
@@ -320,8 +320,8 @@ export class FencedStore implements Store {
   watch(prefix: string, opts: WatchOptions): Promise<Watcher> {
     return this.inner.watch(prefix, opts);
   }
-  grantLease(ttlSeconds: number): Promise<Lease> {
-    return this.inner.grantLease(ttlSeconds);
+  grantLease(ttlSeconds: number, opts?: { dedicated?: boolean }): Promise<Lease> {
+    return this.inner.grantLease(ttlSeconds, opts);
   }
   leaseTimeToLive(id: number): Promise<number | undefined> {
     return this.inner.leaseTimeToLive(id);

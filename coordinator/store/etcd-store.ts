@@ -172,7 +172,7 @@ export class EtcdStore implements Store {
     return w;
   }
 
-  async grantLease(ttlSeconds: number): Promise<Lease> {
+  async grantLease(ttlSeconds: number, opts: { dedicated?: boolean } = {}): Promise<Lease> {
     // We choose the id: etcd's own ids are int64 and often exceed 2^53, which a
     // JS number (the Store's lease type) cannot hold exactly.
     for (let attempt = 0; ; attempt++) {
@@ -181,7 +181,7 @@ export class EtcdStore implements Store {
         const at = Date.now();
         const res = await this.call(`grant lease`, (o) => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: id }, o));
         this.keeper.granted(id, Number(res.TTL) || ttlSeconds, at);
-        return this.leaseHandle(id);
+        return this.leaseHandle(id, opts.dedicated ?? false);
       } catch (err) {
         const e = err as NoidError;
         if (attempt < 3 && /lease already exists/.test(String((e.cause as Error | undefined)?.message))) continue;
@@ -226,10 +226,10 @@ export class EtcdStore implements Store {
     this.client.close();
   }
 
-  private leaseHandle(id: number): Lease {
+  private leaseHandle(id: number, dedicated = false): Lease {
     return {
       id,
-      keepAliveOnce: () => this.keepAliveOnce(id),
+      keepAliveOnce: dedicated ? async () => void (await this.keepAliveAlone(String(id))) : () => this.keepAliveOnce(id),
       revoke: async () => {
         this.keeper.forget(id);
         try {

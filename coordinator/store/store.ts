@@ -83,7 +83,13 @@ export interface Store {
   put(key: string, value: Uint8Array, opts?: { lease?: number }): Promise<number>;
   delete(key: string): Promise<number>;
   watch(prefix: string, opts: WatchOptions): Promise<Watcher>;
-  grantLease(ttlSeconds: number): Promise<Lease>;
+  /**
+   * A lease that lives while it is renewed. `dedicated`: its renewals never queue
+   * behind other leases' (etcd: a stream of its own per renewal instead of the shared
+   * keepalive stream) — for the leader's lease, which must not expire because a
+   * thousand hosts' heartbeats are being renewed at the same time.
+   */
+  grantLease(ttlSeconds: number, opts?: { dedicated?: boolean }): Promise<Lease>;
   /** Looks up a lease by id (e.g. after a coordinator restart); undefined if gone. */
   leaseTimeToLive(id: number): Promise<number | undefined>;
   /** Drops history before `revision` (etcd compaction); no-op in memory. */

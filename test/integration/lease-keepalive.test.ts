@@ -114,6 +114,19 @@ describe("lease renewals over one shared LeaseKeepAlive stream", () => {
     await expect(kept.keepAliveOnce()).rejects.toSatisfy((e) => isNoidError(e, "NOT_FOUND"));
     expect(store.leaseStats().streamsOpened).toBe(1);
   });
+
+  it("a dedicated lease (the leader's) is renewed apart from the shared stream, and expires like any other", async () => {
+    const leader = await store.grantLease(2, { dedicated: true });
+    await store.put("lead/key", enc("1"), { lease: leader.id });
+    const before = store.leaseStats();
+    for (let i = 0; i < 3; i++) await leader.keepAliveOnce();
+    const after = store.leaseStats();
+    expect(after.requestsSent).toBe(before.requestsSent);
+    expect(after.coalesced).toBe(before.coalesced);
+    expect(await store.leaseTimeToLive(leader.id)).toBeGreaterThan(0);
+    await vi.waitFor(async () => expect(await store.get("lead/key")).toBeUndefined(), { timeout: 15_000, interval: 100 });
+    await expect(leader.keepAliveOnce()).rejects.toSatisfy((e) => isNoidError(e, "NOT_FOUND"));
+  });
 });
 
 describe("a broken LeaseKeepAlive stream", () => {
