@@ -82,6 +82,8 @@ export interface BenchOptions {
   only?: string[];
   /** Profile the placement phase (sessions opening until every VM assigned) of the bench process and the coordinator into this directory. */
   profPlacementDir?: string;
+  /** Profile the mesh events (joins, rotations, leaves) of the bench process and the coordinator into this directory. */
+  profMeshDir?: string;
   log?: (line: string) => void;
   /** Simulated hosts take full mesh snapshots (not deltas). */
   meshFull?: boolean;
@@ -176,7 +178,7 @@ export async function runBench(o: BenchOptions): Promise<Figure[]> {
       t = performance.now();
       if (s.meshHosts > fleet.hosts.length) await fleet.grow(s.meshHosts - fleet.hosts.length);
       log(`mesh: ${fleet.hosts.length} hosts in session (${((performance.now() - t) / 1000).toFixed(1)} s to add; ${fleet.connectRetries} session opens retried after UNAVAILABLE)`);
-      figs.push(...(await meshConvergence(ctx, s, watch.p99Ms)));
+      figs.push(...(await meshConvergence(ctx, s, watch.p99Ms, o.profMeshDir)));
     }
     fleet.close();
     fleet = undefined;
@@ -455,8 +457,10 @@ async function grpcUnary(ctx: Ctx, s: BenchSizes): Promise<Figure[]> {
 }
 
 /** Figure 3: joins, key rotations and leaves in a mesh of simulated hosts. */
-async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Promise<Figure[]> {
+async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number, profDir?: string): Promise<Figure[]> {
   const { fleet } = ctx;
+  const prof = profDir ? new WindowProfiler() : undefined;
+  if (prof) await Promise.all([prof.start(), ctx.coord.profileStart()]);
   const samples: Record<"join" | "rotate" | "leave", number[]> = { join: [], rotate: [], leave: [] };
   // Every host but `except` must see a snapshot for which `ok` holds; resolves with the time of the last.
   const converge = (ok: (hasKey: (key: string) => boolean) => boolean, except: SimHost | undefined): Promise<number> => {
@@ -539,6 +543,10 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
     ctx.log(`mesh: lease expiry took ${percentile(detect, 50).toFixed(0)} ms after the session ended (the lease TTL)`);
   } finally {
     await w.cancel();
+  }
+  if (prof) {
+    const files = [await prof.stop(profDir!, "mesh-bench"), await ctx.coord.profileStop(profDir!, "mesh-coordinator")].filter((f) => f);
+    ctx.log(`mesh: profiles of the mesh events in ${files.join(", ")}${ctx.coord.inline ? " (coordinator inline: in the bench profile)" : ""}`);
   }
   const all = [...samples.join, ...samples.rotate, ...samples.leave];
   const p = (xs: number[]) => `p50 ${percentile(xs, 50).toFixed(0)} / p99 ${percentile(xs, 99).toFixed(0)} ms`;
