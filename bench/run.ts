@@ -462,6 +462,9 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number, prof
   const prof = profDir ? new WindowProfiler() : undefined;
   if (prof) await Promise.all([prof.start(), ctx.coord.profileStart()]);
   const samples: Record<"join" | "rotate" | "leave", number[]> = { join: [], rotate: [], leave: [] };
+  // A join's two parts: registering and opening the session (the host is alive
+  // from then), and from there until every other host's view shows it.
+  const joinParts = { open: [] as number[], spread: [] as number[] };
   // Every host but `except` must see a snapshot for which `ok` holds; resolves with the time of the last.
   const converge = (ok: (hasKey: (key: string) => boolean) => boolean, except: SimHost | undefined): Promise<number> => {
     const rest = fleet.hosts.filter((h) => h !== except && !gone.has(h));
@@ -500,7 +503,11 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number, prof
     const t0 = performance.now();
     await h.register();
     await h.connect();
-    samples.join.push((await timeout(done, "join")) - t0);
+    const tOpen = performance.now();
+    const joined = await timeout(done, "join");
+    samples.join.push(joined - t0);
+    joinParts.open.push(tOpen - t0);
+    joinParts.spread.push(Math.max(0, joined - tOpen));
     // Rotate: an existing host registers again with a new WireGuard key.
     const r = fleet.hosts[e % fleet.hosts.length]!;
     const next = wgKey();
@@ -551,6 +558,9 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number, prof
   const all = [...samples.join, ...samples.rotate, ...samples.leave];
   const p = (xs: number[]) => `p50 ${percentile(xs, 50).toFixed(0)} / p99 ${percentile(xs, 99).toFixed(0)} ms`;
   const mode = `${fleet.meshDeltas ? `deltas (${fleet.meshResyncs} resyncs asked)` : "full snapshots"}, ${fleet.sessionsReopened} broken sessions reopened`;
+  const joinSplit = `join = register + session open ${p(joinParts.open)} then spread ${p(joinParts.spread)}`;
+  ctx.log(`mesh: ${joinSplit}`);
+  ctx.log(`mesh: each join ${samples.join.map((x) => x.toFixed(0)).join(" ")}; each rotation ${samples.rotate.map((x) => x.toFixed(0)).join(" ")} ms`);
   ctx.log(`mesh: join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)}; hosts took ${mode}; at the end ${await ctx.liveness()}`);
   return [
     figure({
@@ -562,7 +572,7 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number, prof
       target: 1000,
       targetOn: "value",
       direction: "max",
-      notes: `${fleet.hosts.length} hosts taking ${mode}; until every other host's view showed the change; join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)} (leave timed from lease expiry); anchors: Kilo resyncs every 30 s, Nebula 60 s`,
+      notes: `${fleet.hosts.length} hosts taking ${mode}; until every other host's view showed the change; join ${p(samples.join)} (${joinSplit}), rotate ${p(samples.rotate)}, leave ${p(samples.leave)} (leave timed from lease expiry); anchors: Kilo resyncs every 30 s, Nebula 60 s`,
     }),
   ];
 }
