@@ -66,8 +66,6 @@ export interface CoordStats {
   heapUsed: number;
   placement: PlacementStats;
   cpu: { user: number; system: number };
-  /** The coordinator's lease keepalive counters (a child coordinator on etcd). */
-  lease?: Record<string, number>;
 }
 
 export interface BenchCoordinator {

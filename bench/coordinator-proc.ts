@@ -9,11 +9,6 @@ import { WindowProfiler } from "./window-prof.js";
 
 type Request = { id: number; type: "stats" | "stop" | "profStart" | "profStop"; dir?: string; name?: string };
 
-/** The etcd store's lease keepalive counters (absent for other stores). */
-function leaseStats(store: unknown): Record<string, number> | undefined {
-  return (store as { leaseStats?: () => Record<string, number> }).leaseStats?.();
-}
-
 async function main(): Promise<void> {
   const config = resolveConfig(JSON.parse(process.env.NOID_BENCH_CONFIG ?? "{}") as Record<string, unknown>);
   const handle = await startCoordinator({ config, logger: silentLogger() });
@@ -29,7 +24,7 @@ async function main(): Promise<void> {
       } else if (m.type === "stats") {
         (globalThis as { gc?: () => void }).gc?.();
         const mem = process.memoryUsage();
-        process.send!({ id: m.id, rss: mem.rss, heapUsed: mem.heapUsed, placement: handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }, cpu: process.cpuUsage(), lease: leaseStats(handle.store) });
+        process.send!({ id: m.id, rss: mem.rss, heapUsed: mem.heapUsed, placement: handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }, cpu: process.cpuUsage() });
       } else if (m.type === "stop") {
         await handle.stop();
         process.send!({ id: m.id }, () => process.exit(0));

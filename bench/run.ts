@@ -236,7 +236,7 @@ async function placementThroughput(ctx: Ctx, s: BenchSizes, rawTxnPerSec: number
     const viewsDone = !fleet.meshDeltas || fleet.hosts.every((h) => h.meshMembers === n);
     const waited = performance.now() - tSettle;
     if ((alive === n && viewsDone) || waited > 60_000) {
-      ctx.log(`mesh: ${alive === n && viewsDone ? "settled" : "NOT settled"} after ${(waited / 1000).toFixed(1)} s (${alive} of ${n} hosts alive${fleet.meshDeltas ? `, ${fleet.hosts.filter((h) => h.meshMembers === n).length} views showing all` : ""}); ${await ctx.liveness()}; coordinator lease keepalive ${JSON.stringify((await ctx.coord.stats()).lease ?? {})}`);
+      ctx.log(`mesh: ${alive === n && viewsDone ? "settled" : "NOT settled"} after ${(waited / 1000).toFixed(1)} s (${alive} of ${n} hosts alive${fleet.meshDeltas ? `, ${fleet.hosts.filter((h) => h.meshMembers === n).length} views showing all` : ""}); ${await ctx.liveness()}`);
       break;
     }
     await sleep(250);
@@ -486,7 +486,7 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number, prof
     const viewsDone = !fleet.meshDeltas || fleet.hosts.every((h) => h.meshMembers === n);
     const waited = performance.now() - tSettle;
     if ((alive === n && viewsDone) || waited > 60_000) {
-      ctx.log(`mesh: ${alive === n && viewsDone ? "settled" : "NOT settled"} after ${(waited / 1000).toFixed(1)} s (${alive} of ${n} hosts alive${fleet.meshDeltas ? `, ${fleet.hosts.filter((h) => h.meshMembers === n).length} views showing all` : ""}); ${await ctx.liveness()}; coordinator lease keepalive ${JSON.stringify((await ctx.coord.stats()).lease ?? {})}`);
+      ctx.log(`mesh: ${alive === n && viewsDone ? "settled" : "NOT settled"} after ${(waited / 1000).toFixed(1)} s (${alive} of ${n} hosts alive${fleet.meshDeltas ? `, ${fleet.hosts.filter((h) => h.meshMembers === n).length} views showing all` : ""}); ${await ctx.liveness()}`);
       break;
     }
     await sleep(250);
