@@ -20,9 +20,10 @@ async function main(): Promise<void> {
     .option("--inline", "run the coordinator in this process (profile both with node --cpu-prof)")
     .option("--cpu-prof", "profile the coordinator (node --cpu-prof, into bench/prof/)")
     .option("--prof-placement <dir>", "profile the bench process and the coordinator during the placement phase only (sessions opening until every VM assigned)")
+    .option("--prof-mesh <dir>", "profile the bench process and the coordinator during the mesh events only (joins, rotations, leaves)")
     .option("--mesh-full", "simulated hosts take full mesh snapshots instead of deltas (as agents before deltas)")
     .parse();
-  const o = cmd.opts<{ quick?: boolean; only?: string; out: string; fsync?: boolean; cpuProf?: boolean; vms?: string; hosts?: string; inline?: boolean; profPlacement?: string; meshFull?: boolean }>();
+  const o = cmd.opts<{ quick?: boolean; only?: string; out: string; fsync?: boolean; cpuProf?: boolean; vms?: string; hosts?: string; inline?: boolean; profPlacement?: string; profMesh?: string; meshFull?: boolean }>();
   const started = Date.now();
   const sizes = { ...(o.quick ? QUICK : FULL) };
   if (o.vms) sizes.placementVms = Number(o.vms);
@@ -37,6 +38,7 @@ async function main(): Promise<void> {
     log,
     ...(o.only ? { only: o.only.split(",") } : {}),
     ...(o.profPlacement ? { profPlacementDir: o.profPlacement } : {}),
+    ...(o.profMesh ? { profMeshDir: o.profMesh } : {}),
     ...(o.cpuProf ? { coordinatorExecArgv: ["--cpu-prof", `--cpu-prof-dir=${join(root, "bench", "prof")}`] } : {}),
   });
   writeResults(figs, o.out);

@@ -82,6 +82,8 @@ export interface BenchOptions {
   only?: string[];
   /** Profile the placement phase (sessions opening until every VM assigned) of the bench process and the coordinator into this directory. */
   profPlacementDir?: string;
+  /** Profile the mesh events (joins, rotations, leaves) of the bench process and the coordinator into this directory. */
+  profMeshDir?: string;
   log?: (line: string) => void;
   /** Simulated hosts take full mesh snapshots (not deltas). */
   meshFull?: boolean;
@@ -176,7 +178,7 @@ export async function runBench(o: BenchOptions): Promise<Figure[]> {
       t = performance.now();
       if (s.meshHosts > fleet.hosts.length) await fleet.grow(s.meshHosts - fleet.hosts.length);
       log(`mesh: ${fleet.hosts.length} hosts in session (${((performance.now() - t) / 1000).toFixed(1)} s to add; ${fleet.connectRetries} session opens retried after UNAVAILABLE)`);
-      figs.push(...(await meshConvergence(ctx, s, watch.p99Ms)));
+      figs.push(...(await meshConvergence(ctx, s, watch.p99Ms, o.profMeshDir)));
     }
     fleet.close();
     fleet = undefined;
@@ -223,6 +225,22 @@ async function placementThroughput(ctx: Ctx, s: BenchSizes, rawTxnPerSec: number
   const createRetries = ctx.apiRetries - retries0;
   ctx.log(`placement: ${n} VMs created through the API in ${createSecs.toFixed(1)} s (${(n / createSecs).toFixed(0)}/s, 8 in flight, ${createRetries} retried on contention), no host alive yet`);
   const before = await ctx.coord.stats();
+  // Start from a settled mesh: every host alive and (with deltas) every host's
+  // view showing all of them. After many sessions open at once some leases
+  // expire and come back for a while; the events below measure one change in a
+  // settled mesh, and how long settling took is logged (not waited for longer than 60 s).
+  const tSettle = performance.now();
+  for (;;) {
+    const alive = await ctx.etcd.client.getAll().prefix(`/noid/v1/${keys.alivePrefix}`).count();
+    const n = fleet.hosts.length;
+    const viewsDone = !fleet.meshDeltas || fleet.hosts.every((h) => h.meshMembers === n);
+    const waited = performance.now() - tSettle;
+    if ((alive === n && viewsDone) || waited > 60_000) {
+      ctx.log(`mesh: ${alive === n && viewsDone ? "settled" : "NOT settled"} after ${(waited / 1000).toFixed(1)} s (${alive} of ${n} hosts alive${fleet.meshDeltas ? `, ${fleet.hosts.filter((h) => h.meshMembers === n).length} views showing all` : ""}); ${await ctx.liveness()}`);
+      break;
+    }
+    await sleep(250);
+  }
   const prof = profDir ? new WindowProfiler() : undefined;
   if (prof) await Promise.all([prof.start(), ctx.coord.profileStart()]);
   const t0 = performance.now();
@@ -455,9 +473,30 @@ async function grpcUnary(ctx: Ctx, s: BenchSizes): Promise<Figure[]> {
 }
 
 /** Figure 3: joins, key rotations and leaves in a mesh of simulated hosts. */
-async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Promise<Figure[]> {
+async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number, profDir?: string): Promise<Figure[]> {
   const { fleet } = ctx;
+  // Start from a settled mesh: every host alive and (with deltas) every host's
+  // view showing all of them. After many sessions open at once some leases
+  // expire and come back for a while; the events below measure one change in a
+  // settled mesh, and how long settling took is logged (not waited for longer than 60 s).
+  const tSettle = performance.now();
+  for (;;) {
+    const alive = await ctx.etcd.client.getAll().prefix(`/noid/v1/${keys.alivePrefix}`).count();
+    const n = fleet.hosts.length;
+    const viewsDone = !fleet.meshDeltas || fleet.hosts.every((h) => h.meshMembers === n);
+    const waited = performance.now() - tSettle;
+    if ((alive === n && viewsDone) || waited > 60_000) {
+      ctx.log(`mesh: ${alive === n && viewsDone ? "settled" : "NOT settled"} after ${(waited / 1000).toFixed(1)} s (${alive} of ${n} hosts alive${fleet.meshDeltas ? `, ${fleet.hosts.filter((h) => h.meshMembers === n).length} views showing all` : ""}); ${await ctx.liveness()}`);
+      break;
+    }
+    await sleep(250);
+  }
+  const prof = profDir ? new WindowProfiler() : undefined;
+  if (prof) await Promise.all([prof.start(), ctx.coord.profileStart()]);
   const samples: Record<"join" | "rotate" | "leave", number[]> = { join: [], rotate: [], leave: [] };
+  // A join's two parts: registering and opening the session (the host is alive
+  // from then), and from there until every other host's view shows it.
+  const joinParts = { open: [] as number[], spread: [] as number[] };
   // Every host but `except` must see a snapshot for which `ok` holds; resolves with the time of the last.
   const converge = (ok: (hasKey: (key: string) => boolean) => boolean, except: SimHost | undefined): Promise<number> => {
     const rest = fleet.hosts.filter((h) => h !== except && !gone.has(h));
@@ -496,7 +535,11 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
     const t0 = performance.now();
     await h.register();
     await h.connect();
-    samples.join.push((await timeout(done, "join")) - t0);
+    const tOpen = performance.now();
+    const joined = await timeout(done, "join");
+    samples.join.push(joined - t0);
+    joinParts.open.push(tOpen - t0);
+    joinParts.spread.push(Math.max(0, joined - tOpen));
     // Rotate: an existing host registers again with a new WireGuard key.
     const r = fleet.hosts[e % fleet.hosts.length]!;
     const next = wgKey();
@@ -540,9 +583,16 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
   } finally {
     await w.cancel();
   }
+  if (prof) {
+    const files = [await prof.stop(profDir!, "mesh-bench"), await ctx.coord.profileStop(profDir!, "mesh-coordinator")].filter((f) => f);
+    ctx.log(`mesh: profiles of the mesh events in ${files.join(", ")}${ctx.coord.inline ? " (coordinator inline: in the bench profile)" : ""}`);
+  }
   const all = [...samples.join, ...samples.rotate, ...samples.leave];
   const p = (xs: number[]) => `p50 ${percentile(xs, 50).toFixed(0)} / p99 ${percentile(xs, 99).toFixed(0)} ms`;
   const mode = `${fleet.meshDeltas ? `deltas (${fleet.meshResyncs} resyncs asked)` : "full snapshots"}, ${fleet.sessionsReopened} broken sessions reopened`;
+  const joinSplit = `join = register + session open ${p(joinParts.open)} then spread ${p(joinParts.spread)}`;
+  ctx.log(`mesh: ${joinSplit}`);
+  ctx.log(`mesh: each join ${samples.join.map((x) => x.toFixed(0)).join(" ")}; each rotation ${samples.rotate.map((x) => x.toFixed(0)).join(" ")} ms`);
   ctx.log(`mesh: join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)}; hosts took ${mode}; at the end ${await ctx.liveness()}`);
   return [
     figure({
@@ -554,7 +604,7 @@ async function meshConvergence(ctx: Ctx, s: BenchSizes, watchP99Ms: number): Pro
       target: 1000,
       targetOn: "value",
       direction: "max",
-      notes: `${fleet.hosts.length} hosts taking ${mode}; until every other host's view showed the change; join ${p(samples.join)}, rotate ${p(samples.rotate)}, leave ${p(samples.leave)} (leave timed from lease expiry); anchors: Kilo resyncs every 30 s, Nebula 60 s`,
+      notes: `${fleet.hosts.length} hosts taking ${mode}; until every other host's view showed the change; join ${p(samples.join)} (${joinSplit}), rotate ${p(samples.rotate)}, leave ${p(samples.leave)} (leave timed from lease expiry); anchors: Kilo resyncs every 30 s, Nebula 60 s`,
     }),
   ];
 }

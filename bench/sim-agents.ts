@@ -49,6 +49,8 @@ export class SimHost {
   key = wgKey();
   /** Mesh updates received (full snapshots and deltas). */
   meshSnapshots = 0;
+  /** With deltas: members in the host's current view (-1 before the first). */
+  meshMembers = -1;
   /**
    * Convergence probes: called after each mesh update with a test "does the
    * view show this WireGuard key"; a probe that returns true is removed.
@@ -220,6 +222,7 @@ export class SimHost {
     } else return;
     this.meshView = { version: u.version, snapshot };
     const members = snapshot.members;
+    this.meshMembers = members.length;
     this.probe((key) => members.some((m) => m.wireguardPublicKey === key), at);
   }
 

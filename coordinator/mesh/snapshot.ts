@@ -3,11 +3,11 @@
 // learns only those it carries itself, with the VMs every other host has in
 // them (for VXLAN FDB entries and guards).
 import { createHash } from "node:crypto";
-import { MeshMember, MeshNetwork, type MeshSnapshot } from "../../gen/noid/v1/agent.js";
+import { MeshMember, MeshNetwork, type MeshDelta, type MeshSnapshot } from "../../gen/noid/v1/agent.js";
 import type { Host } from "../../gen/noid/v1/host.js";
 import type { Network } from "../../gen/noid/v1/network.js";
 import { VmDesiredState, type Vm } from "../../gen/noid/v1/vm.js";
-import { compareMembers, compareNetworks, compareVms } from "../../common/mesh-delta.js";
+import { compareMembers, compareNetworks, compareVms, diffMesh } from "../../common/mesh-delta.js";
 
 export interface MeshInputs {
   /** Registered hosts with their liveness. */
@@ -74,7 +74,23 @@ export interface MeshView {
   parts: Map<string, { net: MeshNetwork; key: string }>;
 }
 
+// Members and their encodings are kept per host record (the informers keep a
+// record's object until it changes): a member that did not change is the same
+// object in every view, so diffs skip it at a glance and keys do not encode it
+// again (a 1,000-host view is rebuilt on every join, leave and liveness change).
+const members = new WeakMap<Host, MeshMember>();
+const encodings = new WeakMap<MeshMember, Uint8Array>();
+
 function memberOf(host: Host): MeshMember {
+  let m = members.get(host);
+  if (!m) {
+    m = memberOfUncached(host);
+    members.set(host, m);
+  }
+  return m;
+}
+
+function memberOfUncached(host: Host): MeshMember {
   return {
     hostId: host.id,
     name: host.name,
@@ -89,9 +105,16 @@ function memberOf(host: Host): MeshMember {
 // The canonical order mesh deltas keep (common/mesh-delta.ts): by name.
 const byName = compareMembers;
 
-function membersKey(members: MeshMember[]): string {
+function membersKey(list: MeshMember[]): string {
   const h = createHash("sha1");
-  for (const m of members) h.update(MeshMember.encode(m).finish());
+  for (const m of list) {
+    let b = encodings.get(m);
+    if (!b) {
+      b = MeshMember.encode(m).finish();
+      encodings.set(m, b);
+    }
+    h.update(b);
+  }
   return h.digest("base64");
 }
 
@@ -108,6 +131,18 @@ export function buildMeshView(inp: Omit<MeshInputs, "meshPrefixLen">): MeshView 
   };
 }
 
+/** `list` (sorted by name) with `m` in its place: a copy and a binary search, not a sort. */
+function insertSorted(list: MeshMember[], m: MeshMember): MeshMember[] {
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (byName(list[mid]!, m) < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return [...list.slice(0, lo), m, ...list.slice(lo)];
+}
+
 /** The snapshot for host `self` from a view, and a key equal exactly when two snapshots of the same prefix length are. */
 export function meshSnapshotFromView(self: string, v: MeshView, meshPrefixLen: number): { snapshot: MeshSnapshot; key: string } {
   let base = v.live;
@@ -115,7 +150,7 @@ export function meshSnapshotFromView(self: string, v: MeshView, meshPrefixLen: n
   const selfHost = v.hostsById.get(self);
   if (!v.liveIds.has(self) && selfHost && selfHost.meshIp !== "") {
     // A host not (yet) seen alive still sees itself.
-    base = [...v.live, memberOf(selfHost)].sort(byName);
+    base = insertSorted(v.live, memberOf(selfHost));
     baseKey = membersKey(base);
   }
   const mine = new Set([...(v.byHost.get(self)?.keys() ?? [])].filter((id) => v.networks.has(id)));
@@ -153,4 +188,33 @@ export function vmMeshKey(vm: Vm): string {
   const st = vm.status;
   if (!st?.hostId || !st.networkId || !st.mac || vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED) return "";
   return JSON.stringify([st.hostId, st.networkId, st.mac, st.ip, vm.spec?.networkGroup ?? "", vm.spec?.network === "isolated"]);
+}
+
+/**
+ * diffMesh(a, b), remembered by the identity of the two member lists (a
+ * delta depends only on them and b's prefix length): every host that carries
+ * no tenant network is sent the view's list itself, so a round over 1,000
+ * such sessions costs one diff instead of 1,000 walks over 1,000 members.
+ * Callers share the result and must not change it (they copy it to set their
+ * base version). Weak keys: lists no session holds any more are let go.
+ */
+export class MeshDiffMemo {
+  private readonly byBase = new WeakMap<readonly MeshMember[], WeakMap<readonly MeshMember[], MeshDelta>>();
+  /** Diffs computed (the rest were shared). */
+  computed = 0;
+
+  diff(a: MeshSnapshot, b: MeshSnapshot): MeshDelta {
+    let byNext = this.byBase.get(a.members);
+    if (!byNext) {
+      byNext = new WeakMap();
+      this.byBase.set(a.members, byNext);
+    }
+    let d = byNext.get(b.members);
+    if (!d || d.meshPrefixLen !== b.meshPrefixLen) {
+      d = diffMesh(a, b);
+      this.computed++;
+      byNext.set(b.members, d);
+    }
+    return d;
+  }
 }

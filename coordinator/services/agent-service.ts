@@ -48,7 +48,7 @@ import { type SecurityAudit, checkSecurityEvent } from "../security-events.js";
 import { MeshHealth } from "../mesh/health.js";
 import { PortSnapshot } from "../../gen/noid/v1/port.js";
 import type { PortFeed } from "../ports/port-feed.js";
-import { diffMesh, emptyDelta } from "../../common/mesh-delta.js";
+import { emptyDelta } from "../../common/mesh-delta.js";
 import type { MeshSnapshot } from "../../gen/noid/v1/agent.js";
 
 export interface AgentServiceDeps extends HandlerDeps {
@@ -712,7 +712,7 @@ class AgentSession implements ExecChannel {
     if (!this.meshDeltas) msg = { kind: { $case: "mesh", value: mesh } };
     else {
       const base = this.meshSent;
-      const delta = base ? { ...diffMesh(base, mesh), baseVersion: this.meshVersion } : undefined;
+      const delta = base ? { ...this.d.cluster.meshDiff(base, mesh), baseVersion: this.meshVersion } : undefined;
       if (delta && emptyDelta(delta) && delta.meshPrefixLen === base!.meshPrefixLen) return;
       this.meshSent = mesh;
       const version = ++this.meshVersion;

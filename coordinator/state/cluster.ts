@@ -10,8 +10,8 @@ import type { HostView } from "../scheduler/types.js";
 import { Informer } from "./informer.js";
 import { keys, lastSegment, netKeys } from "./keys.js";
 import { Network } from "../../gen/noid/v1/network.js";
-import type { MeshSnapshot } from "../../gen/noid/v1/agent.js";
-import { buildMeshView, hostMeshKey, meshSnapshotFromView, vmMeshKey, type MeshView } from "../mesh/snapshot.js";
+import type { MeshDelta, MeshSnapshot } from "../../gen/noid/v1/agent.js";
+import { buildMeshView, hostMeshKey, meshSnapshotFromView, MeshDiffMemo, vmMeshKey, type MeshView } from "../mesh/snapshot.js";
 import { dec } from "./codec.js";
 
 /** The least delay between a mesh-relevant change and the hosts' snapshots being recomputed. */
@@ -131,6 +131,12 @@ export class ClusterState {
   }
 
   private meshCache?: { version: string; view: MeshView };
+  private readonly meshDiffs = new MeshDiffMemo();
+
+  /** diffMesh(a, b), once for all sessions sent the same lists (MeshDiffMemo). */
+  meshDiff(a: MeshSnapshot, b: MeshSnapshot): MeshDelta {
+    return this.meshDiffs.diff(a, b);
+  }
 
   private meshView(): MeshView {
     const version = `${this.hosts.revision}/${this.alive.revision}/${this.networks.revision}/${this.vms.revision}/${this.resyncs}`;
@@ -159,7 +165,8 @@ export class ClusterState {
    * network, address; not phase or timestamps). Coalesced for all
    * subscribers together: one call each per burst, at least MESH_COALESCE_MS
    * after the first change and never sooner than the time the last
-   * round of calls took, so a large mesh cannot keep the process busy.
+   * round's calls ran (their CPU time, not the wall time between their
+   * slices), so a large mesh cannot keep the process more than half busy.
    */
   onMeshChange(f: () => void): () => void {
     this.meshSubs.add(f);
@@ -208,15 +215,20 @@ export class ClusterState {
     this.meshTimer = setTimeout(() => {
       void (async () => {
         this.meshRunning = true;
-        const t = performance.now();
         // In slices, yielding between them: with a thousand sessions one
         // round takes long, and etcd answers and heartbeats must get through.
+        // The next round waits as long as this one's slices ran (the time
+        // spent in them, not the time others ran between them: counting that
+        // made a loaded coordinator's rounds seconds apart).
+        let busy = 0;
         const subs = [...this.meshSubs];
         for (let i = 0; i < subs.length; i += MESH_SLICE) {
           if (i > 0) await new Promise((r) => setImmediate(r));
+          const t = performance.now();
           for (const f of subs.slice(i, i + MESH_SLICE)) if (this.meshSubs.has(f)) f();
+          busy += performance.now() - t;
         }
-        this.meshNextAt = Date.now() + (performance.now() - t);
+        this.meshNextAt = Date.now() + busy;
         // Changes during the round scheduled nothing (the timer was still set): run one more.
         this.meshRunning = false;
         this.meshTimer = undefined;

@@ -6,7 +6,8 @@
 // that changes a snapshot.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { buildMeshView, hostMeshKey, meshSnapshotFromView, vmMeshKey, type MeshInputs } from "../../coordinator/mesh/snapshot.js";
+import { buildMeshView, hostMeshKey, MeshDiffMemo, meshSnapshotFromView, vmMeshKey, type MeshInputs } from "../../coordinator/mesh/snapshot.js";
+import { applyMeshDelta, diffMesh } from "../../common/mesh-delta.js";
 import { MeshSnapshot } from "../../gen/noid/v1/agent.js";
 import { Host } from "../../gen/noid/v1/host.js";
 import { Network } from "../../gen/noid/v1/network.js";
@@ -65,6 +66,47 @@ describe("mesh view", () => {
       }),
       { numRuns: 500 },
     );
+  });
+
+  it("a remembered diff is the diff: every host's last snapshot moved to its next one, across a run of cluster states", () => {
+    fc.assert(
+      fc.property(fc.array(inputsArb, { minLength: 2, maxLength: 5 }), fc.constantFrom(16, 24), (states, lastLen) => {
+        const memo = new MeshDiffMemo();
+        const sent = new Map(HOSTS.map((h) => [h, meshSnapshotFromView(h, buildMeshView(states[0]!), 16).snapshot]));
+        states.slice(1).forEach((st, i) => {
+          // The last state also changes the prefix length: a remembered delta must not hide that.
+          const len = i === states.length - 2 ? lastLen : 16;
+          const view = buildMeshView(st);
+          for (const h of HOSTS) {
+            const next = meshSnapshotFromView(h, view, len).snapshot;
+            const d = memo.diff(sent.get(h)!, next);
+            expect(d).toEqual(diffMesh(sent.get(h)!, next));
+            expect(enc(applyMeshDelta(sent.get(h)!, d))).toBe(enc(next));
+            sent.set(h, next);
+          }
+        });
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it("hosts that carry no network share one diff per change, and unchanged members stay the same objects", () => {
+    const host = (id: number, key = "k") => Host.fromPartial({ id: `h${id}`, name: `h${id}`, address: "10.99.0.1", meshIp: `100.64.0.${id}`, wireguardPublicKey: key, wireguardPort: 51820 });
+    const hosts = Array.from({ length: 200 }, (_, i) => host(i));
+    const before = buildMeshView({ hosts: hosts.map((h) => ({ host: h, alive: true })), vms: [], networks: [] });
+    // h7 rotates its key (a new record); h9 leaves.
+    const rotated = hosts.map((h, i) => (i === 7 ? host(7, "k2") : h));
+    const after = buildMeshView({ hosts: rotated.map((h, i) => ({ host: h, alive: i !== 9 })), vms: [], networks: [] });
+    expect(after.live.find((m) => m.hostId === "h3")).toBe(before.live.find((m) => m.hostId === "h3"));
+    const memo = new MeshDiffMemo();
+    for (const h of hosts) {
+      const d = memo.diff(meshSnapshotFromView(h.id, before, 16).snapshot, meshSnapshotFromView(h.id, after, 16).snapshot);
+      if (h.id === "h9") continue; // h9 (no longer alive) still sees itself: its own lists
+      expect(d.upserted.map((m) => [m.hostId, m.wireguardPublicKey])).toEqual([["h7", "k2"]]);
+      expect(d.removedHostIds).toEqual(["h9"]);
+    }
+    // One diff for the 199 hosts that see the shared list, one for h9.
+    expect(memo.computed).toBe(2);
   });
 
   it("a change the mesh keys call irrelevant leaves every host's snapshot as it was", () => {
