@@ -225,22 +225,6 @@ async function placementThroughput(ctx: Ctx, s: BenchSizes, rawTxnPerSec: number
   const createRetries = ctx.apiRetries - retries0;
   ctx.log(`placement: ${n} VMs created through the API in ${createSecs.toFixed(1)} s (${(n / createSecs).toFixed(0)}/s, 8 in flight, ${createRetries} retried on contention), no host alive yet`);
   const before = await ctx.coord.stats();
-  // Start from a settled mesh: every host alive and (with deltas) every host's
-  // view showing all of them. After many sessions open at once some leases
-  // expire and come back for a while; the events below measure one change in a
-  // settled mesh, and how long settling took is logged (not waited for longer than 60 s).
-  const tSettle = performance.now();
-  for (;;) {
-    const alive = await ctx.etcd.client.getAll().prefix(`/noid/v1/${keys.alivePrefix}`).count();
-    const n = fleet.hosts.length;
-    const viewsDone = !fleet.meshDeltas || fleet.hosts.every((h) => h.meshMembers === n);
-    const waited = performance.now() - tSettle;
-    if ((alive === n && viewsDone) || waited > 60_000) {
-      ctx.log(`mesh: ${alive === n && viewsDone ? "settled" : "NOT settled"} after ${(waited / 1000).toFixed(1)} s (${alive} of ${n} hosts alive${fleet.meshDeltas ? `, ${fleet.hosts.filter((h) => h.meshMembers === n).length} views showing all` : ""}); ${await ctx.liveness()}`);
-      break;
-    }
-    await sleep(250);
-  }
   const prof = profDir ? new WindowProfiler() : undefined;
   if (prof) await Promise.all([prof.start(), ctx.coord.profileStart()]);
   const t0 = performance.now();
