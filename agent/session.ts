@@ -27,7 +27,7 @@ import {
   type AgentStreamOutput,
   type MeshUpdate,
 } from "../gen/noid/v1/agent.js";
-import { applyMeshDelta } from "../common/mesh-delta.js";
+import { MeshViewTracker } from "../common/mesh-delta.js";
 import type { DriverCapabilities, HostPosture, HostUsage } from "../gen/noid/v1/host.js";
 import type { PortReport, PortSnapshot } from "../gen/noid/v1/port.js";
 import type { AgentMigrationCommand, AgentMigrationResult } from "../gen/noid/v1/migration.js";
@@ -95,10 +95,8 @@ export class AgentSession {
   private condition: HostCondition | undefined;
   private portReport: PortReport | undefined;
   private renewedAt: number | undefined;
-  /** The mesh view of this stream so far and its version (deltas apply to it); reset per stream. */
-  private meshView: { version: number; snapshot: MeshSnapshot } | undefined;
-  /** A full mesh snapshot was asked for: deltas until it comes are dropped. */
-  private meshResyncing = false;
+  /** The mesh view of this stream so far (deltas apply to it, a gap asks for a full one); reset per stream. */
+  private readonly meshView = new MeshViewTracker();
 
   constructor(private readonly opts: AgentSessionOptions) {}
 
@@ -235,8 +233,7 @@ export class AgentSession {
     const stream = this.current.session(this.metadata());
     this.stream = stream;
     this.setState("streaming");
-    this.meshView = undefined;
-    this.meshResyncing = false;
+    this.meshView.reset();
     this.write({ kind: { $case: "hello", value: { hostId: reg.hostId, meshDeltas: this.opts.mesh !== undefined } } });
     if (this.condition) this.write({ kind: { $case: "hostCondition", value: this.condition } });
     if (this.portReport) this.write({ kind: { $case: "portReport", value: this.portReport } });
@@ -307,7 +304,7 @@ export class AgentSession {
         this.opts.exec?.cancel(k.value.execId);
         break;
       case "mesh":
-        this.meshView = undefined;
+        this.meshView.reset();
         if (this.id) this.opts.mesh?.setSnapshot(k.value, this.id);
         break;
       case "meshUpdate":
@@ -342,27 +339,11 @@ export class AgentSession {
 
   /** A full mesh snapshot or a delta to the last one: the mesh sink gets the whole view either way. */
   private meshUpdate(u: MeshUpdate): void {
-    let snapshot: MeshSnapshot;
-    if (u.kind?.$case === "full") {
-      snapshot = u.kind.value;
-      this.meshResyncing = false;
-    } else if (u.kind?.$case === "delta") {
-      if (this.meshResyncing) return;
-      const d = u.kind.value;
-      const have = this.meshView;
-      try {
-        if (!have || have.version !== d.baseVersion) throw new Error(`delta ${u.version} applies to version ${d.baseVersion}, this host holds ${have?.version ?? "none"}`);
-        snapshot = applyMeshDelta(have.snapshot, d);
-      } catch (e) {
-        this.opts.logger.warn({ err: errText(e) }, "mesh delta does not fit; asking for a full snapshot");
-        this.meshResyncing = true;
-        this.meshView = undefined;
-        this.write({ kind: { $case: "meshResync", value: { haveVersion: have?.version ?? 0, reason: errText(e).slice(0, 200) } } });
-        return;
-      }
-    } else return;
-    this.meshView = { version: u.version, snapshot };
-    if (this.id) this.opts.mesh?.setSnapshot(snapshot, this.id);
+    const r = this.meshView.take(u);
+    if (r.kind === "resync") {
+      this.opts.logger.warn({ err: r.reason }, "mesh delta does not fit; asking for a full snapshot");
+      this.write({ kind: { $case: "meshResync", value: { haveVersion: r.haveVersion, reason: r.reason } } });
+    } else if (r.kind === "snapshot" && this.id) this.opts.mesh?.setSnapshot(r.snapshot, this.id);
   }
 
   private write(req: SessionRequest): void {

@@ -9,7 +9,7 @@
 import { randomBytes } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import { AgentServiceService, SessionResponse, type MeshSnapshot, type MeshUpdate, type SessionRequest } from "../gen/noid/v1/agent.js";
-import { applyMeshDelta } from "../common/mesh-delta.js";
+import { MeshViewTracker } from "../common/mesh-delta.js";
 import { VmDesiredState, VmPhase, type Vm } from "../gen/noid/v1/vm.js";
 
 /** First byte of a SessionResponse whose oneof is `mesh` (field 7, length-delimited). */
@@ -56,9 +56,8 @@ export class SimHost {
    * view show this WireGuard key"; a probe that returns true is removed.
    */
   readonly meshProbes = new Set<(hasKey: (key: string) => boolean, at: number) => boolean>();
-  /** With deltas: the view so far and its version. */
-  private meshView?: { version: number; snapshot: MeshSnapshot };
-  private meshResyncing = false;
+  /** With deltas: the view so far (the agent's tracker). */
+  private readonly meshView = new MeshViewTracker();
   /** close() was called: no reopening. */
   private ended = false;
   /** Why the session broke (the bench does not reopen an established one). */
@@ -179,8 +178,7 @@ export class SimHost {
         }
       });
     });
-    this.meshView = undefined;
-    this.meshResyncing = false;
+    this.meshView.reset();
     stream.write({ kind: { $case: "hello", value: { hostId: this.hostId, meshDeltas: this.fleet.meshDeltas } } });
     // Spread heartbeats over the interval so they do not arrive in bursts.
     const every = this.fleet.heartbeatMs;
@@ -198,30 +196,18 @@ export class SimHost {
     for (const p of this.meshProbes) if (p(hasKey, at)) this.meshProbes.delete(p);
   }
 
-  /** As agent/session.ts does: apply a delta to the last view, or ask for a full one when it does not fit. */
+  /** With the agent's own tracker: apply a delta to the last view, or ask for a full one when it does not fit. */
   private onMeshUpdate(u: MeshUpdate): void {
     this.meshSnapshots++;
     const at = performance.now();
-    let snapshot: MeshSnapshot;
-    if (u.kind?.$case === "full") {
-      snapshot = u.kind.value;
-      this.meshResyncing = false;
-    } else if (u.kind?.$case === "delta") {
-      if (this.meshResyncing) return;
-      const have = this.meshView;
-      try {
-        if (have?.version !== u.kind.value.baseVersion) throw new Error(`delta for ${u.kind.value.baseVersion}, have ${have?.version ?? "none"}`);
-        snapshot = applyMeshDelta(have.snapshot, u.kind.value);
-      } catch (e) {
-        this.fleet.meshResyncs++;
-        this.meshResyncing = true;
-        this.meshView = undefined;
-        this.send({ kind: { $case: "meshResync", value: { haveVersion: have?.version ?? 0, reason: String(e) } } });
-        return;
-      }
-    } else return;
-    this.meshView = { version: u.version, snapshot };
-    const members = snapshot.members;
+    const r = this.meshView.take(u);
+    if (r.kind === "resync") {
+      this.fleet.meshResyncs++;
+      this.send({ kind: { $case: "meshResync", value: { haveVersion: r.haveVersion, reason: r.reason } } });
+      return;
+    }
+    if (r.kind !== "snapshot") return;
+    const members = r.snapshot.members;
     this.meshMembers = members.length;
     this.probe((key) => members.some((m) => m.wireguardPublicKey === key), at);
   }

@@ -17,6 +17,7 @@ import type {
   MeshNetwork,
   MeshNetworkVmsDelta,
   MeshSnapshot,
+  MeshUpdate,
   MeshVm,
 } from "../gen/noid/v1/agent.js";
 
@@ -217,4 +218,50 @@ export function applyMeshDelta(a: MeshSnapshot, d: MeshDelta): MeshSnapshot {
   }
   members = patchSorted(members, (m) => m.hostId, d.removedHostIds, d.upserted, compareMembers, "host");
   return { members, meshPrefixLen: d.meshPrefixLen };
+}
+
+/** What a host does with one MeshUpdate (MeshViewTracker.take). */
+export type MeshUpdateOutcome =
+  | { kind: "snapshot"; snapshot: MeshSnapshot }
+  /** The delta does not fit what this host holds: ask for a full snapshot (MeshResync). */
+  | { kind: "resync"; haveVersion: number; reason: string }
+  /** Nothing to do (a delta while a resync is pending, or an empty update). */
+  | { kind: "ignore" };
+
+/**
+ * A host's side of the delta protocol: the last view it holds, and whether it
+ * waits for a full snapshot after a gap. The agent's session and the bench's
+ * simulated hosts both use it, so the bench measures the agent's behaviour.
+ */
+export class MeshViewTracker {
+  private view: { version: number; snapshot: MeshSnapshot } | undefined;
+  private resyncing = false;
+
+  /** A new session (or a full snapshot outside the protocol): start from nothing. */
+  reset(): void {
+    this.view = undefined;
+    this.resyncing = false;
+  }
+
+  take(u: MeshUpdate): MeshUpdateOutcome {
+    let snapshot: MeshSnapshot;
+    if (u.kind?.$case === "full") {
+      snapshot = u.kind.value;
+      this.resyncing = false;
+    } else if (u.kind?.$case === "delta") {
+      if (this.resyncing) return { kind: "ignore" };
+      const d = u.kind.value;
+      const have = this.view;
+      try {
+        if (!have || have.version !== d.baseVersion) throw new MeshDeltaGap(`delta ${u.version} applies to version ${d.baseVersion}, this host holds ${have?.version ?? "none"}`);
+        snapshot = applyMeshDelta(have.snapshot, d);
+      } catch (e) {
+        this.resyncing = true;
+        this.view = undefined;
+        return { kind: "resync", haveVersion: have?.version ?? 0, reason: (e instanceof Error ? e.message : String(e)).slice(0, 200) };
+      }
+    } else return { kind: "ignore" };
+    this.view = { version: u.version, snapshot };
+    return { kind: "snapshot", snapshot };
+  }
 }

@@ -6,6 +6,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
+  MeshViewTracker,
   MEMBER_FIELDS,
   MeshDeltaGap,
   NETWORK_FIELDS,
@@ -234,6 +235,28 @@ describe("mesh deltas", () => {
         expect(enc(applyMeshDelta(a, wire(diffMesh(a, b))))).toBe(enc(b));
       }),
       { numRuns: 1000 },
+    );
+  });
+});
+
+describe("a host's mesh view tracker (agent and simulated hosts)", () => {
+  it("applies deltas to the last view, asks once for a full snapshot after a gap, drops deltas until it comes", () => {
+    fc.assert(
+      fc.property(snapArb, snapArb, snapArb, (a, b, c) => {
+        const t = new MeshViewTracker();
+        expect(t.take({ version: 1, kind: { $case: "full", value: a } })).toEqual({ kind: "snapshot", snapshot: a });
+        const ab = t.take({ version: 2, kind: { $case: "delta", value: { ...diffMesh(a, b), baseVersion: 1 } } });
+        expect(ab.kind === "snapshot" && MeshSnapshot.toJSON(ab.snapshot)).toEqual(MeshSnapshot.toJSON(b));
+        // Version 3 was lost: the delta for 4 does not fit.
+        const gap = t.take({ version: 4, kind: { $case: "delta", value: { ...diffMesh(b, c), baseVersion: 3 } } });
+        expect(gap).toMatchObject({ kind: "resync", haveVersion: 2 });
+        expect(t.take({ version: 5, kind: { $case: "delta", value: { ...diffMesh(b, c), baseVersion: 2 } } })).toEqual({ kind: "ignore" });
+        expect(t.take({ version: 6, kind: { $case: "full", value: c } })).toEqual({ kind: "snapshot", snapshot: c });
+        t.reset();
+        // A new stream: a delta before any full snapshot does not fit.
+        expect(t.take({ version: 7, kind: { $case: "delta", value: { ...diffMesh(c, a), baseVersion: 6 } } })).toMatchObject({ kind: "resync", haveVersion: 0 });
+      }),
+      { numRuns: 50 },
     );
   });
 });
