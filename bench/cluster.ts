@@ -4,6 +4,7 @@
 import { fork } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
+import { monitorEventLoopDelay, performance } from "node:perf_hooks";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Etcd3 } from "etcd3";
@@ -66,6 +67,28 @@ export interface CoordStats {
   heapUsed: number;
   placement: PlacementStats;
   cpu: { user: number; system: number };
+  /** The coordinator's event loop since the previous stats call: delay p99 and max (ms), utilisation (0..1). */
+  loop: LoopStats;
+}
+
+export interface LoopStats {
+  delayP99Ms: number;
+  delayMaxMs: number;
+  utilisation: number;
+}
+
+/** Event-loop delay and utilisation of this process, each read covering the time since the one before. */
+export function loopMonitor(): () => LoopStats {
+  const h = monitorEventLoopDelay({ resolution: 10 });
+  h.enable();
+  let elu = performance.eventLoopUtilization();
+  return () => {
+    const now = performance.eventLoopUtilization();
+    const r = { delayP99Ms: h.percentile(99) / 1e6, delayMaxMs: h.max / 1e6, utilisation: performance.eventLoopUtilization(now, elu).utilization };
+    elu = now;
+    h.reset();
+    return r;
+  };
 }
 
 export interface BenchCoordinator {
@@ -109,6 +132,7 @@ export async function startBenchCoordinator(o: CoordinatorOptions): Promise<Benc
   if (o.inline) {
     const { startCoordinator } = await import("../coordinator/server.js");
     const handle = await startCoordinator({ config: resolveConfig(cfg), logger: silentLogger() });
+    const loop = loopMonitor();
     return {
       address: handle.address,
       adminToken: readFileSync(handle.adminTokenFile, "utf8").trim(),
@@ -116,7 +140,7 @@ export async function startBenchCoordinator(o: CoordinatorOptions): Promise<Benc
       inline: true,
       async stats() {
         const mem = process.memoryUsage();
-        return { rss: mem.rss, heapUsed: mem.heapUsed, placement: { ...(handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }) }, cpu: process.cpuUsage() };
+        return { rss: mem.rss, heapUsed: mem.heapUsed, placement: { ...(handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }) }, cpu: process.cpuUsage(), loop: loop() };
       },
       profileStart: async () => undefined,
       profileStop: async () => "",

@@ -6,6 +6,7 @@ import { silentLogger } from "../common/logger.js";
 import { resolveConfig } from "../coordinator/config.js";
 import { startCoordinator } from "../coordinator/server.js";
 import { WindowProfiler } from "./window-prof.js";
+import { loopMonitor } from "./cluster.js";
 
 type Request = { id: number; type: "stats" | "stop" | "profStart" | "profStop"; dir?: string; name?: string };
 
@@ -14,6 +15,7 @@ async function main(): Promise<void> {
   const handle = await startCoordinator({ config, logger: silentLogger() });
   const adminToken = readFileSync(handle.adminTokenFile, "utf8").trim();
   const prof = new WindowProfiler();
+  const loop = loopMonitor();
   process.on("message", (m: Request) => {
     void (async () => {
       if (m.type === "profStart") {
@@ -24,7 +26,7 @@ async function main(): Promise<void> {
       } else if (m.type === "stats") {
         (globalThis as { gc?: () => void }).gc?.();
         const mem = process.memoryUsage();
-        process.send!({ id: m.id, rss: mem.rss, heapUsed: mem.heapUsed, placement: handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }, cpu: process.cpuUsage() });
+        process.send!({ id: m.id, rss: mem.rss, heapUsed: mem.heapUsed, placement: handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }, cpu: process.cpuUsage(), loop: loop() });
       } else if (m.type === "stop") {
         await handle.stop();
         process.send!({ id: m.id }, () => process.exit(0));

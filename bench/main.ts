@@ -17,17 +17,20 @@ async function main(): Promise<void> {
     .option("--fsync", "let etcd fsync (default: --unsafe-no-fsync, as the tests; a shared disk's fsync would be all we measure)")
     .option("--vms <n>", "VMs of the placement figure (default: 2000 quick, 10000 full)")
     .option("--hosts <n>", "simulated hosts of the main cluster")
+    .option("--create-rate <n>", "creates/s of the latency figure (default 200)")
     .option("--inline", "run the coordinator in this process (profile both with node --cpu-prof)")
     .option("--cpu-prof", "profile the coordinator (node --cpu-prof, into bench/prof/)")
     .option("--prof-placement <dir>", "profile the bench process and the coordinator during the placement phase only (sessions opening until every VM assigned)")
     .option("--prof-mesh <dir>", "profile the bench process and the coordinator during the mesh events only (joins, rotations, leaves)")
+    .option("--prof-latency <dir>", "profile the bench process and the coordinator during the creates of the latency figure")
     .option("--mesh-full", "simulated hosts take full mesh snapshots instead of deltas (as agents before deltas)")
     .parse();
-  const o = cmd.opts<{ quick?: boolean; only?: string; out: string; fsync?: boolean; cpuProf?: boolean; vms?: string; hosts?: string; inline?: boolean; profPlacement?: string; profMesh?: string; meshFull?: boolean }>();
+  const o = cmd.opts<{ quick?: boolean; only?: string; out: string; fsync?: boolean; cpuProf?: boolean; vms?: string; hosts?: string; createRate?: string; inline?: boolean; profPlacement?: string; profMesh?: string; profLatency?: string; meshFull?: boolean }>();
   const started = Date.now();
   const sizes = { ...(o.quick ? QUICK : FULL) };
   if (o.vms) sizes.placementVms = Number(o.vms);
   if (o.hosts) sizes.hosts = Number(o.hosts);
+  if (o.createRate) sizes.createRate = Number(o.createRate);
   const log = (s: string) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${s}\n`);
   log(`${o.quick ? "quick" : "full"} run on ${cpus().length} cores (${cpus()[0]?.model ?? "?"}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB, load ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
   const figs = await runBench({
@@ -39,6 +42,7 @@ async function main(): Promise<void> {
     ...(o.only ? { only: o.only.split(",") } : {}),
     ...(o.profPlacement ? { profPlacementDir: o.profPlacement } : {}),
     ...(o.profMesh ? { profMeshDir: o.profMesh } : {}),
+    ...(o.profLatency ? { profLatencyDir: o.profLatency } : {}),
     ...(o.cpuProf ? { coordinatorExecArgv: ["--cpu-prof", `--cpu-prof-dir=${join(root, "bench", "prof")}`] } : {}),
   });
   writeResults(figs, o.out);

@@ -84,6 +84,8 @@ export interface BenchOptions {
   profPlacementDir?: string;
   /** Profile the mesh events (joins, rotations, leaves) of the bench process and the coordinator into this directory. */
   profMeshDir?: string;
+  /** Profile the creates of the latency figure (bench process and coordinator) into this directory. */
+  profLatencyDir?: string;
   log?: (line: string) => void;
   /** Simulated hosts take full mesh snapshots (not deltas). */
   meshFull?: boolean;
@@ -172,7 +174,7 @@ export async function runBench(o: BenchOptions): Promise<Figure[]> {
       await fleet.connectAll(hosts);
       log(`${hosts.length} sessions open after ${((performance.now() - t) / 1000).toFixed(1)} s; ${await ctx.liveness()}`);
     }
-    if (want("create_latency")) figs.push(...(await createLatency(ctx, s, serial.p99Ms)));
+    if (want("create_latency")) figs.push(...(await createLatency(ctx, s, serial.p99Ms, o.profLatencyDir)));
     if (want("grpc_unary_qps")) figs.push(...(await grpcUnary(ctx, s)));
     if (want("mesh_convergence")) {
       t = performance.now();
@@ -275,7 +277,7 @@ async function placementThroughput(ctx: Ctx, s: BenchSizes, rawTxnPerSec: number
 }
 
 /** Figure 2 (and 4's writes per change): creates at a fixed rate, open loop. */
-async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number): Promise<Figure[]> {
+async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number, profDir?: string): Promise<Figure[]> {
   const { fleet } = ctx;
   const n = Math.round(s.createRate * s.createSeconds);
   const tenants = await ctx.tenantsFor(s.placementVms + n);
@@ -284,6 +286,7 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number): Prom
   const mine = tenants.slice(base).length > 0 ? tenants.slice(base) : tenants;
   const names = Array.from({ length: n }, (_, i) => `l-${i}`);
   const sched: number[] = [];
+  const answered = new Map<string, number>();
   const errors: string[] = [];
   // Which keys the writes touch, by their first segment (vms, assign, alloc, ...), for the log.
   const byPrefix = new Map<string, number>();
@@ -302,6 +305,17 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number): Prom
   });
   const rev0 = await ctx.etcd.revision();
   const m0 = await ctx.etcd.metrics();
+  const prof = profDir ? new WindowProfiler() : undefined;
+  // The coordinator's own cost with every host in session and nothing asked of it, for comparison.
+  if (prof) await ctx.coord.profileStart();
+  const i0 = await ctx.coord.stats();
+  const ti = performance.now();
+  await sleep(2000);
+  const c0 = await ctx.coord.stats();
+  if (prof) await ctx.coord.profileStop(profDir!, "idle-coordinator");
+  if (prof) await Promise.all([prof.start(), ctx.coord.profileStart()]);
+  const idleCpu = (c0.cpu.user + c0.cpu.system - i0.cpu.user - i0.cpu.system) / 1000 / (performance.now() - ti);
+  ctx.log(`latency: coordinator idle with ${fleet.hosts.length} hosts in session: CPU ${(idleCpu * 100).toFixed(0)}% of a core, event loop ${(c0.loop.utilisation * 100).toFixed(0)}% busy, delay p99 ${c0.loop.delayP99Ms.toFixed(1)} ms`);
   const t0 = performance.now() + 20;
   const calls: Promise<void>[] = [];
   for (let i = 0; i < n; i++) {
@@ -310,7 +324,7 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number): Prom
     if (wait > 1) await sleep(wait);
     sched.push(at);
     calls.push(
-      createOne(mine[i % mine.length]!, names[i]!, false).catch((e: Error) => {
+      createOne(mine[i % mine.length]!, names[i]!, false).then(() => void answered.set(names[i]!, performance.now() - at)).catch((e: Error) => {
         errors.push(e.message);
         throw e;
       }),
@@ -322,6 +336,15 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number): Prom
   const ok = names.filter((x) => !failed.has(x));
   if (ok.length === 0) throw new Error(`bench: every create failed, first: ${errors[0]}`);
   await until(() => ok.every((x) => fleet.times.running.has(x)), 300_000, "every VM RUNNING");
+  const c1 = await ctx.coord.stats();
+  const wall = performance.now() - t0;
+  ctx.log(
+    `latency: coordinator CPU ${(((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / wall) * 100).toFixed(0)}% of a core over ${(wall / 1000).toFixed(1)} s (${((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / n).toFixed(2)} ms per VM), event loop ${(c1.loop.utilisation * 100).toFixed(0)}% busy, delay p99 ${c1.loop.delayP99Ms.toFixed(1)} ms, max ${c1.loop.delayMaxMs.toFixed(1)} ms`,
+  );
+  if (prof) {
+    const files = [await prof.stop(profDir!, "latency-bench"), await ctx.coord.profileStop(profDir!, "latency-coordinator")].filter((f) => f);
+    ctx.log(`latency: profiles of the creates in ${files.join(", ")}${ctx.coord.inline ? " (coordinator inline: in the bench profile)" : ""}`);
+  }
   await sleep(300); // let the last writes land before counting them
   const rev1 = await ctx.etcd.revision();
   const m1 = await ctx.etcd.metrics();
@@ -329,11 +352,12 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number): Prom
   const idx = new Map(names.map((x, i) => [x, i]));
   const assigned = ok.map((x) => fleet.times.assigned.get(x)! - sched[idx.get(x)!]!);
   const running = ok.map((x) => fleet.times.running.get(x)! - sched[idx.get(x)!]!);
+  const api = ok.map((x) => answered.get(x)!);
   const writes = rev1 - rev0;
   const changes = 3 * ok.length; // created, assigned, RUNNING
   const puts = (m1.etcd_mvcc_put_total ?? 0) - (m0.etcd_mvcc_put_total ?? 0);
   ctx.log(
-    `latency: ${n} creates (${errors.length} failed) at ${s.createRate}/s: assigned p50 ${percentile(assigned, 50).toFixed(1)} p99 ${percentile(assigned, 99).toFixed(1)} ms; RUNNING p50 ${percentile(running, 50).toFixed(1)} p99 ${percentile(running, 99).toFixed(1)} ms; ${writes} etcd write txns, ${puts} keys put (${[...byPrefix].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(", ")})`,
+    `latency: ${n} creates (${errors.length} failed) at ${s.createRate}/s: API answered p50 ${percentile(api, 50).toFixed(1)} p99 ${percentile(api, 99).toFixed(1)} ms; assigned p50 ${percentile(assigned, 50).toFixed(1)} p99 ${percentile(assigned, 99).toFixed(1)} ms; RUNNING p50 ${percentile(running, 50).toFixed(1)} p99 ${percentile(running, 99).toFixed(1)} ms; ${writes} etcd write txns, ${puts} keys put (${[...byPrefix].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(", ")})`,
   );
   const sizes = await ctx.etcd.client.getAll().prefix("/noid/v1/vms/").buffers();
   const vmBytes = Object.values(sizes).reduce((a, b) => a + b.length, 0) / Math.max(1, Object.keys(sizes).length);
