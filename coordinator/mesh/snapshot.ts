@@ -144,7 +144,7 @@ function insertSorted(list: MeshMember[], m: MeshMember): MeshMember[] {
 }
 
 /** The snapshot for host `self` from a view, and a key equal exactly when two snapshots of the same prefix length are. */
-export function meshSnapshotFromView(self: string, v: MeshView, meshPrefixLen: number): { snapshot: MeshSnapshot; key: string } {
+export function meshSnapshotFromView(self: string, v: MeshView, meshPrefixLen: number): { snapshot: MeshSnapshot; key: string; networks: ReadonlySet<string> } {
   let base = v.live;
   let baseKey = v.liveKey;
   const selfHost = v.hostsById.get(self);
@@ -155,7 +155,7 @@ export function meshSnapshotFromView(self: string, v: MeshView, meshPrefixLen: n
   }
   const mine = new Set([...(v.byHost.get(self)?.keys() ?? [])].filter((id) => v.networks.has(id)));
   const h = createHash("sha1").update(`${meshPrefixLen}|${baseKey}`);
-  if (mine.size === 0) return { snapshot: { members: base, meshPrefixLen }, key: h.digest("base64") };
+  if (mine.size === 0) return { snapshot: { members: base, meshPrefixLen }, key: h.digest("base64"), networks: mine };
   const members = base.map((m) => {
     const nets = [...(v.byHost.get(m.hostId)?.entries() ?? [])]
       .filter(([netId]) => mine.has(netId))
@@ -175,7 +175,7 @@ export function meshSnapshotFromView(self: string, v: MeshView, meshPrefixLen: n
     for (const p of nets) h.update(`:${p.key}`);
     return { ...m, networks: nets.map((p) => p.net) };
   });
-  return { snapshot: { members, meshPrefixLen }, key: h.digest("base64") };
+  return { snapshot: { members, meshPrefixLen }, key: h.digest("base64"), networks: mine };
 }
 
 /** The fields of a host record a mesh snapshot shows. */

@@ -64,6 +64,12 @@ export function rejectedBy(host: HostView, vm: VmRequest): FilterName | undefine
   return FILTER_NAMES.find((name) => !PASSES[name](host, vm));
 }
 
+/** True when at least one host can take the VM (stops at the first). */
+export function anyHostFits(hosts: readonly HostView[], vm: VmRequest): boolean {
+  for (const host of hosts) if (rejectedBy(host, vm) === undefined) return true;
+  return false;
+}
+
 /**
  * Splits hosts into those that can take the VM (input order kept) and counts of
  * the rejected ones by filter name. Only filters that rejected something appear.

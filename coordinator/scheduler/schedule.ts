@@ -127,10 +127,11 @@ export class BatchScheduler {
     hosts: readonly HostView[],
     private readonly policy: Policy,
   ) {
-    this.current = hosts.map(cloneHost);
+    // applyPlacement derives a new view, so the input views are never changed: no copies.
+    this.current = [...hosts];
   }
 
-  /** The host views as the decisions so far left them (same order as given; not copies of the input). */
+  /** The host views as the decisions so far left them (same order as given; a host nothing was placed on is the input's view). */
   get hosts(): HostView[] {
     return this.current;
   }
@@ -174,5 +175,5 @@ export function scheduleBatch(
 ): { decisions: Decision[]; hosts: HostView[] } {
   const batch = new BatchScheduler(hosts, policy);
   const decisions = vms.map((vm) => batch.decide(vm));
-  return { decisions, hosts: batch.hosts };
+  return { decisions, hosts: batch.hosts.map(cloneHost) };
 }

@@ -309,6 +309,8 @@ class AgentSession implements ExecChannel {
   /** The last port snapshot sent (encoded); an empty one is sent too (it is "", so start elsewhere). */
   private lastPorts: string | undefined;
   private lastMesh = "";
+  /** The tenant networks of the last mesh view computed for this host. */
+  private meshNets: ReadonlySet<string> = new Set();
   private meshInFlight = false;
   private meshAgain = false;
   /** The agent takes mesh deltas (Hello.mesh_deltas): then the last view sent and its version. */
@@ -637,7 +639,11 @@ class AgentSession implements ExecChannel {
     // The mesh view: sent now and again whenever it changes (the cluster
     // coalesces changes for all sessions; sent only when different).
     this.sendMesh();
-    this.unsubMesh = this.d.cluster.onMeshChange(() => this.sendMesh());
+    this.unsubMesh = this.d.cluster.onMeshChange((c) => {
+      // A VM placed in a network this host neither carried in its last view nor carries now changes nothing for it.
+      if (!c.all && !this.meshTouches(c.networks)) return;
+      this.sendMesh();
+    });
     // Ports: the same way (its own snapshot, sent whole when it changes).
     if (this.d.ports) {
       this.sendPorts();
@@ -699,15 +705,22 @@ class AgentSession implements ExecChannel {
    * only what changed since the last update sent (numbered, so it can tell
    * a gap); others get the full snapshot every time.
    */
+  private meshTouches(changed: ReadonlySet<string>): boolean {
+    for (const id of this.meshNets) if (changed.has(id)) return true;
+    for (const id of this.d.cluster.meshNetworksOf(this.hostId)) if (changed.has(id)) return true;
+    return false;
+  }
+
   private sendMesh(): void {
     if (this.closed) return;
     if (this.meshInFlight) {
       this.meshAgain = true;
       return;
     }
-    const { snapshot: mesh, key } = this.d.cluster.meshWithKey(this.hostId, this.d.meshPrefixLen);
+    const { snapshot: mesh, key, networks } = this.d.cluster.meshWithKey(this.hostId, this.d.meshPrefixLen);
     if (key === this.lastMesh) return;
     this.lastMesh = key;
+    this.meshNets = networks;
     let msg: SessionResponse;
     if (!this.meshDeltas) msg = { kind: { $case: "mesh", value: mesh } };
     else {

@@ -17,7 +17,7 @@ import type { ClusterState } from "../state/cluster.js";
 import type { VmRepo } from "../state/vm-repo.js";
 import { checkVmRef, normalizeVmSpec } from "../validate.js";
 import type { Limits } from "../limits.js";
-import { filterHosts, unplacedReason } from "../scheduler/index.js";
+import { anyHostFits, filterHosts, unplacedReason } from "../scheduler/index.js";
 import { requestOf } from "../controllers/placement.js";
 import { Role } from "../../gen/noid/v1/auth.js";
 import { missingCapability } from "../lifecycle/lifecycle.js";
@@ -56,8 +56,8 @@ export function vmService(d: VmServiceDeps): VmServiceServer {
       // The VM is kept either way; tell the caller now if nothing can take it.
       const hosts = d.cluster.hostViews();
       const ask = requestOf(created.vm);
-      const fit = filterHosts(hosts, ask);
-      if (fit.fit.length === 0) {
+      if (!anyHostFits(hosts, ask)) {
+        const fit = filterHosts(hosts, ask);
         throw exhausted(`${unplacedReason(hosts, ask, fit.filtered)}; VM "${name}" is kept PENDING and placed when capacity appears`);
       }
       return { vm: created.vm };

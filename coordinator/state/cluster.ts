@@ -19,6 +19,12 @@ const MESH_COALESCE_MS = 20;
 /** Sessions handed their new snapshot between two yields to the event loop. */
 const MESH_SLICE = 50;
 
+/** What a mesh round covers: every host's view, or those of the hosts carrying one of `networks`. */
+export interface MeshChange {
+  all: boolean;
+  networks: ReadonlySet<string>;
+}
+
 export class ClusterState {
   readonly vms: Informer<Vm>;
   readonly hosts: Informer<Host>;
@@ -36,7 +42,24 @@ export class ClusterState {
     this.alive = new Informer(store, keys.alivePrefix, (b) => b, logger);
     this.alloc = new Informer(store, keys.allocPrefix, (b) => dec(AllocationRecord, b), logger);
     this.networks = new Informer(store, netKeys.networksPrefix, (b) => dec(Network, b), logger);
+    // A host's scheduler view changes only with its record, its allocation or its liveness.
+    const stale = (key: string) => {
+      this.viewOf.delete(lastSegment(key));
+      this.viewList = undefined;
+    };
+    const all = () => {
+      this.viewOf.clear();
+      this.viewList = undefined;
+    };
+    for (const inf of [this.hosts, this.alloc, this.alive] as Informer<unknown>[]) {
+      inf.onChange((ch) => stale(ch.type === "put" ? ch.entry.key : ch.key));
+      inf.onResync(all);
+    }
   }
+
+  /** Each host's scheduler view, built once per change of its record, allocation or liveness. */
+  private readonly viewOf = new Map<string, HostView>();
+  private viewList: readonly HostView[] | undefined;
 
   async start(): Promise<void> {
     await Promise.all([this.vms.start(), this.hosts.start(), this.alive.start(), this.alloc.start(), this.networks.start()]);
@@ -83,26 +106,44 @@ export class ClusterState {
     return e ? this.hostForApi(e.value) : undefined;
   }
 
-  /** The scheduler's input. */
-  hostViews(): HostView[] {
-    return this.hosts.values().map(({ value: h }) => {
-      const a = this.allocationOf(h.id).record;
-      const cap = h.capacity ?? { vcpus: 0, memoryMb: 0, diskGb: 0 };
-      const al = a?.allocated ?? { vcpus: 0, memoryMb: 0, diskGb: 0 };
-      return {
-        id: h.id,
-        name: h.name,
-        labels: h.labels,
-        drivers: h.drivers,
-        capacity: { vcpus: cap.vcpus, memoryMb: cap.memoryMb, diskGb: cap.diskGb },
-        allocated: { vcpus: al.vcpus, memoryMb: al.memoryMb, diskGb: al.diskGb },
-        vmCount: a?.vmCount ?? 0,
-        cordoned: h.cordoned,
-        postureBlocked: (this.opts.requirePosture ?? false) && !(h.posture?.ok ?? false),
-        ready: this.isAlive(h.id),
-        groups: { ...(a?.groups ?? {}) },
-        networks: { ...(a?.networks ?? {}) },
-      };
+  /**
+   * The scheduler's input: one view per registered host. Kept between calls
+   * (a host's view is rebuilt only when its record, allocation or liveness
+   * changed), so the views are frozen: callers derive new ones
+   * (applyPlacement) instead of changing them.
+   */
+  hostViews(): readonly HostView[] {
+    if (this.viewList) return this.viewList;
+    const list: HostView[] = [];
+    for (const { value: h } of this.hosts.values()) {
+      let v = this.viewOf.get(h.id);
+      if (!v) {
+        v = this.buildView(h);
+        this.viewOf.set(h.id, v);
+      }
+      list.push(v);
+    }
+    this.viewList = Object.freeze(list);
+    return this.viewList;
+  }
+
+  private buildView(h: Host): HostView {
+    const a = this.allocationOf(h.id).record;
+    const cap = h.capacity ?? { vcpus: 0, memoryMb: 0, diskGb: 0 };
+    const al = a?.allocated ?? { vcpus: 0, memoryMb: 0, diskGb: 0 };
+    return Object.freeze({
+      id: h.id,
+      name: h.name,
+      labels: Object.freeze({ ...h.labels }),
+      drivers: Object.freeze([...h.drivers]) as string[],
+      capacity: Object.freeze({ vcpus: cap.vcpus, memoryMb: cap.memoryMb, diskGb: cap.diskGb }),
+      allocated: Object.freeze({ vcpus: al.vcpus, memoryMb: al.memoryMb, diskGb: al.diskGb }),
+      vmCount: a?.vmCount ?? 0,
+      cordoned: h.cordoned,
+      postureBlocked: (this.opts.requirePosture ?? false) && !(h.posture?.ok ?? false),
+      ready: this.isAlive(h.id),
+      groups: Object.freeze({ ...(a?.groups ?? {}) }),
+      networks: Object.freeze({ ...(a?.networks ?? {}) }),
     });
   }
 
@@ -125,12 +166,18 @@ export class ClusterState {
    * of the informers, not once per host: a burst of changes costs one pass
    * over the cluster plus, per host, only the networks it carries.
    */
-  meshWithKey(hostId: string, meshPrefixLen: number): { snapshot: MeshSnapshot; key: string } {
+  meshWithKey(hostId: string, meshPrefixLen: number): { snapshot: MeshSnapshot; key: string; networks: ReadonlySet<string> } {
     const view = this.meshView();
     return meshSnapshotFromView(hostId, view, meshPrefixLen);
   }
 
+  /** The tenant networks host `hostId` carries now (those it has VMs in). */
+  meshNetworksOf(hostId: string): Iterable<string> {
+    return this.meshView().byHost.get(hostId)?.keys() ?? [];
+  }
+
   private meshCache?: { version: string; view: MeshView };
+  private roundView?: MeshView;
   private readonly meshDiffs = new MeshDiffMemo();
 
   /** diffMesh(a, b), once for all sessions sent the same lists (MeshDiffMemo). */
@@ -139,6 +186,9 @@ export class ClusterState {
   }
 
   private meshView(): MeshView {
+    // During a round every session is given the view the round began with
+    // (changes meanwhile run another round, which covers them).
+    if (this.roundView) return this.roundView;
     const version = `${this.hosts.revision}/${this.alive.revision}/${this.networks.revision}/${this.vms.revision}/${this.resyncs}`;
     if (this.meshCache?.version === version) return this.meshCache.view;
     const view = buildMeshView({
@@ -151,7 +201,9 @@ export class ClusterState {
   }
 
   private resyncs = 0;
-  private readonly meshSubs = new Set<() => void>();
+  private readonly meshSubs = new Set<(c: MeshChange) => void>();
+  /** What changed since the last round began. */
+  private meshPending: { all: boolean; networks: Set<string> } = { all: false, networks: new Set() };
   private meshTimer?: NodeJS.Timeout;
   private meshNextAt = 0;
   /** A change arrived while a round was running. */
@@ -167,28 +219,40 @@ export class ClusterState {
    * after the first change and never sooner than the time the last
    * round's calls ran (their CPU time, not the wall time between their
    * slices), so a large mesh cannot keep the process more than half busy.
+   * `f` is told what the round covers: every host (members, liveness,
+   * resyncs) or only the hosts that carry one of the networks named (a VM
+   * placed, moved or removed, a network record), so the sessions of hosts
+   * that carry none of them need not compute their view at all.
    */
-  onMeshChange(f: () => void): () => void {
+  onMeshChange(f: (c: MeshChange) => void): () => void {
     this.meshSubs.add(f);
     if (!this.meshUnwatch) {
-      const bump = () => this.meshChanged();
+      const all = () => {
+        this.meshPending.all = true;
+        this.meshChanged();
+      };
+      const nets = (...ids: string[]) => {
+        for (const id of ids) if (id !== "") this.meshPending.networks.add(id);
+        this.meshChanged();
+      };
       const offs = [
         this.hosts.onChange((c) => {
-          if (c.type === "delete" || !c.prev || hostMeshKey(c.prev.value) !== hostMeshKey(c.entry.value)) bump();
+          if (c.type === "delete" || !c.prev || hostMeshKey(c.prev.value) !== hostMeshKey(c.entry.value)) all();
         }),
         this.alive.onChange((c) => {
-          if (c.type === "delete" || !c.prev) bump();
+          if (c.type === "delete" || !c.prev) all();
         }),
-        this.networks.onChange(bump),
+        this.networks.onChange((c) => nets(lastSegment(c.type === "put" ? c.entry.key : c.key))),
         this.vms.onChange((c) => {
           const before = c.prev ? vmMeshKey(c.prev.value) : "";
           const now = c.type === "put" ? vmMeshKey(c.entry.value) : "";
-          if (before !== now) bump();
+          if (before === now) return;
+          nets(before === "" ? "" : (c.prev!.value.status?.networkId ?? ""), now === "" || c.type !== "put" ? "" : (c.entry.value.status?.networkId ?? ""));
         }),
         ...[this.hosts, this.alive, this.networks, this.vms].map((i) =>
           i.onResync(() => {
             this.resyncs++;
-            bump();
+            all();
           }),
         ),
       ];
@@ -222,12 +286,19 @@ export class ClusterState {
         // made a loaded coordinator's rounds seconds apart).
         let busy = 0;
         const subs = [...this.meshSubs];
+        const change = this.meshPending;
+        this.meshPending = { all: false, networks: new Set() };
+        const t0 = performance.now();
+        this.roundView = undefined;
+        this.roundView = this.meshView();
+        busy += performance.now() - t0;
         for (let i = 0; i < subs.length; i += MESH_SLICE) {
           if (i > 0) await new Promise((r) => setImmediate(r));
           const t = performance.now();
-          for (const f of subs.slice(i, i + MESH_SLICE)) if (this.meshSubs.has(f)) f();
+          for (const f of subs.slice(i, i + MESH_SLICE)) if (this.meshSubs.has(f)) f(change);
           busy += performance.now() - t;
         }
+        this.roundView = undefined;
         this.meshNextAt = Date.now() + busy;
         // Changes during the round scheduled nothing (the timer was still set): run one more.
         this.meshRunning = false;

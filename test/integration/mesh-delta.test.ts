@@ -37,6 +37,19 @@ describe("mesh deltas", () => {
       await converged("VMs placed", [d1, d2, f3]);
       expect(d1.mesh!.members.find((m) => m.name === "d2")!.networks[0]!.vms.map((v) => v.vmId)).toEqual([x2.id]);
 
+      // A VM in a network only f3 carries: f3's view changes, d1's and d2's do not (they are sent nothing).
+      await admin.createNetwork("other", { cidr: "10.77.0.0/24" });
+      const [n1, n2] = [d1.meshUpdates.length, d2.meshUpdates.length];
+      await admin.createVm("y1", { vcpus: 1, memoryMb: 64, host: "f3", network: "other" });
+      await eventually(() => (f3.mesh?.members.find((m) => m.name === "f3")?.networks.length ?? 0) === 2, 15_000, "y1 in f3's view");
+      await converged("y1 placed", [d1, d2, f3]);
+      expect([d1.meshUpdates.length, d2.meshUpdates.length]).toEqual([n1, n2]);
+      // Then one on d1: d1 now carries "other" too and sees f3's y1 in it (it did not carry it before the change).
+      await admin.createVm("y2", { vcpus: 1, memoryMb: 64, host: "d1", network: "other" });
+      await eventually(() => (d1.mesh?.members.find((m) => m.name === "f3")?.networks.length ?? 0) === 2, 15_000, "y1 in d1's view");
+      await converged("y2 placed", [d1, d2, f3]);
+      expect(d2.meshUpdates.length).toBe(n2);
+
       await admin.destroyVm("x2");
       await eventually(() => d1.mesh?.members.find((m) => m.name === "d2")?.networks.length === 0, 15_000, "x2 gone from d1's view");
       await converged("x2 destroyed");
