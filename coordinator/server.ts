@@ -212,6 +212,9 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
   try {
     const tokens = new TokenStore(store, clock, cfg.auth.token_rotation_overlap_seconds);
     const adminTokenFile = await bootstrapAdmin(tokens, cfg.state_dir, logger);
+    // Calls are authenticated from a watched copy of the token records (no etcd read per call).
+    await tokens.startCache(logger.child({ component: "tokens" }));
+    cleanups.push(() => tokens.stopCache());
     // Seals TOTP secrets in etcd; replicas share the key file like admin.token (deploy/ha.md).
     const secretBox = loadOrCreateSecretBox(cfg.state_dir, (path) => logger.info({ path }, "secrets key created"));
     const audit = new AuditLog(store, clock, cfg.logging.audit);
@@ -259,7 +262,10 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     cleanups.push(async () => security.stop());
     const server = new grpc.Server({ "grpc.keepalive_time_ms": 20_000, "grpc.keepalive_timeout_ms": 10_000, "grpc.keepalive_permit_without_calls": 1 });
     const users = new UserRepo(store, clock, secretBox);
-    const sshKeysOf = async (user: string) => (await users.listSshKeys(user)).map((k) => k.publicKey);
+    // Snapshotted into every VM created: from a watched copy, not an etcd read per create.
+    await users.startSshKeyCache(logger.child({ component: "ssh-keys" }));
+    cleanups.push(() => users.stopSshKeyCache());
+    const sshKeysOf = async (user: string) => users.sshKeysFor(user);
     server.addService(VmServiceService, vmService({ ...base, repo: vms, cluster, limits: () => cfg.limits, sshKeysOf }));
     server.addService(MeshServiceService, meshService({ ...base, cluster, meshPrefixLen: meshCidr.prefix }));
     const hostUsage = new HostUsageStore();

@@ -13,6 +13,8 @@ import { dec, enc } from "../state/codec.js";
 import type { Principal } from "./authorize.js";
 import type { Authenticator } from "../grpc/handler.js";
 import { isWellFormedSecret, newSecret, sha256Hex, tokenId } from "./secret.js";
+import type { Logger } from "pino";
+import { Informer } from "../state/informer.js";
 
 export interface TokenEntry {
   hash: string;
@@ -44,12 +46,38 @@ export function isExpired(r: TokenRecord, now: Date): boolean {
 }
 
 export class TokenStore implements Authenticator {
+  /**
+   * The token records, kept by a watch (startCache): a call is authenticated
+   * without a read from etcd. Records are hashes, never secrets. A hash the
+   * copy does not hold is read from etcd (a token just made on another
+   * replica); this replica's own revocations are applied to the copy before
+   * they return (settled), another replica's within the watch delay.
+   */
+  private cache?: Informer<TokenRecord>;
+
   constructor(
     private readonly store: Store,
     private readonly clock: Clock = { now: () => new Date() },
     /** How long a rotated-away secret keeps working. */
     private readonly overlapSeconds = 60,
   ) {}
+
+  async startCache(logger: Logger): Promise<void> {
+    const c = new Informer(this.store, keys.tokensPrefix, (b) => dec(TokenRecord, b), logger);
+    await c.start();
+    this.cache = c;
+  }
+
+  async stopCache(): Promise<void> {
+    const c = this.cache;
+    this.cache = undefined;
+    await c?.stop();
+  }
+
+  /** Returns once the cached copy holds the writes up to `revision` (bounded: etcd may be slow; then the copy catches up on its own). */
+  async settled(revision: number): Promise<void> {
+    await this.cache?.waitFor(revision, 2000).catch(() => undefined);
+  }
 
   async authenticate(metadata: Metadata, _peer: string): Promise<Principal> {
     const raw = metadata.get("authorization")[0];
@@ -61,9 +89,13 @@ export class TokenStore implements Authenticator {
     if (!isWellFormedSecret(secret)) throw new AuthFailure("malformed", "malformed bearer token");
     // Looking the record up by the secret's hash is the comparison: etcd
     // never sees the secret and the hash is compared inside etcd's index.
-    const kv = await this.store.get(keys.token(sha256Hex(secret)));
-    if (!kv) throw new AuthFailure("unknown", INVALID);
-    const rec = dec(TokenRecord, kv.value);
+    const key = keys.token(sha256Hex(secret));
+    let rec = this.cache?.get(key)?.value;
+    if (!rec) {
+      const kv = await this.store.get(key);
+      if (!kv) throw new AuthFailure("unknown", INVALID);
+      rec = dec(TokenRecord, kv.value);
+    }
     if (isExpired(rec, this.clock.now())) throw new AuthFailure("expired", INVALID);
     return { user: rec.user, role: rec.role, tokenId: rec.successorId || rec.id, tokenName: rec.name };
   }
@@ -111,6 +143,7 @@ export class TokenStore implements Authenticator {
       [{ type: "put", key: keys.token(hash), value: enc(TokenRecord, record) }, ...(input.extraOps ?? [])],
     );
     if (!r.succeeded) throw new NoidError("CONFLICT", `creating token "${input.name}": a concurrent change; retry`);
+    await this.settled(r.revision);
     return { secret, record };
   }
 
@@ -129,7 +162,8 @@ export class TokenStore implements Authenticator {
   /** Deletes the token and any rotated-away secret of it still in its overlap, at once. */
   async revoke(entry: TokenEntry, extraOps: Op[] = []): Promise<void> {
     const all = await this.secretsOf(entry);
-    await this.store.txn([], [...all.map((t): Op => ({ type: "delete", key: keys.token(t.hash) })), ...extraOps]);
+    const r = await this.store.txn([], [...all.map((t): Op => ({ type: "delete", key: keys.token(t.hash) })), ...extraOps]);
+    if (all.length > 0) await this.settled(r.revision);
   }
 
   /**
@@ -159,6 +193,7 @@ export class TokenStore implements Authenticator {
       ],
     );
     if (!r.succeeded) throw new NoidError("CONFLICT", `token "${entry.record.name}" changed while rotating; retry`);
+    await this.settled(r.revision);
     return { secret, record, oldExpiresAt: this.overlapSeconds > 0 ? oldExpiresAt : now };
   }
 

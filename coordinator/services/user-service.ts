@@ -92,7 +92,10 @@ export function userService(d: UserServiceDeps): UserServiceServer {
       allow(ctx.principal, "user.delete");
       const name = checkName("name", req.name);
       const cur = await load(name);
-      await d.users.delete(cur, { event: "user.delete", user: ctx.principal.user, detail: `user ${name}`, peer: ctx.peer }, await d.tokens.sessionDeletes(name));
+      // The user's sessions end with it, on this replica before the call returns.
+      const ends = await d.tokens.sessionDeletes(name);
+      const rev = await d.users.delete(cur, { event: "user.delete", user: ctx.principal.user, detail: `user ${name}`, peer: ctx.peer }, ends);
+      if (ends.length > 0) await d.tokens.settled(rev);
       return {};
     }),
 
@@ -106,7 +109,9 @@ export function userService(d: UserServiceDeps): UserServiceServer {
         if (!(await verifyPassword(cur.record.passwordHash, req.currentPassword))) throw denied("current_password does not match");
       }
       const rec: UserRecord = { ...cur.record, passwordHash: await hashPassword(next), passwordChangedAt: d.clock.now() };
-      await d.users.update(cur, rec, { event: "user.password", user: ctx.principal.user, detail: `password of ${name} changed; sessions ended`, peer: ctx.peer }, await d.tokens.sessionDeletes(name));
+      const ends = await d.tokens.sessionDeletes(name);
+      const rev = await d.users.update(cur, rec, { event: "user.password", user: ctx.principal.user, detail: `password of ${name} changed; sessions ended`, peer: ctx.peer }, ends);
+      if (ends.length > 0) await d.tokens.settled(rev);
       return {};
     }),
 
@@ -115,7 +120,9 @@ export function userService(d: UserServiceDeps): UserServiceServer {
       const cur = await load(name);
       const password = generatePassword();
       const rec: UserRecord = { ...cur.record, passwordHash: await hashPassword(password), passwordChangedAt: d.clock.now() };
-      await d.users.update(cur, rec, { event: "user.password_rotate", user: ctx.principal.user, detail: `password of ${name} rotated; sessions ended`, peer: ctx.peer }, await d.tokens.sessionDeletes(name));
+      const ends = await d.tokens.sessionDeletes(name);
+      const rev = await d.users.update(cur, rec, { event: "user.password_rotate", user: ctx.principal.user, detail: `password of ${name} rotated; sessions ended`, peer: ctx.peer }, ends);
+      if (ends.length > 0) await d.tokens.settled(rev);
       return { password };
     }),
 

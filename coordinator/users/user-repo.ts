@@ -7,6 +7,10 @@ import type { Op, Store } from "../store/store.js";
 import { dec, enc } from "../state/codec.js";
 import { auditPut, type AuditInput } from "../audit-log.js";
 import { SecretBox } from "./secret-box.js";
+import type { Logger } from "pino";
+import { Informer } from "../state/informer.js";
+
+const byAdded = (a: SshKeyRecord, b: SshKeyRecord) => (a.addedAt?.getTime() ?? 0) - (b.addedAt?.getTime() ?? 0);
 
 export const userKeys = {
   user: (name: string) => `users/${name}`,
@@ -14,6 +18,7 @@ export const userKeys = {
   /** SshKeyRecord; id = sha256 hex of the key blob. */
   sshKey: (user: string, id: string) => `sshkeys/${user}/${id}`,
   sshKeysPrefix: (user: string) => `sshkeys/${user}/`,
+  sshKeysAll: "sshkeys/",
 } as const;
 
 export interface Clock {
@@ -105,7 +110,7 @@ export class UserRepo {
   }
 
   /** Writes `next` if the record is still the one read; CONFLICT otherwise (the caller read stale data). */
-  async update(cur: StoredUser, next: UserRecord, audit: AuditFields | undefined, extraOps: Op[] = []): Promise<void> {
+  async update(cur: StoredUser, next: UserRecord, audit: AuditFields | undefined, extraOps: Op[] = []): Promise<number> {
     if (cur.sealError) throw cur.sealError;
     const key = userKeys.user(cur.record.name);
     const r = await this.store.txn(
@@ -113,20 +118,66 @@ export class UserRepo {
       [{ type: "put", key, value: this.encode(next) }, ...extraOps, ...(audit ? [this.audit(audit)] : [])],
     );
     if (!r.succeeded) throw new NoidError("CONFLICT", `user "${cur.record.name}" changed concurrently; retry`);
+    return r.revision;
   }
 
-  async delete(cur: StoredUser, audit: AuditFields, extraOps: Op[] = []): Promise<void> {
+  /** Returns the revision written. */
+  async delete(cur: StoredUser, audit: AuditFields, extraOps: Op[] = []): Promise<number> {
     const key = userKeys.user(cur.record.name);
     const r = await this.store.txn(
       [{ key, target: "mod", op: "==", value: cur.modRevision }],
       [{ type: "delete", key }, { type: "deletePrefix", prefix: userKeys.sshKeysPrefix(cur.record.name) }, ...extraOps, this.audit(audit)],
     );
     if (!r.succeeded) throw new NoidError("CONFLICT", `user "${cur.record.name}" changed concurrently; retry`);
+    return r.revision;
+  }
+
+  /** The SSH key records, kept by a watch (startSshKeyCache); this repository's own writes are in it before they return. */
+  private keyCache?: Informer<SshKeyRecord>;
+  /** Per user: the public keys in the order added, from the copy (dropped when one of theirs changes). */
+  private readonly keysOf = new Map<string, string[]>();
+
+  async startSshKeyCache(logger: Logger): Promise<void> {
+    const c = new Informer(this.store, userKeys.sshKeysAll, (b) => dec(SshKeyRecord, b), logger);
+    const drop = (key: string) => this.keysOf.delete(key.split("/")[1] ?? "");
+    c.onChange((ch) => drop(ch.type === "put" ? ch.entry.key : ch.key));
+    c.onResync(() => this.keysOf.clear());
+    await c.start();
+    this.keysOf.clear();
+    this.keyCache = c;
+  }
+
+  async stopSshKeyCache(): Promise<void> {
+    const c = this.keyCache;
+    this.keyCache = undefined;
+    await c?.stop();
+  }
+
+  private async settled(revision: number): Promise<void> {
+    await this.keyCache?.waitFor(revision, 2000).catch(() => undefined);
+  }
+
+  /** The public keys of `user`, oldest first (from the copy when there is one). */
+  async sshKeysFor(user: string): Promise<string[]> {
+    const c = this.keyCache;
+    if (!c) return (await this.listSshKeys(user)).map((k) => k.publicKey);
+    let got = this.keysOf.get(user);
+    if (!got) {
+      const prefix = userKeys.sshKeysPrefix(user);
+      got = c
+        .values()
+        .filter((e) => e.key.startsWith(prefix))
+        .map((e) => e.value)
+        .sort(byAdded)
+        .map((k) => k.publicKey);
+      this.keysOf.set(user, got);
+    }
+    return [...got];
   }
 
   async listSshKeys(user: string): Promise<SshKeyRecord[]> {
     const r = await this.store.list(userKeys.sshKeysPrefix(user));
-    return r.kvs.map((kv) => dec(SshKeyRecord, kv.value)).sort((a, b) => (a.addedAt?.getTime() ?? 0) - (b.addedAt?.getTime() ?? 0));
+    return r.kvs.map((kv) => dec(SshKeyRecord, kv.value)).sort(byAdded);
   }
 
   /** Adds a key once; the count limit is checked against what was read (a race may add one extra, which is harmless). */
@@ -136,11 +187,13 @@ export class UserRepo {
     const key = userKeys.sshKey(user, id);
     const r = await this.store.txn([{ key, target: "create", op: "==", value: 0 }], [{ type: "put", key, value: enc(SshKeyRecord, rec) }, this.audit(audit)]);
     if (!r.succeeded) throw alreadyExists(`SSH key ${rec.fingerprint} of user ${user}`);
+    await this.settled(r.revision);
   }
 
   async removeSshKey(user: string, id: string, fingerprint: string, audit: AuditFields): Promise<void> {
     const key = userKeys.sshKey(user, id);
     const r = await this.store.txn([{ key, target: "create", op: ">", value: 0 }], [{ type: "delete", key }, this.audit(audit)]);
     if (!r.succeeded) throw notFound(`SSH key ${fingerprint} of user ${user}`);
+    await this.settled(r.revision);
   }
 }
