@@ -32,6 +32,7 @@ import { loadOrCreateSecretBox } from "./users/secret-box.js";
 import { userService } from "./services/user-service.js";
 import { UserServiceService } from "../gen/noid/v1/user.js";
 import { ClusterState } from "./state/cluster.js";
+import { keys } from "./state/keys.js";
 import { HostRepo, parseMeshCidr } from "./state/host-repo.js";
 import { VmRepo, newVmId, type Clock } from "./state/vm-repo.js";
 import { PlacementController, type PlacementStats } from "./controllers/placement.js";
@@ -246,7 +247,12 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const networks = new NetworkRepo({ store, clock, settings: netSettings, auditKey });
     const vmNetworks = new VmNetworks({ store, clock, repo: networks, graceSeconds: netSettings.ip_reuse_grace_seconds, logger: logger.child({ component: "ipam" }) });
     const portRepo = new PortRepo({ store, clock, auditKey });
-    const vms = new VmRepo({ store, clock, newId: newVmId, auditKey, network: vmNetworks, ports: portRepo, names: new InformerNameIndex(cluster.vms) });
+    const vms = new VmRepo({ store, clock, newId: newVmId, auditKey, network: vmNetworks, ports: portRepo, names: new InformerNameIndex(cluster.vms),
+      cached: (id) => {
+        const e = cluster.vms.get(keys.vm(id));
+        return e ? { vm: e.value, modRevision: e.modRevision } : undefined;
+      },
+    });
     const meshCidr = parseMeshCidr(cfg.mesh.cidr);
     const hosts = new HostRepo(store, clock, meshCidr);
     const portFeed = new PortFeed({ store, cluster, hosts, clock, logger: logger.child({ component: "ports" }) });

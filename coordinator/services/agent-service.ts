@@ -49,7 +49,7 @@ import { MeshHealth } from "../mesh/health.js";
 import { PortSnapshot } from "../../gen/noid/v1/port.js";
 import type { PortFeed } from "../ports/port-feed.js";
 import { emptyDelta } from "../../common/mesh-delta.js";
-import type { MeshSnapshot } from "../../gen/noid/v1/agent.js";
+import type { MeshSnapshot, VmStatusReport } from "../../gen/noid/v1/agent.js";
 
 export interface AgentServiceDeps extends HandlerDeps {
   store: Store;
@@ -320,6 +320,8 @@ class AgentSession implements ExecChannel {
   private lease?: Lease;
   private unsub?: () => void;
   private closed = false;
+  /** Status reports waiting to be applied together (closed when it starts or another message comes). */
+  private statusBatch?: VmStatusReport[];
   /** Reports are applied one at a time, in the order the agent sent them. */
   private work: Promise<void> = Promise.resolve();
   /** hello is done: heartbeats go beside the reports from now on. */
@@ -369,6 +371,24 @@ class AgentSession implements ExecChannel {
         this.beats = this.beats.then(() => this.heartbeat(seq)).catch((e) => this.fail(e));
         return;
       }
+      // Status reports in a row are applied together (VmRepo.reportStatuses); any other
+      // message closes the batch, so the order of everything is kept.
+      if (m.kind?.$case === "vmStatus" && !m.kind.value.destroyed && this.started) {
+        if (this.statusBatch) {
+          this.statusBatch.push(m.kind.value);
+          return;
+        }
+        const batch = [m.kind.value];
+        this.statusBatch = batch;
+        this.work = this.work
+          .then(() => {
+            if (this.statusBatch === batch) this.statusBatch = undefined;
+            return this.applyStatuses(batch);
+          })
+          .catch((e) => this.fail(e));
+        return;
+      }
+      this.statusBatch = undefined;
       this.work = this.work.then(() => this.onMessage(m)).catch((e) => this.fail(e));
     });
     const end = () => {
@@ -581,6 +601,19 @@ class AgentSession implements ExecChannel {
         }
       }
     }
+  }
+
+  private async applyStatuses(reports: VmStatusReport[]): Promise<void> {
+    for (const r of reports) {
+      // A host reports only VMs assigned to it (see vmStatus in onMessage).
+      const assignedTo = this.d.cluster.vms.get(keys.vm(r.vmId))?.value.status?.hostId;
+      if (assignedTo !== undefined && assignedTo !== this.hostId && !this.known.has(r.vmId)) throw denied(`VM ${r.vmId} is not assigned to this host`);
+    }
+    const refused = await this.d.vms.reportStatuses(
+      this.hostId,
+      reports.map((r) => ({ vmId: r.vmId, phase: r.phase, reason: r.reason, ip: r.ip, mac: r.mac })),
+    );
+    for (const vmId of refused) this.log.warn({ hostId: this.hostId, vmId }, "ignored status report for a VM not assigned to this host");
   }
 
   private async heartbeat(sequence: number): Promise<void> {

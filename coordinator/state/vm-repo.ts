@@ -22,6 +22,8 @@ const EMPTY_QUOTA: QuotaRecord = { vms: 0, vcpus: 0, memoryMb: 0 };
 const MAX_ATTEMPTS = 20;
 /** Creates taken from the queue per round (what does not fit in one transaction goes back). */
 const MAX_GROUP = 64;
+/** Status reports written in one transaction (each VM: one compare, one put). */
+const MAX_STATUS_BATCH = 50;
 
 interface PendingCreate {
   owner: string;
@@ -81,7 +83,20 @@ export interface VmRepoDeps {
   ports?: { release(vm: Vm): Promise<{ compares: Compare[]; ops: Op[] }> };
   /** Names the informer knows (coordinator/state/name-index.ts): creates read only those from etcd. */
   names?: VmNameIndex;
+  /** The informer's copy of a VM (may lag etcd): status reports are planned from it, and a stale one only costs a retry (every write compares). */
+  cached?: (id: string) => StoredVm | undefined;
 }
+
+export interface StatusReport {
+  vmId: string;
+  phase: VmPhase;
+  reason: string;
+  ip: string;
+  mac: string;
+}
+
+/** What a status report does to a VM: nothing, release it (FAILED), or write `next`. Throws PERMISSION_DENIED for a VM not on `hostId`. */
+type StatusStep = { kind: "none" } | { kind: "failed"; ip: string; mac: string } | { kind: "put"; next: Vm };
 
 export interface StoredVm {
   vm: Vm;
@@ -601,42 +616,108 @@ export class VmRepo {
    * transaction unassigns it and gives its share back to the host's allocation. The VM keeps
    * its name, address and quota, shows the reason, and waits for start (placed again) or destroy.
    */
-  async reportStatus(hostId: string, report: { vmId: string; phase: VmPhase; reason: string; ip: string; mac: string }): Promise<void> {
+  async reportStatus(hostId: string, report: StatusReport): Promise<void> {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const cur = await this.get(report.vmId);
+      // The first try plans from the informer's copy; a retry reads etcd.
+      const cur = (attempt === 0 ? this.d.cached?.(report.vmId) : undefined) ?? (await this.get(report.vmId));
       if (!cur) return;
-      const st = cur.vm.status;
-      if (!st || st.hostId !== hostId) {
-        throw new NoidError("PERMISSION_DENIED", `VM ${report.vmId} is not assigned to host ${hostId}`);
+      const step = this.statusStep(cur, hostId, report);
+      if (step.kind === "none") return;
+      if (step.kind === "failed") {
+        if (await this.releaseFailed(cur, hostId, report.reason, step.ip, step.mac)) return;
+      } else {
+        const r = await this.d.store.txn([unchanged(keys.vm(cur.vm.id), cur)], [{ type: "put", key: keys.vm(cur.vm.id), value: enc(Vm, step.next) }]);
+        if (r.succeeded) return;
       }
-      // A VM being destroyed keeps showing DESTROYING until the agent confirms; one moving
-      // here shows MIGRATING until it runs (or failed).
-      const arriving = st.migrationId !== "" && (report.phase === VmPhase.VM_PHASE_CREATING || report.phase === VmPhase.VM_PHASE_STOPPED);
-      const phase =
-        cur.vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED ? VmPhase.VM_PHASE_DESTROYING : arriving ? VmPhase.VM_PHASE_MIGRATING : report.phase;
-      // An address and MAC the coordinator reserved (IPAM) are the VM's; an
-      // agent's report does not move them (the release must find them again).
-      const ip = st.networkId ? st.ip : report.ip || st.ip;
-      const mac = st.networkId ? st.mac : report.mac || st.mac;
-      if (phase === VmPhase.VM_PHASE_FAILED) {
-        if (await this.releaseFailed(cur, hostId, report.reason, ip, mac)) return;
-        await backoff(attempt);
+      if (attempt > 0) await backoff(attempt);
+    }
+  }
+
+  /**
+   * Several reports of one host at once (an agent reports its VMs in bursts):
+   * the plain status changes of different VMs go in one transaction, planned
+   * from the informer's copy; what that cannot take (a VM reported twice, a
+   * FAILED report, a lost race) goes through reportStatus one by one, in
+   * order. Returns the VMs whose report was refused as not on this host
+   * (PERMISSION_DENIED): the others are applied all the same.
+   */
+  async reportStatuses(hostId: string, reports: readonly StatusReport[]): Promise<string[]> {
+    const refused: string[] = [];
+    const one = async (r: StatusReport) => {
+      try {
+        await this.reportStatus(hostId, r);
+      } catch (e) {
+        if (!(e instanceof NoidError && e.code === "PERMISSION_DENIED")) throw e;
+        refused.push(r.vmId);
+      }
+    };
+    const seen = new Set<string>();
+    const batch: { report: StatusReport; cur: StoredVm; next: Vm }[] = [];
+    const rest: StatusReport[] = [];
+    for (const r of reports) {
+      const cur = this.d.cached?.(r.vmId);
+      // After the first report of a VM (or one that needs more than a status write), keep the order: one by one.
+      if (!cur || seen.has(r.vmId) || rest.length > 0 || batch.length >= MAX_STATUS_BATCH) {
+        rest.push(r);
         continue;
       }
-      // A restart in progress continues once the VM is reported stopped.
-      const restart = afterReport(cur.vm, phase);
-      if (!restart && st.phase === phase && st.reason === report.reason && st.ip === ip && st.mac === mac) return;
-      // A migrated VM that runs no longer needs its migration's state.
-      const arrived = phase === VmPhase.VM_PHASE_RUNNING ? { migrationId: "", migrationSha256: "" } : {};
-      const next: Vm = {
+      let step: StatusStep;
+      try {
+        step = this.statusStep(cur, hostId, r);
+      } catch (e) {
+        if (!(e instanceof NoidError && e.code === "PERMISSION_DENIED")) throw e;
+        refused.push(r.vmId);
+        continue;
+      }
+      if (step.kind === "failed") {
+        rest.push(r);
+        continue;
+      }
+      seen.add(r.vmId);
+      if (step.kind === "put") batch.push({ report: r, cur, next: step.next });
+    }
+    if (batch.length === 1) rest.unshift(batch.pop()!.report);
+    if (batch.length > 0) {
+      const t = await this.d.store.txn(
+        batch.map((b) => unchanged(keys.vm(b.cur.vm.id), b.cur)),
+        batch.map((b): Op => ({ type: "put", key: keys.vm(b.cur.vm.id), value: enc(Vm, b.next) })),
+      );
+      // A VM changed since the copy was read (or the copy lagged): apply these one by one, ahead of the rest.
+      if (!t.succeeded) rest.unshift(...batch.map((b) => b.report));
+    }
+    for (const r of rest) await one(r);
+    return refused;
+  }
+
+  /** Pure: what `report` does to `cur` (see reportStatus). */
+  private statusStep(cur: StoredVm, hostId: string, report: StatusReport): StatusStep {
+    const st = cur.vm.status;
+    if (!st || st.hostId !== hostId) {
+      throw new NoidError("PERMISSION_DENIED", `VM ${report.vmId} is not assigned to host ${hostId}`);
+    }
+    // A VM being destroyed keeps showing DESTROYING until the agent confirms; one moving
+    // here shows MIGRATING until it runs (or failed).
+    const arriving = st.migrationId !== "" && (report.phase === VmPhase.VM_PHASE_CREATING || report.phase === VmPhase.VM_PHASE_STOPPED);
+    const phase =
+      cur.vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED ? VmPhase.VM_PHASE_DESTROYING : arriving ? VmPhase.VM_PHASE_MIGRATING : report.phase;
+    // An address and MAC the coordinator reserved (IPAM) are the VM's; an
+    // agent's report does not move them (the release must find them again).
+    const ip = st.networkId ? st.ip : report.ip || st.ip;
+    const mac = st.networkId ? st.mac : report.mac || st.mac;
+    if (phase === VmPhase.VM_PHASE_FAILED) return { kind: "failed", ip, mac };
+    // A restart in progress continues once the VM is reported stopped.
+    const restart = afterReport(cur.vm, phase);
+    if (!restart && st.phase === phase && st.reason === report.reason && st.ip === ip && st.mac === mac) return { kind: "none" };
+    // A migrated VM that runs no longer needs its migration's state.
+    const arrived = phase === VmPhase.VM_PHASE_RUNNING ? { migrationId: "", migrationSha256: "" } : {};
+    return {
+      kind: "put",
+      next: {
         ...cur.vm,
         ...(restart ? { desiredState: restart.desired } : {}),
         status: { ...st, phase, reason: report.reason, ip, mac, updatedAt: this.d.clock.now(), ...(restart ? { restartPending: false } : {}), ...arrived },
-      };
-      const r = await this.d.store.txn([unchanged(keys.vm(cur.vm.id), cur)], [{ type: "put", key: keys.vm(cur.vm.id), value: enc(Vm, next) }]);
-      if (r.succeeded) return;
-      await backoff(attempt);
-    }
+      },
+    };
   }
 }
 

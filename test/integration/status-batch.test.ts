@@ -1,0 +1,103 @@
+// Status reports applied in batches (VmRepo.reportStatuses) against real etcd:
+// the plain changes of several VMs go in one transaction planned from the
+// informer's copy; a stale copy, a VM reported twice and a FAILED report still
+// end exactly as the reports applied one by one would; a VM on another host is
+// refused without holding up the others.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AllocationRecord } from "../../gen/noid/v1/records.js";
+import { Vm, VmPhase } from "../../gen/noid/v1/vm.js";
+import { createEtcdStore, type EtcdStore } from "../../coordinator/store/index.js";
+import { VmRepo, addAlloc, newVmId, type StoredVm } from "../../coordinator/state/vm-repo.js";
+import { keys } from "../../coordinator/state/keys.js";
+import { dec, enc } from "../../coordinator/state/codec.js";
+import { startTestEtcd, type TestEtcd } from "../helpers/etcd.js";
+
+let etcd: TestEtcd;
+let store: EtcdStore;
+let seq = 0;
+const A = "aaaaaaaaaaaaaaaa";
+const B = "bbbbbbbbbbbbbbbb";
+const limits = { max_vms_per_user: 100, max_total_vms: 100, max_vcpus_per_vm: 8, max_memory_per_vm: 16384, max_disk_per_vm: 512, max_exposed_ports_per_user: 10 };
+const spec = (host: string) => ({ vcpus: 1, memoryMb: 64, diskGb: 1, driver: "", image: "", labels: {}, hostSelector: {}, host, antiAffinityGroup: "", network: "", networkGroup: "", sshAuthorizedKeys: [], hostLoss: undefined });
+
+beforeAll(async () => {
+  etcd = await startTestEtcd();
+  store = await createEtcdStore({ endpoints: etcd.endpoints, prefix: `/noid-status-${Date.now()}/` });
+});
+afterAll(async () => {
+  await store?.close();
+  await etcd?.stop();
+});
+
+/** VMs placed on `host` (CREATING), and a repository whose "informer copy" is what `copy` holds. */
+async function setup(names: string[], host: string, copy: Map<string, StoredVm>): Promise<{ repo: VmRepo; ids: string[] }> {
+  const txns: number[] = [];
+  const counting = new Proxy(store, {
+    get(t, p) {
+      if (p === "txn") return (...a: Parameters<EtcdStore["txn"]>) => (txns.push(1), t.txn(...a));
+      const v = Reflect.get(t, p) as unknown;
+      return typeof v === "function" ? (v as (...x: unknown[]) => unknown).bind(t) : v;
+    },
+  });
+  const repo = new VmRepo({ store: counting, clock: { now: () => new Date() }, newId: newVmId, auditKey: () => `a${String(++seq).padStart(6, "0")}`, cached: (id) => copy.get(id) });
+  const ids: string[] = [];
+  let alloc: AllocationRecord | undefined;
+  for (const n of names) {
+    const { vm } = await repo.create("alice", `${n}-${seq}`, spec(""), limits, { peer: "t" });
+    const placed: Vm = { ...vm, status: { ...vm.status!, hostId: host, hostName: host === A ? "h1" : "h2", phase: VmPhase.VM_PHASE_CREATING } };
+    alloc = addAlloc(alloc, placed);
+    const r = await store.txn([], [
+      { type: "put", key: keys.vm(vm.id), value: enc(Vm, placed) },
+      { type: "put", key: keys.assign(host, vm.id), value: Buffer.from(vm.id) },
+      { type: "put", key: keys.alloc(host), value: enc(AllocationRecord, alloc) },
+    ]);
+    copy.set(vm.id, { vm: placed, modRevision: r.revision });
+    ids.push(vm.id);
+  }
+  (repo as unknown as { txnCount: () => number }).txnCount = () => txns.length;
+  txns.length = 0;
+  return { repo, ids };
+}
+
+const phaseOf = async (id: string) => dec(Vm, (await store.get(keys.vm(id)))!.value).status;
+const txnsOf = (repo: VmRepo) => (repo as unknown as { txnCount: () => number }).txnCount();
+
+describe("VmRepo.reportStatuses", () => {
+  it("writes the reports of several VMs in one transaction", async () => {
+    const copy = new Map<string, StoredVm>();
+    const { repo, ids } = await setup(["a", "b", "c", "d"], A, copy);
+    const refused = await repo.reportStatuses(A, ids.map((vmId) => ({ vmId, phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "" })));
+    expect(refused).toEqual([]);
+    for (const id of ids) expect((await phaseOf(id))?.phase).toBe(VmPhase.VM_PHASE_RUNNING);
+    expect(txnsOf(repo)).toBe(1);
+  });
+
+  it("ends as one-by-one would with a stale copy, a VM reported twice, a FAILED report and a VM of another host", async () => {
+    const copy = new Map<string, StoredVm>();
+    const { repo, ids } = await setup(["s", "t", "u", "v"], A, copy);
+    const other = (await setup(["w"], B, copy)).ids[0]!;
+    const [stale, twice, failed, plain] = ids as [string, string, string, string];
+    // The copy of `stale` lags etcd (someone wrote it since): the batch loses, and it is applied again from etcd.
+    const cur = dec(Vm, (await store.get(keys.vm(stale)))!.value);
+    await store.put(keys.vm(stale), enc(Vm, { ...cur, status: { ...cur.status!, reason: "touched" } }));
+    const refused = await repo.reportStatuses(A, [
+      { vmId: stale, phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "" },
+      { vmId: twice, phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "" },
+      { vmId: other, phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "" },
+      { vmId: twice, phase: VmPhase.VM_PHASE_STOPPED, reason: "shut down", ip: "", mac: "" },
+      { vmId: failed, phase: VmPhase.VM_PHASE_FAILED, reason: "boot failed", ip: "", mac: "" },
+      { vmId: plain, phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "" },
+    ]);
+    expect(refused).toEqual([other]);
+    expect(await phaseOf(stale)).toMatchObject({ phase: VmPhase.VM_PHASE_RUNNING, reason: "" });
+    // The later report of the same VM wins: they are applied in the order sent.
+    expect(await phaseOf(twice)).toMatchObject({ phase: VmPhase.VM_PHASE_STOPPED, reason: "shut down" });
+    // FAILED releases the VM's place, as a single report does.
+    expect(await phaseOf(failed)).toMatchObject({ phase: VmPhase.VM_PHASE_FAILED, hostId: "" });
+    expect(await store.get(keys.assign(A, failed))).toBeUndefined();
+    expect(dec(AllocationRecord, (await store.get(keys.alloc(A)))!.value).vmCount).toBe(3);
+    expect((await phaseOf(plain))?.phase).toBe(VmPhase.VM_PHASE_RUNNING);
+    // The other host's VM is untouched.
+    expect((await phaseOf(other))?.phase).toBe(VmPhase.VM_PHASE_CREATING);
+  });
+});
