@@ -16,6 +16,7 @@ import type { ClusterState } from "../state/cluster.js";
 import { keys } from "../state/keys.js";
 import { enc } from "../state/codec.js";
 import { addAlloc, networkKey, unchanged, type Clock } from "../state/vm-repo.js";
+import { viewWithAllocation } from "../state/cluster.js";
 
 export function requestOf(vm: Vm): VmRequest {
   const s = vm.spec!;
@@ -165,6 +166,16 @@ export class PlacementController {
   private readonly unsubs: (() => void)[] = [];
   readonly stats: PlacementStats = { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0, txns: 0, passes: 0 };
   private readonly maxOps: number;
+  /** Time the last pass spent deciding (synchronous work between its yields). */
+  private busyMs = 0;
+  /**
+   * What this controller's committed transactions wrote and the informer may
+   * not show yet: VMs placed (id -> revision) and hosts' allocations. The next
+   * pass starts at once instead of waiting for the watch, planning from these
+   * where they are newer (every transaction still compares what it planned from).
+   */
+  private readonly placedAhead = new Map<string, number>();
+  private readonly allocAhead = new Map<string, { record: AllocationRecord; modRevision: number }>();
 
   constructor(
     private readonly d: { store: Store; cluster: ClusterState; policy: Policy; logger: Logger; clock: Clock; maxTxnOps?: number },
@@ -177,7 +188,9 @@ export class PlacementController {
       pass: () => this.placePending(),
       what: "placement",
       logger: d.logger,
-      nextDelayMs: (retry, tookMs) => (retry ? 100 : Math.min(1000, Math.round(tookMs))),
+      // The time the pass spent deciding (its CPU), not its wall time: that is mostly
+      // waiting for etcd, and waiting as long again halved placement under load.
+      nextDelayMs: (retry) => (retry ? 100 : Math.min(1000, Math.round(this.busyMs))),
     });
   }
 
@@ -215,11 +228,21 @@ export class PlacementController {
    */
   async placePending(): Promise<boolean> {
     const c = this.d.cluster;
+    let busy = 0;
+    let t = performance.now();
+    for (const [id, rev] of this.placedAhead) {
+      const e = c.vms.get(keys.vm(id));
+      if (!e || e.modRevision >= rev) this.placedAhead.delete(id);
+    }
+    for (const [hostId, a] of this.allocAhead) if (c.allocationOf(hostId).modRevision >= a.modRevision) this.allocAhead.delete(hostId);
     const waiting = c.vms
       .values()
-      .filter((e) => isUnplaced(e.value))
+      .filter((e) => isUnplaced(e.value) && !this.placedAhead.has(e.value.id))
       .sort((a, b) => a.createRevision - b.createRevision);
-    if (waiting.length === 0) return false;
+    if (waiting.length === 0) {
+      this.busyMs = performance.now() - t;
+      return false;
+    }
     // At most PASS_MAX_VMS per pass (the rest next pass), decided SLICE_VMS at
     // a time with a yield between, so the etcd calls and sessions of the whole
     // coordinator do not wait behind a large batch. One BatchScheduler across
@@ -228,10 +251,18 @@ export class PlacementController {
     this.stats.passes = (this.stats.passes ?? 0) + 1;
     if (waiting.length > pending.length) this.loop.again();
     // One batch over the host views (copied once), fed SLICE_VMS at a time.
-    const batch = new BatchScheduler(c.hostViews(), this.d.policy);
+    const views = this.allocAhead.size === 0 ? c.hostViews() : c.hostViews().map((v) => {
+      const a = this.allocAhead.get(v.id);
+      return a ? viewWithAllocation(v, a.record) : v;
+    });
+    const batch = new BatchScheduler(views, this.d.policy);
     const decisions: Decision[] = [];
     for (let i = 0; i < pending.length; i += SLICE_VMS) {
-      if (i > 0) await new Promise((r) => setImmediate(r));
+      if (i > 0) {
+        busy += performance.now() - t;
+        await new Promise((r) => setImmediate(r));
+        t = performance.now();
+      }
       if (this.loop.stopped) return false;
       for (const e of pending.slice(i, i + SLICE_VMS)) decisions.push(batch.decide(requestOf(e.value)));
     }
@@ -245,7 +276,12 @@ export class PlacementController {
         if (host) items.push({ entry, hostId: host.id, hostName: host.name });
       }
     }
-    const plan = planPlacementTxns(items, (id) => c.allocationOf(id), this.d.clock.now(), this.maxOps);
+    const allocOf = (id: string) => {
+      const a = this.allocAhead.get(id);
+      return a ?? c.allocationOf(id);
+    };
+    const plan = planPlacementTxns(items, allocOf, this.d.clock.now(), this.maxOps);
+    this.busyMs = busy + (performance.now() - t);
     const { committed: revs, lostRace } = await this.commit(plan.txns);
     let committed = revs;
     for (const u of unplaceable) {
@@ -254,9 +290,14 @@ export class PlacementController {
       this.stats.unplaceable++;
       await this.noteUnplaceable(u.entry, u.reason);
     }
-    if (lostRace) committed = await this.d.store.revision();
-    // The next pass must see this one's writes (else it decides the same VMs again and loses).
-    if (committed > 0) await Promise.all([c.vms.waitFor(committed), c.alloc.waitFor(committed)]).catch(() => undefined);
+    // After a lost race the next pass plans from what etcd holds now: wait for the informers
+    // to show it (and forget what was written ahead). Otherwise the next pass starts at once.
+    if (lostRace) {
+      committed = await this.d.store.revision();
+      this.placedAhead.clear();
+      this.allocAhead.clear();
+      if (committed > 0) await Promise.all([c.vms.waitFor(committed), c.alloc.waitFor(committed)]).catch(() => undefined);
+    }
     return lostRace;
   }
 
@@ -322,6 +363,8 @@ export class PlacementController {
             state[i] = "ok";
             this.stats.placed += t.vmIds.length;
             committed = Math.max(committed, r.revision);
+            for (const id of t.vmIds) this.placedAhead.set(id, r.revision);
+            for (const [hostId, record] of t.allocs) this.allocAhead.set(hostId, { record, modRevision: r.revision });
           } else {
             // Someone else changed one of these VMs or hosts: decide them again with fresh state.
             state[i] = "failed";

@@ -25,6 +25,18 @@ export interface MeshChange {
   networks: ReadonlySet<string>;
 }
 
+/** `v` with the allocation `a` (as written, ahead of the informer). */
+export function viewWithAllocation(v: HostView, a: AllocationRecord): HostView {
+  const al = a.allocated ?? { vcpus: 0, memoryMb: 0, diskGb: 0 };
+  return {
+    ...v,
+    allocated: { vcpus: al.vcpus, memoryMb: al.memoryMb, diskGb: al.diskGb },
+    vmCount: a.vmCount,
+    groups: { ...a.groups },
+    networks: { ...a.networks },
+  };
+}
+
 export class ClusterState {
   readonly vms: Informer<Vm>;
   readonly hosts: Informer<Host>;

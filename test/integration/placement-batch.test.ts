@@ -204,4 +204,40 @@ describe("batched placement on real etcd", () => {
       for (const s of stores) await s.close();
     }
   });
+
+  it("with a slow watch, a pass starts at once from what the last one wrote: no VM decided twice, no stale allocation, no host over capacity", async () => {
+    const store = await createEtcdStore({ endpoints: etcd.endpoints, prefix: `/pb-${randomUUID()}/` });
+    // The informers see every change 300 ms late (an overloaded coordinator's watch).
+    const slow = new Proxy(store, {
+      get(target, prop, receiver) {
+        if (prop === "watch") {
+          return (prefix: string, o: Parameters<EtcdStore["watch"]>[1]) =>
+            target.watch(prefix, { ...o, onEvents: (evs) => void setTimeout(() => o.onEvents(evs), 300) });
+        }
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    const cluster = new ClusterState(slow, silentLogger());
+    let ctl: PlacementController | undefined;
+    try {
+      // 4 hosts x 5 vCPUs = 20 slots; 30 VMs in three waves while the earlier ones' placements are still unseen.
+      const hostIds = await seed(store, 4, 5);
+      await cluster.start();
+      ctl = new PlacementController({ store: slow, cluster, policy: "binpack", logger: silentLogger(), clock, maxTxnOps: 7 });
+      ctl.start();
+      for (const w of ["w1-", "w2-", "w3-"]) {
+        await addVms(store, 10, w);
+        await new Promise((r) => setTimeout(r, 400));
+      }
+      await until(() => ctl!.stats.placed === 20, "20 placements");
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(await checkInvariants(store, hostIds, 5)).toEqual({ placed: 20, unplaced: 10 });
+      expect(ctl.stats).toMatchObject({ placed: 20, conflicts: 0 });
+    } finally {
+      await ctl?.stop();
+      await cluster.stop();
+      await store.close();
+    }
+  });
 });
