@@ -354,6 +354,9 @@ export class InstrumentedStore implements Store {
   revision() {
     return this.m.timeStore("revision", () => this.inner.revision());
   }
+  answeredWithin(ms: number): boolean {
+    return this.inner.answeredWithin?.(ms) ?? false;
+  }
   close() {
     return this.inner.close();
   }

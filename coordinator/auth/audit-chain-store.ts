@@ -73,6 +73,9 @@ export class AuditChainStore implements Store {
   revision() {
     return this.inner.revision();
   }
+  answeredWithin(ms: number): boolean {
+    return this.inner.answeredWithin?.(ms) ?? false;
+  }
   close() {
     return this.inner.close();
   }

@@ -40,6 +40,8 @@ export class AuthFailure extends NoidError {
 }
 
 const INVALID = "invalid, expired or revoked token";
+/** The token copy is used while etcd answered a call this recently (and none failed since). */
+const CACHE_TRUST_MS = 3000;
 
 export function isExpired(r: TokenRecord, now: Date): boolean {
   return r.expiresAt !== undefined && r.expiresAt.getTime() <= now.getTime();
@@ -51,7 +53,8 @@ export class TokenStore implements Authenticator {
    * without a read from etcd. Records are hashes, never secrets. A hash the
    * copy does not hold is read from etcd (a token just made on another
    * replica); this replica's own revocations are applied to the copy before
-   * they return (settled), another replica's within the watch delay.
+   * they return (settled), another replica's within the watch delay. The copy
+   * is used only while etcd answers (Store.answeredWithin).
    */
   private cache?: Informer<TokenRecord>;
 
@@ -90,7 +93,9 @@ export class TokenStore implements Authenticator {
     // Looking the record up by the secret's hash is the comparison: etcd
     // never sees the secret and the hash is compared inside etcd's index.
     const key = keys.token(sha256Hex(secret));
-    let rec = this.cache?.get(key)?.value;
+    // The copy only while etcd answers: without it (no quorum, cut off) the copy may miss a
+    // revocation made elsewhere, and the read below fails (UNAVAILABLE) as every call did before.
+    let rec = this.store.answeredWithin?.(CACHE_TRUST_MS) ? this.cache?.get(key)?.value : undefined;
     if (!rec) {
       const kv = await this.store.get(key);
       if (!kv) throw new AuthFailure("unknown", INVALID);

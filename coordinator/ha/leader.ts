@@ -333,6 +333,9 @@ export class FencedStore implements Store {
   revision(): Promise<number> {
     return this.inner.revision();
   }
+  answeredWithin(ms: number): boolean {
+    return this.inner.answeredWithin?.(ms) ?? false;
+  }
   async close(): Promise<void> {
     // The inner store belongs to the coordinator.
   }

@@ -241,6 +241,13 @@ export class EtcdStore implements Store {
     };
   }
 
+  private lastAnswer = 0;
+  private lastFailure = 0;
+
+  answeredWithin(ms: number): boolean {
+    return this.lastAnswer > Date.now() - ms && this.lastAnswer >= this.lastFailure;
+  }
+
   private async keepAliveOnce(id: number): Promise<void> {
     await this.keeper.renew(id); // NOT_FOUND once the lease has expired, UNAVAILABLE when etcd does not answer
   }
@@ -289,9 +296,14 @@ export class EtcdStore implements Store {
       timer = setTimeout(() => reject(new GRPCDeadlineExceededError(`no answer within ${timeoutMs} ms`)), timeoutMs + 250);
     });
     try {
-      return await Promise.race([rpc({ deadline: new Date(Date.now() + timeoutMs) }), timeout]);
+      const r = await Promise.race([rpc({ deadline: new Date(Date.now() + timeoutMs) }), timeout]);
+      this.lastAnswer = Date.now();
+      return r;
     } catch (err) {
-      throw mapEtcdError(what, err);
+      const e = mapEtcdError(what, err);
+      if (e instanceof NoidError && (e.code === "UNAVAILABLE" || e.code === "DEADLINE_EXCEEDED")) this.lastFailure = Date.now();
+      else this.lastAnswer = Date.now();
+      throw e;
     } finally {
       clearTimeout(timer);
     }

@@ -96,5 +96,11 @@ export interface Store {
   compact(revision: number): Promise<void>;
   /** Current store revision. */
   revision(): Promise<number>;
+  /**
+   * True when the store answered a call within the last `ms` and no call has
+   * failed for want of it since: caches kept by a watch may then be trusted
+   * for a read (tokens). Absent: never known, read the store.
+   */
+  answeredWithin?(ms: number): boolean;
   close(): Promise<void>;
 }
