@@ -284,11 +284,10 @@ export class PlacementController {
     this.busyMs = busy + (performance.now() - t);
     const { committed: revs, lostRace } = await this.commit(plan.txns);
     let committed = revs;
-    for (const u of unplaceable) {
-      if (this.loop.stopped) break;
-      this.stats.attempts++;
-      this.stats.unplaceable++;
-      await this.noteUnplaceable(u.entry, u.reason);
+    if (unplaceable.length > 0 && !this.loop.stopped) {
+      this.stats.attempts += unplaceable.length;
+      this.stats.unplaceable += unplaceable.length;
+      await this.noteUnplaceable(unplaceable);
     }
     // After a lost race the next pass plans from what etcd holds now: wait for the informers
     // to show it (and forget what was written ahead). Otherwise the next pass starts at once.
@@ -387,10 +386,33 @@ export class PlacementController {
     return { committed, lostRace };
   }
 
-  private async noteUnplaceable(entry: { value: Vm; modRevision: number }, reason: string): Promise<void> {
-    const vm = entry.value;
-    if (vm.status?.reason === reason) return;
-    const next: Vm = { ...vm, status: { ...vm.status!, reason, updatedAt: this.d.clock.now() } };
-    await this.d.store.txn([unchanged(keys.vm(vm.id), entry)], [{ type: "put", key: keys.vm(vm.id), value: enc(Vm, next) }]);
+  /**
+   * Shows each VM why it waits (its status reason), for the VMs whose reason
+   * changed: several VMs per transaction, each compared unchanged since read
+   * (one that moved meanwhile is skipped, the next pass decides it again).
+   * With hosts joining one by one the counts in the reasons change on every
+   * pass: one transaction per VM made a large backlog wait seconds for these
+   * writes before the first placement.
+   */
+  private async noteUnplaceable(list: { entry: { value: Vm; modRevision: number }; reason: string }[]): Promise<void> {
+    const changed = list.filter((u) => u.entry.value.status?.reason !== u.reason);
+    const now = this.d.clock.now();
+    const per = Math.max(1, Math.floor((this.maxOps - 1) / 2));
+    const chunks: (typeof changed)[] = [];
+    for (let i = 0; i < changed.length; i += per) chunks.push(changed.slice(i, i + per));
+    const write = async (chunk: typeof changed): Promise<void> => {
+      const compares = chunk.map((u) => unchanged(keys.vm(u.entry.value.id), u.entry));
+      const ops = chunk.map((u): Op => ({ type: "put", key: keys.vm(u.entry.value.id), value: enc(Vm, { ...u.entry.value, status: { ...u.entry.value.status!, reason: u.reason, updatedAt: now } }) }));
+      const r = await this.d.store.txn(compares, ops);
+      // One of them changed (placed elsewhere, destroyed): write the others one by one.
+      if (!r.succeeded && chunk.length > 1) for (const u of chunk) await write([u]);
+    };
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: Math.min(COMMIT_CONCURRENCY, chunks.length) }, async () => {
+        while (next < chunks.length && !this.loop.stopped) await write(chunks[next++]!);
+      }),
+    );
   }
+
 }
