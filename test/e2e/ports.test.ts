@@ -204,7 +204,10 @@ describe("HTTP ingress", () => {
     // A good route added meanwhile is served; the refused one still is not.
     await A.exposeHttp("web", "ok.example.test", { port: HTTP_PORT });
     await eventually("the good route answered", async () => (await httpFromOutside("ok.example.test")) === "200 web says hi to ok.example.test");
-    expect((await A.listPorts()).routes.map((r) => `${r.hostname.slice(0, 10)} ${r.state.split(":")[0]}`).sort()).toEqual([
+    // nginx serves the route before the agent's report of it reaches the coordinator: wait for the report.
+    const states = async () => (await A.listPorts()).routes.map((r) => `${r.hostname.slice(0, 10)} ${r.state.split(":")[0]}`).sort();
+    await eventually("the good route reported applied", async () => (await states()).includes("ok.example applied"));
+    expect(await states()).toEqual([
       "aaaaaaaaaa error",
       "app.exampl applied",
       "ok.example applied",
