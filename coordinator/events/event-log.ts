@@ -134,10 +134,10 @@ export class EventLog {
 
   /**
    * Writes one event; resolves when it is in etcd. Events group-commit: one
-   * transaction per WRITE_LINGER_MS at most (up to WRITE_BATCH events each),
-   * so a VM's created/placed/RUNNING events and everyone else's share writes
-   * instead of costing one etcd write each. A lone event waits at most the
-   * linger. A burst past a tenth of the count bound trims at once, not at the
+   * transaction per WRITE_LINGER_MS at most (up to WRITE_BATCH events each;
+   * a full batch is written at once), so a VM's created/placed/RUNNING events
+   * and everyone else's share writes instead of costing one etcd write each.
+   * A lone event waits at most the linger. A burst past a tenth of the count bound trims at once, not at the
    * next maintenance tick.
    */
   record(input: EventInput): Promise<Event> {
@@ -173,8 +173,14 @@ export class EventLog {
   }
 
   private schedule(): void {
-    if (this.flushing || this.timer || this.pending.length === 0) return;
-    const wait = Math.max(0, this.lastFlushAt + WRITE_LINGER_MS - Date.now());
+    if (this.flushing || this.pending.length === 0) return;
+    if (this.timer) {
+      if (this.pending.length < WRITE_BATCH) return;
+      clearTimeout(this.timer);
+    }
+    // A full batch goes at once: the linger caps transactions for a trickle, not events for a burst
+    // (at one batch per linger a placement burst's events took seconds to drain).
+    const wait = this.pending.length >= WRITE_BATCH ? 0 : Math.max(0, this.lastFlushAt + WRITE_LINGER_MS - Date.now());
     this.timer = setTimeout(() => {
       this.timer = undefined;
       void this.writeBatch();
