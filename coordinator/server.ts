@@ -264,6 +264,11 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const sessions = new SessionRegistry();
     const hostSessions = new HostSessions();
     const pki = clusterPki ? { ca: clusterPki.ca, ids: new HostIdentities(store, clock, clusterPki.ca, cfg.agents.cert_ttl_seconds) } : undefined;
+    if (pki) {
+      // Heartbeats check their host's certificate against a watched copy of the revocations.
+      await pki.ids.startRevocationCache(logger.child({ component: "revocations" }));
+      cleanups.push(() => pki.ids.stopRevocationCache());
+    }
     const security = new SecurityAudit(writeAudit, clock);
     cleanups.push(async () => security.stop());
     const server = new grpc.Server({ "grpc.keepalive_time_ms": 20_000, "grpc.keepalive_timeout_ms": 10_000, "grpc.keepalive_permit_without_calls": 1 });

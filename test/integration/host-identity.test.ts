@@ -1,7 +1,8 @@
 // Host identities on a real etcd: a join token is used up exactly once even
 // when many callers race for it, and the sweep forgets expired tokens and
 // records of certificates past their end (and nothing else).
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { silentLogger } from "../../common/logger.js";
 import { createEtcdStore, type Store } from "../../coordinator/store/index.js";
 import { ClusterCa } from "../../coordinator/pki/ca.js";
 import { HostIdentities } from "../../coordinator/pki/host-identity.js";
@@ -61,6 +62,34 @@ describe("host identities", () => {
       await ids.consumeJoinToken(long.token, "y");
     } finally {
       offsetMs = 0;
+    }
+  });
+
+  it("checks revocations against a watched copy: at once on the revoking replica, within the watch delay on another, and from etcd while etcd does not answer", async () => {
+    const a = new HostIdentities(store, clock, ca, 3600);
+    // Replica b's store has just answered (the copy is trusted) or has not (it reads etcd).
+    let answering = true;
+    const bStore: Store = Object.assign(Object.create(store) as Store, { answeredWithin: () => answering });
+    const b = new HostIdentities(bStore, clock, ca, 3600);
+    await Promise.all([a.startRevocationCache(silentLogger()), b.startRevocationCache(silentLogger())]);
+    try {
+      const cert = await a.issue("cached-a", await createHostCsr("cached-a", await generateKeyPair()));
+      expect(await b.isRevoked(cert.serial)).toBe(false);
+      // While etcd "does not answer", b reads etcd itself: the revocation is seen even before its copy has it.
+      answering = false;
+      const reads: string[] = [];
+      const get = bStore.get.bind(bStore);
+      bStore.get = async (k: string) => (reads.push(k), get(k));
+      await a.revokeHost("cached-a");
+      expect(await a.isRevoked(cert.serial)).toBe(true);
+      expect(await b.isRevoked(cert.serial)).toBe(true);
+      expect(reads).toHaveLength(1);
+      // Trusted again: from the copy, no read.
+      answering = true;
+      await vi.waitFor(async () => expect(await b.isRevoked(cert.serial)).toBe(true), { timeout: 5000 });
+      expect(reads).toHaveLength(1);
+    } finally {
+      await Promise.all([a.stopRevocationCache(), b.stopRevocationCache()]);
     }
   });
 });
