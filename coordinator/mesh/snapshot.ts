@@ -23,9 +23,11 @@ function vmsByHostAndNetwork(vms: Vm[]): Map<string, Map<string, Vm[]>> {
     const st = vm.status;
     if (!st?.hostId || !st.networkId || !st.mac) continue;
     if (vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED) continue;
-    const byNet = out.get(st.hostId) ?? new Map<string, Vm[]>();
-    byNet.set(st.networkId, [...(byNet.get(st.networkId) ?? []), vm]);
-    out.set(st.hostId, byNet);
+    let byNet = out.get(st.hostId);
+    if (!byNet) out.set(st.hostId, (byNet = new Map<string, Vm[]>()));
+    const list = byNet.get(st.networkId);
+    if (list) list.push(vm);
+    else byNet.set(st.networkId, [vm]);
   }
   return out;
 }
