@@ -282,8 +282,7 @@ export class PlacementController {
     };
     const plan = planPlacementTxns(items, allocOf, this.d.clock.now(), this.maxOps);
     this.busyMs = busy + (performance.now() - t);
-    const { committed: revs, lostRace } = await this.commit(plan.txns);
-    let committed = revs;
+    const { lostRace } = await this.commit(plan.txns);
     if (unplaceable.length > 0 && !this.loop.stopped) {
       this.stats.attempts += unplaceable.length;
       this.stats.unplaceable += unplaceable.length;
@@ -292,7 +291,7 @@ export class PlacementController {
     // After a lost race the next pass plans from what etcd holds now: wait for the informers
     // to show it (and forget what was written ahead). Otherwise the next pass starts at once.
     if (lostRace) {
-      committed = await this.d.store.revision();
+      const committed = await this.d.store.revision();
       this.placedAhead.clear();
       this.allocAhead.clear();
       if (committed > 0) await Promise.all([c.vms.waitFor(committed), c.alloc.waitFor(committed)]).catch(() => undefined);
