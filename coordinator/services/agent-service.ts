@@ -729,6 +729,13 @@ class AgentSession implements ExecChannel {
     else this.send(m);
   }
 
+  /** True when one of `changed` is a network this host carried in its last view or carries now. */
+  private meshTouches(changed: ReadonlySet<string>): boolean {
+    for (const id of this.meshNets) if (changed.has(id)) return true;
+    for (const id of this.d.cluster.meshNetworksOf(this.hostId)) if (changed.has(id)) return true;
+    return false;
+  }
+
   /**
    * Sends the host's mesh view if it changed. At most one snapshot is on its
    * way per session (until the stream took it); changes meanwhile are sent
@@ -738,12 +745,6 @@ class AgentSession implements ExecChannel {
    * only what changed since the last update sent (numbered, so it can tell
    * a gap); others get the full snapshot every time.
    */
-  private meshTouches(changed: ReadonlySet<string>): boolean {
-    for (const id of this.meshNets) if (changed.has(id)) return true;
-    for (const id of this.d.cluster.meshNetworksOf(this.hostId)) if (changed.has(id)) return true;
-    return false;
-  }
-
   private sendMesh(): void {
     if (this.closed) return;
     if (this.meshInFlight) {

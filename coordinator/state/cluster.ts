@@ -25,16 +25,20 @@ export interface MeshChange {
   networks: ReadonlySet<string>;
 }
 
+/** The parts of a host's scheduler view that its allocation record gives. */
+function allocationFields(a: AllocationRecord | undefined): Pick<HostView, "allocated" | "vmCount" | "groups" | "networks"> {
+  const al = a?.allocated ?? { vcpus: 0, memoryMb: 0, diskGb: 0 };
+  return {
+    allocated: { vcpus: al.vcpus, memoryMb: al.memoryMb, diskGb: al.diskGb },
+    vmCount: a?.vmCount ?? 0,
+    groups: { ...(a?.groups ?? {}) },
+    networks: { ...(a?.networks ?? {}) },
+  };
+}
+
 /** `v` with the allocation `a` (as written, ahead of the informer). */
 export function viewWithAllocation(v: HostView, a: AllocationRecord): HostView {
-  const al = a.allocated ?? { vcpus: 0, memoryMb: 0, diskGb: 0 };
-  return {
-    ...v,
-    allocated: { vcpus: al.vcpus, memoryMb: al.memoryMb, diskGb: al.diskGb },
-    vmCount: a.vmCount,
-    groups: { ...a.groups },
-    networks: { ...a.networks },
-  };
+  return { ...v, ...allocationFields(a) };
 }
 
 export class ClusterState {
@@ -140,24 +144,24 @@ export class ClusterState {
   }
 
   private buildView(h: Host): HostView {
-    const a = this.allocationOf(h.id).record;
     const cap = h.capacity ?? { vcpus: 0, memoryMb: 0, diskGb: 0 };
-    const al = a?.allocated ?? { vcpus: 0, memoryMb: 0, diskGb: 0 };
+    const a = allocationFields(this.allocationOf(h.id).record);
     return Object.freeze({
       id: h.id,
       name: h.name,
       labels: Object.freeze({ ...h.labels }),
       drivers: Object.freeze([...h.drivers]) as string[],
       capacity: Object.freeze({ vcpus: cap.vcpus, memoryMb: cap.memoryMb, diskGb: cap.diskGb }),
-      allocated: Object.freeze({ vcpus: al.vcpus, memoryMb: al.memoryMb, diskGb: al.diskGb }),
-      vmCount: a?.vmCount ?? 0,
+      allocated: Object.freeze(a.allocated),
+      vmCount: a.vmCount,
       cordoned: h.cordoned,
       postureBlocked: (this.opts.requirePosture ?? false) && !(h.posture?.ok ?? false),
       ready: this.isAlive(h.id),
-      groups: Object.freeze({ ...(a?.groups ?? {}) }),
-      networks: Object.freeze({ ...(a?.networks ?? {}) }),
+      groups: Object.freeze(a.groups),
+      networks: Object.freeze(a.networks),
     });
   }
+
 
   vmsOnHost(hostId: string): Vm[] {
     return this.vms
