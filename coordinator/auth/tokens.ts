@@ -14,7 +14,7 @@ import type { Principal } from "./authorize.js";
 import type { Authenticator } from "../grpc/handler.js";
 import { isWellFormedSecret, newSecret, sha256Hex, tokenId } from "./secret.js";
 import type { Logger } from "pino";
-import { Informer } from "../state/informer.js";
+import { WatchedCopy } from "../state/watched-copy.js";
 
 export interface TokenEntry {
   hash: string;
@@ -40,8 +40,6 @@ export class AuthFailure extends NoidError {
 }
 
 const INVALID = "invalid, expired or revoked token";
-/** The token copy is used while etcd answered a call this recently (and none failed since). */
-const CACHE_TRUST_MS = 3000;
 
 export function isExpired(r: TokenRecord, now: Date): boolean {
   return r.expiresAt !== undefined && r.expiresAt.getTime() <= now.getTime();
@@ -54,32 +52,30 @@ export class TokenStore implements Authenticator {
    * copy does not hold is read from etcd (a token just made on another
    * replica); this replica's own revocations are applied to the copy before
    * they return (settled), another replica's within the watch delay. The copy
-   * is used only while etcd answers (Store.answeredWithin).
+   * is used only while etcd answers (WatchedCopy).
    */
-  private cache?: Informer<TokenRecord>;
+  private readonly copy: WatchedCopy<TokenRecord>;
 
   constructor(
     private readonly store: Store,
     private readonly clock: Clock = { now: () => new Date() },
     /** How long a rotated-away secret keeps working. */
     private readonly overlapSeconds = 60,
-  ) {}
-
-  async startCache(logger: Logger): Promise<void> {
-    const c = new Informer(this.store, keys.tokensPrefix, (b) => dec(TokenRecord, b), logger);
-    await c.start();
-    this.cache = c;
+  ) {
+    this.copy = new WatchedCopy(store, keys.tokensPrefix, (b) => dec(TokenRecord, b));
   }
 
-  async stopCache(): Promise<void> {
-    const c = this.cache;
-    this.cache = undefined;
-    await c?.stop();
+  startCache(logger: Logger): Promise<void> {
+    return this.copy.start(logger);
   }
 
-  /** Returns once the cached copy holds the writes up to `revision` (bounded: etcd may be slow; then the copy catches up on its own). */
-  async settled(revision: number): Promise<void> {
-    await this.cache?.waitFor(revision, 2000).catch(() => undefined);
+  stopCache(): Promise<void> {
+    return this.copy.stop();
+  }
+
+  /** Returns once the copy holds the writes up to `revision`. */
+  settled(revision: number): Promise<void> {
+    return this.copy.settled(revision);
   }
 
   async authenticate(metadata: Metadata, _peer: string): Promise<Principal> {
@@ -93,9 +89,9 @@ export class TokenStore implements Authenticator {
     // Looking the record up by the secret's hash is the comparison: etcd
     // never sees the secret and the hash is compared inside etcd's index.
     const key = keys.token(sha256Hex(secret));
-    // The copy only while etcd answers: without it (no quorum, cut off) the copy may miss a
-    // revocation made elsewhere, and the read below fails (UNAVAILABLE) as every call did before.
-    let rec = this.store.answeredWithin?.(CACHE_TRUST_MS) ? this.cache?.get(key)?.value : undefined;
+    // Without a recent answer from etcd the copy may miss a revocation made elsewhere:
+    // the read below then fails (UNAVAILABLE) as every call did before.
+    let rec = this.copy.trusted()?.get(key)?.value;
     if (!rec) {
       const kv = await this.store.get(key);
       if (!kv) throw new AuthFailure("unknown", INVALID);

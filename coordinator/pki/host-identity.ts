@@ -14,10 +14,7 @@ import type { Clock } from "../state/vm-repo.js";
 import { isWellFormedSecret, newSecret, sha256Hex } from "../auth/secret.js";
 import type { ClusterCa, IssuedCert } from "./ca.js";
 import type { Logger } from "pino";
-import { Informer } from "../state/informer.js";
-
-/** The revoked-certificate copy is used while etcd answered a call this recently (and none failed since). */
-const CACHE_TRUST_MS = 3000;
+import { WatchedCopy } from "../state/watched-copy.js";
 
 export const MAX_JOIN_TOKEN_TTL_SECONDS = 7 * 86_400;
 
@@ -31,7 +28,9 @@ export class HostIdentities {
     private readonly ca: ClusterCa,
     /** Lifetime of a host certificate. */
     private readonly certTtlSeconds: number,
-  ) {}
+  ) {
+    this.revoked = new WatchedCopy(store, keys.revokedCertsPrefix, (b) => dec(HostCertRecord, b));
+  }
 
   /**
    * The revoked certificates, kept by a watch (startRevocationCache): every
@@ -39,18 +38,14 @@ export class HostIdentities {
    * read per heartbeat (500/s with 1,000 hosts). Used only while etcd
    * answers; this replica's revocations are in it before revokeHost returns.
    */
-  private revoked?: Informer<HostCertRecord>;
+  private readonly revoked: WatchedCopy<HostCertRecord>;
 
-  async startRevocationCache(logger: Logger): Promise<void> {
-    const c = new Informer(this.store, keys.revokedCertsPrefix, (b) => dec(HostCertRecord, b), logger);
-    await c.start();
-    this.revoked = c;
+  startRevocationCache(logger: Logger): Promise<void> {
+    return this.revoked.start(logger);
   }
 
-  async stopRevocationCache(): Promise<void> {
-    const c = this.revoked;
-    this.revoked = undefined;
-    await c?.stop();
+  stopRevocationCache(): Promise<void> {
+    return this.revoked.stop();
   }
 
   async createJoinToken(o: { ttlSeconds: number; hostName: string; createdBy: string }): Promise<{ token: string; expiresAt: Date }> {
@@ -153,13 +148,14 @@ export class HostIdentities {
         if (!revoked.includes(rec.serial)) revoked.push(rec.serial);
       }
     }
-    if (written > 0) await this.revoked?.waitFor(written, 2000).catch(() => undefined);
+    if (written > 0) await this.revoked.settled(written);
     return revoked;
   }
 
   async isRevoked(serial: string): Promise<boolean> {
     const key = keys.revokedCert(serial.toLowerCase());
-    if (this.revoked && this.store.answeredWithin?.(CACHE_TRUST_MS)) return this.revoked.get(key) !== undefined;
+    const copy = this.revoked.trusted();
+    if (copy) return copy.get(key) !== undefined;
     return (await this.store.get(key)) !== undefined;
   }
 

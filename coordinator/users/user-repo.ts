@@ -8,7 +8,7 @@ import { dec, enc } from "../state/codec.js";
 import { auditPut, type AuditInput } from "../audit-log.js";
 import { SecretBox } from "./secret-box.js";
 import type { Logger } from "pino";
-import { Informer } from "../state/informer.js";
+import { WatchedCopy } from "../state/watched-copy.js";
 
 const byAdded = (a: SshKeyRecord, b: SshKeyRecord) => (a.addedAt?.getTime() ?? 0) - (b.addedAt?.getTime() ?? 0);
 
@@ -52,7 +52,12 @@ export class UserRepo {
     private readonly store: Store,
     private readonly clock: Clock,
     private readonly box: SecretBox,
-  ) {}
+  ) {
+    this.keyCopy = new WatchedCopy(store, userKeys.sshKeysAll, (b) => dec(SshKeyRecord, b), (key) => {
+      if (key === undefined) this.keysOf.clear();
+      else this.keysOf.delete(key.split("/")[1] ?? "");
+    });
+  }
 
   private audit(a: AuditFields): Op {
     return auditPut({ ...a, vm: "", host: "", success: true }, this.clock.now());
@@ -133,33 +138,21 @@ export class UserRepo {
   }
 
   /** The SSH key records, kept by a watch (startSshKeyCache); this repository's own writes are in it before they return. */
-  private keyCache?: Informer<SshKeyRecord>;
+  private readonly keyCopy: WatchedCopy<SshKeyRecord>;
   /** Per user: the public keys in the order added, from the copy (dropped when one of theirs changes). */
   private readonly keysOf = new Map<string, string[]>();
 
-  async startSshKeyCache(logger: Logger): Promise<void> {
-    const c = new Informer(this.store, userKeys.sshKeysAll, (b) => dec(SshKeyRecord, b), logger);
-    const drop = (key: string) => this.keysOf.delete(key.split("/")[1] ?? "");
-    c.onChange((ch) => drop(ch.type === "put" ? ch.entry.key : ch.key));
-    c.onResync(() => this.keysOf.clear());
-    await c.start();
-    this.keysOf.clear();
-    this.keyCache = c;
+  startSshKeyCache(logger: Logger): Promise<void> {
+    return this.keyCopy.start(logger);
   }
 
-  async stopSshKeyCache(): Promise<void> {
-    const c = this.keyCache;
-    this.keyCache = undefined;
-    await c?.stop();
+  stopSshKeyCache(): Promise<void> {
+    return this.keyCopy.stop();
   }
 
-  private async settled(revision: number): Promise<void> {
-    await this.keyCache?.waitFor(revision, 2000).catch(() => undefined);
-  }
-
-  /** The public keys of `user`, oldest first (from the copy when there is one). */
+  /** The public keys of `user`, oldest first (from the copy while it may be trusted). */
   async sshKeysFor(user: string): Promise<string[]> {
-    const c = this.keyCache;
+    const c = this.keyCopy.trusted();
     if (!c) return (await this.listSshKeys(user)).map((k) => k.publicKey);
     let got = this.keysOf.get(user);
     if (!got) {
@@ -187,13 +180,13 @@ export class UserRepo {
     const key = userKeys.sshKey(user, id);
     const r = await this.store.txn([{ key, target: "create", op: "==", value: 0 }], [{ type: "put", key, value: enc(SshKeyRecord, rec) }, this.audit(audit)]);
     if (!r.succeeded) throw alreadyExists(`SSH key ${rec.fingerprint} of user ${user}`);
-    await this.settled(r.revision);
+    await this.keyCopy.settled(r.revision);
   }
 
   async removeSshKey(user: string, id: string, fingerprint: string, audit: AuditFields): Promise<void> {
     const key = userKeys.sshKey(user, id);
     const r = await this.store.txn([{ key, target: "create", op: ">", value: 0 }], [{ type: "delete", key }, this.audit(audit)]);
     if (!r.succeeded) throw notFound(`SSH key ${fingerprint} of user ${user}`);
-    await this.settled(r.revision);
+    await this.keyCopy.settled(r.revision);
   }
 }
