@@ -163,6 +163,18 @@ export function diffMesh(a: MeshSnapshot, b: MeshSnapshot): MeshDelta {
  * be there) and with `upserted` in place (replacing the item of the same key),
  * still in `cmp` order: one pass plus a binary insertion per upsert.
  */
+/** The first index of sorted `list` whose element is not before `x` (where `x` goes to keep it sorted). */
+export function lowerBound<T>(list: readonly T[], x: T, cmp: (a: T, b: T) => number): number {
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (cmp(list[mid]!, x) < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 function patchSorted<T>(list: readonly T[], key: (x: T) => string, removed: readonly string[], upserted: readonly T[], cmp: (a: T, b: T) => number, what: string): T[] {
   if (removed.length === 0 && upserted.length === 0) return [...list];
   const gone = new Set(removed);
@@ -178,16 +190,7 @@ function patchSorted<T>(list: readonly T[], key: (x: T) => string, removed: read
     const missing = [...gone].find((k) => !list.some((x) => key(x) === k));
     throw new MeshDeltaGap(`${what} ${missing} is not in the snapshot the delta applies to`);
   }
-  for (const u of upserted) {
-    let lo = 0;
-    let hi = out.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (cmp(out[mid]!, u) < 0) lo = mid + 1;
-      else hi = mid;
-    }
-    out.splice(lo, 0, u);
-  }
+  for (const u of upserted) out.splice(lowerBound(out, u, cmp), 0, u);
   return out;
 }
 

@@ -7,7 +7,7 @@ import { MeshMember, MeshNetwork, type MeshDelta, type MeshSnapshot } from "../.
 import type { Host } from "../../gen/noid/v1/host.js";
 import type { Network } from "../../gen/noid/v1/network.js";
 import { VmDesiredState, type Vm } from "../../gen/noid/v1/vm.js";
-import { compareMembers, compareNetworks, compareVms, diffMesh } from "../../common/mesh-delta.js";
+import { compareMembers, compareNetworks, compareVms, diffMesh, lowerBound } from "../../common/mesh-delta.js";
 
 export interface MeshInputs {
   /** Registered hosts with their liveness. */
@@ -135,14 +135,8 @@ export function buildMeshView(inp: Omit<MeshInputs, "meshPrefixLen">): MeshView 
 
 /** `list` (sorted by name) with `m` in its place: a copy and a binary search, not a sort. */
 function insertSorted(list: MeshMember[], m: MeshMember): MeshMember[] {
-  let lo = 0;
-  let hi = list.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (byName(list[mid]!, m) < 0) lo = mid + 1;
-    else hi = mid;
-  }
-  return [...list.slice(0, lo), m, ...list.slice(lo)];
+  const at = lowerBound(list, m, byName);
+  return [...list.slice(0, at), m, ...list.slice(at)];
 }
 
 /** The snapshot for host `self` from a view, and a key equal exactly when two snapshots of the same prefix length are. */
