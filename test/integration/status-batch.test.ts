@@ -30,7 +30,7 @@ afterAll(async () => {
 });
 
 /** VMs placed on `host` (CREATING), and a repository whose "informer copy" is what `copy` holds. */
-async function setup(names: string[], host: string, copy: Map<string, StoredVm>): Promise<{ repo: VmRepo; ids: string[] }> {
+async function setup(names: string[], host: string, copy: Map<string, StoredVm>): Promise<{ repo: VmRepo; ids: string[]; txns: () => number }> {
   const txns: number[] = [];
   const counting = new Proxy(store, {
     get(t, p) {
@@ -54,22 +54,20 @@ async function setup(names: string[], host: string, copy: Map<string, StoredVm>)
     copy.set(vm.id, { vm: placed, modRevision: r.revision });
     ids.push(vm.id);
   }
-  (repo as unknown as { txnCount: () => number }).txnCount = () => txns.length;
   txns.length = 0;
-  return { repo, ids };
+  return { repo, ids, txns: () => txns.length };
 }
 
 const phaseOf = async (id: string) => dec(Vm, (await store.get(keys.vm(id)))!.value).status;
-const txnsOf = (repo: VmRepo) => (repo as unknown as { txnCount: () => number }).txnCount();
 
 describe("VmRepo.reportStatuses", () => {
   it("writes the reports of several VMs in one transaction", async () => {
     const copy = new Map<string, StoredVm>();
-    const { repo, ids } = await setup(["a", "b", "c", "d"], A, copy);
+    const { repo, ids, txns } = await setup(["a", "b", "c", "d"], A, copy);
     const refused = await repo.reportStatuses(A, ids.map((vmId) => ({ vmId, phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "" })));
     expect(refused).toEqual([]);
     for (const id of ids) expect((await phaseOf(id))?.phase).toBe(VmPhase.VM_PHASE_RUNNING);
-    expect(txnsOf(repo)).toBe(1);
+    expect(txns()).toBe(1);
   });
 
   it("ends as one-by-one would with a stale copy, a VM reported twice, a FAILED report and a VM of another host", async () => {
