@@ -2,7 +2,7 @@
 // no I/O, no clock, no randomness. The coordinator writes the decisions (and
 // the allocation records built with applyPlacement/releasePlacement) to etcd.
 import { filterHosts, fitsResources, passesStatic, unplacedReason } from "./filter.js";
-import { scoreHost } from "./score.js";
+import { ANTI_AFFINITY_PENALTY, NETWORK_BONUS, roundScore, scoreHost } from "./score.js";
 import type { Decision, HostView, Policy, Res, VmRequest } from "./types.js";
 
 function cloneHost(h: HostView): HostView {
@@ -62,11 +62,16 @@ export function releasePlacement(host: HostView, vm: VmRequest): HostView {
   };
 }
 
-/** Best first: highest score, then host name, then id (names are unique in practice; ids always). */
+/** Between hosts of equal score: the lower name, then the lower id (names are unique in practice; ids always). */
+function firstByName(a: HostView, b: HostView): boolean {
+  if (a.name !== b.name) return a.name < b.name;
+  return a.id < b.id;
+}
+
+/** Best first: highest score, then host name, then id. */
 function better(a: { host: HostView; score: number }, b: { host: HostView; score: number }): boolean {
   if (a.score !== b.score) return a.score > b.score;
-  if (a.host.name !== b.host.name) return a.host.name < b.host.name;
-  return a.host.id < b.host.id;
+  return firstByName(a.host, b.host);
 }
 
 /** Decision plus the position of the chosen host, so a batch updates exactly that view. */
@@ -118,10 +123,26 @@ function requirementKey(vm: VmRequest): string {
  * same decisions as scheduleOne + applyPlacement step by step). A VM costs
  * one cheap pass over the hosts its static filters admit; only a VM that
  * fits nowhere runs the full filters again, for the reason a user reads.
+ *
+ * The pass reads numbers from flat arrays (capacity and allocation per
+ * dimension, VMs of the VM's network and group per host) instead of the
+ * views' objects: the same arithmetic in the same order as fitsResources and
+ * scoreHost, so the same scores and decisions, at a fraction of the cost
+ * (measured: 460 ns per host scored through the views, bench/ finding 11).
  */
 export class BatchScheduler {
   private readonly current: HostView[];
-  private readonly eligible = new Map<string, number[]>();
+  private readonly eligible = new Map<string, Int32Array>();
+  /** Capacity and allocation per host (index as in `current`), dimension by dimension. */
+  private readonly capV: Float64Array;
+  private readonly capM: Float64Array;
+  private readonly capD: Float64Array;
+  private readonly allocV: Float64Array;
+  private readonly allocM: Float64Array;
+  private readonly allocD: Float64Array;
+  /** VMs of a network (or anti-affinity group) per host, built the first time a VM of it is decided. */
+  private readonly netCounts = new Map<string, Int32Array>();
+  private readonly groupCounts = new Map<string, Int32Array>();
 
   constructor(
     hosts: readonly HostView[],
@@ -129,6 +150,22 @@ export class BatchScheduler {
   ) {
     // applyPlacement derives a new view, so the input views are never changed: no copies.
     this.current = [...hosts];
+    const n = hosts.length;
+    this.capV = new Float64Array(n);
+    this.capM = new Float64Array(n);
+    this.capD = new Float64Array(n);
+    this.allocV = new Float64Array(n);
+    this.allocM = new Float64Array(n);
+    this.allocD = new Float64Array(n);
+    for (let i = 0; i < n; i++) {
+      const h = hosts[i]!;
+      this.capV[i] = h.capacity.vcpus;
+      this.capM[i] = h.capacity.memoryMb;
+      this.capD[i] = h.capacity.diskGb;
+      this.allocV[i] = h.allocated.vcpus;
+      this.allocM[i] = h.allocated.memoryMb;
+      this.allocD[i] = h.allocated.diskGb;
+    }
   }
 
   /** The host views as the decisions so far left them (same order as given; a host nothing was placed on is the input's view). */
@@ -136,21 +173,65 @@ export class BatchScheduler {
     return this.current;
   }
 
+  private counts(cache: Map<string, Int32Array>, key: string, of: (h: HostView) => Record<string, number>): Int32Array {
+    let arr = cache.get(key);
+    if (arr === undefined) {
+      arr = new Int32Array(this.current.length);
+      for (let i = 0; i < this.current.length; i++) arr[i] = of(this.current[i]!)[key] ?? 0;
+      cache.set(key, arr);
+    }
+    return arr;
+  }
+
   decide(vm: VmRequest): Decision {
     const key = requirementKey(vm);
     let admitted = this.eligible.get(key);
     if (admitted === undefined) {
-      admitted = [];
-      for (let i = 0; i < this.current.length; i++) if (passesStatic(this.current[i]!, vm)) admitted.push(i);
+      const list: number[] = [];
+      for (let i = 0; i < this.current.length; i++) if (passesStatic(this.current[i]!, vm)) list.push(i);
+      admitted = Int32Array.from(list);
       this.eligible.set(key, admitted);
     }
+    const { capV, capM, capD, allocV, allocM, allocD } = this;
+    const rV = vm.resources.vcpus;
+    const rM = vm.resources.memoryMb;
+    const rD = vm.resources.diskGb;
+    const net = vm.networkId === "" ? undefined : this.counts(this.netCounts, vm.networkId, (h) => h.networks);
+    const group = vm.antiAffinityGroup === "" ? undefined : this.counts(this.groupCounts, vm.antiAffinityGroup, (h) => h.groups);
+    const binpack = this.policy === "binpack";
     let best = -1;
     let bestScore = 0;
-    for (const i of admitted) {
-      const host = this.current[i]!;
-      if (!fitsResources(host, vm)) continue;
-      const score = scoreHost(host, vm, this.policy);
-      if (best < 0 || better({ host, score }, { host: this.current[best]!, score: bestScore })) {
+    for (let k = 0; k < admitted.length; k++) {
+      const i = admitted[k]!;
+      const cV = capV[i]!;
+      const cM = capM[i]!;
+      const cD = capD[i]!;
+      const aV = allocV[i]!;
+      const aM = allocM[i]!;
+      const aD = allocD[i]!;
+      // fitsResources: free (capacity - allocated) covers the request in every dimension.
+      if (!(cV - aV >= rV && cM - aM >= rM && cD - aD >= rD)) continue;
+      // scoreHost, term by term in the same order (utilisationAfter over vcpus, memory, disk).
+      let sum = 0;
+      let dims = 0;
+      if (cV > 0) {
+        sum += Math.min(1, Math.max(0, (aV + rV) / cV));
+        dims += 1;
+      }
+      if (cM > 0) {
+        sum += Math.min(1, Math.max(0, (aM + rM) / cM));
+        dims += 1;
+      }
+      if (cD > 0) {
+        sum += Math.min(1, Math.max(0, (aD + rD) / cD));
+        dims += 1;
+      }
+      const u = dims === 0 ? 1 : sum / dims;
+      const base = binpack ? 100 * u : 100 * (1 - u);
+      const local = net !== undefined && net[i]! > 0 ? NETWORK_BONUS : 0;
+      const peers = group !== undefined ? group[i]! : 0;
+      const score = roundScore(base + local - ANTI_AFFINITY_PENALTY * peers);
+      if (best < 0 || score > bestScore || (score === bestScore && firstByName(this.current[i]!, this.current[best]!))) {
         best = i;
         bestScore = score;
       }
@@ -158,6 +239,11 @@ export class BatchScheduler {
     if (best < 0) return decide(this.current, vm, this.policy).decision;
     const chosen = this.current[best]!;
     this.current[best] = applyPlacement(chosen, vm);
+    allocV[best] = allocV[best]! + rV;
+    allocM[best] = allocM[best]! + rM;
+    allocD[best] = allocD[best]! + rD;
+    if (net !== undefined) net[best] = net[best]! + 1;
+    if (group !== undefined) group[best] = group[best]! + 1;
     return { vmId: vm.id, placed: true, hostId: chosen.id, score: bestScore };
   }
 }

@@ -40,7 +40,7 @@ export function utilisationAfter(host: HostView, vm: VmRequest): number {
  * mean of the same ratios summed in another order can differ in the last bit),
  * which makes ties fall through to the name/id tie-break deterministically.
  */
-function round(x: number): number {
+export function roundScore(x: number): number {
   return Math.round(x * 1e6) / 1e6;
 }
 
@@ -49,5 +49,5 @@ export function scoreHost(host: HostView, vm: VmRequest, policy: Policy): number
   const base = policy === "binpack" ? 100 * u : 100 * (1 - u);
   const local = vm.networkId !== "" && (host.networks[vm.networkId] ?? 0) > 0 ? NETWORK_BONUS : 0;
   const peers = vm.antiAffinityGroup !== "" ? (host.groups[vm.antiAffinityGroup] ?? 0) : 0;
-  return round(base + local - ANTI_AFFINITY_PENALTY * peers);
+  return roundScore(base + local - ANTI_AFFINITY_PENALTY * peers);
 }
