@@ -7,7 +7,8 @@ import { HttpRoute, PortMapping, PortSnapshot, PortStatusRecord, type PortReport
 import type { Store } from "../store/store.js";
 import type { ClusterState } from "../state/cluster.js";
 import type { HostRepo } from "../state/host-repo.js";
-import { Informer } from "../state/informer.js";
+import { Informer, type Change } from "../state/informer.js";
+import type { Host } from "../../gen/noid/v1/host.js";
 import { portKeys } from "../state/keys.js";
 import { dec, enc } from "../state/codec.js";
 import { unchanged } from "../state/vm-repo.js";
@@ -61,7 +62,14 @@ export class PortFeed {
 
   /** Calls `f` after anything a snapshot is made of may have changed. */
   onChange(f: () => void): () => void {
-    const offs = [this.ports.onChange(f), this.routes.onChange(f), this.ports.onResync(f), this.routes.onResync(f), this.d.cluster.hosts.onChange(f)];
+    // Of a host record, a snapshot uses only the mesh address (routes' upstreams): a cordon,
+    // label or capacity change is no reason for every session to rebuild its snapshot.
+    const meshIpChanged = (c: Change<Host>) => {
+      const before = c.prev?.value.meshIp;
+      const after = c.type === "put" ? c.entry.value.meshIp : undefined;
+      if (before !== after) f();
+    };
+    const offs = [this.ports.onChange(f), this.routes.onChange(f), this.ports.onResync(f), this.routes.onResync(f), this.d.cluster.hosts.onChange(meshIpChanged), this.d.cluster.hosts.onResync(f)];
     return () => offs.forEach((o) => o());
   }
 

@@ -12,6 +12,11 @@ import { auditKey } from "../../coordinator/audit-log.js";
 import { PortCountRecord } from "../../gen/noid/v1/port.js";
 import { Vm, VmPhase, VmSpec } from "../../gen/noid/v1/vm.js";
 import { startTestEtcd, type TestEtcd } from "../helpers/etcd.js";
+import { ClusterState } from "../../coordinator/state/cluster.js";
+import { HostRepo } from "../../coordinator/state/host-repo.js";
+import { PortFeed } from "../../coordinator/ports/port-feed.js";
+import { Host } from "../../gen/noid/v1/host.js";
+import { silentLogger } from "../../common/logger.js";
 
 let etcd: TestEtcd;
 let store: EtcdStore;
@@ -116,5 +121,35 @@ describe("port records", () => {
       expect(await store.get(k), k).toBeUndefined();
     }
     expect(await count("gina")).toBe(0);
+  });
+  it("every session's route upstream follows the mesh address of the route's host; a cordon rebuilds nothing", async () => {
+    const cluster = new ClusterState(store, silentLogger());
+    await cluster.start();
+    const feed = new PortFeed({ store, cluster, hosts: new HostRepo(store, clock), logger: silentLogger(), clock });
+    await feed.start();
+    try {
+      const host = Host.fromPartial({ id: "h9", name: "host9", address: "10.99.0.9", meshIp: "100.64.0.9" });
+      const write = async (h: Host) => {
+        const revision = await store.put(keys.host(h.id), enc(Host, h));
+        await cluster.hosts.waitFor(revision);
+      };
+      await write(host);
+      const vm = await placed("hank", "web", "h9");
+      const r = await ports.exposeHttp(vm, "hank.example.test", 80, limits, actor);
+      await feed.routes.waitFor(await store.revision());
+      const upstream = () => feed.snapshotFor("h1").routes.find((x) => x.hostname === "hank.example.test")?.upstream;
+      expect(upstream()).toBe(`100.64.0.9:${r.meshPort}`);
+      let calls = 0;
+      const off = feed.onChange(() => calls++);
+      await write({ ...host, cordoned: true, labels: { zone: "b" } });
+      expect(calls, "a cordon or label change is not a port change").toBe(0);
+      await write({ ...host, cordoned: true, meshIp: "100.64.0.19" });
+      expect(calls).toBe(1);
+      expect(upstream()).toBe(`100.64.0.19:${r.meshPort}`);
+      off();
+    } finally {
+      await feed.stop();
+      await cluster.stop();
+    }
   });
 });
