@@ -17,22 +17,59 @@ export interface MeshInputs {
   meshPrefixLen: number;
 }
 
-function vmsByHostAndNetwork(vms: Vm[]): Map<string, Map<string, Vm[]>> {
-  const out = new Map<string, Map<string, Vm[]>>();
-  for (const vm of vms) {
-    const st = vm.status;
-    if (!st?.hostId || !st.networkId || !st.mac) continue;
-    if (vm.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED) continue;
-    let byNet = out.get(st.hostId);
-    if (!byNet) out.set(st.hostId, (byNet = new Map<string, Vm[]>()));
-    const list = byNet.get(st.networkId);
-    if (list) list.push(vm);
-    else byNet.set(st.networkId, [vm]);
+/**
+ * The VMs mesh snapshots show (those vmMeshKey shows), by host and network,
+ * kept up to date change by change instead of regrouping every VM for every
+ * view (that was O(VMs) per mesh round: fine with 2,000 VMs, not with
+ * 100,000). Copy on write: `snapshot()` hands out the current maps and the
+ * next change copies what it alters (the outer map once per snapshot, a
+ * host's map and one VM list per change), so a snapshot never changes and a
+ * list that did not change is the same array in the next one (its mesh part
+ * is then not computed again, see partOf).
+ */
+export class MeshVmIndex {
+  private byHost = new Map<string, Map<string, readonly Vm[]>>();
+  /** The outer map was handed out by snapshot(): copy it before the next change. */
+  private shared = false;
+
+  constructor(vms: Iterable<Vm> = []) {
+    for (const vm of vms) this.change(undefined, vm);
   }
-  return out;
+
+  /** The index as of now; later changes never alter what it returns. */
+  snapshot(): ReadonlyMap<string, ReadonlyMap<string, readonly Vm[]>> {
+    this.shared = true;
+    return this.byHost;
+  }
+
+  /** A VM was written (`before` -> `after`) or removed (`after` undefined). */
+  change(before: Vm | undefined, after: Vm | undefined): void {
+    const kb = before ? vmMeshKey(before) : "";
+    const ka = after ? vmMeshKey(after) : "";
+    // Same mesh fields (a phase or timestamp changed): the list keeps the VM it has.
+    if (kb === ka) return;
+    if (kb !== "") this.edit(before!, (list) => list.filter((v) => v.id !== before!.id));
+    if (ka !== "") this.edit(after!, (list) => [...list.filter((v) => v.id !== after!.id), after!]);
+  }
+
+  private edit(vm: Vm, f: (list: readonly Vm[]) => Vm[]): void {
+    const hostId = vm.status!.hostId;
+    const netId = vm.status!.networkId;
+    if (this.shared) {
+      this.byHost = new Map(this.byHost);
+      this.shared = false;
+    }
+    // A host's map is small (the networks it carries): copied on every change, never shared mutable.
+    const nets = new Map(this.byHost.get(hostId) ?? []);
+    const list = f(nets.get(netId) ?? []);
+    if (list.length > 0) nets.set(netId, list);
+    else nets.delete(netId);
+    if (nets.size > 0) this.byHost.set(hostId, nets);
+    else this.byHost.delete(hostId);
+  }
 }
 
-export function meshNetwork(n: Network, vms: Vm[]): MeshNetwork {
+export function meshNetwork(n: Network, vms: readonly Vm[]): MeshNetwork {
   return {
     networkId: n.id,
     vni: n.vni,
@@ -63,17 +100,19 @@ export function meshSnapshotFor(self: string, inp: MeshInputs): MeshSnapshot {
  * What every host's snapshot is made of, computed once for a state of the
  * cluster; meshSnapshotFromView then adds what is particular to one host.
  */
-export interface MeshView {
-  byHost: Map<string, Map<string, Vm[]>>;
-  networks: Map<string, Network>;
+export interface MeshView extends MeshHosts {
+  byHost: ReadonlyMap<string, ReadonlyMap<string, readonly Vm[]>>;
+  networks: ReadonlyMap<string, Network>;
+}
+
+/** The part of a view made of host records and liveness only (kept while neither changes). */
+export interface MeshHosts {
   /** Members (without networks) of the live hosts that have a mesh address, sorted by name. */
   live: MeshMember[];
-  liveIds: Set<string>;
+  liveIds: ReadonlySet<string>;
   /** Hash of `live`. */
   liveKey: string;
-  hostsById: Map<string, Host>;
-  /** Memo: "<hostId>/<networkId>" -> that host's part of the network, and its hash. */
-  parts: Map<string, { net: MeshNetwork; key: string }>;
+  hostsById: ReadonlyMap<string, Host>;
 }
 
 // Members and their encodings are kept per host record (the informers keep a
@@ -121,16 +160,38 @@ function membersKey(list: MeshMember[]): string {
 }
 
 export function buildMeshView(inp: Omit<MeshInputs, "meshPrefixLen">): MeshView {
-  const live = inp.hosts.filter(({ host, alive }) => alive && host.meshIp !== "").map(({ host }) => memberOf(host)).sort(byName);
   return {
-    byHost: vmsByHostAndNetwork(inp.vms),
+    ...meshHosts(inp.hosts),
+    byHost: new MeshVmIndex(inp.vms).snapshot(),
     networks: new Map(inp.networks.map((n) => [n.id, n])),
+  };
+}
+
+export function meshHosts(hosts: MeshInputs["hosts"]): MeshHosts {
+  const live = hosts.filter(({ host, alive }) => alive && host.meshIp !== "").map(({ host }) => memberOf(host)).sort(byName);
+  return {
     live,
     liveIds: new Set(live.map((m) => m.hostId)),
     liveKey: membersKey(live),
-    hostsById: new Map(inp.hosts.map(({ host }) => [host.id, host])),
-    parts: new Map(),
+    hostsById: new Map(hosts.map(({ host }) => [host.id, host])),
   };
+}
+
+// A host's part of a network depends only on the network record and the host's VM list in it;
+// both are kept as the same objects until they change (informer records, MeshVmIndex lists),
+// so the part is remembered by them across views: a round computes only the parts that changed.
+const parts = new WeakMap<Network, WeakMap<readonly Vm[], { net: MeshNetwork; key: string }>>();
+
+function partOf(network: Network, vms: readonly Vm[]): { net: MeshNetwork; key: string } {
+  let byList = parts.get(network);
+  if (!byList) parts.set(network, (byList = new WeakMap()));
+  let part = byList.get(vms);
+  if (!part) {
+    const net = meshNetwork(network, vms);
+    part = { net, key: createHash("sha1").update(MeshNetwork.encode(net).finish()).digest("base64") };
+    byList.set(vms, part);
+  }
+  return part;
 }
 
 /** `list` (sorted by name) with `m` in its place: a copy and a binary search, not a sort. */
@@ -155,16 +216,7 @@ export function meshSnapshotFromView(self: string, v: MeshView, meshPrefixLen: n
   const members = base.map((m) => {
     const nets = [...(v.byHost.get(m.hostId)?.entries() ?? [])]
       .filter(([netId]) => mine.has(netId))
-      .map(([netId, vms]) => {
-        const id = `${m.hostId}/${netId}`;
-        let part = v.parts.get(id);
-        if (!part) {
-          const net = meshNetwork(v.networks.get(netId)!, vms);
-          part = { net, key: createHash("sha1").update(MeshNetwork.encode(net).finish()).digest("base64") };
-          v.parts.set(id, part);
-        }
-        return part;
-      })
+      .map(([netId, vms]) => partOf(v.networks.get(netId)!, vms))
       .sort((a, b) => compareNetworks(a.net, b.net));
     if (nets.length === 0) return m;
     h.update(`|${m.hostId}`);

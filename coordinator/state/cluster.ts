@@ -11,7 +11,7 @@ import { Informer } from "./informer.js";
 import { keys, lastSegment, netKeys } from "./keys.js";
 import { Network } from "../../gen/noid/v1/network.js";
 import type { MeshDelta, MeshSnapshot } from "../../gen/noid/v1/agent.js";
-import { buildMeshView, hostMeshKey, meshSnapshotFromView, MeshDiffMemo, vmMeshKey, type MeshView } from "../mesh/snapshot.js";
+import { hostMeshKey, meshHosts, meshSnapshotFromView, MeshDiffMemo, MeshVmIndex, vmMeshKey, type MeshHosts, type MeshView } from "../mesh/snapshot.js";
 import { dec } from "./codec.js";
 
 /** The least delay between a mesh-relevant change and the hosts' snapshots being recomputed. */
@@ -207,13 +207,35 @@ export class ClusterState {
     if (this.roundView) return this.roundView;
     const version = `${this.hosts.revision}/${this.alive.revision}/${this.networks.revision}/${this.vms.revision}/${this.resyncs}`;
     if (this.meshCache?.version === version) return this.meshCache.view;
-    const view = buildMeshView({
-      hosts: this.hosts.values().map((e) => ({ host: e.value, alive: this.isAlive(e.value.id) })),
-      vms: this.vms.values().map((e) => e.value),
-      networks: this.networks.values().map((e) => e.value),
-    });
+    // Each part rebuilt only when its own informers moved; the VMs never regrouped (MeshVmIndex).
+    const hostsVersion = `${this.hosts.revision}/${this.alive.revision}/${this.resyncs}`;
+    if (this.meshHostsCache?.version !== hostsVersion) {
+      this.meshHostsCache = { version: hostsVersion, part: meshHosts(this.hosts.values().map((e) => ({ host: e.value, alive: this.isAlive(e.value.id) }))) };
+    }
+    const netsVersion = `${this.networks.revision}/${this.resyncs}`;
+    if (this.meshNetsCache?.version !== netsVersion) {
+      this.meshNetsCache = { version: netsVersion, part: new Map(this.networks.values().map((e) => [e.value.id, e.value])) };
+    }
+    const view: MeshView = { ...this.meshHostsCache.part, networks: this.meshNetsCache.part, byHost: this.meshVms().snapshot() };
     this.meshCache = { version, view };
     return view;
+  }
+
+  private meshHostsCache?: { version: string; part: MeshHosts };
+  private meshNetsCache?: { version: string; part: Map<string, Network> };
+  private meshIndex?: MeshVmIndex;
+
+  /** The VMs by host and network, built on first use and then kept up to date change by change. */
+  private meshVms(): MeshVmIndex {
+    if (!this.meshIndex) {
+      const build = () => new MeshVmIndex(this.vms.values().map((e) => e.value));
+      this.meshIndex = build();
+      this.vms.onChange((c) => this.meshIndex!.change(c.prev?.value, c.type === "put" ? c.entry.value : undefined));
+      this.vms.onResync(() => {
+        this.meshIndex = build();
+      });
+    }
+    return this.meshIndex;
   }
 
   private resyncs = 0;

@@ -6,7 +6,7 @@
 // that changes a snapshot.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { buildMeshView, hostMeshKey, MeshDiffMemo, meshSnapshotFromView, vmMeshKey, type MeshInputs } from "../../coordinator/mesh/snapshot.js";
+import { buildMeshView, hostMeshKey, MeshDiffMemo, meshHosts, meshSnapshotFromView, MeshVmIndex, vmMeshKey, type MeshInputs } from "../../coordinator/mesh/snapshot.js";
 import { applyMeshDelta, diffMesh } from "../../common/mesh-delta.js";
 import { MeshSnapshot } from "../../gen/noid/v1/agent.js";
 import { Host } from "../../gen/noid/v1/host.js";
@@ -123,6 +123,40 @@ describe("mesh view", () => {
         for (const h of HOSTS) expect(enc(meshSnapshotFromView(h, after, 16).snapshot)).toBe(enc(meshSnapshotFromView(h, before, 16).snapshot));
       }),
       { numRuns: 500 },
+    );
+  });
+  it("the VM index kept change by change equals one built from scratch, and a snapshot it gave out never changes", () => {
+    // Canonical form: host -> network -> the mesh fields of its VMs, sorted.
+    const canon = (m: ReadonlyMap<string, ReadonlyMap<string, readonly Vm[]>>) =>
+      JSON.stringify(
+        [...m]
+          .map(([h, nets]) => [h, [...nets].map(([n, vms]) => [n, vms.map((v) => vmMeshKey(v) + v.id).sort()]).sort()] as const)
+          .sort((a, b) => (a[0] < b[0] ? -1 : 1)),
+      );
+    const step = fc.record({ slot: fc.nat(5), vm: fc.option(vmArb(0), { nil: undefined }) });
+    fc.assert(
+      fc.property(inputsArb, fc.array(step, { maxLength: 25 }), (inp, steps) => {
+        const current: (Vm | undefined)[] = [...inp.vms];
+        const index = new MeshVmIndex(inp.vms);
+        const taken: { snap: ReturnType<MeshVmIndex["snapshot"]>; was: string }[] = [];
+        for (const { slot, vm } of steps) {
+          const before = current[slot];
+          // The slot's VM is rewritten (same id: moved, renumbered, deleted...) or removed.
+          const after = vm ? { ...vm, id: `vm${slot}`, name: `vm${slot}` } : undefined;
+          current[slot] = after;
+          index.change(before, after);
+          const snap = index.snapshot();
+          const live = current.filter((v): v is Vm => v !== undefined);
+          expect(canon(snap)).toBe(canon(new MeshVmIndex(live).snapshot()));
+          taken.push({ snap, was: canon(snap) });
+          // The views built on it are the views built from scratch.
+          const view = { ...meshHosts(inp.hosts), networks: new Map(inp.networks.map((n) => [n.id, n])), byHost: snap };
+          const scratch = buildMeshView({ hosts: inp.hosts, vms: live, networks: inp.networks });
+          for (const h of HOSTS) expect(enc(meshSnapshotFromView(h, view, 16).snapshot)).toBe(enc(meshSnapshotFromView(h, scratch, 16).snapshot));
+        }
+        for (const t of taken) expect(canon(t.snap)).toBe(t.was);
+      }),
+      { numRuns: 300 },
     );
   });
 });
