@@ -30,8 +30,7 @@ export async function resolveVm(repo: VmRepo, ref: { name: string; id: string; o
     if (vm && p.role !== Role.ROLE_ADMIN && vm.owner !== p.user) vm = undefined;
   } else {
     const owner = ownerFor(p, ref.owner);
-    const id = await repo.idByName(owner, ref.name);
-    vm = id ? (await repo.get(id))?.vm : undefined;
+    vm = (await repo.getByName(owner, ref.name))?.vm;
   }
   if (!vm) throw notFound(`VM "${ref.name || ref.id}"`);
   allow(p, action, vm.owner);

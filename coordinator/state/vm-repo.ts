@@ -52,6 +52,8 @@ function counterOf(kv: KeyValue | undefined): Counter {
 /** Which VM names exist, as the informer sees them (may lag etcd either way). */
 export interface VmNameIndex {
   has(owner: string, name: string): boolean;
+  /** The id of the VM the index last saw with this name (a guess: the index may lag etcd). */
+  idOf?(owner: string, name: string): string | undefined;
 }
 
 export function newVmId(): string {
@@ -115,6 +117,24 @@ export class VmRepo {
   async get(id: string): Promise<StoredVm | undefined> {
     const kv = await this.d.store.get(keys.vm(id));
     return kv ? { vm: dec(Vm, kv.value), modRevision: kv.modRevision } : undefined;
+  }
+
+  /**
+   * The VM named `name` of `owner`, read with one etcd read when the name
+   * index knows its id. A VM and its name key are written and removed in the
+   * same transactions and names never change, so a VM record read from etcd
+   * with this owner and name IS what the name key points to at that
+   * revision: the guess is checked, never trusted. A wrong or missing guess
+   * (index behind etcd) falls back to reading the name key, then the VM.
+   */
+  async getByName(owner: string, name: string): Promise<StoredVm | undefined> {
+    const guess = this.d.names?.idOf?.(owner, name);
+    if (guess !== undefined) {
+      const cur = await this.get(guess);
+      if (cur && cur.vm.owner === owner && cur.vm.name === name) return cur;
+    }
+    const id = await this.idByName(owner, name);
+    return id === undefined ? undefined : this.get(id);
   }
 
   async idByName(owner: string, name: string): Promise<string | undefined> {
