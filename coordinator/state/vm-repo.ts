@@ -24,6 +24,9 @@ const MAX_ATTEMPTS = 20;
 const MAX_GROUP = 64;
 /** Status reports written in one transaction (each VM: one compare, one put). */
 const MAX_STATUS_BATCH = 50;
+/** Status puts per group-commit transaction (several hosts' batches), and such transactions in flight at once. */
+const MAX_STATUS_GROUP = 100;
+const STATUS_WRITERS = 2;
 
 interface PendingCreate {
   owner: string;
@@ -696,17 +699,85 @@ export class VmRepo {
       seen.add(r.vmId);
       if (step.kind === "put") batch.push({ report: r, cur, next: step.next });
     }
-    if (batch.length === 1) rest.unshift(batch.pop()!.report);
     if (batch.length > 0) {
-      const t = await this.d.store.txn(
-        batch.map((b) => unchanged(keys.vm(b.cur.vm.id), b.cur)),
-        batch.map((b): Op => ({ type: "put", key: keys.vm(b.cur.vm.id), value: enc(Vm, b.next) })),
-      );
+      const ok = await this.writeStatuses(batch.map((b) => ({ cur: b.cur, next: b.next })));
       // A VM changed since the copy was read (or the copy lagged): apply these one by one, ahead of the rest.
-      if (!t.succeeded) rest.unshift(...batch.map((b) => b.report));
+      if (!ok) rest.unshift(...batch.map((b) => b.report));
     }
     for (const r of rest) await one(r);
     return refused;
+  }
+
+  /**
+   * Group commit of status writes across hosts: with a thousand hosts each
+   * reporting one or two VMs, a transaction per host was a thousand
+   * transactions for a burst of placements. The batches queued while a
+   * write is in flight go together in the next one (up to
+   * MAX_STATUS_GROUP puts, STATUS_WRITERS at a time), each VM compared
+   * unchanged since it was planned. If that transaction fails, its halves
+   * are tried again, so one stale copy fails only its own batch (which then
+   * goes one by one), not the others'. Resolves true when the batch was written.
+   */
+  private writeStatuses(batch: { cur: StoredVm; next: Vm }[]): Promise<boolean> {
+    return new Promise<boolean>((resolve, reject) => {
+      this.statusQueue.push({ batch, resolve, reject });
+      if (this.statusWriters < STATUS_WRITERS) {
+        this.statusWriters++;
+        void this.drainStatuses();
+      }
+    });
+  }
+
+  private statusQueue: { batch: { cur: StoredVm; next: Vm }[]; resolve: (ok: boolean) => void; reject: (e: unknown) => void }[] = [];
+  private statusWriters = 0;
+
+  private async drainStatuses(): Promise<void> {
+    try {
+      // The reports that arrived with this one (other sessions' messages read in the same turn) join it.
+      await new Promise((r) => setImmediate(r));
+      while (this.statusQueue.length > 0) {
+        // Batches in arrival order, until the group is full or a VM would be written twice in it.
+        const group: typeof this.statusQueue = [];
+        const ids = new Set<string>();
+        let puts = 0;
+        for (let i = 0; i < this.statusQueue.length; ) {
+          const e = this.statusQueue[i]!;
+          const fits = group.length === 0 || puts + e.batch.length <= MAX_STATUS_GROUP;
+          if (!fits) break;
+          if (e.batch.some((b) => ids.has(b.cur.vm.id))) {
+            i++;
+            continue;
+          }
+          for (const b of e.batch) ids.add(b.cur.vm.id);
+          puts += e.batch.length;
+          group.push(e);
+          this.statusQueue.splice(i, 1);
+        }
+        const write = (batch: { cur: StoredVm; next: Vm }[]) =>
+          this.d.store.txn(
+            batch.map((b) => unchanged(keys.vm(b.cur.vm.id), b.cur)),
+            batch.map((b): Op => ({ type: "put", key: keys.vm(b.cur.vm.id), value: enc(Vm, b.next) })),
+          );
+        // A failed group is split in halves and each tried again: a stale copy costs about
+        // 2·log2(batches) transactions, and only its own batch goes on one by one.
+        const settle = async (g: typeof group): Promise<void> => {
+          const t = await write(g.flatMap((e) => e.batch));
+          if (t.succeeded || g.length === 1) {
+            for (const e of g) e.resolve(t.succeeded);
+            return;
+          }
+          const half = Math.ceil(g.length / 2);
+          await Promise.all([settle(g.slice(0, half)), settle(g.slice(half))]);
+        };
+        try {
+          await settle(group);
+        } catch (err) {
+          for (const e of group) e.reject(err);
+        }
+      }
+    } finally {
+      this.statusWriters--;
+    }
   }
 
   /** Pure: what `report` does to `cur` (see reportStatus). */
