@@ -151,6 +151,14 @@ export class SimAgent {
     else if (k.$case === "vmRemoved") this.vms.delete(k.value.vmId);
     else if (k.$case === "mesh") this.mesh = k.value;
     else if (k.$case === "meshUpdate") this.onMeshUpdate(k.value);
+    // Operations a simulated host cannot do: refused as the real agent refuses them when it has no such capability.
+    else if (k.$case === "checkpoint") {
+      this.send({ kind: { $case: "checkpointResult", value: { opId: k.value.opId, error: "this agent does not run checkpoints", errorCode: "FAILED_PRECONDITION", driver: "", sizeBytes: 0, sha256: "" } } });
+    } else if (k.$case === "migration") {
+      this.send({ kind: { $case: "migrationResult", value: { opId: k.value.opId, error: "this agent does not run migrations", errorCode: "FAILED_PRECONDITION", url: "", sizeBytes: 0, sha256: "", driver: "" } } });
+    } else if (k.$case === "exec") {
+      this.send({ kind: { $case: "execOutput", value: { execId: k.value.execId, output: undefined, error: "this agent does not run exec" } } });
+    }
   }
 
   /** Like the real agent (agent/session.ts), but a delta that does not fit is recorded in meshError (and not resynced). */
