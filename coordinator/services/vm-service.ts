@@ -3,7 +3,7 @@ import {
   VmDesiredState,
   VmEventType,
   type VmServiceServer,
-  type Vm,
+  Vm,
   type CreateVmRequest,
   type CreateVmResponse,
   type WatchVmsResponse,
@@ -49,17 +49,16 @@ export function vmService(d: VmServiceDeps): VmServiceServer {
       }
       if (spec.host !== "" && !d.cluster.hostByName(spec.host)) throw invalid("spec.host", `no host named "${spec.host}"`);
       spec.sshAuthorizedKeys = (await d.sshKeysOf?.(ctx.principal.user)) ?? [];
-      const created = await d.repo.create(ctx.principal.user, name, spec, d.limits(), { peer: ctx.peer }, { signal: ctx.signal });
+      // If no host can take it now, the VM is created all the same (placed when capacity
+      // appears) and shows why from the start; the caller is told at once.
+      const hosts = d.cluster.hostViews();
+      const ask = requestOf(Vm.fromPartial({ owner: ctx.principal.user, spec }));
+      const why = anyHostFits(hosts, ask) ? "" : unplacedReason(hosts, ask, filterHosts(hosts, ask).filtered);
+      const created = await d.repo.create(ctx.principal.user, name, spec, d.limits(), { peer: ctx.peer }, { signal: ctx.signal, reason: why });
       // Read your writes: a list or get on this replica right after the create shows the VM
       // (they read the informer, which may be a watch event behind). Bounded: etcd may be slow.
       await d.cluster.vms.waitFor(created.modRevision, 2000).catch(() => undefined);
-      // The VM is kept either way; tell the caller now if nothing can take it.
-      const hosts = d.cluster.hostViews();
-      const ask = requestOf(created.vm);
-      if (!anyHostFits(hosts, ask)) {
-        const fit = filterHosts(hosts, ask);
-        throw exhausted(`${unplacedReason(hosts, ask, fit.filtered)}; VM "${name}" is kept PENDING and placed when capacity appears`);
-      }
+      if (why !== "") throw exhausted(`${why}; VM "${name}" is kept PENDING and placed when capacity appears`);
       return { vm: created.vm };
     }),
 

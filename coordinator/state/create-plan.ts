@@ -73,6 +73,8 @@ export interface CreateAsk {
   peer: string;
   desired: VmDesiredState;
   detail: string;
+  /** The status reason it starts with ("" for none; e.g. why no host can take it now). */
+  reason: string;
   /** Fresh for every attempt. */
   id: string;
   auditId: string;
@@ -126,7 +128,7 @@ function pendingVm(a: CreateAsk, net: NetView | undefined, ip: string, mac: stri
       phase: VmPhase.VM_PHASE_PENDING,
       hostId: "",
       hostName: "",
-      reason: "",
+      reason: a.reason,
       ip: net ? ip : "",
       mac: net ? mac : "",
       updatedAt: a.now,

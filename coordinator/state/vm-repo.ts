@@ -34,7 +34,7 @@ interface PendingCreate {
   spec: VmSpec;
   limits: Limits;
   peer: string;
-  opts: { desired?: VmDesiredState; detail?: string; signal?: AbortSignal };
+  opts: { desired?: VmDesiredState; detail?: string; reason?: string; signal?: AbortSignal };
   attempts: number;
   /** Its last transaction failed: read everything from etcd. */
   fresh?: boolean;
@@ -164,7 +164,7 @@ export class VmRepo {
     spec: VmSpec,
     limits: Limits,
     audit: { peer: string },
-    opts: { desired?: VmDesiredState; detail?: string; signal?: AbortSignal } = {},
+    opts: { desired?: VmDesiredState; detail?: string; reason?: string; signal?: AbortSignal } = {},
   ): Promise<StoredVm> {
     checkVmLimits(limits, { vcpus: spec.vcpus, memoryMb: spec.memoryMb, diskGb: spec.diskGb });
     return new Promise<StoredVm>((resolve, reject) => {
@@ -226,6 +226,7 @@ export class VmRepo {
       peer: p.peer,
       desired: p.opts.desired ?? VmDesiredState.VM_DESIRED_STATE_RUNNING,
       detail: p.opts.detail ?? "",
+      reason: p.opts.reason ?? "",
       id: this.d.newId(),
       auditId: this.d.auditKey(now),
       now,
