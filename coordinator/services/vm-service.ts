@@ -3,7 +3,7 @@ import {
   VmDesiredState,
   VmEventType,
   type VmServiceServer,
-  Vm,
+  type Vm,
   type CreateVmRequest,
   type CreateVmResponse,
   type WatchVmsResponse,
@@ -49,16 +49,20 @@ export function vmService(d: VmServiceDeps): VmServiceServer {
       }
       if (spec.host !== "" && !d.cluster.hostByName(spec.host)) throw invalid("spec.host", `no host named "${spec.host}"`);
       spec.sshAuthorizedKeys = (await d.sshKeysOf?.(ctx.principal.user)) ?? [];
-      // If no host can take it now, the VM is created all the same (placed when capacity
-      // appears) and shows why from the start; the caller is told at once.
-      const hosts = d.cluster.hostViews();
-      const ask = requestOf(Vm.fromPartial({ owner: ctx.principal.user, spec }));
-      const why = anyHostFits(hosts, ask) ? "" : unplacedReason(hosts, ask, filterHosts(hosts, ask).filtered);
-      const created = await d.repo.create(ctx.principal.user, name, spec, d.limits(), { peer: ctx.peer }, { signal: ctx.signal, reason: why });
+      const created = await d.repo.create(ctx.principal.user, name, spec, d.limits(), { peer: ctx.peer }, { signal: ctx.signal });
       // Read your writes: a list or get on this replica right after the create shows the VM
       // (they read the informer, which may be a watch event behind). Bounded: etcd may be slow.
       await d.cluster.vms.waitFor(created.modRevision, 2000).catch(() => undefined);
-      if (why !== "") throw exhausted(`${why}; VM "${name}" is kept PENDING and placed when capacity appears`);
+      // The VM is kept either way; tell the caller now if nothing can take it.
+      const hosts = d.cluster.hostViews();
+      const ask = requestOf(created.vm);
+      if (!anyHostFits(hosts, ask)) {
+        const why = unplacedReason(hosts, ask, filterHosts(hosts, ask).filtered);
+        // The VM shows why before the caller hears of it (the leader's next placement pass
+        // would write the same; a GetVm right after this answer must not show no reason).
+        await d.repo.notePending(created, why).catch(() => undefined);
+        throw exhausted(`${why}; VM "${name}" is kept PENDING and placed when capacity appears`);
+      }
       return { vm: created.vm };
     }),
 

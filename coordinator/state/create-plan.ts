@@ -73,8 +73,6 @@ export interface CreateAsk {
   peer: string;
   desired: VmDesiredState;
   detail: string;
-  /** The status reason it starts with ("" for none; e.g. why no host can take it now). */
-  reason: string;
   /** Fresh for every attempt. */
   id: string;
   auditId: string;
@@ -128,7 +126,7 @@ function pendingVm(a: CreateAsk, net: NetView | undefined, ip: string, mac: stri
       phase: VmPhase.VM_PHASE_PENDING,
       hostId: "",
       hostName: "",
-      reason: a.reason,
+      reason: "",
       ip: net ? ip : "",
       mac: net ? mac : "",
       updatedAt: a.now,

@@ -34,7 +34,7 @@ interface PendingCreate {
   spec: VmSpec;
   limits: Limits;
   peer: string;
-  opts: { desired?: VmDesiredState; detail?: string; reason?: string; signal?: AbortSignal };
+  opts: { desired?: VmDesiredState; detail?: string; signal?: AbortSignal };
   attempts: number;
   /** Its last transaction failed: read everything from etcd. */
   fresh?: boolean;
@@ -122,6 +122,13 @@ export class VmRepo {
     return kv ? { vm: dec(Vm, kv.value), modRevision: kv.modRevision } : undefined;
   }
 
+  /** Shows why a VM waits for a host (its status reason), if it is still as `cur` was: otherwise someone else decided. */
+  async notePending(cur: StoredVm, reason: string): Promise<void> {
+    if (cur.vm.status?.reason === reason) return;
+    const next: Vm = { ...cur.vm, status: { ...cur.vm.status!, reason, updatedAt: this.d.clock.now() } };
+    await this.d.store.txn([unchanged(keys.vm(cur.vm.id), cur)], [{ type: "put", key: keys.vm(cur.vm.id), value: enc(Vm, next) }]);
+  }
+
   /**
    * The VM named `name` of `owner`, read with one etcd read when the name
    * index knows its id. A VM and its name key are written and removed in the
@@ -164,7 +171,7 @@ export class VmRepo {
     spec: VmSpec,
     limits: Limits,
     audit: { peer: string },
-    opts: { desired?: VmDesiredState; detail?: string; reason?: string; signal?: AbortSignal } = {},
+    opts: { desired?: VmDesiredState; detail?: string; signal?: AbortSignal } = {},
   ): Promise<StoredVm> {
     checkVmLimits(limits, { vcpus: spec.vcpus, memoryMb: spec.memoryMb, diskGb: spec.diskGb });
     return new Promise<StoredVm>((resolve, reject) => {
@@ -226,7 +233,6 @@ export class VmRepo {
       peer: p.peer,
       desired: p.opts.desired ?? VmDesiredState.VM_DESIRED_STATE_RUNNING,
       detail: p.opts.detail ?? "",
-      reason: p.opts.reason ?? "",
       id: this.d.newId(),
       auditId: this.d.auditKey(now),
       now,
