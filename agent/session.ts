@@ -234,7 +234,7 @@ export class AgentSession {
     this.stream = stream;
     this.setState("streaming");
     this.meshView.reset();
-    this.write({ kind: { $case: "hello", value: { hostId: reg.hostId, meshDeltas: this.opts.mesh !== undefined } } });
+    this.write({ kind: { $case: "hello", value: { hostId: reg.hostId, meshDeltas: this.opts.mesh !== undefined, batches: true } } });
     if (this.condition) this.write({ kind: { $case: "hostCondition", value: this.condition } });
     if (this.portReport) this.write({ kind: { $case: "portReport", value: this.portReport } });
     if (this.opts.capabilities) this.write({ kind: { $case: "capabilities", value: { drivers: this.opts.capabilities() } } });
@@ -309,6 +309,9 @@ export class AgentSession {
         break;
       case "meshUpdate":
         this.meshUpdate(k.value);
+        break;
+      case "batch":
+        for (const item of k.value.items) this.receive(item);
         break;
       case "ports":
         this.opts.ports?.setSnapshot(k.value);

@@ -24,8 +24,9 @@ async function main(): Promise<void> {
     .option("--prof-mesh <dir>", "profile the bench process and the coordinator during the mesh events only (joins, rotations, leaves)")
     .option("--prof-latency <dir>", "profile the bench process and the coordinator during the creates of the latency figure")
     .option("--mesh-full", "simulated hosts take full mesh snapshots instead of deltas (as agents before deltas)")
+    .option("--coordinator-node-args <args>", "extra node flags for the coordinator process, space-separated (e.g. \"--max-semi-space-size=16\" to compare heap settings)")
     .parse();
-  const o = cmd.opts<{ quick?: boolean; only?: string; out: string; fsync?: boolean; cpuProf?: boolean; vms?: string; hosts?: string; createRate?: string; inline?: boolean; profPlacement?: string; profMesh?: string; profLatency?: string; meshFull?: boolean }>();
+  const o = cmd.opts<{ quick?: boolean; only?: string; out: string; fsync?: boolean; cpuProf?: boolean; vms?: string; hosts?: string; createRate?: string; inline?: boolean; profPlacement?: string; profMesh?: string; profLatency?: string; meshFull?: boolean; coordinatorNodeArgs?: string }>();
   const started = Date.now();
   const sizes = { ...(o.quick ? QUICK : FULL) };
   if (o.vms) sizes.placementVms = Number(o.vms);
@@ -43,7 +44,10 @@ async function main(): Promise<void> {
     ...(o.profPlacement ? { profPlacementDir: o.profPlacement } : {}),
     ...(o.profMesh ? { profMeshDir: o.profMesh } : {}),
     ...(o.profLatency ? { profLatencyDir: o.profLatency } : {}),
-    ...(o.cpuProf ? { coordinatorExecArgv: ["--cpu-prof", `--cpu-prof-dir=${join(root, "bench", "prof")}`] } : {}),
+    coordinatorExecArgv: [
+      ...(o.cpuProf ? ["--cpu-prof", `--cpu-prof-dir=${join(root, "bench", "prof")}`] : []),
+      ...(o.coordinatorNodeArgs ? o.coordinatorNodeArgs.split(/\s+/).filter((a) => a !== "") : []),
+    ],
   });
   writeResults(figs, o.out);
   process.stdout.write(renderTable(figs) + "\n");

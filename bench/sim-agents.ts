@@ -153,14 +153,18 @@ export class SimHost {
           this.probe((key) => raw.includes(Buffer.from(key)), at);
           return;
         }
-        const k = m.msg.kind;
-        if (k?.$case === "meshUpdate") return this.onMeshUpdate(k.value);
-        if (k?.$case === "snapshot") {
-          for (const vm of k.value.vms) this.onVm(vm);
-          established = true;
-          resolve();
-        } else if (k?.$case === "vm") this.onVm(k.value);
-        else if (k?.$case === "heartbeatAck") this.fleet.heartbeatAcks++;
+        const handle = (msg: SessionResponse): void => {
+          const k = msg.kind;
+          if (k?.$case === "batch") for (const item of k.value.items) handle(item);
+          else if (k?.$case === "meshUpdate") this.onMeshUpdate(k.value);
+          else if (k?.$case === "snapshot") {
+            for (const vm of k.value.vms) this.onVm(vm);
+            established = true;
+            resolve();
+          } else if (k?.$case === "vm") this.onVm(k.value);
+          else if (k?.$case === "heartbeatAck") this.fleet.heartbeatAcks++;
+        };
+        handle(m.msg);
       });
       stream.on("error", (e: grpc.ServiceError) => {
         if (this.closed || this.stream !== stream) return;
@@ -179,7 +183,7 @@ export class SimHost {
       });
     });
     this.meshView.reset();
-    stream.write({ kind: { $case: "hello", value: { hostId: this.hostId, meshDeltas: this.fleet.meshDeltas } } });
+    stream.write({ kind: { $case: "hello", value: { hostId: this.hostId, meshDeltas: this.fleet.meshDeltas, batches: this.fleet.batches } } });
     // Spread heartbeats over the interval so they do not arrive in bursts.
     const every = this.fleet.heartbeatMs;
     setTimeout(() => {
@@ -262,6 +266,8 @@ export interface FleetOptions {
   prefix?: string;
   /** Say Hello.mesh_deltas and apply the deltas (default true, as the agent); false: full snapshots. */
   meshDeltas?: boolean;
+  /** Say Hello.batches and take batched messages (default true, as the agent). */
+  batches?: boolean;
 }
 
 /** Many simulated hosts in this process. */
@@ -285,12 +291,14 @@ export class SimFleet {
   /** Mesh deltas that did not fit a host's view (it asked for a full snapshot). */
   meshResyncs = 0;
   readonly meshDeltas: boolean;
+  readonly batches: boolean;
   private readonly clients: InstanceType<typeof Client>[] = [];
 
   constructor(private readonly o: FleetOptions) {
     this.md.set("authorization", `Bearer ${o.token}`);
     this.autoRun = o.autoRun ?? true;
     this.meshDeltas = o.meshDeltas ?? true;
+    this.batches = o.batches ?? true;
   }
 
   private clientFor(i: number): InstanceType<typeof Client> {

@@ -345,8 +345,45 @@ class AgentSession implements ExecChannel {
     this.log = d.logger.child({ component: "session", peer: call.getPeer() });
   }
 
-  private send(m: SessionResponse): void {
-    if (!this.closed) this.call.write(m);
+  /** The agent takes SessionResponse.batch (Hello.batches). */
+  private batches = false;
+  /** Messages waiting for the session's write in flight (batches only). */
+  private outbox: { m: SessionResponse; written?: () => void }[] = [];
+  private writing = false;
+  private flushSoon = false;
+
+  /**
+   * Sends a message; `written` is called once the stream took it. The stream
+   * writes one message at a time, each after the last one's write completed
+   * (an event-loop turn on a busy coordinator): to an agent that takes
+   * batches, what comes meanwhile (and in the same turn) goes out as one
+   * message, small kinds together (nextWrite), large ones alone.
+   */
+  private send(m: SessionResponse, written?: () => void): void {
+    if (this.closed) return;
+    if (!this.batches) {
+      this.call.write(m, written);
+      return;
+    }
+    this.outbox.push({ m, ...(written ? { written } : {}) });
+    if (this.writing || this.flushSoon) return;
+    this.flushSoon = true;
+    setImmediate(() => {
+      this.flushSoon = false;
+      this.flush();
+    });
+  }
+
+  private flush(): void {
+    if (this.closed || this.writing || this.outbox.length === 0) return;
+    const items = nextWrite(this.outbox);
+    this.writing = true;
+    const msg: SessionResponse = items.length === 1 ? items[0]!.m : { kind: { $case: "batch", value: { items: items.map((i) => i.m) } } };
+    this.call.write(msg, () => {
+      this.writing = false;
+      for (const i of items) i.written?.();
+      this.flush();
+    });
   }
 
   private fail(e: unknown): void {
@@ -479,7 +516,10 @@ class AgentSession implements ExecChannel {
   private async onMessage(m: SessionRequest): Promise<void> {
     const k = m.kind;
     if (!k) throw invalid("kind", "empty session message");
-    if (k.$case === "hello") return this.hello(k.value.hostId, k.value.meshDeltas);
+    if (k.$case === "hello") {
+      this.batches = k.value.batches;
+      return this.hello(k.value.hostId, k.value.meshDeltas);
+    }
     if (!this.hostId) throw new NoidError("FAILED_PRECONDITION", "send hello first");
     if (k.$case === "heartbeat") return this.heartbeat(k.value.sequence);
     if (k.$case === "execOutput") {
@@ -766,7 +806,7 @@ class AgentSession implements ExecChannel {
       msg = { kind: { $case: "meshUpdate", value: { version, kind: delta ? { $case: "delta", value: delta } : { $case: "full", value: mesh } } } };
     }
     this.meshInFlight = true;
-    this.call.write(msg, () => {
+    this.send(msg, () => {
       this.meshInFlight = false;
       if (this.meshAgain) {
         this.meshAgain = false;
@@ -774,6 +814,24 @@ class AgentSession implements ExecChannel {
       }
     });
   }
+}
+
+/** Messages small enough to share a batch; the rest (snapshots, full mesh views, ports, commands, stream data) go alone. */
+function batchable(m: SessionResponse): boolean {
+  const k = m.kind;
+  if (!k) return false;
+  if (k.$case === "meshUpdate") return k.value.kind?.$case === "delta";
+  return k.$case === "vm" || k.$case === "vmRemoved" || k.$case === "heartbeatAck";
+}
+
+const MAX_BATCH = 128;
+
+/** Takes the next write off the outbox, in order: one message that goes alone, or a run of batchable ones. */
+export function nextWrite<T extends { m: SessionResponse }>(outbox: T[]): T[] {
+  if (!batchable(outbox[0]!.m)) return outbox.splice(0, 1);
+  let n = 1;
+  while (n < outbox.length && n < MAX_BATCH && batchable(outbox[n]!.m)) n++;
+  return outbox.splice(0, n);
 }
 
 

@@ -23,12 +23,18 @@ export interface SimAgentOptions {
   posture?: HostPosture;
   /** Say Hello.mesh_deltas and apply the deltas to `mesh` (default: take full snapshots). */
   meshDeltas?: boolean;
+  /** Say Hello.batches and take batched messages (default true, as the real agent). */
+  batches?: boolean;
 }
 
 export class SimAgent {
   hostId = "";
   readonly vms = new Map<string, Vm>();
   snapshots = 0;
+  /** Messages received (a batch counts itself and each message in it). */
+  received = 0;
+  /** Batches received (SessionResponse.batch). */
+  batchesReceived = 0;
   /** The last mesh view the coordinator sent (with meshDeltas: the deltas applied to the last full one). */
   mesh?: MeshSnapshot;
   /** With meshDeltas: every mesh update received on the current stream, in order. */
@@ -111,7 +117,7 @@ export class SimAgent {
     stream.on("end", lost);
     this.meshUpdates = [];
     this.meshVersion = 0;
-    stream.write({ kind: { $case: "hello", value: { hostId: this.hostId, meshDeltas: this.o.meshDeltas ?? false } } });
+    stream.write({ kind: { $case: "hello", value: { hostId: this.hostId, meshDeltas: this.o.meshDeltas ?? false, batches: this.o.batches ?? true } } });
     if (!this.beat) this.beat = setInterval(() => this.send({ kind: { $case: "heartbeat", value: { sequence: ++this.seq } } }), 500);
     await first;
   }
@@ -143,7 +149,11 @@ export class SimAgent {
   private onMessage(m: SessionResponse): void {
     const k = m.kind;
     if (!k) return;
-    if (k.$case === "snapshot") {
+    this.received++;
+    if (k.$case === "batch") {
+      this.batchesReceived++;
+      for (const item of k.value.items) this.onMessage(item);
+    } else if (k.$case === "snapshot") {
       this.snapshots++;
       this.vms.clear();
       for (const vm of k.value.vms) this.onVm(vm);

@@ -393,13 +393,13 @@ describe("node authorization", () => {
         ).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED });
 
         // B opening a session as A (A's host id).
-        const asA = await sessionOutcome(raw, [{ kind: { $case: "hello", value: { hostId: simA.hostId, meshDeltas: false } } }]);
+        const asA = await sessionOutcome(raw, [{ kind: { $case: "hello", value: { hostId: simA.hostId, meshDeltas: false, batches: false } } }]);
         expect(asA.code).toBe(grpc.status.PERMISSION_DENIED);
         expect(asA.vmIds).not.toContain(vm.id);
 
         // B, in its own session, reporting A's VM.
         const report = await sessionOutcome(raw, [
-          { kind: { $case: "hello", value: { hostId: simB.hostId, meshDeltas: false } } },
+          { kind: { $case: "hello", value: { hostId: simB.hostId, meshDeltas: false, batches: false } } },
           { kind: { $case: "vmStatus", value: { vmId: vm.id, phase: VmPhase.VM_PHASE_FAILED, reason: "pwned", ip: "6.6.6.6", mac: "", destroyed: false } } },
         ]);
         expect(report.code).toBe(grpc.status.PERMISSION_DENIED);
@@ -407,7 +407,7 @@ describe("node authorization", () => {
         // Or claiming it is destroyed: ignored (a host back from a loss reports the removal of
         // VMs rescheduled away, which it cannot tell from this), and nothing changes.
         const destroy = await sessionOutcome(raw, [
-          { kind: { $case: "hello", value: { hostId: simB.hostId, meshDeltas: false } } },
+          { kind: { $case: "hello", value: { hostId: simB.hostId, meshDeltas: false, batches: false } } },
           { kind: { $case: "vmStatus", value: { vmId: vm.id, phase: VmPhase.VM_PHASE_STOPPED, reason: "", ip: "", mac: "", destroyed: true } } },
         ]);
         expect(destroy.vmIds).not.toContain(vm.id);

@@ -120,7 +120,7 @@ describe("agent session client", () => {
     await until(() => sink.snapshots === 1, "snapshot");
     expect(coord.registrations[0]?.auth).toBe("Bearer s3cret");
     expect(coord.registrations[0]?.req).toMatchObject({ name: "h1", drivers: ["sandbox"], capacity: { vcpus: 4 } });
-    expect(coord.received[0]).toEqual({ kind: { $case: "hello", value: { hostId: "host-1", meshDeltas: false } } }); // no mesh sink: no deltas asked
+    expect(coord.received[0]).toEqual({ kind: { $case: "hello", value: { hostId: "host-1", meshDeltas: false, batches: true } } }); // no mesh sink: no deltas asked; batches always
     expect([...sink.desired.values()].map((d) => `${d.id}:${d.state}`)).toEqual(["a:running", "b:stopped"]);
     expect(session.hostId).toBe("host-1");
 
@@ -159,7 +159,7 @@ describe("agent session client", () => {
     const { coord, session } = await setup([], { mesh: { setSnapshot: (s) => void views.push(s) } });
     session.start();
     await until(() => coord.streams.length === 1 && coord.count("hello") === 1, "hello");
-    expect(coord.received.find((m) => m.kind?.$case === "hello")?.kind?.value).toEqual({ hostId: "host-1", meshDeltas: true });
+    expect(coord.received.find((m) => m.kind?.$case === "hello")?.kind?.value).toEqual({ hostId: "host-1", meshDeltas: true, batches: true });
     const member = (id: string, key: string): MeshMember => ({ hostId: id, name: `n${id}`, address: "10.99.0.1", wireguardPublicKey: key, wireguardPort: 51820, meshIp: `100.64.0.${id}`, networks: [] });
     const s1: MeshSnapshot = { members: [member("1", "a"), member("2", "b")], meshPrefixLen: 16 };
     const s2: MeshSnapshot = { members: [member("1", "a"), member("2", "c"), member("3", "d")], meshPrefixLen: 16 };
