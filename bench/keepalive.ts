@@ -1,14 +1,17 @@
-// node dist/bench/keepalive.js [--leases N] [--interval-ms MS] [--seconds S] [--rounds R]
+// node dist/bench/keepalive.js [--leases N] [--interval-ms MS] [--seconds S] [--rounds R] [--busy-ms MS] [--streams N]
 // Lease renewals as a coordinator with N hosts in session makes them (each
 // lease renewed every interval, one renewal at a time per lease, spread over
 // the interval), through the EtcdStore: a LeaseKeepAlive stream per renewal
-// (before) against the one shared stream (now), alternating, same etcd. Prints
+// (before) against one shared stream and against --streams shared streams
+// (now), alternating, same etcd; --busy-ms blocks the event loop that long on
+// every turn, as a loaded coordinator's work does. Prints
 // renewals/s, latency, this process's CPU and etcd's CPU per renewal, failures
 // and how many leases' keys are still there at the end (BENCHMARKS.md finding 6).
 import { readFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
 import { Command } from "commander";
 import { createEtcdStore, type Lease } from "../coordinator/store/index.js";
+import { KEEPALIVE_STREAMS } from "../coordinator/store/etcd-store.js";
 import { startBenchEtcd } from "./cluster.js";
 import { percentile, pool, sleep } from "./stats.js";
 
@@ -23,9 +26,11 @@ async function main(): Promise<void> {
     .option("--leases <n>", "leases (hosts in session)", "1000")
     .option("--interval-ms <ms>", "renewal interval per lease (the heartbeat interval)", "2000")
     .option("--seconds <s>", "duration of each run", "20")
-    .option("--rounds <r>", "pairs of runs (per-call, shared)", "2")
+    .option("--rounds <r>", "rounds of runs (per-call, one shared stream, --streams shared streams)", "2")
+    .option("--busy-ms <ms>", "block the event loop this long on every turn (a loaded coordinator)", "0")
+    .option("--streams <n>", "shared streams of the last mode (the coordinator's default)", String(KEEPALIVE_STREAMS))
     .parse()
-    .opts<{ leases: string; intervalMs: string; seconds: string; rounds: string }>();
+    .opts<{ leases: string; intervalMs: string; seconds: string; rounds: string; busyMs: string; streams: string }>();
   const n = Number(o.leases);
   const every = Number(o.intervalMs);
   const secs = Number(o.seconds);
@@ -34,10 +39,11 @@ async function main(): Promise<void> {
   const etcd = await startBenchEtcd({ fsync: false });
   try {
     for (let round = 0; round < Number(o.rounds); round++) {
-      for (const shared of [false, true]) {
-        const mode = shared ? "shared stream" : "stream per renewal";
-        const prefix = `/ka-${round}-${shared ? "s" : "p"}/`;
-        const store = await createEtcdStore({ endpoints: etcd.endpoints, prefix, sharedKeepAlive: shared });
+      for (const streams of [0, 1, Number(o.streams)]) {
+        const shared = streams > 0;
+        const mode = shared ? `${streams} shared stream${streams === 1 ? "" : "s"}` : "stream per renewal";
+        const prefix = `/ka-${round}-${streams}/`;
+        const store = await createEtcdStore({ endpoints: etcd.endpoints, prefix, sharedKeepAlive: shared, keepAliveStreams: Math.max(1, streams) });
         const leases: Lease[] = new Array(n);
         await pool(n, 64, async (i) => {
           leases[i] = await store.grantLease(10);
@@ -48,6 +54,16 @@ async function main(): Promise<void> {
         let skipped = 0;
         const busy = new Set<number>();
         const timers: NodeJS.Timeout[] = [];
+        // A loaded coordinator: every turn of the event loop runs busyMs of other work.
+        const busyMs = Number(o.busyMs);
+        let spinning = busyMs > 0;
+        const spin = () => {
+          if (!spinning) return;
+          const end = performance.now() + busyMs;
+          while (performance.now() < end);
+          setImmediate(spin);
+        };
+        spin();
         const cpu0 = process.cpuUsage();
         const etcd0 = procCpuMs(etcd.etcd.pid);
         const t0 = performance.now();
@@ -65,6 +81,7 @@ async function main(): Promise<void> {
         }
         await sleep(secs * 1000);
         timers.forEach((t) => clearTimeout(t));
+        spinning = false;
         const until = Date.now() + 10_000;
         while (busy.size > 0 && Date.now() < until) await sleep(20);
         const wall = (performance.now() - t0) / 1000;

@@ -40,9 +40,20 @@ export interface EtcdStoreOptions {
   /** Deadline of each request; default 5 s. */
   requestTimeoutMs?: number;
   tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
-  /** Lease renewals over one shared LeaseKeepAlive stream (default); false: a stream per renewal (bench/keepalive.ts compares). */
+  /** Lease renewals over shared LeaseKeepAlive streams (default); false: a stream per renewal (bench/keepalive.ts compares). */
   sharedKeepAlive?: boolean;
+  /** Shared LeaseKeepAlive streams, leases spread over them by id (default KEEPALIVE_STREAMS). */
+  keepAliveStreams?: number;
 }
+
+/**
+ * A gRPC stream writes one message at a time, the next once the last one's
+ * write completed: one renewal per event-loop turn on a stream. A busy
+ * coordinator fell behind 1,000 hosts' renewals on one stream (turns of 20 ms:
+ * 120 renewals/s, leases expired; bench/keepalive.ts --busy-ms); spread over
+ * 32 streams they go out up to 32 per turn (turns of 40 ms: 400/s, p99 127 ms).
+ */
+export const KEEPALIVE_STREAMS = 32;
 
 const DEFAULT_REQUEST_TIMEOUT_MS = 5000;
 const DEFAULT_DIAL_TIMEOUT_MS = 3000;
@@ -91,8 +102,8 @@ export class EtcdStore implements Store {
   private closed = false;
   /** Open watches: close() cancels them, else etcd3 keeps trying to re-establish them forever. */
   private readonly watches = new Set<EtcdWatch>();
-  /** Every lease renewal of this client goes over one shared LeaseKeepAlive stream. */
-  private readonly keeper: LeaseKeeper;
+  /** Lease renewals of this client go over a few shared LeaseKeepAlive streams, a lease always on the same one. */
+  private readonly keepers: LeaseKeeper[];
 
   constructor(
     private readonly client: Etcd3,
@@ -100,22 +111,33 @@ export class EtcdStore implements Store {
     private readonly timeoutMs: number,
     private readonly endpointCount = 1,
     sharedKeepAlive = true,
+    keepAliveStreams = KEEPALIVE_STREAMS,
   ) {
     this.prefix = Buffer.from(prefix);
-    this.keeper = new LeaseKeeper({
-      open: () => this.client.leaseClient.leaseKeepAlive() as Promise<KeepAliveStream>,
-      timeoutMs,
-      // As call(): a few tries per member before the caller hears etcd is unavailable.
-      maxAttempts: 3 * endpointCount + 1,
-      mapError: (what, err) => mapEtcdError(what, err instanceof Error ? castGrpcError(err) : err),
-      renewAlone: (id) => this.keepAliveAlone(id),
-      shared: sharedKeepAlive,
-    });
+    this.keepers = Array.from(
+      { length: Math.max(1, keepAliveStreams) },
+      () =>
+        new LeaseKeeper({
+          open: () => this.client.leaseClient.leaseKeepAlive() as Promise<KeepAliveStream>,
+          timeoutMs,
+          // As call(): a few tries per member before the caller hears etcd is unavailable.
+          maxAttempts: 3 * endpointCount + 1,
+          mapError: (what, err) => mapEtcdError(what, err instanceof Error ? castGrpcError(err) : err),
+          renewAlone: (id) => this.keepAliveAlone(id),
+          shared: sharedKeepAlive,
+        }),
+    );
   }
 
-  /** Counters of the shared lease keepalive stream (streams opened, requests, answers...). */
+  private keeperOf(id: number): LeaseKeeper {
+    return this.keepers[id % this.keepers.length]!;
+  }
+
+  /** Counters of the shared lease keepalive streams, summed (streams opened, requests, answers...). */
   leaseStats(): LeaseKeeperStats {
-    return { ...this.keeper.stats };
+    const sum = { ...this.keepers[0]!.stats };
+    for (const k of this.keepers.slice(1)) for (const f of Object.keys(sum) as (keyof LeaseKeeperStats)[]) sum[f] += k.stats[f];
+    return sum;
   }
 
   async get(key: string): Promise<KeyValue | undefined> {
@@ -180,7 +202,7 @@ export class EtcdStore implements Store {
       try {
         const at = Date.now();
         const res = await this.call(`grant lease`, (o) => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds, ID: id }, o));
-        this.keeper.granted(id, Number(res.TTL) || ttlSeconds, at);
+        this.keeperOf(id).granted(id, Number(res.TTL) || ttlSeconds, at);
         return this.leaseHandle(id, opts.dedicated ?? false);
       } catch (err) {
         const e = err as NoidError;
@@ -221,7 +243,7 @@ export class EtcdStore implements Store {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.keeper.close();
+    for (const k of this.keepers) k.close();
     await Promise.all([...this.watches].map((w) => w.cancel()));
     this.client.close();
   }
@@ -231,7 +253,7 @@ export class EtcdStore implements Store {
       id,
       keepAliveOnce: dedicated ? async () => void (await this.keepAliveAlone(String(id))) : () => this.keepAliveOnce(id),
       revoke: async () => {
-        this.keeper.forget(id);
+        this.keeperOf(id).forget(id);
         try {
           await this.call(`revoke lease ${id}`, (o) => this.client.leaseClient.leaseRevoke({ ID: id }, o));
         } catch (err) {
@@ -249,7 +271,7 @@ export class EtcdStore implements Store {
   }
 
   private async keepAliveOnce(id: number): Promise<void> {
-    await this.keeper.renew(id); // NOT_FOUND once the lease has expired, UNAVAILABLE when etcd does not answer
+    await this.keeperOf(id).renew(id); // NOT_FOUND once the lease has expired, UNAVAILABLE when etcd does not answer
   }
 
   /** One renewal on a LeaseKeepAlive stream of its own (a lease that may have expired: see lease-keeper.ts). */
@@ -523,7 +545,7 @@ export async function createEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore
       ...(opts.tls.cert ? { certChain: opts.tls.cert } : {}),
     };
   }
-  const store = new EtcdStore(new Etcd3(options), opts.prefix, timeoutMs, opts.endpoints.length, opts.sharedKeepAlive ?? true);
+  const store = new EtcdStore(new Etcd3(options), opts.prefix, timeoutMs, opts.endpoints.length, opts.sharedKeepAlive ?? true, opts.keepAliveStreams);
   try {
     await store.revision(); // fail fast on a wrong endpoint instead of on the first real call
   } catch (err) {

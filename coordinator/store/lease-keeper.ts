@@ -4,8 +4,10 @@
 // leader its own). Opening a LeaseKeepAlive stream per renewal, as etcd3's
 // keepaliveOnce does, costs an HTTP/2 stream set-up and tear-down per
 // heartbeat: ~500 per second for 1,000 hosts at a 2 s interval, which the
-// coordinator could not keep up with (BENCHMARKS.md finding 6). Here all
-// renewals of one client share one stream: a request carries the lease id,
+// coordinator could not keep up with (BENCHMARKS.md finding 6). Here the
+// renewals of many leases share one stream (EtcdStore runs a few keepers,
+// KEEPALIVE_STREAMS, a lease always on the same one, because a stream sends
+// one message per completed write): a request carries the lease id,
 // etcd answers each request in order on its stream, so the answers for one id
 // arrive in the order that id's requests were sent and are matched first in,
 // first out.
