@@ -176,6 +176,12 @@ export class PlacementController {
    */
   private readonly placedAhead = new Map<string, number>();
   private readonly allocAhead = new Map<string, { record: AllocationRecord; modRevision: number }>();
+  /**
+   * The VMs waiting for a host (isUnplaced), kept change by change from the
+   * informer: a pass looks at these, not at every VM (a scan of all VMs per
+   * pass was 100,000 checks per pass at 100,000 VMs, passes tens per second).
+   */
+  private readonly unplaced = new Map<string, Entry<Vm>>();
 
   constructor(
     private readonly d: { store: Store; cluster: ClusterState; policy: Policy; logger: Logger; clock: Clock; maxTxnOps?: number },
@@ -196,8 +202,19 @@ export class PlacementController {
 
   start(): void {
     const c = this.d.cluster;
+    const index = () => {
+      this.unplaced.clear();
+      for (const e of c.vms.values()) if (isUnplaced(e.value)) this.unplaced.set(e.key, e);
+    };
+    index();
     this.unsubs.push(
+      c.vms.onResync(() => {
+        index();
+        this.kick();
+      }),
       c.vms.onChange((ch) => {
+        if (ch.type === "put" && isUnplaced(ch.entry.value)) this.unplaced.set(ch.entry.key, ch.entry);
+        else this.unplaced.delete(ch.type === "put" ? ch.entry.key : ch.key);
         if (ch.type === "put" && isUnplaced(ch.entry.value) && !(ch.prev && isUnplaced(ch.prev.value))) this.kick();
         if (ch.type === "delete") this.kick(); // capacity freed
       }),
@@ -235,9 +252,8 @@ export class PlacementController {
       if (!e || e.modRevision >= rev) this.placedAhead.delete(id);
     }
     for (const [hostId, a] of this.allocAhead) if (c.allocationOf(hostId).modRevision >= a.modRevision) this.allocAhead.delete(hostId);
-    const waiting = c.vms
-      .values()
-      .filter((e) => isUnplaced(e.value) && !this.placedAhead.has(e.value.id))
+    const waiting = [...this.unplaced.values()]
+      .filter((e) => !this.placedAhead.has(e.value.id))
       .sort((a, b) => a.createRevision - b.createRevision);
     if (waiting.length === 0) {
       this.busyMs = performance.now() - t;
