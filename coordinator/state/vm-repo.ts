@@ -22,7 +22,7 @@ const EMPTY_QUOTA: QuotaRecord = { vms: 0, vcpus: 0, memoryMb: 0 };
 const MAX_ATTEMPTS = 20;
 /** Creates taken from the queue per round (what does not fit in one transaction goes back). */
 const MAX_GROUP = 64;
-/** Status reports written in one transaction (each VM: one compare, one put). */
+/** Status reports of one host planned together (each VM: one compare, one put; several hosts share a transaction, see writeStatuses). */
 const MAX_STATUS_BATCH = 50;
 /** Status puts per group-commit transaction (several hosts' batches), and such transactions in flight at once. */
 const MAX_STATUS_GROUP = 100;
