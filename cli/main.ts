@@ -2,6 +2,16 @@
 import { run } from "./program.js";
 import { promptLine } from "./prompt.js";
 
+// grpc-js gives Node's TLS an IP address as the server name when the coordinator is
+// addressed by IP (the certificate is still checked against that IP), and Node warns
+// about it (DEP0123) on every noidctl command. Nothing a user can act on: that one
+// warning is dropped; any other is printed as Node would.
+process.removeAllListeners("warning");
+process.on("warning", (w: Error & { code?: string }) => {
+  if (w.code === "DEP0123") return;
+  process.stderr.write(`(node:${process.pid}) ${w.code ? `[${w.code}] ` : ""}${w.name}: ${w.message}\n`);
+});
+
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const c of process.stdin) chunks.push(c as Buffer);

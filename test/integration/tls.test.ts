@@ -3,10 +3,12 @@
 // noidctl, plaintext refused, one-time join tokens, agents on mTLS with
 // certificate renewal during an open session, revocation, and node
 // authorization between two real host identities.
-import { mkdtempSync, readFileSync, rmSync, statSync, existsSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, statSync, existsSync, writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { connect as tlsConnect } from "node:tls";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentServiceClient, type SessionRequest, type SessionResponse, type JoinHostResponse } from "../../gen/noid/v1/agent.js";
@@ -91,6 +93,27 @@ describe("TLS by default", () => {
     expect(readFileSync(join(pki, "ca.crt"), "utf8")).toBe(c.handle.ca!.pem);
     expect(c.handle.ca!.fingerprint).toBe(certFingerprint(c.handle.ca!.pem));
     expect((await admin.whoAmI()).role).toBe(Role.ROLE_ADMIN);
+  });
+
+  it("the built noidctl talks TLS to a coordinator addressed by IP without Node warnings on stderr", async () => {
+    // grpc-js hands Node's TLS the IP as the server name (DEP0123 warning); noidctl drops that warning only.
+    const caFile = join(tmp(), "ca.crt");
+    writeFileSync(caFile, c.handle.ca!.pem);
+    // Not spawnSync: the coordinator runs in this process and must answer meanwhile.
+    const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, [join(dirname(fileURLToPath(import.meta.url)), "../../bin/noidctl.js"), "--server", c.address, "--ca-file", caFile, "whoami"], {
+        env: { ...process.env, NOID_TOKEN: c.adminToken, NOID_CONFIG: "/nonexistent/config.toml" },
+      });
+      let stdout = "";
+      let stderr = "";
+      child.stdout.on("data", (d: Buffer) => (stdout += d.toString("utf8")));
+      child.stderr.on("data", (d: Buffer) => (stderr += d.toString("utf8")));
+      child.on("close", (status) => resolve({ status, stdout, stderr }));
+    });
+    expect(c.address).toMatch(/^127\.0\.0\.1:/);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/admin/);
+    expect(r.stderr).toBe("");
   });
 
   it("refuses plaintext clients and clients that do not trust the cluster CA", async () => {
