@@ -93,7 +93,7 @@ async function main(): Promise<void> {
         log(
           `${mode}: ${(done / wall).toFixed(0)} renewals/s (${done} ok, ${JSON.stringify(errors)} failed, ${skipped} heartbeats skipped while the previous one was pending); ` +
             `latency p50 ${percentile(lat, 50).toFixed(1)} / p99 ${percentile(lat, 99).toFixed(1)} ms; ` +
-            `CPU per renewal: this process ${(((cpu.user + cpu.system) / 1000) / Math.max(1, done)).toFixed(3)} ms, etcd ${(etcdCpu / Math.max(1, done)).toFixed(3)} ms; ` +
+            `CPU per renewal: this process ${busyMs > 0 ? "n/a (it spins)" : `${(((cpu.user + cpu.system) / 1000) / Math.max(1, done)).toFixed(3)} ms`}, etcd ${(etcdCpu / Math.max(1, done)).toFixed(3)} ms; ` +
             `${alive} of ${n} leases' keys alive at the end; streams opened ${shared ? st.streamsOpened : st.alone}; load ${loadavg()[0]!.toFixed(2)}`,
         );
         await pool(n, 64, (i) => leases[i]!.revoke());
