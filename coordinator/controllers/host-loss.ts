@@ -16,7 +16,7 @@ import { AllocationRecord } from "../../gen/noid/v1/records.js";
 import { HostLossPolicy, Vm, VmDesiredState, VmPhase, type VmSpec } from "../../gen/noid/v1/vm.js";
 import type { Compare, Store } from "../store/store.js";
 import type { ClusterState } from "../state/cluster.js";
-import { keys } from "../state/keys.js";
+import { keys, lastSegment } from "../state/keys.js";
 import { dec, enc } from "../state/codec.js";
 import { releaseAlloc, unchanged, type Clock } from "../state/vm-repo.js";
 
@@ -122,7 +122,11 @@ export class HostLossController {
   start(): void {
     const c = this.d.cluster;
     this.unsubs.push(
-      c.alive.onChange(() => this.kick()),
+      // A host's lease appearing matters only to a host marked unreachable (cleared); with
+      // a thousand sessions opening, every other one was a pass over every host and VM.
+      c.alive.onChange((ch) => {
+        if (ch.type === "delete" || c.hostById(lastSegment(ch.entry.key))?.unreachableSince) this.kick();
+      }),
       c.hosts.onChange(() => this.kick()),
       c.vms.onChange((ch) => {
         // Only VMs of hosts without a lease matter here.

@@ -51,5 +51,12 @@ describe("host loss (leader's controller)", () => {
     expect(k.status?.hostName).toBe("hl-a");
     expect(k.status?.phase).toBe(VmPhase.VM_PHASE_UNKNOWN);
     expect((await admin.getHost("hl-a")).vmCount).toBe(1);
+
+    // The host comes back (its agent restarted): READY again, no longer marked unreachable.
+    await agent(c, "hl-a");
+    await eventually(async () => {
+      const h = await admin.getHost("hl-a");
+      return h.state === HostState.HOST_STATE_READY && h.unreachableSince === undefined ? h : undefined;
+    }, 20_000, "hl-a READY, unreachable mark cleared");
   }, 90_000);
 });
