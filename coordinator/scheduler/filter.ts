@@ -53,10 +53,14 @@ export function passesStatic(host: HostView, vm: VmRequest): boolean {
   return STATIC_FILTERS.every((name) => PASSES[name](host, vm));
 }
 
+/** True when free vCPUs, memory and disk (capacity - allocated, per dimension) cover the request. */
+export function freeCovers(freeV: number, freeM: number, freeD: number, r: Res): boolean {
+  return freeV >= r.vcpus && freeM >= r.memoryMb && freeD >= r.diskGb;
+}
+
 /** True when the host has the free vCPUs, memory and disk the VM asks for. */
 export function fitsResources(host: HostView, vm: VmRequest): boolean {
-  const r = vm.resources;
-  return free(host, "vcpus") >= r.vcpus && free(host, "memoryMb") >= r.memoryMb && free(host, "diskGb") >= r.diskGb;
+  return freeCovers(free(host, "vcpus"), free(host, "memoryMb"), free(host, "diskGb"), vm.resources);
 }
 
 /** The first filter that rejects the host, or undefined when it fits. */
