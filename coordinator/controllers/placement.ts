@@ -15,7 +15,7 @@ import type { Decision, Policy, VmRequest } from "../scheduler/types.js";
 import type { ClusterState } from "../state/cluster.js";
 import { keys } from "../state/keys.js";
 import { enc } from "../state/codec.js";
-import { addAlloc, networkKey, unchanged, type Clock } from "../state/vm-repo.js";
+import { addAlloc, networkKey, pendingReasonWrite, unchanged, type Clock } from "../state/vm-repo.js";
 import { viewWithAllocation } from "../state/cluster.js";
 
 export function requestOf(vm: Vm): VmRequest {
@@ -416,9 +416,11 @@ export class PlacementController {
     const chunks: (typeof changed)[] = [];
     for (let i = 0; i < changed.length; i += per) chunks.push(changed.slice(i, i + per));
     const write = async (chunk: typeof changed): Promise<void> => {
-      const compares = chunk.map((u) => unchanged(keys.vm(u.entry.value.id), u.entry));
-      const ops = chunk.map((u): Op => ({ type: "put", key: keys.vm(u.entry.value.id), value: enc(Vm, { ...u.entry.value, status: { ...u.entry.value.status!, reason: u.reason, updatedAt: now } }) }));
-      const r = await this.d.store.txn(compares, ops);
+      const writes = chunk.map((u) => pendingReasonWrite({ vm: u.entry.value, modRevision: u.entry.modRevision }, u.reason, now));
+      const r = await this.d.store.txn(
+        writes.map((w) => w.compare),
+        writes.map((w) => w.op),
+      );
       // One of them changed (placed elsewhere, destroyed): write the others one by one.
       if (!r.succeeded && chunk.length > 1) for (const u of chunk) await write([u]);
     };

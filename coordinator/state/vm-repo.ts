@@ -125,8 +125,8 @@ export class VmRepo {
   /** Shows why a VM waits for a host (its status reason), if it is still as `cur` was: otherwise someone else decided. */
   async notePending(cur: StoredVm, reason: string): Promise<void> {
     if (cur.vm.status?.reason === reason) return;
-    const next: Vm = { ...cur.vm, status: { ...cur.vm.status!, reason, updatedAt: this.d.clock.now() } };
-    await this.d.store.txn([unchanged(keys.vm(cur.vm.id), cur)], [{ type: "put", key: keys.vm(cur.vm.id), value: enc(Vm, next) }]);
+    const w = pendingReasonWrite(cur, reason, this.d.clock.now());
+    await this.d.store.txn([w.compare], [w.op]);
   }
 
   /**
@@ -817,6 +817,12 @@ export class VmRepo {
       },
     };
   }
+}
+
+/** The write that shows why a VM waits for a host, compared unchanged since `cur` was read (CreateVm's answer, the placement pass). */
+export function pendingReasonWrite(cur: StoredVm, reason: string, now: Date): { compare: Compare; op: Op } {
+  const next: Vm = { ...cur.vm, status: { ...cur.vm.status!, reason, updatedAt: now } };
+  return { compare: unchanged(keys.vm(cur.vm.id), cur), op: { type: "put", key: keys.vm(cur.vm.id), value: enc(Vm, next) } };
 }
 
 export function releaseAlloc(a: AllocationRecord, vm: Vm): AllocationRecord {
