@@ -8,6 +8,7 @@ import { monitorEventLoopDelay, performance } from "node:perf_hooks";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Etcd3 } from "etcd3";
+import type { Registry } from "prom-client";
 import { silentLogger } from "../common/logger.js";
 import { resolveConfig } from "../coordinator/config.js";
 import { startEmbeddedEtcd, type EmbeddedEtcd } from "../coordinator/etcd/embedded.js";
@@ -69,6 +70,29 @@ export interface CoordStats {
   cpu: { user: number; system: number };
   /** The coordinator's event loop since the previous stats call: delay p99 and max (ms), utilisation (0..1). */
   loop: LoopStats;
+  /** etcd requests the coordinator has made so far, by store operation (txn, get, lease_keepalive, ...). */
+  storeCalls: Record<string, number>;
+}
+
+/** Store operation -> calls made, from the coordinator's noid_etcd_request_duration_seconds histogram. */
+export async function storeCalls(registry: Registry): Promise<Record<string, number>> {
+  const m = registry.getSingleMetric("noid_etcd_request_duration_seconds");
+  const out: Record<string, number> = {};
+  if (!m) return out;
+  for (const v of (await m.get()).values as { value: number; labels: Record<string, string | number | undefined>; metricName?: string }[]) {
+    if (v.metricName?.endsWith("_count") && typeof v.labels.op === "string") out[v.labels.op] = v.value;
+  }
+  return out;
+}
+
+/** What `to` added over `from`, per operation, as "txn 1.2, get 0.4" per `per` (nonzero only, largest first). */
+export function storeCallsPer(from: Record<string, number>, to: Record<string, number>, per: number): string {
+  return Object.entries(to)
+    .map(([op, n]) => [op, (n - (from[op] ?? 0)) / per] as const)
+    .filter(([, x]) => x > 0)
+    .sort((a, b) => b[1] - a[1])
+    .map(([op, x]) => `${op} ${x.toFixed(2)}`)
+    .join(", ");
 }
 
 export interface LoopStats {
@@ -140,7 +164,7 @@ export async function startBenchCoordinator(o: CoordinatorOptions): Promise<Benc
       inline: true,
       async stats() {
         const mem = process.memoryUsage();
-        return { rss: mem.rss, heapUsed: mem.heapUsed, placement: { ...(handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }) }, cpu: process.cpuUsage(), loop: loop() };
+        return { rss: mem.rss, heapUsed: mem.heapUsed, placement: { ...(handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }) }, cpu: process.cpuUsage(), loop: loop(), storeCalls: await storeCalls(handle.metrics.registry) };
       },
       profileStart: async () => undefined,
       profileStop: async () => "",

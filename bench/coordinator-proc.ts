@@ -6,7 +6,7 @@ import { silentLogger } from "../common/logger.js";
 import { resolveConfig } from "../coordinator/config.js";
 import { startCoordinator } from "../coordinator/server.js";
 import { WindowProfiler } from "./window-prof.js";
-import { loopMonitor } from "./cluster.js";
+import { loopMonitor, storeCalls } from "./cluster.js";
 
 type Request = { id: number; type: "stats" | "stop" | "profStart" | "profStop"; dir?: string; name?: string };
 
@@ -26,7 +26,7 @@ async function main(): Promise<void> {
       } else if (m.type === "stats") {
         (globalThis as { gc?: () => void }).gc?.();
         const mem = process.memoryUsage();
-        process.send!({ id: m.id, rss: mem.rss, heapUsed: mem.heapUsed, placement: handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }, cpu: process.cpuUsage(), loop: loop() });
+        process.send!({ id: m.id, rss: mem.rss, heapUsed: mem.heapUsed, placement: handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }, cpu: process.cpuUsage(), loop: loop(), storeCalls: await storeCalls(handle.metrics.registry) });
       } else if (m.type === "stop") {
         await handle.stop();
         process.send!({ id: m.id }, () => process.exit(0));

@@ -10,7 +10,7 @@ import { Vm, VmPhase } from "../gen/noid/v1/vm.js";
 import { keys } from "../coordinator/state/keys.js";
 import { connect, isNoidApiError, type NoidClient } from "../sdk/index.js";
 import * as grpc from "@grpc/grpc-js";
-import { startBenchCoordinator, startBenchEtcd, type BenchCoordinator, type BenchEtcd } from "./cluster.js";
+import { startBenchCoordinator, startBenchEtcd, storeCallsPer, type BenchCoordinator, type BenchEtcd } from "./cluster.js";
 import { dataplaneFigures, measureDataplane } from "./dataplane.js";
 import { placementShapedTxns, sampleAlloc, sampleVm, watchDelivery } from "./raw-etcd.js";
 import { SimFleet, wgKey, type SimHost } from "./sim-agents.js";
@@ -137,6 +137,28 @@ class Ctx {
     const f = this.fleet;
     return `${alive} of ${f.hosts.length} hosts alive, ${f.sessionsBroken} sessions ended by the coordinator, heartbeats acked ${f.heartbeatAcks} of ${f.heartbeatsSent}`;
   }
+  /**
+   * Waits (at most 60 s) until every host holds its lease and none is still
+   * marked unreachable: hosts registered long before their session opened
+   * were marked lost, and the host-loss controller's clearing of those marks
+   * (one write per host) would otherwise land inside the next figure.
+   */
+  async settle(what: string): Promise<void> {
+    const t = performance.now();
+    const marked = async () => {
+      const all = await this.etcd.client.getAll().prefix(`/noid/v1/${keys.hostsPrefix}`).buffers();
+      return Object.values(all).filter((b) => Host.decode(b).unreachableSince !== undefined).length;
+    };
+    let left = await marked();
+    let alive = 0;
+    while (performance.now() - t < 60_000) {
+      alive = await this.etcd.client.getAll().prefix(`/noid/v1/${keys.alivePrefix}`).count();
+      if (left === 0 && alive === this.fleet.hosts.length) break;
+      await sleep(250);
+      left = await marked();
+    }
+    this.log(`${what}: ${left === 0 && alive === this.fleet.hosts.length ? "settled" : "NOT settled"} after ${((performance.now() - t) / 1000).toFixed(1)} s (${alive} of ${this.fleet.hosts.length} hosts alive, ${left} still marked unreachable)`);
+  }
   close(): void {
     this.clients.forEach((c) => c.close());
   }
@@ -173,6 +195,7 @@ export async function runBench(o: BenchOptions): Promise<Figure[]> {
       await fleet.connectAll(hosts);
       log(`${hosts.length} sessions open after ${((performance.now() - t) / 1000).toFixed(1)} s; ${await ctx.liveness()}`);
     }
+    if (want("create_latency")) await ctx.settle("latency");
     if (want("create_latency")) figs.push(...(await createLatency(ctx, s, serial.p99Ms, o.profLatencyDir)));
     if (want("grpc_unary_qps")) figs.push(...(await grpcUnary(ctx, s)));
     if (want("mesh_convergence")) {
@@ -338,6 +361,7 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number, profD
   const ti = performance.now();
   await sleep(2000);
   const c0 = await ctx.coord.stats();
+  const idleSecs = (performance.now() - ti) / 1000;
   if (prof) await ctx.coord.profileStop(profDir!, "idle-coordinator");
   if (prof) await Promise.all([prof.start(), ctx.coord.profileStart()]);
   const idleCpu = (c0.cpu.user + c0.cpu.system - i0.cpu.user - i0.cpu.system) / 1000 / (performance.now() - ti);
@@ -365,7 +389,7 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number, profD
   const c1 = await ctx.coord.stats();
   const wall = performance.now() - t0;
   ctx.log(
-    `latency: coordinator CPU ${(((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / wall) * 100).toFixed(0)}% of a core over ${(wall / 1000).toFixed(1)} s (${((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / n).toFixed(2)} ms per VM), event loop ${(c1.loop.utilisation * 100).toFixed(0)}% busy, delay p99 ${c1.loop.delayP99Ms.toFixed(1)} ms, max ${c1.loop.delayMaxMs.toFixed(1)} ms`,
+    `latency: coordinator CPU ${(((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / wall) * 100).toFixed(0)}% of a core over ${(wall / 1000).toFixed(1)} s (${((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / n).toFixed(2)} ms per VM), event loop ${(c1.loop.utilisation * 100).toFixed(0)}% busy, delay p99 ${c1.loop.delayP99Ms.toFixed(1)} ms, max ${c1.loop.delayMaxMs.toFixed(1)} ms; etcd requests per VM: ${storeCallsPer(c0.storeCalls, c1.storeCalls, n)}; idle, per second: ${storeCallsPer(i0.storeCalls, c0.storeCalls, idleSecs)}`,
   );
   if (prof) {
     const files = [await prof.stop(profDir!, "latency-bench"), await ctx.coord.profileStop(profDir!, "latency-coordinator")].filter((f) => f);
