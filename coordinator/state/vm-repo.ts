@@ -22,6 +22,8 @@ const EMPTY_QUOTA: QuotaRecord = { vms: 0, vcpus: 0, memoryMb: 0 };
 const MAX_ATTEMPTS = 20;
 /** Creates taken from the queue per round (what does not fit in one transaction goes back). */
 const MAX_GROUP = 64;
+/** How long the creates' cached counters and address views outlive an empty queue. */
+const CREATE_CACHE_IDLE_MS = 5_000;
 /** Status reports of one host planned together (each VM: one compare, one put; several hosts share a transaction, see writeStatuses). */
 const MAX_STATUS_BATCH = 50;
 /** Status puts per group-commit transaction (several hosts' batches), and such transactions in flight at once. */
@@ -187,13 +189,20 @@ export class VmRepo {
   private creating = false;
   /**
    * The shared state as this coordinator last read or wrote it, kept while
-   * creates keep coming (dropped when the queue runs empty, when a create
-   * transaction fails, and on this repository's other writes of those keys).
-   * Never trusted: every transaction compares what it was planned from.
+   * creates keep coming (dropped CREATE_CACHE_IDLE_MS after the queue last ran
+   * empty, when a create transaction fails, and on this repository's other
+   * writes of those keys). Never trusted: every transaction compares what it
+   * was planned from, so a stale copy costs one failed round and a re-read.
+   * (It used to be dropped as soon as the queue ran empty: at 100-200
+   * creates/s the queue empties between most rounds, and each round read the
+   * counters, the network, its address lists again: 1.3 gets and 0.5 lists
+   * per VM, BENCHMARKS finding 13.)
    */
   private createCache: CreateCache | undefined;
+  private cacheIdle: NodeJS.Timeout | undefined;
 
   private async drainCreates(): Promise<void> {
+    clearTimeout(this.cacheIdle);
     try {
       while (this.createQueue.length > 0) {
         const group = this.createQueue.splice(0, MAX_GROUP);
@@ -205,7 +214,8 @@ export class VmRepo {
       }
     } finally {
       this.creating = false;
-      this.createCache = undefined;
+      this.cacheIdle = setTimeout(() => (this.createCache = undefined), CREATE_CACHE_IDLE_MS);
+      this.cacheIdle.unref();
     }
   }
 

@@ -51,10 +51,10 @@ interface Replica {
 }
 
 /** One coordinator's view of the cluster: its own etcd client, chain store, repositories and queue. */
-async function replica(prefix: string, withInformer: boolean): Promise<Replica> {
+async function replica(prefix: string, withInformer: boolean, wrap: (s: Store) => Store = (s) => s): Promise<Replica> {
   const r = await createEtcdStore({ endpoints: etcd.endpoints, prefix });
   raw.push(r);
-  const store = new AuditChainStore(r);
+  const store = wrap(new AuditChainStore(r));
   const networks = new NetworkRepo({ store, clock, settings: networkSettings({ ip_reuse_grace_seconds: 300 }), auditKey });
   const network = new VmNetworks({ store, clock, repo: networks, graceSeconds: 300 });
   let informer: Informer<Vm> | undefined;
@@ -74,6 +74,22 @@ async function replica(prefix: string, withInformer: boolean): Promise<Replica> 
       await informer?.stop();
     },
   };
+}
+
+/** The store, counting the reads (get, list) made through it. */
+function countingReads(s: Store): { store: Store; reads: () => number } {
+  let n = 0;
+  const store = new Proxy(s, {
+    get(target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver) as unknown;
+      if (typeof v !== "function") return v;
+      return (...args: unknown[]) => {
+        if (prop === "get" || prop === "list") n++;
+        return (v as (...a: unknown[]) => unknown).apply(target, args);
+      };
+    },
+  });
+  return { store, reads: () => n };
 }
 
 type Outcome = { ok: true; owner: string; name: string; vm: StoredVm } | { ok: false; owner: string; name: string; code: string; message: string };
@@ -157,6 +173,33 @@ describe("CreateVm group commit on real etcd", () => {
       expect((await audit.list({ limit: 1000, event: "vm.create" })).length).toBe(26);
     } finally {
       await a.stop();
+    }
+  });
+
+  it("creates one at a time (the queue empty between them) read the counters and the network once; a copy another replica made stale costs a retry, not a wrong count", async () => {
+    const prefix = `/noid-cb3-${Date.now()}/`;
+    let counted: ReturnType<typeof countingReads> | undefined;
+    const a = await replica(prefix, true, (s) => (counted = countingReads(s)).store);
+    const b = await replica(prefix, true);
+    try {
+      const acked = new Map<string, Vm>();
+      const ok = (o: Outcome) => {
+        if (!o.ok) throw new Error(`${o.name}: ${o.code} ${o.message}`);
+        acked.set(o.vm.vm.id, o.vm.vm);
+      };
+      ok(await attempt(a, "uma", "first")); // reads what it needs, creates the default network
+      const before = counted!.reads();
+      for (let i = 0; i < 5; i++) ok(await attempt(a, "uma", `one${i}`)); // each alone: the queue runs empty after each
+      expect(counted!.reads() - before, "reads by five creates after the first").toBe(0);
+      // Another replica creates for the same owner: a's copy of the counters and addresses is stale now.
+      ok(await attempt(b, "uma", "other"));
+      ok(await attempt(a, "uma", "after"));
+      expect(counted!.reads() - before, "the stale copy was read again").toBeGreaterThan(0);
+      await checkStore(a.store, acked);
+      expect(new Set([...acked.values()].map((v) => v.status!.ip)).size).toBe(acked.size);
+    } finally {
+      await a.stop();
+      await b.stop();
     }
   });
 
