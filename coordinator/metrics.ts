@@ -14,7 +14,7 @@ import type { PlacementStats } from "./controllers/placement.js";
 import { EXHAUSTION_THRESHOLD, networkUsage } from "./networks/usage.js";
 import type { ClusterState } from "./state/cluster.js";
 import type { Change } from "./state/informer.js";
-import type { Compare, Lease, Op, Store, WatchOptions } from "./store/store.js";
+import type { Compare, Lease, ListOptions, Op, Store, WatchOptions } from "./store/store.js";
 import { phaseName } from "./events/recorder.js";
 
 /** Phases every scrape reports (zero included), so dashboards never see a gap. */
@@ -321,7 +321,7 @@ export class InstrumentedStore implements Store {
   get(key: string) {
     return this.m.timeStore("get", () => this.inner.get(key));
   }
-  list(prefix: string, opts?: { limit?: number }) {
+  list(prefix: string, opts?: ListOptions) {
     return this.m.timeStore("list", () => this.inner.list(prefix, opts));
   }
   txn(compares: Compare[], success: Op[], failure?: Op[]) {

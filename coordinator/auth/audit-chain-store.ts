@@ -13,7 +13,7 @@
 import { AuditEvent } from "../../gen/noid/v1/audit.js";
 import { AuditChainHead } from "../../gen/noid/v1/records.js";
 import { NoidError } from "../../common/errors.js";
-import type { Compare, KeyValue, Op, Store, TxnResult } from "../store/store.js";
+import type { Compare, KeyValue, ListOptions, Op, Store, TxnResult } from "../store/store.js";
 import { keys } from "../state/keys.js";
 import { dec, enc } from "../state/codec.js";
 import { GENESIS, linkEvents, type ChainPoint } from "./audit-chain.js";
@@ -52,7 +52,7 @@ export class AuditChainStore implements Store {
   get(key: string) {
     return this.inner.get(key);
   }
-  list(prefix: string, opts?: { limit?: number }) {
+  list(prefix: string, opts?: ListOptions) {
     return this.inner.list(prefix, opts);
   }
   delete(key: string) {

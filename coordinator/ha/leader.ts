@@ -11,7 +11,7 @@
 // recreated, or no successful renewal within the lease's TTL.
 import type { Logger } from "pino";
 import { NoidError } from "../../common/errors.js";
-import type { Compare, KeyValue, Lease, ListResult, Op, Store, TxnResult, Watcher, WatchOptions } from "../store/store.js";
+import type { Compare, KeyValue, Lease, ListOptions, ListResult, Op, Store, TxnResult, Watcher, WatchOptions } from "../store/store.js";
 
 /** Relative to the store prefix, like every key in state/keys.ts. */
 export const LEADER_KEY = "leader/coordinator";
@@ -314,7 +314,7 @@ export class FencedStore implements Store {
   get(key: string): Promise<KeyValue | undefined> {
     return this.inner.get(key);
   }
-  list(prefix: string, opts?: { limit?: number }): Promise<ListResult> {
+  list(prefix: string, opts?: ListOptions): Promise<ListResult> {
     return this.inner.list(prefix, opts);
   }
   watch(prefix: string, opts: WatchOptions): Promise<Watcher> {

@@ -26,7 +26,7 @@ import { ExponentialBackoff, isBrokenCircuitError, noop } from "cockatiel";
 import * as grpc from "@grpc/grpc-js";
 import { randomInt } from "node:crypto";
 import { NoidError } from "../../common/errors.js";
-import type { Compare, KeyValue, Lease, ListResult, Op, Store, TxnResult, WatchEvent, Watcher, WatchOptions } from "./store.js";
+import type { Compare, KeyValue, Lease, ListOptions, ListResult, Op, Store, TxnResult, WatchEvent, Watcher, WatchOptions } from "./store.js";
 import { installEtcdWatchGuard } from "./etcd3-watch-guard.js";
 import { LeaseKeeper, type KeepAliveStream, type LeaseKeeperStats } from "./lease-keeper.js";
 
@@ -146,12 +146,15 @@ export class EtcdStore implements Store {
     return kv && this.toKv(kv);
   }
 
-  async list(prefix: string, opts: { limit?: number } = {}): Promise<ListResult> {
+  async list(prefix: string, opts: ListOptions = {}): Promise<ListResult> {
     const start = this.full(prefix);
     const res = await this.call(`list ${prefix}`, (o) =>
-      this.client.kv.range({ key: start, range_end: prefixRangeEnd(start), ...(opts.limit ? { limit: opts.limit } : {}) }, o),
+      this.client.kv.range(
+        { key: start, range_end: prefixRangeEnd(start), ...(opts.limit ? { limit: opts.limit } : {}), ...(opts.keysOnly ? { keys_only: true } : {}) },
+        o,
+      ),
     );
-    return { kvs: res.kvs.map((kv) => this.toKv(kv)), revision: rev(res.header) };
+    return { kvs: res.kvs.map((kv) => this.toKv(kv)), count: Number(res.count), revision: rev(res.header) };
   }
 
   async txn(compares: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {

@@ -11,6 +11,7 @@ import type {
   Compare,
   KeyValue,
   Lease,
+  ListOptions,
   ListResult,
   Op,
   Store,
@@ -183,11 +184,13 @@ export class MemoryStore implements Store {
     return kv && copyKv(kv);
   }
 
-  async list(prefix: string, opts: { limit?: number } = {}): Promise<ListResult> {
+  async list(prefix: string, opts: ListOptions = {}): Promise<ListResult> {
     this.enter();
     const keys = [...this.data.keys()].filter((k) => k.startsWith(prefix)).sort(compareKeys);
     const limited = opts.limit !== undefined && opts.limit > 0 ? keys.slice(0, opts.limit) : keys;
-    return { kvs: limited.map((k) => copyKv(this.data.get(k)!)), revision: this.rev };
+    const kvs = limited.map((k) => copyKv(this.data.get(k)!));
+    if (opts.keysOnly) for (const kv of kvs) kv.value = new Uint8Array(0);
+    return { kvs, count: keys.length, revision: this.rev };
   }
 
   async txn(compares: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {

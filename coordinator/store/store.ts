@@ -40,8 +40,17 @@ export interface TxnResult {
   revision: number;
 }
 
+export interface ListOptions {
+  /** At most this many keys (the first ones in key order); 0 or absent: all. */
+  limit?: number;
+  /** Keys and revisions only: every value is empty (a trim or a count need no values). */
+  keysOnly?: boolean;
+}
+
 export interface ListResult {
   kvs: KeyValue[];
+  /** Keys under the prefix, all of them even when `limit` returned fewer. */
+  count: number;
   /** Store revision the list was read at; watch from revision + 1 to see every later change. */
   revision: number;
 }
@@ -76,7 +85,7 @@ export interface Lease {
 export interface Store {
   get(key: string): Promise<KeyValue | undefined>;
   /** Every key starting with `prefix`, sorted by key. */
-  list(prefix: string, opts?: { limit?: number }): Promise<ListResult>;
+  list(prefix: string, opts?: ListOptions): Promise<ListResult>;
   /** Atomic: if every compare holds, run `success`, else run `failure` (default none). */
   txn(compares: Compare[], success: Op[], failure?: Op[]): Promise<TxnResult>;
   /** Unconditional single put; returns the new revision. */

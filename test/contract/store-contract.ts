@@ -78,6 +78,14 @@ export function registerStoreContract(name: string, makeStore: () => Promise<Sto
       expect(all.revision).toBe(last);
       expect((await store.list(p, { limit: 2 })).kvs.map((kv) => kv.key)).toEqual([`${p}a`, `${p}b/x`]);
       expect((await store.list(`${p}zzz`)).kvs).toEqual([]);
+      // The count is of every key under the prefix, even when the limit returned fewer.
+      expect(all.count).toBe(3);
+      expect((await store.list(p, { limit: 1 })).count).toBe(3);
+      expect((await store.list(`${p}zzz`)).count).toBe(0);
+      // Keys only: the keys and revisions, every value empty.
+      const keysOnly = await store.list(p, { keysOnly: true, limit: 2 });
+      expect(keysOnly.kvs.map((kv) => [kv.key, kv.modRevision, kv.value.length])).toEqual(all.kvs.slice(0, 2).map((kv) => [kv.key, kv.modRevision, 0]));
+      expect(keysOnly.count).toBe(3);
     });
 
     it("txn: create-if-absent succeeds once; the failure branch runs on conflict", async () => {
