@@ -10,6 +10,9 @@ import { run } from "../../cli/program.js";
 import { Role, NoidApiError, type Event, type NoidClient } from "../../sdk/index.js";
 import { EVENTS_PREFIX, EventLog, WRITE_BATCH } from "../../coordinator/events/event-log.js";
 import { createEtcdStore } from "../../coordinator/store/index.js";
+import type { ListOptions } from "../../coordinator/store/store.js";
+import { dec } from "../../coordinator/state/codec.js";
+import { Event as EventRecord } from "../../gen/noid/v1/event.js";
 import { auditPut } from "../../coordinator/audit-log.js";
 import { SimAgent } from "../helpers/sim-agent.js";
 import { eventually, startTestCoordinator, type TestCluster } from "../helpers/coordinator.js";
@@ -283,6 +286,40 @@ describe("event retention against real etcd", () => {
       expect((await store.list(EVENTS_PREFIX)).kvs).toHaveLength(10);
     } finally {
       await store.close();
+      await stop();
+    }
+  });
+
+  it("a trim reads keys only, and gets through more events over the bound than one read of the oldest holds", async () => {
+    const { etcd: _etcd, endpoints, stop } = await startTestEtcd();
+    const real = await createEtcdStore({ endpoints, prefix: `/r${Math.random().toString(16).slice(2, 8)}/` });
+    const lists: { keysOnly: boolean; values: number }[] = [];
+    const store = new Proxy(real, {
+      get(t, k, recv) {
+        const v = Reflect.get(t, k, recv) as unknown;
+        if (k === "list")
+          return async (prefix: string, opts?: ListOptions) => {
+            const r = await t.list(prefix, opts);
+            lists.push({ keysOnly: opts?.keysOnly === true, values: r.kvs.reduce((n, kv) => n + kv.value.length, 0) });
+            return r;
+          };
+        return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+      },
+    });
+    try {
+      // 1,250 events written while the bound is huge (no trim yet), then the bound drops to 10.
+      const retention = { maxCount: 1_000_000, maxAgeMs: 0 };
+      const log = new EventLog({ store, clock: { now: () => new Date() }, retention });
+      await Promise.all(Array.from({ length: 1250 }, (_, i) => log.record({ kind: "vm.phase", message: `m${String(i).padStart(4, "0")}` })));
+      retention.maxCount = 10;
+      lists.length = 0;
+      expect(await log.trim()).toBe(1240);
+      expect(lists.length).toBeGreaterThanOrEqual(2); // the first read of the oldest keys did not reach the 1,240th
+      expect(lists.every((l) => l.keysOnly && l.values === 0)).toBe(true);
+      const left = (await real.list(EVENTS_PREFIX)).kvs.map((kv) => dec(EventRecord, kv.value).message).sort();
+      expect(left).toEqual(Array.from({ length: 10 }, (_, i) => `m${1240 + i}`));
+    } finally {
+      await real.close();
       await stop();
     }
   });

@@ -57,7 +57,7 @@ describe("retention planning", () => {
         (times, maxCount, maxAgeMs) => {
           const ids = times.map((t, i) => `${String(t).padStart(13, "0")}-${String(i).padStart(8, "0")}`);
           const now = 1_000_000;
-          const drop = planTrim(ids, now, { maxCount, maxAgeMs });
+          const drop = planTrim(ids, ids.length, now, { maxCount, maxAgeMs });
           const keep = [...ids].sort().filter((id) => !drop.includes(id));
           expect(keep.length).toBeLessThanOrEqual(maxCount);
           if (maxAgeMs > 0) expect(keep.every((id) => idTime(id) >= now - maxAgeMs)).toBe(true);
@@ -66,6 +66,9 @@ describe("retention planning", () => {
           // Nothing is dropped that neither bound asks for.
           const needed = Math.max(ids.length - maxCount, maxAgeMs > 0 ? ids.filter((id) => idTime(id) < now - maxAgeMs).length : 0);
           expect(drop.length).toBe(needed);
+          // Given only the oldest k ids of them all (as a trim reads them), it drops what the whole plan drops among those k.
+          const k = Math.floor(ids.length / 2);
+          expect(planTrim([...ids].sort().slice(0, k), ids.length, now, { maxCount, maxAgeMs })).toEqual(drop.slice(0, k));
         },
       ),
     );
