@@ -248,8 +248,9 @@ export class EventLog {
    */
   async follow(f: EventFilter, who: Principal | undefined, send: (ev: Event) => void, signal: AbortSignal): Promise<void> {
     const ok = (ev: Event) => matches(ev, f) && (!who || visibleTo(ev, who));
-    const { events, revision } = await this.all();
-    if (f.since) for (const ev of events) if (ok(ev)) send(ev);
+    // Without `since` only the revision to follow from is needed, not every retained event.
+    const { events, revision } = f.since ? await this.all() : { events: [], revision: (await this.d.store.list(EVENTS_PREFIX, { keysOnly: true, limit: 1 })).revision };
+    for (const ev of events) if (ok(ev)) send(ev);
     if (signal.aborted) return;
     let watcher: Watcher | undefined;
     try {
