@@ -14,6 +14,8 @@ import {
   GRPCResourceExhastedError,
   ClientClosedError,
   castGrpcError,
+  SortOrder,
+  SortTarget,
   type IKeyValue,
   type ICompare,
   type IRequestOp,
@@ -150,7 +152,13 @@ export class EtcdStore implements Store {
     const start = this.full(prefix);
     const res = await this.call(`list ${prefix}`, (o) =>
       this.client.kv.range(
-        { key: start, range_end: prefixRangeEnd(start), ...(opts.limit ? { limit: opts.limit } : {}), ...(opts.keysOnly ? { keys_only: true } : {}) },
+        {
+          key: start,
+          range_end: opts.before !== undefined ? this.full(opts.before) : prefixRangeEnd(start),
+          ...(opts.limit ? { limit: opts.limit } : {}),
+          ...(opts.keysOnly ? { keys_only: true } : {}),
+          ...(opts.newestFirst ? { sort_order: SortOrder.Descend, sort_target: SortTarget.Key } : {}),
+        },
         o,
       ),
     );

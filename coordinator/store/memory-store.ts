@@ -186,7 +186,8 @@ export class MemoryStore implements Store {
 
   async list(prefix: string, opts: ListOptions = {}): Promise<ListResult> {
     this.enter();
-    const keys = [...this.data.keys()].filter((k) => k.startsWith(prefix)).sort(compareKeys);
+    const keys = [...this.data.keys()].filter((k) => k.startsWith(prefix) && (opts.before === undefined || compareKeys(k, opts.before) < 0)).sort(compareKeys);
+    if (opts.newestFirst) keys.reverse();
     const limited = opts.limit !== undefined && opts.limit > 0 ? keys.slice(0, opts.limit) : keys;
     const kvs = limited.map((k) => copyKv(this.data.get(k)!));
     if (opts.keysOnly) for (const kv of kvs) kv.value = new Uint8Array(0);

@@ -45,11 +45,15 @@ export interface ListOptions {
   limit?: number;
   /** Keys and revisions only: every value is empty (a trim or a count need no values). */
   keysOnly?: boolean;
+  /** Last key first (with `limit`: the last ones). */
+  newestFirst?: boolean;
+  /** Only keys before this one (relative, exclusive): the next page after a page ending at it, with `newestFirst`. */
+  before?: string;
 }
 
 export interface ListResult {
   kvs: KeyValue[];
-  /** Keys under the prefix, all of them even when `limit` returned fewer. */
+  /** Keys under the prefix (before `before`), all of them even when `limit` returned fewer. */
   count: number;
   /** Store revision the list was read at; watch from revision + 1 to see every later change. */
   revision: number;

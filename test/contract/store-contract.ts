@@ -86,6 +86,14 @@ export function registerStoreContract(name: string, makeStore: () => Promise<Sto
       const keysOnly = await store.list(p, { keysOnly: true, limit: 2 });
       expect(keysOnly.kvs.map((kv) => [kv.key, kv.modRevision, kv.value.length])).toEqual(all.kvs.slice(0, 2).map((kv) => [kv.key, kv.modRevision, 0]));
       expect(keysOnly.count).toBe(3);
+      // Newest (last key) first, and pages before a key.
+      expect((await store.list(p, { newestFirst: true })).kvs.map((kv) => kv.key)).toEqual([`${p}c`, `${p}b/x`, `${p}a`]);
+      const page = await store.list(p, { newestFirst: true, limit: 2 });
+      expect(page.kvs.map((kv) => kv.key)).toEqual([`${p}c`, `${p}b/x`]);
+      const next = await store.list(p, { newestFirst: true, limit: 2, before: page.kvs.at(-1)!.key });
+      expect(next.kvs.map((kv) => [kv.key, dec(kv.value)])).toEqual([[`${p}a`, "1"]]);
+      expect(next.count).toBe(1);
+      expect((await store.list(p, { before: `${p}c` })).kvs.map((kv) => kv.key)).toEqual([`${p}a`, `${p}b/x`]);
     });
 
     it("txn: create-if-absent succeeds once; the failure branch runs on conflict", async () => {
