@@ -290,6 +290,28 @@ describe("event retention against real etcd", () => {
     }
   });
 
+  it("lists newest first a page at a time: a user's sparse events across pages, since, and a limit, as a read of everything would", async () => {
+    const { etcd: _etcd, endpoints, stop } = await startTestEtcd();
+    const store = await createEtcdStore({ endpoints, prefix: `/r${Math.random().toString(16).slice(2, 8)}/` });
+    try {
+      let now = Date.parse("2026-03-01T00:00:00Z");
+      const log = new EventLog({ store, clock: { now: () => new Date((now += 1000)) }, retention: { maxCount: 100_000, maxAgeMs: 0 } });
+      // 500 events, one in five bob's: his 60 newest take three pages of 120.
+      for (let i = 0; i < 500; i += 100) await Promise.all(Array.from({ length: 100 }, (_, j) => log.record({ kind: "vm.phase", owner: (i + j) % 5 === 0 ? "bob" : "carol", message: `e${i + j}` })));
+      const everything = (await store.list(EVENTS_PREFIX)).kvs.map((kv) => dec(EventRecord, kv.value)).reverse();
+      const bob = { user: "bob", role: Role.ROLE_USER, tokenId: "t", tokenName: "t" };
+      const mine = everything.filter((e) => e.owner === "bob");
+      expect((await log.list({ limit: 60 }, bob)).map((e) => e.id)).toEqual(mine.slice(0, 60).map((e) => e.id));
+      expect((await log.list({ limit: 1000 }, bob)).map((e) => e.id)).toEqual(mine.map((e) => e.id));
+      const since = everything[250]!.time!;
+      expect((await log.list({ limit: 1000, since })).map((e) => e.id)).toEqual(everything.slice(0, 251).map((e) => e.id));
+      expect((await log.list({ limit: 7 })).map((e) => e.id)).toEqual(everything.slice(0, 7).map((e) => e.id));
+    } finally {
+      await store.close();
+      await stop();
+    }
+  });
+
   it("a trim reads keys only, and gets through more events over the bound than one read of the oldest holds", async () => {
     const { etcd: _etcd, endpoints, stop } = await startTestEtcd();
     const real = await createEtcdStore({ endpoints, prefix: `/r${Math.random().toString(16).slice(2, 8)}/` });
