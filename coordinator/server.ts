@@ -77,6 +77,10 @@ import { portService } from "./services/port-service.js";
 import { PortRepo } from "./ports/port-repo.js";
 import { PortFeed } from "./ports/port-feed.js";
 import { nodeIdOf } from "./ha/node-id.js";
+import { installServerStreamWritev } from "./grpc/stream-writev.js";
+
+// A server stream's queued messages go out together (coordinator/grpc/stream-writev.ts).
+installServerStreamWritev();
 
 export const ADMIN_TOKEN_FILE = "admin.token";
 const BOOTSTRAP_TOKEN_NAME = "bootstrap-admin";
