@@ -257,6 +257,9 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
         return e ? { vm: e.value, modRevision: e.modRevision } : undefined;
       },
     });
+    // VMs created elsewhere (another replica) or removed make the creates' cached counters stale.
+    const offVmChanges = cluster.vms.onChange((c) => vms.noteVmChange(c));
+    cleanups.push(async () => offVmChanges());
     const meshCidr = parseMeshCidr(cfg.mesh.cidr);
     const hosts = new HostRepo(store, clock, meshCidr);
     const portFeed = new PortFeed({ store, cluster, hosts, clock, logger: logger.child({ component: "ports" }) });

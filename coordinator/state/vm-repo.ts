@@ -24,6 +24,8 @@ const MAX_ATTEMPTS = 20;
 const MAX_GROUP = 64;
 /** How long the creates' cached counters and address views outlive an empty queue. */
 const CREATE_CACHE_IDLE_MS = 5_000;
+/** Own create transactions remembered to tell own VMs from others' in the watch. */
+const OWN_CREATES_KEPT = 256;
 /** Status reports of one host planned together (each VM: one compare, one put; several hosts share a transaction, see writeStatuses). */
 const MAX_STATUS_BATCH = 50;
 /** Status puts per group-commit transaction (several hosts' batches), and such transactions in flight at once. */
@@ -190,9 +192,11 @@ export class VmRepo {
   /**
    * The shared state as this coordinator last read or wrote it, kept while
    * creates keep coming (dropped CREATE_CACHE_IDLE_MS after the queue last ran
-   * empty, when a create transaction fails, and on this repository's other
-   * writes of those keys). Never trusted: every transaction compares what it
-   * was planned from, so a stale copy costs one failed round and a re-read.
+   * empty, when a create transaction fails, on this repository's other
+   * writes of those keys, and when the watch shows a VM created elsewhere or
+   * removed: noteVmChange). Never trusted: every transaction compares what it
+   * was planned from, so a stale copy the watch has not shown yet costs one
+   * failed round and a re-read.
    * (It used to be dropped as soon as the queue ran empty: at 100-200
    * creates/s the queue empties between most rounds, and each round read the
    * counters, the network, its address lists again: 1.3 gets and 0.5 lists
@@ -200,6 +204,19 @@ export class VmRepo {
    */
   private createCache: CreateCache | undefined;
   private cacheIdle: NodeJS.Timeout | undefined;
+  /** Revisions of this repository's recent create transactions (its own VMs, seen again in the watch). */
+  private readonly ownCreates = new Set<number>();
+
+  /**
+   * A VM change from the watch (the coordinator's informer). A VM created by
+   * someone else (another replica) or removed moved the counters and
+   * addresses the creates' cached view holds: it is dropped, so the next
+   * round reads them instead of failing its transaction on them first.
+   */
+  noteVmChange(c: { type: "put"; entry: { createRevision: number; modRevision: number } } | { type: "delete" }): void {
+    if (!this.createCache) return;
+    if (c.type === "delete" || (c.entry.createRevision === c.entry.modRevision && !this.ownCreates.has(c.entry.createRevision))) this.createCache = undefined;
+  }
 
   private async drainCreates(): Promise<void> {
     clearTimeout(this.cacheIdle);
@@ -271,6 +288,8 @@ export class VmRepo {
         return;
       }
       if (r.succeeded) {
+        this.ownCreates.add(r.revision);
+        if (this.ownCreates.size > OWN_CREATES_KEPT) this.ownCreates.delete(this.ownCreates.values().next().value!);
         this.createCache = {
           total: { record: plan.after.total, modRevision: r.revision },
           quotas: new Map([...view.quotas].map(([o, c]) => [o, plan.after.quotas.has(o) ? { record: plan.after.quotas.get(o)!, modRevision: r.revision } : c])),

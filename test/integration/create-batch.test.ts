@@ -44,6 +44,7 @@ afterAll(async () => {
 });
 
 interface Replica {
+  informer: Informer<Vm> | undefined;
   store: Store;
   repo: VmRepo;
   networks: NetworkRepo;
@@ -65,31 +66,37 @@ async function replica(prefix: string, withInformer: boolean, wrap: (s: Store) =
     names = new InformerNameIndex(informer);
   }
   const repo = new VmRepo({ store, clock, newId: newVmId, auditKey, network, ...(names ? { names } : {}) });
+  // As the coordinator wires it: VMs created elsewhere or removed make the creates' cached view stale.
+  const off = informer?.onChange((c) => repo.noteVmChange(c));
   return {
+    informer,
     store,
     repo,
     networks,
     stop: async () => {
+      off?.();
       names?.stop();
       await informer?.stop();
     },
   };
 }
 
-/** The store, counting the reads (get, list) made through it. */
-function countingReads(s: Store): { store: Store; reads: () => number } {
+/** The store, counting the reads (get, list) and transactions made through it. */
+function countingReads(s: Store): { store: Store; reads: () => number; txns: () => number } {
   let n = 0;
+  let t = 0;
   const store = new Proxy(s, {
     get(target, prop, receiver) {
       const v = Reflect.get(target, prop, receiver) as unknown;
       if (typeof v !== "function") return v;
       return (...args: unknown[]) => {
         if (prop === "get" || prop === "list") n++;
+        if (prop === "txn") t++;
         return (v as (...a: unknown[]) => unknown).apply(target, args);
       };
     },
   });
-  return { store, reads: () => n };
+  return { store, reads: () => n, txns: () => t };
 }
 
 type Outcome = { ok: true; owner: string; name: string; vm: StoredVm } | { ok: false; owner: string; name: string; code: string; message: string };
@@ -176,7 +183,7 @@ describe("CreateVm group commit on real etcd", () => {
     }
   });
 
-  it("creates one at a time (the queue empty between them) read the counters and the network once; a copy another replica made stale costs a retry, not a wrong count", async () => {
+  it("creates one at a time (the queue empty between them) read the counters and the network once; another replica's VM, once watched, has them read again (no failed round); unseen, a stale copy costs one failed round, not a wrong count", async () => {
     const prefix = `/noid-cb3-${Date.now()}/`;
     let counted: ReturnType<typeof countingReads> | undefined;
     const a = await replica(prefix, true, (s) => (counted = countingReads(s)).store);
@@ -192,9 +199,20 @@ describe("CreateVm group commit on real etcd", () => {
       for (let i = 0; i < 5; i++) ok(await attempt(a, "uma", `one${i}`)); // each alone: the queue runs empty after each
       expect(counted!.reads() - before, "reads by five creates after the first").toBe(0);
       // Another replica creates for the same owner: a's copy of the counters and addresses is stale now.
-      ok(await attempt(b, "uma", "other"));
+      const other = await attempt(b, "uma", "other");
+      ok(other);
+      // a's watch has seen b's VM: a reads again before its transaction, instead of failing one on the stale copy.
+      await a.informer!.waitFor(other.ok ? other.vm.modRevision : 0);
+      const txns = counted!.txns();
       ok(await attempt(a, "uma", "after"));
       expect(counted!.reads() - before, "the stale copy was read again").toBeGreaterThan(0);
+      expect(counted!.txns() - txns, "one transaction, none failed on the stale copy").toBe(1);
+      // Without the watch's word (a's watch stopped) the stale copy costs one failed round, and the counts stay exact.
+      await a.informer!.stop();
+      ok(await attempt(b, "uma", "other2"));
+      const t2 = counted!.txns();
+      ok(await attempt(a, "uma", "after2"));
+      expect(counted!.txns() - t2, "a failed round on the stale copy, then the create").toBe(2);
       await checkStore(a.store, acked);
       expect(new Set([...acked.values()].map((v) => v.status!.ip)).size).toBe(acked.size);
     } finally {
