@@ -105,6 +105,35 @@ describe("GuestChannel", () => {
     expect(await ch.exec(["echo", "hi"], { K: "v" }, 900)).toEqual({ stdout: "echo hi\n", stderr: "K=v|900", exitCode: 7 });
   });
 
+  it("scrub sends a ping that got no answer again on a fresh connection, and gives up after its tries", async () => {
+    dir = mkdtempSync(join(tmpdir(), "noid-ga-"));
+    const path = join(dir, "stuck.sock");
+    // Answers pings, except on the connections listed in `mute` (counted from 1), where it stays silent.
+    let connections = 0;
+    let mute = new Set([2]);
+    const sizes: number[] = [];
+    server = createServer((sock) => {
+      const n = ++connections;
+      const reader = new FrameReader();
+      sock.on("data", (chunk: Buffer) => {
+        for (const f of reader.push(chunk)) {
+          sizes.push(f.payload.length);
+          if (!mute.has(n) && f.type === "P") sock.write(encodeFrame("P", f.id, Buffer.from("noid-agent 1")));
+        }
+      });
+    });
+    await new Promise<void>((res) => server!.listen(path, res));
+    const ch = new GuestChannel(path);
+    await ch.scrub(3, 4096, 600, 3);
+    // Three rounds, the second one sent twice (its first connection stayed silent), each a full buffer of zeros.
+    expect(connections).toBe(4);
+    expect(sizes).toEqual([4096, 4096, 4096, 4096]);
+    connections = 0;
+    mute = new Set([1, 2, 3]);
+    await expect(ch.scrub(1, 16, 300, 3)).rejects.toMatchObject({ code: "DEADLINE_EXCEEDED" });
+    expect(connections).toBe(3);
+  });
+
   it("fails as UNAVAILABLE when no agent listens, and DEADLINE_EXCEEDED when it does not answer", async () => {
     dir = mkdtempSync(join(tmpdir(), "noid-ga-"));
     await expect(new GuestChannel(join(dir, "none.sock")).ping()).rejects.toMatchObject({ code: "UNAVAILABLE" });
