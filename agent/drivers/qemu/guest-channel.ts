@@ -25,9 +25,10 @@ export class GuestChannel {
    *
    * A ping that gets no answer is sent again on a fresh connection, up to `tries` times
    * (`timeoutMs` shared between them): pings are idempotent, and a guest that missed
-   * QEMU's "host connected" event (seen after an incoming migration, as with the first
-   * command after a restore) holds its reply until the host connects again. Twice in about
-   * ten full test runs a migration's scrub waited out its whole 30 s on one connection.
+   * QEMU's "host connected" event (the suspected cause of the stall after a restore, see
+   * QemuDriver.execAfterRestore) holds its reply until the host connects again. Twice in
+   * about ten full test runs the first migration of a VM booted minutes before waited out
+   * its scrub's whole 30 s on one connection.
    */
   async scrub(rounds = 4, bytes = 1 << 20, timeoutMs = 30_000, tries = 3): Promise<void> {
     for (let i = 0; i < rounds; i++) {
