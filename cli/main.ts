@@ -1,16 +1,10 @@
 // noidctl's composition root: the only module that touches process.*.
 import { run } from "./program.js";
 import { promptLine } from "./prompt.js";
+import { dropTlsIpServernameWarning } from "../common/node-warnings.js";
 
-// grpc-js gives Node's TLS an IP address as the server name when the coordinator is
-// addressed by IP (the certificate is still checked against that IP), and Node warns
-// about it (DEP0123) on every noidctl command. Nothing a user can act on: that one
-// warning is dropped; any other is printed as Node would.
-process.removeAllListeners("warning");
-process.on("warning", (w: Error & { code?: string }) => {
-  if (w.code === "DEP0123") return;
-  process.stderr.write(`(node:${process.pid}) ${w.code ? `[${w.code}] ` : ""}${w.name}: ${w.message}\n`);
-});
+// grpc-js's IP server names make Node warn (DEP0123) on every command: dropped (common/node-warnings.ts).
+dropTlsIpServernameWarning();
 
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];

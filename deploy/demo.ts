@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { configPath, loadConfig, saveConfig, withContext } from "../cli/config.js";
 import { run as noidctl } from "../cli/program.js";
 import { isAlive } from "../common/run.js";
+import { dropTlsIpServernameWarning } from "../common/node-warnings.js";
 import { Role, VmPhase, type Vm } from "../sdk/index.js";
 import { pingArgv } from "./lab/probe.js";
 import { labLeftovers } from "./lab/lab.js";
@@ -169,6 +170,8 @@ async function connectivityMatrix(vms: Vm[], exec: (vm: Vm, argv: string[]) => P
   return bad;
 }
 
+// The demo drives noidctl in this process: no Node warning about grpc-js's IP server names.
+dropTlsIpServernameWarning();
 const args = process.argv.slice(2);
 if (args.includes("--help") || args.includes("-h")) {
   say("usage: npm run demo [-- --down]\n  starts (or stops) a local three-host Noid cluster in network namespaces");
