@@ -29,6 +29,7 @@ import type { Store } from "../../coordinator/store/store.js";
 import { normalizeVmSpec } from "../../coordinator/validate.js";
 import type { Limits } from "../../coordinator/limits.js";
 import { startTestEtcd, type TestEtcd } from "../helpers/etcd.js";
+import { countingStore } from "../helpers/counting-store.js";
 
 let etcd: TestEtcd;
 const raw: EtcdStore[] = [];
@@ -79,24 +80,6 @@ async function replica(prefix: string, withInformer: boolean, wrap: (s: Store) =
       await informer?.stop();
     },
   };
-}
-
-/** The store, counting the reads (get, list) and transactions made through it. */
-function countingReads(s: Store): { store: Store; reads: () => number; txns: () => number } {
-  let n = 0;
-  let t = 0;
-  const store = new Proxy(s, {
-    get(target, prop, receiver) {
-      const v = Reflect.get(target, prop, receiver) as unknown;
-      if (typeof v !== "function") return v;
-      return (...args: unknown[]) => {
-        if (prop === "get" || prop === "list") n++;
-        if (prop === "txn") t++;
-        return (v as (...a: unknown[]) => unknown).apply(target, args);
-      };
-    },
-  });
-  return { store, reads: () => n, txns: () => t };
 }
 
 type Outcome = { ok: true; owner: string; name: string; vm: StoredVm } | { ok: false; owner: string; name: string; code: string; message: string };
@@ -185,8 +168,8 @@ describe("CreateVm group commit on real etcd", () => {
 
   it("creates one at a time (the queue empty between them) read the counters and the network once; another replica's VM, once watched, has them read again (no failed round); unseen, a stale copy costs one failed round, not a wrong count", async () => {
     const prefix = `/noid-cb3-${Date.now()}/`;
-    let counted: ReturnType<typeof countingReads> | undefined;
-    const a = await replica(prefix, true, (s) => (counted = countingReads(s)).store);
+    let counted: ReturnType<typeof countingStore<Store>> | undefined;
+    const a = await replica(prefix, true, (s) => (counted = countingStore(s)).store);
     const b = await replica(prefix, true);
     try {
       const acked = new Map<string, Vm>();
@@ -195,24 +178,24 @@ describe("CreateVm group commit on real etcd", () => {
         acked.set(o.vm.vm.id, o.vm.vm);
       };
       ok(await attempt(a, "uma", "first")); // reads what it needs, creates the default network
-      const before = counted!.reads();
+      const before = counted!.count("get", "list");
       for (let i = 0; i < 5; i++) ok(await attempt(a, "uma", `one${i}`)); // each alone: the queue runs empty after each
-      expect(counted!.reads() - before, "reads by five creates after the first").toBe(0);
+      expect(counted!.count("get", "list") - before, "reads by five creates after the first").toBe(0);
       // Another replica creates for the same owner: a's copy of the counters and addresses is stale now.
       const other = await attempt(b, "uma", "other");
       ok(other);
       // a's watch has seen b's VM: a reads again before its transaction, instead of failing one on the stale copy.
       await a.informer!.waitFor(other.ok ? other.vm.modRevision : 0);
-      const txns = counted!.txns();
+      const txns = counted!.count("txn");
       ok(await attempt(a, "uma", "after"));
-      expect(counted!.reads() - before, "the stale copy was read again").toBeGreaterThan(0);
-      expect(counted!.txns() - txns, "one transaction, none failed on the stale copy").toBe(1);
+      expect(counted!.count("get", "list") - before, "the stale copy was read again").toBeGreaterThan(0);
+      expect(counted!.count("txn") - txns, "one transaction, none failed on the stale copy").toBe(1);
       // Without the watch's word (a's watch stopped) the stale copy costs one failed round, and the counts stay exact.
       await a.informer!.stop();
       ok(await attempt(b, "uma", "other2"));
-      const t2 = counted!.txns();
+      const t2 = counted!.count("txn");
       ok(await attempt(a, "uma", "after2"));
-      expect(counted!.txns() - t2, "a failed round on the stale copy, then the create").toBe(2);
+      expect(counted!.count("txn") - t2, "a failed round on the stale copy, then the create").toBe(2);
       await checkStore(a.store, acked);
       expect(new Set([...acked.values()].map((v) => v.status!.ip)).size).toBe(acked.size);
     } finally {

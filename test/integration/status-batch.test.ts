@@ -10,6 +10,7 @@ import { createEtcdStore, type EtcdStore } from "../../coordinator/store/index.j
 import { VmRepo, addAlloc, newVmId, type StoredVm } from "../../coordinator/state/vm-repo.js";
 import { keys } from "../../coordinator/state/keys.js";
 import { dec, enc } from "../../coordinator/state/codec.js";
+import { countingStore } from "../helpers/counting-store.js";
 import { startTestEtcd, type TestEtcd } from "../helpers/etcd.js";
 
 let etcd: TestEtcd;
@@ -31,15 +32,8 @@ afterAll(async () => {
 
 /** VMs placed on `host` (CREATING), and a repository whose "informer copy" is what `copy` holds. */
 async function setup(names: string[], hostOrHosts: string | string[], copy: Map<string, StoredVm>): Promise<{ repo: VmRepo; ids: string[]; txns: () => number }> {
-  const txns: number[] = [];
-  const counting = new Proxy(store, {
-    get(t, p) {
-      if (p === "txn") return (...a: Parameters<EtcdStore["txn"]>) => (txns.push(1), t.txn(...a));
-      const v = Reflect.get(t, p) as unknown;
-      return typeof v === "function" ? (v as (...x: unknown[]) => unknown).bind(t) : v;
-    },
-  });
-  const repo = new VmRepo({ store: counting, clock: { now: () => new Date() }, newId: newVmId, auditKey: () => `a${String(++seq).padStart(6, "0")}`, cached: (id) => copy.get(id) });
+  const counting = countingStore(store);
+  const repo = new VmRepo({ store: counting.store, clock: { now: () => new Date() }, newId: newVmId, auditKey: () => `a${String(++seq).padStart(6, "0")}`, cached: (id) => copy.get(id) });
   const ids: string[] = [];
   const allocs = new Map<string, AllocationRecord | undefined>();
   for (const [i, n] of names.entries()) {
@@ -56,8 +50,8 @@ async function setup(names: string[], hostOrHosts: string | string[], copy: Map<
     copy.set(vm.id, { vm: placed, modRevision: r.revision });
     ids.push(vm.id);
   }
-  txns.length = 0;
-  return { repo, ids, txns: () => txns.length };
+  const before = counting.count("txn");
+  return { repo, ids, txns: () => counting.count("txn") - before };
 }
 
 const phaseOf = async (id: string) => dec(Vm, (await store.get(keys.vm(id)))!.value).status;

@@ -13,8 +13,8 @@ import { VmRepo, newVmId } from "../../coordinator/state/vm-repo.js";
 import { keys } from "../../coordinator/state/keys.js";
 import { dec } from "../../coordinator/state/codec.js";
 import { createEtcdStore, type EtcdStore } from "../../coordinator/store/index.js";
-import type { Store } from "../../coordinator/store/store.js";
 import { startTestEtcd, type TestEtcd } from "../helpers/etcd.js";
+import { countingStore } from "../helpers/counting-store.js";
 
 let etcd: TestEtcd;
 let store: EtcdStore;
@@ -31,43 +31,25 @@ afterAll(async () => {
   await etcd?.stop();
 });
 
-/** The store, counting the single-key reads made through it. */
-function counting(s: Store): { store: Store; reads: () => number } {
-  let n = 0;
-  const store = new Proxy(s, {
-    get(target, prop, receiver) {
-      const v = Reflect.get(target, prop, receiver) as unknown;
-      if (prop === "get" && typeof v === "function") {
-        return (...args: unknown[]) => {
-          n++;
-          return (v as (...a: unknown[]) => unknown).apply(target, args);
-        };
-      }
-      return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-    },
-  });
-  return { store, reads: () => n };
-}
-
 describe("VM lookup by name", () => {
   it("one etcd read with a fresh name index; a lagging index still answers what etcd holds", async () => {
     const informer = new Informer(store, keys.vmsPrefix, (b) => dec(Vm, b), silentLogger());
     await informer.start();
     const names = new InformerNameIndex(informer);
-    const c = counting(store);
+    const c = countingStore(store);
     const here = new VmRepo({ store: c.store, clock, newId: newVmId, auditKey, names });
     // Another replica: its own repository, no index.
     const there = new VmRepo({ store, clock, newId: newVmId, auditKey });
     try {
       const web = await there.create("olga", "web", spec, limits, { peer: "test" });
       await informer.waitFor(web.modRevision);
-      let before = c.reads();
+      let before = c.count("get");
       expect((await here.getByName("olga", "web"))?.vm.id).toBe(web.vm.id);
-      expect(c.reads() - before, "reads for a name the index knows").toBe(1);
+      expect(c.count("get") - before, "reads for a name the index knows").toBe(1);
 
-      before = c.reads();
+      before = c.count("get");
       expect(await here.getByName("olga", "nope")).toBeUndefined();
-      expect(c.reads() - before, "an unknown name reads its name key only").toBe(1);
+      expect(c.count("get") - before, "an unknown name reads its name key only").toBe(1);
 
       // The index stops following etcd; on the other replica "web" is destroyed and created again.
       names.stop();
