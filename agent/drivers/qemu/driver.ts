@@ -24,7 +24,7 @@ import type { Capabilities, ConsoleStream, ExecOptions, ExecResult, HypervisorDr
 import { type Accel, chooseAccel, incomingArgv, kvmProbeArgv, migrateUri, overlayArgv, qemuArgv } from "./argv.js";
 import { gatewayFor } from "./cmdline.js";
 import { exitReason, readTail } from "./failure.js";
-import { GuestChannel } from "./guest-channel.js";
+import { GuestChannel, onFreshConnections } from "./guest-channel.js";
 import { guestInstallCommand } from "../ssh-keys.js";
 import { imageCandidates, overlaySize, parseImageInfo } from "./image.js";
 import { MAX_SOCKET_PATH, tapName, vmPaths } from "./names.js";
@@ -408,18 +408,13 @@ export class QemuDriver implements HypervisorDriver {
    * restore can see a stale state) blocks its reply until the host connects again.
    */
   private async execAfterRestore(id: string, ch: GuestChannel, script: string): Promise<ExecResult> {
-    let last: unknown;
-    for (let i = 0; i < 3; i++) {
-      try {
-        return await ch.exec(["sh", "-c", script], {}, 20_000);
-      } catch (e) {
-        last = e;
-        if (!(e instanceof NoidError) || (e.code !== "DEADLINE_EXCEEDED" && e.code !== "UNAVAILABLE")) break;
-      }
+    try {
+      return await onFreshConnections(3, () => ch.exec(["sh", "-c", script], {}, 20_000));
+    } catch (e) {
+      const rec = this.mustGet(id);
+      if (rec.qemu) await killProcess(rec.qemu).catch(() => undefined);
+      throw during(`restoring qemu VM ${id}: the guest agent did not run the first command after the restore`, e);
     }
-    const rec = this.mustGet(id);
-    if (rec.qemu) await killProcess(rec.qemu).catch(() => undefined);
-    throw during(`restoring qemu VM ${id}: the guest agent did not run the first command after the restore`, last);
   }
 
   /** A VM saved with keepPaused runs on from where it was (the migration did not happen). */

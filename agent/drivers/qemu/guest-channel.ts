@@ -14,6 +14,22 @@ const DEFAULT_EXEC_TIMEOUT_MS = 30_000;
 /** Host-side slack over the guest's own timeout: the guest kills the command and reports first. */
 const HOST_GRACE_MS = 5_000;
 
+/**
+ * Runs an idempotent request up to `tries` times, each on a connection of its own (every
+ * GuestChannel request opens one), while it fails for want of an answer (DEADLINE_EXCEEDED,
+ * UNAVAILABLE): a guest that missed QEMU's "host connected" event holds its reply until the
+ * host connects again. Any other error, or the last try's, is thrown.
+ */
+export async function onFreshConnections<T>(tries: number, request: () => Promise<T>): Promise<T> {
+  for (let t = 1; ; t++) {
+    try {
+      return await request();
+    } catch (e) {
+      if (t >= tries || !(e instanceof NoidError) || (e.code !== "DEADLINE_EXCEEDED" && e.code !== "UNAVAILABLE")) throw e;
+    }
+  }
+}
+
 export class GuestChannel {
   constructor(private readonly socketPath: string) {}
 
@@ -32,15 +48,10 @@ export class GuestChannel {
    */
   async scrub(rounds = 4, bytes = 1 << 20, timeoutMs = 30_000, tries = 3): Promise<void> {
     for (let i = 0; i < rounds; i++) {
-      for (let t = 1; ; t++) {
+      await onFreshConnections(tries, () => {
         const id = randomInt(1, 2 ** 31);
-        try {
-          await this.request(encodeFrame("P", id, Buffer.alloc(bytes)), id, Math.ceil(timeoutMs / tries), (f) => f.type === "P");
-          break;
-        } catch (e) {
-          if (t >= tries || !(e instanceof NoidError) || (e.code !== "DEADLINE_EXCEEDED" && e.code !== "UNAVAILABLE")) throw e;
-        }
-      }
+        return this.request(encodeFrame("P", id, Buffer.alloc(bytes)), id, Math.ceil(timeoutMs / tries), (f) => f.type === "P");
+      });
     }
   }
 
