@@ -9,14 +9,14 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { run } from "../../cli/program.js";
 import { Role, NoidApiError, type Event, type NoidClient } from "../../sdk/index.js";
 import { EVENTS_PREFIX, EventLog, WRITE_BATCH } from "../../coordinator/events/event-log.js";
-import { createEtcdStore } from "../../coordinator/store/index.js";
+import { createEtcdStore, type EtcdStore } from "../../coordinator/store/index.js";
 import type { ListOptions } from "../../coordinator/store/store.js";
 import { dec } from "../../coordinator/state/codec.js";
 import { Event as EventRecord } from "../../gen/noid/v1/event.js";
 import { auditPut } from "../../coordinator/audit-log.js";
 import { SimAgent } from "../helpers/sim-agent.js";
 import { eventually, startTestCoordinator, type TestCluster } from "../helpers/coordinator.js";
-import { startTestEtcd } from "../helpers/etcd.js";
+import { startTestEtcd, type TestEtcd } from "../helpers/etcd.js";
 
 async function failure(p: Promise<unknown>): Promise<NoidApiError> {
   try {
@@ -263,58 +263,61 @@ describe("event writes against real etcd", () => {
 });
 
 describe("event retention against real etcd", () => {
+  let etcd: TestEtcd;
+  const stores: EtcdStore[] = [];
+  beforeAll(async () => {
+    etcd = await startTestEtcd();
+  });
+  afterAll(async () => {
+    for (const s of stores) await s.close();
+    await etcd?.stop();
+  });
+  /** A store of its own (own prefix) on the shared etcd. */
+  const freshStore = async () => {
+    const s = await createEtcdStore({ endpoints: etcd.endpoints, prefix: `/r${Math.random().toString(16).slice(2, 8)}/` });
+    stores.push(s);
+    return s;
+  };
+
   it("keeps the newest maxCount and drops events older than maxAge", async () => {
-    const { etcd: _etcd, endpoints, stop } = await startTestEtcd();
-    const store = await createEtcdStore({ endpoints, prefix: `/r${Math.random().toString(16).slice(2, 8)}/` });
-    try {
-      let now = Date.parse("2026-01-01T00:00:00Z");
-      const log = new EventLog({ store, clock: { now: () => new Date(now) }, retention: { maxCount: 20, maxAgeMs: 3_600_000 } });
-      for (let i = 0; i < 35; i++) {
-        now += 1000;
-        await log.record({ kind: "vm.phase", message: `n${i}` });
-      }
-      // Writing past a tenth of the bound trims on its own; an explicit trim settles it.
-      await log.trim();
-      let left = await log.list({ limit: 1000 });
-      expect(left).toHaveLength(20);
-      expect(left[0]!.message).toBe("n34");
-      expect(left.at(-1)!.message).toBe("n15");
-      now += 3_600_000 - 9_500; // n25..n34 are younger than an hour, the rest older
-      expect(await log.trim()).toBe(10);
-      left = await log.list({ limit: 1000 });
-      expect(left.map((e) => e.message)).toEqual(["n34", "n33", "n32", "n31", "n30", "n29", "n28", "n27", "n26", "n25"]);
-      expect((await store.list(EVENTS_PREFIX)).kvs).toHaveLength(10);
-    } finally {
-      await store.close();
-      await stop();
+    const store = await freshStore();
+    let now = Date.parse("2026-01-01T00:00:00Z");
+    const log = new EventLog({ store, clock: { now: () => new Date(now) }, retention: { maxCount: 20, maxAgeMs: 3_600_000 } });
+    for (let i = 0; i < 35; i++) {
+      now += 1000;
+      await log.record({ kind: "vm.phase", message: `n${i}` });
     }
+    // Writing past a tenth of the bound trims on its own; an explicit trim settles it.
+    await log.trim();
+    let left = await log.list({ limit: 1000 });
+    expect(left).toHaveLength(20);
+    expect(left[0]!.message).toBe("n34");
+    expect(left.at(-1)!.message).toBe("n15");
+    now += 3_600_000 - 9_500; // n25..n34 are younger than an hour, the rest older
+    expect(await log.trim()).toBe(10);
+    left = await log.list({ limit: 1000 });
+    expect(left.map((e) => e.message)).toEqual(["n34", "n33", "n32", "n31", "n30", "n29", "n28", "n27", "n26", "n25"]);
+    expect((await store.list(EVENTS_PREFIX)).kvs).toHaveLength(10);
   });
 
   it("lists newest first a page at a time: a user's sparse events across pages, since, and a limit, as a read of everything would", async () => {
-    const { etcd: _etcd, endpoints, stop } = await startTestEtcd();
-    const store = await createEtcdStore({ endpoints, prefix: `/r${Math.random().toString(16).slice(2, 8)}/` });
-    try {
-      let now = Date.parse("2026-03-01T00:00:00Z");
-      const log = new EventLog({ store, clock: { now: () => new Date((now += 1000)) }, retention: { maxCount: 100_000, maxAgeMs: 0 } });
-      // 500 events, one in five bob's: his 60 newest take three pages of 120.
-      for (let i = 0; i < 500; i += 100) await Promise.all(Array.from({ length: 100 }, (_, j) => log.record({ kind: "vm.phase", owner: (i + j) % 5 === 0 ? "bob" : "carol", message: `e${i + j}` })));
-      const everything = (await store.list(EVENTS_PREFIX)).kvs.map((kv) => dec(EventRecord, kv.value)).reverse();
-      const bob = { user: "bob", role: Role.ROLE_USER, tokenId: "t", tokenName: "t" };
-      const mine = everything.filter((e) => e.owner === "bob");
-      expect((await log.list({ limit: 60 }, bob)).map((e) => e.id)).toEqual(mine.slice(0, 60).map((e) => e.id));
-      expect((await log.list({ limit: 1000 }, bob)).map((e) => e.id)).toEqual(mine.map((e) => e.id));
-      const since = everything[250]!.time!;
-      expect((await log.list({ limit: 1000, since })).map((e) => e.id)).toEqual(everything.slice(0, 251).map((e) => e.id));
-      expect((await log.list({ limit: 7 })).map((e) => e.id)).toEqual(everything.slice(0, 7).map((e) => e.id));
-    } finally {
-      await store.close();
-      await stop();
-    }
+    const store = await freshStore();
+    let now = Date.parse("2026-03-01T00:00:00Z");
+    const log = new EventLog({ store, clock: { now: () => new Date((now += 1000)) }, retention: { maxCount: 100_000, maxAgeMs: 0 } });
+    // 500 events, one in five bob's: his 60 newest take three pages of 120.
+    for (let i = 0; i < 500; i += 100) await Promise.all(Array.from({ length: 100 }, (_, j) => log.record({ kind: "vm.phase", owner: (i + j) % 5 === 0 ? "bob" : "carol", message: `e${i + j}` })));
+    const everything = (await store.list(EVENTS_PREFIX)).kvs.map((kv) => dec(EventRecord, kv.value)).reverse();
+    const bob = { user: "bob", role: Role.ROLE_USER, tokenId: "t", tokenName: "t" };
+    const mine = everything.filter((e) => e.owner === "bob");
+    expect((await log.list({ limit: 60 }, bob)).map((e) => e.id)).toEqual(mine.slice(0, 60).map((e) => e.id));
+    expect((await log.list({ limit: 1000 }, bob)).map((e) => e.id)).toEqual(mine.map((e) => e.id));
+    const since = everything[250]!.time!;
+    expect((await log.list({ limit: 1000, since })).map((e) => e.id)).toEqual(everything.slice(0, 251).map((e) => e.id));
+    expect((await log.list({ limit: 7 })).map((e) => e.id)).toEqual(everything.slice(0, 7).map((e) => e.id));
   });
 
   it("a trim reads keys only, and gets through more events over the bound than one read of the oldest holds", async () => {
-    const { etcd: _etcd, endpoints, stop } = await startTestEtcd();
-    const real = await createEtcdStore({ endpoints, prefix: `/r${Math.random().toString(16).slice(2, 8)}/` });
+    const real = await freshStore();
     const lists: { keysOnly: boolean; values: number }[] = [];
     const store = new Proxy(real, {
       get(t, k, recv) {
@@ -328,21 +331,16 @@ describe("event retention against real etcd", () => {
         return typeof v === "function" ? (v as (...a: unknown[]) => unknown).bind(t) : v;
       },
     });
-    try {
-      // 1,250 events written while the bound is huge (no trim yet), then the bound drops to 10.
-      const retention = { maxCount: 1_000_000, maxAgeMs: 0 };
-      const log = new EventLog({ store, clock: { now: () => new Date() }, retention });
-      await Promise.all(Array.from({ length: 1250 }, (_, i) => log.record({ kind: "vm.phase", message: `m${String(i).padStart(4, "0")}` })));
-      retention.maxCount = 10;
-      lists.length = 0;
-      expect(await log.trim()).toBe(1240);
-      expect(lists.length).toBeGreaterThanOrEqual(2); // the first read of the oldest keys did not reach the 1,240th
-      expect(lists.every((l) => l.keysOnly && l.values === 0)).toBe(true);
-      const left = (await real.list(EVENTS_PREFIX)).kvs.map((kv) => dec(EventRecord, kv.value).message).sort();
-      expect(left).toEqual(Array.from({ length: 10 }, (_, i) => `m${1240 + i}`));
-    } finally {
-      await real.close();
-      await stop();
-    }
+    // 1,250 events written while the bound is huge (no trim yet), then the bound drops to 10.
+    const retention = { maxCount: 1_000_000, maxAgeMs: 0 };
+    const log = new EventLog({ store, clock: { now: () => new Date() }, retention });
+    await Promise.all(Array.from({ length: 1250 }, (_, i) => log.record({ kind: "vm.phase", message: `m${String(i).padStart(4, "0")}` })));
+    retention.maxCount = 10;
+    lists.length = 0;
+    expect(await log.trim()).toBe(1240);
+    expect(lists.length).toBeGreaterThanOrEqual(2); // the first read of the oldest keys did not reach the 1,240th
+    expect(lists.every((l) => l.keysOnly && l.values === 0)).toBe(true);
+    const left = (await real.list(EVENTS_PREFIX)).kvs.map((kv) => dec(EventRecord, kv.value).message).sort();
+    expect(left).toEqual(Array.from({ length: 10 }, (_, i) => `m${1240 + i}`));
   });
 });
