@@ -17,9 +17,9 @@
 // when the HTTP/2 stream's own buffer is full, since its write callbacks
 // come late). Only for the call grpc-js makes when the server has no
 // interceptors (BaseServerInterceptingCall, which serialises and writes at
-// once); an intercepting call (ServerInterceptingCall) holds at most one
-// message while its interceptors work, so there the messages go one after
-// another as before.
+// once); behind interceptors (ServerInterceptingCall) a message may be held
+// while an interceptor works on it, and ones handed over together could
+// overtake it, so there they go one after another as before.
 import { createRequire } from "node:module";
 
 type Callback = (err?: Error | null) => void;
