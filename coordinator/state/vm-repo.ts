@@ -24,8 +24,6 @@ const MAX_ATTEMPTS = 20;
 const MAX_GROUP = 64;
 /** How long the creates' cached counters and address views outlive an empty queue. */
 const CREATE_CACHE_IDLE_MS = 5_000;
-/** Own create transactions remembered to tell own VMs from others' in the watch. */
-const OWN_CREATES_KEPT = 256;
 /** Status reports of one host planned together (each VM: one compare, one put; several hosts share a transaction, see writeStatuses). */
 const MAX_STATUS_BATCH = 50;
 /** Status puts per group-commit transaction (several hosts' batches), and such transactions in flight at once. */
@@ -204,18 +202,18 @@ export class VmRepo {
    */
   private createCache: CreateCache | undefined;
   private cacheIdle: NodeJS.Timeout | undefined;
-  /** Revisions of this repository's recent create transactions (its own VMs, seen again in the watch). */
-  private readonly ownCreates = new Set<number>();
 
   /**
-   * A VM change from the watch (the coordinator's informer). A VM created by
-   * someone else (another replica) or removed moved the counters and
-   * addresses the creates' cached view holds: it is dropped, so the next
-   * round reads them instead of failing its transaction on them first.
+   * A VM change from the watch (the coordinator's informer). Every create
+   * changes the cluster total, so a VM created after the cached total's
+   * revision (by another replica) is not in the cached view, nor is a VM's
+   * removal: the view is dropped, so the next round reads the counters and
+   * addresses instead of failing its transaction on them first.
    */
   noteVmChange(c: { type: "put"; entry: { createRevision: number; modRevision: number } } | { type: "delete" }): void {
-    if (!this.createCache) return;
-    if (c.type === "delete" || (c.entry.createRevision === c.entry.modRevision && !this.ownCreates.has(c.entry.createRevision))) this.createCache = undefined;
+    const cache = this.createCache;
+    if (!cache) return;
+    if (c.type === "delete" || (c.entry.createRevision === c.entry.modRevision && c.entry.createRevision > cache.total.modRevision)) this.createCache = undefined;
   }
 
   private async drainCreates(): Promise<void> {
@@ -288,8 +286,6 @@ export class VmRepo {
         return;
       }
       if (r.succeeded) {
-        this.ownCreates.add(r.revision);
-        if (this.ownCreates.size > OWN_CREATES_KEPT) this.ownCreates.delete(this.ownCreates.values().next().value!);
         this.createCache = {
           total: { record: plan.after.total, modRevision: r.revision },
           quotas: new Map([...view.quotas].map(([o, c]) => [o, plan.after.quotas.has(o) ? { record: plan.after.quotas.get(o)!, modRevision: r.revision } : c])),
