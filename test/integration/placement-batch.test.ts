@@ -196,8 +196,11 @@ describe("batched placement on real etcd", () => {
       expect(ctls[0]!.stats.placed + ctls[1]!.stats.placed).toBe(60);
       const r = await checkInvariants(stores[0]!, hostIds, 5);
       expect(r).toEqual({ placed: 60, unplaced: 30 });
-      const vms = (await stores[0]!.list(keys.vmsPrefix)).kvs.map((kv) => Vm.decode(kv.value));
-      for (const vm of vms.filter((v) => !v.status?.hostId)) expect(vm.status?.reason).toMatch(/no host/);
+      // Each waiting VM shows why; a reason write that lost a race with the other controller is
+      // written again by a later pass, so under load it may come after the last placement.
+      const unplaced = async () => (await stores[0]!.list(keys.vmsPrefix)).kvs.map((kv) => Vm.decode(kv.value)).filter((v) => !v.status?.hostId);
+      await until(async () => (await unplaced()).every((v) => /no host/.test(v.status?.reason ?? "")), "every waiting VM to show why", 10_000);
+      for (const vm of await unplaced()) expect(vm.status?.reason).toMatch(/no host/);
     } finally {
       for (const c of ctls) await c.stop();
       for (const c of clusters) await c.stop();
