@@ -1,71 +1,78 @@
 // The real noid-agent binary (dist/agent/main.js) with --metrics-listen,
 // registered with a real coordinator: its /metrics shows the first reconcile
-// pass, the driver's recover and the process metrics. It runs no VM, so it
-// creates nothing on the machine; it is killed by its PID.
+// pass, the driver's recover and the process metrics. The agent runs in a lab host
+// (its own network namespace: its WireGuard link and nftables tables are made there,
+// never in the machine's own namespace) and reaches the coordinator over a unix socket;
+// destroying the lab kills it and its wireguard-go by PID and removes the namespace.
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type ProcessRef, isAlive, killProcess, processRef, spawnDetached } from "../../common/run.js";
+import { type Lab, createLab, destroyLab, labLeftovers } from "../../deploy/lab/lab.js";
+import { isAlive, run } from "../../common/run.js";
 import { eventually, startTestCoordinator, type TestCluster } from "../helpers/coordinator.js";
-import { sampleValue, scrape } from "../helpers/exposition.js";
+import { type Exposition, parseExposition, sampleValue } from "../helpers/exposition.js";
 
 const repo = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const tag = randomBytes(3).toString("hex");
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", () => r()));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
+const prefix = `pm${tag}`;
+const METRICS_PORT = 9464;
 
 describe("noid-agent --metrics-listen", () => {
   let c: TestCluster;
   let dir: string;
-  let agent: ProcessRef | undefined;
+  let lab: Lab;
+  const tables = async (netns?: string): Promise<string[]> =>
+    (await run(["nft", "list", "tables"], netns ? { netns } : {})).stdout.split("\n").filter((l) => l.trim() !== "");
+  let rootBefore: string[] = [];
+  let agentTables: string[] = [];
 
   beforeAll(async () => {
-    c = await startTestCoordinator();
     dir = mkdtempSync(join(tmpdir(), "noid-agent-proc-"));
+    rootBefore = await tables();
+    c = await startTestCoordinator({ server: { unix_socket: join(dir, "coordinator.sock") } });
+    lab = await createLab({ prefix, hosts: 1 });
   });
   afterAll(async () => {
-    // The agent's wireguard-go outlives it (as VMs do): let its first mesh pass record the
-    // daemon (it always starts one), stop the agent, then stop the recorded daemon by PID.
-    const wg = join(dir, "state", "wireguard-go.json");
-    if (agent && isAlive(agent)) await eventually(() => existsSync(wg), 20_000, "the agent to record its wireguard-go").catch(() => undefined);
-    if (agent && isAlive(agent)) await killProcess(agent);
-    if (dir && existsSync(wg)) {
-      const ref = JSON.parse(readFileSync(wg, "utf8")) as ProcessRef;
-      if (isAlive(ref)) await killProcess(ref);
-    }
+    // Kills the agent and the wireguard-go it started (every process in the namespace, by PID).
+    await destroyLab(prefix);
     await c?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
+    expect(await labLeftovers(prefix)).toEqual([]);
+    // None of the agent's tables appeared in the machine's own namespace.
+    expect((await tables()).filter((t) => !rootBefore.includes(t) && agentTables.includes(t))).toEqual([]);
   });
 
+  /** /metrics fetched from inside the host's namespace (the lab's addresses exist only there). */
+  async function scrapeInLab(address: string): Promise<Exposition> {
+    const js = `fetch(${JSON.stringify(`http://${address}/metrics`)}).then((r) => r.text()).then((t) => process.stdout.write(t), (e) => { console.error(String(e)); process.exit(1); })`;
+    const r = await lab.exec("h1", [process.execPath, "-e", js], { allowFail: true, timeoutMs: 10_000 });
+    if (r.exitCode !== 0) throw new Error(`scrape ${address}: ${r.stderr.trim()}`);
+    return parseExposition(r.stdout);
+  }
+
   it("serves the agent's metrics over HTTP", async () => {
+    const h = lab.hosts[0]!;
     const tokenFile = join(dir, "token");
     writeFileSync(tokenFile, c.adminToken + "\n", { mode: 0o600 });
-    const port = await freePort();
     const log = join(dir, "agent.log");
-    const pid = await spawnDetached(
+    const metricsAddress = `${h.address}:${METRICS_PORT}`;
+    const agent = await lab.spawn(
+      h,
       [
         process.execPath, join(repo, "dist/agent/main.js"),
-        "--coordinator", c.address, "--insecure", "--name", `pm-${tag}`, "--address", "127.0.0.1", "--token-file", tokenFile,
-        "--state-dir", join(dir, "state"), "--ns-prefix", `pm${tag}`, "--wg-interface", `wgpm${tag}`, "--metrics-listen", `127.0.0.1:${port}`, "--log-level", "warn",
+        "--coordinator", `unix:${join(dir, "coordinator.sock")}`, "--insecure", "--name", `pm-${tag}`, "--address", h.address, "--token-file", tokenFile,
+        "--state-dir", join(dir, "state"), "--ns-prefix", `pm${tag}`, "--wg-interface", `wgpm${tag}`, "--metrics-listen", metricsAddress, "--log-level", "warn",
       ],
       { logFile: log },
     );
-    agent = processRef(pid);
     const m = await eventually(
       async () => {
-        if (agent && !isAlive(agent)) throw new Error(`agent exited: ${readFileSync(log, "utf8")}`);
-        const s = await scrape(`127.0.0.1:${port}`);
-        return (sampleValue(s, "noid_agent_reconcile_runs_total", { result: "converged" }) ?? 0) >= 1 ? s : undefined;
+        if (!isAlive(agent)) throw new Error(`agent exited: ${readFileSync(log, "utf8")}`);
+        const s = await scrapeInLab(metricsAddress).catch(() => undefined);
+        return s && (sampleValue(s, "noid_agent_reconcile_runs_total", { result: "converged" }) ?? 0) >= 1 ? s : undefined;
       },
       20_000,
       "the agent's first reconcile pass in its metrics",
@@ -75,6 +82,11 @@ describe("noid-agent --metrics-listen", () => {
     expect(sampleValue(m, "noid_agent_driver_operations_total", { driver: "sandbox", op: "recover", result: "ok" })).toBe(1);
     expect(sampleValue(m, "noid_agent_vms", { phase: "running" })).toBe(0);
     expect(sampleValue(m, "noid_agent_process_cpu_user_seconds_total")).toBeGreaterThan(0);
-    expect((await c.client().listHosts()).map((h) => h.name)).toContain(`pm-${tag}`);
+    expect((await c.client().listHosts()).map((x) => x.name)).toContain(`pm-${tag}`);
+    // Its firewall is in its own namespace (the ports table comes with the first port snapshot).
+    agentTables = await eventually(async () => {
+      const t = await tables(h.netns);
+      return t.includes("table ip noid_ports") ? t : undefined;
+    }, 10_000, "the agent's ports table in its namespace");
   });
 });
