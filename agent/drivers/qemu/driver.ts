@@ -383,9 +383,11 @@ export class QemuDriver implements HypervisorDriver {
       `head -c 64 /dev/urandom >/dev/null; echo ${randomHex(32)} > /dev/urandom`,
       ...(from.mac.toLowerCase() !== net.mac.toLowerCase() || from.ip !== net.ip
         ? [
-            "ip link set dev eth0 down",
+            // Changed with the link up (virtio-net changes its MAC live): taking it down here
+            // deadlocks the guest kernel when it races the device's post-restore announce
+            // (virtnet_close waits, holding RTNL, for the config-change work, which waits
+            // for RTNL); seen about once in 15 restores.
             `ip link set dev eth0 address ${net.mac}`,
-            "ip link set dev eth0 up",
             "ip -4 addr flush dev eth0",
             ...(net.ip ? [`ip addr add ${net.ip}/${net.prefixLen ?? 24} dev eth0`] : []),
             ...(net.ip && gatewayFor(net.ip, net.prefixLen ?? 24) ? [`ip route replace default via ${gatewayFor(net.ip, net.prefixLen ?? 24)} dev eth0`] : []),
@@ -403,9 +405,10 @@ export class QemuDriver implements HypervisorDriver {
 
   /**
    * The first command after an incoming migration, idempotent, tried up to three times on a
-   * fresh connection each: a guest that missed the virtio-serial "host connected" event
-   * (QEMU sends it as a control message when a client connects; a guest busy after the
-   * restore can see a stale state) blocks its reply until the host connects again.
+   * fresh connection each (a guard: a guest that missed the virtio-serial "host connected"
+   * event holds its reply until the host connects again). The stall this was first blamed on
+   * was the guest kernel's deadlock on taking the link down (see loadState): a hung command,
+   * which no retry helps; the script no longer does that.
    */
   private async execAfterRestore(id: string, ch: GuestChannel, script: string): Promise<ExecResult> {
     try {

@@ -41,10 +41,10 @@ export class GuestChannel {
    *
    * A ping that gets no answer is sent again on a fresh connection, up to `tries` times
    * (`timeoutMs` shared between them): pings are idempotent, and a guest that missed
-   * QEMU's "host connected" event (the suspected cause of the stall after a restore, see
-   * QemuDriver.execAfterRestore) holds its reply until the host connects again. Twice in
+   * QEMU's "host connected" event holds its reply until the host connects again. Twice in
    * about ten full test runs the first migration of a VM booted minutes before waited out
-   * its scrub's whole 30 s on one connection.
+   * its scrub's whole 30 s on one connection (cause not pinned down; that a fresh
+   * connection helps is a guess that has not been contradicted since).
    */
   async scrub(rounds = 4, bytes = 1 << 20, timeoutMs = 30_000, tries = 3): Promise<void> {
     for (let i = 0; i < rounds; i++) {
