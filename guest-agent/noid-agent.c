@@ -102,8 +102,16 @@ static void send_frame(char type, uint32_t id, const void *payload, uint32_t n) 
   write_all(port, out, 9 + n);
 }
 
+/* Bytes wait_readable() took while waiting; read_exact() hands them out first. */
+static unsigned char held[4096];
+static size_t held_len, held_off;
+
 /* Reads exactly n bytes; 0 on success, -1 on EOF/hangup (host went away). */
 static int read_exact(unsigned char *buf, size_t n) {
+  while (n > 0 && held_off < held_len) {
+    *buf++ = held[held_off++];
+    n--;
+  }
   while (n > 0) {
     ssize_t r = read(port, buf, n);
     if (r < 0 && errno == EINTR) continue;
@@ -114,14 +122,41 @@ static int read_exact(unsigned char *buf, size_t n) {
   return 0;
 }
 
-/* Blocks until the host is connected and has sent something. */
+/*
+ * Blocks until the host has sent something. While no host is connected the port reports
+ * POLLHUP and POLLIN together (a read would see EOF), so poll returns at once: sleep.
+ * (Returning on POLLIN alone kept the agent spinning, a whole vCPU, whenever no host was
+ * connected: between requests, that is nearly always.) The guest learns of connections
+ * from control messages that can come late, so while POLLHUP lasts a read is tried every
+ * 200 ms: bytes that arrived before their connection's open event are not left waiting.
+ */
 static void wait_readable(void) {
-  for (;;) {
+  for (int slept = 0;; slept++) {
+    if (held_off < held_len) return;
     struct pollfd p = {.fd = port, .events = POLLIN};
     int r = poll(&p, 1, -1);
-    if (r > 0 && (p.revents & POLLIN)) return;
-    /* POLLHUP: no host connected; poll would return at once, so sleep. */
+    if (r > 0 && (p.revents & POLLIN) && !(p.revents & POLLHUP)) return;
+    if (r > 0 && (p.revents & POLLIN) && slept % 4 == 3) {
+      ssize_t n = read(port, held, sizeof held);
+      if (n > 0) {
+        held_len = (size_t)n;
+        held_off = 0;
+        return;
+      }
+    }
     usleep(50 * 1000);
+  }
+}
+
+/* Drops the bytes the port holds now, without waiting for more (lost framing). */
+static void discard_pending(void) {
+  static unsigned char junk[65536];
+  held_off = held_len = 0;
+  for (;;) {
+    struct pollfd p = {.fd = port, .events = POLLIN};
+    if (poll(&p, 1, 0) <= 0 || !(p.revents & POLLIN)) return;
+    ssize_t n = read(port, junk, sizeof junk);
+    if (n <= 0) return;
   }
 }
 
@@ -267,12 +302,16 @@ int main(void) {
     if (read_exact(hdr, 4)) continue; /* host went away mid-frame: drop it */
     uint32_t len = get32(hdr);
     if (len < 5 || len > MAX_FRAME) {
-      /* Lost framing (a stale half frame): wait for the host to reconnect. */
-      logmsg("bad frame length; resynchronising");
-      usleep(200 * 1000);
+      /* Lost framing (the rest of a frame cut short): drop what is there now. Reading on 4
+         bytes every 200 ms took hours through the rest of a 1 MiB ping, the agent deaf. */
+      logmsg("bad frame length; dropping what is pending");
+      discard_pending();
       continue;
     }
-    if (read_exact(frame, len)) continue;
+    if (read_exact(frame, len)) {
+      explicit_bzero(frame, len); /* a cut exec request may hold secrets */
+      continue;
+    }
     char type = (char)frame[0];
     uint32_t id = get32(frame + 1);
     struct cursor c = {frame + 5, len - 5};
