@@ -110,7 +110,7 @@ describe("GuestChannel", () => {
     const path = join(dir, "stuck.sock");
     // Answers pings, except on the connections listed in `mute` (counted from 1), where it stays silent.
     let connections = 0;
-    let mute = new Set([2]);
+    let mute = new Set([1]);
     const sizes: number[] = [];
     server = createServer((sock) => {
       const n = ++connections;
@@ -125,13 +125,51 @@ describe("GuestChannel", () => {
     await new Promise<void>((res) => server!.listen(path, res));
     const ch = new GuestChannel(path);
     await ch.scrub(3, 4096, 600, 3);
-    // Three rounds, the second one sent twice (its first connection stayed silent), each a full buffer of zeros.
-    expect(connections).toBe(4);
+    // The first round's ping went unanswered on the first connection and again on a second,
+    // which the other rounds then used: each a full buffer of zeros.
+    expect(connections).toBe(2);
     expect(sizes).toEqual([4096, 4096, 4096, 4096]);
-    connections = 0;
-    mute = new Set([1, 2, 3]);
+    mute = new Set([2, 3, 4]);
     await expect(ch.scrub(1, 16, 300, 3)).rejects.toMatchObject({ code: "DEADLINE_EXCEEDED" });
-    expect(connections).toBe(3);
+    // The open connection (2), then two fresh ones.
+    expect(connections).toBe(4);
+  });
+
+  it("keeps one connection for requests that follow each other, and closes it when idle or after a timeout", async () => {
+    dir = mkdtempSync(join(tmpdir(), "noid-ga-"));
+    const path = join(dir, "keep.sock");
+    // Answers pings, except one whose payload is "mute".
+    const opened: number[] = [];
+    let closed = 0;
+    const seen: string[] = [];
+    server = createServer((sock) => {
+      opened.push(opened.length + 1);
+      const reader = new FrameReader();
+      sock.on("close", () => closed++);
+      sock.on("data", (chunk: Buffer) => {
+        for (const f of reader.push(chunk)) {
+          const body = f.payload.toString();
+          seen.push(body);
+          if (f.type === "P" && body !== "mute") sock.write(encodeFrame("P", f.id, Buffer.from("noid-agent 1")));
+        }
+      });
+    });
+    await new Promise<void>((res) => server!.listen(path, res));
+    const ch = new GuestChannel(path, 300);
+    // Five at once: one connection, sent one after another (the guest serves one at a time).
+    expect(await Promise.all([1, 2, 3, 4, 5].map(() => ch.ping(2000)))).toEqual(Array(5).fill("noid-agent 1"));
+    expect(opened).toEqual([1]);
+    // Idle for longer than 300 ms: closed; the next request opens another.
+    await new Promise((r) => setTimeout(r, 600));
+    expect(closed).toBe(1);
+    expect(await ch.ping(2000)).toBe("noid-agent 1");
+    expect(opened).toEqual([1, 2]);
+    // A request that times out closes its connection: the next one starts on a fresh one.
+    const ping = (payload: string, ms: number) => (ch as unknown as { request(f: Buffer, id: number, t: number, on: (f: { type: string }) => boolean): Promise<void> }).request(encodeFrame("P", 77, Buffer.from(payload)), 77, ms, (f) => f.type === "P");
+    await expect(ping("mute", 200)).rejects.toMatchObject({ code: "DEADLINE_EXCEEDED" });
+    await ping("again", 2000);
+    expect(opened).toEqual([1, 2, 3]);
+    expect(seen.slice(-2)).toEqual(["mute", "again"]);
   });
 
   it("fails as UNAVAILABLE when no agent listens, and DEADLINE_EXCEEDED when it does not answer", async () => {

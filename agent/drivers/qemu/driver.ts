@@ -404,11 +404,10 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   /**
-   * The first command after an incoming migration, idempotent, tried up to three times on a
-   * fresh connection each (a guard: a guest that missed the virtio-serial "host connected"
-   * event holds its reply until the host connects again). The stall this was first blamed on
-   * was the guest kernel's deadlock on taking the link down (see loadState): a hung command,
-   * which no retry helps; the script no longer does that.
+   * The first command after an incoming migration, idempotent, tried up to three times (each
+   * retry on a fresh connection): a guard. The stall this was first blamed on was the guest
+   * kernel's deadlock on taking the link down (see loadState), which no retry helps; the
+   * script no longer does that.
    */
   private async execAfterRestore(id: string, ch: GuestChannel, script: string): Promise<ExecResult> {
     try {
