@@ -239,6 +239,8 @@ class Connection {
       sock.once("error", fail);
       sock.once("connect", () => {
         sock.off("error", fail);
+        // An idle connection does not keep the process alive (a request's own timer does).
+        sock.unref();
         resolve(new Connection(sock, path, idleMs, onClosed));
       });
     });
