@@ -182,7 +182,8 @@ export async function main(argv: string[]): Promise<void> {
     wgIfname: config.wgInterface,
     uplink: async () => (uplink ??= await detectUplink(egressHost, config.address || undefined)),
     onSecurity: (e) => {
-      if (!session?.security(e)) portsLog.warn({ event: e }, "security event not sent: no session");
+      if (!session) portsLog.warn({ event: e }, "security event not sent: the session is not set up yet");
+      else if (!session.security(e)) portsLog.info({ event: e }, "security event held until the session is back");
     },
     onApplied: (applied, error) => session?.reportPorts({ ...Object.assign(portReport, { applied, error }) }),
     logger: portsLog,
@@ -223,7 +224,8 @@ export async function main(argv: string[]): Promise<void> {
     stateDir: config.stateDir,
     ports: async () => new Map((await Promise.all(rawDrivers.map((d) => d.list()))).flat().map((v) => [v.id, v.hostPort])),
     onSecurity: (e) => {
-      if (!session?.security(e)) meshLog.warn({ event: e }, "security event not sent: no session");
+      if (!session) meshLog.warn({ event: e }, "security event not sent: the session is not set up yet");
+      else if (!session.security(e)) meshLog.info({ event: e }, "security event held until the session is back");
     },
     onCondition: (c) => session?.setCondition(c),
     ...(config.monitor.enabled

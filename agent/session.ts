@@ -43,6 +43,9 @@ export interface DesiredSink {
   lastReports(): VmStatusReport[];
 }
 
+/** Security events held while no session streams (the oldest go first beyond this). */
+const MAX_HELD_SECURITY = 100;
+
 export type SessionState = "idle" | "registering" | "streaming" | "backoff" | "stopped";
 
 export interface AgentSessionOptions {
@@ -150,18 +153,28 @@ export class AgentSession {
     if (this.state === "streaming") this.write({ kind: { $case: "portReport", value: r } });
   }
 
-  /** Sends a security event if the stream is up; otherwise it is dropped (and logged by the caller). */
   /** Sends the host's usage counters (dropped while no session streams: the next interval sends fresh ones). */
   reportUsage(u: HostUsage): void {
     if (this.state !== "streaming" || !this.id) return;
     this.write({ kind: { $case: "usage", value: u } });
   }
 
+  /**
+   * Sends a security event now if the stream is up (true); otherwise it is held and sent
+   * after the next hello (false), the newest MAX_HELD_SECURITY of them. A drift repaired
+   * while the session reconnected used to be reported nowhere.
+   */
   security(e: Omit<SecurityEvent, "hostId">): boolean {
-    if (this.state !== "streaming" || !this.id) return false;
+    if (this.state !== "streaming" || !this.id) {
+      this.heldSecurity.push(e);
+      if (this.heldSecurity.length > MAX_HELD_SECURITY) this.heldSecurity.shift();
+      return false;
+    }
     this.write({ kind: { $case: "securityEvent", value: { ...e, hostId: this.id } } });
     return true;
   }
+
+  private heldSecurity: Omit<SecurityEvent, "hostId">[] = [];
 
   private isStopped(): boolean {
     return this.state === "stopped";
@@ -237,6 +250,7 @@ export class AgentSession {
     this.write({ kind: { $case: "hello", value: { hostId: reg.hostId, meshDeltas: this.opts.mesh !== undefined, batches: true } } });
     if (this.condition) this.write({ kind: { $case: "hostCondition", value: this.condition } });
     if (this.portReport) this.write({ kind: { $case: "portReport", value: this.portReport } });
+    for (const e of this.heldSecurity.splice(0)) this.write({ kind: { $case: "securityEvent", value: { ...e, hostId: reg.hostId } } });
     if (this.opts.capabilities) this.write({ kind: { $case: "capabilities", value: { drivers: this.opts.capabilities() } } });
 
     const everyMs = reg.heartbeatIntervalMs || (this.opts.defaultHeartbeatMs ?? 5000);

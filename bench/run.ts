@@ -358,6 +358,7 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number, profD
   // The coordinator's own cost with every host in session and nothing asked of it, for comparison.
   if (prof) await ctx.coord.profileStart();
   const i0 = await ctx.coord.stats();
+  const broken0 = fleet.sessionsBroken;
   const ti = performance.now();
   await sleep(2000);
   const c0 = await ctx.coord.stats();
@@ -365,7 +366,8 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number, profD
   if (prof) await ctx.coord.profileStop(profDir!, "idle-coordinator");
   if (prof) await Promise.all([prof.start(), ctx.coord.profileStart()]);
   const idleCpu = (c0.cpu.user + c0.cpu.system - i0.cpu.user - i0.cpu.system) / 1000 / (performance.now() - ti);
-  ctx.log(`latency: coordinator idle with ${fleet.hosts.length} hosts in session: CPU ${(idleCpu * 100).toFixed(0)}% of a core, event loop ${(c0.loop.utilisation * 100).toFixed(0)}% busy, delay p99 ${c0.loop.delayP99Ms.toFixed(1)} ms`);
+  ctx.log(`latency: coordinator idle with ${fleet.hosts.length} hosts in session: CPU ${(idleCpu * 100).toFixed(0)}% of a core, event loop ${(c0.loop.utilisation * 100).toFixed(0)}% busy, delay p99 ${c0.loop.delayP99Ms.toFixed(1)} ms, ${fleet.sessionsBroken - broken0} sessions broken meanwhile`);
+  const broken1 = fleet.sessionsBroken;
   const t0 = performance.now() + 20;
   const calls: Promise<void>[] = [];
   for (let i = 0; i < n; i++) {
@@ -389,7 +391,7 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number, profD
   const c1 = await ctx.coord.stats();
   const wall = performance.now() - t0;
   ctx.log(
-    `latency: coordinator CPU ${(((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / wall) * 100).toFixed(0)}% of a core over ${(wall / 1000).toFixed(1)} s (${((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / n).toFixed(2)} ms per VM), event loop ${(c1.loop.utilisation * 100).toFixed(0)}% busy, delay p99 ${c1.loop.delayP99Ms.toFixed(1)} ms, max ${c1.loop.delayMaxMs.toFixed(1)} ms; etcd requests per VM: ${storeCallsPer(c0.storeCalls, c1.storeCalls, n)}; idle, per second: ${storeCallsPer(i0.storeCalls, c0.storeCalls, idleSecs)}`,
+    `latency: coordinator CPU ${(((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / wall) * 100).toFixed(0)}% of a core over ${(wall / 1000).toFixed(1)} s (${((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / n).toFixed(2)} ms per VM), event loop ${(c1.loop.utilisation * 100).toFixed(0)}% busy, delay p99 ${c1.loop.delayP99Ms.toFixed(1)} ms, max ${c1.loop.delayMaxMs.toFixed(1)} ms; etcd requests per VM: ${storeCallsPer(c0.storeCalls, c1.storeCalls, n)}; idle, per second: ${storeCallsPer(i0.storeCalls, c0.storeCalls, idleSecs)}; ${fleet.sessionsBroken - broken1} sessions broken during the creates`,
   );
   if (prof) {
     const files = [await prof.stop(profDir!, "latency-bench"), await ctx.coord.profileStop(profDir!, "latency-coordinator")].filter((f) => f);

@@ -194,6 +194,28 @@ describe("agent session client", () => {
     await until(() => coord.registrations.length >= 2, "reconnect after missed acks");
   });
 
+  it("holds security events while no session streams and sends them after the next hello", async () => {
+    const { coord, sink, session } = await setup([vm("a")]);
+    const ev = (detail: string) => ({ vmId: "", kind: "port-drift", count: 1, detail });
+    expect(session.security(ev("before the session"))).toBe(false);
+    session.start();
+    await until(() => sink.snapshots === 1, "snapshot");
+    await until(() => coord.count("securityEvent") === 1, "the held event");
+    expect(session.security(ev("while streaming"))).toBe(true);
+    await until(() => coord.count("securityEvent") === 2, "the live event");
+    coord.streams[0]!.end();
+    await until(() => session.currentState !== "streaming", "the stream to break");
+    expect(session.security(ev("while reconnecting"))).toBe(false);
+    await until(() => coord.count("securityEvent") === 3, "the event held across the reconnect");
+    const sent = coord.received.filter((m) => m.kind?.$case === "securityEvent").map((m) => (m.kind as { value: { detail: string; hostId: string } }).value);
+    expect(sent.map((v) => v.detail)).toEqual(["before the session", "while streaming", "while reconnecting"]);
+    expect(sent.every((v) => v.hostId === "host-1")).toBe(true);
+    // Sent after the hello on its stream.
+    const lastHello = coord.received.map((m) => m.kind?.$case).lastIndexOf("hello");
+    const afterReconnect = coord.received.slice(lastHello);
+    expect(afterReconnect.some((m) => m.kind?.$case === "securityEvent")).toBe(true);
+  });
+
   it("keeps retrying while the coordinator is down and connects once it is back", async () => {
     const { coord, sink, session, addr } = await setup([vm("a")]);
     await new Promise<void>((r) => coord.server.tryShutdown(() => r()));
