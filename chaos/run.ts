@@ -23,6 +23,8 @@ export interface ChaosOptions {
   hosts: number;
   seed: number;
   log: (s: string) => void;
+  /** Each step of a run as it starts (where a stuck run stopped). */
+  progress?: (s: string) => void;
   /** Sabotage: hosts do not fence (the checker must then find VMs run twice after long cuts). */
   noFencing?: boolean;
 }
@@ -364,17 +366,25 @@ async function oneRun(c: ChaosCluster, store: Store, scenario: Scenario, run: nu
   const clients = [c.client(), c.client(), c.client()];
   const running: RunningReport[] = c.hosts.map((h) => ({ at: Date.now(), host: h.name, running: [...h.running] }));
   c.onRunning = (host, ids, at) => running.push({ at, host, running: [...ids] });
+  const step = (what: string): void => o.progress?.(`run ${run} ${scenario}: ${what}`);
   const sampler = new Sampler(store);
+  step("sampler");
   await sampler.start();
   const storm = new Storm(clients, run, rand, c.timings.graceSeconds, Math.floor((c.hosts.length * HOST_CAPACITY.vcpus) / 2));
+  step("residents");
   await storm.residents(6);
   storm.start();
   await sleep(o.stormMs * (0.2 + rand() * 0.3));
+  step("fault");
   const fault = await inject(c, store, scenario, rand, sampler);
+  step("heal");
   await fault.heal();
   await sleep(o.stormMs * 0.4);
+  step("storm stop");
   await storm.stop();
+  step("settle");
   const settle = await waitSettled(c, admin, 90_000);
+  step("sampler stop");
   await sampler.stop();
   c.onRunning = undefined;
   const final = await readFinal(store);
@@ -384,6 +394,7 @@ async function oneRun(c: ChaosCluster, store: Store, scenario: Scenario, run: nu
   if (!settle.ok) violations.push({ kind: "unsettled", detail: `not settled within 90 s: ${settle.why}` });
   violations.push(...notRescheduled(fault.lostHost, storm.movable, final));
   // Clean slate for the next run: destroy what is left and wait until it is gone.
+  step("clean up");
   for (const v of await admin.listVms().catch(() => [])) await admin.destroyVm({ id: v.id }).catch(() => undefined);
   await waitSettled(c, admin, 60_000);
   return {

@@ -8,10 +8,20 @@ import { summarize } from "../../chaos/summary.js";
 describe("chaos (short form)", () => {
   it("every fault scenario, random timing: no acknowledged VM lost, none on two hosts, no IP twice, capacity kept", async () => {
     const seed = Date.now() % 2 ** 31;
-    const lines: string[] = [];
-    const results = await runChaos({ scenarios: SCENARIOS, repeats: 1, stormMs: 4000, hosts: 3, seed, log: (s) => lines.push(s) });
+    // Lines and steps are printed as they come: a run that hangs until the timeout still shows how far it got.
+    const at = (): string => new Date().toISOString().slice(11, 19);
+    console.log(`[chaos ${at()}] seed ${seed}`);
+    const results = await runChaos({
+      scenarios: SCENARIOS,
+      repeats: 1,
+      stormMs: 4000,
+      hosts: 3,
+      seed,
+      log: (s) => console.log(`[chaos ${at()}] ${s}`),
+      progress: (s) => console.log(`[chaos ${at()}] ${s}`),
+    });
     const s = summarize(results);
-    console.log(`${lines.join("\n")}\n${s.text}\n${s.last} (seed ${seed})`);
+    console.log(`${s.text}\n${s.last} (seed ${seed})`);
     expect(results).toHaveLength(SCENARIOS.length);
     expect(results.flatMap((r) => r.violations)).toEqual([]);
     // The storm really ran through each fault.
