@@ -114,6 +114,8 @@ describe("L4 port exposure", () => {
     await eventually("api through 8081", async () => (await tcpFromOutside(8081)) === "api");
     await eventually("api through 5353/udp", async () => (await udpFromOutside(5353)) === "api");
     expect(await tcpFromOutside(8080)).toBe("web");
+    // The agent reports each rule applied soon after it works (the state is part of what the next test compares).
+    await waitFor("every port reported applied", async () => ((await admin.listPorts()).ports.every((x) => x.state === "applied") ? true : undefined), 30_000);
     // A's listing shows only A's ports; an admin sees both tenants'.
     expect((await A.listPorts()).ports.map((x) => x.hostPort)).toEqual([8080]);
     expect((await admin.listPorts()).ports.map((x) => `${x.owner}:${x.hostPort}/${x.protocol}`).sort()).toEqual(["alice:8080/tcp", "bob:5353/udp", "bob:8081/tcp"]);
