@@ -194,7 +194,7 @@ export class EtcdStore implements Store {
     let builder = this.client.watch().inRange({ start, end: prefixRangeEnd(start) }).startRevision(String(from));
     if (opts.prevKv) builder = builder.withPreviousKV();
     const raw = builder.watcher();
-    const w = new EtcdWatch(raw, opts, (kv) => this.toKv(kv), prefix, this.timeoutMs, () => this.watches.delete(w));
+    const w = new EtcdWatch(raw, opts, (kv) => this.toKv(kv), prefix, this.timeoutMs, () => this.watches.delete(w), from);
     this.watches.add(w);
     try {
       await w.connected(this.timeoutMs);
@@ -411,14 +411,33 @@ function rev(header: IResponseHeader): number {
  * Adapts etcd3's event-emitter watcher to the Store's contract: batches are
  * delivered one at a time and awaited, nothing is delivered after cancel(),
  * and a watch etcd cancels (start revision compacted) reports through onError.
- * etcd3 re-establishes the stream after etcd restarts, resuming after the last
- * revision it saw.
+ * etcd3 re-establishes the stream after etcd restarts; it resumes from the
+ * revision after the last event this adapter received (see `resumeFrom`).
  */
-class EtcdWatch implements Watcher {
+export class EtcdWatch implements Watcher {
   private cancelled = false;
   private readonly queue: WatchEvent[][] = [];
   private pumping = false;
   private isConnected = false;
+  /**
+   * The first revision not received yet: the watch resumes from here after a
+   * broken stream, and events below it (a replay) are dropped.
+   *
+   * etcd3 (1.1.2) resumes from its own idea instead: the revision in the
+   * header of the last response + 1, set on every response and on the
+   * "created" answer of a re-attached watch. That header is etcd's current
+   * revision, not the last event sent: a re-attached watch's "created" comes
+   * before the events it has to catch up on (etcd sends those up to 100 ms
+   * later), and a watch that fell behind (a busy client, etcd's "victim"
+   * watchers) gets events up to some revision in a response whose header is
+   * already ahead. A stream that broke again in between resumed past events
+   * never received: the informers of the chaos suite's coordinators silently
+   * lost changes after an etcd member restart under load (one replica showed
+   * a host unreachable for minutes, VM counts per host differed by replica, a
+   * VM ran on two hosts). And a "created" header from a member still catching
+   * up moved the resume point back, so a break then replayed old events.
+   */
+  private next: number;
 
   constructor(
     private readonly raw: EtcdWatcher,
@@ -427,11 +446,19 @@ class EtcdWatch implements Watcher {
     private readonly prefix: string,
     private readonly timeoutMs: number,
     private readonly onDone: () => void,
+    fromRevision: number,
   ) {
+    this.next = fromRevision;
+    // Listeners run in the order added: etcd3's own (added when the watcher was built) move
+    // its resume point first, these put it back where the events say.
     raw.on("connected", () => {
       this.isConnected = true;
+      this.resumeFrom();
     });
-    raw.on("data", (res: IWatchResponse) => this.onData(res));
+    raw.on("data", (res: IWatchResponse) => {
+      this.onData(res);
+      this.resumeFrom();
+    });
     // etcd3 has already dropped a watcher it reports an error for: no cancel round-trip.
     raw.on("error", (err: Error) => this.fail(err, false));
   }
@@ -468,9 +495,26 @@ class EtcdWatch implements Watcher {
     clearTimeout(timer);
   }
 
+  /** Points etcd3's re-attach request at the first revision not received. */
+  private resumeFrom(): void {
+    (this.raw as unknown as { request: { start_revision?: string } }).request.start_revision = String(this.next);
+  }
+
   private onData(res: IWatchResponse): void {
-    if (this.cancelled || res.events.length === 0) return; // empty: progress notification
-    const batch = res.events.map((ev): WatchEvent => {
+    if (this.cancelled) return;
+    if (res.events.length === 0) {
+      // A progress notification: etcd sends these only to a watch that has been sent every
+      // event up to the header's revision (its documented use: resuming from a recent revision,
+      // so a quiet watch's resume point is not compacted away).
+      if (!res.created && !res.canceled) this.next = Math.max(this.next, rev(res.header) + 1);
+      return;
+    }
+    // Events below `next` were delivered already (a replay after a resume from further back);
+    // a revision's events come in one response (no fragmenting asked).
+    const fresh = res.events.filter((ev) => Number(ev.kv.mod_revision) >= this.next);
+    if (fresh.length === 0) return;
+    this.next = Number(fresh[fresh.length - 1]!.kv.mod_revision) + 1;
+    const batch = fresh.map((ev): WatchEvent => {
       const prev = ev.prev_kv && ev.prev_kv.key.length > 0 ? this.toKv(ev.prev_kv) : undefined;
       if (ev.type === "Put") {
         return prev && this.opts.prevKv ? { type: "put", kv: this.toKv(ev.kv), prev } : { type: "put", kv: this.toKv(ev.kv) };
