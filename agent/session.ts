@@ -98,6 +98,10 @@ export class AgentSession {
   private condition: HostCondition | undefined;
   private portReport: PortReport | undefined;
   private renewedAt: number | undefined;
+  /** When this stream's hello went out, and each heartbeat not yet acknowledged (sequence -> ms). */
+  private helloAt = 0;
+  private readonly beatSentAt = new Map<number, number>();
+  private snapshotsOnStream = 0;
   /** The mesh view of this stream so far (deltas apply to it, a gap asks for a full one); reset per stream. */
   private readonly meshView = new MeshViewTracker();
 
@@ -107,7 +111,17 @@ export class AgentSession {
     return this.id;
   }
 
-  /** When the coordinator last proved this host's lease renewed (a heartbeat ack or a snapshot), ms; undefined before. */
+  /**
+   * From when on the coordinator has proved this host's lease renewed, ms;
+   * undefined before the first proof. An ack proves the lease was renewed
+   * after its heartbeat arrived, so it lasts TTL from at least when that
+   * heartbeat was SENT: that send time is what counts, not when the ack came
+   * (an ack held up for longer than the lease's TTL, by a busy coordinator or
+   * an etcd election, would otherwise move the fence past the moment the
+   * leader may reschedule this host's VMs). A snapshot follows a lease
+   * granted after this stream's hello (the first) or after a heartbeat that
+   * found the lease expired (the oldest one unacknowledged).
+   */
   get lastRenewedAt(): number | undefined {
     return this.renewedAt;
   }
@@ -247,6 +261,9 @@ export class AgentSession {
     this.stream = stream;
     this.setState("streaming");
     this.meshView.reset();
+    this.helloAt = Date.now();
+    this.beatSentAt.clear();
+    this.snapshotsOnStream = 0;
     this.write({ kind: { $case: "hello", value: { hostId: reg.hostId, meshDeltas: this.opts.mesh !== undefined, batches: true } } });
     if (this.condition) this.write({ kind: { $case: "hostCondition", value: this.condition } });
     if (this.portReport) this.write({ kind: { $case: "portReport", value: this.portReport } });
@@ -262,7 +279,8 @@ export class AgentSession {
         stream.cancel();
         return;
       }
-      this.write({ kind: { $case: "heartbeat", value: { sequence: ++this.sequence } } });
+      this.beatSentAt.set(++this.sequence, Date.now());
+      this.write({ kind: { $case: "heartbeat", value: { sequence: this.sequence } } });
     }, everyMs);
     this.heartbeat.unref();
 
@@ -280,6 +298,10 @@ export class AgentSession {
     stream.on("end", () => onEnd("ended by coordinator"));
   }
 
+  private renewed(at: number): void {
+    this.renewedAt = Math.max(this.renewedAt ?? at, at);
+  }
+
   private receive(msg: SessionResponse): void {
     const k = msg.kind;
     if (!k) return;
@@ -287,7 +309,8 @@ export class AgentSession {
     this.attempt = 0;
     switch (k.$case) {
       case "snapshot": {
-        this.renewedAt = Date.now();
+        const oldestBeat = this.beatSentAt.values().next().value;
+        this.renewed(this.snapshotsOnStream++ === 0 || oldestBeat === undefined ? this.helloAt : oldestBeat);
         this.opts.sink.setDesired(k.value.vms.map((vm) => desiredFromVm(vm)));
         // The coordinator may have lost what we said before the break: say it again,
         // for the VMs still ours (reporting one that moved away would be refused).
@@ -301,10 +324,14 @@ export class AgentSession {
       case "vmRemoved":
         this.opts.sink.remove(k.value.vmId);
         break;
-      case "heartbeatAck":
-        this.lastAcked = Math.max(this.lastAcked, k.value.sequence);
-        this.renewedAt = Date.now();
+      case "heartbeatAck": {
+        const seq = k.value.sequence;
+        this.lastAcked = Math.max(this.lastAcked, seq);
+        const sent = this.beatSentAt.get(seq);
+        for (const n of this.beatSentAt.keys()) if (n <= seq) this.beatSentAt.delete(n);
+        if (sent !== undefined) this.renewed(sent);
         break;
+      }
       case "exec": {
         const send = (o: AgentExecOutput) => this.write({ kind: { $case: "execOutput", value: o } });
         if (this.opts.exec) this.opts.exec.run(k.value, send);

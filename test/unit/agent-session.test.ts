@@ -33,6 +33,7 @@ class FakeCoordinator {
   received: SessionRequest[] = [];
   streams: ServerDuplexStream<SessionRequest, SessionResponse>[] = [];
   ackHeartbeats = true;
+  ackDelayMs = 0;
   constructor(public snapshot: Vm[]) {
     this.server.addService(AgentServiceService, {
       registerHost: (call: ServerUnaryCall<RegisterHostRequest, unknown>, cb: sendUnaryData<RegisterHostResponse>) => {
@@ -45,7 +46,10 @@ class FakeCoordinator {
           this.received.push(m);
           if (m.kind?.$case === "hello") call.write({ kind: { $case: "snapshot", value: { vms: this.snapshot } } });
           if (m.kind?.$case === "heartbeat" && this.ackHeartbeats) {
-            call.write({ kind: { $case: "heartbeatAck", value: { sequence: m.kind.value.sequence } } });
+            const sequence = m.kind.value.sequence;
+            const ack = () => call.write({ kind: { $case: "heartbeatAck", value: { sequence } } });
+            if (this.ackDelayMs > 0) setTimeout(ack, this.ackDelayMs);
+            else ack();
           }
         });
         call.on("error", () => undefined);
@@ -185,6 +189,25 @@ describe("agent session client", () => {
     coord.streams[1]!.write({ kind: { $case: "meshUpdate", value: { version: 8, kind: { $case: "delta", value: { ...diffMesh(s1, s2), baseVersion: 7 } } } } });
     await until(() => coord.count("meshResync") === 2, "resync on the new stream");
     expect(views).toHaveLength(4);
+  });
+
+  it("counts the lease renewed from when the acknowledged heartbeat was sent, not from when its late ack came", async () => {
+    const { coord, sink, session } = await setup([vm("a")], { missedAcksLimit: 100 });
+    coord.ackDelayMs = 200; // heartbeats every 30 ms, each acknowledged 200 ms late
+    const before = Date.now();
+    session.start();
+    await until(() => sink.snapshots === 1, "snapshot");
+    // The snapshot answers the hello: the lease was granted after the hello went out.
+    const afterSnapshot = session.lastRenewedAt!;
+    expect(afterSnapshot).toBeGreaterThanOrEqual(before);
+    expect(afterSnapshot).toBeLessThanOrEqual(Date.now());
+    for (let i = 0; i < 3; i++) {
+      const prev = session.lastRenewedAt!;
+      await until(() => session.lastRenewedAt! > prev, "an ack");
+      // The ack just came, 200 ms after its heartbeat went out: the renewal counts from the send.
+      expect(Date.now() - session.lastRenewedAt!).toBeGreaterThanOrEqual(150);
+    }
+    expect(session.currentState).toBe("streaming");
   });
 
   it("declares the stream dead when heartbeats go unanswered", async () => {
