@@ -72,10 +72,11 @@ export interface ChaosHistory {
 
 /**
  * "unsettled": the cluster did not converge after the fault healed; "not-rescheduled": a
- * reschedule-policy VM of a host lost well past its grace was still on that host at the end
- * (both added by the runner).
+ * reschedule-policy VM of a host lost well past its grace was still on that host at the end;
+ * "diverged": a coordinator replica's view (its informers) still differed from etcd once the
+ * cluster had settled (all added by the runner).
  */
-export type ViolationKind = "lost" | "resurrected" | "two-hosts" | "ip-twice" | "over-capacity" | "unsettled" | "not-rescheduled";
+export type ViolationKind = "lost" | "resurrected" | "two-hosts" | "ip-twice" | "over-capacity" | "unsettled" | "not-rescheduled" | "diverged";
 
 export interface Violation {
   kind: ViolationKind;
@@ -158,7 +159,27 @@ export function checkHistory(h: ChaosHistory): Violation[] {
 
 /** Violations by kind (every kind present, zeros included), for the summary. */
 export function countByKind(vs: readonly Violation[]): Record<ViolationKind, number> {
-  const out: Record<ViolationKind, number> = { lost: 0, resurrected: 0, "two-hosts": 0, "ip-twice": 0, "over-capacity": 0, unsettled: 0, "not-rescheduled": 0 };
+  const out: Record<ViolationKind, number> = { lost: 0, resurrected: 0, "two-hosts": 0, "ip-twice": 0, "over-capacity": 0, unsettled: 0, "not-rescheduled": 0, diverged: 0 };
   for (const v of vs) out[v.kind]++;
   return out;
+}
+
+/** What one replica shows (or etcd holds): hosts by name, VMs by id. */
+export interface ClusterView {
+  hosts: Record<string, { ready: boolean; vmCount: number }>;
+  vms: Record<string, { phase: string; host: string }>;
+}
+
+/** Pure: how a replica's view differs from etcd's (at most `max` differences, then a count). */
+export function viewDifferences(view: ClusterView, truth: ClusterView, max = 5): string[] {
+  const out: string[] = [];
+  const show = (x: unknown) => (x === undefined ? "absent" : JSON.stringify(x));
+  for (const [kind, a, b] of [["host", view.hosts, truth.hosts], ["VM", view.vms, truth.vms]] as const) {
+    for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
+      const x = (a as Record<string, unknown>)[k];
+      const y = (b as Record<string, unknown>)[k];
+      if (JSON.stringify(x) !== JSON.stringify(y)) out.push(`${kind} ${k}: shows ${show(x)}, etcd ${show(y)}`);
+    }
+  }
+  return out.length > max ? [...out.slice(0, max), `and ${out.length - max} more`] : out;
 }

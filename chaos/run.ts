@@ -7,9 +7,9 @@ import { HostLossPolicy, Vm, VmDesiredState, VmPhase } from "../gen/noid/v1/vm.j
 import { createEtcdStore } from "../coordinator/store/index.js";
 import type { Store } from "../coordinator/store/store.js";
 import { keys } from "../coordinator/state/keys.js";
-import { HostState, type NoidClient } from "../sdk/index.js";
+import { HostState, connect, type NoidClient } from "../sdk/index.js";
 import { HOST_CAPACITY, startChaosCluster, type ChaosCluster } from "./cluster.js";
-import { checkHistory, type AllocSample, type CallRecord, type ChaosHistory, type FinalState, type Resources, type RunningReport, type Violation } from "./check.js";
+import { checkHistory, viewDifferences, type AllocSample, type ClusterView, type CallRecord, type ChaosHistory, type FinalState, type Resources, type RunningReport, type Violation } from "./check.js";
 
 export const SCENARIOS = ["leader-kill", "agent-kill", "etcd-restart", "coordinator-pause", "underlay-cut"] as const;
 export type Scenario = (typeof SCENARIOS)[number];
@@ -228,6 +228,54 @@ async function readFinal(store: Store): Promise<FinalState> {
   };
 }
 
+/** What etcd holds, as a replica would show it. */
+async function truthView(store: Store): Promise<ClusterView> {
+  const [hosts, alive, allocs, vms] = await Promise.all([store.list(keys.hostsPrefix), store.list(keys.alivePrefix), store.list(keys.allocPrefix), store.list(keys.vmsPrefix)]);
+  const aliveIds = new Set(alive.kvs.map((kv) => kv.key.slice(keys.alivePrefix.length)));
+  const count = new Map(allocs.kvs.map((kv) => [kv.key.slice(keys.allocPrefix.length), AllocationRecord.decode(kv.value).vmCount]));
+  const view: ClusterView = { hosts: {}, vms: {} };
+  for (const kv of hosts.kvs) {
+    const h = Host.decode(kv.value);
+    view.hosts[h.name] = { ready: aliveIds.has(h.id), vmCount: count.get(h.id) ?? 0 };
+  }
+  for (const kv of vms.kvs) {
+    const v = Vm.decode(kv.value);
+    view.vms[v.id] = { phase: VmPhase[v.status?.phase ?? 0] ?? "?", host: v.status?.hostName ?? "" };
+  }
+  return view;
+}
+
+/**
+ * Once settled, every running replica must show what etcd holds (its informers
+ * caught up): compared for up to `waitMs` (a replica may lag a moment), then
+ * the differences of each replica still off. Empty: all agree.
+ */
+async function replicaDivergence(c: ChaosCluster, store: Store, waitMs = 10_000): Promise<string[]> {
+  const end = Date.now() + waitMs;
+  for (;;) {
+    const truth = await truthView(store);
+    const out: string[] = [];
+    for (const co of c.coords) {
+      if (!c.alive(co) || co.paused) continue;
+      const client = connect({ address: `127.0.0.1:${co.port}`, token: c.token, insecure: true, deadlineMs: 3000, retries: 0 });
+      try {
+        const [hosts, vms] = await Promise.all([client.listHosts(), client.listVms()]);
+        const view: ClusterView = { hosts: {}, vms: {} };
+        for (const h of hosts) view.hosts[h.name] = { ready: h.state === HostState.HOST_STATE_READY, vmCount: h.vmCount };
+        for (const v of vms) view.vms[v.id] = { phase: VmPhase[v.status?.phase ?? 0] ?? "?", host: v.status?.hostName ?? "" };
+        const diff = viewDifferences(view, truth);
+        if (diff.length > 0) out.push(`replica c${co.index}: ${diff.join("; ")}`);
+      } catch (e) {
+        out.push(`replica c${co.index}: ${(e as Error).message}`);
+      } finally {
+        client.close();
+      }
+    }
+    if (out.length === 0 || Date.now() > end) return out;
+    await sleep(500);
+  }
+}
+
 /** Settled: every coordinator and host back, every VM where it should be (RUNNING on a host, or gone). */
 async function settled(c: ChaosCluster, admin: NoidClient): Promise<string | undefined> {
   const hosts = await admin.listHosts();
@@ -384,6 +432,8 @@ async function oneRun(c: ChaosCluster, store: Store, scenario: Scenario, run: nu
   await storm.stop();
   step("settle");
   const settle = await waitSettled(c, admin, 90_000);
+  step("replicas");
+  const diverged = await replicaDivergence(c, store);
   step("sampler stop");
   await sampler.stop();
   c.onRunning = undefined;
@@ -392,6 +442,7 @@ async function oneRun(c: ChaosCluster, store: Store, scenario: Scenario, run: nu
   for (const v of final.vms) history.sizes[v.id] ??= v.resources;
   const violations = checkHistory(history);
   if (!settle.ok) violations.push({ kind: "unsettled", detail: `not settled within 90 s: ${settle.why}` });
+  for (const d of diverged) violations.push({ kind: "diverged", detail: `${d} (10 s after settling)` });
   violations.push(...notRescheduled(fault.lostHost, storm.movable, final));
   // Clean slate for the next run: destroy what is left and wait until it is gone.
   step("clean up");

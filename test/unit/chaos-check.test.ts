@@ -1,6 +1,6 @@
 // The chaos judge must be able to fail: each invariant broken on purpose is reported, and a clean history is not.
 import { describe, expect, it } from "vitest";
-import { checkHistory, countByKind, type ChaosHistory } from "../../chaos/check.js";
+import { checkHistory, countByKind, viewDifferences, type ChaosHistory, type ClusterView } from "../../chaos/check.js";
 import { movedVms, notRescheduled, topErrors } from "../../chaos/run.js";
 import { summarize } from "../../chaos/summary.js";
 
@@ -127,5 +127,21 @@ describe("chaos checker", () => {
     ]);
     expect(s.last).toBe("chaos: 2 runs, 2 faults, 3 violations");
     expect(s.text).toContain("failover");
+  });
+});
+
+describe("replica views against etcd", () => {
+  const truth: ClusterView = { hosts: { h0: { ready: true, vmCount: 2 }, h1: { ready: true, vmCount: 0 } }, vms: { a: { phase: "VM_PHASE_RUNNING", host: "h0" }, b: { phase: "VM_PHASE_RUNNING", host: "h0" } } };
+  it("finds nothing when a replica shows what etcd holds", () => {
+    expect(viewDifferences(structuredClone(truth), truth)).toEqual([]);
+  });
+  it("names each host and VM a stale replica shows differently, missing or extra", () => {
+    const stale: ClusterView = { hosts: { h0: { ready: true, vmCount: 1 }, h1: { ready: false, vmCount: 0 } }, vms: { a: { phase: "VM_PHASE_CREATING", host: "h0" }, c: { phase: "VM_PHASE_RUNNING", host: "h1" } } };
+    const d = viewDifferences(stale, truth);
+    expect(d).toHaveLength(5);
+    expect(d).toContain('host h1: shows {"ready":false,"vmCount":0}, etcd {"ready":true,"vmCount":0}');
+    expect(d).toContain('VM b: shows absent, etcd {"phase":"VM_PHASE_RUNNING","host":"h0"}');
+    expect(d).toContain('VM c: shows {"phase":"VM_PHASE_RUNNING","host":"h1"}, etcd absent');
+    expect(viewDifferences(stale, truth, 2)).toEqual([d[0], d[1], "and 3 more"]);
   });
 });
