@@ -47,6 +47,14 @@ process.on("SIGINT", () => {
   setTimeout(() => process.exit(130), 1_000).unref();
 });
 
+// The reader went away (`noidctl ... | head`): stop quietly, as a SIGPIPE would, instead of
+// dying on an unhandled EPIPE with a stack trace.
+process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+  if (err.code !== "EPIPE") throw err;
+  ac.abort();
+  process.exit(process.exitCode ?? 0);
+});
+
 process.exitCode = await run(process.argv.slice(2), {
   env: process.env,
   io: {
