@@ -284,7 +284,13 @@ async function settled(c: ChaosCluster, admin: NoidClient): Promise<string | und
   if ((await c.leader()) === undefined) return "no single leader";
   const vms = await admin.listVms();
   const waiting = vms.filter((v) => v.desiredState === VmDesiredState.VM_DESIRED_STATE_DELETED || v.status?.phase !== VmPhase.VM_PHASE_RUNNING || !v.status.hostId);
-  if (waiting.length > 0) return `${waiting.length} VMs not settled (e.g. ${waiting[0]!.name}: ${VmPhase[waiting[0]!.status?.phase ?? 0]} ${waiting[0]!.status?.reason ?? ""})`;
+  if (waiting.length > 0) {
+    const w = waiting[0]!;
+    const on = w.status?.hostName ?? "";
+    const host = c.hosts.find((h) => h.name === on);
+    const where = on ? ` on ${on} (which ${host?.running.includes(w.id) ? "runs" : "does not run"} it)` : " unplaced";
+    return `${waiting.length} VMs not settled (e.g. ${w.name} ${w.id}: ${VmPhase[w.status?.phase ?? 0]}${where} ${w.status?.reason ?? ""})`;
+  }
   // Every host runs exactly what it is assigned.
   const want = new Map<string, string[]>();
   for (const v of vms) want.set(v.status!.hostName, [...(want.get(v.status!.hostName) ?? []), v.id]);

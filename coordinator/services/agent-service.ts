@@ -33,7 +33,7 @@ import type { ClusterState } from "../state/cluster.js";
 import type { Change } from "../state/informer.js";
 import type { HostRepo } from "../state/host-repo.js";
 import type { VmRepo } from "../state/vm-repo.js";
-import type { Lease, Store } from "../store/store.js";
+import type { Compare, Lease, Store } from "../store/store.js";
 import type { Principal } from "../auth/authorize.js";
 import { DRIVERS } from "../validate.js";
 import type { HostUsageStore } from "../agents/usage-store.js";
@@ -318,6 +318,9 @@ class AgentSession implements ExecChannel {
   private meshSent?: MeshSnapshot;
   private meshVersion = 0;
   private lease?: Lease;
+  /** The mod revision of this session's last write of the host's liveness key: its reports' fence (VmRepo StatusFence). */
+  private aliveRevision = 0;
+  private readonly fence = (): Compare => ({ key: keys.alive(this.hostId!), target: "mod", op: "==", value: this.aliveRevision });
   private unsub?: () => void;
   private closed = false;
   /** Status reports waiting to be applied together (closed when it starts or another message comes). */
@@ -633,7 +636,7 @@ class AgentSession implements ExecChannel {
       if (r.destroyed) await this.d.vms.finalizeDestroy(r.vmId, this.hostId);
       else {
         try {
-          await this.d.vms.reportStatus(this.hostId, { vmId: r.vmId, phase: r.phase, reason: r.reason, ip: r.ip, mac: r.mac });
+          await this.d.vms.reportStatus(this.hostId, { vmId: r.vmId, phase: r.phase, reason: r.reason, ip: r.ip, mac: r.mac }, this.fence);
         } catch (e) {
           // A host may only report its own VMs; a stale report (the VM moved) is dropped, not applied.
           if (!(e instanceof NoidError && e.code === "PERMISSION_DENIED")) throw e;
@@ -652,6 +655,7 @@ class AgentSession implements ExecChannel {
     const refused = await this.d.vms.reportStatuses(
       this.hostId,
       reports.map((r) => ({ vmId: r.vmId, phase: r.phase, reason: r.reason, ip: r.ip, mac: r.mac })),
+      this.fence,
     );
     for (const vmId of refused) this.log.warn({ hostId: this.hostId, vmId }, "ignored status report for a VM not assigned to this host");
   }
@@ -675,7 +679,7 @@ class AgentSession implements ExecChannel {
       // unreachable: its VMs were marked UNKNOWN and some may have moved. A new snapshot
       // tells the agent which are still its own and makes it report their state again.
       this.lease = await this.d.store.grantLease(this.d.leaseTtlSeconds);
-      await this.d.hosts.markAlive(this.hostId, this.lease);
+      this.aliveRevision = await this.d.hosts.markAlive(this.hostId, this.lease);
       this.deltas ??= [];
       this.sendSnapshot(await this.currentVms());
     }
@@ -692,7 +696,7 @@ class AgentSession implements ExecChannel {
     this.meshDeltas = meshDeltas;
     this.untrack = this.d.hostSessions.add(host.host.name, this);
     this.lease = await this.d.store.grantLease(this.d.leaseTtlSeconds);
-    await this.d.hosts.markAlive(hostId, this.lease);
+    this.aliveRevision = await this.d.hosts.markAlive(hostId, this.lease);
     this.log.info({ host: host.host.name, hostId }, "session started");
     this.d.sessions.set(hostId, this);
     // Subscribe before the snapshot so nothing falls between them (deltas wait

@@ -94,6 +94,24 @@ export interface VmRepoDeps {
   cached?: (id: string) => StoredVm | undefined;
 }
 
+/**
+ * The session a status report came through, as a compare every write of the
+ * report carries: its host's liveness key is still the one that session
+ * wrote (`alive/<host>` at that mod revision). An agent that reconnects gets
+ * a new session, which writes the key again: whatever the old session still
+ * had queued or in flight (on this replica or another) can no longer land
+ * after the new session's reports. The chaos suite caught that: a CREATING
+ * report of a session that had just failed was written a second after the
+ * new session's RUNNING, and the VM showed CREATING for good. A function:
+ * the session may write the key again (a lease renewed too late).
+ */
+export type StatusFence = () => Compare;
+
+/** A session's reports could not be written: the host has a newer session (or no liveness key). */
+export function supersededSession(hostId: string): NoidError {
+  return new NoidError("FAILED_PRECONDITION", `host ${hostId}: a newer session (or none) holds the host's liveness key; this session's reports are not applied`);
+}
+
 export interface StatusReport {
   vmId: string;
   phase: VmPhase;
@@ -442,7 +460,7 @@ export class VmRepo {
   }
 
   /** FAILED on its host: unassign and release the allocation in one transaction (see reportStatus). */
-  private async releaseFailed(cur: StoredVm, hostId: string, reason: string, ip: string, mac: string): Promise<boolean> {
+  private async releaseFailed(cur: StoredVm, hostId: string, reason: string, ip: string, mac: string, fence?: Compare): Promise<boolean> {
     const vm = cur.vm;
     const st = vm.status!;
     const allocKv = await this.d.store.get(keys.alloc(hostId));
@@ -466,7 +484,7 @@ export class VmRepo {
       { type: "delete", key: keys.assign(hostId, vm.id) },
       ...(allocKv ? [{ type: "put" as const, key: keys.alloc(hostId), value: enc(AllocationRecord, releaseAlloc(dec(AllocationRecord, allocKv.value), vm)) }] : []),
     ];
-    const r = await this.d.store.txn([unchanged(keys.vm(vm.id), cur), unchanged(keys.alloc(hostId), allocKv)], ops);
+    const r = await this.d.store.txn([unchanged(keys.vm(vm.id), cur), unchanged(keys.alloc(hostId), allocKv), ...(fence ? [fence] : [])], ops);
     return r.succeeded;
   }
 
@@ -671,21 +689,29 @@ export class VmRepo {
    * transaction unassigns it and gives its share back to the host's allocation. The VM keeps
    * its name, address and quota, shows the reason, and waits for start (placed again) or destroy.
    */
-  async reportStatus(hostId: string, report: StatusReport): Promise<void> {
+  async reportStatus(hostId: string, report: StatusReport, fence?: StatusFence): Promise<void> {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       // The first try plans from the informer's copy; a retry reads etcd.
       const cur = (attempt === 0 ? this.d.cached?.(report.vmId) : undefined) ?? (await this.get(report.vmId));
       if (!cur) return;
       const step = this.statusStep(cur, hostId, report);
       if (step.kind === "none") return;
+      const f = fence?.();
       if (step.kind === "failed") {
-        if (await this.releaseFailed(cur, hostId, report.reason, step.ip, step.mac)) return;
+        if (await this.releaseFailed(cur, hostId, report.reason, step.ip, step.mac, f)) return;
       } else {
-        const r = await this.d.store.txn([unchanged(keys.vm(cur.vm.id), cur)], [{ type: "put", key: keys.vm(cur.vm.id), value: enc(Vm, step.next) }]);
+        const r = await this.d.store.txn([unchanged(keys.vm(cur.vm.id), cur), ...(f ? [f] : [])], [{ type: "put", key: keys.vm(cur.vm.id), value: enc(Vm, step.next) }]);
         if (r.succeeded) return;
       }
+      if (f) await this.checkFence(hostId, f);
       if (attempt > 0) await backoff(attempt);
     }
+  }
+
+  /** After a failed write: throws supersededSession if the fence no longer holds (else the VM changed: retry). */
+  private async checkFence(hostId: string, f: Compare): Promise<void> {
+    const kv = await this.d.store.get(f.key);
+    if ((kv?.modRevision ?? 0) !== f.value) throw supersededSession(hostId);
   }
 
   /**
@@ -696,11 +722,11 @@ export class VmRepo {
    * order. Returns the VMs whose report was refused as not on this host
    * (PERMISSION_DENIED): the others are applied all the same.
    */
-  async reportStatuses(hostId: string, reports: readonly StatusReport[]): Promise<string[]> {
+  async reportStatuses(hostId: string, reports: readonly StatusReport[], fence?: StatusFence): Promise<string[]> {
     const refused: string[] = [];
     const one = async (r: StatusReport) => {
       try {
-        await this.reportStatus(hostId, r);
+        await this.reportStatus(hostId, r, fence);
       } catch (e) {
         if (!(e instanceof NoidError && e.code === "PERMISSION_DENIED")) throw e;
         refused.push(r.vmId);
@@ -732,7 +758,10 @@ export class VmRepo {
       if (step.kind === "put") batch.push({ report: r, cur, next: step.next });
     }
     if (batch.length > 0) {
-      const ok = await this.writeStatuses(batch.map((b) => ({ cur: b.cur, next: b.next })));
+      const ok = await this.writeStatuses(
+        batch.map((b) => ({ cur: b.cur, next: b.next })),
+        fence,
+      );
       // A VM changed since the copy was read (or the copy lagged): apply these one by one, ahead of the rest.
       if (!ok) rest.unshift(...batch.map((b) => b.report));
     }
@@ -750,9 +779,9 @@ export class VmRepo {
    * are tried again, so one stale copy fails only its own batch (which then
    * goes one by one), not the others'. Resolves true when the batch was written.
    */
-  private writeStatuses(batch: { cur: StoredVm; next: Vm }[]): Promise<boolean> {
+  private writeStatuses(batch: { cur: StoredVm; next: Vm }[], fence?: StatusFence): Promise<boolean> {
     return new Promise<boolean>((resolve, reject) => {
-      this.statusQueue.push({ batch, resolve, reject });
+      this.statusQueue.push({ batch, ...(fence ? { fence } : {}), resolve, reject });
       if (this.statusWriters < STATUS_WRITERS) {
         this.statusWriters++;
         void this.drainStatuses();
@@ -760,7 +789,7 @@ export class VmRepo {
     });
   }
 
-  private statusQueue: { batch: { cur: StoredVm; next: Vm }[]; resolve: (ok: boolean) => void; reject: (e: unknown) => void }[] = [];
+  private statusQueue: { batch: { cur: StoredVm; next: Vm }[]; fence?: StatusFence; resolve: (ok: boolean) => void; reject: (e: unknown) => void }[] = [];
   private statusWriters = 0;
 
   private async drainStatuses(): Promise<void> {
@@ -785,15 +814,24 @@ export class VmRepo {
           group.push(e);
           this.statusQueue.splice(i, 1);
         }
-        const write = (batch: { cur: StoredVm; next: Vm }[]) =>
-          this.d.store.txn(
-            batch.map((b) => unchanged(keys.vm(b.cur.vm.id), b.cur)),
+        const write = (g: typeof group) => {
+          const batch = g.flatMap((e) => e.batch);
+          // Each session's fence once (several batches of one session may share the group).
+          const fences = new Map<string, Compare>();
+          for (const e of g) {
+            const f = e.fence?.();
+            if (f) fences.set(`${f.key}@${String(f.value)}`, f);
+          }
+          return this.d.store.txn(
+            [...batch.map((b) => unchanged(keys.vm(b.cur.vm.id), b.cur)), ...fences.values()],
             batch.map((b): Op => ({ type: "put", key: keys.vm(b.cur.vm.id), value: enc(Vm, b.next) })),
           );
-        // A failed group is split in halves and each tried again: a stale copy costs about
-        // 2·log2(batches) transactions, and only its own batch goes on one by one.
+        };
+        // A failed group is split in halves and each tried again: a stale copy (or a session
+        // superseded) costs about 2·log2(batches) transactions, and only its own batch goes on
+        // one by one (where a fence that fails ends the session).
         const settle = async (g: typeof group): Promise<void> => {
-          const t = await write(g.flatMap((e) => e.batch));
+          const t = await write(g);
           if (t.succeeded || g.length === 1) {
             for (const e of g) e.resolve(t.succeeded);
             return;

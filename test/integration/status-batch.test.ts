@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AllocationRecord } from "../../gen/noid/v1/records.js";
 import { Vm, VmPhase } from "../../gen/noid/v1/vm.js";
 import { createEtcdStore, type EtcdStore } from "../../coordinator/store/index.js";
-import { VmRepo, addAlloc, newVmId, type StoredVm } from "../../coordinator/state/vm-repo.js";
+import { VmRepo, addAlloc, newVmId, type StatusFence, type StoredVm } from "../../coordinator/state/vm-repo.js";
 import { keys } from "../../coordinator/state/keys.js";
 import { dec, enc } from "../../coordinator/state/codec.js";
 import { countingStore } from "../helpers/counting-store.js";
@@ -113,5 +113,33 @@ describe("VmRepo.reportStatuses", () => {
     expect((await phaseOf(plain))?.phase).toBe(VmPhase.VM_PHASE_RUNNING);
     // The other host's VM is untouched.
     expect((await phaseOf(other))?.phase).toBe(VmPhase.VM_PHASE_CREATING);
+  });
+
+  it("applies a session's reports only while the host's liveness key is the one that session wrote (a newer session wins)", async () => {
+    const copy = new Map<string, StoredVm>();
+    const { repo, ids } = await setup(["f1", "f2", "f3"], A, copy);
+    const [one, two, three] = ids as [string, string, string];
+    // The old session wrote alive/<A>; the agent reconnected and its new session wrote it again.
+    const oldRev = await store.put(keys.alive(A), Buffer.from("old session"));
+    const oldFence: StatusFence = () => ({ key: keys.alive(A), target: "mod", op: "==", value: oldRev });
+    const newRev = await store.put(keys.alive(A), Buffer.from("new session"));
+    const newFence: StatusFence = () => ({ key: keys.alive(A), target: "mod", op: "==", value: newRev });
+    // The new session's reports land (in a batch and one by one)...
+    expect(await repo.reportStatuses(A, [{ vmId: one, phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "" }, { vmId: two, phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "" }], newFence)).toEqual([]);
+    await repo.reportStatus(A, { vmId: three, phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "" }, newFence);
+    // (The informer's copy catches up.)
+    for (const id of ids) {
+      const kv = (await store.get(keys.vm(id)))!;
+      copy.set(id, { vm: dec(Vm, kv.value), modRevision: kv.modRevision });
+    }
+    // ...and the old session's late CREATING does not undo them: refused as superseded, nothing written.
+    const before = (await store.get(keys.vm(one)))!.modRevision;
+    await expect(repo.reportStatuses(A, [{ vmId: one, phase: VmPhase.VM_PHASE_CREATING, reason: "", ip: "", mac: "" }], oldFence)).rejects.toMatchObject({ code: "FAILED_PRECONDITION" });
+    await expect(repo.reportStatus(A, { vmId: two, phase: VmPhase.VM_PHASE_CREATING, reason: "", ip: "", mac: "" }, oldFence)).rejects.toMatchObject({ code: "FAILED_PRECONDITION" });
+    await expect(repo.reportStatus(A, { vmId: three, phase: VmPhase.VM_PHASE_FAILED, reason: "late", ip: "", mac: "" }, oldFence)).rejects.toMatchObject({ code: "FAILED_PRECONDITION" });
+    for (const id of ids) expect((await phaseOf(id))?.phase).toBe(VmPhase.VM_PHASE_RUNNING);
+    expect((await store.get(keys.vm(one)))!.modRevision).toBe(before);
+    expect(await store.get(keys.assign(A, three))).toBeDefined();
+    await store.delete(keys.alive(A));
   });
 });
