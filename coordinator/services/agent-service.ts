@@ -32,7 +32,7 @@ import { toServiceError } from "../grpc/status.js";
 import type { ClusterState } from "../state/cluster.js";
 import type { Change } from "../state/informer.js";
 import type { HostRepo } from "../state/host-repo.js";
-import type { VmRepo } from "../state/vm-repo.js";
+import { supersededSession, type VmRepo } from "../state/vm-repo.js";
 import type { Compare, Lease, Store } from "../store/store.js";
 import type { Principal } from "../auth/authorize.js";
 import { DRIVERS } from "../validate.js";
@@ -665,8 +665,10 @@ class AgentSession implements ExecChannel {
     if (this.identity?.kind === "cert" && (await this.d.pki!.ids.isRevoked(this.identity.serial))) {
       throw new AuthFailure("bad_host_cert", "host certificate is revoked");
     }
+    let renewed = false;
     try {
       await this.lease!.keepAliveOnce();
+      renewed = true;
     } catch (err) {
       // etcd slow or unreachable: the lease may well be alive. No ack (the agent counts
       // toward fencing from its last ack); the next heartbeat tries again. Taking a new
@@ -678,12 +680,40 @@ class AgentSession implements ExecChannel {
       // The lease expired while we were away: take a new one. Meanwhile the host was
       // unreachable: its VMs were marked UNKNOWN and some may have moved. A new snapshot
       // tells the agent which are still its own and makes it report their state again.
-      this.lease = await this.d.store.grantLease(this.d.leaseTtlSeconds);
-      this.aliveRevision = await this.d.hosts.markAlive(this.hostId, this.lease);
+      // Only if no other session has marked the host alive since: this may be a session the
+      // agent has left (its heartbeats were queued here while it reconnected elsewhere), and
+      // its new key would then replace the live session's and expire with this lease,
+      // leaving the host unreachable while its agent is answered (chaos suite, under load).
+      const lease = await this.d.store.grantLease(this.d.leaseTtlSeconds);
+      const rev = await this.d.hosts.markAliveIfAbsent(this.hostId!, lease);
+      if (rev === undefined) {
+        await lease.revoke().catch(() => undefined);
+        throw supersededSession(this.hostId!);
+      }
+      this.lease = lease;
+      this.aliveRevision = rev;
       this.deltas ??= [];
       this.sendSnapshot(await this.currentVms());
     }
+    if (renewed) this.checkStillAlive();
     this.send({ kind: { $case: "heartbeatAck", value: { sequence } } });
+  }
+
+  /**
+   * After a renewal: the host's liveness key must still be the one this session
+   * wrote (the informer, once it has caught up with that write, says). Another
+   * revision means another session marked the host alive since: this one is
+   * left over and ends (its agent, if it still uses it, reconnects and marks
+   * the host alive again).
+   */
+  private checkStillAlive(): void {
+    const alive = this.d.cluster.alive;
+    if (alive.revision < this.aliveRevision) return;
+    const e = alive.get(keys.alive(this.hostId!));
+    // Absent while our lease lives: the key was another lease's (a left-over session's) or the
+    // host was removed. Either way this session no longer keeps the host alive: it ends, and
+    // the agent's next session marks the host alive again (or learns it was removed).
+    if (e?.modRevision !== this.aliveRevision) throw supersededSession(this.hostId!);
   }
 
   private async hello(hostId: string, meshDeltas: boolean): Promise<void> {

@@ -216,4 +216,17 @@ export class HostRepo {
   async markAlive(id: string, lease: Lease): Promise<number> {
     return this.store.put(keys.alive(id), Buffer.from(String(this.clock.now().getTime())), { lease: lease.id });
   }
+
+  /**
+   * Marks the host alive only if no liveness key exists (a session whose lease
+   * expired takes a new one this way: if the key exists, a newer session wrote
+   * it). Returns the revision written, undefined if the key existed.
+   */
+  async markAliveIfAbsent(id: string, lease: Lease): Promise<number | undefined> {
+    const r = await this.store.txn(
+      [{ key: keys.alive(id), target: "create", op: "==", value: 0 }],
+      [{ type: "put", key: keys.alive(id), value: Buffer.from(String(this.clock.now().getTime())), lease: lease.id }],
+    );
+    return r.succeeded ? r.revision : undefined;
+  }
 }
