@@ -798,18 +798,25 @@ export class VmRepo {
       await new Promise((r) => setImmediate(r));
       while (this.statusQueue.length > 0) {
         // Batches in arrival order, until the group is full or a VM would be written twice in it.
+        // etcd limits compares as it limits puts (--max-txn-ops): one per VM plus one per
+        // session's fence, so a group of single reports from many hosts holds half as many.
         const group: typeof this.statusQueue = [];
         const ids = new Set<string>();
+        const fenceKeys = new Set<string>();
         let puts = 0;
         for (let i = 0; i < this.statusQueue.length; ) {
           const e = this.statusQueue[i]!;
-          const fits = group.length === 0 || puts + e.batch.length <= MAX_STATUS_GROUP;
+          const f = e.fence?.();
+          const fk = f ? `${f.key}@${String(f.value)}` : undefined;
+          const compares = puts + fenceKeys.size + e.batch.length + (fk !== undefined && !fenceKeys.has(fk) ? 1 : 0);
+          const fits = group.length === 0 || compares <= MAX_STATUS_GROUP;
           if (!fits) break;
           if (e.batch.some((b) => ids.has(b.cur.vm.id))) {
             i++;
             continue;
           }
           for (const b of e.batch) ids.add(b.cur.vm.id);
+          if (fk !== undefined) fenceKeys.add(fk);
           puts += e.batch.length;
           group.push(e);
           this.statusQueue.splice(i, 1);

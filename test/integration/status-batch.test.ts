@@ -18,7 +18,7 @@ let store: EtcdStore;
 let seq = 0;
 const A = "aaaaaaaaaaaaaaaa";
 const B = "bbbbbbbbbbbbbbbb";
-const limits = { max_vms_per_user: 100, max_total_vms: 100, max_vcpus_per_vm: 8, max_memory_per_vm: 16384, max_disk_per_vm: 512, max_exposed_ports_per_user: 10 };
+const limits = { max_vms_per_user: 1000, max_total_vms: 1000, max_vcpus_per_vm: 8, max_memory_per_vm: 16384, max_disk_per_vm: 512, max_exposed_ports_per_user: 10 };
 const spec = (host: string) => ({ vcpus: 1, memoryMb: 64, diskGb: 1, driver: "", image: "", labels: {}, hostSelector: {}, host, antiAffinityGroup: "", network: "", networkGroup: "", sshAuthorizedKeys: [], hostLoss: undefined });
 
 beforeAll(async () => {
@@ -141,5 +141,24 @@ describe("VmRepo.reportStatuses", () => {
     expect((await store.get(keys.vm(one)))!.modRevision).toBe(before);
     expect(await store.get(keys.assign(A, three))).toBeDefined();
     await store.delete(keys.alive(A));
+  });
+
+  it("reports of many sessions at once stay within etcd's limit of operations per transaction (a fence per session counts)", async () => {
+    const copy = new Map<string, StoredVm>();
+    const hosts = Array.from({ length: 120 }, (_, i) => i.toString(16).padStart(16, "e"));
+    const { repo, ids, txns } = await setup(hosts.map((_, i) => `g${i}`), hosts, copy);
+    const fences = await Promise.all(
+      hosts.map(async (h): Promise<StatusFence> => {
+        const rev = await store.put(keys.alive(h), Buffer.from("s"));
+        return () => ({ key: keys.alive(h), target: "mod", op: "==", value: rev });
+      }),
+    );
+    const refused = await Promise.all(hosts.map((h, i) => repo.reportStatuses(h, [{ vmId: ids[i]!, phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "" }], fences[i])));
+    expect(refused.flat()).toEqual([]);
+    for (const id of ids) expect((await phaseOf(id))?.phase).toBe(VmPhase.VM_PHASE_RUNNING);
+    // 120 puts and 120 fences: at least three transactions of at most 100 compares each, not one per host.
+    expect(txns()).toBeGreaterThanOrEqual(3);
+    expect(txns()).toBeLessThan(10);
+    for (const h of hosts) await store.delete(keys.alive(h));
   });
 });
