@@ -27,6 +27,8 @@ export interface ChaosOptions {
   progress?: (s: string) => void;
   /** Sabotage: hosts do not fence (the checker must then find VMs run twice after long cuts). */
   noFencing?: boolean;
+  /** How long a run may take to settle after the fault healed before it counts as unsettled (default 90 s). */
+  settleMs?: number;
 }
 
 export interface RunResult {
@@ -437,7 +439,8 @@ async function oneRun(c: ChaosCluster, store: Store, scenario: Scenario, run: nu
   step("storm stop");
   await storm.stop();
   step("settle");
-  const settle = await waitSettled(c, admin, 90_000);
+  const settleMs = o.settleMs ?? 90_000;
+  const settle = await waitSettled(c, admin, settleMs);
   step("replicas");
   const diverged = await replicaDivergence(c, store);
   step("sampler stop");
@@ -447,13 +450,13 @@ async function oneRun(c: ChaosCluster, store: Store, scenario: Scenario, run: nu
   const history: ChaosHistory = { calls: storm.calls, running, allocs: sampler.allocs, final, sizes: { ...storm.sizes } };
   for (const v of final.vms) history.sizes[v.id] ??= v.resources;
   const violations = checkHistory(history);
-  if (!settle.ok) violations.push({ kind: "unsettled", detail: `not settled within 90 s: ${settle.why}` });
+  if (!settle.ok) violations.push({ kind: "unsettled", detail: `not settled within ${settleMs / 1000} s: ${settle.why}` });
   for (const d of diverged) violations.push({ kind: "diverged", detail: `${d} (10 s after settling)` });
   violations.push(...notRescheduled(fault.lostHost, storm.movable, final));
   // Clean slate for the next run: destroy what is left and wait until it is gone.
   step("clean up");
   for (const v of await admin.listVms().catch(() => [])) await admin.destroyVm({ id: v.id }).catch(() => undefined);
-  await waitSettled(c, admin, 60_000);
+  await waitSettled(c, admin, Math.min(60_000, settleMs));
   return {
     scenario,
     faults: 1,
