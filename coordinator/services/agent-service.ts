@@ -633,8 +633,14 @@ class AgentSession implements ExecChannel {
         if (r.destroyed) return;
         throw denied(`VM ${r.vmId} is not assigned to this host`);
       }
-      if (r.destroyed) await this.d.vms.finalizeDestroy(r.vmId, this.hostId);
-      else {
+      if (r.destroyed) {
+        if ((await this.d.vms.finalizeDestroy(r.vmId, this.hostId)) === "kept") {
+          // The agent removed a VM it should run (its view was stale): it gets the VM again.
+          const vm = this.d.cluster.vms.get(keys.vm(r.vmId))?.value;
+          this.log.warn({ hostId: this.hostId, vmId: r.vmId }, "agent removed a VM it should run; sending it again");
+          if (vm) this.send({ kind: { $case: "vm", value: withEffectiveHostLoss(vm, this.hostLoss) } });
+        }
+      } else {
         try {
           await this.d.vms.reportStatus(this.hostId, { vmId: r.vmId, phase: r.phase, reason: r.reason, ip: r.ip, mac: r.mac }, this.fence);
         } catch (e) {

@@ -607,13 +607,20 @@ export class VmRepo {
     throw new NoidError("UNAVAILABLE", `returning VM ${id} to ${source.name}: too much contention`);
   }
 
-  /** The agent confirmed the VM is gone from its host. */
-  async finalizeDestroy(id: string, hostId: string): Promise<void> {
+  /**
+   * The agent confirmed the VM is gone from its host: the record goes if the
+   * VM was being destroyed. A VM still wanted ("kept": not being destroyed,
+   * still assigned here) is not removed: an agent destroys one it was never
+   * asked to only when its view of what it should run was wrong (a stale
+   * snapshot), and removing the record then would lose a VM its owner was
+   * told exists. The caller gives the agent the VM again.
+   */
+  async finalizeDestroy(id: string, hostId: string): Promise<"removed" | "elsewhere" | "kept"> {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const cur = await this.get(id);
-      if (!cur) return;
-      if (cur.vm.status?.hostId !== hostId) return;
-      if (await this.tryRemove(cur, hostId)) return;
+      if (!cur || cur.vm.status?.hostId !== hostId) return "elsewhere";
+      if (cur.vm.desiredState !== VmDesiredState.VM_DESIRED_STATE_DELETED) return "kept";
+      if (await this.tryRemove(cur, hostId)) return "removed";
       await backoff(attempt);
     }
     throw new NoidError("UNAVAILABLE", `finalizing destroy of VM ${id}: too much contention`);

@@ -20,6 +20,8 @@ interface RawSession {
   write(m: SessionRequest): void;
   acks: number[];
   snapshots: number;
+  /** Ids of VMs sent one by one (deltas). */
+  vms: string[];
   ended: Promise<grpc.ServiceError | undefined>;
   beat(): void;
   cancel(): void;
@@ -34,6 +36,7 @@ function open(client: AgentServiceClient, token: string, hostId: string): Promis
     write: (m) => void stream.write(m),
     acks: [],
     snapshots: 0,
+    vms: [],
     ended: new Promise((resolve) => {
       stream.on("error", (e: grpc.ServiceError) => resolve(e));
       stream.on("end", () => resolve(undefined));
@@ -45,6 +48,7 @@ function open(client: AgentServiceClient, token: string, hostId: string): Promis
   return new Promise((resolve) => {
     stream.on("data", (m: SessionResponse) => {
       if (m.kind?.$case === "heartbeatAck") s.acks.push(m.kind.value.sequence);
+      if (m.kind?.$case === "vm") s.vms.push(m.kind.value.id);
       if (m.kind?.$case === "snapshot") {
         s.snapshots++;
         resolve(s);
@@ -115,5 +119,26 @@ describe("an agent's old session after it reconnected", () => {
       expect((await admin.getHost("sup-a")).state).toBe(HostState.HOST_STATE_READY);
     }
     expect(fresh.acks.length).toBeGreaterThan(10);
+  });
+});
+describe("an agent that removed a VM it should run", () => {
+  it("does not make the coordinator forget the VM: the record stays and the agent gets the VM again", async () => {
+    const { c, client, hostId } = await setup();
+    const admin = c.client();
+    const s = await open(client, c.adminToken, hostId);
+    const vm = await admin.createVm("kept-vm", { vcpus: 1, memoryMb: 64, host: "sup-a" });
+    await eventually(async () => s.vms.includes(vm.id), 5000, "the VM sent to its host");
+    s.write({ kind: { $case: "vmStatus", value: { vmId: vm.id, phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "", destroyed: false } } });
+    await eventually(async () => (await admin.getVm("kept-vm")).status?.phase === VmPhase.VM_PHASE_RUNNING, 5000, "RUNNING");
+    const sent = s.vms.length;
+    // A stale view made the agent treat the VM as an orphan: it removed it and says so.
+    s.write({ kind: { $case: "vmStatus", value: { vmId: vm.id, phase: VmPhase.VM_PHASE_STOPPED, reason: "", ip: "", mac: "", destroyed: true } } });
+    await eventually(async () => s.vms.length > sent, 5000, "the VM sent again");
+    expect(s.vms.at(-1)).toBe(vm.id);
+    expect((await admin.getVm("kept-vm")).id).toBe(vm.id);
+    // A VM being destroyed is removed by the same report.
+    await admin.destroyVm({ id: vm.id });
+    s.write({ kind: { $case: "vmStatus", value: { vmId: vm.id, phase: VmPhase.VM_PHASE_STOPPED, reason: "", ip: "", mac: "", destroyed: true } } });
+    await eventually(async () => (await admin.listVms()).length === 0, 5000, "the destroyed VM removed");
   });
 });
