@@ -2,7 +2,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Server, ServerCredentials, credentials, type ServerDuplexStream, type ServerUnaryCall, type sendUnaryData } from "@grpc/grpc-js";
+import { Server, ServerCredentials, credentials, status, type ServerDuplexStream, type ServerUnaryCall, type sendUnaryData } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
 import { silentLogger } from "../../common/logger.js";
 import {
@@ -34,9 +34,15 @@ class FakeCoordinator {
   streams: ServerDuplexStream<SessionRequest, SessionResponse>[] = [];
   ackHeartbeats = true;
   ackDelayMs = 0;
+  /** Registrations answered UNAVAILABLE (the agent stays between sessions). */
+  refuseRegistrations = false;
   constructor(public snapshot: Vm[]) {
     this.server.addService(AgentServiceService, {
       registerHost: (call: ServerUnaryCall<RegisterHostRequest, unknown>, cb: sendUnaryData<RegisterHostResponse>) => {
+        if (this.refuseRegistrations) {
+          cb({ code: status.UNAVAILABLE, details: "not now" });
+          return;
+        }
         this.registrations.push({ req: call.request, auth: String(call.metadata.get("authorization")[0]) });
         cb(null, { hostId: "host-1", heartbeatIntervalMs: 30, leaseTtlSeconds: 10, meshIp: "100.64.0.1", meshPrefixLen: 16 });
       },
@@ -226,9 +232,12 @@ describe("agent session client", () => {
     await until(() => coord.count("securityEvent") === 1, "the held event");
     expect(session.security(ev("while streaming"))).toBe(true);
     await until(() => coord.count("securityEvent") === 2, "the live event");
+    // The agent stays between sessions until registrations are answered again.
+    coord.refuseRegistrations = true;
     coord.streams[0]!.end();
     await until(() => session.currentState !== "streaming", "the stream to break");
     expect(session.security(ev("while reconnecting"))).toBe(false);
+    coord.refuseRegistrations = false;
     await until(() => coord.count("securityEvent") === 3, "the event held across the reconnect");
     const sent = coord.received.filter((m) => m.kind?.$case === "securityEvent").map((m) => (m.kind as { value: { detail: string; hostId: string } }).value);
     expect(sent.map((v) => v.detail)).toEqual(["before the session", "while streaming", "while reconnecting"]);
