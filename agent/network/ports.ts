@@ -64,10 +64,14 @@ export interface PortsControllerOptions {
   resyncMs?: number;
 }
 
+/** Apply-and-check rounds in one pass before it gives up (a table changed under it as it works). */
+const MAX_ROUNDS = 3;
+
 export class PortsController {
   private snapshot: PortSnapshot | undefined;
   private view: MeshView | undefined;
-  private lastKey = "";
+  /** The spec the last pass left the table at (undefined before one succeeded). */
+  private lastSpec: PortsSpec | undefined;
   private lastReport = "";
   private running: Promise<void> | undefined;
   private again = false;
@@ -137,26 +141,38 @@ export class PortsController {
       const rules = parseEgressRules((await this.runner(["ip", "-j", "rule", "show"])).stdout);
       const uplink = await this.o.uplink();
       const { spec, waiting } = portsSpecOf(this.snapshot, this.view, slotsOf(rules), { uplink, wgIfname: this.o.wgIfname });
-      const key = JSON.stringify(spec);
-      const actions = planPorts(spec, await this.list());
-      if (actions.length > 0) await this.apply(actions);
-      const after = await this.list();
-      const left = planPorts(spec, after);
-      if (left.length > 0) throw new NoidError("INTERNAL", `ports still differ after apply: ${left.map(describePortsAction).join("; ")}`);
-      applied = appliedPorts(spec, after);
-      if (actions.length > 0) {
-        const what = actions.map(describePortsAction);
-        if (key === this.lastKey) {
-          this.o.logger.warn({ repaired: what }, "port drift repaired");
-          this.o.onSecurity({ vmId: "", kind: "port-drift", count: what.length, detail: `exposed ports repaired: ${what.join("; ")}`.slice(0, 1000) });
-        } else {
-          this.o.logger.info({ actions: what }, "ports applied");
-        }
+      // Drift: the table is not what we last left it as. Compared against the spec the last pass
+      // applied, whatever this pass changes besides (a repair in the same pass as a new exposure
+      // or mesh change used to go unreported), and against this pass's spec once applied: a rule
+      // deleted between our listing and our check is seen there, and repaired in another round
+      // (it used to fail the pass as "ports still differ", and the repair went unreported).
+      const drift: PortsAction[] = [];
+      let expected = this.lastSpec;
+      let observed = await this.list();
+      const done: PortsAction[] = [];
+      for (let round = 0; ; round++) {
+        if (expected) drift.push(...planPorts(expected, observed));
+        const actions = planPorts(spec, observed);
+        if (actions.length === 0) break;
+        if (round === MAX_ROUNDS) throw new NoidError("INTERNAL", `ports still differ after apply: ${actions.map(describePortsAction).join("; ")}`);
+        await this.apply(actions);
+        done.push(...actions);
+        observed = await this.list();
+        expected = spec;
       }
-      this.lastKey = key;
+      applied = appliedPorts(spec, observed);
+      if (drift.length > 0) {
+        const what = drift.map(describePortsAction);
+        this.o.logger.warn({ repaired: what }, "port drift repaired");
+        this.o.onSecurity({ vmId: "", kind: "port-drift", count: what.length, detail: `exposed ports repaired: ${what.join("; ")}`.slice(0, 1000) });
+      }
+      if (done.length > 0) this.o.logger.info({ actions: done.map(describePortsAction) }, "ports applied");
+      this.lastSpec = spec;
       if (waiting.length > 0) this.o.logger.debug({ waiting }, "exposures wait for their VM's network");
     } catch (e) {
       error = e instanceof Error ? e.message : String(e);
+      // The table may be half way between two specs: the next pass repairs it without calling it drift.
+      this.lastSpec = undefined;
       this.o.logger.warn({ err: error }, "applying exposed ports failed; retrying at the next pass");
       applied = [];
     }
