@@ -5,7 +5,8 @@ import { describe, expect, it } from "vitest";
 import { checkHostname, parseHostPortSpec, parsePortSpec } from "../../common/ports.js";
 import { NoidError } from "../../common/errors.js";
 import { type PortsSpec, appliedPorts, planPorts, portRules, portsScript, renderPorts } from "../../agent/network/ports-ruleset.js";
-import { portsSpecOf, slotsOf } from "../../agent/network/ports.js";
+import { PortsController, portsSpecOf, slotsOf } from "../../agent/network/ports.js";
+import { silentLogger } from "../../common/logger.js";
 import { portSnapshotFor } from "../../coordinator/ports/port-feed.js";
 import { freeMeshPort, placedHost, MESH_PORT_MIN } from "../../coordinator/ports/port-repo.js";
 import { exposeSpecOf, stateOf } from "../../coordinator/services/port-service.js";
@@ -216,5 +217,93 @@ describe("the coordinator's side", () => {
     expect(stateOf(undefined, false)).toBe("pending");
     expect(stateOf(PortStatusRecord.fromPartial({ applied: ["tcp/8080"] }), true)).toBe("applied");
     expect(stateOf(PortStatusRecord.fromPartial({ error: "nft: boom" }), false)).toBe("error: nft: boom");
+  });
+});
+
+describe("the agent's ports controller (nft faked: listings as nft -j prints them)", () => {
+  const view = {
+    selfId: "h1",
+    members: [{ hostId: "h1", meshIp: "100.64.0.2" }],
+    local: new Map([["vmA", { ip: "10.0.0.5", vni: 4101 }]]),
+  } as unknown as Parameters<PortsController["setView"]>[0];
+  const ipRules = JSON.stringify([{ priority: 5000, iif: "vmnet4101", table: String(0x6e6f0001) }]);
+  const port = (hostPort: number) => ({ vmId: "vmA", protocol: "tcp", hostPort, vmPort: 80, mesh: false });
+  const snap = (...ports: number[]) => ({ ports: ports.map(port), routes: [] }) as unknown as Parameters<PortsController["setSnapshot"]>[0];
+  const specOf = (s: ReturnType<typeof snap>) => portsSpecOf(s, view, slotsOf([{ pref: 5000, iif: "vmnet4101", table: 0x6e6f0001 }]), { uplink: "eth0", wgIfname: "wg-noid" }).spec;
+
+  /** A fake host: the table as the last `nft -f` left it, and edits "someone else" makes to what a listing shows from then on. */
+  function host() {
+    const h = {
+      table: undefined as PortsSpec | undefined,
+      want: undefined as PortsSpec | undefined,
+      /** Edits applied to the table at the listing with this index (0-based), as if made just before it. */
+      editAt: new Map<number, (r: Record<string, unknown>[]) => Record<string, unknown>[]>(),
+      edits: [] as ((r: Record<string, unknown>[]) => Record<string, unknown>[])[],
+      lists: 0,
+      security: [] as string[],
+      errors: [] as string[],
+    };
+    const runner = async (argv: readonly string[]) => {
+      const cmd = argv.join(" ");
+      if (cmd === "ip -j rule show") return { exitCode: 0, stdout: ipRules, stderr: "" };
+      if (cmd.startsWith("nft -j list table")) {
+        const e = h.editAt.get(h.lists++);
+        if (e) h.edits.push(e);
+        if (!h.table) return { exitCode: 1, stdout: "", stderr: "No such file or directory" };
+        return { exitCode: 0, stdout: listed(h.table, (r) => h.edits.reduce((acc, f) => f(acc), r)), stderr: "" };
+      }
+      if (cmd === "nft -f -") {
+        h.table = h.want; // the controller's script brings the table to its spec
+        h.edits = [];
+        return { exitCode: 0, stdout: "", stderr: "" };
+      }
+      throw new Error(`unexpected command ${cmd}`);
+    };
+    const c = new PortsController({
+      wgIfname: "wg-noid",
+      uplink: async () => "eth0",
+      onSecurity: (e) => h.security.push(e.detail),
+      onApplied: (_a, err) => void (err && h.errors.push(err)),
+      logger: silentLogger(),
+      runner: runner as never,
+    });
+    return { h, c };
+  }
+  const without = (comment: string) => (r: Record<string, unknown>[]) => r.filter((x) => x.comment !== comment);
+
+  it("reports a rule deleted behind its back even when the same pass also applies a new exposure", async () => {
+    const { h, c } = host();
+    c.setView(view);
+    h.want = specOf(snap(8080));
+    c.setSnapshot(snap(8080));
+    await c.sync();
+    expect(h.security).toEqual([]); // the first pass builds the table: nothing to call drift
+    // tcp/8080 is deleted by someone else, and a new exposure arrives: one pass does both.
+    h.editAt.set(h.lists, without("tcp/8080"));
+    h.want = specOf(snap(8080, 9090));
+    c.setSnapshot(snap(8080, 9090));
+    await c.sync();
+    expect(h.security).toHaveLength(1);
+    expect(h.security[0]).toMatch(/tcp\/8080/);
+    expect(h.security[0]).not.toMatch(/9090/);
+    expect(h.errors).toEqual([]);
+  });
+
+  it("reports and repairs, in the same pass, a rule deleted between its listing and its check", async () => {
+    const { h, c } = host();
+    c.setView(view);
+    h.want = specOf(snap(8080));
+    c.setSnapshot(snap(8080));
+    await c.sync();
+    h.want = specOf(snap(8080, 9090));
+    // The pass lists (sees tcp/8080), applies tcp/9090, and lists again: tcp/8080 is gone by then.
+    h.editAt.set(h.lists + 1, without("tcp/8080"));
+    c.setSnapshot(snap(8080, 9090));
+    await c.sync();
+    expect(h.errors).toEqual([]);
+    expect(h.security).toHaveLength(1);
+    expect(h.security[0]).toMatch(/tcp\/8080/);
+    // Repaired: a listing now shows both rules.
+    expect(h.edits).toEqual([]);
   });
 });
