@@ -269,14 +269,19 @@ describe("the agent's ports controller (nft faked: listings as nft -j prints the
     });
     return { h, c };
   }
-  const without = (comment: string) => (r: Record<string, unknown>[]) => r.filter((x) => x.comment !== comment);
-
-  it("reports a rule deleted behind its back even when the same pass also applies a new exposure", async () => {
+  /** A host whose first pass built the table with tcp/8080. */
+  async function started() {
     const { h, c } = host();
     c.setView(view);
     h.want = specOf(snap(8080));
     c.setSnapshot(snap(8080));
     await c.sync();
+    return { h, c };
+  }
+  const without = (comment: string) => (r: Record<string, unknown>[]) => r.filter((x) => x.comment !== comment);
+
+  it("reports a rule deleted behind its back even when the same pass also applies a new exposure", async () => {
+    const { h, c } = await started();
     expect(h.security).toEqual([]); // the first pass builds the table: nothing to call drift
     // tcp/8080 is deleted by someone else, and a new exposure arrives: one pass does both.
     h.editAt.set(h.lists, without("tcp/8080"));
@@ -290,11 +295,7 @@ describe("the agent's ports controller (nft faked: listings as nft -j prints the
   });
 
   it("reports and repairs, in the same pass, a rule deleted between its listing and its check", async () => {
-    const { h, c } = host();
-    c.setView(view);
-    h.want = specOf(snap(8080));
-    c.setSnapshot(snap(8080));
-    await c.sync();
+    const { h, c } = await started();
     h.want = specOf(snap(8080, 9090));
     // The pass lists (sees tcp/8080), applies tcp/9090, and lists again: tcp/8080 is gone by then.
     h.editAt.set(h.lists + 1, without("tcp/8080"));
