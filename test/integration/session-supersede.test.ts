@@ -78,26 +78,39 @@ async function setup(): Promise<{ c: TestCluster; client: AgentServiceClient; ho
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe("an agent's old session after it reconnected", () => {
-  it("ends at its next heartbeat once a newer session holds the host, and its reports are not applied", async () => {
+  // Two mechanisms, one test each (together, either alone would end the session and hide the other).
+  const ended = async (s: RawSession) => {
+    const err = await Promise.race([s.ended, sleep(5000).then(() => "still open" as const)]);
+    expect(err).not.toBe("still open");
+    expect((err as grpc.ServiceError).code).toBe(grpc.status.FAILED_PRECONDITION);
+  };
+
+  it("ends at its next heartbeat once a newer session holds the host; the new one keeps the host READY", async () => {
     const { c, client, hostId } = await setup();
     const admin = c.client();
     const old = await open(client, c.adminToken, hostId);
     old.beat();
     await eventually(async () => old.acks.length >= 1, 5000, "old session acked");
+    const fresh = await open(client, c.adminToken, hostId);
+    old.beat(); // its lease is still good: only the liveness key tells it another session holds the host
+    await ended(old);
+    fresh.beat();
+    await eventually(async () => fresh.acks.length >= 1, 5000, "new session acked");
+    expect((await admin.getHost("sup-a")).state).toBe(HostState.HOST_STATE_READY);
+  });
+
+  it("does not apply a report that arrives late on the old session: the new session's stands", async () => {
+    const { c, client, hostId } = await setup();
+    const admin = c.client();
+    const old = await open(client, c.adminToken, hostId);
     const vm = await admin.createVm("sup-vm", { vcpus: 1, memoryMb: 64, host: "sup-a" });
     const fresh = await open(client, c.adminToken, hostId);
     fresh.write({ kind: { $case: "vmStatus", value: { vmId: vm.id, phase: VmPhase.VM_PHASE_RUNNING, reason: "", ip: "", mac: "", destroyed: false } } });
     await eventually(async () => (await admin.getVm("sup-vm")).status?.phase === VmPhase.VM_PHASE_RUNNING, 5000, "RUNNING from the new session");
-    // The old session's queued report arrives late: it must not undo the new one's.
+    // No heartbeat on the old session: the report alone meets the fence.
     old.write({ kind: { $case: "vmStatus", value: { vmId: vm.id, phase: VmPhase.VM_PHASE_CREATING, reason: "", ip: "", mac: "", destroyed: false } } });
-    old.beat();
-    const err = await Promise.race([old.ended, sleep(5000).then(() => "still open" as const)]);
-    expect(err).not.toBe("still open");
-    expect((err as grpc.ServiceError).code).toBe(grpc.status.FAILED_PRECONDITION);
+    await ended(old);
     expect((await admin.getVm("sup-vm")).status?.phase).toBe(VmPhase.VM_PHASE_RUNNING);
-    fresh.beat();
-    await eventually(async () => fresh.acks.length >= 1, 5000, "new session acked");
-    expect((await admin.getHost("sup-a")).state).toBe(HostState.HOST_STATE_READY);
   });
 
   it("whose lease expired does not mark the host alive again with a lease of its own (the host stays READY on the new session)", async () => {
@@ -110,9 +123,7 @@ describe("an agent's old session after it reconnected", () => {
     cleanups.push(() => clearInterval(beats));
     await sleep(3000);
     old.beat(); // its lease is gone: before, it took a new lease and re-marked the host alive with it
-    const err = await Promise.race([old.ended, sleep(5000).then(() => "still open" as const)]);
-    expect(err).not.toBe("still open");
-    expect((err as grpc.ServiceError).code).toBe(grpc.status.FAILED_PRECONDITION);
+    await ended(old);
     // Past another lease TTL: the host is still READY (a key on the old session's new lease would have expired by now).
     for (let i = 0; i < 8; i++) {
       await sleep(400);
