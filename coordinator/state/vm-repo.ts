@@ -107,6 +107,11 @@ export interface VmRepoDeps {
  */
 export type StatusFence = () => Compare;
 
+/** One session's fence, as a key: batches of the same session share it in a group commit. */
+function fenceId(f: Compare): string {
+  return `${f.key}@${String(f.value)}`;
+}
+
 /** A session's reports could not be written: the host has a newer session (or no liveness key). */
 export function supersededSession(hostId: string): NoidError {
   return new NoidError("FAILED_PRECONDITION", `host ${hostId}: a newer session (or none) holds the host's liveness key; this session's reports are not applied`);
@@ -814,7 +819,7 @@ export class VmRepo {
         for (let i = 0; i < this.statusQueue.length; ) {
           const e = this.statusQueue[i]!;
           const f = e.fence?.();
-          const fk = f ? `${f.key}@${String(f.value)}` : undefined;
+          const fk = f ? fenceId(f) : undefined;
           const compares = puts + fenceKeys.size + e.batch.length + (fk !== undefined && !fenceKeys.has(fk) ? 1 : 0);
           const fits = group.length === 0 || compares <= MAX_STATUS_GROUP;
           if (!fits) break;
@@ -834,7 +839,7 @@ export class VmRepo {
           const fences = new Map<string, Compare>();
           for (const e of g) {
             const f = e.fence?.();
-            if (f) fences.set(`${f.key}@${String(f.value)}`, f);
+            if (f) fences.set(fenceId(f), f);
           }
           return this.d.store.txn(
             [...batch.map((b) => unchanged(keys.vm(b.cur.vm.id), b.cur)), ...fences.values()],
