@@ -121,8 +121,8 @@ export interface BenchCoordinator {
   /** Coordinator process id (this process when inline). */
   pid: number;
   inline: boolean;
-  /** Memory (after a GC when possible) and placement counters. */
-  stats(): Promise<CoordStats>;
+  /** Memory (after a GC when `gc` and possible) and placement counters. */
+  stats(o?: { gc?: boolean }): Promise<CoordStats>;
   /** Profiles the coordinator from now until profileStop (a child only; inline, profile the bench process). */
   profileStart(): Promise<void>;
   /** Writes `<dir>/<name>.cpuprofile`; returns its path ("" inline). */
@@ -210,7 +210,7 @@ export async function startBenchCoordinator(o: CoordinatorOptions): Promise<Benc
     ...r,
     pid: child.pid!,
     inline: false,
-    stats: () => ask<CoordStats>("stats"),
+    stats: (o) => ask<CoordStats>("stats", o?.gc ? { gc: "1" } : {}),
     profileStart: () => ask<void>("profStart"),
     profileStop: async (dir, name) => (await ask<{ file: string }>("profStop", { dir, name })).file,
     async stop() {

@@ -8,7 +8,7 @@ import { startCoordinator } from "../coordinator/server.js";
 import { WindowProfiler } from "./window-prof.js";
 import { loopMonitor, storeCalls } from "./cluster.js";
 
-type Request = { id: number; type: "stats" | "stop" | "profStart" | "profStop"; dir?: string; name?: string };
+type Request = { id: number; type: "stats" | "stop" | "profStart" | "profStop"; dir?: string; name?: string; gc?: string };
 
 async function main(): Promise<void> {
   const config = resolveConfig(JSON.parse(process.env.NOID_BENCH_CONFIG ?? "{}") as Record<string, unknown>);
@@ -24,7 +24,9 @@ async function main(): Promise<void> {
       } else if (m.type === "profStop") {
         process.send!({ id: m.id, file: await prof.stop(m.dir!, m.name!) });
       } else if (m.type === "stats") {
-        (globalThis as { gc?: () => void }).gc?.();
+        // Only when asked (the RSS figure): a full collection takes 50 ms here, and one forced
+        // just before the latency figure's creates delayed the first of them by as much.
+        if (m.gc) (globalThis as { gc?: () => void }).gc?.();
         const mem = process.memoryUsage();
         process.send!({ id: m.id, rss: mem.rss, heapUsed: mem.heapUsed, placement: handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }, cpu: process.cpuUsage(), loop: loop(), storeCalls: await storeCalls(handle.metrics.registry) });
       } else if (m.type === "stop") {
