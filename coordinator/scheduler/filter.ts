@@ -68,9 +68,22 @@ export function rejectedBy(host: HostView, vm: VmRequest): FilterName | undefine
   return FILTER_NAMES.find((name) => !PASSES[name](host, vm));
 }
 
-/** True when at least one host can take the VM (stops at the first). */
-export function anyHostFits(hosts: readonly HostView[], vm: VmRequest): boolean {
-  for (const host of hosts) if (rejectedBy(host, vm) === undefined) return true;
+/**
+ * True when at least one host can take the VM (stops at the first). With
+ * `hint`, the search starts at the host that fit last time (wrapping round)
+ * and remembers the one that fits now: a stream of similar asks checks one
+ * host each instead of walking past the full ones every time.
+ */
+export function anyHostFits(hosts: readonly HostView[], vm: VmRequest, hint?: { at: number }): boolean {
+  const n = hosts.length;
+  const start = hint && hint.at < n ? hint.at : 0;
+  for (let k = 0; k < n; k++) {
+    const i = start + k < n ? start + k : start + k - n;
+    if (rejectedBy(hosts[i]!, vm) === undefined) {
+      if (hint) hint.at = i;
+      return true;
+    }
+  }
   return false;
 }
 

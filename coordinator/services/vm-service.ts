@@ -34,6 +34,9 @@ export function vmService(d: VmServiceDeps): VmServiceServer {
   const resolve = (ref: { name: string; id: string; owner: string }, ctx: CallContext, action: Action) =>
     resolveVm(d.repo, ref, ctx.principal, action);
 
+  /** Where CreateVm's "can any host take it" check found a host last (see anyHostFits). */
+  const fitHint = { at: 0 };
+
   function visible(p: Principal, vm: Vm, owner: string): boolean {
     if (p.role !== Role.ROLE_ADMIN) return vm.owner === p.user;
     return owner === "" || vm.owner === owner;
@@ -56,7 +59,7 @@ export function vmService(d: VmServiceDeps): VmServiceServer {
       // The VM is kept either way; tell the caller now if nothing can take it.
       const hosts = d.cluster.hostViews();
       const ask = requestOf(created.vm);
-      if (!anyHostFits(hosts, ask)) {
+      if (!anyHostFits(hosts, ask, fitHint)) {
         const why = unplacedReason(hosts, ask, filterHosts(hosts, ask).filtered);
         // The VM shows why before the caller hears of it (the leader's next placement pass
         // would write the same; a GetVm right after this answer must not show no reason).

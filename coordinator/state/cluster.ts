@@ -60,22 +60,38 @@ export class ClusterState {
     this.networks = new Informer(store, netKeys.networksPrefix, (b) => dec(Network, b), logger);
     // A host's scheduler view changes only with its record, its allocation or its liveness.
     const stale = (key: string) => {
-      this.viewOf.delete(lastSegment(key));
-      this.viewList = undefined;
+      const id = lastSegment(key);
+      this.viewOf.delete(id);
+      if (this.viewList && this.viewIndex.has(id)) this.viewStale.add(id);
     };
     const all = () => {
       this.viewOf.clear();
       this.viewList = undefined;
     };
-    for (const inf of [this.hosts, this.alloc, this.alive] as Informer<unknown>[]) {
+    for (const inf of [this.alloc, this.alive] as Informer<unknown>[]) {
       inf.onChange((ch) => stale(ch.type === "put" ? ch.entry.key : ch.key));
       inf.onResync(all);
     }
+    // A host added or removed changes the list itself; a host's record changed, only its view.
+    this.hosts.onChange((ch) => {
+      if (ch.type === "put" && ch.prev) stale(ch.entry.key);
+      else all();
+    });
+    this.hosts.onResync(all);
   }
 
   /** Each host's scheduler view, built once per change of its record, allocation or liveness. */
   private readonly viewOf = new Map<string, HostView>();
+  /**
+   * The list hostViews returned last, each host's place in it, and the hosts
+   * whose view changed since. With placements landing every few milliseconds,
+   * rebuilding the list of a thousand hosts for each change was a visible
+   * part of every create and placement pass (BENCHMARKS.md, finding 14): the
+   * list is copied and only the changed hosts' views are built again.
+   */
   private viewList: readonly HostView[] | undefined;
+  private readonly viewIndex = new Map<string, number>();
+  private readonly viewStale = new Set<string>();
 
   async start(): Promise<void> {
     await Promise.all([this.vms.start(), this.hosts.start(), this.alive.start(), this.alloc.start(), this.networks.start()]);
@@ -129,18 +145,32 @@ export class ClusterState {
    * (applyPlacement) instead of changing them.
    */
   hostViews(): readonly HostView[] {
-    if (this.viewList) return this.viewList;
+    if (this.viewList && this.viewStale.size === 0) return this.viewList;
+    if (this.viewList) {
+      const list = this.viewList.slice();
+      for (const id of this.viewStale) list[this.viewIndex.get(id)!] = this.viewFor(this.hosts.get(keys.host(id))!.value);
+      this.viewStale.clear();
+      this.viewList = Object.freeze(list);
+      return this.viewList;
+    }
     const list: HostView[] = [];
+    this.viewIndex.clear();
+    this.viewStale.clear();
     for (const { value: h } of this.hosts.values()) {
-      let v = this.viewOf.get(h.id);
-      if (!v) {
-        v = this.buildView(h);
-        this.viewOf.set(h.id, v);
-      }
-      list.push(v);
+      this.viewIndex.set(h.id, list.length);
+      list.push(this.viewFor(h));
     }
     this.viewList = Object.freeze(list);
     return this.viewList;
+  }
+
+  private viewFor(h: Host): HostView {
+    let v = this.viewOf.get(h.id);
+    if (!v) {
+      v = this.buildView(h);
+      this.viewOf.set(h.id, v);
+    }
+    return v;
   }
 
   private buildView(h: Host): HostView {

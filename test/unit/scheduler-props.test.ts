@@ -3,6 +3,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
+  anyHostFits,
   applyPlacement,
   filterHosts,
   releasePlacement,
@@ -288,6 +289,20 @@ describe("scheduler properties", () => {
         for (let i = 0; i < 8; i++) r = releasePlacement(r, vm);
         expect(Math.min(r.allocated.vcpus, r.allocated.memoryMb, r.allocated.diskGb, r.vmCount)).toBeGreaterThanOrEqual(0);
         for (const n of [...Object.values(r.groups), ...Object.values(r.networks)]) expect(n).toBeGreaterThan(0);
+      }),
+      RUNS,
+    );
+  });
+
+  it("anyHostFits answers the same from any starting hint, and the hint it leaves names a host that fits", () => {
+    fc.assert(
+      fc.property(hostsArb, vmArb("v"), fc.nat({ max: 10 }), (hosts, vm, at) => {
+        const plain = anyHostFits(hosts, vm);
+        expect(plain).toBe(filterHosts(hosts, vm).fit.length > 0);
+        const hint = { at };
+        expect(anyHostFits(hosts, vm, hint)).toBe(plain);
+        if (plain) expect(filterHosts([hosts[hint.at]!], vm).fit).toHaveLength(1);
+        else expect(hint.at).toBe(at);
       }),
       RUNS,
     );
