@@ -72,17 +72,29 @@ export interface CoordStats {
   loop: LoopStats;
   /** etcd requests the coordinator has made so far, by store operation (txn, get, lease_keepalive, ...). */
   storeCalls: Record<string, number>;
+  /** Seconds spent in etcd calls, per operation, as the coordinator timed them. */
+  storeSeconds: Record<string, number>;
 }
 
 /** Store operation -> calls made, from the coordinator's noid_etcd_request_duration_seconds histogram. */
-export async function storeCalls(registry: Registry): Promise<Record<string, number>> {
+export async function storeCalls(registry: Registry, what: "_count" | "_sum" = "_count"): Promise<Record<string, number>> {
   const m = registry.getSingleMetric("noid_etcd_request_duration_seconds");
   const out: Record<string, number> = {};
   if (!m) return out;
   for (const v of (await m.get()).values as { value: number; labels: Record<string, string | number | undefined>; metricName?: string }[]) {
-    if (v.metricName?.endsWith("_count") && typeof v.labels.op === "string") out[v.labels.op] = v.value;
+    if (v.metricName?.endsWith(what) && typeof v.labels.op === "string") out[v.labels.op] = v.value;
   }
   return out;
+}
+
+/** Mean milliseconds per call between two readings, per operation ("txn 4.1, get 1.2"; those called at least `min` times). */
+export function storeMeanMs(from: CoordStats, to: CoordStats, min = 10): string {
+  return Object.entries(to.storeCalls)
+    .map(([op, n]) => [op, n - (from.storeCalls[op] ?? 0), (to.storeSeconds[op] ?? 0) - (from.storeSeconds[op] ?? 0)] as const)
+    .filter(([, n]) => n >= min)
+    .sort((a, b) => b[1] - a[1])
+    .map(([op, n, s]) => `${op} ${((1000 * s) / n).toFixed(1)}`)
+    .join(", ");
 }
 
 /** What `to` added over `from`, per operation, as "txn 1.2, get 0.4" per `per` (nonzero only, largest first). */
@@ -164,7 +176,7 @@ export async function startBenchCoordinator(o: CoordinatorOptions): Promise<Benc
       inline: true,
       async stats() {
         const mem = process.memoryUsage();
-        return { rss: mem.rss, heapUsed: mem.heapUsed, placement: { ...(handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }) }, cpu: process.cpuUsage(), loop: loop(), storeCalls: await storeCalls(handle.metrics.registry) };
+        return { rss: mem.rss, heapUsed: mem.heapUsed, placement: { ...(handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }) }, cpu: process.cpuUsage(), loop: loop(), storeCalls: await storeCalls(handle.metrics.registry), storeSeconds: await storeCalls(handle.metrics.registry, "_sum") };
       },
       profileStart: async () => undefined,
       profileStop: async () => "",

@@ -28,7 +28,7 @@ async function main(): Promise<void> {
         // just before the latency figure's creates delayed the first of them by as much.
         if (m.gc) (globalThis as { gc?: () => void }).gc?.();
         const mem = process.memoryUsage();
-        process.send!({ id: m.id, rss: mem.rss, heapUsed: mem.heapUsed, placement: handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }, cpu: process.cpuUsage(), loop: loop(), storeCalls: await storeCalls(handle.metrics.registry) });
+        process.send!({ id: m.id, rss: mem.rss, heapUsed: mem.heapUsed, placement: handle.placement?.stats ?? { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 }, cpu: process.cpuUsage(), loop: loop(), storeCalls: await storeCalls(handle.metrics.registry), storeSeconds: await storeCalls(handle.metrics.registry, "_sum") });
       } else if (m.type === "stop") {
         await handle.stop();
         process.send!({ id: m.id }, () => process.exit(0));

@@ -10,12 +10,12 @@ import { Vm, VmPhase } from "../gen/noid/v1/vm.js";
 import { keys } from "../coordinator/state/keys.js";
 import { connect, isNoidApiError, type NoidClient } from "../sdk/index.js";
 import * as grpc from "@grpc/grpc-js";
-import { startBenchCoordinator, startBenchEtcd, storeCallsPer, type BenchCoordinator, type BenchEtcd } from "./cluster.js";
+import { startBenchCoordinator, startBenchEtcd, storeCallsPer, storeMeanMs, type BenchCoordinator, type BenchEtcd } from "./cluster.js";
 import { dataplaneFigures, measureDataplane } from "./dataplane.js";
 import { placementShapedTxns, sampleAlloc, sampleVm, watchDelivery } from "./raw-etcd.js";
 import { SimFleet, wgKey, type SimHost } from "./sim-agents.js";
 import { WindowProfiler } from "./window-prof.js";
-import { figure, percentile, pool, sleep, sustainedRate, until, type Figure } from "./stats.js";
+import { figure, percentile, pool, schedLine, schedTimes, sleep, sustainedRate, until, type Figure } from "./stats.js";
 
 export interface BenchSizes {
   /** Simulated hosts of the main cluster (placement, latency, API). */
@@ -411,11 +411,19 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number, profD
   const idleCpu = (c0.cpu.user + c0.cpu.system - i0.cpu.user - i0.cpu.system) / 1000 / (performance.now() - ti);
   ctx.log(`latency: coordinator idle with ${fleet.hosts.length} hosts in session: CPU ${(idleCpu * 100).toFixed(0)}% of a core, event loop ${(c0.loop.utilisation * 100).toFixed(0)}% busy, delay p99 ${c0.loop.delayP99Ms.toFixed(1)} ms, ${fleet.sessionsBroken - broken0} sessions broken meanwhile`);
   const broken1 = fleet.sessionsBroken;
+  // How much each process ran and how long it was ready to run but waited for a CPU (2 cores
+  // shared by etcd, the coordinator and this process with its simulated hosts).
+  const pids = { coordinator: ctx.coord.pid, etcd: ctx.etcd.etcd.pid, "bench (client and simulated hosts)": process.pid };
+  const sched0 = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, schedTimes(pid)]));
   const { t0, ok, errors, api, assigned, running, sched, answeredIn } = await createAtRate(names);
   const c1 = await ctx.coord.stats();
   const wall = performance.now() - t0;
+  const schedNote = Object.entries(pids)
+    .map(([k, pid]) => `${k} ${schedLine(sched0[k], schedTimes(pid), wall / 1000)}`)
+    .join("; ");
+  ctx.log(`latency: CPU seconds per second over the creates (all threads; ${ctx.coord.inline ? "coordinator inline: counted in the bench" : "main thread in brackets"}): ${schedNote}; "waited": ready to run, no CPU free`);
   ctx.log(
-    `latency: coordinator CPU ${(((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / wall) * 100).toFixed(0)}% of a core over ${(wall / 1000).toFixed(1)} s (${((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / n).toFixed(2)} ms per VM), event loop ${(c1.loop.utilisation * 100).toFixed(0)}% busy, delay p99 ${c1.loop.delayP99Ms.toFixed(1)} ms, max ${c1.loop.delayMaxMs.toFixed(1)} ms; etcd requests per VM: ${storeCallsPer(c0.storeCalls, c1.storeCalls, n)}; idle, per second: ${storeCallsPer(i0.storeCalls, c0.storeCalls, idleSecs)}; ${fleet.sessionsBroken - broken1} sessions broken during the creates`,
+    `latency: coordinator CPU ${(((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / wall) * 100).toFixed(0)}% of a core over ${(wall / 1000).toFixed(1)} s (${((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / n).toFixed(2)} ms per VM), event loop ${(c1.loop.utilisation * 100).toFixed(0)}% busy, delay p99 ${c1.loop.delayP99Ms.toFixed(1)} ms, max ${c1.loop.delayMaxMs.toFixed(1)} ms; etcd requests per VM: ${storeCallsPer(c0.storeCalls, c1.storeCalls, n)}, mean ms per request as the coordinator timed it (queueing included): ${storeMeanMs(c0, c1)}; idle, per second: ${storeCallsPer(i0.storeCalls, c0.storeCalls, idleSecs)}; ${fleet.sessionsBroken - broken1} sessions broken during the creates`,
   );
   if (prof) {
     const files = [await prof.stop(profDir!, "latency-bench"), await ctx.coord.profileStop(profDir!, "latency-coordinator")].filter((f) => f);

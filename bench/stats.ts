@@ -1,5 +1,5 @@
 // Helpers of the benchmark: percentiles, figure records, the table, the results file.
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 
 /** One row of bench/results.json. */
@@ -119,4 +119,52 @@ export async function until(f: () => boolean, timeoutMs: number, what: string, e
 export function writeResults(figs: readonly Figure[], file: string): void {
   mkdirSync(dirname(file), { recursive: true });
   writeFileSync(file, JSON.stringify(figs, null, 2) + "\n");
+}
+
+/**
+ * CPU time run and time spent runnable but waiting for a CPU (the runqueue),
+ * in ms, summed over a process's threads and for its main thread, from Linux's
+ * /proc/<pid>/task/<tid>/schedstat. Undefined where that is not available.
+ */
+export interface SchedTimes {
+  runMs: number;
+  waitMs: number;
+  mainRunMs: number;
+  mainWaitMs: number;
+}
+
+export function schedTimes(pid: number): SchedTimes | undefined {
+  const read = (tid: string): [number, number] | undefined => {
+    try {
+      const [run, wait] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ").map(Number);
+      return [run! / 1e6, wait! / 1e6];
+    } catch {
+      return undefined;
+    }
+  };
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return undefined;
+  }
+  const main = read(String(pid));
+  if (!main) return undefined;
+  let runMs = 0;
+  let waitMs = 0;
+  for (const t of tids) {
+    const r = read(t);
+    if (r) {
+      runMs += r[0];
+      waitMs += r[1];
+    }
+  }
+  return { runMs, waitMs, mainRunMs: main[0], mainWaitMs: main[1] };
+}
+
+/** "run 0.89 s/s, waited for a CPU 0.31 s/s (main thread 0.70/0.25)" between two readings over `secs`. */
+export function schedLine(a: SchedTimes | undefined, b: SchedTimes | undefined, secs: number): string {
+  if (!a || !b) return "n/a";
+  const f = (x: number) => (x / 1000 / secs).toFixed(2);
+  return `ran ${f(b.runMs - a.runMs)}, waited ${f(b.waitMs - a.waitMs)} (main thread ${f(b.mainRunMs - a.mainRunMs)}/${f(b.mainWaitMs - a.mainWaitMs)})`;
 }

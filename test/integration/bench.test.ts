@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { runBench, type BenchSizes } from "../../bench/run.js";
-import { percentile, renderTable, sustainedRate, writeResults, type Figure } from "../../bench/stats.js";
+import { percentile, renderTable, schedLine, schedTimes, sustainedRate, writeResults, type Figure } from "../../bench/stats.js";
 
 const TINY: BenchSizes = {
   hosts: 2,
@@ -33,6 +33,19 @@ describe("bench harness", () => {
     expect(Number.isNaN(percentile([], 50))).toBe(true);
     // 100 completions 10 ms apart: 100/s.
     expect(sustainedRate(Array.from({ length: 100 }, (_, i) => i * 10))).toBeCloseTo(100, 5);
+  });
+
+  it("reads how long a process ran and waited for a CPU (Linux schedstat)", () => {
+    const a = schedTimes(process.pid)!;
+    const until = performance.now() + 50;
+    while (performance.now() < until); // run on the CPU for 50 ms
+    const b = schedTimes(process.pid)!;
+    expect(b.mainRunMs - a.mainRunMs).toBeGreaterThanOrEqual(40);
+    expect(b.runMs).toBeGreaterThanOrEqual(b.mainRunMs);
+    expect(b.waitMs).toBeGreaterThanOrEqual(a.waitMs);
+    expect(schedTimes(2 ** 22 + 1)).toBeUndefined(); // past the largest pid Linux gives
+    expect(schedLine({ runMs: 0, waitMs: 0, mainRunMs: 0, mainWaitMs: 0 }, { runMs: 1800, waitMs: 600, mainRunMs: 1400, mainWaitMs: 400 }, 2)).toBe("ran 0.90, waited 0.30 (main thread 0.70/0.20)");
+    expect(schedLine(undefined, b, 1)).toBe("n/a");
   });
 
   it("runs every figure on 2 hosts and 20 VMs and writes a well-formed results.json", async () => {
