@@ -38,9 +38,10 @@ describe("bench harness", () => {
   it("reads how long a process ran and waited for a CPU (Linux schedstat)", () => {
     const a = schedTimes(process.pid)!;
     const until = performance.now() + 50;
-    while (performance.now() < until); // run on the CPU for 50 ms
+    while (performance.now() < until); // runnable for 50 ms: on a CPU, or waiting for one on a loaded machine
     const b = schedTimes(process.pid)!;
-    expect(b.mainRunMs - a.mainRunMs).toBeGreaterThanOrEqual(40);
+    expect(b.mainRunMs - a.mainRunMs).toBeGreaterThan(0);
+    expect(b.mainRunMs - a.mainRunMs + (b.mainWaitMs - a.mainWaitMs)).toBeGreaterThanOrEqual(45);
     expect(b.runMs).toBeGreaterThanOrEqual(b.mainRunMs);
     expect(b.waitMs).toBeGreaterThanOrEqual(a.waitMs);
     expect(schedTimes(2 ** 22 + 1)).toBeUndefined(); // past the largest pid Linux gives
