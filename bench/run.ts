@@ -414,6 +414,8 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number, profD
   // How much each process ran and how long it was ready to run but waited for a CPU (2 cores
   // shared by etcd, the coordinator and this process with its simulated hosts).
   const pids = { coordinator: ctx.coord.pid, etcd: ctx.etcd.etcd.pid, "bench (client and simulated hosts)": process.pid };
+  const meshMsgs = () => fleet.hosts.reduce((a, h) => a + h.meshSnapshots, 0);
+  const mesh0 = meshMsgs();
   const sched0 = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, schedTimes(pid)]));
   const { t0, ok, errors, api, assigned, running, sched, answeredIn } = await createAtRate(names);
   const c1 = await ctx.coord.stats();
@@ -421,7 +423,8 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number, profD
   const schedNote = Object.entries(pids)
     .map(([k, pid]) => `${k} ${schedLine(sched0[k], schedTimes(pid), wall / 1000)}`)
     .join("; ");
-  ctx.log(`latency: CPU seconds per second over the creates (all threads; ${ctx.coord.inline ? "coordinator inline: counted in the bench" : "main thread in brackets"}): ${schedNote}; "waited": ready to run, no CPU free`);
+  const meshPer = (meshMsgs() - mesh0) / n;
+  ctx.log(`latency: CPU seconds per second over the creates (all threads; ${ctx.coord.inline ? "coordinator inline: counted in the bench" : "main thread in brackets"}): ${schedNote}; "waited": ready to run, no CPU free; mesh updates sent to hosts per VM created: ${meshPer.toFixed(1)}`);
   ctx.log(
     `latency: coordinator CPU ${(((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / wall) * 100).toFixed(0)}% of a core over ${(wall / 1000).toFixed(1)} s (${((c1.cpu.user + c1.cpu.system - c0.cpu.user - c0.cpu.system) / 1000 / n).toFixed(2)} ms per VM), event loop ${(c1.loop.utilisation * 100).toFixed(0)}% busy, delay p99 ${c1.loop.delayP99Ms.toFixed(1)} ms, max ${c1.loop.delayMaxMs.toFixed(1)} ms; etcd requests per VM: ${storeCallsPer(c0.storeCalls, c1.storeCalls, n)}, mean ms per request as the coordinator timed it (queueing included): ${storeMeanMs(c0, c1)}; idle, per second: ${storeCallsPer(i0.storeCalls, c0.storeCalls, idleSecs)}; ${fleet.sessionsBroken - broken1} sessions broken during the creates`,
   );
