@@ -31,6 +31,7 @@ import { NoidError } from "../../common/errors.js";
 import type { Compare, KeyValue, Lease, ListOptions, ListResult, Op, Store, TxnResult, WatchEvent, Watcher, WatchOptions } from "./store.js";
 import { installEtcdWatchGuard } from "./etcd3-watch-guard.js";
 import { LeaseKeeper, type KeepAliveStream, type LeaseKeeperStats } from "./lease-keeper.js";
+import { EtcdKvClient, type KvCompare, type KvOp, type RawKv } from "./etcd-kv-http2.js";
 
 installEtcdWatchGuard();
 
@@ -46,6 +47,8 @@ export interface EtcdStoreOptions {
   sharedKeepAlive?: boolean;
   /** Shared LeaseKeepAlive streams, leases spread over them by id (default KEEPALIVE_STREAMS). */
   keepAliveStreams?: number;
+  /** Range and Txn over node:http2 (etcd-kv-http2.ts; default); false: through etcd3 as everything else. */
+  http2Kv?: boolean;
 }
 
 /**
@@ -114,6 +117,8 @@ export class EtcdStore implements Store {
     private readonly endpointCount = 1,
     sharedKeepAlive = true,
     keepAliveStreams = KEEPALIVE_STREAMS,
+    /** Range and Txn go here when given (etcd-kv-http2.ts); everything else through etcd3. */
+    private readonly kv?: EtcdKvClient,
   ) {
     this.prefix = Buffer.from(prefix);
     this.keepers = Array.from(
@@ -143,13 +148,34 @@ export class EtcdStore implements Store {
   }
 
   async get(key: string): Promise<KeyValue | undefined> {
+    const kv = this.kv;
+    if (kv) {
+      const res = await this.call(`get ${key}`, (o) => kv.range({ key: this.full(key) }, o.deadline));
+      return res.kvs[0] && this.fromRaw(res.kvs[0]);
+    }
     const res = await this.call(`get ${key}`, (o) => this.client.kv.range({ key: this.full(key) }, o));
-    const kv = res.kvs[0];
-    return kv && this.toKv(kv);
+    const got = res.kvs[0];
+    return got && this.toKv(got);
   }
 
   async list(prefix: string, opts: ListOptions = {}): Promise<ListResult> {
     const start = this.full(prefix);
+    const kv = this.kv;
+    if (kv) {
+      const res = await this.call(`list ${prefix}`, (o) =>
+        kv.range(
+          {
+            key: start,
+            rangeEnd: opts.before !== undefined ? this.full(opts.before) : prefixRangeEnd(start),
+            ...(opts.limit ? { limit: opts.limit } : {}),
+            ...(opts.keysOnly ? { keysOnly: true } : {}),
+            ...(opts.newestFirst ? { descending: true } : {}),
+          },
+          o.deadline,
+        ),
+      );
+      return { kvs: res.kvs.map((x) => this.fromRaw(x)), count: res.count, revision: res.revision };
+    }
     const res = await this.call(`list ${prefix}`, (o) =>
       this.client.kv.range(
         {
@@ -166,6 +192,17 @@ export class EtcdStore implements Store {
   }
 
   async txn(compares: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {
+    const kv = this.kv;
+    if (kv) {
+      return this.call("txn", (o) =>
+        kv.txn(
+          compares.map((c) => this.toKvCompare(c)),
+          success.map((op) => this.toKvOp(op)),
+          failure.map((op) => this.toKvOp(op)),
+          o.deadline,
+        ),
+      );
+    }
     const res = await this.call("txn", (o) =>
       this.client.kv.txn(
         { compare: compares.map((c) => this.toCompare(c)), success: success.map((op) => this.toOp(op)), failure: failure.map((op) => this.toOp(op)) },
@@ -245,6 +282,11 @@ export class EtcdStore implements Store {
   }
 
   async revision(): Promise<number> {
+    const kv = this.kv;
+    if (kv) {
+      const res = await this.call("read revision", (o) => kv.range({ key: this.prefix, rangeEnd: prefixRangeEnd(this.prefix), countOnly: true }, o.deadline));
+      return res.revision;
+    }
     const res = await this.call("read revision", (o) =>
       this.client.kv.range({ key: this.prefix, range_end: prefixRangeEnd(this.prefix), count_only: true }, o),
     );
@@ -256,6 +298,7 @@ export class EtcdStore implements Store {
     this.closed = true;
     for (const k of this.keepers) k.close();
     await Promise.all([...this.watches].map((w) => w.cancel()));
+    this.kv?.close();
     this.client.close();
   }
 
@@ -355,6 +398,34 @@ export class EtcdStore implements Store {
       version: Number(kv.version),
       lease: Number(kv.lease),
     };
+  }
+
+  private fromRaw(kv: RawKv): KeyValue {
+    return {
+      key: kv.key.subarray(this.prefix.length).toString(),
+      value: new Uint8Array(kv.value),
+      modRevision: kv.modRevision,
+      createRevision: kv.createRevision,
+      version: kv.version,
+      lease: kv.lease,
+    };
+  }
+
+  private toKvCompare(c: Compare): KvCompare {
+    return { key: this.full(c.key), target: c.target, op: c.op, value: c.value };
+  }
+
+  private toKvOp(op: Op): KvOp {
+    switch (op.type) {
+      case "put":
+        return { put: { key: this.full(op.key), value: op.value, ...(op.lease ? { lease: op.lease } : {}) } };
+      case "delete":
+        return { del: { key: this.full(op.key) } };
+      case "deletePrefix": {
+        const start = this.full(op.prefix);
+        return { del: { key: start, rangeEnd: prefixRangeEnd(start) } };
+      }
+    }
   }
 
   private toCompare(c: Compare): ICompare {
@@ -600,7 +671,8 @@ export async function createEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore
       ...(opts.tls.cert ? { certChain: opts.tls.cert } : {}),
     };
   }
-  const store = new EtcdStore(new Etcd3(options), opts.prefix, timeoutMs, opts.endpoints.length, opts.sharedKeepAlive ?? true, opts.keepAliveStreams);
+  const kv = opts.http2Kv === false ? undefined : new EtcdKvClient({ endpoints: opts.endpoints, ...(opts.tls ? { tls: opts.tls } : {}) });
+  const store = new EtcdStore(new Etcd3(options), opts.prefix, timeoutMs, opts.endpoints.length, opts.sharedKeepAlive ?? true, opts.keepAliveStreams, kv);
   try {
     await store.revision(); // fail fast on a wrong endpoint instead of on the first real call
   } catch (err) {

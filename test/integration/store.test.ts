@@ -28,6 +28,12 @@ registerStoreContract("etcd", async () => {
   return { store, cleanup: () => store.close() };
 });
 
+// Range and Txn go over node:http2 by default (etcd-kv-http2.ts); the same contract through etcd3.
+registerStoreContract("etcd, Range and Txn through etcd3", async () => {
+  const store = await createEtcdStore({ endpoints: shared.endpoints, prefix: "/noid/v1/", http2Kv: false });
+  return { store, cleanup: () => store.close() };
+});
+
 describe("EtcdStore", () => {
   it("keeps keys under its prefix and returns them relative to it", async () => {
     const a = await createEtcdStore({ endpoints: shared.endpoints, prefix: "/noid/v1/" });
@@ -47,6 +53,34 @@ describe("EtcdStore", () => {
   it("fails fast on a wrong endpoint", async () => {
     const err = await createEtcdStore({ endpoints: ["http://127.0.0.1:1"], prefix: "/noid/v1/", requestTimeoutMs: 1000 }).catch((e: unknown) => e);
     expect(isNoidError(err, "UNAVAILABLE")).toBe(true);
+  });
+
+  it("skips a member that refuses connections: reads and transactions go to the next one", async () => {
+    const prefix = `/skip-${randomUUID()}/`;
+    const store = await createEtcdStore({ endpoints: ["http://127.0.0.1:1", ...shared.endpoints], prefix, requestTimeoutMs: 2000 });
+    try {
+      for (let i = 0; i < 5; i++) {
+        const r = await store.txn([{ key: `k${i}`, target: "mod", op: "==", value: 0 }], [{ type: "put", key: `k${i}`, value: enc(`v${i}`) }]);
+        expect(r.succeeded).toBe(true);
+        expect(dec((await store.get(`k${i}`))!.value)).toBe(`v${i}`);
+      }
+      expect((await store.list("")).kvs.map((kv) => kv.key)).toEqual(["k0", "k1", "k2", "k3", "k4"]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("reports etcd's refusals as before: a key twice in one transaction is INVALID_ARGUMENT and nothing is written", async () => {
+    const prefix = `/dup-${randomUUID()}/`;
+    const store = await createEtcdStore({ endpoints: shared.endpoints, prefix });
+    try {
+      const err = await store.txn([], [{ type: "put", key: "a", value: enc("1") }, { type: "put", key: "a", value: enc("2") }]).catch((e: unknown) => e);
+      expect(isNoidError(err, "INVALID_ARGUMENT")).toBe(true);
+      expect((err as NoidError).message).toMatch(/duplicate key given in txn/);
+      expect(await store.get("a")).toBeUndefined();
+    } finally {
+      await store.close();
+    }
   });
 });
 
