@@ -57,7 +57,8 @@ describe("FAILED VMs release their host", () => {
     // Start: back to PENDING, placed again.
     await admin.startVm("bad");
     await eventually(async () => (await admin.getVm("bad")).status?.hostName === "host-f", 10_000, "bad placed again");
-    expect(agent.vms.has(bad.id)).toBe(true);
+    // The API shows the placement once etcd has it; the host hears of it through its session, a moment later.
+    await eventually(() => agent.vms.has(bad.id), 10_000, "bad sent to host-f again");
     expect((await admin.getVm("bad")).status?.reason).toBe("");
 
     // Destroying a FAILED VM (no host holds it) removes it at once.
