@@ -3,10 +3,10 @@
 // api/mvccpb/kv.proto; field numbers from those files).
 //
 // Why: these two calls are most of what the coordinator asks etcd, and
-// through etcd3 and grpc-js each cost 0.36-0.58 ms of client CPU (the
-// retrying/load-balancing/resolving call layers, protobufjs objects with
-// 64-bit numbers as strings); the same transaction as one HTTP/2 stream with
-// this codec costs 0.18 ms (BENCHMARKS.md, finding 14). Watches, leases and
+// through etcd3 and grpc-js a transaction cost 0.28-0.57 ms of client CPU and
+// a read 0.25 ms (the retrying/load-balancing/resolving call layers,
+// protobufjs objects with 64-bit numbers as strings); as one HTTP/2 stream
+// with this codec, 0.13 ms each (BENCHMARKS.md, finding 14). Watches, leases and
 // everything else stay on etcd3.
 //
 // Errors are built as grpc-js builds them and cast by etcd3's castGrpcError,
@@ -209,10 +209,10 @@ export class EtcdKvClient {
     this.conns.clear();
   }
 
-  private conn(): { conn: Conn; index: number } {
+  private conn(): Conn {
     const index = this.current;
     const have = this.conns.get(index);
-    if (have && !have.session.closed && !have.session.destroyed) return { conn: have, index };
+    if (have && !have.session.closed && !have.session.destroyed) return have;
     const tls = this.o.tls;
     const endpoint = this.o.endpoints[index]!;
     const url = /^[a-z]+:\/\//i.test(endpoint) ? endpoint : `${tls ? "https" : "http"}://${endpoint}`;
@@ -239,12 +239,12 @@ export class EtcdKvClient {
     session.on("close", gone);
     session.on("goaway", gone);
     this.conns.set(index, conn);
-    return { conn, index };
+    return conn;
   }
 
   private unary(path: string, body: Uint8Array, deadline: Date): Promise<Buffer> {
     if (this.closed) return Promise.reject(grpcError(14, "No connection established: client closed"));
-    const { conn } = this.conn();
+    const conn = this.conn();
     const started = Date.now();
     const frame = Buffer.allocUnsafe(5 + body.length);
     frame[0] = 0;
@@ -288,7 +288,12 @@ export class EtcdKvClient {
       const onHeaders = (h: http2.IncomingHttpHeaders) => {
         if (h["grpc-status"] !== undefined) {
           status = Number(h["grpc-status"]);
-          message = decodeURIComponent(String(h["grpc-message"] ?? ""));
+          message = String(h["grpc-message"] ?? "");
+          try {
+            message = decodeURIComponent(message);
+          } catch {
+            // Not percent-encoded as gRPC says it should be: shown as sent.
+          }
         }
       };
       stream.on("response", onHeaders); // trailers-only responses carry the status here
