@@ -340,39 +340,29 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number, profD
   const mine = tenants.slice(base).length > 0 ? tenants.slice(base) : tenants;
   /** Creates `names` at the figure's rate, open loop; times from each scheduled send. */
   const createAtRate = async (names: string[]) => {
-    const sched: number[] = [];
-    const answered = new Map<string, number>();
-    const errors: string[] = [];
     const t0 = performance.now() + 20;
-    const calls: Promise<void>[] = [];
+    const sched: number[] = [];
+    /** Per create: ms from its scheduled send to the API's answer. */
+    const calls: Promise<number>[] = [];
     for (let i = 0; i < names.length; i++) {
       const at = t0 + (i * 1000) / s.createRate;
       const wait = at - performance.now();
       if (wait > 1) await sleep(wait);
       sched.push(at);
-      calls.push(
-        createOne(mine[i % mine.length]!, names[i]!, false).then(() => void answered.set(names[i]!, performance.now() - at)).catch((e: Error) => {
-          errors.push(e.message);
-          throw e;
-        }),
-      );
+      calls.push(createOne(mine[i % mine.length]!, names[i]!, false).then(() => performance.now() - at));
     }
-    const failed = new Set<string>();
-    calls.forEach((p, i) => void p.catch(() => failed.add(names[i]!)));
-    await Promise.allSettled(calls);
-    const ok = names.filter((x) => !failed.has(x));
-    if (ok.length === 0) throw new Error(`bench: every create failed, first: ${errors[0]}`);
-    await until(() => ok.every((x) => fleet.times.running.has(x)), 300_000, "every VM RUNNING");
-    const idx = new Map(names.map((x, i) => [x, i]));
+    const results = await Promise.allSettled(calls);
+    const errors = results.flatMap((r) => (r.status === "rejected" ? [(r.reason as Error).message] : []));
+    const done = names.flatMap((name, i) => (results[i]!.status === "fulfilled" ? [{ name, at: sched[i]!, api: (results[i] as PromiseFulfilledResult<number>).value }] : []));
+    if (done.length === 0) throw new Error(`bench: every create failed, first: ${errors[0]}`);
+    await until(() => done.every((d) => fleet.times.running.has(d.name)), 300_000, "every VM RUNNING");
     return {
       t0,
-      sched: new Map(names.map((x, i) => [x, sched[i]!])),
-      answeredIn: answered,
-      ok,
+      created: done.length,
       errors,
-      api: ok.map((x) => answered.get(x)!),
-      assigned: ok.map((x) => fleet.times.assigned.get(x)! - sched[idx.get(x)!]!),
-      running: ok.map((x) => fleet.times.running.get(x)! - sched[idx.get(x)!]!),
+      api: done.map((d) => d.api),
+      assigned: done.map((d) => fleet.times.assigned.get(d.name)! - d.at),
+      running: done.map((d) => fleet.times.running.get(d.name)! - d.at),
     };
   };
   const w = await createAtRate(Array.from({ length: warm }, (_, i) => `w-${i}`));
@@ -417,7 +407,7 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number, profD
   const meshMsgs = () => fleet.hosts.reduce((a, h) => a + h.meshSnapshots, 0);
   const mesh0 = meshMsgs();
   const sched0 = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, schedTimes(pid)]));
-  const { t0, ok, errors, api, assigned, running, sched, answeredIn } = await createAtRate(names);
+  const { t0, created, errors, api, assigned, running } = await createAtRate(names);
   const c1 = await ctx.coord.stats();
   const wall = performance.now() - t0;
   const schedNote = Object.entries(pids)
@@ -437,7 +427,7 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number, profD
   const m1 = await ctx.etcd.metrics();
   await spy.cancel();
   const writes = rev1 - rev0;
-  const changes = 3 * ok.length; // created, assigned, RUNNING
+  const changes = 3 * created; // created, assigned, RUNNING
   const puts = (m1.etcd_mvcc_put_total ?? 0) - (m0.etcd_mvcc_put_total ?? 0);
   ctx.log(
     `latency: ${n} creates (${errors.length} failed) at ${s.createRate}/s: API answered p50 ${percentile(api, 50).toFixed(1)} p99 ${percentile(api, 99).toFixed(1)} ms; assigned p50 ${percentile(assigned, 50).toFixed(1)} p99 ${percentile(assigned, 99).toFixed(1)} ms; RUNNING p50 ${percentile(running, 50).toFixed(1)} p99 ${percentile(running, 99).toFixed(1)} ms; ${writes} etcd write txns, ${puts} keys put (${[...byPrefix].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(", ")})`,
@@ -477,7 +467,7 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number, profD
       target: 1.2,
       targetOn: "value",
       direction: "max",
-      notes: `etcd revision grew ${writes} for ${changes} changes (created, assigned, RUNNING x ${ok.length}; failed creates' writes count too); ${(puts / changes).toFixed(2)} keys put per change`,
+      notes: `etcd revision grew ${writes} for ${changes} changes (created, assigned, RUNNING x ${created}; failed creates' writes count too); ${(puts / changes).toFixed(2)} keys put per change`,
     }),
     figure({
       name: "bytes_per_vm_record",
