@@ -15,15 +15,15 @@
 // another member; anything that may have reached etcd is not retried.
 import http2 from "node:http2";
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { status as grpcStatus } from "@grpc/grpc-js";
 import { castGrpcError } from "etcd3";
+import type { CompareOp, CompareTarget } from "./store.js";
 
-export type KvTarget = "mod" | "create" | "version" | "value";
-export type KvResult = "==" | "!=" | "<" | ">";
-
+/** A Store Compare with the key in full (prefixed, as etcd holds it). */
 export interface KvCompare {
   key: Uint8Array;
-  target: KvTarget;
-  op: KvResult;
+  target: CompareTarget;
+  op: CompareOp;
   value: number | Uint8Array;
 }
 
@@ -49,10 +49,10 @@ export interface RawKv {
 }
 
 // Compare.CompareResult and Compare.CompareTarget.
-const RESULT: Record<KvResult, number> = { "==": 0, ">": 1, "<": 2, "!=": 3 };
-const TARGET: Record<KvTarget, number> = { version: 0, create: 1, mod: 2, value: 3 };
+const RESULT: Record<CompareOp, number> = { "==": 0, ">": 1, "<": 2, "!=": 3 };
+const TARGET: Record<CompareTarget, number> = { version: 0, create: 1, mod: 2, value: 3 };
 // Compare's target_union field for each target.
-const UNION_FIELD: Record<KvTarget, number> = { version: 4, create: 5, mod: 6, value: 7 };
+const UNION_FIELD: Record<CompareTarget, number> = { version: 4, create: 5, mod: 6, value: 7 };
 
 const WIRE_VARINT = 0;
 const WIRE_LEN = 2;
@@ -157,11 +157,9 @@ export function decodeRange(b: Uint8Array): { revision: number; kvs: RawKv[]; co
   return out;
 }
 
-const STATUS_NAMES = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"];
-
 /** The error grpc-js would give for this status, cast to etcd3's typed errors as etcd3 casts its own. */
 export function grpcError(code: number, details: string): Error {
-  const e = Object.assign(new Error(`${code} ${STATUS_NAMES[code] ?? "UNKNOWN"}: ${details}`), { code, details });
+  const e = Object.assign(new Error(`${code} ${grpcStatus[code] ?? "UNKNOWN"}: ${details}`), { code, details });
   return castGrpcError(e);
 }
 
