@@ -14,11 +14,7 @@ import {
   GRPCResourceExhastedError,
   ClientClosedError,
   castGrpcError,
-  SortOrder,
-  SortTarget,
   type IKeyValue,
-  type ICompare,
-  type IRequestOp,
   type IResponseHeader,
   type IOptions,
   type Watcher as EtcdWatcher,
@@ -47,8 +43,6 @@ export interface EtcdStoreOptions {
   sharedKeepAlive?: boolean;
   /** Shared LeaseKeepAlive streams, leases spread over them by id (default KEEPALIVE_STREAMS). */
   keepAliveStreams?: number;
-  /** Range and Txn over node:http2 (etcd-kv-http2.ts; default); false: through etcd3 as everything else. */
-  http2Kv?: boolean;
 }
 
 /**
@@ -75,8 +69,6 @@ export function prefixRangeEnd(prefix: Buffer): Buffer {
   return Buffer.from([0]); // every key: etcd's "\0" range end means "to the end of the keyspace"
 }
 
-const TARGETS = { mod: "Mod", create: "Create", version: "Version", value: "Value" } as const;
-const RESULTS = { "==": "Equal", "!=": "NotEqual", "<": "Less", ">": "Greater" } as const;
 
 /** Pure: etcd's error (already cast by etcd3) to our error, naming what we were doing. */
 export function mapEtcdError(what: string, err: unknown): NoidError {
@@ -112,13 +104,13 @@ export class EtcdStore implements Store {
 
   constructor(
     private readonly client: Etcd3,
+    /** Range and Txn go here (etcd-kv-http2.ts); watches, leases and the rest through etcd3. */
+    private readonly kv: EtcdKvClient,
     prefix: string,
     private readonly timeoutMs: number,
     private readonly endpointCount = 1,
     sharedKeepAlive = true,
     keepAliveStreams = KEEPALIVE_STREAMS,
-    /** Range and Txn go here when given (etcd-kv-http2.ts); everything else through etcd3. */
-    private readonly kv?: EtcdKvClient,
   ) {
     this.prefix = Buffer.from(prefix);
     this.keepers = Array.from(
@@ -148,68 +140,36 @@ export class EtcdStore implements Store {
   }
 
   async get(key: string): Promise<KeyValue | undefined> {
-    const kv = this.kv;
-    if (kv) {
-      const res = await this.call(`get ${key}`, (o) => kv.range({ key: this.full(key) }, o.deadline));
-      return res.kvs[0] && this.fromRaw(res.kvs[0]);
-    }
-    const res = await this.call(`get ${key}`, (o) => this.client.kv.range({ key: this.full(key) }, o));
-    const got = res.kvs[0];
-    return got && this.toKv(got);
+    const res = await this.call(`get ${key}`, (o) => this.kv.range({ key: this.full(key) }, o.deadline));
+    return res.kvs[0] && this.fromRaw(res.kvs[0]);
   }
 
   async list(prefix: string, opts: ListOptions = {}): Promise<ListResult> {
     const start = this.full(prefix);
-    const kv = this.kv;
-    if (kv) {
-      const res = await this.call(`list ${prefix}`, (o) =>
-        kv.range(
-          {
-            key: start,
-            rangeEnd: opts.before !== undefined ? this.full(opts.before) : prefixRangeEnd(start),
-            ...(opts.limit ? { limit: opts.limit } : {}),
-            ...(opts.keysOnly ? { keysOnly: true } : {}),
-            ...(opts.newestFirst ? { descending: true } : {}),
-          },
-          o.deadline,
-        ),
-      );
-      return { kvs: res.kvs.map((x) => this.fromRaw(x)), count: res.count, revision: res.revision };
-    }
     const res = await this.call(`list ${prefix}`, (o) =>
-      this.client.kv.range(
+      this.kv.range(
         {
           key: start,
-          range_end: opts.before !== undefined ? this.full(opts.before) : prefixRangeEnd(start),
+          rangeEnd: opts.before !== undefined ? this.full(opts.before) : prefixRangeEnd(start),
           ...(opts.limit ? { limit: opts.limit } : {}),
-          ...(opts.keysOnly ? { keys_only: true } : {}),
-          ...(opts.newestFirst ? { sort_order: SortOrder.Descend, sort_target: SortTarget.Key } : {}),
+          ...(opts.keysOnly ? { keysOnly: true } : {}),
+          ...(opts.newestFirst ? { descending: true } : {}),
         },
-        o,
+        o.deadline,
       ),
     );
-    return { kvs: res.kvs.map((kv) => this.toKv(kv)), count: Number(res.count), revision: rev(res.header) };
+    return { kvs: res.kvs.map((x) => this.fromRaw(x)), count: res.count, revision: res.revision };
   }
 
-  async txn(compares: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {
-    const kv = this.kv;
-    if (kv) {
-      return this.call("txn", (o) =>
-        kv.txn(
-          compares.map((c) => this.toKvCompare(c)),
-          success.map((op) => this.toKvOp(op)),
-          failure.map((op) => this.toKvOp(op)),
-          o.deadline,
-        ),
-      );
-    }
-    const res = await this.call("txn", (o) =>
-      this.client.kv.txn(
-        { compare: compares.map((c) => this.toCompare(c)), success: success.map((op) => this.toOp(op)), failure: failure.map((op) => this.toOp(op)) },
-        o,
+  txn(compares: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {
+    return this.call("txn", (o) =>
+      this.kv.txn(
+        compares.map((c) => this.toKvCompare(c)),
+        success.map((op) => this.toKvOp(op)),
+        failure.map((op) => this.toKvOp(op)),
+        o.deadline,
       ),
     );
-    return { succeeded: res.succeeded, revision: rev(res.header) };
   }
 
   async put(key: string, value: Uint8Array, opts: { lease?: number } = {}): Promise<number> {
@@ -282,15 +242,8 @@ export class EtcdStore implements Store {
   }
 
   async revision(): Promise<number> {
-    const kv = this.kv;
-    if (kv) {
-      const res = await this.call("read revision", (o) => kv.range({ key: this.prefix, rangeEnd: prefixRangeEnd(this.prefix), countOnly: true }, o.deadline));
-      return res.revision;
-    }
-    const res = await this.call("read revision", (o) =>
-      this.client.kv.range({ key: this.prefix, range_end: prefixRangeEnd(this.prefix), count_only: true }, o),
-    );
-    return rev(res.header);
+    const res = await this.call("read revision", (o) => this.kv.range({ key: this.prefix, rangeEnd: prefixRangeEnd(this.prefix), countOnly: true }, o.deadline));
+    return res.revision;
   }
 
   async close(): Promise<void> {
@@ -298,7 +251,7 @@ export class EtcdStore implements Store {
     this.closed = true;
     for (const k of this.keepers) k.close();
     await Promise.all([...this.watches].map((w) => w.cancel()));
-    this.kv?.close();
+    this.kv.close();
     this.client.close();
   }
 
@@ -424,33 +377,6 @@ export class EtcdStore implements Store {
       case "deletePrefix": {
         const start = this.full(op.prefix);
         return { del: { key: start, rangeEnd: prefixRangeEnd(start) } };
-      }
-    }
-  }
-
-  private toCompare(c: Compare): ICompare {
-    const base: ICompare = { key: this.full(c.key), target: TARGETS[c.target], result: RESULTS[c.op] };
-    switch (c.target) {
-      case "mod":
-        return { ...base, mod_revision: c.value };
-      case "create":
-        return { ...base, create_revision: c.value };
-      case "version":
-        return { ...base, version: c.value };
-      case "value":
-        return { ...base, value: Buffer.from(c.value) };
-    }
-  }
-
-  private toOp(op: Op): IRequestOp {
-    switch (op.type) {
-      case "put":
-        return { request_put: { key: this.full(op.key), value: Buffer.from(op.value), ...(op.lease ? { lease: op.lease } : {}) } };
-      case "delete":
-        return { request_delete_range: { key: this.full(op.key) } };
-      case "deletePrefix": {
-        const start = this.full(op.prefix);
-        return { request_delete_range: { key: start, range_end: prefixRangeEnd(start) } };
       }
     }
   }
@@ -671,8 +597,8 @@ export async function createEtcdStore(opts: EtcdStoreOptions): Promise<EtcdStore
       ...(opts.tls.cert ? { certChain: opts.tls.cert } : {}),
     };
   }
-  const kv = opts.http2Kv === false ? undefined : new EtcdKvClient({ endpoints: opts.endpoints, ...(opts.tls ? { tls: opts.tls } : {}) });
-  const store = new EtcdStore(new Etcd3(options), opts.prefix, timeoutMs, opts.endpoints.length, opts.sharedKeepAlive ?? true, opts.keepAliveStreams, kv);
+  const kv = new EtcdKvClient({ endpoints: opts.endpoints, ...(opts.tls ? { tls: opts.tls } : {}) });
+  const store = new EtcdStore(new Etcd3(options), kv, opts.prefix, timeoutMs, opts.endpoints.length, opts.sharedKeepAlive ?? true, opts.keepAliveStreams);
   try {
     await store.revision(); // fail fast on a wrong endpoint instead of on the first real call
   } catch (err) {

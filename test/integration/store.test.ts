@@ -28,12 +28,6 @@ registerStoreContract("etcd", async () => {
   return { store, cleanup: () => store.close() };
 });
 
-// Range and Txn go over node:http2 by default (etcd-kv-http2.ts); the same contract through etcd3.
-registerStoreContract("etcd, Range and Txn through etcd3", async () => {
-  const store = await createEtcdStore({ endpoints: shared.endpoints, prefix: "/noid/v1/", http2Kv: false });
-  return { store, cleanup: () => store.close() };
-});
-
 describe("EtcdStore", () => {
   it("keeps keys under its prefix and returns them relative to it", async () => {
     const a = await createEtcdStore({ endpoints: shared.endpoints, prefix: "/noid/v1/" });
