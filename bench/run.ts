@@ -390,29 +390,34 @@ async function createLatency(ctx: Ctx, s: BenchSizes, rawTxnP99Ms: number, profD
   const prof = profDir ? new WindowProfiler() : undefined;
   // The coordinator's own cost with every host in session and nothing asked of it, for comparison.
   if (prof) await ctx.coord.profileStart();
+  // How much each process ran and how long it was ready to run but waited for a CPU (2 cores
+  // shared by etcd, the coordinator and this process with its simulated hosts).
+  const pids = { coordinator: ctx.coord.pid, etcd: ctx.etcd.etcd.pid, "bench (client and simulated hosts)": process.pid };
+  const schedAll = () => Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, schedTimes(pid)]));
+  const schedNoteOf = (a: ReturnType<typeof schedAll>, secs: number) =>
+    Object.entries(pids)
+      .map(([k, pid]) => `${k} ${schedLine(a[k], schedTimes(pid), secs)}`)
+      .join("; ");
   const i0 = await ctx.coord.stats();
   const broken0 = fleet.sessionsBroken;
+  const schedIdle = schedAll();
   const ti = performance.now();
   await sleep(2000);
   const c0 = await ctx.coord.stats();
   const idleSecs = (performance.now() - ti) / 1000;
+  const idleSched = schedNoteOf(schedIdle, idleSecs);
   if (prof) await ctx.coord.profileStop(profDir!, "idle-coordinator");
   if (prof) await Promise.all([prof.start(), ctx.coord.profileStart()]);
   const idleCpu = (c0.cpu.user + c0.cpu.system - i0.cpu.user - i0.cpu.system) / 1000 / (performance.now() - ti);
-  ctx.log(`latency: coordinator idle with ${fleet.hosts.length} hosts in session: CPU ${(idleCpu * 100).toFixed(0)}% of a core, event loop ${(c0.loop.utilisation * 100).toFixed(0)}% busy, delay p99 ${c0.loop.delayP99Ms.toFixed(1)} ms, ${fleet.sessionsBroken - broken0} sessions broken meanwhile`);
+  ctx.log(`latency: coordinator idle with ${fleet.hosts.length} hosts in session: CPU ${(idleCpu * 100).toFixed(0)}% of a core, event loop ${(c0.loop.utilisation * 100).toFixed(0)}% busy, delay p99 ${c0.loop.delayP99Ms.toFixed(1)} ms, ${fleet.sessionsBroken - broken0} sessions broken meanwhile; CPU seconds per second meanwhile: ${idleSched}`);
   const broken1 = fleet.sessionsBroken;
-  // How much each process ran and how long it was ready to run but waited for a CPU (2 cores
-  // shared by etcd, the coordinator and this process with its simulated hosts).
-  const pids = { coordinator: ctx.coord.pid, etcd: ctx.etcd.etcd.pid, "bench (client and simulated hosts)": process.pid };
   const meshMsgs = () => fleet.hosts.reduce((a, h) => a + h.meshSnapshots, 0);
   const mesh0 = meshMsgs();
-  const sched0 = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, schedTimes(pid)]));
+  const sched0 = schedAll();
   const { t0, created, errors, api, assigned, running } = await createAtRate(names);
   const c1 = await ctx.coord.stats();
   const wall = performance.now() - t0;
-  const schedNote = Object.entries(pids)
-    .map(([k, pid]) => `${k} ${schedLine(sched0[k], schedTimes(pid), wall / 1000)}`)
-    .join("; ");
+  const schedNote = schedNoteOf(sched0, wall / 1000);
   const meshPer = (meshMsgs() - mesh0) / n;
   ctx.log(`latency: CPU seconds per second over the creates (all threads; ${ctx.coord.inline ? "coordinator inline: counted in the bench" : "main thread in brackets"}): ${schedNote}; "waited": ready to run, no CPU free; mesh updates sent to hosts per VM created: ${meshPer.toFixed(1)}`);
   ctx.log(
