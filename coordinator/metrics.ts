@@ -281,7 +281,8 @@ export class CoordinatorMetrics {
   }
 
   private observePlacement(c: Change<Vm>): void {
-    if (c.type !== "put" || !c.prev || c.prev.value.status?.hostId || !c.entry.value.status?.hostId) return;
+    // Placed by this change: an unplaced VM given a host, or a VM created placed (the leader places in the create).
+    if (c.type !== "put" || c.prev?.value.status?.hostId || !c.entry.value.status?.hostId) return;
     const created = c.entry.value.createdAt?.getTime();
     const placed = c.entry.value.status.updatedAt?.getTime() ?? Date.now();
     if (created !== undefined) this.schedulingLatency.observe(Math.max(0, (placed - created) / 1000));

@@ -251,11 +251,15 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     const networks = new NetworkRepo({ store, clock, settings: netSettings, auditKey });
     const vmNetworks = new VmNetworks({ store, clock, repo: networks, graceSeconds: netSettings.ip_reuse_grace_seconds, logger: logger.child({ component: "ipam" }) });
     const portRepo = new PortRepo({ store, clock, auditKey });
+    // The placement controller while this replica leads (see the leader election below).
+    let placement: PlacementController | undefined;
     const vms = new VmRepo({ store, clock, newId: newVmId, auditKey, network: vmNetworks, ports: portRepo, names: new InformerNameIndex(cluster.vms),
       cached: (id) => {
         const e = cluster.vms.get(keys.vm(id));
         return e ? { vm: e.value, modRevision: e.modRevision } : undefined;
       },
+      // The leader places VMs in their create transaction; other replicas create them unplaced.
+      placeAtCreate: (list, room) => placement?.placeAtCreate(list, room),
     });
     // VMs created elsewhere (another replica) or removed make the creates' cached counters stale.
     const offVmChanges = cluster.vms.onChange((c) => vms.noteVmChange(c));
@@ -360,7 +364,6 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
     );
 
     // Only the leader runs controllers; their writes go through a store fenced by its term.
-    let placement: PlacementController | undefined;
     let hostLossCtl: HostLossController | undefined;
     const pastTerms: PlacementStats = { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0 };
     let maintenance: NodeJS.Timeout | undefined;
@@ -369,9 +372,9 @@ export async function startCoordinator(opts: StartOptions): Promise<CoordinatorH
       nodeId: cfg.ha.node_id || nodeIdOf(cfg.state_dir),
       leaseSeconds: cfg.ha.leader_lease_seconds,
       logger: logger.child({ component: "leader" }),
-      onElected: ({ fenced }) => {
+      onElected: ({ fence, fenced }) => {
         health.setStatus(LEADER_HEALTH_SERVICE, "SERVING");
-        placement = new PlacementController({ store: fenced, cluster, policy: cfg.scheduler.policy, logger: logger.child({ component: "placement" }), clock });
+        placement = new PlacementController({ store: fenced, fence, cluster, policy: cfg.scheduler.policy, logger: logger.child({ component: "placement" }), clock });
         placement.start();
         hostLossCtl = new HostLossController({ store: fenced, cluster, defaults: hostLoss, logger: logger.child({ component: "host-loss" }), clock });
         hostLossCtl.start();

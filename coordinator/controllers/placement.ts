@@ -17,6 +17,8 @@ import { keys } from "../state/keys.js";
 import { enc } from "../state/codec.js";
 import { addAlloc, networkKey, pendingReasonWrite, unchanged, type Clock } from "../state/vm-repo.js";
 import { viewWithAllocation } from "../state/cluster.js";
+import type { HostView } from "../scheduler/types.js";
+import { fenceCompare } from "../ha/leader.js";
 
 export function requestOf(vm: Vm): VmRequest {
   const s = vm.spec!;
@@ -161,6 +163,21 @@ export function planPlacementTxns(
   return { txns };
 }
 
+/**
+ * Placement decided while a VM is being created, to go in its create
+ * transaction (PlacementController.placeAtCreate). The create writes `placed`
+ * instead of the unplaced records it planned, adds these compares and
+ * operations, and calls `settle` once with the outcome.
+ */
+export interface CreatePlacement {
+  compares: Compare[];
+  ops: Op[];
+  /** By VM id: the record as placed. VMs not in here stay unplaced (the controller's passes place them). */
+  placed: Map<string, Vm>;
+  /** The transaction's revision if it committed, undefined if it did not (or its outcome is unknown). */
+  settle(revision: number | undefined): void;
+}
+
 export class PlacementController {
   private readonly loop: PassLoop;
   private readonly unsubs: (() => void)[] = [];
@@ -182,9 +199,27 @@ export class PlacementController {
    * pass was 100,000 checks per pass at 100,000 VMs, passes tens per second).
    */
   private readonly unplaced = new Map<string, Entry<Vm>>();
+  /**
+   * Hosts whose allocation has a write in flight, by whom: a pass's commit
+   * or a create placing at once (placeAtCreate). Neither decides for a host
+   * the other is writing: its allocation is about to change, and a second
+   * write planned from the old one would only lose the race.
+   */
+  private readonly writing = new Map<string, { pass: number; create: number }>();
+  /** Hosts placed on at create since the current pass began (it drops what it decided for them). */
+  private readonly createdOn = new Set<string>();
 
   constructor(
-    private readonly d: { store: Store; cluster: ClusterState; policy: Policy; logger: Logger; clock: Clock; maxTxnOps?: number },
+    private readonly d: {
+      store: Store;
+      cluster: ClusterState;
+      policy: Policy;
+      logger: Logger;
+      clock: Clock;
+      maxTxnOps?: number;
+      /** The leader term's fencing token: placements made in a create transaction compare it (the controller's own writes go through a fenced store). */
+      fence?: number;
+    },
   ) {
     this.maxOps = d.maxTxnOps ?? MAX_TXN_OPS;
     // A pass over a large backlog is expensive (every pending VM against every host): the
@@ -251,7 +286,6 @@ export class PlacementController {
       const e = c.vms.get(keys.vm(id));
       if (!e || e.modRevision >= rev) this.placedAhead.delete(id);
     }
-    for (const [hostId, a] of this.allocAhead) if (c.allocationOf(hostId).modRevision >= a.modRevision) this.allocAhead.delete(hostId);
     const waiting = [...this.unplaced.values()]
       .filter((e) => !this.placedAhead.has(e.value.id))
       .sort((a, b) => a.createRevision - b.createRevision);
@@ -266,12 +300,14 @@ export class PlacementController {
     const pending = waiting.slice(0, PASS_MAX_VMS);
     this.stats.passes = (this.stats.passes ?? 0) + 1;
     if (waiting.length > pending.length) this.loop.again();
+    // Placements at create change allocations under this pass: those in flight now are not in
+    // its views, those made while it decides were not either. Its decisions for those hosts are
+    // dropped (decided again next pass).
+    this.createdOn.clear();
+    const creatingAtStart = new Set<string>();
+    for (const [hostId, w] of this.writing) if (w.create > 0) creatingAtStart.add(hostId);
     // One batch over the host views (copied once), fed SLICE_VMS at a time.
-    const views = this.allocAhead.size === 0 ? c.hostViews() : c.hostViews().map((v) => {
-      const a = this.allocAhead.get(v.id);
-      return a ? viewWithAllocation(v, a.record) : v;
-    });
-    const batch = new BatchScheduler(views, this.d.policy);
+    const batch = new BatchScheduler(this.views(), this.d.policy);
     const decisions: Decision[] = [];
     for (let i = 0; i < pending.length; i += SLICE_VMS) {
       if (i > 0) {
@@ -287,7 +323,9 @@ export class PlacementController {
     for (const [i, decision] of decisions.entries()) {
       const entry = pending[i]!;
       if (!decision.placed) unplaceable.push({ entry, reason: decision.reason });
-      else {
+      else if (creatingAtStart.has(decision.hostId) || this.createdOn.has(decision.hostId)) {
+        this.loop.again();
+      } else {
         const host = c.hosts.get(keys.host(decision.hostId))?.value;
         if (host) items.push({ entry, hostId: host.id, hostName: host.name });
       }
@@ -396,9 +434,106 @@ export class PlacementController {
         }
       }
     };
-    await Promise.all(Array.from({ length: Math.min(COMMIT_CONCURRENCY, txns.length) }, worker));
+    const hosts = new Set(txns.flatMap((t) => [...t.allocs.keys()]));
+    for (const h of hosts) this.markWriting(h, "pass", 1);
+    try {
+      await Promise.all(Array.from({ length: Math.min(COMMIT_CONCURRENCY, txns.length) }, worker));
+    } finally {
+      for (const h of hosts) this.markWriting(h, "pass", -1);
+    }
     if (error !== undefined) throw error;
     return { committed, lostRace };
+  }
+
+  /** The host views as the scheduler should see them: the informer's, with the allocations this controller wrote ahead of it. */
+  private views(): readonly HostView[] {
+    const c = this.d.cluster;
+    // Written ahead and since seen by the informer: its view has it.
+    for (const [hostId, a] of this.allocAhead) if (c.allocationOf(hostId).modRevision >= a.modRevision) this.allocAhead.delete(hostId);
+    const views = c.hostViews();
+    if (this.allocAhead.size === 0) return views;
+    return views.map((v) => {
+      const a = this.allocAhead.get(v.id);
+      return a ? viewWithAllocation(v, a.record) : v;
+    });
+  }
+
+  private markWriting(hostId: string, by: "pass" | "create", delta: 1 | -1): void {
+    const w = this.writing.get(hostId) ?? { pass: 0, create: 0 };
+    w[by] += delta;
+    if (w.pass === 0 && w.create === 0) this.writing.delete(hostId);
+    else this.writing.set(hostId, w);
+  }
+
+  /**
+   * Decides hosts for VMs being created, for their create transaction to
+   * place them too: one transaction instead of two, and no wait for the
+   * watch and a pass before a VM reaches its host. The same scheduler and
+   * policy as a pass, on the same views; a host whose allocation a pass is
+   * writing is left out (the next best is taken). What this does not place
+   * (nothing fits, no room left in the transaction, this controller
+   * stopped) is created unplaced and placed by a pass as before, which also
+   * writes why it waits. Synchronous: nothing else decides in between.
+   * The transaction compares each host's allocation as read (or as this
+   * controller last wrote it), that the host exists, and this leader's term.
+   */
+  placeAtCreate(vms: readonly Vm[], room: { ops: number; compares: number }): CreatePlacement | undefined {
+    if (this.loop.stopped || vms.length === 0) return undefined;
+    const c = this.d.cluster;
+    const views = this.views();
+    const batch = new BatchScheduler(this.writing.size === 0 ? views : views.filter((v) => !this.writing.has(v.id)), this.d.policy);
+    const fence = this.d.fence !== undefined ? [fenceCompare(this.d.fence)] : [];
+    let ops = 0;
+    let compares = fence.length;
+    const byHost = new Map<string, { hostName: string; vms: Vm[] }>();
+    for (const vm of vms) {
+      const d = batch.decide(requestOf(vm));
+      if (!d.placed) continue;
+      const host = c.hosts.get(keys.host(d.hostId))?.value;
+      if (!host) continue;
+      const known = byHost.get(host.id);
+      // Per VM one put (its assignment; its record replaces the create's); per host two compares and one put.
+      const addOps = 1 + (known ? 0 : 1);
+      const addCompares = known ? 0 : 2;
+      if (ops + addOps > room.ops || compares + addCompares > room.compares) break;
+      ops += addOps;
+      compares += addCompares;
+      if (known) known.vms.push(vm);
+      else byHost.set(host.id, { hostName: host.name, vms: [vm] });
+    }
+    if (byHost.size === 0) return undefined;
+    const now = this.d.clock.now();
+    const out: CreatePlacement = { compares: [...fence], ops: [], placed: new Map(), settle: () => undefined };
+    const allocs = new Map<string, AllocationRecord>();
+    for (const [hostId, { hostName, vms: list }] of byHost) {
+      const read = this.allocAhead.get(hostId) ?? c.allocationOf(hostId);
+      let record = read.record;
+      out.compares.push(unchanged(keys.alloc(hostId), read), { key: keys.host(hostId), target: "create", op: ">", value: 0 });
+      for (const vm of list) {
+        record = addAlloc(record, vm);
+        out.placed.set(vm.id, { ...vm, status: { ...vm.status!, phase: VmPhase.VM_PHASE_PENDING, hostId, hostName, reason: "", updatedAt: now } });
+        out.ops.push({ type: "put", key: keys.assign(hostId, vm.id), value: Buffer.from(vm.id) });
+      }
+      out.ops.push({ type: "put", key: keys.alloc(hostId), value: enc(AllocationRecord, record!) });
+      allocs.set(hostId, record!);
+      this.markWriting(hostId, "create", 1);
+      this.createdOn.add(hostId);
+    }
+    let settled = false;
+    out.settle = (revision) => {
+      if (settled) return;
+      settled = true;
+      this.stats.attempts += out.placed.size;
+      if (revision !== undefined) {
+        this.stats.placed += out.placed.size;
+        // Before the hosts are free again: whoever decides next sees these allocations.
+        for (const [hostId, record] of allocs) this.allocAhead.set(hostId, { record, modRevision: revision });
+      } else this.stats.conflicts++;
+      for (const hostId of allocs.keys()) this.markWriting(hostId, "create", -1);
+      // A pass may have left VMs for these hosts to the next one.
+      this.kick();
+    };
+    return out;
   }
 
   /**

@@ -34,6 +34,10 @@ function vmRef(vm: Vm): Pick<EventInput, "vmId" | "vmName" | "owner" | "hostId" 
   return { vmId: vm.id, vmName: vm.name, owner: vm.owner, hostId: vm.status?.hostId ?? "", hostName: vm.status?.hostName ?? "" };
 }
 
+function scheduled(vm: Vm): EventInput {
+  return { kind: "vm.scheduled", ...vmRef(vm), message: `vm ${vm.name} placed on ${vm.status?.hostName || vm.status?.hostId}` };
+}
+
 /** Pure: the events one change of vms/ stands for. */
 export function vmEvents(c: Change<Vm>): EventInput[] {
   if (c.type === "delete") {
@@ -42,13 +46,17 @@ export function vmEvents(c: Change<Vm>): EventInput[] {
     return [{ kind: "vm.deleted", ...vmRef(vm), message: `vm ${vm.name} deleted` }];
   }
   const vm = c.entry.value;
-  if (!c.prev) return [{ kind: "vm.created", ...vmRef(vm), message: `vm ${vm.name} created`, attributes: { phase: phaseName(vm.status?.phase) } }];
+  if (!c.prev) {
+    const created: EventInput = { kind: "vm.created", ...vmRef(vm), message: `vm ${vm.name} created`, attributes: { phase: phaseName(vm.status?.phase) } };
+    // The leader places a VM in its create transaction when it can.
+    return vm.status?.hostId ? [created, scheduled(vm)] : [created];
+  }
   const before = c.prev.value;
   const out: EventInput[] = [];
   const was = before.status?.phase;
   const now = vm.status?.phase;
   if (!before.status?.hostId && vm.status?.hostId) {
-    out.push({ kind: "vm.scheduled", ...vmRef(vm), message: `vm ${vm.name} placed on ${vm.status.hostName || vm.status.hostId}` });
+    out.push(scheduled(vm));
   } else if (!vm.status?.hostId && vm.status?.reason && vm.status.reason !== before.status?.reason) {
     out.push({ kind: "vm.unschedulable", severity: "warning", ...vmRef(vm), message: `vm ${vm.name} cannot be placed: ${vm.status.reason}`, attributes: { reason: vm.status.reason } });
   }

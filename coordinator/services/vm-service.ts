@@ -56,6 +56,8 @@ export function vmService(d: VmServiceDeps): VmServiceServer {
       // Read your writes: a list or get on this replica right after the create shows the VM
       // (they read the informer, which may be a watch event behind). Bounded: etcd may be slow.
       await d.cluster.vms.waitFor(created.modRevision, 2000).catch(() => undefined);
+      // Placed in its create transaction (by the leader): a host took it.
+      if (created.vm.status?.hostId) return { vm: created.vm };
       // The VM is kept either way; tell the caller now if nothing can take it.
       const hosts = d.cluster.hostViews();
       const ask = requestOf(created.vm);

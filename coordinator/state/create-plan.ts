@@ -29,6 +29,36 @@ import { macForVm } from "../networks/mac.js";
  * one compare and one put (AuditChainStore), the HA fence one compare.
  */
 export const MAX_CREATE_TXN_OPS = 100;
+/**
+ * The room a create transaction leaves for placing its VMs too (the leader
+ * does, PlacementController.placeAtCreate): etcd's limit of 128 compares and
+ * 128 operations, less the plan's own and the audit chain's one of each, and
+ * one spare.
+ */
+export function placementRoom(plan: { compares: readonly unknown[]; ops: readonly unknown[] }): { ops: number; compares: number } {
+  const left = 128 - 1 - 1;
+  return { ops: left - plan.ops.length, compares: left - plan.compares.length };
+}
+
+/**
+ * A create transaction with its placement (placeAtCreate) in it: the placed
+ * VMs' records written instead of the unplaced ones the plan made, the
+ * placement's compares and operations added. Pure.
+ */
+export function withPlacement(
+  plan: { compares: Compare[]; ops: Op[] },
+  placing: { compares: Compare[]; ops: Op[]; placed: ReadonlyMap<string, Vm> } | undefined,
+): [Compare[], Op[]] {
+  if (!placing || placing.placed.size === 0) return [plan.compares, plan.ops];
+  const byKey = new Map([...placing.placed.values()].map((vm) => [keys.vm(vm.id), vm]));
+  const ops = plan.ops.map((op): Op => {
+    if (op.type !== "put") return op;
+    const vm = byKey.get(op.key);
+    return vm ? { type: "put", key: op.key, value: enc(Vm, vm) } : op;
+  });
+  return [[...plan.compares, ...placing.compares], [...ops, ...placing.ops]];
+}
+
 /** Expired release records forgotten per network and transaction (they ride along). */
 export const PRUNE_PER_TXN = 16;
 

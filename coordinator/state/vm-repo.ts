@@ -11,7 +11,8 @@ import { keys } from "./keys.js";
 import { dec, enc } from "./codec.js";
 import { addToQuota, checkVmLimits, type Limits } from "../limits.js";
 import type { VmNetworkPort } from "../networks/vm-network.js";
-import { netSel, planCreateTxn, type Counter, type CreateAsk, type CreateView, type NetView } from "./create-plan.js";
+import type { CreatePlacement } from "../controllers/placement.js";
+import { netSel, placementRoom, planCreateTxn, withPlacement, type Counter, type CreateAsk, type CreateView, type NetView } from "./create-plan.js";
 import { type LifecycleOp, afterReport, decide } from "../lifecycle/lifecycle.js";
 
 export interface Clock {
@@ -92,6 +93,12 @@ export interface VmRepoDeps {
   names?: VmNameIndex;
   /** The informer's copy of a VM (may lag etcd): status reports are planned from it, and a stale one only costs a retry (every write compares). */
   cached?: (id: string) => StoredVm | undefined;
+  /**
+   * Hosts for VMs being created, placed in their create transaction (the
+   * leader's placement controller; undefined elsewhere, or nothing placed:
+   * the VMs are created unplaced and a placement pass places them).
+   */
+  placeAtCreate?: (vms: readonly Vm[], room: { ops: number; compares: number }) => CreatePlacement | undefined;
 }
 
 /**
@@ -300,9 +307,21 @@ export class VmRepo {
     }
     if (plan.created.length > 0) {
       let r: TxnResult;
+      let placing = this.d.placeAtCreate?.(
+        plan.created.map((c) => c.vm),
+        placementRoom(plan),
+      );
       try {
-        r = await this.d.store.txn(plan.compares, plan.ops);
+        r = await this.d.store.txn(...withPlacement(plan, placing));
+        placing?.settle(r.succeeded ? r.revision : undefined);
+        if (!r.succeeded && placing) {
+          // The placement may be what lost the race (an allocation changed, the leader's term
+          // ended): the same creates again without it; a placement pass places them.
+          placing = undefined;
+          r = await this.d.store.txn(plan.compares, plan.ops);
+        }
       } catch (err) {
+        placing?.settle(undefined);
         this.createCache = undefined;
         for (const c of plan.created) live[c.key]!.reject(err);
         this.requeue(again);
@@ -320,7 +339,7 @@ export class VmRepo {
         };
         for (const c of plan.created) {
           if (c.net) this.d.network?.reportUsage(c.net.network, c.vm.owner, c.net.usage);
-          live[c.key]!.resolve({ vm: c.vm, modRevision: r.revision });
+          live[c.key]!.resolve({ vm: placing?.placed.get(c.vm.id) ?? c.vm, modRevision: r.revision });
         }
       } else {
         // Someone else wrote a key the group read (another replica, a destroy) or took a

@@ -69,6 +69,8 @@ describe("events", () => {
 
   it("records a VM's lifecycle and a host's joining, newest first", async () => {
     const vm = await alice.createVm("web", { vcpus: 1, memoryMb: 256 });
+    // A host was ready: the leader placed the VM in its create transaction, the answer says where.
+    expect(vm.status?.hostName).toBe("hv-ev");
     const evs = await eventually(async () => {
       const l = await admin.listEvents({ vm: "web" });
       return l.some((e) => e.kind === "vm.phase" && e.attributes.to === "running") ? l : undefined;

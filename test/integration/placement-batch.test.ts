@@ -9,10 +9,10 @@ import { PlacementController } from "../../coordinator/controllers/placement.js"
 import { ClusterState } from "../../coordinator/state/cluster.js";
 import { keys } from "../../coordinator/state/keys.js";
 import { createEtcdStore, type EtcdStore } from "../../coordinator/store/index.js";
-import { Host } from "../../gen/noid/v1/host.js";
 import { AllocationRecord } from "../../gen/noid/v1/records.js";
 import { Vm, VmPhase } from "../../gen/noid/v1/vm.js";
 import { startTestEtcd, type TestEtcd } from "../helpers/etcd.js";
+import { checkPlacementInvariants, seedHosts } from "../helpers/placement.js";
 
 let etcd: TestEtcd;
 const clock = { now: () => new Date() };
@@ -32,19 +32,6 @@ async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 
   }
 }
 
-async function seed(store: EtcdStore, hosts: number, vcpusEach: number): Promise<string[]> {
-  const ids: string[] = [];
-  for (let i = 0; i < hosts; i++) {
-    const id = `h${String(i).padStart(15, "0")}`;
-    ids.push(id);
-    const host = Host.fromPartial({ id, name: `host-${i}`, drivers: ["sandbox"], capacity: { vcpus: vcpusEach, memoryMb: 1 << 20, diskGb: 1 << 20 } });
-    await store.put(keys.host(id), Host.encode(host).finish());
-    await store.put(keys.hostName(host.name), Buffer.from(id));
-    await store.put(keys.alive(id), Buffer.from("1"));
-  }
-  return ids;
-}
-
 async function addVms(store: EtcdStore, n: number, tag: string): Promise<void> {
   for (let i = 0; i < n; i++) {
     const vm = Vm.fromPartial({
@@ -58,42 +45,13 @@ async function addVms(store: EtcdStore, n: number, tag: string): Promise<void> {
   }
 }
 
-/** Every VM on at most one host, with exactly one assignment key; allocations add up and fit. */
-async function checkInvariants(store: EtcdStore, hostIds: string[], vcpusEach: number): Promise<{ placed: number; unplaced: number }> {
-  const vms = (await store.list(keys.vmsPrefix)).kvs.map((kv) => Vm.decode(kv.value));
-  const assigned = new Map<string, string[]>();
-  for (const h of hostIds) {
-    for (const kv of (await store.list(keys.assignPrefix(h))).kvs) {
-      const vmId = Buffer.from(kv.value).toString();
-      assigned.set(vmId, [...(assigned.get(vmId) ?? []), h]);
-    }
-  }
-  let placed = 0;
-  for (const vm of vms) {
-    const hs = assigned.get(vm.id) ?? [];
-    if (vm.status?.hostId) {
-      placed++;
-      expect(hs).toEqual([vm.status.hostId]);
-    } else expect(hs).toEqual([]);
-  }
-  for (const h of hostIds) {
-    const kv = await store.get(keys.alloc(h));
-    const onHost = vms.filter((v) => v.status?.hostId === h).length;
-    const rec = kv ? AllocationRecord.decode(kv.value) : undefined;
-    expect(rec?.vmCount ?? 0).toBe(onHost);
-    expect(rec?.allocated?.vcpus ?? 0).toBe(onHost);
-    expect(onHost).toBeLessThanOrEqual(vcpusEach);
-  }
-  return { placed, unplaced: vms.length - placed };
-}
-
 describe("batched placement on real etcd", () => {
   it("places a backlog in far fewer transactions than VMs, each VM once, no host over capacity", async () => {
     const store = await createEtcdStore({ endpoints: etcd.endpoints, prefix: `/pb-${randomUUID()}/` });
     const cluster = new ClusterState(store, silentLogger());
     let ctl: PlacementController | undefined;
     try {
-      const hostIds = await seed(store, 20, 8);
+      const hostIds = await seedHosts(store, 20, 8);
       await addVms(store, 150, "a");
       await cluster.start();
       const rev0 = await store.revision();
@@ -101,7 +59,7 @@ describe("batched placement on real etcd", () => {
       ctl.start();
       await until(() => ctl!.stats.placed === 150, "150 placements");
       const writes = (await store.revision()) - rev0;
-      const r = await checkInvariants(store, hostIds, 8);
+      const r = await checkPlacementInvariants(store, hostIds, 8);
       expect(r).toEqual({ placed: 150, unplaced: 0 });
       expect(ctl.stats.txns).toBeLessThan(20);
       expect(writes).toBeLessThan(20);
@@ -119,13 +77,13 @@ describe("batched placement on real etcd", () => {
     let ctl: PlacementController | undefined;
     try {
       // One host; at most 3 VMs per transaction (7 operations): 30 VMs are a chain of 10.
-      const hostIds = await seed(store, 1, 40);
+      const hostIds = await seedHosts(store, 1, 40);
       await addVms(store, 30, "c");
       await cluster.start();
       ctl = new PlacementController({ store, cluster, policy: "spread", logger: silentLogger(), clock, maxTxnOps: 7 });
       ctl.start();
       await until(() => ctl!.stats.placed === 30, "30 placements");
-      expect(await checkInvariants(store, hostIds, 40)).toEqual({ placed: 30, unplaced: 0 });
+      expect(await checkPlacementInvariants(store, hostIds, 40)).toEqual({ placed: 30, unplaced: 0 });
       expect(ctl.stats).toMatchObject({ passes: 1, txns: 10, conflicts: 0 });
     } finally {
       await ctl?.stop();
@@ -139,7 +97,7 @@ describe("batched placement on real etcd", () => {
     const cluster = new ClusterState(store, silentLogger());
     let ctl: PlacementController | undefined;
     try {
-      const hostIds = await seed(store, 1, 40);
+      const hostIds = await seedHosts(store, 1, 40);
       const hostId = hostIds[0]!;
       await addVms(store, 12, "r");
       await cluster.start();
@@ -166,7 +124,7 @@ describe("batched placement on real etcd", () => {
       ctl.start();
       await until(() => ctl!.stats.placed === 12, "12 placements");
       expect(raced).toBe(true);
-      expect(await checkInvariants(store, hostIds, 40)).toEqual({ placed: 12, unplaced: 0 });
+      expect(await checkPlacementInvariants(store, hostIds, 40)).toEqual({ placed: 12, unplaced: 0 });
       // Pass 1: the first of 4 chained transactions fails and the other 3 are never sent; pass 2: 4 commit.
       expect(ctl.stats).toMatchObject({ passes: 2, txns: 5, conflicts: 1, placed: 12 });
     } finally {
@@ -183,7 +141,7 @@ describe("batched placement on real etcd", () => {
     const ctls: PlacementController[] = [];
     try {
       // 12 hosts x 5 vCPUs = 60 slots for 90 VMs of 1 vCPU; small transactions so they interleave.
-      const hostIds = await seed(stores[0]!, 12, 5);
+      const hostIds = await seedHosts(stores[0]!, 12, 5);
       await Promise.all(clusters.map((c) => c.start()));
       for (const [i, c] of clusters.entries()) {
         const ctl = new PlacementController({ store: stores[i]!, cluster: c, policy: i === 0 ? "spread" : "binpack", logger: silentLogger(), clock, maxTxnOps: 7 });
@@ -194,7 +152,7 @@ describe("batched placement on real etcd", () => {
       await until(() => ctls[0]!.stats.placed + ctls[1]!.stats.placed === 60, "all 60 slots taken");
       await new Promise((r) => setTimeout(r, 500));
       expect(ctls[0]!.stats.placed + ctls[1]!.stats.placed).toBe(60);
-      const r = await checkInvariants(stores[0]!, hostIds, 5);
+      const r = await checkPlacementInvariants(stores[0]!, hostIds, 5);
       expect(r).toEqual({ placed: 60, unplaced: 30 });
       // Each waiting VM shows why; a reason write that lost a race with the other controller is
       // written again by a later pass, so under load it may come after the last placement.
@@ -225,7 +183,7 @@ describe("batched placement on real etcd", () => {
     let ctl: PlacementController | undefined;
     try {
       // 4 hosts x 5 vCPUs = 20 slots; 30 VMs in three waves while the earlier ones' placements are still unseen.
-      const hostIds = await seed(store, 4, 5);
+      const hostIds = await seedHosts(store, 4, 5);
       await cluster.start();
       ctl = new PlacementController({ store: slow, cluster, policy: "binpack", logger: silentLogger(), clock, maxTxnOps: 7 });
       ctl.start();
@@ -235,7 +193,7 @@ describe("batched placement on real etcd", () => {
       }
       await until(() => ctl!.stats.placed === 20, "20 placements");
       await new Promise((r) => setTimeout(r, 1000));
-      expect(await checkInvariants(store, hostIds, 5)).toEqual({ placed: 20, unplaced: 10 });
+      expect(await checkPlacementInvariants(store, hostIds, 5)).toEqual({ placed: 20, unplaced: 10 });
       expect(ctl.stats).toMatchObject({ placed: 20, conflicts: 0 });
     } finally {
       await ctl?.stop();

@@ -78,6 +78,9 @@ describe("retention planning", () => {
 describe("which changes become events", () => {
   it("VM created, placed, unschedulable, phase changes (failures as warnings) and deleted", () => {
     expect(vmEvents({ type: "put", entry: entry("vms/v1", vm()) }).map((e) => e.kind)).toEqual(["vm.created"]);
+    // The leader places a VM in its create transaction when it can: both events, in that order.
+    const createdPlaced = vmEvents({ type: "put", entry: entry("vms/v1", vm({}, { hostId: "h1", hostName: "hv-1" })) });
+    expect(createdPlaced).toEqual([expect.objectContaining({ kind: "vm.created" }), expect.objectContaining({ kind: "vm.scheduled", hostName: "hv-1", hostId: "h1" })]);
     const placed = vmEvents({ type: "put", prev: entry("vms/v1", vm()), entry: entry("vms/v1", vm({}, { hostId: "h1", hostName: "hv-1" })) });
     expect(placed).toEqual([expect.objectContaining({ kind: "vm.scheduled", hostName: "hv-1", owner: "alice" })]);
     const stuck = vmEvents({ type: "put", prev: entry("vms/v1", vm()), entry: entry("vms/v1", vm({}, { reason: "no host has 4 vcpus" })) });
