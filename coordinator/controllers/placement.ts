@@ -9,7 +9,7 @@ import type { Logger } from "pino";
 import { AllocationRecord } from "../../gen/noid/v1/records.js";
 import { Vm, VmDesiredState, VmPhase } from "../../gen/noid/v1/vm.js";
 import type { Compare, Op, Store } from "../store/store.js";
-import type { Entry } from "../state/informer.js";
+import type { Entry, Informer } from "../state/informer.js";
 import { BatchScheduler } from "../scheduler/index.js";
 import type { Decision, Policy, VmRequest } from "../scheduler/types.js";
 import type { ClusterState } from "../state/cluster.js";
@@ -48,6 +48,8 @@ export interface PlacementStats {
   txns?: number;
   /** Passes that decided at least one VM. */
   passes?: number;
+  /** After a lost race, waits for the informers to show the keys raced on that ran out of time. */
+  staleWaits?: number;
 }
 
 /**
@@ -181,7 +183,7 @@ export interface CreatePlacement {
 export class PlacementController {
   private readonly loop: PassLoop;
   private readonly unsubs: (() => void)[] = [];
-  readonly stats: PlacementStats = { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0, txns: 0, passes: 0 };
+  readonly stats: PlacementStats = { attempts: 0, placed: 0, conflicts: 0, unplaceable: 0, txns: 0, passes: 0, staleWaits: 0 };
   private readonly maxOps: number;
   /** Time the last pass spent deciding (synchronous work between its yields). */
   private busyMs = 0;
@@ -336,7 +338,7 @@ export class PlacementController {
     };
     const plan = planPlacementTxns(items, allocOf, this.d.clock.now(), this.maxOps);
     this.busyMs = busy + (performance.now() - t);
-    const { lostRace } = await this.commit(plan.txns);
+    const { lostRace, lostKeys } = await this.commit(plan.txns);
     if (unplaceable.length > 0 && !this.loop.stopped) {
       this.stats.attempts += unplaceable.length;
       this.stats.unplaceable += unplaceable.length;
@@ -345,24 +347,57 @@ export class PlacementController {
     // After a lost race the next pass plans from what etcd holds now: wait for the informers
     // to show it (and forget what was written ahead). Otherwise the next pass starts at once.
     if (lostRace) {
-      const committed = await this.d.store.revision();
       this.placedAhead.clear();
       this.allocAhead.clear();
-      if (committed > 0) await Promise.all([c.vms.waitFor(committed), c.alloc.waitFor(committed)]).catch(() => undefined);
+      await this.catchUp(lostKeys);
     }
     return lostRace;
   }
 
   /**
+   * Waits (bounded) until the informers show the keys a lost transaction
+   * compared as etcd holds them now. (It waited for etcd's latest revision,
+   * which an informer reaches only if that write was in its prefix: after a
+   * race with anything else, an event or an audit record, a quiet cluster
+   * waited out the full timeout, 5 s, before placing again.) A key gone from
+   * etcd is not waited for: a pass that still sees it loses once more.
+   */
+  private async catchUp(raced: readonly string[]): Promise<void> {
+    const c = this.d.cluster;
+    const informers: [Informer<unknown>, string][] = [
+      [c.vms, keys.vmsPrefix],
+      [c.alloc, keys.allocPrefix],
+      [c.hosts, keys.hostsPrefix],
+    ];
+    const need = new Map<Informer<unknown>, number>();
+    await Promise.all(
+      [...new Set(raced)].map(async (key) => {
+        const inf = informers.find(([, prefix]) => key.startsWith(prefix))?.[0];
+        if (!inf) return;
+        const kv = await this.d.store.get(key);
+        if (kv) need.set(inf, Math.max(need.get(inf) ?? 0, kv.modRevision));
+      }),
+    );
+    await Promise.all(
+      [...need].map(([inf, rev]) =>
+        inf.waitFor(rev).catch(() => {
+          this.stats.staleWaits = (this.stats.staleWaits ?? 0) + 1;
+        }),
+      ),
+    );
+  }
+
+  /**
    * Commits a plan, COMMIT_CONCURRENCY transactions at a time, each once the
    * ones it comes `after` committed; one whose predecessor failed is not sent
-   * (it would fail: the allocation it expects was never written). Returns the
-   * highest revision committed and whether any transaction lost a race.
+   * (it would fail: the allocation it expects was never written). Returns
+   * whether any transaction lost a race, and the keys those compared.
    */
-  private async commit(txns: PlannedTxn[]): Promise<{ committed: number; lostRace: boolean }> {
+  private async commit(txns: PlannedTxn[]): Promise<{ lostRace: boolean; lostKeys: string[] }> {
     const state = txns.map(() => "waiting" as "waiting" | "sent" | "ok" | "failed");
-    let committed = 0;
     let lostRace = false;
+    /** What the transactions that lost compared. */
+    const lostKeys: string[] = [];
     let error: unknown;
     let wake: (() => void) | undefined;
     const ready = (i: number): "yes" | "no" | "never" => {
@@ -414,7 +449,6 @@ export class PlacementController {
           if (r.succeeded) {
             state[i] = "ok";
             this.stats.placed += t.vmIds.length;
-            committed = Math.max(committed, r.revision);
             for (const id of t.vmIds) this.placedAhead.set(id, r.revision);
             for (const [hostId, record] of t.allocs) this.allocAhead.set(hostId, { record, modRevision: r.revision });
           } else {
@@ -422,6 +456,7 @@ export class PlacementController {
             state[i] = "failed";
             this.stats.conflicts++;
             lostRace = true;
+            for (const cmp of t.compares) lostKeys.push(cmp.key);
           }
         } catch (e) {
           // The store call failed (etcd unavailable): send nothing more; the pass fails and is retried.
@@ -442,7 +477,7 @@ export class PlacementController {
       for (const h of hosts) this.markWriting(h, "pass", -1);
     }
     if (error !== undefined) throw error;
-    return { committed, lostRace };
+    return { lostRace, lostKeys };
   }
 
   /** The host views as the scheduler should see them: the informer's, with the allocations this controller wrote ahead of it. */
