@@ -214,11 +214,17 @@ export function meshSnapshotFromView(self: string, v: MeshView, meshPrefixLen: n
   const h = createHash("sha1").update(`${meshPrefixLen}|${baseKey}`);
   if (mine.size === 0) return { snapshot: { members: base, meshPrefixLen }, key: h.digest("base64"), networks: mine };
   const members = base.map((m) => {
-    const nets = [...(v.byHost.get(m.hostId)?.entries() ?? [])]
-      .filter(([netId]) => mine.has(netId))
-      .map(([netId, vms]) => partOf(v.networks.get(netId)!, vms))
-      .sort((a, b) => compareNetworks(a.net, b.net));
-    if (nets.length === 0) return m;
+    // The networks of `self` this member carries: looked up by `self`'s few networks, not by
+    // listing each member's (a session of a 1,000-host mesh did that for every member).
+    const carried = v.byHost.get(m.hostId);
+    if (!carried) return m;
+    let nets: { net: MeshNetwork; key: string }[] | undefined;
+    for (const netId of mine) {
+      const vms = carried.get(netId);
+      if (vms) (nets ??= []).push(partOf(v.networks.get(netId)!, vms));
+    }
+    if (!nets) return m;
+    if (nets.length > 1) nets.sort((a, b) => compareNetworks(a.net, b.net));
     h.update(`|${m.hostId}`);
     for (const p of nets) h.update(`:${p.key}`);
     return { ...m, networks: nets.map((p) => p.net) };
