@@ -84,8 +84,12 @@ describe("bench harness", () => {
       expect(f.met === null).toBe(f.target === null);
     }
     const get = (n: string) => parsed.find((f) => f.name === n)!;
-    // Every VM state change is at least one etcd write.
-    expect(get("etcd_writes_per_vm_change").value).toBeGreaterThanOrEqual(1);
+    // Writes per change are the revision's growth over the three changes of each VM created.
+    const w = get("etcd_writes_per_vm_change");
+    const [, grew, changes, vms] = /etcd revision grew (\d+) for (\d+) changes \(created, assigned, RUNNING x (\d+)/.exec(w.notes ?? "") ?? [];
+    expect(Number(changes)).toBe(3 * Number(vms));
+    expect(Number(vms)).toBeGreaterThan(0);
+    expect(w.value).toBeCloseTo(Number(grew) / Number(changes), 6);
     // RUNNING comes after assigned.
     expect(get("create_to_running_p99_ms").value).toBeGreaterThanOrEqual(get("create_to_assigned_p99_ms").value);
     // A VM's record is part of what etcd holds for it.
