@@ -18,6 +18,7 @@ import { normalizeVmSpec } from "../../coordinator/validate.js";
 import { Vm, VmPhase } from "../../gen/noid/v1/vm.js";
 import { startTestEtcd, type TestEtcd } from "../helpers/etcd.js";
 import { checkPlacementInvariants, seedHosts } from "../helpers/placement.js";
+import { until } from "../helpers/until.js";
 
 let etcd: TestEtcd;
 const clock = { now: () => new Date() };
@@ -30,13 +31,6 @@ afterAll(async () => {
   await etcd?.stop();
 });
 
-async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe("placement in the create transaction, real etcd", () => {
   it("creates racing passes over a backlog on full hosts: each VM once, no host over capacity, answers as stored", async () => {

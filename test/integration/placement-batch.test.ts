@@ -13,6 +13,7 @@ import { AllocationRecord } from "../../gen/noid/v1/records.js";
 import { Vm, VmPhase } from "../../gen/noid/v1/vm.js";
 import { startTestEtcd, type TestEtcd } from "../helpers/etcd.js";
 import { checkPlacementInvariants, seedHosts } from "../helpers/placement.js";
+import { until } from "../helpers/until.js";
 
 let etcd: TestEtcd;
 const clock = { now: () => new Date() };
@@ -24,13 +25,6 @@ afterAll(async () => {
   await etcd?.stop();
 });
 
-async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 async function addVms(store: EtcdStore, n: number, tag: string): Promise<void> {
   for (let i = 0; i < n; i++) {

@@ -17,6 +17,7 @@ import { normalizeVmSpec } from "../../coordinator/validate.js";
 import { AllocationRecord } from "../../gen/noid/v1/records.js";
 import { Vm, VmPhase } from "../../gen/noid/v1/vm.js";
 import { checkPlacementInvariants, seedHosts } from "../helpers/placement.js";
+import { until } from "../helpers/until.js";
 
 const clock = { now: () => new Date() };
 const limits = { max_vms_per_user: 1000, max_total_vms: 1000, max_vcpus_per_vm: 8, max_memory_per_vm: 16384, max_disk_per_vm: 512, max_exposed_ports_per_user: 10 };
@@ -25,13 +26,6 @@ afterEach(async () => {
   for (const s of stops.splice(0).reverse()) await s();
 });
 
-async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 async function addBacklog(store: Store, n: number): Promise<void> {
   for (let i = 0; i < n; i++) {
@@ -52,6 +46,16 @@ function setup(store: Store, fence?: number) {
   return { cluster, ctl, repo };
 }
 
+/** One host of `vcpus`, the cluster and the controller started. */
+async function started(vcpus: number, fence?: (store: MemoryStore) => Promise<number>) {
+  const store = new MemoryStore();
+  const [h] = await seedHosts(store, 1, vcpus);
+  const parts = setup(store, fence ? await fence(store) : undefined);
+  await parts.cluster.start();
+  parts.ctl.start();
+  return { store, h: h!, ...parts };
+}
+
 const spec = () => ({ ...normalizeVmSpec(undefined), vcpus: 1, memoryMb: 64, diskGb: 1 });
 
 async function allocOf(store: Store, hostId: string): Promise<AllocationRecord | undefined> {
@@ -61,52 +65,39 @@ async function allocOf(store: Store, hostId: string): Promise<AllocationRecord |
 
 describe("placement in the create transaction", () => {
   it("a create on the leader is placed in its own transaction: one write, the allocation and the assignment with it", async () => {
-    const store = new MemoryStore();
-    const [h] = await seedHosts(store, 1, 4);
-    const { cluster, ctl, repo } = setup(store);
-    await cluster.start();
-    ctl.start();
+    const { store, h, ctl, repo } = await started(4);
     const rev0 = await store.revision();
     const created = await repo.create("t1", "web", spec(), limits, { peer: "test" });
     expect(await store.revision()).toBe(rev0 + 1);
-    expect(created.vm.status).toMatchObject({ hostId: h!, hostName: "host-0", phase: VmPhase.VM_PHASE_PENDING, reason: "" });
-    expect(Vm.decode((await store.get(keys.vm(created.vm.id)))!.value).status?.hostId).toBe(h!);
-    expect(Buffer.from((await store.get(keys.assign(h!, created.vm.id)))!.value).toString()).toBe(created.vm.id);
-    expect(await allocOf(store, h!)).toMatchObject({ vmCount: 1, allocated: { vcpus: 1, memoryMb: 64, diskGb: 1 } });
+    expect(created.vm.status).toMatchObject({ hostId: h, hostName: "host-0", phase: VmPhase.VM_PHASE_PENDING, reason: "" });
+    expect(Vm.decode((await store.get(keys.vm(created.vm.id)))!.value).status?.hostId).toBe(h);
+    expect(Buffer.from((await store.get(keys.assign(h, created.vm.id)))!.value).toString()).toBe(created.vm.id);
+    expect(await allocOf(store, h)).toMatchObject({ vmCount: 1, allocated: { vcpus: 1, memoryMb: 64, diskGb: 1 } });
     expect(ctl.stats).toMatchObject({ placed: 1, txns: 0, conflicts: 0 });
   });
 
   it("a VM no host can take is created unplaced, and a pass writes why it waits", async () => {
-    const store = new MemoryStore();
-    const [h] = await seedHosts(store, 1, 1);
-    const { cluster, ctl, repo } = setup(store);
-    await cluster.start();
-    ctl.start();
+    const { store, h, repo } = await started(1);
     const created = await repo.create("t1", "big", { ...spec(), vcpus: 2 }, limits, { peer: "test" });
     expect(created.vm.status?.hostId).toBe("");
     await until(async () => /no host/.test(Vm.decode((await store.get(keys.vm(created.vm.id)))!.value).status?.reason ?? ""), "the reason");
-    expect(await store.get(keys.alloc(h!))).toBeUndefined();
+    expect(await store.get(keys.alloc(h))).toBeUndefined();
   });
 
   it("a placement that loses its race (the leader's term ended) still creates the VM, unplaced; a pass places it", async () => {
-    const store = new MemoryStore();
-    const [h] = await seedHosts(store, 1, 4);
     // The fence the controller was given is not the leader key's create revision.
-    const leaderRev = await store.put("leader/coordinator", Buffer.from("other"));
-    const { cluster, ctl, repo } = setup(store, leaderRev + 100);
-    await cluster.start();
-    ctl.start();
+    const { store, h, ctl, repo } = await started(4, async (s) => (await s.put("leader/coordinator", Buffer.from("other"))) + 100);
     const created = await repo.create("t1", "web", spec(), limits, { peer: "test" });
     expect(created.vm.status?.hostId).toBe("");
-    await until(async () => Vm.decode((await store.get(keys.vm(created.vm.id)))!.value).status?.hostId === h!, "the pass to place it");
-    expect(await allocOf(store, h!)).toMatchObject({ vmCount: 1 });
+    await until(async () => Vm.decode((await store.get(keys.vm(created.vm.id)))!.value).status?.hostId === h, "the pass to place it");
+    expect(await allocOf(store, h)).toMatchObject({ vmCount: 1 });
     expect(ctl.stats).toMatchObject({ placed: 1, conflicts: 1 });
   });
 
   it("a create placed while a pass decides (between its slices) is not counted twice: no host over capacity", async () => {
     const store = new MemoryStore();
     // One host for 101 VMs; a backlog of 101: the pass decides 100, yields, decides one more.
-    const [h] = await seedHosts(store, 1, 101);
+    const h = (await seedHosts(store, 1, 101))[0]!;
     await addBacklog(store, 101);
     const { cluster, ctl, repo } = setup(store);
     await cluster.start();
@@ -123,9 +114,9 @@ describe("placement in the create transaction", () => {
     ctl.start();
     await until(() => ctl.stats.placed + ctl.stats.unplaceable >= 102, "every VM decided");
     await created;
-    await until(async () => ((await allocOf(store, h!))?.vmCount ?? 0) >= 101, "the host full");
-    expect(await checkPlacementInvariants(store, [h!], 101)).toEqual({ placed: 101, unplaced: 1 });
+    await until(async () => ((await allocOf(store, h))?.vmCount ?? 0) >= 101, "the host full");
+    expect(await checkPlacementInvariants(store, [h], 101)).toEqual({ placed: 101, unplaced: 1 });
     const vms = (await store.list(keys.vmsPrefix)).kvs.map((kv) => Vm.decode(kv.value));
-    expect(vms.find((v) => v.name === "late")?.status?.hostId).toBe(h!);
+    expect(vms.find((v) => v.name === "late")?.status?.hostId).toBe(h);
   });
 });
