@@ -210,6 +210,8 @@ export class PlacementController {
   private readonly writing = new Map<string, { pass: number; create: number }>();
   /** Hosts placed on at create since the current pass began (it drops what it decided for them). */
   private readonly createdOn = new Set<string>();
+  /** The scheduler placeAtCreate decides with, rebased on the current views at every call. */
+  private createBatch: BatchScheduler | undefined;
 
   constructor(
     private readonly d: {
@@ -515,15 +517,20 @@ export class PlacementController {
   placeAtCreate(vms: readonly Vm[], room: { ops: number; compares: number }): CreatePlacement | undefined {
     if (this.loop.stopped || vms.length === 0) return undefined;
     const c = this.d.cluster;
+    // One batch kept across creates, rebased on the current views each time: only the hosts
+    // whose view changed (or that it decided for) are read again, not all of them per create.
     const views = this.views();
-    const batch = new BatchScheduler(this.writing.size === 0 ? views : views.filter((v) => !this.writing.has(v.id)), this.d.policy);
+    if (this.createBatch) this.createBatch.rebase(views);
+    else this.createBatch = new BatchScheduler(views, this.d.policy);
+    const batch = this.createBatch;
+    const skip = new Set(this.writing.keys());
     const fence = this.d.fence !== undefined ? [fenceCompare(this.d.fence)] : [];
     let ops = 0;
     let compares = fence.length;
     const byHost = new Map<string, { hostName: string; vms: Vm[] }>();
     for (const vm of vms) {
-      const d = batch.decide(requestOf(vm));
-      if (!d.placed) continue;
+      const d = batch.decide(requestOf(vm), skip);
+      if (!d.placed || skip.has(d.hostId)) continue;
       const host = c.hosts.get(keys.host(d.hostId))?.value;
       if (!host) continue;
       const known = byHost.get(host.id);

@@ -131,15 +131,20 @@ function requirementKey(vm: VmRequest): string {
  * the cost (460 ns per host scored through the views, BENCHMARKS finding 11).
  */
 export class BatchScheduler {
-  private readonly current: HostView[];
-  private readonly eligible = new Map<string, Int32Array>();
+  private current: HostView[] = [];
+  /** The view each host's numbers were last read from (rebase compares against it). */
+  private base: HostView[] = [];
+  /** Hosts a decision changed since the last rebase: read again from the next list whatever it holds. */
+  private readonly decided = new Set<number>();
+  /** Per static requirement: the VM that stands for it, which hosts admit it (flags), and their list (rebuilt when a flag changes). */
+  private readonly eligible = new Map<string, { vm: VmRequest; flags: Uint8Array; list: Int32Array | undefined }>();
   /** Capacity and allocation per host (index as in `current`), dimension by dimension. */
-  private readonly capV: Float64Array;
-  private readonly capM: Float64Array;
-  private readonly capD: Float64Array;
-  private readonly allocV: Float64Array;
-  private readonly allocM: Float64Array;
-  private readonly allocD: Float64Array;
+  private capV = new Float64Array(0);
+  private capM = new Float64Array(0);
+  private capD = new Float64Array(0);
+  private allocV = new Float64Array(0);
+  private allocM = new Float64Array(0);
+  private allocD = new Float64Array(0);
   /** VMs of a network (or anti-affinity group) per host, built the first time a VM of it is decided. */
   private readonly netCounts = new Map<string, Int32Array>();
   private readonly groupCounts = new Map<string, Int32Array>();
@@ -148,8 +153,22 @@ export class BatchScheduler {
     hosts: readonly HostView[],
     private readonly policy: Policy,
   ) {
+    this.reset(hosts);
+  }
+
+  /** The host views as the decisions so far left them (same order as given; a host nothing was placed on is the input's view). */
+  get hosts(): HostView[] {
+    return this.current;
+  }
+
+  private reset(hosts: readonly HostView[]): void {
     // applyPlacement derives a new view, so the input views are never changed: no copies.
     this.current = [...hosts];
+    this.base = [...hosts];
+    this.decided.clear();
+    this.eligible.clear();
+    this.netCounts.clear();
+    this.groupCounts.clear();
     const n = hosts.length;
     this.capV = new Float64Array(n);
     this.capM = new Float64Array(n);
@@ -157,20 +176,48 @@ export class BatchScheduler {
     this.allocV = new Float64Array(n);
     this.allocM = new Float64Array(n);
     this.allocD = new Float64Array(n);
-    for (let i = 0; i < n; i++) {
-      const h = hosts[i]!;
-      this.capV[i] = h.capacity.vcpus;
-      this.capM[i] = h.capacity.memoryMb;
-      this.capD[i] = h.capacity.diskGb;
-      this.allocV[i] = h.allocated.vcpus;
-      this.allocM[i] = h.allocated.memoryMb;
-      this.allocD[i] = h.allocated.diskGb;
-    }
+    for (let i = 0; i < n; i++) this.read(i, hosts[i]!);
   }
 
-  /** The host views as the decisions so far left them (same order as given; a host nothing was placed on is the input's view). */
-  get hosts(): HostView[] {
-    return this.current;
+  private read(i: number, h: HostView): void {
+    this.capV[i] = h.capacity.vcpus;
+    this.capM[i] = h.capacity.memoryMb;
+    this.capD[i] = h.capacity.diskGb;
+    this.allocV[i] = h.allocated.vcpus;
+    this.allocM[i] = h.allocated.memoryMb;
+    this.allocD[i] = h.allocated.diskGb;
+  }
+
+  /**
+   * Continues from a newer list of the same hosts, forgetting the decisions
+   * made so far: afterwards it decides exactly as a new BatchScheduler on
+   * `hosts` would. Only the hosts whose view object changed, or that a
+   * decision touched, are read again (a list of the same hosts in the same
+   * order, as ClusterState.hostViews keeps it, changes a few views at a
+   * time); any other list is read whole.
+   */
+  rebase(hosts: readonly HostView[]): void {
+    const n = hosts.length;
+    let same = n === this.base.length;
+    for (let i = 0; same && i < n; i++) same = hosts[i]!.id === this.base[i]!.id;
+    if (!same) return this.reset(hosts);
+    for (let i = 0; i < n; i++) {
+      const h = hosts[i]!;
+      if (h === this.base[i] && !this.decided.has(i)) continue;
+      this.current[i] = h;
+      this.base[i] = h;
+      this.read(i, h);
+      for (const e of this.eligible.values()) {
+        const ok = passesStatic(h, e.vm) ? 1 : 0;
+        if (e.flags[i] !== ok) {
+          e.flags[i] = ok;
+          e.list = undefined;
+        }
+      }
+      for (const [key, arr] of this.netCounts) arr[i] = h.networks[key] ?? 0;
+      for (const [key, arr] of this.groupCounts) arr[i] = h.groups[key] ?? 0;
+    }
+    this.decided.clear();
   }
 
   private counts(cache: Map<string, Int32Array>, key: string, of: (h: HostView) => Record<string, number>): Int32Array {
@@ -183,21 +230,38 @@ export class BatchScheduler {
     return arr;
   }
 
-  decide(vm: VmRequest): Decision {
+  private admitted(vm: VmRequest): Int32Array {
     const key = requirementKey(vm);
-    let admitted = this.eligible.get(key);
-    if (admitted === undefined) {
-      const list: number[] = [];
-      for (let i = 0; i < this.current.length; i++) if (passesStatic(this.current[i]!, vm)) list.push(i);
-      admitted = Int32Array.from(list);
-      this.eligible.set(key, admitted);
+    let e = this.eligible.get(key);
+    if (e === undefined) {
+      const flags = new Uint8Array(this.current.length);
+      for (let i = 0; i < this.current.length; i++) flags[i] = passesStatic(this.current[i]!, vm) ? 1 : 0;
+      e = { vm, flags, list: undefined };
+      this.eligible.set(key, e);
     }
+    if (e.list === undefined) {
+      const list: number[] = [];
+      for (let i = 0; i < e.flags.length; i++) if (e.flags[i]) list.push(i);
+      e.list = Int32Array.from(list);
+    }
+    return e.list;
+  }
+
+  /**
+   * Decides one VM and counts it on the host chosen. Hosts whose id is in
+   * `skip` are not chosen by the cheap pass; a VM that fits none of the
+   * others is decided by the full filters over every host, for the reason
+   * (which may then name a skipped host: the caller checks).
+   */
+  decide(vm: VmRequest, skip?: ReadonlySet<string>): Decision {
+    const admitted = this.admitted(vm);
     const { capV, capM, capD, allocV, allocM, allocD } = this;
     const rV = vm.resources.vcpus;
     const rM = vm.resources.memoryMb;
     const rD = vm.resources.diskGb;
     const net = vm.networkId === "" ? undefined : this.counts(this.netCounts, vm.networkId, (h) => h.networks);
     const group = vm.antiAffinityGroup === "" ? undefined : this.counts(this.groupCounts, vm.antiAffinityGroup, (h) => h.groups);
+    const skipping = skip !== undefined && skip.size > 0;
     let best = -1;
     let bestScore = 0;
     for (let k = 0; k < admitted.length; k++) {
@@ -209,6 +273,7 @@ export class BatchScheduler {
       const aM = allocM[i]!;
       const aD = allocD[i]!;
       if (!freeCovers(cV - aV, cM - aM, cD - aD, vm.resources)) continue;
+      if (skipping && skip.has(this.current[i]!.id)) continue;
       const u = utilisationOf(cV, cM, cD, aV, aM, aD, rV, rM, rD);
       const score = scoreOf(u, this.policy, net !== undefined && net[i]! > 0, group !== undefined ? group[i]! : 0);
       if (best < 0 || score > bestScore || (score === bestScore && firstByName(this.current[i]!, this.current[best]!))) {
@@ -219,6 +284,7 @@ export class BatchScheduler {
     if (best < 0) return decide(this.current, vm, this.policy).decision;
     const chosen = this.current[best]!;
     this.current[best] = applyPlacement(chosen, vm);
+    this.decided.add(best);
     allocV[best] = allocV[best]! + rV;
     allocM[best] = allocM[best]! + rM;
     allocD[best] = allocD[best]! + rD;

@@ -5,6 +5,7 @@ import { describe, expect, it } from "vitest";
 import {
   anyHostFits,
   applyPlacement,
+  BatchScheduler,
   filterHosts,
   releasePlacement,
   scheduleBatch,
@@ -276,6 +277,44 @@ describe("scheduler properties", () => {
           state = state.map((h) => (h.id === d.hostId ? applyPlacement(h, vm) : h));
         });
         expect(after).toEqual(state);
+      }),
+      RUNS,
+    );
+  });
+
+  it("a batch kept across lists and rebased on each decides as a new batch on that list; skipped hosts are chosen as if absent", () => {
+    const stepArb = fc.record({
+      vms: vmsArb,
+      // Views replaced (same host, anything else new); the rest are the same objects as before.
+      changes: fc.array(fc.record({ at: fc.nat(), view: hostArb("x") }), { maxLength: 4 }),
+      reorder: mostly(false),
+      skip: fc.subarray(NAMES),
+    });
+    fc.assert(
+      fc.property(hostsArb, policyArb, fc.array(stepArb, { minLength: 1, maxLength: 4 }), (hosts0, policy, steps) => {
+        const kept = new BatchScheduler(hosts0, policy);
+        let hosts = hosts0;
+        for (const st of steps) {
+          let next = [...hosts];
+          for (const c of st.changes) {
+            if (next.length === 0) break;
+            const i = c.at % next.length;
+            next[i] = { ...c.view, id: next[i]!.id, name: next[i]!.name };
+          }
+          if (st.reorder) next = next.reverse();
+          kept.rebase(next);
+          const fresh = new BatchScheduler(next, policy);
+          const skip = new Set(st.skip.map((n) => `id-${n}`));
+          const without = new BatchScheduler(next.filter((h) => !skip.has(h.id)), policy);
+          const chosen = (d: Decision) => (d.placed && !skip.has(d.hostId) ? d.hostId : undefined);
+          for (const vm of st.vms) {
+            const a = kept.decide(vm, skip);
+            expect(a).toEqual(fresh.decide(vm, skip));
+            expect(chosen(a)).toEqual(chosen(without.decide(vm)));
+          }
+          expect(kept.hosts).toEqual(fresh.hosts);
+          hosts = next;
+        }
       }),
       RUNS,
     );
