@@ -8,6 +8,7 @@ import { afterAll, beforeAll, expect } from "vitest";
 import { type ProcessRef, isAlive, run } from "../../common/run.js";
 import type { VmCreateSpec } from "../../agent/drivers/driver.js";
 import { QemuDriver } from "../../agent/drivers/qemu/driver.js";
+import { TcgTolerantQemu } from "../helpers/tcg-qemu.js";
 import { tapName, vmPaths } from "../../agent/drivers/qemu/names.js";
 import type { QemuRecord } from "../../agent/drivers/qemu/records.js";
 import { shortId } from "../../agent/drivers/sandbox/names.js";
@@ -30,24 +31,6 @@ const record = (id: string): QemuRecord | undefined => {
     return undefined;
   }
 };
-/**
- * Under TCG on this loaded 2-core machine a guest kernel sometimes panics while booting (two
- * full `npm test` runs: "Fatal exception in interrupt", "Attempted to kill init"; never when
- * this file runs alone, even beside CPU burners). That is the emulator, not the driver's
- * contract: a boot that ends in a guest kernel panic is tried once more, and said so. Any other
- * start failure, or a second panic, fails the test.
- */
-class TcgTolerantQemu extends QemuDriver {
-  override async start(id: string) {
-    try {
-      return await super.start(id);
-    } catch (e) {
-      if (!/Kernel panic/.test(String(e))) throw e;
-      console.warn(`qemu contract: guest kernel panicked while booting ${id} under TCG; booting it once more: ${String(e).slice(0, 300)}`);
-      return super.start(id);
-    }
-  }
-}
 const driver = (): QemuDriver => new TcgTolerantQemu({ stateDir, guestDir, netns, accel: "auto", bootTimeoutMs: 120_000 });
 
 beforeAll(async () => {

@@ -10,6 +10,7 @@ import { type ProcessRef, isAlive, run } from "../../common/run.js";
 import { pingArgv } from "../../deploy/lab/probe.js";
 import type { VmCreateSpec } from "../../agent/drivers/driver.js";
 import { QemuDriver } from "../../agent/drivers/qemu/driver.js";
+import { TcgTolerantQemu } from "../helpers/tcg-qemu.js";
 import { tapName } from "../../agent/drivers/qemu/names.js";
 import type { QemuRecord } from "../../agent/drivers/qemu/records.js";
 
@@ -31,7 +32,8 @@ const mkSpec = (name: string, vcpus: number, mac: string, ip: string): VmCreateS
 const a = mkSpec("a", 1, "02:00:00:5a:00:0a", "10.201.0.10");
 const b = mkSpec("b", 2, "02:00:00:5a:00:0b", "10.201.0.11");
 
-const driver = (): QemuDriver => new QemuDriver({ stateDir, guestDir, netns, accel: "auto", bootTimeoutMs: 120_000 });
+// A guest kernel panic under TCG is booted once more (see the helper); any other failure is the driver's.
+const driver = (): QemuDriver => new TcgTolerantQemu({ stateDir, guestDir, netns, accel: "auto", bootTimeoutMs: 120_000 });
 const record = (id: string): QemuRecord => {
   const dir = join(stateDir, "qemu", "records");
   for (const f of readdirSync(dir)) {
