@@ -98,7 +98,9 @@ Examples:
       const client = app.client();
       const vm = await client.createVm(name, specFromFlags(o));
       if (!o.wait) {
-        app.printResult(`vm/${vm.name} created (${phaseName(phaseOf(vm))})`, vmView, vm);
+        // The leader usually places a VM in its create: say where.
+        const on = vm.status?.hostName ? ` on ${vm.status.hostName}` : "";
+        app.printResult(`vm/${vm.name} created${on} (${phaseName(phaseOf(vm))})`, vmView, vm);
         return;
       }
       app.note(`vm/${vm.name} created, waiting for it to start...`);

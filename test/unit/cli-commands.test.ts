@@ -47,7 +47,10 @@ const vmImpl: VmServiceServer = {
   createVm: (call, cb) => {
     if (!caller(call)) return cb(unauth);
     seen.creates.push(call.request);
-    cb(null, { vm: { ...sample(call.request.name, VmPhase.VM_PHASE_PENDING), spec: call.request.spec } });
+    // A pinned VM comes back placed on its host, as the leader places at create.
+    const vm = sample(call.request.name, VmPhase.VM_PHASE_PENDING);
+    const host = call.request.spec?.host ?? "";
+    cb(null, { vm: { ...vm, spec: call.request.spec, status: { ...vm.status!, hostName: host, hostId: host ? `id-${host}` : "" } } });
   },
   getVm: (call, cb) => {
     if (!caller(call)) return cb(unauth);
@@ -183,6 +186,8 @@ describe("commands against the coordinator", () => {
     const r = await cli(["create", "web", "--vcpus", "2", "--memory", "1024", "--label", "tier=web", "--host-label", "zone=a"]);
     expect(r).toMatchObject({ code: 0, stdout: "vm/web created (PENDING)\n" });
     expect(seen.creates[0]?.spec).toMatchObject({ vcpus: 2, memoryMb: 1024, diskGb: 1, labels: { tier: "web" }, hostSelector: { zone: "a" } });
+    // Placed in its create: the answer says where.
+    expect(await cli(["create", "db", "--host", "hv-1"])).toMatchObject({ code: 0, stdout: "vm/db created on hv-1 (PENDING)\n" });
   });
 
   it("create --wait follows the VM until it runs", async () => {
