@@ -208,7 +208,7 @@ export class PlacementController {
    * write planned from the old one would only lose the race.
    */
   private readonly writing = new Map<string, { pass: number; create: number }>();
-  /** Hosts placed on at create since the current pass began (it drops what it decided for them). */
+  /** Hosts placed on at create while the current pass decides, or before it began and not yet settled (it drops what it decided for them). */
   private readonly createdOn = new Set<string>();
   /** The scheduler placeAtCreate decides with, rebased on the current views at every call. */
   private createBatch: BatchScheduler | undefined;
@@ -308,8 +308,7 @@ export class PlacementController {
     // its views, those made while it decides were not either. Its decisions for those hosts are
     // dropped (decided again next pass).
     this.createdOn.clear();
-    const creatingAtStart = new Set<string>();
-    for (const [hostId, w] of this.writing) if (w.create > 0) creatingAtStart.add(hostId);
+    for (const [hostId, w] of this.writing) if (w.create > 0) this.createdOn.add(hostId);
     // One batch over the host views (copied once), fed SLICE_VMS at a time.
     const batch = new BatchScheduler(this.views(), this.d.policy);
     const decisions: Decision[] = [];
@@ -327,7 +326,7 @@ export class PlacementController {
     for (const [i, decision] of decisions.entries()) {
       const entry = pending[i]!;
       if (!decision.placed) unplaceable.push({ entry, reason: decision.reason });
-      else if (creatingAtStart.has(decision.hostId) || this.createdOn.has(decision.hostId)) {
+      else if (this.createdOn.has(decision.hostId)) {
         this.loop.again();
       } else {
         const host = c.hosts.get(keys.host(decision.hostId))?.value;

@@ -94,6 +94,36 @@ describe("placement in the create transaction", () => {
     expect(ctl.stats).toMatchObject({ placed: 1, conflicts: 1 });
   });
 
+  it("a pass that starts while a create's placement is in flight leaves that host to it: no race lost", async () => {
+    const mem = new MemoryStore();
+    const h = (await seedHosts(mem, 1, 4))[0]!;
+    // The create's transaction (it writes a name) is held until released.
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let holding = false;
+    const store: Store = Object.assign(Object.create(mem) as Store, {
+      txn: async (...a: Parameters<Store["txn"]>) => {
+        if (a[1].some((o) => o.type === "put" && o.key.startsWith("names/"))) {
+          holding = true;
+          await held;
+        }
+        return mem.txn(...a);
+      },
+    });
+    const { cluster, ctl, repo } = setup(store);
+    await cluster.start();
+    ctl.start();
+    const created = repo.create("t1", "web", spec(), limits, { peer: "test" });
+    await until(() => holding, "the create's transaction sent, its placement decided");
+    await addBacklog(mem, 2);
+    await until(() => (ctl.stats.passes ?? 0) >= 1, "a pass over the backlog");
+    release();
+    expect((await created).vm.status?.hostId).toBe(h);
+    await until(async () => ((await allocOf(mem, h))?.vmCount ?? 0) === 3, "the backlog placed after it");
+    expect(ctl.stats).toMatchObject({ placed: 3, conflicts: 0 });
+    expect(await checkPlacementInvariants(mem, [h], 4)).toEqual({ placed: 3, unplaced: 0 });
+  });
+
   it("a create placed while a pass decides (between its slices) is not counted twice: no host over capacity", async () => {
     const store = new MemoryStore();
     // One host for 101 VMs; a backlog of 101: the pass decides 100, yields, decides one more.
