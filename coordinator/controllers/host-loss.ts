@@ -104,12 +104,14 @@ export interface HostLossStats {
   markedUnknown: number;
   rescheduled: number;
   conflicts: number;
+  /** After a lost race, keys the informers had not caught up with in time. */
+  staleWaits: number;
 }
 
 export class HostLossController {
   private dueTimer?: NodeJS.Timeout;
   private readonly unsubs: (() => void)[] = [];
-  readonly stats: HostLossStats = { markedUnknown: 0, rescheduled: 0, conflicts: 0 };
+  readonly stats: HostLossStats = { markedUnknown: 0, rescheduled: 0, conflicts: 0, staleWaits: 0 };
 
   private readonly loop: PassLoop;
 
@@ -158,46 +160,46 @@ export class HostLossController {
     if (nextDueAt !== undefined && !this.loop.stopped) {
       this.dueTimer = setTimeout(() => this.kick(), Math.max(0, nextDueAt - now) + 50);
     }
-    let lost = false;
+    const raced: string[] = [];
     for (const a of actions) {
       if (this.loop.stopped) break;
-      if (!(await this.apply(a))) {
+      const compared = await this.apply(a);
+      if (compared) {
         this.stats.conflicts++;
-        lost = true;
+        raced.push(...compared);
       }
     }
-    if (lost) {
-      const rev = await this.d.store.revision();
-      await Promise.all([c.vms.waitFor(rev), c.hosts.waitFor(rev), c.alive.waitFor(rev), c.alloc.waitFor(rev)]).catch(() => undefined);
-    }
-    return lost;
+    // Plan again from what etcd holds now: wait for the informers to show what was raced on.
+    if (raced.length > 0) this.stats.staleWaits += await c.catchUp(this.d.store, raced);
+    return raced.length > 0;
   }
 
-  private async apply(a: HostLossAction): Promise<boolean> {
+  /** Writes one action; undefined when done (or nothing left to do), else the keys its transaction compared (it lost a race). */
+  private async apply(a: HostLossAction): Promise<string[] | undefined> {
     const c = this.d.cluster;
     const noLease: Compare = { key: keys.alive(a.hostId), target: "create", op: "==", value: 0 };
     const log = this.d.logger;
     if (a.kind === "markUnreachable" || a.kind === "clearUnreachable") {
       const e = c.hosts.get(keys.host(a.hostId));
-      if (!e) return true;
+      if (!e) return undefined;
       const lost = a.kind === "markUnreachable";
       const next: Host = { ...e.value, unreachableSince: lost ? this.d.clock.now() : undefined };
-      const r = await this.d.store.txn(
-        [unchanged(keys.host(a.hostId), e), lost ? noLease : { key: keys.alive(a.hostId), target: "create", op: ">", value: 0 }],
-        [{ type: "put", key: keys.host(a.hostId), value: enc(Host, next) }],
-      );
-      if (r.succeeded) log[lost ? "warn" : "info"]({ host: e.value.name, hostId: a.hostId }, lost ? "host unreachable: its lease expired" : "host reachable again");
-      return r.succeeded;
+      const compares = [unchanged(keys.host(a.hostId), e), lost ? noLease : { key: keys.alive(a.hostId), target: "create" as const, op: ">" as const, value: 0 }];
+      const r = await this.d.store.txn(compares, [{ type: "put", key: keys.host(a.hostId), value: enc(Host, next) }]);
+      if (!r.succeeded) return compares.map((x) => x.key);
+      log[lost ? "warn" : "info"]({ host: e.value.name, hostId: a.hostId }, lost ? "host unreachable: its lease expired" : "host reachable again");
+      return undefined;
     }
     const e = c.vmEntry(a.vmId);
-    if (!e || e.value.status?.hostId !== a.hostId) return true;
+    if (!e || e.value.status?.hostId !== a.hostId) return undefined;
     const vm = e.value;
     const hostName = vm.status!.hostName;
     if (a.kind === "markUnknown") {
       const next: Vm = { ...vm, status: { ...vm.status!, phase: VmPhase.VM_PHASE_UNKNOWN, reason: `host ${hostName} unreachable`, updatedAt: this.d.clock.now() } };
       const r = await this.d.store.txn([unchanged(keys.vm(vm.id), e), noLease], [{ type: "put", key: keys.vm(vm.id), value: enc(Vm, next) }]);
-      if (r.succeeded) this.stats.markedUnknown++;
-      return r.succeeded;
+      if (!r.succeeded) return [keys.vm(vm.id), noLease.key];
+      this.stats.markedUnknown++;
+      return undefined;
     }
     // reschedule: unassign and give the host's share back, in one transaction, like a drain.
     const allocKv = await this.d.store.get(keys.alloc(a.hostId));
@@ -220,10 +222,9 @@ export class HostLossController {
         ...(allocKv ? [{ type: "put" as const, key: keys.alloc(a.hostId), value: enc(AllocationRecord, releaseAlloc(dec(AllocationRecord, allocKv.value), vm)) }] : []),
       ],
     );
-    if (r.succeeded) {
-      this.stats.rescheduled++;
-      log.warn({ vm: vm.name, vmId: vm.id, host: hostName, lostForMs: a.lostForMs }, "VM rescheduled: its host is lost");
-    }
-    return r.succeeded;
+    if (!r.succeeded) return [keys.vm(vm.id), keys.alloc(a.hostId), noLease.key];
+    this.stats.rescheduled++;
+    log.warn({ vm: vm.name, vmId: vm.id, host: hostName, lostForMs: a.lostForMs }, "VM rescheduled: its host is lost");
+    return undefined;
   }
 }

@@ -9,7 +9,7 @@ import type { Logger } from "pino";
 import { AllocationRecord } from "../../gen/noid/v1/records.js";
 import { Vm, VmDesiredState, VmPhase } from "../../gen/noid/v1/vm.js";
 import type { Compare, Op, Store } from "../store/store.js";
-import type { Entry, Informer } from "../state/informer.js";
+import type { Entry } from "../state/informer.js";
 import { BatchScheduler } from "../scheduler/index.js";
 import type { Decision, Policy, VmRequest } from "../scheduler/types.js";
 import type { ClusterState } from "../state/cluster.js";
@@ -350,42 +350,10 @@ export class PlacementController {
     if (lostRace) {
       this.placedAhead.clear();
       this.allocAhead.clear();
-      await this.catchUp(lostKeys);
+      // Wait for the informers to show what was raced on (not etcd's latest revision: finding 15a).
+      this.stats.staleWaits = (this.stats.staleWaits ?? 0) + (await c.catchUp(this.d.store, lostKeys));
     }
     return lostRace;
-  }
-
-  /**
-   * Waits (bounded) until the informers show the keys a lost transaction
-   * compared as etcd holds them now. (It waited for etcd's latest revision,
-   * which an informer reaches only if that write was in its prefix: after a
-   * race with anything else, an event or an audit record, a quiet cluster
-   * waited out the full timeout, 5 s, before placing again.) A key gone from
-   * etcd is not waited for: a pass that still sees it loses once more.
-   */
-  private async catchUp(raced: readonly string[]): Promise<void> {
-    const c = this.d.cluster;
-    const informers: [Informer<unknown>, string][] = [
-      [c.vms, keys.vmsPrefix],
-      [c.alloc, keys.allocPrefix],
-      [c.hosts, keys.hostsPrefix],
-    ];
-    const need = new Map<Informer<unknown>, number>();
-    await Promise.all(
-      [...new Set(raced)].map(async (key) => {
-        const inf = informers.find(([, prefix]) => key.startsWith(prefix))?.[0];
-        if (!inf) return;
-        const kv = await this.d.store.get(key);
-        if (kv) need.set(inf, Math.max(need.get(inf) ?? 0, kv.modRevision));
-      }),
-    );
-    await Promise.all(
-      [...need].map(([inf, rev]) =>
-        inf.waitFor(rev).catch(() => {
-          this.stats.staleWaits = (this.stats.staleWaits ?? 0) + 1;
-        }),
-      ),
-    );
   }
 
   /**

@@ -93,6 +93,28 @@ export class ClusterState {
   private readonly viewIndex = new Map<string, number>();
   private readonly viewStale = new Set<string>();
 
+  /**
+   * After a transaction lost a race: waits (bounded) until the informers show
+   * each key it compared as etcd holds it now (present at its revision, or
+   * gone). Waiting for etcd's latest revision instead never ended early when
+   * that write was outside every informer's prefix (an event, an audit
+   * record): a controller on a quiet cluster sat out the full timeout.
+   * Returns how many keys were not caught up in time.
+   */
+  async catchUp(store: Store, raced: readonly string[], timeoutMs = 5000): Promise<number> {
+    const informers = [this.vms, this.hosts, this.alive, this.alloc, this.networks] as Informer<unknown>[];
+    let late = 0;
+    await Promise.all(
+      [...new Set(raced)].map(async (key) => {
+        const inf = informers.find((i) => key.startsWith(i.prefix));
+        if (!inf) return;
+        const kv = await store.get(key);
+        await inf.waitForKey(key, kv?.modRevision, timeoutMs).catch(() => void late++);
+      }),
+    );
+    return late;
+  }
+
   async start(): Promise<void> {
     await Promise.all([this.vms.start(), this.hosts.start(), this.alive.start(), this.alloc.start(), this.networks.start()]);
   }

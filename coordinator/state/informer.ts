@@ -131,6 +131,35 @@ export class Informer<T> {
     });
   }
 
+  /**
+   * Resolves once the copy holds `key` as etcd does at `modRevision` (or
+   * later), or holds no `key` when `modRevision` is undefined (etcd has none);
+   * rejects after `timeoutMs`. Unlike waitFor, this ends as soon as this
+   * key is caught up, whatever was written elsewhere since.
+   */
+  async waitForKey(key: string, modRevision: number | undefined, timeoutMs = 5000): Promise<void> {
+    const caught = () => (modRevision === undefined ? !this.items.has(key) : (this.items.get(key)?.modRevision ?? 0) >= modRevision);
+    if (caught()) return;
+    await new Promise<void>((resolve, reject) => {
+      const done = () => {
+        clearTimeout(t);
+        this.events.off("applied", on);
+        this.events.off("resync", on);
+      };
+      const t = setTimeout(() => {
+        done();
+        reject(new Error(`informer ${this.prefix} did not catch up with ${key}`));
+      }, timeoutMs);
+      const on = () => {
+        if (!caught()) return;
+        done();
+        resolve();
+      };
+      this.events.on("applied", on);
+      this.events.on("resync", on);
+    });
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     await this.watcher?.cancel();
