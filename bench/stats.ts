@@ -54,6 +54,32 @@ export function percentile(samples: readonly number[], p: number): number {
  * Sustained rate of completions given their times (ms): the middle 80% of
  * them divided by the time they took, so ramp-up and tail do not count.
  */
+/**
+ * The samples above `over`, in send order, grouped into bursts: slow ones
+ * with fewer than `gap` fast ones between them are one burst. Tells a tail
+ * made of a few stalls (many creates slow at once) from one spread evenly.
+ */
+export function slowBursts(inOrder: readonly number[], over: number, gap = 10): { slow: number; bursts: number; largest: number } {
+  let slow = 0;
+  let bursts = 0;
+  let largest = 0;
+  let cur = 0;
+  let fastSince = Infinity;
+  for (const v of inOrder) {
+    if (v > over) {
+      slow++;
+      if (fastSince >= gap) {
+        bursts++;
+        cur = 0;
+      }
+      cur++;
+      largest = Math.max(largest, cur);
+      fastSince = 0;
+    } else fastSince++;
+  }
+  return { slow, bursts, largest };
+}
+
 export function sustainedRate(doneAtMs: readonly number[]): number {
   if (doneAtMs.length < 10) {
     if (doneAtMs.length < 2) return NaN;

@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { runBench, type BenchSizes } from "../../bench/run.js";
-import { percentile, renderTable, schedLine, schedTimes, sustainedRate, writeResults, type Figure } from "../../bench/stats.js";
+import { percentile, renderTable, schedLine, schedTimes, slowBursts, sustainedRate, writeResults, type Figure } from "../../bench/stats.js";
 
 const TINY: BenchSizes = {
   hosts: 2,
@@ -33,6 +33,9 @@ describe("bench harness", () => {
     expect(Number.isNaN(percentile([], 50))).toBe(true);
     // 100 completions 10 ms apart: 100/s.
     expect(sustainedRate(Array.from({ length: 100 }, (_, i) => i * 10))).toBeCloseTo(100, 5);
+    // Slow samples with fewer than `gap` fast ones between them are one burst.
+    expect(slowBursts([1, 90, 80, 1, 70, 1, 1, 1, 60], 50, 3)).toEqual({ slow: 4, bursts: 2, largest: 3 });
+    expect(slowBursts([1, 2, 3], 50)).toEqual({ slow: 0, bursts: 0, largest: 0 });
   });
 
   it("reads how long a process ran and waited for a CPU (Linux schedstat)", () => {
