@@ -113,22 +113,8 @@ export class Informer<T> {
   }
 
   /** Resolves once the copy has applied `revision` (read-your-writes for callers that just wrote). */
-  async waitFor(revision: number, timeoutMs = 5000): Promise<void> {
-    if (this.revision >= revision) return;
-    await new Promise<void>((resolve, reject) => {
-      const t = setTimeout(() => {
-        this.events.off("applied", on);
-        reject(new Error(`informer ${this.prefix} did not reach revision ${revision}`));
-      }, timeoutMs);
-      const on = (rev: number) => {
-        if (rev >= revision) {
-          clearTimeout(t);
-          this.events.off("applied", on);
-          resolve();
-        }
-      };
-      this.events.on("applied", on);
-    });
+  waitFor(revision: number, timeoutMs = 5000): Promise<void> {
+    return this.until(() => this.revision >= revision, timeoutMs, `reach revision ${revision}`);
   }
 
   /**
@@ -137,8 +123,13 @@ export class Informer<T> {
    * rejects after `timeoutMs`. Unlike waitFor, this ends as soon as this
    * key is caught up, whatever was written elsewhere since.
    */
-  async waitForKey(key: string, modRevision: number | undefined, timeoutMs = 5000): Promise<void> {
+  waitForKey(key: string, modRevision: number | undefined, timeoutMs = 5000): Promise<void> {
     const caught = () => (modRevision === undefined ? !this.items.has(key) : (this.items.get(key)?.modRevision ?? 0) >= modRevision);
+    return this.until(caught, timeoutMs, `catch up with ${key}`);
+  }
+
+  /** Resolves once `caught()` holds, checked after every change applied and every resync; rejects after `timeoutMs`. */
+  private async until(caught: () => boolean, timeoutMs: number, what: string): Promise<void> {
     if (caught()) return;
     await new Promise<void>((resolve, reject) => {
       const done = () => {
@@ -148,7 +139,7 @@ export class Informer<T> {
       };
       const t = setTimeout(() => {
         done();
-        reject(new Error(`informer ${this.prefix} did not catch up with ${key}`));
+        reject(new Error(`informer ${this.prefix} did not ${what}`));
       }, timeoutMs);
       const on = () => {
         if (!caught()) return;
