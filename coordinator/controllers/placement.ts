@@ -33,6 +33,16 @@ export function requestOf(vm: Vm): VmRequest {
   };
 }
 
+/** A VM as a placement writes it: PENDING on its host, no reason to wait. */
+function placedOn(vm: Vm, hostId: string, hostName: string, now: Date): Vm {
+  return { ...vm, status: { ...vm.status!, phase: VmPhase.VM_PHASE_PENDING, hostId, hostName, reason: "", updatedAt: now } };
+}
+
+/** The compare every placement on a host carries: the host still exists. */
+function hostExists(hostId: string): Compare {
+  return { key: keys.host(hostId), target: "create", op: ">", value: 0 };
+}
+
 /** Waiting for a host. A FAILED VM waits for its owner instead (start places it again). */
 export function isUnplaced(vm: Vm): boolean {
   return !vm.status?.hostId && vm.desiredState !== VmDesiredState.VM_DESIRED_STATE_DELETED && vm.status?.phase !== VmPhase.VM_PHASE_FAILED;
@@ -144,16 +154,12 @@ export function planPlacementTxns(
         cur.compares.push({ key: keys.alloc(hostId), target: "value", op: "==", value: prev.bytes! });
         if (!cur.after.includes(prev.txn!)) cur.after.push(prev.txn!);
       }
-      cur.compares.push({ key: keys.host(hostId), target: "create", op: ">", value: 0 });
+      cur.compares.push(hostExists(hostId));
       for (const { entry, hostName } of list) {
         const vm = entry.value;
-        const placed: Vm = {
-          ...vm,
-          status: { ...vm.status!, phase: VmPhase.VM_PHASE_PENDING, hostId, hostName, reason: "", updatedAt: now },
-        };
         record = addAlloc(record, vm);
         cur.compares.push(unchanged(keys.vm(vm.id), entry));
-        cur.ops.push({ type: "put", key: keys.vm(vm.id), value: enc(Vm, placed) }, { type: "put", key: keys.assign(hostId, vm.id), value: Buffer.from(vm.id) });
+        cur.ops.push({ type: "put", key: keys.vm(vm.id), value: enc(Vm, placedOn(vm, hostId, hostName, now)) }, { type: "put", key: keys.assign(hostId, vm.id), value: Buffer.from(vm.id) });
         cur.vmIds.push(vm.id);
       }
       const bytes = enc(AllocationRecord, record!);
@@ -517,10 +523,10 @@ export class PlacementController {
     for (const [hostId, { hostName, vms: list }] of byHost) {
       const read = this.allocAhead.get(hostId) ?? c.allocationOf(hostId);
       let record = read.record;
-      out.compares.push(unchanged(keys.alloc(hostId), read), { key: keys.host(hostId), target: "create", op: ">", value: 0 });
+      out.compares.push(unchanged(keys.alloc(hostId), read), hostExists(hostId));
       for (const vm of list) {
         record = addAlloc(record, vm);
-        out.placed.set(vm.id, { ...vm, status: { ...vm.status!, phase: VmPhase.VM_PHASE_PENDING, hostId, hostName, reason: "", updatedAt: now } });
+        out.placed.set(vm.id, placedOn(vm, hostId, hostName, now));
         out.ops.push({ type: "put", key: keys.assign(hostId, vm.id), value: Buffer.from(vm.id) });
       }
       out.ops.push({ type: "put", key: keys.alloc(hostId), value: enc(AllocationRecord, record!) });

@@ -15,7 +15,7 @@ import { AuditEvent } from "../../gen/noid/v1/audit.js";
 import { IpamStateRecord, QuotaRecord } from "../../gen/noid/v1/records.js";
 import { Vm, VmDesiredState, VmPhase, type VmSpec } from "../../gen/noid/v1/vm.js";
 import { NoidError, alreadyExists, exhausted } from "../../common/errors.js";
-import type { Compare, Op } from "../store/store.js";
+import { ETCD_MAX_TXN_OPS, type Compare, type Op } from "../store/store.js";
 import { keys, netKeys } from "./keys.js";
 import { enc } from "./codec.js";
 import { addToQuota, checkCountLimits, type Limits } from "../limits.js";
@@ -36,7 +36,7 @@ export const MAX_CREATE_TXN_OPS = 100;
  * one spare.
  */
 export function placementRoom(plan: { compares: readonly unknown[]; ops: readonly unknown[] }): { ops: number; compares: number } {
-  const left = 128 - 1 - 1;
+  const left = ETCD_MAX_TXN_OPS - 1 - 1;
   return { ops: left - plan.ops.length, compares: left - plan.compares.length };
 }
 

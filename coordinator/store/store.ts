@@ -18,6 +18,9 @@ export interface KeyValue {
   lease: number;
 }
 
+/** etcd refuses a transaction with more compares, or more operations in either branch (its default --max-txn-ops). */
+export const ETCD_MAX_TXN_OPS = 128;
+
 export type CompareTarget = "mod" | "create" | "version" | "value";
 export type CompareOp = "==" | "!=" | "<" | ">";
 
