@@ -98,6 +98,7 @@ export class AgentSession {
   private condition: HostCondition | undefined;
   private portReport: PortReport | undefined;
   private renewedAt: number | undefined;
+  private everyMs: number | undefined;
   /** When this stream's hello went out, and each heartbeat not yet acknowledged (sequence -> ms). */
   private helloAt = 0;
   private readonly beatSentAt = new Map<number, number>();
@@ -124,6 +125,11 @@ export class AgentSession {
    */
   get lastRenewedAt(): number | undefined {
     return this.renewedAt;
+  }
+
+  /** The heartbeat interval the coordinator asked for when this agent last registered, ms; undefined before. */
+  get heartbeatIntervalMs(): number | undefined {
+    return this.everyMs;
   }
 
   get currentState(): SessionState {
@@ -271,6 +277,7 @@ export class AgentSession {
     if (this.opts.capabilities) this.write({ kind: { $case: "capabilities", value: { drivers: this.opts.capabilities() } } });
 
     const everyMs = reg.heartbeatIntervalMs || (this.opts.defaultHeartbeatMs ?? 5000);
+    this.everyMs = everyMs;
     this.sequence = 0;
     this.lastAcked = 0;
     this.heartbeat = setInterval(() => {

@@ -191,6 +191,15 @@ export function resolveConfig(...layers: ConfigLayer[]): CoordinatorConfig {
   if ((cfg.server.tls_cert === "") !== (cfg.server.tls_key === "")) {
     throw new NoidError("INVALID_ARGUMENT", "invalid coordinator config: server.tls_cert and server.tls_key go together");
   }
+  const { heartbeat_interval_ms: beat, lease_ttl_seconds: ttl } = cfg.agents;
+  // Each heartbeat renews the host's lease; agents fence after two intervals without one
+  // (agent/reconcile/fence.ts), which must come well before the lease can expire.
+  if (beat * 3 > ttl * 1000) {
+    throw new NoidError(
+      "INVALID_ARGUMENT",
+      `invalid coordinator config: agents.heartbeat_interval_ms (${beat}) must be at most a third of agents.lease_ttl_seconds (${ttl} s): a host's lease could expire between two heartbeats`,
+    );
+  }
   return cfg;
 }
 

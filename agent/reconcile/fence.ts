@@ -5,19 +5,29 @@
 // twice. The lease's TTL is the margin between the two. VMs with the keep policy
 // run on: nobody else will start them.
 //
+// A healthy agent goes one heartbeat interval (and its ack's way back) between
+// renewals, so a grace shorter than that would stop VMs on a host that is fine:
+// no VM is fenced before two intervals without a renewal (the floor). That is
+// still before the leader may move it: the coordinator's config keeps the
+// interval at most a third of the lease's TTL, so the floor ends at least a
+// third of a TTL before the lease can have expired, let alone the grace after.
+//
 // Fencing needs this process: a SIGSTOPped or killed agent cannot fence, so use
 // the reschedule policy only where a stuck agent also means a stuck host (or the
 // host is watched by a supervisor that restarts its agent within the grace).
 import type { Logger } from "../../common/logger.js";
 import type { DesiredVm } from "./types.js";
 
-/** Pure: the VMs to stop now, given when the lease was last known renewed (ms). */
-export function vmsToFence(desired: readonly DesiredVm[], lastRenewedAt: number | undefined, now: number): string[] {
+/**
+ * Pure: the VMs to stop now, given when the lease was last known renewed (ms)
+ * and the least time without a renewal that may fence (`floorMs`, see above).
+ */
+export function vmsToFence(desired: readonly DesiredVm[], lastRenewedAt: number | undefined, now: number, floorMs = 0): string[] {
   if (lastRenewedAt === undefined) return [];
   const out: string[] = [];
   for (const d of desired) {
     if (d.state !== "running" || !d.hostLoss?.reschedule) continue;
-    if (now - lastRenewedAt >= d.hostLoss.graceMs) out.push(d.id);
+    if (now - lastRenewedAt >= Math.max(d.hostLoss.graceMs, floorMs)) out.push(d.id);
   }
   return out;
 }
@@ -26,6 +36,8 @@ export interface FenceOptions {
   loop: { desiredVms(): DesiredVm[]; fence(ids: readonly string[]): void };
   /** When the coordinator last confirmed the lease (heartbeat ack or snapshot); undefined before the first. */
   lastRenewedAt: () => number | undefined;
+  /** The least time without a renewal that may fence, ms: two heartbeat intervals (default 0). */
+  floorMs?: () => number;
   logger: Logger;
   /** Check period (default 250 ms). */
   everyMs?: number;
@@ -44,7 +56,7 @@ export class Fence {
   }
 
   check(): void {
-    const ids = vmsToFence(this.o.loop.desiredVms(), this.o.lastRenewedAt(), (this.o.now ?? Date.now)());
+    const ids = vmsToFence(this.o.loop.desiredVms(), this.o.lastRenewedAt(), (this.o.now ?? Date.now)(), this.o.floorMs?.() ?? 0);
     if (ids.length > 0) this.o.loop.fence(ids);
   }
 

@@ -21,6 +21,7 @@ import { AgentSession, type AgentSessionOptions, type DesiredSink } from "../../
 import { diffMesh } from "../../common/mesh-delta.js";
 import { backoffDelay } from "../../agent/backoff.js";
 import type { DesiredVm } from "../../agent/reconcile/types.js";
+import { Fence } from "../../agent/reconcile/fence.js";
 
 const until = async (cond: () => boolean, what: string): Promise<void> => {
   for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
@@ -34,6 +35,7 @@ class FakeCoordinator {
   streams: ServerDuplexStream<SessionRequest, SessionResponse>[] = [];
   ackHeartbeats = true;
   ackDelayMs = 0;
+  heartbeatIntervalMs = 30;
   /** Registrations answered UNAVAILABLE (the agent stays between sessions). */
   refuseRegistrations = false;
   constructor(public snapshot: Vm[]) {
@@ -44,7 +46,7 @@ class FakeCoordinator {
           return;
         }
         this.registrations.push({ req: call.request, auth: String(call.metadata.get("authorization")[0]) });
-        cb(null, { hostId: "host-1", heartbeatIntervalMs: 30, leaseTtlSeconds: 10, meshIp: "100.64.0.1", meshPrefixLen: 16 });
+        cb(null, { hostId: "host-1", heartbeatIntervalMs: this.heartbeatIntervalMs, leaseTtlSeconds: 10, meshIp: "100.64.0.1", meshPrefixLen: 16 });
       },
       session: (call: ServerDuplexStream<SessionRequest, SessionResponse>) => {
         this.streams.push(call);
@@ -214,6 +216,36 @@ describe("agent session client", () => {
       expect(Date.now() - session.lastRenewedAt!).toBeGreaterThanOrEqual(150);
     }
     expect(session.currentState).toBe("streaming");
+  });
+
+  it("fences no VM of a healthy host whose grace is shorter than a heartbeat interval; fences it two intervals after the acks stop", async () => {
+    const { coord, sink, session } = await setup([vm("a")], { missedAcksLimit: 100 });
+    coord.heartbeatIntervalMs = 300;
+    const fenced: string[][] = [];
+    const desired: DesiredVm[] = [{ id: "a", state: "running", driver: "", spec: { id: "a", vcpus: 1, memoryMb: 64, diskGb: 1, image: "", net: { mac: "", ip: "" } }, hostLoss: { reschedule: true, graceMs: 100 } }];
+    const fence = new Fence({
+      loop: { desiredVms: () => desired, fence: (ids) => fenced.push([...ids]) },
+      lastRenewedAt: () => session.lastRenewedAt,
+      floorMs: () => 2 * (session.heartbeatIntervalMs ?? 0),
+      logger: silentLogger(),
+      everyMs: 20,
+    });
+    cleanup.push(() => fence.stop());
+    session.start();
+    await until(() => sink.snapshots === 1, "snapshot");
+    expect(session.heartbeatIntervalMs).toBe(300);
+    fence.start();
+    // Acks every 300 ms: the lease is never 100 ms (the grace) from its renewal for long, but it never
+    // goes two intervals without one. Before the floor, this fenced within the first interval.
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(fenced).toEqual([]);
+    coord.ackHeartbeats = false;
+    const stopped = Date.now();
+    await until(() => fenced.length > 0, "fenced after the acks stopped");
+    expect(fenced[0]).toEqual(["a"]);
+    // Two intervals after the last renewal, which came at most an interval before the acks stopped.
+    expect(Date.now() - session.lastRenewedAt!).toBeGreaterThanOrEqual(600);
+    expect(Date.now() - stopped).toBeLessThan(1500);
   });
 
   it("declares the stream dead when heartbeats go unanswered", async () => {

@@ -100,6 +100,29 @@ describe("vmsToFence", () => {
     expect(vmsToFence(desired, T0, T0 + 5000)).toEqual(["r"]);
     expect(vmsToFence(desired, undefined, T0 + 60_000)).toEqual([]);
   });
+
+  it("never fences before the floor (two heartbeat intervals without a renewal), however short the grace", () => {
+    const short = [{ ...d("r", true), hostLoss: { reschedule: true, graceMs: 1000 } }];
+    // Heartbeats every 2 s: a healthy agent is 2 s past its last renewal just before the next ack.
+    expect(vmsToFence(short, T0, T0 + 2100, 4000)).toEqual([]);
+    expect(vmsToFence(short, T0, T0 + 3999, 4000)).toEqual([]);
+    expect(vmsToFence(short, T0, T0 + 4000, 4000)).toEqual(["r"]);
+    // A grace longer than the floor is the grace.
+    expect(vmsToFence([d("r", true)], T0, T0 + 4999, 4000)).toEqual([]);
+    expect(vmsToFence([d("r", true)], T0, T0 + 5000, 4000)).toEqual(["r"]);
+  });
+});
+
+describe("agents' lease and heartbeat config", async () => {
+  const { resolveConfig } = await import("../../coordinator/config.js");
+  it("refuses a heartbeat interval above a third of the lease TTL (a lease could expire between heartbeats), naming both", () => {
+    expect(resolveConfig({}).agents).toMatchObject({ lease_ttl_seconds: 10, heartbeat_interval_ms: 2000 });
+    expect(resolveConfig({ agents: { lease_ttl_seconds: 3, heartbeat_interval_ms: 1000 } }).agents.heartbeat_interval_ms).toBe(1000);
+    expect(() => resolveConfig({ agents: { lease_ttl_seconds: 3, heartbeat_interval_ms: 1001 } })).toThrow(
+      /agents\.heartbeat_interval_ms \(1001\) must be at most a third of agents\.lease_ttl_seconds \(3 s\)/,
+    );
+    expect(() => resolveConfig({ agents: { heartbeat_interval_ms: 60_000 } })).toThrow(/INVALID|heartbeat_interval_ms/);
+  });
 });
 
 describe("spec.host_loss validation", () => {
