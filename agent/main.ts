@@ -373,7 +373,7 @@ export async function main(argv: string[]): Promise<void> {
   await loop.start();
   session.start();
   const s = session;
-  const fence = new Fence({ loop, lastRenewedAt: () => s.lastRenewedAt, floorMs: () => 2 * (s.heartbeatIntervalMs ?? 0), logger: logger.child({ component: "fence" }) });
+  const fence = new Fence({ loop, lastRenewedAt: () => s.lastRenewedAt, heartbeatIntervalMs: () => s.heartbeatIntervalMs, logger: logger.child({ component: "fence" }) });
   fence.start();
   logger.info({ coordinator: config.coordinator, stateDir: config.stateDir, drivers: drivers.names }, "agent started");
 

@@ -18,6 +18,9 @@
 import type { Logger } from "../../common/logger.js";
 import type { DesiredVm } from "./types.js";
 
+/** Heartbeat intervals without a renewal before any VM may be fenced (the floor, above). */
+const FLOOR_INTERVALS = 2;
+
 /**
  * Pure: the VMs to stop now, given when the lease was last known renewed (ms)
  * and the least time without a renewal that may fence (`floorMs`, see above).
@@ -36,8 +39,8 @@ export interface FenceOptions {
   loop: { desiredVms(): DesiredVm[]; fence(ids: readonly string[]): void };
   /** When the coordinator last confirmed the lease (heartbeat ack or snapshot); undefined before the first. */
   lastRenewedAt: () => number | undefined;
-  /** The least time without a renewal that may fence, ms: two heartbeat intervals (default 0). */
-  floorMs?: () => number;
+  /** The heartbeat interval the coordinator asked for, ms (undefined before the first registration): no fence before two of them without a renewal. */
+  heartbeatIntervalMs?: () => number | undefined;
   logger: Logger;
   /** Check period (default 250 ms). */
   everyMs?: number;
@@ -56,7 +59,8 @@ export class Fence {
   }
 
   check(): void {
-    const ids = vmsToFence(this.o.loop.desiredVms(), this.o.lastRenewedAt(), (this.o.now ?? Date.now)(), this.o.floorMs?.() ?? 0);
+    const floorMs = FLOOR_INTERVALS * (this.o.heartbeatIntervalMs?.() ?? 0);
+    const ids = vmsToFence(this.o.loop.desiredVms(), this.o.lastRenewedAt(), (this.o.now ?? Date.now)(), floorMs);
     if (ids.length > 0) this.o.loop.fence(ids);
   }
 

@@ -226,7 +226,7 @@ describe("agent session client", () => {
     const fence = new Fence({
       loop: { desiredVms: () => desired, fence: (ids) => fenced.push([...ids]) },
       lastRenewedAt: () => session.lastRenewedAt,
-      floorMs: () => 2 * (session.heartbeatIntervalMs ?? 0),
+      heartbeatIntervalMs: () => session.heartbeatIntervalMs,
       logger: silentLogger(),
       everyMs: 20,
     });
