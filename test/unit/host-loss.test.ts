@@ -123,6 +123,12 @@ describe("agents' lease and heartbeat config", async () => {
     );
     expect(() => resolveConfig({ agents: { heartbeat_interval_ms: 60_000 } })).toThrow(/INVALID|heartbeat_interval_ms/);
   });
+
+  it("the example coordinator.toml in deploy/config passes", async () => {
+    const { readConfigFile } = await import("../../coordinator/config.js");
+    const example = readConfigFile(new URL("../../deploy/config/coordinator.toml", import.meta.url).pathname, true);
+    expect(resolveConfig(example).agents).toMatchObject({ lease_ttl_seconds: 10, heartbeat_interval_ms: 2000 });
+  });
 });
 
 describe("spec.host_loss validation", () => {
