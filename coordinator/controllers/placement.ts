@@ -16,7 +16,7 @@ import type { ClusterState } from "../state/cluster.js";
 import { keys } from "../state/keys.js";
 import { enc } from "../state/codec.js";
 import { addAlloc, networkKey, pendingReasonWrite, unchanged, type Clock } from "../state/vm-repo.js";
-import { viewWithAllocation } from "../state/cluster.js";
+import { viewWithAllocation, type ViewMark } from "../state/cluster.js";
 import type { HostView } from "../scheduler/types.js";
 import { fenceCompare } from "../ha/leader.js";
 
@@ -216,8 +216,11 @@ export class PlacementController {
   private readonly writing = new Map<string, { pass: number; create: number }>();
   /** Hosts placed on at create while the current pass decides, or before it began and not yet settled (it drops what it decided for them). */
   private readonly createdOn = new Set<string>();
-  /** The scheduler placeAtCreate decides with, rebased on the current views at every call. */
+  /** The scheduler placeAtCreate decides with, updated with the views changed since its last call (createBatchNow). */
   private createBatch: BatchScheduler | undefined;
+  /** Where the host view list stood at createBatchNow's last call, and the hosts it showed with an allocation written ahead. */
+  private createMark: ViewMark | undefined;
+  private createAhead = new Set<string>();
 
   constructor(
     private readonly d: {
@@ -456,16 +459,51 @@ export class PlacementController {
   }
 
   /** The host views as the scheduler should see them: the informer's, with the allocations this controller wrote ahead of it. */
-  private views(): readonly HostView[] {
+  /** Allocations written ahead and since seen by the informer: its view has them. */
+  private pruneAhead(): void {
     const c = this.d.cluster;
-    // Written ahead and since seen by the informer: its view has it.
     for (const [hostId, a] of this.allocAhead) if (c.allocationOf(hostId).modRevision >= a.modRevision) this.allocAhead.delete(hostId);
-    const views = c.hostViews();
+  }
+
+  private views(list?: readonly HostView[]): readonly HostView[] {
+    this.pruneAhead();
+    const views = list ?? this.d.cluster.hostViews();
     if (this.allocAhead.size === 0) return views;
     return views.map((v) => {
       const a = this.allocAhead.get(v.id);
       return a ? viewWithAllocation(v, a.record) : v;
     });
+  }
+
+  /**
+   * The batch placeAtCreate decides with, kept across creates: told only
+   * which host views changed since the last call (the informers' and this
+   * controller's own allocations written ahead), so a create reads a few
+   * hosts, not all of them.
+   */
+  private createBatchNow(): BatchScheduler {
+    const c = this.d.cluster;
+    const { list, mark, changed } = c.hostViewsSince(this.createMark);
+    this.createMark = mark;
+    if (this.createBatch === undefined || changed === undefined) {
+      this.createBatch = new BatchScheduler(this.views(list), this.d.policy);
+    } else {
+      this.pruneAhead();
+      const viewAt = (i: number): HostView => {
+        const a = this.allocAhead.get(list[i]!.id);
+        return a ? viewWithAllocation(list[i]!, a.record) : list[i]!;
+      };
+      const updates = new Map<number, HostView>();
+      for (const i of changed) updates.set(i, viewAt(i));
+      // Hosts shown with an allocation written ahead, now or at the last call: their views differ from the list's.
+      for (const id of [...this.createAhead, ...this.allocAhead.keys()]) {
+        const i = c.hostViewIndex(id);
+        if (i !== undefined) updates.set(i, viewAt(i));
+      }
+      this.createBatch.update(updates);
+    }
+    this.createAhead = new Set(this.allocAhead.keys());
+    return this.createBatch;
   }
 
   private markWriting(hostId: string, by: "pass" | "create", delta: 1 | -1): void {
@@ -490,12 +528,7 @@ export class PlacementController {
   placeAtCreate(vms: readonly Vm[], room: { ops: number; compares: number }): CreatePlacement | undefined {
     if (this.loop.stopped || vms.length === 0) return undefined;
     const c = this.d.cluster;
-    // One batch kept across creates, rebased on the current views each time: only the hosts
-    // whose view changed (or that it decided for) are read again, not all of them per create.
-    const views = this.views();
-    if (this.createBatch) this.createBatch.rebase(views);
-    else this.createBatch = new BatchScheduler(views, this.d.policy);
-    const batch = this.createBatch;
+    const batch = this.createBatchNow();
     const skip = new Set(this.writing.keys());
     const fence = this.d.fence !== undefined ? [fenceCompare(this.d.fence)] : [];
     let ops = 0;

@@ -132,9 +132,9 @@ function requirementKey(vm: VmRequest): string {
  */
 export class BatchScheduler {
   private current: HostView[] = [];
-  /** The view each host's numbers were last read from (rebase compares against it). */
+  /** The view each host's numbers were last read from (update goes back to it for hosts decided for). */
   private base: HostView[] = [];
-  /** Hosts a decision changed since the last rebase: read again from the next list whatever it holds. */
+  /** Hosts a decision changed since the last update: read again from their view then. */
   private readonly decided = new Set<number>();
   /** Per static requirement: the VM that stands for it, which hosts admit it (flags), and their list (rebuilt when a flag changes). */
   private readonly eligible = new Map<string, { vm: VmRequest; flags: Uint8Array; list: Int32Array | undefined }>();
@@ -189,35 +189,34 @@ export class BatchScheduler {
   }
 
   /**
-   * Continues from a newer list of the same hosts, forgetting the decisions
-   * made so far: afterwards it decides exactly as a new BatchScheduler on
-   * `hosts` would. Only the hosts whose view object changed, or that a
-   * decision touched, are read again (a list of the same hosts in the same
-   * order, as ClusterState.hostViews keeps it, changes a few views at a
-   * time); any other list is read whole.
+   * Continues from the same list of hosts with the views at these places
+   * replaced, forgetting the decisions made so far: afterwards it decides
+   * exactly as a new BatchScheduler on that list would. Only the hosts
+   * replaced, and those it decided for, are read again: a create at 1,000
+   * hosts changes a few views (ClusterState.hostViewsSince says which), and
+   * scanning the whole list for them was most of the scheduler's time per
+   * create (BENCHMARKS.md finding 17).
    */
-  rebase(hosts: readonly HostView[]): void {
-    const n = hosts.length;
-    let same = n === this.base.length;
-    for (let i = 0; same && i < n; i++) same = hosts[i]!.id === this.base[i]!.id;
-    if (!same) return this.reset(hosts);
-    for (let i = 0; i < n; i++) {
-      const h = hosts[i]!;
-      if (h === this.base[i] && !this.decided.has(i)) continue;
-      this.current[i] = h;
-      this.base[i] = h;
-      this.read(i, h);
-      for (const e of this.eligible.values()) {
-        const ok = passesStatic(h, e.vm) ? 1 : 0;
-        if (e.flags[i] !== ok) {
-          e.flags[i] = ok;
-          e.list = undefined;
-        }
-      }
-      for (const [key, arr] of this.netCounts) arr[i] = h.networks[key] ?? 0;
-      for (const [key, arr] of this.groupCounts) arr[i] = h.groups[key] ?? 0;
-    }
+  update(changes: ReadonlyMap<number, HostView>): void {
+    for (const i of this.decided) if (!changes.has(i)) this.reread(i, this.base[i]!);
+    for (const [i, h] of changes) this.reread(i, h);
     this.decided.clear();
+  }
+
+  /** Host `i` is now `h`: its arrays, static filters and counts read again. */
+  private reread(i: number, h: HostView): void {
+    this.current[i] = h;
+    this.base[i] = h;
+    this.read(i, h);
+    for (const e of this.eligible.values()) {
+      const ok = passesStatic(h, e.vm) ? 1 : 0;
+      if (e.flags[i] !== ok) {
+        e.flags[i] = ok;
+        e.list = undefined;
+      }
+    }
+    for (const [key, arr] of this.netCounts) arr[i] = h.networks[key] ?? 0;
+    for (const [key, arr] of this.groupCounts) arr[i] = h.groups[key] ?? 0;
   }
 
   private counts(cache: Map<string, Int32Array>, key: string, of: (h: HostView) => Record<string, number>): Int32Array {

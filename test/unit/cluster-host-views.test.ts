@@ -6,7 +6,7 @@
 // out earlier never changes under its holder.
 import fc from "fast-check";
 import { afterEach, describe, expect, it } from "vitest";
-import { ClusterState } from "../../coordinator/state/cluster.js";
+import { ClusterState, type ViewMark } from "../../coordinator/state/cluster.js";
 import { keys } from "../../coordinator/state/keys.js";
 import { MemoryStore } from "../../coordinator/store/memory-store.js";
 import { silentLogger } from "../../common/logger.js";
@@ -81,12 +81,21 @@ describe("ClusterState.hostViews", () => {
         clusters.push(live);
         await live.start();
         const handedOut: { list: readonly HostView[]; snapshot: unknown }[] = [];
+        let last: { list: readonly HostView[]; mark: ViewMark } | undefined;
         for (const [i, op] of ops.entries()) {
           const r = await apply(store, op);
           await caughtUp(live, op, r);
           // Read between some changes only: several changes may pile up before a read.
           if (reads[i]) {
-            const l = live.hostViews();
+            const since = live.hostViewsSince(last?.mark);
+            const l = since.list;
+            expect(l).toBe(live.hostViews());
+            // What hostViewsSince says changed covers every place holding another view (or it says it cannot tell).
+            if (since.changed !== undefined) {
+              expect(l.length).toBe(last!.list.length);
+              l.forEach((v, j) => (v !== last!.list[j] ? expect(since.changed!.has(j)).toBe(true) : undefined));
+            }
+            last = { list: l, mark: since.mark };
             handedOut.push({ list: l, snapshot: copy(l) });
           }
         }
@@ -119,5 +128,35 @@ describe("ClusterState.hostViews", () => {
     second.forEach((v, i) => (v.id === "c3" ? expect(v).not.toBe(first[i]) : expect(v).toBe(first[i])));
     expect(second.find((v) => v.id === "c3")!.allocated.vcpus).toBe(3);
     expect(first.find((v) => v.id === "c3")!.allocated.vcpus).toBe(0);
+  });
+
+  it("hostViewsSince names the places changed since a mark, and says it cannot tell after hosts came or went or too many copies", async () => {
+    const store = new MemoryStore({ sweepIntervalMs: 0 });
+    const c = new ClusterState(store, silentLogger());
+    clusters.push(c);
+    await c.start();
+    const run = async (op: Op) => caughtUp(c, op, await apply(store, op));
+    for (const h of IDS) await run({ kind: "host", id: h, vcpus: 4, cordoned: false });
+    const m0 = c.hostViewsSince(undefined);
+    expect(m0.changed).toBeUndefined();
+    expect(c.hostViewsSince(m0.mark).changed).toEqual(new Set());
+    await run({ kind: "alloc", id: "c3", vcpus: 1 });
+    const m1 = c.hostViewsSince(m0.mark);
+    expect(m1.changed).toEqual(new Set([c.hostViewIndex("c3")]));
+    await run({ kind: "alive", id: "a1" });
+    c.hostViews(); // another reader's copy in between
+    await run({ kind: "alloc", id: "b2", vcpus: 2 });
+    expect(c.hostViewsSince(m1.mark).changed).toEqual(new Set([c.hostViewIndex("a1"), c.hostViewIndex("b2")]));
+    // A host added: another list.
+    const m2 = c.hostViewsSince(undefined).mark;
+    await run({ kind: "host", id: "e5", vcpus: 4, cordoned: false });
+    expect(c.hostViewsSince(m2).changed).toBeUndefined();
+    // More copies since the mark than are remembered.
+    const m3 = c.hostViewsSince(undefined).mark;
+    for (let i = 0; i < 70; i++) {
+      await run({ kind: "alloc", id: "d4", vcpus: i % 8 });
+      c.hostViews();
+    }
+    expect(c.hostViewsSince(m3).changed).toBeUndefined();
   });
 });
