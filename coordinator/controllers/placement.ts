@@ -458,21 +458,24 @@ export class PlacementController {
     return { lostRace, lostKeys };
   }
 
-  /** The host views as the scheduler should see them: the informer's, with the allocations this controller wrote ahead of it. */
   /** Allocations written ahead and since seen by the informer: its view has them. */
   private pruneAhead(): void {
     const c = this.d.cluster;
     for (const [hostId, a] of this.allocAhead) if (c.allocationOf(hostId).modRevision >= a.modRevision) this.allocAhead.delete(hostId);
   }
 
+  /** A host's view as the scheduler should see it: the informer's, with the allocation this controller wrote ahead of it. */
+  private withAhead(v: HostView): HostView {
+    const a = this.allocAhead.get(v.id);
+    return a ? viewWithAllocation(v, a.record) : v;
+  }
+
+  /** The host views as the scheduler should see them (withAhead). */
   private views(list?: readonly HostView[]): readonly HostView[] {
     this.pruneAhead();
     const views = list ?? this.d.cluster.hostViews();
     if (this.allocAhead.size === 0) return views;
-    return views.map((v) => {
-      const a = this.allocAhead.get(v.id);
-      return a ? viewWithAllocation(v, a.record) : v;
-    });
+    return views.map((v) => this.withAhead(v));
   }
 
   /**
@@ -489,16 +492,12 @@ export class PlacementController {
       this.createBatch = new BatchScheduler(this.views(list), this.d.policy);
     } else {
       this.pruneAhead();
-      const viewAt = (i: number): HostView => {
-        const a = this.allocAhead.get(list[i]!.id);
-        return a ? viewWithAllocation(list[i]!, a.record) : list[i]!;
-      };
       const updates = new Map<number, HostView>();
-      for (const i of changed) updates.set(i, viewAt(i));
+      for (const i of changed) updates.set(i, this.withAhead(list[i]!));
       // Hosts shown with an allocation written ahead, now or at the last call: their views differ from the list's.
       for (const id of [...this.createAhead, ...this.allocAhead.keys()]) {
         const i = c.hostViewIndex(id);
-        if (i !== undefined) updates.set(i, viewAt(i));
+        if (i !== undefined) updates.set(i, this.withAhead(list[i]!));
       }
       this.createBatch.update(updates);
     }

@@ -76,6 +76,25 @@ describe("placement in the create transaction", () => {
     expect(ctl.stats).toMatchObject({ placed: 1, txns: 0, conflicts: 0 });
   });
 
+  it("a create decides with the allocations earlier creates wrote, before the informer shows them", async () => {
+    const store = new MemoryStore();
+    const hostIds = await seedHosts(store, 2, 4);
+    const { cluster, ctl } = setup(store);
+    await cluster.start();
+    ctl.start();
+    const vm = (id: string) => Vm.fromPartial({ id, name: id, owner: "t1", spec: { vcpus: 1, memoryMb: 64, diskGb: 1, driver: "" }, status: { phase: VmPhase.VM_PHASE_PENDING } });
+    const chosen: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      const p = ctl.placeAtCreate([vm(`v${i}`)], { ops: 100, compares: 100 })!;
+      chosen.push([...p.placed.values()][0]!.status!.hostId);
+      // Written, at a revision the informer has not reached (nothing was written here at all).
+      p.settle(1000 + i);
+    }
+    // Spread: each create sees the ones before it, so the hosts alternate; on the informer's views alone every VM went to the first host.
+    expect(chosen.filter((h) => h === hostIds[0])).toHaveLength(3);
+    expect(chosen.filter((h) => h === hostIds[1])).toHaveLength(3);
+  });
+
   it("a VM no host can take is created unplaced, and a pass writes why it waits", async () => {
     const { store, h, repo } = await started(1);
     const created = await repo.create("t1", "big", { ...spec(), vcpus: 2 }, limits, { peer: "test" });
