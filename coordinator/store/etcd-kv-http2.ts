@@ -184,6 +184,23 @@ export interface EtcdKvClientOptions {
  * Range and Txn on etcd, one HTTP/2 connection per member, used one member at
  * a time: the next member after a connection to this one fails or closes.
  */
+/**
+ * The error of a call that ended without a gRPC status. Reset before any
+ * answer (etcd shutting down resets its streams with CANCEL): the call did
+ * not get through, as a lost connection (UNAVAILABLE: it was INTERNAL, and
+ * the store test's etcd restarts saw it now and then). An HTTP status that
+ * gRPC's HTTP mapping reads as "try again" (429, 502-504: a proxy, a member
+ * going away) is UNAVAILABLE too; any other answer without a status is
+ * broken (INTERNAL).
+ */
+function noStatus(httpStatus: number | undefined, rstCode: number | undefined): Error {
+  if (httpStatus === undefined) return grpcError(14, `etcd reset the stream before answering (code ${rstCode ?? "none"})`);
+  if (httpStatus === 200) return grpcError(13, "etcd answered without a grpc-status");
+  // As gRPC maps HTTP: these say "try again"; anything else is a broken answer to us.
+  const code = [429, 502, 503, 504].includes(httpStatus) ? 14 : 13;
+  return grpcError(code, `etcd answered HTTP ${httpStatus} without a grpc-status`);
+}
+
 export class EtcdKvClient {
   private readonly conns = new Map<number, Conn>();
   private current = 0;
@@ -283,6 +300,8 @@ export class EtcdKvClient {
       const chunks: Buffer[] = [];
       let status: number | undefined;
       let message = "";
+      let httpStatus: number | undefined;
+      stream.on("response", (h) => (httpStatus = Number(h[":status"])));
       const onHeaders = (h: http2.IncomingHttpHeaders) => {
         if (h["grpc-status"] !== undefined) {
           status = Number(h["grpc-status"]);
@@ -299,7 +318,7 @@ export class EtcdKvClient {
       stream.on("data", (c: Buffer) => chunks.push(c));
       stream.on("end", () => {
         conn.lastAnswer = Date.now();
-        if (status === undefined) return finish(grpcError(13, "etcd answered without a grpc-status"));
+        if (status === undefined) return finish(noStatus(httpStatus, stream.rstCode));
         if (status !== 0) return finish(grpcError(status, message));
         const all = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
         if (all.length < 5) return finish(grpcError(13, "etcd answered OK without a message"));

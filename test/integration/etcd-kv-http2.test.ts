@@ -1,7 +1,7 @@
 // EtcdKvClient's transport against a local HTTP/2 server that misbehaves the
 // ways a member can: no answer (deadline; the dead connection is replaced), a
 // refusal with a status and a message not percent-encoded as gRPC asks, an
-// answer without a status. Each call ends with an error etcd3 would have
+// answer without a status, a stream reset unanswered, an HTTP error status. Each call ends with an error etcd3 would have
 // given, and the process does not crash.
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
@@ -65,5 +65,28 @@ describe("EtcdKvClient transport", () => {
     const err = await client(s.url).txn([], [], [], soon(2000)).catch((e: unknown) => e);
     expect(mapEtcdError("txn", err).code).toBe("INTERNAL");
     expect(String((err as Error).message)).toMatch(/without a grpc-status/);
+  });
+
+  it("a stream reset before any answer (etcd shutting down) is UNAVAILABLE, as a lost connection", async () => {
+    const s = await server((st) => st.close(http2.constants.NGHTTP2_CANCEL));
+    const err = await client(s.url).range({ key: Buffer.from("k") }, soon(2000)).catch((e: unknown) => e);
+    const mapped = mapEtcdError("get k", err);
+    expect(mapped.code).toBe("UNAVAILABLE");
+    expect(mapped.message).toMatch(/^etcd unavailable: get k: .*reset the stream before answering/);
+  });
+
+  it("an HTTP error without a gRPC status: 503 is UNAVAILABLE (try again), 403 a broken answer (INTERNAL)", async () => {
+    for (const [http, want] of [
+      [503, "UNAVAILABLE"],
+      [403, "INTERNAL"],
+    ] as const) {
+      const s = await server((st) => {
+        st.respond({ ":status": http });
+        st.end("no");
+      });
+      const err = await client(s.url).range({ key: Buffer.from("k") }, soon(2000)).catch((e: unknown) => e);
+      expect(mapEtcdError("get k", err).code).toBe(want);
+      expect(String((err as Error).message)).toContain(`HTTP ${http} without a grpc-status`);
+    }
   });
 });
